@@ -1,0 +1,114 @@
+"""Which frames and pixels may measure the scattered light.
+
+Frames
+    `good_frames` drops frames that lightkurve's
+    ``TessQualityFlags.DEFAULT_BITMASK`` marks (attitude tweaks, safe mode,
+    coarse point, Earth point, Argabrightening, desaturation, manual exclude,
+    impulsive outliers, bad calibration): their images are genuinely wrong.
+    Frames flagged only as stray light (2048, 4096) are kept: they carry the
+    signal being modelled.
+
+Pixels
+    `static_source_mask` masks stars and saturation bleed columns found in the
+    static scene; `column_mask` masks whole columns (straps, bad columns).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["DEFAULT_BITMASK", "good_frames", "static_source_mask", "column_mask"]
+
+#: lightkurve's TessQualityFlags.DEFAULT_BITMASK (1|2|4|8|16|32|128|512|16384),
+#: spelled out so the builder does not depend on lightkurve's internals.
+DEFAULT_BITMASK = 1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 16384
+
+
+def good_frames(quality: np.ndarray, bitmask: int = DEFAULT_BITMASK) -> np.ndarray:
+    """Frames fit for the build: no bit of ``bitmask`` set.
+
+    Parameters
+    ----------
+    quality : array of int, shape (nframes,)
+        SPOC DQUALITY flags.
+    bitmask : int
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (nframes,)
+    """
+    return (np.asarray(quality, dtype=np.int64) & bitmask) == 0
+
+
+def static_source_mask(
+    static: np.ndarray,
+    nsigma: float = 3.0,
+    grow: int = 2,
+    saturation: float = 1.0e5,
+    bleed_grow: int = 3,
+    smooth_scale: int = 32,
+) -> np.ndarray:
+    """Pixels of stars and saturation bleeds in the static scene.
+
+    A pixel is a source if it exceeds the local sky (a median over
+    ``smooth_scale``-pixel blocks, interpolated back) by ``nsigma`` robust
+    standard deviations of the sky-subtracted scene; the mask then grows by
+    ``grow`` pixels. Pixels above ``saturation`` e-/s and the rest of their
+    bleed trail are grown by ``bleed_grow`` pixels sideways and along the
+    column, so the halo of saturated stars is masked too.
+
+    Parameters
+    ----------
+    static : ndarray, shape (n, n)
+        Static scene [e-/s]; ``n`` divisible by ``smooth_scale``.
+    nsigma, grow, saturation, bleed_grow, smooth_scale
+        See above.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (n, n)
+        True for pixels to exclude.
+    """
+    n = static.shape[0]
+    finite = np.isfinite(static)
+    blocks = np.where(finite, static, np.nan).reshape(
+        n // smooth_scale, smooth_scale, n // smooth_scale, smooth_scale
+    )
+    sky = np.nanmedian(blocks, axis=(1, 3))
+    sky = np.where(np.isfinite(sky), sky, np.nanmedian(sky))
+    zoom = ndimage.zoom(sky, smooth_scale, order=1, mode="nearest", grid_mode=True)
+    excess = np.where(finite, static - zoom, 0)
+    sample = excess[::4, ::4]
+    mad = np.median(np.abs(sample - np.median(sample)))
+    sigma = 1.4826 * mad if mad > 0 else np.std(sample)
+    mask = excess > nsigma * sigma
+    mask = ndimage.binary_dilation(mask, iterations=grow) if grow else mask
+    saturated = np.where(finite, static, 0) > saturation
+    if saturated.any():
+        structure = np.ones((2 * bleed_grow + 1, 2 * bleed_grow + 1), dtype=bool)
+        mask |= ndimage.binary_dilation(saturated, structure=structure)
+    return mask | ~finite
+
+
+def column_mask(shape: tuple[int, int], columns, first_column: int = 45) -> np.ndarray:
+    """Mask of whole columns.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Shape of the science-region array.
+    columns : iterable of int
+        1-based CCD columns (counting the collateral columns) to mask.
+    first_column : int
+        CCD column of array column 0 (45 for the science region).
+
+    Returns
+    -------
+    mask : ndarray of bool
+    """
+    mask = np.zeros(shape, dtype=bool)
+    index = np.asarray(list(columns), dtype=int) - first_column
+    index = index[(index >= 0) & (index < shape[1])]
+    mask[:, index] = True
+    return mask

@@ -1,0 +1,399 @@
+"""The ``lk-scatterlight`` command.
+
+Usage examples
+--------------
+1. Run the offline demo (synthetic cube and TPF, before/after figure)::
+
+       lk-scatterlight demo --out demo.png
+
+2. Print the metadata and coverage of a cube file::
+
+       lk-scatterlight info cube.fits
+
+3. List the published cubes, then download one into the cache::
+
+       lk-scatterlight list
+       lk-scatterlight fetch 2 1 1 --bin 16
+
+4. Check built cubes and show what publishing them would do, then do it
+   (token in ``ZENODO_TOKEN``; see docs/publishing.rst)::
+
+       lk-scatterlight publish cubes/ --sandbox
+       lk-scatterlight publish cubes/ --sandbox --upload
+
+Exit codes: 0 success, 1 an lk_scatterlight error (one line on stderr; the
+traceback with ``--debug``), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .exceptions import ScatterLightError
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+#: Subcommand name -> (function adding its arguments, function running it).
+SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {}
+
+
+def subcommand(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register ``func(args) -> int`` as subcommand ``name``."""
+
+    def decorator(func: Callable[..., int]) -> Callable[..., int]:
+        SUBCOMMANDS[name] = (add_arguments, func)
+        return func
+
+    return decorator
+
+
+# ---------------------------------------------------------------------- demo
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="lk_scatterlight_demo.png", help="PNG to write")
+    parser.add_argument("--seed", type=int, default=42, help="random seed of the simulation")
+
+
+@subcommand("demo", _demo_arguments)
+def _demo(args: argparse.Namespace) -> int:
+    """Correct a simulated TESSCut-like TPF offline and write a before/after figure."""
+    from .demo import run_demo
+
+    result = run_demo(out=args.out, seed=args.seed)
+    sys.stdout.write(result.summary() + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------- registry
+def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sector", type=int, help="TESS sector")
+    parser.add_argument("camera", type=int, choices=range(1, 5), help="camera (1-4)")
+    parser.add_argument("ccd", type=int, choices=range(1, 5), help="CCD (1-4)")
+    parser.add_argument("--bin", type=int, help="pixel bin size (default: the finest published)")
+    parser.add_argument(
+        "--cache-dir",
+        help="cache folder (default: $LK_SCATTERLIGHT_CACHE, conf.cache_dir or the OS cache)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+@subcommand("fetch", _fetch_arguments)
+def _fetch(args: argparse.Namespace) -> int:
+    """Download a published cube into the cache (if needed) and print its path."""
+    from .registry import fetch_cube
+
+    path = fetch_cube(
+        args.sector,
+        args.camera,
+        args.ccd,
+        args.bin,
+        cache_dir=args.cache_dir,
+        progressbar=not args.no_progress,
+    )
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+@subcommand("list", lambda parser: None)
+def _list(args: argparse.Namespace) -> int:
+    """List the published cubes."""
+    from .registry import available_cubes
+
+    table = available_cubes()
+    if len(table) == 0:
+        sys.stdout.write(
+            "No scattered-light cubes are published yet; build one with "
+            "`lk-scatterlight build --sector S --camera C --ccd D`.\n"
+        )
+        return 0
+    sys.stdout.write("\n".join(table.pformat(max_lines=-1, max_width=-1)) + "\n")
+    return 0
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="cube file (FITS)")
+
+
+@subcommand("info", _info_arguments)
+def _info(args: argparse.Namespace) -> int:
+    """Print a cube file's metadata, coverage and encoding."""
+    from .cube import ScatterLightCube
+
+    cube = ScatterLightCube.read(args.path)
+    rows = _cube_summary(cube)
+    info = cube.compression
+    if info is None:
+        encoding = [("encoding", "dense (float32 flux and flux_err arrays)")]
+    else:
+        encoding = [
+            ("encoding", f"compact (LOWRANK), rank {info.rank} of at most {info.max_rank}"),
+            (
+                "tolerance",
+                f"{info.tolerance:g} (residual RMS <= {1 + info.tolerance:g} x noise RMS "
+                f"{info.noise_rms:.3g} e-/s)",
+            ),
+            (
+                "error",
+                f"RMS {info.residual_rms:.3g} e-/s vs the dense cube (max "
+                f"{info.residual_max:.3g}); dropped signal {info.truncation_rms:.3g} e-/s RMS, "
+                f"in flux_err; flux_err model within {100 * info.err_model_max:.2g} %",
+            ),
+        ]
+    encoding.append(("file size", f"{Path(args.path).stat().st_size / 1e6:.2f} MB"))
+    at = next((i for i, (key, _) in enumerate(rows) if key.startswith("meta ")), len(rows))
+    rows[at:at] = encoding
+    lines = [f"{key + ':':<14}{value}" for key, value in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _cube_summary(cube) -> list[tuple[str, str]]:
+    """(label, text) pairs describing a `ScatterLightCube`."""
+    import numpy as np
+
+    from .interpolate import time_segments
+
+    start, stop = cube.time_start, cube.time_stop
+    segments = time_segments(start.value, stop.value, cube.max_gap)
+    ngaps = int(segments[-1])
+    flux = cube.flux.value
+    nt, nr, nc = cube.shape
+    rows = [
+        ("sector", str(cube.sector)),
+        ("camera", str(cube.camera)),
+        ("ccd", str(cube.ccd)),
+        ("shape", f"{nt} planes x {nr} rows x {nc} columns (time, row, column)"),
+        ("pixel bin", f"{cube.pixel_bin:g} px"),
+        ("rows", f"{cube.row[0]:g}..{cube.row[-1]:g} (bin centres, 1-based)"),
+        ("columns", f"{cube.column[0]:g}..{cube.column[-1]:g} (bin centres, 1-based)"),
+        (
+            "time BTJD",
+            f"{start.value[0]:.5f}..{stop.value[-1]:.5f} (TDB; "
+            f"{stop.value[-1] - start.value[0]:.3f} d)",
+        ),
+        ("time UTC", f"{start[0].utc.isot}..{stop[-1].utc.isot}"),
+        ("planes", str(nt)),
+        ("gaps", f"{ngaps} (holes longer than {cube.max_gap:.4g} d)"),
+        ("flux", f"{np.nanmin(flux):.4g}..{np.nanmax(flux):.4g} e-/s per pixel"),
+    ]
+    rows += [(f"meta {key}", str(value)) for key, value in sorted(cube.meta.items())]
+    return rows
+
+
+# ---------------------------------------------------------------------- build
+def parse_duration(text: str) -> float | None:
+    """``"frame"`` -> None (one plane per FFI); ``"2h"``, ``"30min"``, ``"0.1d"`` -> days."""
+    from astropy import units as u
+
+    if text.strip().lower() == "frame":
+        return None
+    try:
+        value = u.Quantity(text).to_value(u.day)
+    except (TypeError, ValueError, u.UnitsError) as err:
+        raise argparse.ArgumentTypeError(
+            f"time bin must be 'frame' or a duration such as '2h', '30min', '0.1d'; got {text!r}"
+        ) from err
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"time bin must be positive, got {text!r}")
+    return value
+
+
+def _build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sector", type=int, required=True)
+    parser.add_argument("--camera", type=int, required=True, choices=range(1, 5))
+    parser.add_argument("--ccd", type=int, required=True, choices=range(1, 5))
+    parser.add_argument(
+        "--source",
+        nargs="+",
+        default=["tesscube"],
+        metavar="KIND [PATH]",
+        help="'tesscube' (MAST's FFI cubes on AWS), 'local PATH' (a folder, glob or files of "
+        "SPOC *ffic.fits) or 'simulate [NFRAMES]' (synthetic frames); default tesscube",
+    )
+    parser.add_argument("--pixel-bin", type=int, default=16, help="bin size [px], divides 2048")
+    parser.add_argument(
+        "--time-bin",
+        type=parse_duration,
+        default=None,
+        help="'frame' (default: one plane per FFI) or a duration, e.g. '2h'",
+    )
+    parser.add_argument("--out", default=".", help="output folder or file (default: .)")
+    parser.add_argument("--work-dir", default=None, help="checkpoint folder (resumable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cube")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--dense", action="store_true", help="write a dense cube instead of the compact encoding"
+    )
+
+
+def make_source(kind: list[str], sector: int, camera: int, ccd: int):
+    """The frame source named on the command line."""
+    name, args = kind[0], kind[1:]
+    if name == "local":
+        from .builder.sources import LocalFFISource
+
+        if len(args) != 1:
+            msg = "--source local needs one PATH (folder, glob or file)."
+            raise ScatterLightError(msg)
+        source = LocalFFISource(args[0])
+        found = (source.sector, source.camera, source.ccd)
+        if found != (sector, camera, ccd):
+            msg = (
+                "The files in {} are sector {} camera {} CCD {}, not sector {} camera {} "
+                "CCD {}.".format(args[0], *found, sector, camera, ccd)
+            )
+            raise ScatterLightError(msg)
+        return source
+    if name == "tesscube":
+        from .builder.tesscube_source import TessCubeSource
+
+        return TessCubeSource(sector, camera, ccd)
+    if name == "simulate":
+        from . import simulate
+        from .builder.sources import SimulatedFFISource
+
+        time = simulate.sector_times(sector)
+        if args:
+            time = time[: int(args[0])]
+        simulator = simulate.FFISimulator(
+            simulate.ScatteredLightField(), sector=sector, camera=camera, ccd=ccd, time=time
+        )
+        return SimulatedFFISource(simulator)
+    raise ScatterLightError(f"Unknown --source {name!r}: use tesscube, local PATH or simulate.")
+
+
+@subcommand("build", _build_arguments)
+def _build(args: argparse.Namespace) -> int:
+    """Build the scattered-light cube of one sector/camera/CCD from its FFIs."""
+    from .builder.pipeline import BuildConfig, build_cube
+    from .registry import cube_filename
+
+    source = make_source(args.source, args.sector, args.camera, args.ccd)
+    config = BuildConfig(pixel_bin=args.pixel_bin, time_bin=args.time_bin, compact=not args.dense)
+    out = Path(args.out)
+    if not out.suffix:
+        out.mkdir(parents=True, exist_ok=True)
+    cube = build_cube(
+        source,
+        config,
+        out=out,
+        work_dir=args.work_dir,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    path = (
+        out
+        if out.suffix
+        else out / cube_filename(cube.sector, cube.camera, cube.ccd, args.pixel_bin)
+    )
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+# ---------------------------------------------------------------------- publish
+def _publish_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="cube files or folders")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run",
+        dest="upload",
+        action="store_false",
+        default=False,
+        help="only check the files and show what would be done (the default)",
+    )
+    mode.add_argument(
+        "--upload", action="store_true", help="upload and publish (token in $ZENODO_TOKEN)"
+    )
+    parser.add_argument("--record", type=int, help="publish a new version of this record")
+    parser.add_argument("--sandbox", action="store_true", help="use sandbox.zenodo.org")
+    parser.add_argument(
+        "--registry",
+        help="registry file to update (default: lk_scatterlight/data/registry.txt of this "
+        "source checkout)",
+    )
+    parser.add_argument("--title", help="record title (default: '... cubes, sector S')")
+    parser.add_argument(
+        "--creator",
+        action="append",
+        dest="creators",
+        metavar="'FAMILY, GIVEN'",
+        help="record creator; repeat for several (default: inherited, or the developers)",
+    )
+    parser.add_argument("--description", help="record description (HTML allowed)")
+    parser.add_argument("--license", default="cc-by-4.0", help="Zenodo license id")
+    parser.add_argument(
+        "--keyword", action="append", dest="keywords", help="record keyword; repeat for several"
+    )
+    parser.add_argument("--record-version", help="record version label (default: package's)")
+    parser.add_argument(
+        "--rename", action="store_true", help="publish misnamed files under their standard names"
+    )
+
+
+@subcommand("publish", _publish_arguments)
+def _publish(args: argparse.Namespace) -> int:
+    """Publish built cubes on Zenodo and add them to the registry (dry run by default)."""
+    from .builder.publish import DEFAULT_KEYWORDS, publish_cubes
+
+    result = publish_cubes(
+        args.paths,
+        upload=args.upload,
+        record=args.record,
+        sandbox=args.sandbox,
+        registry=args.registry,
+        title=args.title,
+        creators=args.creators,
+        description=args.description,
+        license=args.license,
+        keywords=args.keywords or DEFAULT_KEYWORDS,
+        version=args.record_version,
+        rename=args.rename,
+    )
+    sys.stdout.write(result.summary() + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------- main
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lk-scatterlight",
+        description="Remove TESS scattered light from target pixel files.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, func) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=(func.__doc__ or "").strip().splitlines()[0])
+        add_arguments(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # e.g. `lk-scatterlight list | head`
+        return 0
+    except (ScatterLightError, FileNotFoundError, FileExistsError) as err:
+        if args.debug:
+            raise
+        sys.stderr.write(f"lk-scatterlight: error: {err}\n")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

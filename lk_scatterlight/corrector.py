@@ -1,0 +1,372 @@
+"""`ScatterLightCorrector`: subtract a scattered-light cube from a TESS TPF."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+from lightkurve import LightCurve, TessTargetPixelFile
+from lightkurve.correctors.corrector import Corrector
+
+from .cube import CubeEvaluation, ScatterLightCube
+from .exceptions import (
+    CubeNotFoundError,
+    OutsideCubeError,
+    ScatterLightError,
+    ScatterLightWarning,
+)
+
+__all__ = ["ScatterLightCorrector", "QUALITY_NO_MODEL", "detect_background_in_flux"]
+
+log = logging.getLogger(__name__)
+
+#: QUALITY bit set on cadences where the scattered-light model is unavailable
+#: (data gap or outside the cube). Bit 21 (2**20): outside every lightkurve
+#: bitmask, so these cadences are never dropped unless asked for.
+QUALITY_NO_MODEL = 2**20
+
+
+def detect_background_in_flux(tpf: TessTargetPixelFile) -> tuple[bool, str]:
+    """Whether a TPF's FLUX still contains the sky background, and why we think so.
+
+    TESSCut, astrocut and tesscube cutouts keep the background in FLUX and
+    leave FLUX_BKG zero. SPOC target pixel files subtract their own background
+    estimate (which includes scattered light) and store it in FLUX_BKG.
+
+    Returns
+    -------
+    in_flux : bool
+    reason : str
+    """
+    header = tpf.get_header()
+    if header.get("SLCORR"):
+        return False, "its header says lk_scatterlight already corrected it (SLCORR = T)"
+    bkg = tpf.hdu[1].data["FLUX_BKG"] if "FLUX_BKG" in tpf.hdu[1].columns.names else None
+    if bkg is not None and np.any(np.isfinite(bkg) & (bkg != 0)):
+        return False, "FLUX_BKG is not zero: the background was already subtracted (SPOC)"
+    origin = f"{header.get('CREATOR', '')} {header.get('ORIGIN', '')}".strip()
+    return True, f"FLUX_BKG is zero or absent (a cutout{': ' + origin if origin else ''})"
+
+
+def _resolve_cube(cube, tpf: TessTargetPixelFile) -> ScatterLightCube:
+    """Turn the ``cube`` argument (cube, path or None) into a `ScatterLightCube`."""
+    if isinstance(cube, ScatterLightCube):
+        return cube
+    if isinstance(cube, str | os.PathLike):
+        return ScatterLightCube.read(Path(cube))
+    if cube is not None:
+        raise TypeError(
+            f"cube must be a ScatterLightCube, a path or None, not {type(cube).__name__}."
+        )
+    sector = _tpf_sector(tpf)
+    if sector is None:
+        msg = (
+            "The TPF has no SECTOR keyword, so the published cube cannot be chosen; "
+            "pass cube=ScatterLightCube.read(path) or a path."
+        )
+        raise ScatterLightError(msg)
+    try:
+        from .registry import load_cube
+    except ImportError as err:  # the registry is not part of this installation
+        raise CubeNotFoundError(
+            f"No cube was given for sector {sector} camera {tpf.camera} CCD {tpf.ccd}. Pass "
+            "cube=path to a cube file, or build one with `lk-scatterlight build`."
+        ) from err
+    return load_cube(sector, tpf.camera, tpf.ccd)
+
+
+def _tpf_sector(tpf: TessTargetPixelFile) -> int | None:
+    sector = tpf.get_header().get("SECTOR")
+    return int(sector) if isinstance(sector, int | np.integer) else None
+
+
+def _check_match(tpf, cube: ScatterLightCube) -> None:
+    if not isinstance(tpf, TessTargetPixelFile):
+        raise ScatterLightError(
+            f"Scattered-light cubes model TESS only; got a {type(tpf).__name__}. "
+            "Use lightkurve.TessTargetPixelFile data."
+        )
+    sector = _tpf_sector(tpf)
+    if sector is None:
+        warnings.warn(
+            f"The TPF has no SECTOR keyword (early TESSCut files); assuming the cube's "
+            f"sector {cube.sector}.",
+            ScatterLightWarning,
+            stacklevel=3,
+        )
+        sector = cube.sector
+    found = (sector, tpf.camera, tpf.ccd)
+    expected = (cube.sector, cube.camera, cube.ccd)
+    if found != expected:
+        msg = (
+            "The TPF is from sector {} camera {} CCD {} but the cube is for sector {} camera {} "
+            "CCD {}; use the cube of the TPF's own sector/camera/CCD.".format(*found, *expected)
+        )
+        raise ScatterLightError(msg)
+
+
+class ScatterLightCorrector(Corrector):
+    r"""Remove TESS scattered light from a target pixel file with a scattered-light cube.
+
+    The cube models the time-variable background of the TPF's CCD: Earth and
+    Moon light scattered into the camera, which in TESS Full Frame Images rises
+    to hundreds of e-/s per pixel near perigee. The model at each TPF pixel and
+    cadence is interpolated from the cube (`ScatterLightCube.evaluate`) and
+    subtracted:
+
+    .. math::
+
+        F'_{t,p} = F_{t,p} - S_{t,p}, \qquad
+        \sigma'^2_{t,p} = \sigma^2_{t,p} + \sigma^2_{S,t,p}
+
+    The light curve is the aperture sum of :math:`F'`; its model error is
+    propagated exactly through the interpolation weights
+    (`ScatterLightCube.evaluate_sum`), since neighbouring pixels share bins.
+
+    What is subtracted depends on the TPF:
+
+    * TESSCut / astrocut / tesscube cutouts keep the background in FLUX: the
+      model is subtracted from FLUX and added to FLUX_BKG.
+    * SPOC TPFs already had their background (scattered light included)
+      subtracted into FLUX_BKG: nothing is subtracted, a `ScatterLightWarning`
+      says so, and the model stays available for comparison.
+    * TPFs written by `correct_tpf` (header ``SLCORR = T``) are never corrected
+      again.
+
+    Override the detection with ``background_in_flux``. The cube removes the
+    time-variable light above the darkest frames, not the static sky level.
+
+    Cadences the model does not cover (data gaps, outside the cube) are set to
+    NaN in the corrected light curve and TPF and flagged with
+    `QUALITY_NO_MODEL` in QUALITY; the model is never extrapolated in time.
+
+    Parameters
+    ----------
+    tpf : `lightkurve.TessTargetPixelFile`
+        A TESS TPF on the cube's sector, camera and CCD.
+    cube : `ScatterLightCube`, str, path-like or None
+        The cube, a path to one, or None to fetch the published cube of the
+        TPF's sector/camera/CCD through the registry.
+    aperture_mask : array-like, 'pipeline', 'threshold', 'default' or 'all'
+        Aperture of the light curve, as in ``tpf.to_lightcurve``.
+    background_in_flux : bool, optional
+        Whether FLUX still contains the background; detected when None
+        (see `detect_background_in_flux`).
+
+    Examples
+    --------
+    >>> import lightkurve as lk  # doctest: +SKIP
+    >>> import lk_scatterlight  # doctest: +SKIP
+    >>> tpf = lk.read("tess-s0001-4-3_107.27_-70.0_5x5_astrocut.fits")  # doctest: +SKIP
+    >>> corrector = tpf.to_corrector("scatterlight", cube="cube_s0001_4-3.fits")  # doctest: +SKIP
+    >>> lc = corrector.correct()  # doctest: +SKIP
+    >>> corrector.diagnose()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tpf: TessTargetPixelFile,
+        cube: ScatterLightCube | str | os.PathLike | None = None,
+        aperture_mask="default",
+        background_in_flux: bool | None = None,
+    ) -> None:
+        if not isinstance(tpf, TessTargetPixelFile):
+            _check_match(tpf, None)  # raises the "TESS only" error
+        self.tpf = tpf
+        self.cube = _resolve_cube(cube, tpf)
+        _check_match(tpf, self.cube)
+        if tpf.get_header().get("SLCORR") and background_in_flux:
+            msg = (
+                "This TPF was already corrected by lk_scatterlight (SLCORR = T); "
+                "correcting it again would subtract the scattered light twice."
+            )
+            raise ScatterLightError(msg)
+        detected, reason = detect_background_in_flux(tpf)
+        self.background_in_flux = detected if background_in_flux is None else background_in_flux
+        self.background_reason = reason if background_in_flux is None else "set by the caller"
+        self.aperture_mask = tpf._parse_aperture_mask(aperture_mask)
+        self.rows = tpf.row + np.arange(tpf.shape[1])
+        self.columns = tpf.column + np.arange(tpf.shape[2])
+        self.model: CubeEvaluation | None = None
+        self.model_lc: LightCurve | None = None
+        super().__init__(tpf.to_lightcurve(aperture_mask=self.aperture_mask))
+
+    # ------------------------------------------------------------------ model
+    def _evaluate(self) -> CubeEvaluation:
+        """The model on the TPF's pixels and good cadences (cached)."""
+        if self.model is None:
+            model = self.cube.evaluate(self.tpf.time, self.rows, self.columns, bounds="nan")
+            if not model.valid.any():
+                raise OutsideCubeError(
+                    f"None of the TPF's {model.valid.size} cadences (BTJD "
+                    f"{self.tpf.time.value.min():.3f}..{self.tpf.time.value.max():.3f}) is "
+                    f"covered by the cube ({self.cube!r})."
+                )
+            self.model = model
+        return self.model
+
+    # ------------------------------------------------------------------ correct
+    def correct(self, cadence_mask=None) -> LightCurve:
+        """Subtract the scattered-light model from the aperture light curve.
+
+        Parameters
+        ----------
+        cadence_mask : array of bool, optional
+            Cadences to correct; the others are returned unchanged. Default:
+            every cadence the model covers.
+
+        Returns
+        -------
+        corrected_lc : `lightkurve.LightCurve`
+            Same class and units as ``original_lc``; NaN and flagged with
+            `QUALITY_NO_MODEL` where the model is unavailable.
+        """
+        model = self._evaluate()
+        total = self.cube.evaluate_sum(
+            self.tpf.time, self.rows, self.columns, self.aperture_mask, bounds="nan"
+        )
+        original = self.original_lc
+        unit = original.flux.unit
+        model_flux = total.flux.to(unit)
+        model_err = total.flux_err.to(unit)
+        self.model_lc = LightCurve(
+            time=original.time, flux=model_flux, flux_err=model_err, meta={"LABEL": "SL model"}
+        )
+        valid = model.valid
+        if cadence_mask is None:
+            cadence_mask = valid
+        cadence_mask = np.asarray(cadence_mask, dtype=bool)
+        self.cadence_mask = cadence_mask & valid
+        if valid.sum() < valid.size:
+            warnings.warn(
+                f"{(~valid).sum()} of {valid.size} cadences are not covered by the cube (gap "
+                f"or outside BTJD {self.cube.btjd[0]:.3f}..{self.cube.btjd[-1]:.3f}); they are "
+                f"NaN and flagged with QUALITY bit {QUALITY_NO_MODEL}.",
+                ScatterLightWarning,
+                stacklevel=2,
+            )
+        corrected = original.copy()
+        if self.background_in_flux:
+            use = cadence_mask & valid
+            flux = original.flux.copy()
+            err = original.flux_err.copy()
+            flux[use] = flux[use] - model_flux[use]
+            err[use] = np.hypot(err[use], model_err[use])
+            corrected.flux, corrected.flux_err = flux, err
+        else:
+            warnings.warn(
+                f"Not subtracting scattered light: {self.background_reason}. Pass "
+                "background_in_flux=True to subtract anyway.",
+                ScatterLightWarning,
+                stacklevel=2,
+            )
+        corrected.flux[~valid] = np.nan
+        corrected.flux_err[~valid] = np.nan
+        corrected["quality"] = np.asarray(original["quality"]) | np.where(
+            valid, 0, QUALITY_NO_MODEL
+        )
+        corrected.meta["SLCORR"] = bool(self.background_in_flux)
+        self.corrected_lc = corrected
+        return corrected
+
+    def correct_tpf(self) -> TessTargetPixelFile:
+        """A copy of the TPF with the scattered-light model subtracted from FLUX.
+
+        FLUX is reduced by the model, FLUX_BKG increased by it, FLUX_ERR and
+        FLUX_BKG_ERR get the model error in quadrature. Every cadence of the
+        file is processed (also those the TPF's quality mask hides); cadences
+        the model does not cover are NaN in FLUX and flagged with
+        `QUALITY_NO_MODEL`. The header records ``SLCORR = T`` and the cube used,
+        so the result is never corrected twice.
+
+        Returns
+        -------
+        tpf : `lightkurve.TessTargetPixelFile`
+        """
+        if not self.background_in_flux:
+            raise ScatterLightError(
+                f"Nothing to subtract: {self.background_reason}. Pass "
+                "background_in_flux=True to the corrector to subtract anyway."
+            )
+        hdulist = fits.HDUList([hdu.copy() for hdu in self.tpf.hdu])
+        table = hdulist[1].data
+        time = np.asarray(table["TIME"], dtype=float)
+        finite = np.isfinite(time)
+        model = self.cube.evaluate(time[finite], self.rows, self.columns, bounds="nan")
+        flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan)
+        err_model = np.full_like(flux_model, np.nan)
+        flux_model[finite] = model.flux.to_value(u.electron / u.s)
+        err_model[finite] = model.flux_err.to_value(u.electron / u.s)
+        ok = np.zeros(time.size, dtype=bool)
+        ok[finite] = model.valid
+        table["FLUX"][ok] = table["FLUX"][ok] - flux_model[ok]
+        table["FLUX"][~ok] = np.nan
+        table["FLUX_ERR"][ok] = np.hypot(table["FLUX_ERR"][ok], err_model[ok])
+        if "FLUX_BKG" in table.columns.names:
+            table["FLUX_BKG"][ok] = np.nan_to_num(table["FLUX_BKG"][ok]) + flux_model[ok]
+        if "FLUX_BKG_ERR" in table.columns.names:
+            table["FLUX_BKG_ERR"][ok] = np.hypot(
+                np.nan_to_num(table["FLUX_BKG_ERR"][ok]), err_model[ok]
+            )
+        table["QUALITY"][~ok] |= QUALITY_NO_MODEL
+        from . import __version__
+
+        header = hdulist[0].header
+        header["SLCORR"] = (True, "scattered light subtracted by lk_scatterlight")
+        header["SLVER"] = (__version__, "lk_scatterlight version")
+        header["SLCUBE"] = (
+            f"s{self.cube.sector:04d}-{self.cube.camera}-{self.cube.ccd} "
+            f"bin{self.cube.pixel_bin:g}",
+            "scattered-light cube used",
+        )
+        return TessTargetPixelFile(hdulist, quality_bitmask=self.tpf.quality_bitmask)
+
+    # ------------------------------------------------------------------ diagnostics
+    def _require_correct(self, what: str) -> None:
+        if self.model_lc is None:
+            raise ScatterLightError(f"Call `correct()` before `{what}()`.")
+
+    def diagnose(self, ax=None):
+        """Plot the original, corrected and model light curves of the last `correct()`.
+
+        Parameters
+        ----------
+        ax : array of two `matplotlib.axes.Axes`, optional
+
+        Returns
+        -------
+        axes : array of two `matplotlib.axes.Axes`
+            Top: original and corrected light curves; bottom: aperture-summed model.
+        """
+        self._require_correct("diagnose")
+        from . import plotting
+
+        return plotting.plot_correction(self.original_lc, self.corrected_lc, self.model_lc, ax=ax)
+
+    def diagnose_model(self, frame: int = 0, ax=None):
+        """Show the TPF, the model and the residual image at one cadence.
+
+        Parameters
+        ----------
+        frame : int
+            Index of the cadence (in ``tpf.time``).
+        ax : array of three `matplotlib.axes.Axes`, optional
+
+        Returns
+        -------
+        axes : array of three `matplotlib.axes.Axes`
+        """
+        model = self._evaluate()
+        from . import plotting
+
+        return plotting.plot_model_images(
+            self.tpf.flux[frame].value,
+            model.flux[frame].value,
+            time=self.tpf.time.value[frame],
+            ax=ax,
+        )

@@ -1,0 +1,624 @@
+"""Published scattered-light cubes: the registry, downloads and the cache.
+
+Published cubes are listed in a registry file shipped with the package
+(``lk_scatterlight/data/registry.txt``, pooch's ``name sha256:HASH url``
+format) and downloaded on demand with `pooch`, which checks every file against
+its SHA256 hash, retries failed downloads and writes through a temporary file,
+so the cache never holds a partial or unverified cube.
+
+Settings are read each time a function runs, never at import:
+
+* cache folder: the ``cache_dir`` argument, else ``LK_SCATTERLIGHT_CACHE``,
+  else ``conf.cache_dir``, else ``pooch.os_cache("lk_scatterlight")``;
+* download URLs: those in the registry, unless ``LK_SCATTERLIGHT_URL`` (or
+  ``conf.registry_url``) gives a base URL, making each ``<base>/<file name>``;
+* registry file: the shipped one, unless ``LK_SCATTERLIGHT_REGISTRY`` names
+  another (mirrors, tests);
+* download timeout [s]: ``LK_SCATTERLIGHT_TIMEOUT``, else ``conf.timeout``.
+
+An environment variable always wins over its ``conf`` item.
+
+File names encode what a cube holds: ``lk-scatterlight_s0002_1-1_bin16_v1.fits``
+is sector 2, camera 1, CCD 1, 16x16-pixel bins, cube format version 1 (see
+`cube_filename` and `parse_cube_filename`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import operator
+import os
+import re
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import pooch
+from astropy.table import Table
+
+from .cube import FORMAT_VERSION, ScatterLightCube
+from .exceptions import CubeFormatError, CubeNotFoundError, DownloadError, ScatterLightError
+
+__all__ = [
+    "fetch_cube",
+    "load_cube",
+    "available_cubes",
+    "cube_filename",
+    "parse_cube_filename",
+    "CubeName",
+    "get_pooch",
+    "get_cache_dir",
+    "CACHE_ENV",
+    "URL_ENV",
+    "REGISTRY_ENV",
+    "TIMEOUT_ENV",
+]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable overriding the cache folder (wins over ``conf.cache_dir``).
+CACHE_ENV = "LK_SCATTERLIGHT_CACHE"
+#: Environment variable overriding the base download URL (wins over ``conf.registry_url``).
+URL_ENV = "LK_SCATTERLIGHT_URL"
+#: Environment variable naming a registry file to use instead of the shipped one.
+REGISTRY_ENV = "LK_SCATTERLIGHT_REGISTRY"
+#: Environment variable overriding the download timeout [s] (wins over ``conf.timeout``).
+TIMEOUT_ENV = "LK_SCATTERLIGHT_TIMEOUT"
+#: Extra download attempts after a failure (pooch waits 1 s, then 2 s, between them).
+RETRIES = 2
+#: Project name of the default cache folder, ``pooch.os_cache(CACHE_NAME)``.
+CACHE_NAME = "lk_scatterlight"
+
+_NAME_RE = re.compile(
+    r"^lk-scatterlight_s(?P<sector>\d+)_(?P<camera>\d+)-(?P<ccd>\d+)"
+    r"_bin(?P<bin>\d+)_v(?P<version>\d+)\.fits$"
+)
+_NAME_PATTERN = "lk-scatterlight_s<SSSS>_<camera>-<ccd>_bin<N>_v<V>.fits"
+
+
+class CubeName(NamedTuple):
+    """What a published cube file name encodes.
+
+    Attributes
+    ----------
+    sector, camera, ccd : int
+        Where the cube belongs (camera and CCD 1-4).
+    bin : int
+        Pixel bin size in rows and columns [pixel].
+    version : int
+        Cube format version (see `lk_scatterlight.cube.FORMAT_VERSION`).
+    """
+
+    sector: int
+    camera: int
+    ccd: int
+    bin: int
+    version: int
+
+
+# ---------------------------------------------------------------------- file names
+def cube_filename(
+    sector: int, camera: int, ccd: int, bin: int, version: int = FORMAT_VERSION
+) -> str:
+    """Name of the published file holding a cube.
+
+    Parameters
+    ----------
+    sector : int
+        TESS sector (>= 1), written zero-padded to four digits.
+    camera, ccd : int
+        1-4.
+    bin : int
+        Pixel bin size [pixel] (>= 1).
+    version : int, optional
+        Cube format version; default `~lk_scatterlight.cube.FORMAT_VERSION`.
+
+    Returns
+    -------
+    name : str
+        For example ``"lk-scatterlight_s0002_1-1_bin16_v1.fits"``.
+
+    Raises
+    ------
+    ValueError
+        If a number is out of range.
+
+    Examples
+    --------
+    >>> cube_filename(2, 1, 1, 16)
+    'lk-scatterlight_s0002_1-1_bin16_v1.fits'
+    """
+    sector, camera, ccd = _check_ids(sector, camera, ccd)
+    bin = _as_int("bin", bin, 1)
+    version = _as_int("version", version, 1)
+    return f"lk-scatterlight_s{sector:04d}_{camera}-{ccd}_bin{bin}_v{version}.fits"
+
+
+def parse_cube_filename(name: str | os.PathLike) -> CubeName:
+    """Read sector, camera, CCD, pixel bin and format version from a cube file name.
+
+    The inverse of `cube_filename`; only canonical names are accepted (no
+    extra leading zeros), so ``cube_filename(*parse_cube_filename(n)) == n``.
+
+    Parameters
+    ----------
+    name : str or path-like
+        File name; a path is reduced to its last component.
+
+    Returns
+    -------
+    parsed : `CubeName`
+
+    Raises
+    ------
+    CubeFormatError
+        If the name does not follow ``lk-scatterlight_s<SSSS>_<camera>-<ccd>_bin<N>_v<V>.fits``.
+
+    Examples
+    --------
+    >>> parse_cube_filename("lk-scatterlight_s0002_1-1_bin16_v1.fits")
+    CubeName(sector=2, camera=1, ccd=1, bin=16, version=1)
+    """
+    base = Path(name).name
+    match = _NAME_RE.match(base)
+    problem = None
+    if match is None:
+        problem = "it does not match the pattern"
+    else:
+        try:
+            parsed = CubeName(*(int(v) for v in match.groups()))
+            if cube_filename(*parsed) != base:
+                problem = f"it is not canonical (expected {cube_filename(*parsed)!r})"
+        except ValueError as err:
+            problem = str(err)
+    if problem is not None:
+        raise CubeFormatError(
+            f"{base!r} is not a published cube file name: {problem} {_NAME_PATTERN} "
+            "(sector zero-padded to 4 digits, camera and CCD 1-4, e.g. "
+            "'lk-scatterlight_s0002_1-1_bin16_v1.fits')."
+        )
+    return parsed
+
+
+# ---------------------------------------------------------------------- settings
+def get_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Folder where downloaded cubes are kept.
+
+    In order of precedence: the ``cache_dir`` argument, the environment
+    variable ``LK_SCATTERLIGHT_CACHE``, ``lk_scatterlight.conf.cache_dir`` and
+    finally ``pooch.os_cache("lk_scatterlight")`` (e.g.
+    ``~/.cache/lk_scatterlight`` on Linux). Nothing is created here; the folder
+    is made on the first download.
+
+    Parameters
+    ----------
+    cache_dir : str or path-like, optional
+        Explicit folder.
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+    """
+    from . import conf
+
+    for value in (cache_dir, os.environ.get(CACHE_ENV), conf.cache_dir):
+        if value is not None and str(value).strip():
+            return Path(str(value).strip()).expanduser()
+    return Path(pooch.os_cache(CACHE_NAME))
+
+
+def _base_url() -> str | None:
+    from . import conf
+
+    for value in (os.environ.get(URL_ENV), conf.registry_url):
+        if value is not None and value.strip():
+            return value.strip().rstrip("/") + "/"
+    return None
+
+
+def _timeout() -> float:
+    from . import conf
+
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return float(conf.timeout)
+    try:
+        return float(value)
+    except ValueError as err:
+        raise ScatterLightError(
+            f"{TIMEOUT_ENV}={value!r} is not a number of seconds; set it to e.g. 60 or unset it."
+        ) from err
+
+
+def _registry_file():
+    """The registry file to use: ``LK_SCATTERLIGHT_REGISTRY`` or the shipped one."""
+    override = os.environ.get(REGISTRY_ENV, "").strip()
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise ScatterLightError(
+                f"{REGISTRY_ENV} points to {path}, which is not a file; fix the path or unset "
+                "the variable to use the registry shipped with lk_scatterlight."
+            )
+        return path
+    return resources.files("lk_scatterlight") / "data" / "registry.txt"
+
+
+def get_pooch(cache_dir: str | os.PathLike | None = None) -> pooch.Pooch:
+    """The `pooch.Pooch` managing the published cubes under the current settings.
+
+    The instance is cached per combination of cache folder, registry file
+    (path and modification time) and base URL, so changing an environment
+    variable or a ``conf`` item takes effect on the next call. Creating it
+    touches neither the network nor the cache folder.
+
+    Parameters
+    ----------
+    cache_dir : str or path-like, optional
+        Cache folder; see `get_cache_dir`.
+
+    Returns
+    -------
+    pup : `pooch.Pooch`
+
+    Raises
+    ------
+    ScatterLightError
+        If the registry file cannot be read or lists an invalid entry.
+    """
+    registry = _registry_file()
+    try:
+        stat = os.stat(registry)  # type: ignore[arg-type]
+        stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+    except TypeError:  # packaged inside a zip: it cannot change
+        stamp = None
+    return _make_pooch(str(get_cache_dir(cache_dir)), registry, stamp, _base_url())
+
+
+@functools.lru_cache(maxsize=16)
+def _make_pooch(cache: str, registry, stamp: tuple[int, int] | None, base_url: str | None):
+    pup = pooch.create(path=cache, base_url=base_url or "", retry_if_failed=RETRIES)
+    try:
+        with resources.as_file(registry) as path:
+            pup.load_registry(path)
+    except OSError as err:  # pooch reports a malformed line as OSError
+        raise ScatterLightError(f"Cannot read the cube registry {registry}: {err}") from err
+    if base_url is not None:
+        pup.urls = {}  # every file is <base>/<name>
+    for name in pup.registry:
+        try:
+            parse_cube_filename(name)
+        except CubeFormatError as err:
+            raise ScatterLightError(
+                f"The cube registry {registry} lists an invalid entry: {err}"
+            ) from err
+        if base_url is None and name not in pup.urls:
+            raise ScatterLightError(
+                f"The cube registry {registry} gives no URL for {name}; add it as the third "
+                f"field of the line, or set {URL_ENV} to the base URL of the files."
+            )
+    log.debug("Cube registry %s: %d cubes, cache %s", registry, len(pup.registry), cache)
+    return pup
+
+
+# ---------------------------------------------------------------------- public API
+def available_cubes() -> Table:
+    """Table of the published cubes (read from the registry; no network).
+
+    Returns
+    -------
+    table : `~astropy.table.Table`
+        One row per file, sorted, with columns ``sector``, ``camera``,
+        ``ccd``, ``bin`` [pixel], ``version`` (cube format), ``filename`` and
+        ``url``. Empty (with these columns) when nothing is published.
+        ``table.meta["registry"]`` names the registry file.
+
+    Examples
+    --------
+    >>> table = available_cubes()
+    >>> table.colnames
+    ['sector', 'camera', 'ccd', 'bin', 'version', 'filename', 'url']
+    """
+    pup = get_pooch()
+    rows = sorted((parse_cube_filename(name), name) for name in pup.registry)
+    columns = [[getattr(cube, key) for cube, _ in rows] for key in CubeName._fields]
+    columns += [[name for _, name in rows], [pup.get_url(name) for _, name in rows]]
+    table = Table(
+        columns,
+        names=[*CubeName._fields, "filename", "url"],
+        dtype=[int] * len(CubeName._fields) + [str, str],
+    )
+    table["bin"].unit = "pixel"
+    table.meta["registry"] = str(_registry_file())
+    return table
+
+
+def fetch_cube(
+    sector: int,
+    camera: int,
+    ccd: int,
+    bin: int | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progressbar: bool = True,
+) -> Path:
+    """Path of the published cube of a sector/camera/CCD, downloading it if needed.
+
+    A cached file is used as it is when its SHA256 hash matches the registry
+    (no network access); a missing or corrupt one is downloaded again, up to
+    three attempts, into a temporary file that is hash-checked before it is
+    renamed into place. Concurrent calls, also from several processes, are
+    safe.
+
+    Parameters
+    ----------
+    sector : int
+        TESS sector.
+    camera, ccd : int
+        1-4.
+    bin : int, optional
+        Pixel bin size [pixel]; default the finest one published. Among
+        format versions the highest this package reads is taken.
+    cache_dir : str or path-like, optional
+        Cache folder; default from ``LK_SCATTERLIGHT_CACHE``,
+        ``conf.cache_dir`` or the operating system's cache (see `get_cache_dir`).
+    progressbar : bool, optional
+        Show a download progress bar (tqdm) on stderr.
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+        The cached cube file.
+
+    Raises
+    ------
+    CubeNotFoundError
+        If no cube is published for the request; the message lists the
+        nearest published ones and how to build the cube locally.
+    DownloadError
+        If the download fails (server unreachable, HTTP error, timeout) or the
+        downloaded file does not match its registry hash.
+
+    Examples
+    --------
+    >>> from lk_scatterlight import fetch_cube
+    >>> path = fetch_cube(2, 1, 1)  # doctest: +SKIP
+    """
+    sector, camera, ccd = _check_ids(sector, camera, ccd)
+    if bin is not None:
+        bin = _as_int("bin", bin, 1)
+    pup = get_pooch(cache_dir)
+    name = _select(pup, sector, camera, ccd, bin)
+    url = pup.get_url(name)
+    timeout = _timeout()
+    downloader = None  # pooch picks one for ftp://, doi:, ...
+    if url.startswith(("http://", "https://")):
+        from . import __version__
+
+        downloader = _HTTPDownloader(
+            progressbar=progressbar,
+            timeout=timeout,
+            headers={"User-Agent": f"lk_scatterlight/{__version__} pooch/{pooch.__version__}"},
+        )
+    log.debug("Fetching %s (from %s) into %s", name, url, pup.abspath)
+    # Imported here as pooch does, to keep `import lk_scatterlight` fast.
+    import requests
+
+    build = _build_hint(sector, camera, ccd)
+    try:
+        with _POOCH_LOG:
+            path = pup.fetch(
+                name, processor=_log_action, downloader=downloader, progressbar=progressbar
+            )
+    except requests.exceptions.RequestException as err:
+        raise DownloadError(
+            f"Could not download {name} (sector {sector} camera {camera} CCD {ccd}) from "
+            f"{url}: {_describe(err, timeout)}, after {1 + RETRIES} attempts. Check the network "
+            f"or the mirror ({URL_ENV} / conf.registry_url), or {build}."
+        ) from err
+    except ValueError as err:  # pooch: the download does not match the registry hash
+        raise DownloadError(
+            f"Download of {name} from {url} was rejected and not kept in the cache "
+            f"({pup.abspath}): {' '.join(str(err).split())} If this persists, the registry or "
+            f"the mirror is out of date; {build}."
+        ) from err
+    except OSError as err:  # the cache folder cannot be created or written
+        raise DownloadError(
+            f"Could not store {name} in the cache folder {pup.abspath}: {err}. Choose another "
+            f"folder with cache_dir=..., {CACHE_ENV} or conf.cache_dir."
+        ) from err
+    return Path(path)
+
+
+def load_cube(
+    sector: int,
+    camera: int,
+    ccd: int,
+    bin: int | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progressbar: bool = True,
+) -> ScatterLightCube:
+    """Open the published cube of a sector/camera/CCD, downloading it if needed.
+
+    `fetch_cube` followed by `~lk_scatterlight.ScatterLightCube.read`; the parameters and
+    errors are those of `fetch_cube`.
+
+    Returns
+    -------
+    cube : `~lk_scatterlight.ScatterLightCube`
+
+    Raises
+    ------
+    CubeNotFoundError, DownloadError
+        See `fetch_cube`.
+    CubeFormatError
+        If the file cannot be read or holds another sector/camera/CCD than its
+        name says.
+    """
+    path = fetch_cube(sector, camera, ccd, bin, cache_dir=cache_dir, progressbar=progressbar)
+    cube = ScatterLightCube.read(path)
+    found, wanted = (cube.sector, cube.camera, cube.ccd), (int(sector), int(camera), int(ccd))
+    if found != wanted:
+        raise CubeFormatError(
+            f"{path} holds sector/camera/CCD {found}, not {wanted} as its registry entry "
+            "says; the registry is wrong, please report it."
+        )
+    return cube
+
+
+# ---------------------------------------------------------------------- helpers
+def _as_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    try:
+        number = operator.index(value)
+    except TypeError as err:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}.") from err
+    if number < lo or (hi is not None and number > hi):
+        allowed = f"{lo}-{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {allowed}, found {number}.")
+    return number
+
+
+def _check_ids(sector, camera, ccd) -> tuple[int, int, int]:
+    return _as_int("sector", sector, 1), _as_int("camera", camera, 1, 4), _as_int("ccd", ccd, 1, 4)
+
+
+def _build_hint(sector: int, camera: int, ccd: int) -> str:
+    return (
+        f"build the cube locally with `lk-scatterlight build --sector {sector} "
+        f"--camera {camera} --ccd {ccd}` and pass cube=path"
+    )
+
+
+def _select(pup: pooch.Pooch, sector: int, camera: int, ccd: int, bin: int | None) -> str:
+    """Registry name of the cube to fetch, or `CubeNotFoundError` saying what exists."""
+    published = {parse_cube_filename(name): name for name in pup.registry}
+    what = f"sector {sector} camera {camera} CCD {ccd}"
+    build = _build_hint(sector, camera, ccd)
+    if not published:
+        raise CubeNotFoundError(
+            f"No scattered-light cube is published for {what}: no cubes are published yet "
+            f"(the registry {_registry_file()} is empty). To correct this CCD, {build}."
+        )
+    here = [c for c in published if (c.sector, c.camera, c.ccd) == (sector, camera, ccd)]
+    if not here:
+        raise CubeNotFoundError(
+            f"No scattered-light cube is published for {what}. {_nearest(published, sector)}. "
+            f"To correct this CCD, {build}."
+        )
+    readable = [c for c in here if c.version <= FORMAT_VERSION]
+    if not readable:
+        versions = ", ".join(str(v) for v in sorted({c.version for c in here}))
+        raise CubeNotFoundError(
+            f"The cube for {what} is published only in cube format version {versions}; this "
+            f"lk_scatterlight reads versions 1..{FORMAT_VERSION}. Upgrade lk_scatterlight "
+            f"(pip install -U lk_scatterlight), or {build}."
+        )
+    if bin is not None:
+        bins = sorted({c.bin for c in readable})
+        readable = [c for c in readable if c.bin == bin]
+        if not readable:
+            raise CubeNotFoundError(
+                f"No cube is published for {what} with {bin}-pixel bins; published bins: "
+                f"{', '.join(str(b) for b in bins)} (bin=None takes the finest), or {build}."
+            )
+    best = min(readable, key=lambda c: (c.bin, -c.version))
+    return published[best]
+
+
+def _nearest(published, sector: int) -> str:
+    """Describe the published cubes closest to ``sector``."""
+
+    def ccds(s: int) -> str:
+        pairs = sorted({(c.camera, c.ccd) for c in published if c.sector == s})
+        return ", ".join(f"camera {a} CCD {b}" for a, b in pairs)
+
+    sectors = {c.sector for c in published}
+    if sector in sectors:
+        return f"Published for sector {sector}: {ccds(sector)}"
+    nearest = sorted(sorted(sectors, key=lambda s: (abs(s - sector), s))[:3])
+    return "Nearest published sectors: " + "; ".join(f"sector {s} ({ccds(s)})" for s in nearest)
+
+
+def _describe(err, timeout: float) -> str:
+    """A short reason for a requests exception."""
+    import requests
+
+    response = getattr(err, "response", None)
+    if isinstance(err, requests.HTTPError) and response is not None:
+        return f"the server answered HTTP {response.status_code} {response.reason}"
+    if isinstance(err, requests.Timeout):
+        return f"no answer within the {timeout:g} s timeout ({TIMEOUT_ENV} / conf.timeout)"
+    if isinstance(err, requests.ConnectionError):
+        return "the server cannot be reached (offline, or the server is down)"
+    return f"{type(err).__name__}: {err}"
+
+
+class _HTTPDownloader(pooch.HTTPDownloader):
+    """pooch's HTTP downloader, closing the response of a failed request.
+
+    pooch streams the download and, on an HTTP error status, raises without
+    closing the response, which leaks its socket on every attempt.
+    """
+
+    def __call__(self, url, output_file, pooch, check_only=False):
+        import requests
+
+        try:
+            return super().__call__(url, output_file, pooch, check_only=check_only)
+        except requests.HTTPError as err:
+            if err.response is not None:
+                err.response.close()
+            raise
+
+
+def _log_action(fname: str, action: str, pup: pooch.Pooch) -> str:
+    """pooch processor: log what happened to the file and return its path."""
+    if action == "download":
+        log.info("Downloaded %s to %s", Path(fname).name, pup.abspath)
+    elif action == "update":
+        log.info(
+            "Downloaded %s again: the cached copy did not match its registry hash",
+            Path(fname).name,
+        )
+    else:
+        log.debug("Using cached %s", fname)
+    return fname
+
+
+class _PoochLogForwarder(logging.Filter):
+    """While active, send pooch's log records to this module's logger.
+
+    pooch logs through its own logger with a handler that writes to stderr;
+    a library must not print, so during `fetch_cube` its records are passed to
+    ``logging.getLogger("lk_scatterlight.registry")`` (shown by
+    ``lk-scatterlight -v``) and dropped from pooch's handler. Re-entrant and
+    thread-safe.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._depth = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        log.log(record.levelno, "pooch: %s", record.getMessage())
+        return False
+
+    def __enter__(self) -> _PoochLogForwarder:
+        with self._lock:
+            if self._depth == 0:
+                pooch.get_logger().addFilter(self)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                pooch.get_logger().removeFilter(self)
+
+
+_POOCH_LOG = _PoochLogForwarder()

@@ -1,0 +1,1179 @@
+"""Synthetic TESS scattered light with known truth.
+
+`ScatteredLightField` is an analytic model of the time-variable background of
+one CCD over one sector, with the structure real Full Frame Images show:
+
+* an Earth glow strongest near perigee (the start and end of each ~13.7-day
+  orbit) that decays over a day or so, with a daily ripple (Earth rotation);
+* a glow front that sweeps across the CCD as the Earth angle changes;
+* a Moon glow that drifts across the CCD;
+* optionally (``structured=True``) fine structure that smooth models blur: a
+  narrow glint ridge (~12 px wide) and a sharp baffle shadow edge (~6 px wide).
+
+`make_cube` samples a field on a bin grid as a `ScatterLightCube`, and
+`make_tpf` cuts a TESSCut-like or SPOC-like target pixel file (stars + static
+sky + scattered light + noise) from the same field, with the injected
+scattered light stored in an extra ``SL_TRUTH`` extension. `FFISimulator`
+makes full-size SPOC-like calibrated FFIs (stars with saturation and bleed
+columns, strap columns, collateral pixels, noise, quality-flagged defects) from
+a field, with the injected scattered light available as truth. Everything is
+deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .cube import SCIENCE_COLUMNS, SCIENCE_ROWS, ScatterLightCube
+
+__all__ = [
+    "ScatteredLightField",
+    "sector_times",
+    "make_cube",
+    "make_tpf",
+    "FFISimulator",
+    "FFI_SHAPE",
+    "SATURATION",
+    "btjd_to_utc",
+    "ffi_filename",
+]
+
+log = logging.getLogger(__name__)
+
+ORBIT_DAYS = 13.7
+#: Approximate start of sector 1 [BTJD] and mean sector length [d], for synthetic times.
+_SECTOR1_START, _SECTOR_DAYS = 1325.30, 27.4
+
+
+def ffi_cadence_seconds(sector: int) -> float:
+    """FFI cadence of a sector [s]: 1800 (1-26), 600 (27-55), 200 (56+)."""
+    return 1800.0 if sector <= 26 else 600.0 if sector <= 55 else 200.0
+
+
+def sector_times(sector: int, cadence: float | None = None, gap_days: float = 1.0):
+    """Synthetic FFI mid-times of a sector with an orbit gap in the middle.
+
+    Parameters
+    ----------
+    sector : int
+    cadence : float, optional
+        Cadence [s]; default the FFI cadence of the sector's era.
+    gap_days : float
+        Length of the orbit gap (downlink) [d].
+
+    Returns
+    -------
+    time : ndarray, BTJD [d]
+        Frame mid-times; frames abut (``TSTOP`` of one is ``TSTART`` of the next).
+    """
+    step = (cadence or ffi_cadence_seconds(sector)) / 86400.0
+    start = _SECTOR1_START + (sector - 1) * _SECTOR_DAYS
+    t = start + step * (np.arange(int(_SECTOR_DAYS / step)) + 0.5)
+    middle = start + _SECTOR_DAYS / 2
+    return t[np.abs(t - middle) > gap_days / 2]
+
+
+@dataclass
+class ScatteredLightField:
+    """Analytic scattered light of one CCD over a sector [e-/s per pixel].
+
+    Parameters
+    ----------
+    t0 : float
+        Perigee time [BTJD] at the start of the first orbit.
+    earth_peak : float
+        Earth-glow amplitude at perigee [e-/s].
+    moon_peak : float
+        Moon-glow amplitude [e-/s].
+    structured : bool
+        Add a narrow glint ridge and a sharp baffle shadow edge.
+    seed : int
+        Varies the geometry (directions, Moon track) deterministically.
+    """
+
+    t0: float = _SECTOR1_START - 0.2
+    earth_peak: float = 300.0
+    moon_peak: float = 40.0
+    structured: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        rng = np.random.default_rng(self.seed)
+        self._angle0 = rng.uniform(0, 2 * np.pi)
+        self._moon_start = rng.uniform([200, 200], [1800, 1800])
+        self._moon_velocity = rng.uniform(-120, 120, size=2)  # [px/d]
+
+    def earth_amplitude(self, time: np.ndarray) -> np.ndarray:
+        """Earth glow amplitude [e-/s]: rises towards perigee, decays after it, daily ripple."""
+        phase = np.mod(np.asarray(time) - self.t0, ORBIT_DAYS)
+        decay = np.exp(-phase / 1.2) + np.exp(-(ORBIT_DAYS - phase) / 1.5)
+        ripple = 1 + 0.15 * np.sin(2 * np.pi * (np.asarray(time) - self.t0))
+        return self.earth_peak * decay * ripple
+
+    def __call__(self, time, row, column) -> np.ndarray:
+        """Evaluate on a grid.
+
+        Parameters
+        ----------
+        time : array of float, shape (nt,)
+            BTJD [d].
+        row, column : array of float, shapes (nrow,), (ncol,)
+            1-based CCD pixel coordinates.
+
+        Returns
+        -------
+        flux : ndarray, shape (nt, nrow, ncol) [e-/s per pixel]
+        """
+        t = np.asarray(time, dtype=float)[:, None, None]
+        r = (np.asarray(row, dtype=float)[None, :, None] - 1024.5) / 1024
+        c = (np.asarray(column, dtype=float)[None, None, :] - 1068.5) / 1024
+        phase = np.mod(t - self.t0, ORBIT_DAYS) / ORBIT_DAYS
+        # Earth: a glow from a slowly turning direction whose front sweeps the CCD.
+        # Periodic in the orbit phase, so the field is continuous through perigee.
+        sweep = 0.5 - 0.5 * np.cos(2 * np.pi * phase)
+        angle = self._angle0 + 0.8 * sweep
+        u = r * np.cos(angle) + c * np.sin(angle)
+        front = -1.2 + 2.8 * sweep
+        glow = np.exp(0.9 * u) / (1 + np.exp((u - front) / 0.35))
+        earth = self.earth_amplitude(t) * (0.35 + glow) * (1 + 0.1 * r - 0.05 * c**2)
+        # Moon: a broad blob drifting across the CCD.
+        days = t - self.t0
+        mr = (self._moon_start[0] + self._moon_velocity[0] * days - 1024.5) / 1024
+        mc = (self._moon_start[1] + self._moon_velocity[1] * days - 1068.5) / 1024
+        moon_amp = self.moon_peak * (0.6 + 0.4 * np.cos(2 * np.pi * days / 27.3))
+        moon = moon_amp * np.exp(-((r - mr) ** 2 + (c - mc) ** 2) / (2 * 0.6**2))
+        flux = earth + moon
+        if self.structured:
+            rr, cc = r * 1024, c * 1024  # pixels from the CCD centre
+            ridge_pos = 0.6 * rr + 0.8 * cc - 300 + 400 * sweep
+            ridge = 0.25 * np.exp(-0.5 * (ridge_pos / (12 / 2.355)) ** 2)
+            shadow = 0.85 + 0.15 / (1 + np.exp(-(cc - 250) / (6 / 4.4)))
+            flux = flux * shadow + self.earth_amplitude(t) * ridge
+        return flux
+
+
+def make_cube(
+    field: ScatteredLightField,
+    sector: int = 1,
+    camera: int = 1,
+    ccd: int = 1,
+    pixel_bin: int = 64,
+    time: np.ndarray | None = None,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> ScatterLightCube:
+    """Sample a field on a bin grid covering the science area, one plane per FFI.
+
+    Parameters
+    ----------
+    field : `ScatteredLightField`
+    sector, camera, ccd : int
+    pixel_bin : int
+        Bin size [px]; must divide 2048.
+    time : array of float, optional
+        Plane centres [BTJD]; default `sector_times` of the sector.
+    noise : float
+        Gaussian noise added to every bin, also stored as ``flux_err`` [e-/s].
+    seed : int
+
+    Returns
+    -------
+    cube : `ScatterLightCube`
+    """
+    if 2048 % pixel_bin:
+        raise ValueError(f"pixel_bin must divide 2048, got {pixel_bin}.")
+    time = sector_times(sector) if time is None else np.asarray(time, dtype=float)
+    row = SCIENCE_ROWS[0] + pixel_bin * np.arange(2048 // pixel_bin) + (pixel_bin - 1) / 2
+    column = SCIENCE_COLUMNS[0] + pixel_bin * np.arange(2048 // pixel_bin) + (pixel_bin - 1) / 2
+    flux = field(time, row, column)
+    rng = np.random.default_rng(seed)
+    flux += rng.normal(0, noise, flux.shape)
+    half = np.median(np.diff(time)) / 2
+    return ScatterLightCube.from_arrays(
+        sector,
+        camera,
+        ccd,
+        time,
+        row,
+        column,
+        flux,
+        np.full(flux.shape, noise),
+        time_start=time - half,
+        time_stop=time + half,
+        npix=np.full((row.size, column.size), pixel_bin**2),
+        meta={"creator": "lk_scatterlight.simulate", "pixel_bin": pixel_bin, "seed": seed},
+    )
+
+
+def _stars(shape, rng, n_field, target_flux):
+    """Star images: a target at the centre plus random field stars, Gaussian PSF."""
+    nr, nc = shape
+    rows = np.concatenate([[(nr - 1) / 2], rng.uniform(-1, nr, n_field)])
+    cols = np.concatenate([[(nc - 1) / 2], rng.uniform(-1, nc, n_field)])
+    tmag = rng.uniform(11, 16, n_field)
+    flux = np.concatenate([[target_flux], 15000 * 10 ** (-0.4 * (tmag - 10))])
+    yy, xx = np.mgrid[0:nr, 0:nc]
+    sigma = 0.9
+    image = np.zeros(shape)
+    for r, c, f in zip(rows, cols, flux, strict=True):
+        image += (
+            f * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+        )
+    return image
+
+
+def make_tpf(
+    field: ScatteredLightField,
+    row: int,
+    column: int,
+    shape: tuple[int, int] = (11, 11),
+    sector: int = 1,
+    camera: int = 1,
+    ccd: int = 1,
+    time: np.ndarray | None = None,
+    kind: str = "tesscut",
+    sky: float = 30.0,
+    target_flux: float = 15000.0,
+    n_field_stars: int = 6,
+    seed: int = 0,
+):
+    """Cut a synthetic TESS target pixel file from a scattered-light field.
+
+    Parameters
+    ----------
+    field : `ScatteredLightField`
+    row, column : int
+        1-based CCD position of the lower-left pixel (``tpf.row``, ``tpf.column``).
+    shape : (int, int)
+        (nrow, ncol) of the cutout.
+    sector, camera, ccd : int
+    time : array of float, optional
+        Cadence mid-times [BTJD]; default the sector's FFI times.
+    kind : {"tesscut", "spoc"}
+        ``"tesscut"``: background left in FLUX and FLUX_BKG zero, as TESSCut and
+        tesscube cutouts. ``"spoc"``: SPOC-like, background (sky + scattered
+        light) already subtracted from FLUX and stored in FLUX_BKG.
+    sky : float
+        Static sky level [e-/s per pixel].
+    target_flux : float
+        Total flux of the central star [e-/s].
+    n_field_stars : int
+    seed : int
+
+    Returns
+    -------
+    tpf : `lightkurve.TessTargetPixelFile`
+        With the injected scattered light in extension ``SL_TRUTH``,
+        shape (ntime, nrow, ncol) [e-/s].
+    """
+    import lightkurve as lk
+
+    if kind not in ("tesscut", "spoc"):
+        raise ValueError(f"kind must be 'tesscut' or 'spoc', not {kind!r}.")
+    rng = np.random.default_rng(seed)
+    time = sector_times(sector) if time is None else np.asarray(time, dtype=float)
+    nr, nc = shape
+    truth = field(time, row + np.arange(nr), column + np.arange(nc))
+    static = _stars(shape, rng, n_field_stars, target_flux) + sky
+    exposure = 0.8 * 0.99 * np.median(np.diff(time)) * 86400  # [s] after cosmic-ray mitigation
+    total = static[None] + truth
+    read_var = (exposure / 2) * 10.0**2  # 2-s frames, 10 e- read noise each
+    flux_err = np.sqrt(np.clip(total, 0, None) * exposure + read_var) / exposure
+    flux = total + rng.normal(size=total.shape) * flux_err
+    if kind == "spoc":
+        background = sky + truth
+        flux = flux - background
+        creator, origin = "20617 TargetPixelExporterPipelineModule", "NASA/Ames"
+    else:
+        background = np.zeros_like(flux)
+        creator, origin = "astrocut", "STScI/MAST"
+
+    primary = fits.PrimaryHDU()
+    for key, value in {
+        "ORIGIN": origin,
+        "CREATOR": creator,
+        "TELESCOP": "TESS",
+        "INSTRUME": "TESS Photometer",
+        "OBJECT": "Synthetic target",
+        "TICID": 0,
+        "SECTOR": sector,
+        "CAMERA": camera,
+        "CCD": ccd,
+        "RA_OBJ": 0.0,
+        "DEC_OBJ": 0.0,
+        "SIMDATA": True,
+    }.items():
+        primary.header[key] = value
+    npx = f"{nr * nc}E"
+    dim = f"({nc},{nr})"
+    ncad = time.size
+    zeros = np.zeros((ncad, nr, nc), dtype=np.float32)
+    columns = [
+        fits.Column("TIME", "D", unit="BJD - 2457000, days", array=time),
+        fits.Column("TIMECORR", "E", unit="d", array=np.zeros(ncad)),
+        fits.Column("CADENCENO", "J", array=np.arange(ncad)),
+        fits.Column("FLUX", npx, unit="e-/s", dim=dim, array=flux.astype(np.float32)),
+        fits.Column("FLUX_ERR", npx, unit="e-/s", dim=dim, array=flux_err.astype(np.float32)),
+        fits.Column("FLUX_BKG", npx, unit="e-/s", dim=dim, array=background.astype(np.float32)),
+        fits.Column("FLUX_BKG_ERR", npx, unit="e-/s", dim=dim, array=zeros),
+        fits.Column("QUALITY", "J", array=np.zeros(ncad, dtype=np.int32)),
+        fits.Column("POS_CORR1", "E", unit="pixel", array=np.zeros(ncad)),
+        fits.Column("POS_CORR2", "E", unit="pixel", array=np.zeros(ncad)),
+    ]
+    pixels = fits.BinTableHDU.from_columns(columns, name="PIXELS")
+    step = np.median(np.diff(time))
+    for key, value in {
+        "1CRV5P": column,
+        "2CRV5P": row,
+        "1CRV4P": column,
+        "2CRV4P": row,
+        "TIMEREF": "SOLARSYSTEM",
+        "TIMESYS": "TDB",
+        "BJDREFI": 2457000,
+        "BJDREFF": 0.0,
+        "TIMEUNIT": "d",
+        "TSTART": time[0] - step / 2,
+        "TSTOP": time[-1] + step / 2,
+        "TIMEDEL": step,
+    }.items():
+        pixels.header[key] = value
+    aperture = fits.ImageHDU(np.ones(shape, dtype=np.int32), name="APERTURE")
+    truth_hdu = fits.ImageHDU(truth.astype(np.float32), name="SL_TRUTH")
+    truth_hdu.header["BUNIT"] = "electron/s"
+    truth_hdu.header["COMMENT"] = "scattered light injected into this synthetic TPF"
+    hdulist = fits.HDUList([primary, pixels, aperture, truth_hdu])
+    return lk.TessTargetPixelFile(hdulist)
+
+
+# ============================================================================ synthetic FFIs
+#: Shape (rows, columns) of a full SPOC FFI image, collateral pixels included.
+FFI_SHAPE = (2078, 2136)
+#: 0-based (row, column) slices of the science pixels in a full FFI array.
+SCIENCE_SLICES = (slice(0, 2048), slice(44, 2092))
+#: Saturation (full-well) level of the simulated CCD [e-/s per pixel]. A chosen value of
+#: the order of the TESS full well (a few 1e5 e- per 2-s frame); charge above it bleeds
+#: up and down the column.
+SATURATION = 1.5e5
+#: Defect kinds of `FFISimulator` and the SPOC DQUALITY bit each one sets:
+#: momentum dump (Desat, 32), coarse point (CoarsePoint, 4), Argabrightening glint (16).
+DEFECT_FLAGS = {"desat": 32, "coarse": 4, "glint": 16}
+#: SPOC DQUALITY bit for scattered light from the Earth or Moon (Straylight).
+STRAYLIGHT_FLAG = 2048
+#: PSF: a pixel-integrated sum of two circular Gaussians [px] and the wing's flux fraction.
+PSF_CORE_SIGMA, PSF_WING_SIGMA, PSF_WING_FRACTION = 0.9, 3.0, 0.2
+#: TESS magnitude zero point: a Tmag 10 star gives 15000 e-/s.
+TMAG_ZEROPOINT_FLUX = 15000.0
+
+_TT_MINUS_UTC = 69.184  # [s] 37 leap seconds + 32.184 s; valid since 2017-01-01
+_BTJD_EPOCH = datetime(2014, 12, 8, 12, 0, 0)  # JD 2457000.0 (TT; TDB - TT < 2 ms)
+_INT_TIME, _READ_TIME = 1.98, 0.02  # [s] photon integration and readout per 2-s frame
+_CR_KEEP = 0.8  # on-board cosmic-ray mitigation keeps 8 of every 10 frames
+_DEADC = _CR_KEEP * _INT_TIME / (_INT_TIME + _READ_TIME)  # 0.792, as in SPOC headers
+_STAMP_RADII = (4, 8, 16, 32, 64)  # [px] stamp half-widths used to render stars
+_PSF_FLOOR = 0.01  # [e-/s] stamps reach where the PSF wing falls below this
+_STAR_MARGIN = 8  # [px] stars are placed up to this far outside the science area
+_SCIENCE_ROW_COORDS = np.arange(1, 2049, dtype=float)  # 1-based CCD rows
+_SCIENCE_COLUMN_COORDS = np.arange(45, 2093, dtype=float)  # 1-based CCD columns
+
+
+def btjd_to_utc(btjd: float) -> datetime:
+    """Convert a BTJD time to a UTC calendar date, as SPOC's DATE-OBS cards do.
+
+    Uses the fixed TT - UTC = 69.184 s valid since 2017-01-01 (no leap second
+    since) and neglects TDB - TT (< 2 ms). No barycentric correction is undone:
+    pass ``btjd - BARYCORR`` for the spacecraft clock.
+
+    Parameters
+    ----------
+    btjd : float
+        BTJD [d] (BJD - 2457000, TDB).
+
+    Returns
+    -------
+    utc : `datetime.datetime`
+        Naive datetime in UTC.
+    """
+    return _BTJD_EPOCH + timedelta(days=float(btjd), seconds=-_TT_MINUS_UTC)
+
+
+def ffi_filename(start_utc: datetime, sector: int, camera: int, ccd: int) -> str:
+    """SPOC calibrated-FFI file name.
+
+    Parameters
+    ----------
+    start_utc : `datetime.datetime`
+        Start of the exposure in UTC (the primary header's DATE-OBS).
+    sector, camera, ccd : int
+
+    Returns
+    -------
+    name : str
+        ``tess{YYYYDDDHHMMSS}-s{sector:04d}-{camera}-{ccd}-0120-s_ffic.fits``, e.g.
+        ``tess2018206192942-s0001-1-4-0120-s_ffic.fits``.
+    """
+    return f"tess{start_utc:%Y%j%H%M%S}-s{sector:04d}-{camera}-{ccd}-0120-s_ffic.fits"
+
+
+def _barycorr(btjd: float) -> float:
+    """Synthetic barycentric correction [d]: a smooth annual term of SPOC's magnitude."""
+    return 0.0057 * np.cos(2 * np.pi * (btjd - 1325.3) / 365.25)
+
+
+def _pixel_gauss(offset: np.ndarray, sigma: float) -> np.ndarray:
+    """A unit 1-D Gaussian integrated over pixels whose centres are ``offset`` [px] away."""
+    from scipy.special import erf
+
+    s = np.sqrt(2.0) * sigma
+    return 0.5 * (erf((offset + 0.5) / s) - erf((offset - 0.5) / s))
+
+
+def _render_stars(row: np.ndarray, column: np.ndarray, flux: np.ndarray, shape) -> np.ndarray:
+    """Render stars with the two-Gaussian PSF.
+
+    Parameters
+    ----------
+    row, column : ndarray of float, shape (nstar,)
+        0-based array coordinates of the star centres (pixel ``i`` spans i-0.5..i+0.5).
+    flux : ndarray of float, shape (nstar,)
+        Total flux [e-/s].
+    shape : (int, int)
+
+    Returns
+    -------
+    image : ndarray of float64, shape ``shape`` [e-/s per pixel]
+    """
+    pad = _STAMP_RADII[-1] + _STAR_MARGIN + 1
+    nr, nc = shape[0] + 2 * pad, shape[1] + 2 * pad
+    canvas = np.zeros(nr * nc)
+    # Stamp size: out to where the wing drops below _PSF_FLOOR (at least 3 core sigmas).
+    wing_peak = flux * PSF_WING_FRACTION / (2 * np.pi * PSF_WING_SIGMA**2)
+    need = PSF_WING_SIGMA * np.sqrt(2 * np.log(np.maximum(wing_peak / _PSF_FLOOR, 1.0)))
+    need = np.maximum(need, 3 * PSF_CORE_SIGMA)
+    size_class = np.minimum(np.searchsorted(_STAMP_RADII, need), len(_STAMP_RADII) - 1)
+    for k, radius in enumerate(_STAMP_RADII):
+        members = np.nonzero(size_class == k)[0]
+        offsets = np.arange(-radius, radius + 1)
+        chunk = max(1, 4_000_000 // offsets.size**2)
+        for start in range(0, members.size, chunk):
+            sel = members[start : start + chunk]
+            r0, c0 = np.rint(row[sel]).astype(np.int64), np.rint(column[sel]).astype(np.int64)
+            pr, pc = r0[:, None] + offsets, c0[:, None] + offsets  # (n, m) pixel indices
+            dr, dc = pr - row[sel, None], pc - column[sel, None]
+            core = np.einsum(
+                "ni,nj->nij", _pixel_gauss(dr, PSF_CORE_SIGMA), _pixel_gauss(dc, PSF_CORE_SIGMA)
+            )
+            wing = np.einsum(
+                "ni,nj->nij", _pixel_gauss(dr, PSF_WING_SIGMA), _pixel_gauss(dc, PSF_WING_SIGMA)
+            )
+            stamp = flux[sel, None, None] * (
+                (1 - PSF_WING_FRACTION) * core + PSF_WING_FRACTION * wing
+            )
+            flat = (pr + pad)[:, :, None] * nc + (pc + pad)[:, None, :]
+            canvas += np.bincount(flat.ravel(), weights=stamp.ravel(), minlength=canvas.size)
+    return canvas.reshape(nr, nc)[pad:-pad, pad:-pad]
+
+
+def _spill(column: np.ndarray, start: int, step: int, charge: float, level: float) -> float:
+    """Move ``charge`` into pixels from ``start`` in direction ``step``, filling each to
+    ``level``; return what fell off the end of the column."""
+    k = start
+    while charge > 0 and 0 <= k < column.size:
+        room = level - column[k]
+        if room > 0:
+            if room <= charge:
+                column[k] = level
+                charge -= room
+            else:
+                column[k] += charge
+                charge = 0.0
+        k += step
+    return charge
+
+
+def _bleed(image: np.ndarray, level: float) -> np.ndarray:
+    """Clip ``image`` at ``level`` and spread the excess charge up and down each column.
+
+    Charge-conserving (except what bleeds off the edge of the array): the excess
+    of each contiguous saturated run is split equally between the pixels above
+    and below it, each filled to ``level`` in turn. Modifies ``image`` in place.
+
+    Returns
+    -------
+    saturated : tuple of ndarray
+        ``np.nonzero`` indices (rows, columns) of the pixels at ``level``.
+    """
+    for c in np.nonzero((image > level).any(axis=0))[0]:
+        col = image[:, c].astype(np.float64)
+        over = np.nonzero(col > level)[0]
+        for run in np.split(over, np.nonzero(np.diff(over) > 1)[0] + 1):
+            excess = float((col[run] - level).sum())
+            col[run] = level
+            left = _spill(col, run[0] - 1, -1, excess / 2, level)
+            left = _spill(col, run[-1] + 1, +1, excess / 2 + left, level)
+            _spill(col, run[0] - 1, -1, left, level)
+        image[:, c] = col
+    return np.nonzero(image >= level)
+
+
+def _smear_shift(image: np.ndarray, start, stop, nstep: int) -> np.ndarray:
+    """Average of ``image`` shifted along the line from ``start`` to ``stop`` [px (row, col)]."""
+    from scipy import ndimage
+
+    out = np.zeros_like(image)
+    for f in np.linspace(0.0, 1.0, nstep):
+        shift = (1 - f) * np.asarray(start, float) + f * np.asarray(stop, float)
+        out += ndimage.shift(image, shift, order=1, mode="constant", cval=0.0)
+    out /= nstep
+    return out
+
+
+class FFISimulator:
+    """Synthetic TESS calibrated Full Frame Images with known scattered light.
+
+    Each frame is a full 2078 x 2136 SPOC-like calibrated image [e-/s] of one
+    sector/camera/CCD: the science pixels (0-based array rows 0:2048, columns
+    44:2092; 1-based CCD rows 1..2048, columns 45..2092) hold
+
+    ``stars + sky * strap + SL(t) * strap + noise``
+
+    where
+
+    * **stars**: ``n_stars`` stars with TESS magnitudes 6..17 whose number rises
+      x3 per magnitude, flux ``15000 * 10**(-0.4 * (Tmag - 10))`` e-/s, plus
+      ``n_saturated`` stars of Tmag 2.5..4.5. The PSF is a pixel-integrated sum of
+      two Gaussians (core sigma 0.9 px, wing sigma 3 px with 20 % of the flux).
+      Charge above `SATURATION` (1.5e5 e-/s) bleeds up and down the column,
+      conserving charge; those pixels stay at the saturation level in every frame.
+    * **sky**: a static level ``sky`` [e-/s].
+    * **SL(t)**: the scattered light of ``field`` (`ScatteredLightField`)
+      evaluated exactly at every pixel centre.
+    * **strap**: the CCD strap columns (`lk_scatterlight.builder.straps`,
+      TESS Instrument Handbook Table A.3) respond more to diffuse light: each
+      strap (two adjacent columns) gets a factor drawn uniformly from
+      ``strap_factor`` (default 1.03..1.05), deterministic with ``seed``.
+      Stars are not affected.
+    * **noise**: Gaussian approximation of Poisson noise plus read noise
+      (``NREADOUT`` reads per cadence, ``read_noise`` e- per read for the four
+      outputs A-D); ``flux_err`` is the matching 1-sigma.
+
+    The collateral pixels hold plausible small calibrated levels, never the
+    scattered light: leading/trailing virtual columns, buffer and virtual rows
+    ``collateral_level`` [e-/s] plus read noise; smear rows add the frame
+    transfer smear (column mean of the science image x READTIME / INT_TIME).
+
+    Quality flags (SPOC DQUALITY bits) and real defects:
+
+    * ``Desat`` (32), momentum dumps: stars smeared by ~2 px along a line;
+    * ``CoarsePoint`` (4): stars shifted by ~1-2 px and smeared;
+    * ``Argabrightening`` (16): a diffuse glint (a broad 2-D Gaussian of
+      ``glint_amplitude`` e-/s) on top of the scattered light; it is *not* part
+      of `truth` (see `glint`), a builder should reject these frames;
+    * ``Straylight`` (2048): frames where the Earth glow exceeds
+      ``straylight_fraction`` of its perigee peak. These images are fine.
+
+    The default times are `sector_times` (FFI cadence of the sector's era, with
+    the orbit gap in the middle). Construction is cheap; the static scene is
+    rendered on first use (~0.5 s), after which a frame takes ~0.15-0.2 s
+    (~0.4-0.6 s for the smeared Desat/CoarsePoint frames). `frame` is
+    thread-safe.
+
+    Parameters
+    ----------
+    field : `ScatteredLightField`, optional
+        The scattered light; default ``ScatteredLightField(seed=seed)``.
+    sector, camera, ccd : int
+    n_frames : int, optional
+        Use this many frames spread evenly over the sector's `sector_times`
+        (both orbits). Default: all of them. Exclusive with ``time``.
+    time : array of float, shape (ntime,), optional
+        Frame mid-times, BTJD [d], strictly increasing. Exclusive with ``n_frames``.
+    seed : int
+        Seeds the stars, strap factors, defects and noise. Frame ``i`` is the
+        same whatever order frames are generated in.
+    sky : float
+        Static sky level [e-/s per pixel].
+    n_stars, n_saturated : int
+        Number of field stars (Tmag 6..17) and of saturated bright stars.
+    strap_factor : (float, float)
+        Range of the strap response factors.
+    read_noise : sequence of 4 float
+        Read noise of outputs A, B, C, D [e- per read].
+    defects : dict of int to str, optional
+        Frame index -> ``"desat"``, ``"coarse"`` or ``"glint"``. Default: a
+        momentum dump every ``dump_interval`` days (at least one), one
+        coarse-point frame near the middle and one glint at three quarters of
+        the series (when there are frames to spare). Pass ``{}`` for none.
+    dump_interval : float
+        Days between momentum dumps for the default ``defects``.
+    straylight_fraction : float
+        Flag Straylight (2048) where ``field.earth_amplitude(t)`` exceeds this
+        fraction of ``field.earth_peak``.
+    glint_amplitude : float
+        Peak of an Argabrightening glint [e-/s].
+    collateral_level : float
+        Calibrated level of the collateral pixels [e-/s].
+
+    Attributes
+    ----------
+    time, tstart, tstop : ndarray of float, shape (ntime,)
+        Mid, start and stop of each frame, BTJD [d].
+    quality : ndarray of int32, shape (ntime,)
+        SPOC DQUALITY bits.
+    cadenceno : ndarray of int, shape (ntime,)
+        Frame number counted from the sector start.
+    cadence, exposure : float
+        Frame length and effective exposure (after dead time and cosmic-ray
+        mitigation) [s].
+    strap_response : dict of int to float
+        1-based CCD column -> response factor of each strap column.
+    column_response : ndarray of float32, shape (2048,)
+        Response of each science column (1 off the straps).
+    stars : dict of str to ndarray
+        ``row``, ``column`` (1-based CCD coordinates of the centres), ``tmag``
+        and ``flux`` [e-/s] of every star.
+    defects : dict of int to str
+
+    Examples
+    --------
+    >>> from lk_scatterlight.simulate import FFISimulator, ScatteredLightField
+    >>> sim = FFISimulator(ScatteredLightField(structured=True), n_frames=8, seed=1)
+    >>> flux, flux_err = sim.frame(0)  # full 2078 x 2136 frame [e-/s]
+    >>> truth = sim.truth(0)  # scattered light on the science pixels, (2048, 2048)
+    >>> paths = sim.write_ffis("ffis")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        field: ScatteredLightField | None = None,
+        sector: int = 1,
+        camera: int = 1,
+        ccd: int = 1,
+        n_frames: int | None = None,
+        time: np.ndarray | None = None,
+        seed: int = 0,
+        *,
+        sky: float = 30.0,
+        n_stars: int = 40000,
+        n_saturated: int = 3,
+        strap_factor: tuple[float, float] = (1.03, 1.05),
+        read_noise: tuple[float, float, float, float] = (10.0, 7.5, 7.3, 9.2),
+        defects: dict[int, str] | None = None,
+        dump_interval: float = 3.125,
+        straylight_fraction: float = 0.5,
+        glint_amplitude: float = 50.0,
+        collateral_level: float = 0.5,
+    ):
+        from .builder.straps import strap_groups
+
+        self.field = ScatteredLightField(seed=seed) if field is None else field
+        self.sector, self.camera, self.ccd = int(sector), int(camera), int(ccd)
+        self.seed = int(seed)
+        self.sky = float(sky)
+        self.glint_amplitude = float(glint_amplitude)
+        self.collateral_level = float(collateral_level)
+        self.saturation = SATURATION
+        if n_frames is not None and time is not None:
+            msg = "Give at most one of n_frames and time, not both."
+            raise ValueError(msg)
+        all_times = sector_times(self.sector)
+        if time is not None:
+            time = np.atleast_1d(np.asarray(time, dtype=float))
+            if time.size == 0 or np.any(np.diff(time) <= 0):
+                msg = "time must be a non-empty, strictly increasing BTJD array."
+                raise ValueError(msg)
+        elif n_frames is not None:
+            if not 1 <= n_frames <= all_times.size:
+                msg = f"n_frames must be 1..{all_times.size} for sector {sector}, got {n_frames}."
+                raise ValueError(msg)
+            picks = np.rint(np.linspace(0, all_times.size - 1, n_frames)).astype(np.intp)
+            time = all_times[np.unique(picks)]
+        else:
+            time = all_times
+        self.time = time
+        self.cadence = ffi_cadence_seconds(self.sector)
+        half = self.cadence / 86400 / 2
+        self.tstart, self.tstop = self.time - half, self.time + half
+        sector_start = _SECTOR1_START + (self.sector - 1) * _SECTOR_DAYS
+        self.cadenceno = np.rint((self.time - sector_start) * 86400 / self.cadence - 0.5)
+        self.cadenceno = self.cadenceno.astype(np.int64)
+        self.num_frames = int(round(self.cadence / (_INT_TIME + _READ_TIME)))
+        self.n_reads = int(round(self.num_frames * _CR_KEEP))
+        self.exposure = self.cadence * _DEADC  # [s]
+        self.read_noise = tuple(float(r) for r in read_noise)
+        if len(self.read_noise) != 4:
+            msg = "read_noise needs four values, for outputs A, B, C and D."
+            raise ValueError(msg)
+
+        rng = np.random.default_rng([self.seed, 0])
+        # Straps: one factor per physical strap (two adjacent columns).
+        self.strap_response: dict[int, float] = {}
+        for group in strap_groups():
+            factor = float(rng.uniform(*strap_factor))
+            self.strap_response.update({column: factor for column in group})
+        self.column_response = np.ones(2048, dtype=np.float32)
+        for column, factor in self.strap_response.items():
+            self.column_response[column - 45] = factor
+        # Stars: Tmag pdf proportional to 3**Tmag on 6..17, plus a few saturated ones.
+        u = rng.random(int(n_stars))
+        tmag = 6.0 + np.log1p(u * (3.0**11 - 1)) / np.log(3.0)
+        bright = rng.uniform(2.5, 4.5, int(n_saturated))
+        lo, hi = -_STAR_MARGIN, 2048 + _STAR_MARGIN
+        r0 = np.concatenate([rng.uniform(lo, hi, tmag.size), rng.uniform(100, 1948, bright.size)])
+        c0 = np.concatenate([rng.uniform(lo, hi, tmag.size), rng.uniform(100, 1948, bright.size)])
+        tmag = np.concatenate([tmag, bright])
+        self.stars = {
+            "row": r0 + 1.0,
+            "column": c0 + 45.0,
+            "tmag": tmag,
+            "flux": TMAG_ZEROPOINT_FLUX * 10 ** (-0.4 * (tmag - 10)),
+        }
+        # Read noise per full-frame column (outputs A-D): 11 leading columns,
+        # 512 science columns and 11 trailing virtual columns each.
+        output = np.empty(FFI_SHAPE[1], dtype=np.intp)
+        output[:44] = np.arange(44) // 11
+        output[44:2092] = np.arange(2048) // 512
+        output[2092:] = np.arange(44) // 11
+        # Read-noise variance of a pixel [(e-/s)^2] per full-frame column.
+        self._read_var = (
+            self.n_reads * np.asarray(self.read_noise)[output] ** 2
+        ) / self.exposure**2
+        self._read_var = self._read_var.astype(np.float32)
+
+        self.defects = self._default_defects(dump_interval) if defects is None else dict(defects)
+        for index, kind in self.defects.items():
+            if kind not in DEFECT_FLAGS:
+                msg = (
+                    f"Unknown defect {kind!r} for frame {index}; use one of {sorted(DEFECT_FLAGS)}."
+                )
+                raise ValueError(msg)
+            if not 0 <= index < self.time.size:
+                raise ValueError(f"Defect frame index {index} is outside 0..{self.time.size - 1}.")
+        self.quality = np.zeros(self.time.size, dtype=np.int32)
+        for index, kind in self.defects.items():
+            self.quality[index] |= DEFECT_FLAGS[kind]
+        earth = self.field.earth_amplitude(self.time)
+        self.quality[earth > straylight_fraction * self.field.earth_peak] |= STRAYLIGHT_FLAG
+
+        self._scene_lock = threading.Lock()
+        self._static: np.ndarray | None = None
+        self._saturated: tuple[np.ndarray, np.ndarray] | None = None
+        self._sky_row = (self.sky * self.column_response).astype(np.float32)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _default_defects(self, dump_interval: float) -> dict[int, str]:
+        n = self.time.size
+        defects: dict[int, str] = {}
+        # A dump lands in the frame whose exposure contains it (if that frame is simulated).
+        for t in np.arange(self.time[0] + dump_interval, self.time[-1], dump_interval):
+            inside = np.nonzero((self.tstart <= t) & (t < self.tstop))[0]
+            if inside.size:
+                defects[int(inside[0])] = "desat"
+        if not defects and n >= 3:
+            defects[n // 4] = "desat"
+        for start, kind in ((n // 2, "coarse"), ((3 * n) // 4, "glint")):
+            free = [i for i in range(start, n) if i not in defects]
+            if free:
+                defects[free[0]] = kind
+        return defects
+
+    def _ensure_scene(self) -> None:
+        """Render the static scene (stars + sky, saturated and bled) once, thread-safely."""
+        with self._scene_lock:
+            if self._static is not None:
+                return
+            stars = self.stars
+            image = _render_stars(
+                stars["row"] - 1.0, stars["column"] - 45.0, stars["flux"], (2048, 2048)
+            )
+            image += self._sky_row[None, :]
+            self._saturated = _bleed(image, SATURATION)
+            self._static = image.astype(np.float32)
+            log.debug(
+                "rendered %d stars; %d saturated pixels",
+                stars["flux"].size,
+                self._saturated[0].size,
+            )
+
+    def _check_index(self, index: int) -> int:
+        if not -self.time.size <= index < self.time.size:
+            raise IndexError(f"frame index {index} is outside 0..{self.time.size - 1}.")
+        return int(index) % self.time.size
+
+    # ------------------------------------------------------------------ public API
+    def __len__(self) -> int:
+        return self.time.size
+
+    def __repr__(self) -> str:
+        return (
+            f"FFISimulator(sector={self.sector}, camera={self.camera}, ccd={self.ccd}, "
+            f"nframes={self.time.size}, seed={self.seed}, structured={self.field.structured})"
+        )
+
+    def static_scene(self) -> np.ndarray:
+        """Stars plus strap-weighted sky, saturated and bled, without scattered light or noise.
+
+        Returns
+        -------
+        image : ndarray of float32, shape (2048, 2048)
+            Science pixels [e-/s] (CCD rows 1..2048, columns 45..2092). A copy.
+        """
+        self._ensure_scene()
+        return self._static.copy()
+
+    def saturated_mask(self) -> np.ndarray:
+        """Pixels at the saturation level (saturated cores and bleed trails).
+
+        Returns
+        -------
+        mask : ndarray of bool, shape (2048, 2048)
+            Over the science pixels.
+        """
+        self._ensure_scene()
+        mask = np.zeros((2048, 2048), dtype=bool)
+        mask[self._saturated] = True
+        return mask
+
+    def truth(self, index: int) -> np.ndarray:
+        """The injected scattered light of a frame, strap response included.
+
+        Parameters
+        ----------
+        index : int
+            Frame index.
+
+        Returns
+        -------
+        flux : ndarray of float32, shape (2048, 2048)
+            ``field(time, row, column) * column_response`` [e-/s per pixel] on the
+            science pixels (CCD rows 1..2048, columns 45..2092). Excludes the
+            static sky and any Argabrightening `glint`.
+        """
+        index = self._check_index(index)
+        with np.errstate(over="ignore"):  # the structured shadow's logistic overflows harmlessly
+            sl = self.field(
+                self.time[index : index + 1], _SCIENCE_ROW_COORDS, _SCIENCE_COLUMN_COORDS
+            )[0]
+        return (sl * self.column_response).astype(np.float32)
+
+    def glint(self, index: int) -> np.ndarray | None:
+        """The Argabrightening glint of a frame, if it has one.
+
+        Returns
+        -------
+        flux : ndarray of float32, shape (2048, 2048), or None
+            Extra diffuse light [e-/s] on the science pixels, None for frames
+            without a glint.
+        """
+        index = self._check_index(index)
+        if self.defects.get(index) != "glint":
+            return None
+        rng = np.random.default_rng([self.seed, 2, index])
+        centre, sigma = rng.uniform(300, 1750, 2), rng.uniform(400, 700)
+        gy = np.exp(-0.5 * ((np.arange(2048) - centre[0]) / sigma) ** 2)
+        gx = np.exp(-0.5 * ((np.arange(2048) - centre[1]) / sigma) ** 2)
+        return (self.glint_amplitude * np.outer(gy, gx) * self.column_response).astype(np.float32)
+
+    def frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Generate one full calibrated FFI.
+
+        Parameters
+        ----------
+        index : int
+            Frame index (0..ntime-1).
+
+        Returns
+        -------
+        flux, flux_err : ndarray of float32, shape (2078, 2136)
+            Calibrated image and its 1-sigma uncertainty [e-/s], collateral
+            included; the science pixels are ``[0:2048, 44:2092]``.
+        """
+        index = self._check_index(index)
+        self._ensure_scene()
+        kind = self.defects.get(index)
+        sl = self.truth(index)
+        if kind in ("desat", "coarse"):
+            rng = np.random.default_rng([self.seed, 1, index])
+            angle = rng.uniform(0, 2 * np.pi)
+            direction = np.array([np.sin(angle), np.cos(angle)])
+            if kind == "desat":  # a ~2 px smear along a line through the nominal position
+                start, stop = -1.0 * direction, 1.0 * direction
+            else:  # coarse pointing: offset by ~1.5 px and smeared by ~1 px
+                offset = 1.5 * np.array([np.cos(angle), -np.sin(angle)])
+                start, stop = offset - 0.5 * direction, offset + 0.5 * direction
+            stars = self._static - self._sky_row[None, :]
+            scene = _smear_shift(stars, start, stop, nstep=5)
+            scene += self._sky_row[None, :]
+            scene += sl
+            np.minimum(scene, SATURATION, out=scene)
+        else:
+            scene = sl
+            scene += self._static
+            scene[self._saturated] = SATURATION
+        glint = self.glint(index)
+        if glint is not None:
+            scene += glint
+
+        rng = np.random.default_rng([self.seed, 3, index])
+        noise = rng.standard_normal(FFI_SHAPE, dtype=np.float32)
+        rows, cols = SCIENCE_SLICES
+        # Collateral: calibrated level + read noise everywhere, then the science pixels.
+        err = np.broadcast_to(np.sqrt(self._read_var), FFI_SHAPE).copy()
+        flux = noise * err
+        flux += np.float32(self.collateral_level)
+        smear = scene.mean(axis=0) * np.float32(_READ_TIME / _INT_TIME)
+        flux[2058:2068, cols] += smear[None, :]  # smear rows (1-based rows 2059-2068)
+        science_err = np.maximum(scene, 0.0, dtype=np.float32)
+        science_err *= np.float32(1.0 / self.exposure)
+        science_err += self._read_var[None, cols]
+        np.sqrt(science_err, out=science_err)
+        err[rows, cols] = science_err
+        science_err *= noise[rows, cols]
+        science_err += scene
+        flux[rows, cols] = science_err
+        return flux, err
+
+    def filename(self, index: int) -> str:
+        """SPOC-style file name of a frame (start time from the spacecraft clock, UTC)."""
+        index = self._check_index(index)
+        start = btjd_to_utc(self.tstart[index] - _barycorr(self.tstart[index]))
+        return ffi_filename(start, self.sector, self.camera, self.ccd)
+
+    def _headers(self, index: int) -> tuple[fits.Header, fits.Header]:
+        """SPOC-like primary and image-extension headers of a frame."""
+        from lk_scatterlight import __version__
+
+        tstart, tstop = float(self.tstart[index]), float(self.tstop[index])
+        barycorr = float(_barycorr(tstart))
+        kind = self.defects.get(index, "none")
+        iso = "%Y-%m-%dT%H:%M:%S.%f"
+        primary = fits.Header()
+        for key, value, comment in (
+            ("NEXTEND", 2, "number of standard extensions"),
+            ("EXTNAME", "PRIMARY", "name of extension"),
+            ("SIMDATA", True, "file is based on simulated data"),
+            ("ORIGIN", "lk_scatterlight", "institution responsible for creating this file"),
+            ("DATE", datetime.now().strftime("%Y-%m-%d"), "file creation date."),
+            ("TSTART", tstart - barycorr, "observation start time in TJD"),
+            ("TSTOP", tstop - barycorr, "observation stop time in TJD"),
+            (
+                "DATE-OBS",
+                btjd_to_utc(tstart - barycorr).strftime(iso)[:-3] + "Z",
+                "TSTART as UTC calendar date",
+            ),
+            (
+                "DATE-END",
+                btjd_to_utc(tstop - barycorr).strftime(iso)[:-3] + "Z",
+                "TSTOP as UTC calendar date",
+            ),
+            (
+                "CREATOR",
+                "lk_scatterlight.simulate.FFISimulator",
+                "software that made this file",
+            ),
+            ("PROCVER", __version__, "lk_scatterlight version"),
+            ("FILEVER", "1.0", "file format version"),
+            ("TELESCOP", "TESS", "telescope"),
+            ("INSTRUME", "TESS Photometer", "detector type"),
+            ("DATA_REL", 0, "data release version number"),
+            ("SCCONFIG", 120, "spacecraft configuration ID"),
+            ("CRMITEN", True, "spacecraft cosmic ray mitigation enabled"),
+            ("CRBLKSZ", 10, "[exposures] cosmic ray mitigation block"),
+            ("CRSPOC", False, "SPOC cosmic ray cleaning enabled"),
+            ("SIMSEED", self.seed, "FFISimulator seed"),
+            ("SIMSLSD", int(self.field.seed), "ScatteredLightField seed"),
+            ("SIMSTRUC", bool(self.field.structured), "scattered light has fine structure"),
+            ("SIMINDEX", int(index), "frame index in the simulation"),
+            ("SIMDEFCT", kind, "injected defect: desat, coarse, glint or none"),
+        ):
+            primary[key] = (value, comment)
+        image = fits.Header()
+        cards = [
+            ("SIMDATA", True, "file is based on simulated data"),
+            ("TELESCOP", "TESS", "telescope"),
+            ("INSTRUME", "TESS Photometer", "detector type"),
+            ("CAMERA", self.camera, "Camera number"),
+            ("CCD", self.ccd, "CCD chip number"),
+            ("EXPOSURE", self.exposure / 86400, "[d] time on source"),
+            ("TIMEREF", "SOLARSYSTEM", "barycentric correction applied to times"),
+            ("TASSIGN", "SPACECRAFT", "where time is assigned"),
+            ("TIMESYS", "TDB", "time system is Barycentric Dynamical Time (TDB)"),
+            ("BJDREFI", 2457000, "integer part of BTJD reference date"),
+            ("BJDREFF", 0.0, "fraction of the day in BTJD reference date"),
+            ("TIMEUNIT", "d", "time unit for TIME, TSTART and TSTOP"),
+            ("TELAPSE", tstop - tstart, "[d] TSTOP - TSTART"),
+            ("LIVETIME", (tstop - tstart) * _DEADC, "[d] TELAPSE multiplied by DEADC"),
+            ("TSTART", tstart, "observation start time in BTJD"),
+            ("TSTOP", tstop, "observation stop time in BTJD"),
+            (
+                "DATE-OBS",
+                btjd_to_utc(tstart).strftime(iso)[:-3] + "Z",
+                "TSTART as UTC calendar date",
+            ),
+            ("DATE-END", btjd_to_utc(tstop).strftime(iso)[:-3] + "Z", "TSTOP as UTC calendar date"),
+            ("DEADC", _DEADC, "deadtime correction"),
+            ("TIMEPIXR", 0.5, "bin time beginning=0 middle=0.5 end=1"),
+            ("BUNIT", "electrons/s", "physical units of image data"),
+            ("BARYCORR", barycorr, "[d] barycentric time correction"),
+            ("INT_TIME", _INT_TIME, "[s] photon accumulation time per frame"),
+            ("READTIME", _READ_TIME, "[s] readout time per frame"),
+            ("FRAMETIM", _INT_TIME + _READ_TIME, "[s] frame time (INT_TIME + READTIME)"),
+            ("NUM_FRM", self.num_frames, "number of frames per time stamp"),
+            ("TIMEDEL", self.cadence / 86400, "[d] time resolution of data"),
+            ("BACKAPP", False, "background is subtracted"),
+            ("DEADAPP", True, "deadtime applied"),
+            ("VIGNAPP", True, "vignetting or collimator correction applied"),
+            ("NREADOUT", self.n_reads, "number of read per cadence"),
+        ]
+        for k, out in enumerate("ABCD"):
+            cards += [
+                (f"GAIN{out}", 5.2, f"[electrons/count] CCD output {out} gain"),
+                (f"READNOI{out}", self.read_noise[k], f"[electrons] read noise CCD output {out}"),
+            ]
+        for k, out in enumerate("ABCD"):
+            cards += [
+                (f"LVCS{out}", 1 + 11 * k, f"serial register col start, output {out}"),
+                (f"LVCE{out}", 11 + 11 * k, f"serial register col end (inclusive), output {out}"),
+                (f"TVCS{out}", 2093 + 11 * k, f"trailing virtual column start, output {out}"),
+                (
+                    f"TVCE{out}",
+                    2103 + 11 * k,
+                    f"trailing virtual col end (incl.), output {out}",
+                ),
+                (f"SCCS{out}", 45 + 512 * k, f"science col start, output {out}"),
+                (f"SCCE{out}", 556 + 512 * k, f"science col end (inclusive), output {out}"),
+            ]
+        wcs_rng = np.random.default_rng([self.seed, 4])
+        ra, dec, roll = wcs_rng.uniform(0, 360), wcs_rng.uniform(-80, 80), wcs_rng.uniform(0, 360)
+        scale = 21.0 / 3600  # [deg/px]
+        cos, sin = np.cos(np.radians(roll)), np.sin(np.radians(roll))
+        cards += [
+            ("SCIROWS", 1, "science rows start"),
+            ("SCIROWE", 2048, "science rows end (inclusive)"),
+            ("VROWS", 2069, "virtual row start"),
+            ("VROWE", 2078, "virtual row end (inclusive)"),
+            ("SMROWS", 2059, "smear rows start"),
+            ("SMROWE", 2068, "smear rows end (inclusive)"),
+            ("BFROWS", 2049, "buffer rows start"),
+            ("BFROWE", 2058, "buffer rows end (inclusive)"),
+            ("RADESYS", "ICRS", "reference frame of celestial coordinates"),
+            ("EQUINOX", 2000.0, "equinox of celestial coordinate system"),
+            ("WCSAXES", 2, "number of WCS axes"),
+            ("CTYPE1", "RA---TAN", "Gnomonic projection (synthetic pointing)"),
+            ("CTYPE2", "DEC--TAN", "Gnomonic projection (synthetic pointing)"),
+            ("CRVAL1", ra, "RA at CRPIX1, CRPIX2"),
+            ("CRVAL2", dec, "DEC at CRPIX1, CRPIX2"),
+            ("CRPIX1", 1068.5, "X reference pixel"),
+            ("CRPIX2", 1024.5, "Y reference pixel"),
+            ("CD1_1", -scale * cos, "Transformation matrix"),
+            ("CD1_2", scale * sin, "Transformation matrix"),
+            ("CD2_1", scale * sin, "Transformation matrix"),
+            ("CD2_2", scale * cos, "Transformation matrix"),
+            ("WCSNAMEP", "PHYSICAL", "name of world coordinate system alternate P"),
+            ("WCSAXESP", 2, "number of WCS physical axes"),
+            ("CTYPE1P", "RAWX", "physical WCS axis 1 type CCD col"),
+            ("CUNIT1P", "PIXEL", "physical WCS axis 1 unit"),
+            ("CRPIX1P", 1, "reference CCD column"),
+            ("CRVAL1P", 1, "value at reference CCD column"),
+            ("CDELT1P", 1.0, "physical WCS axis 1 step"),
+            ("CTYPE2P", "RAWY", "physical WCS axis 2 type CCD row"),
+            ("CUNIT2P", "PIXEL", "physical WCS axis 2 units"),
+            ("CRPIX2P", 1, "reference CCD row"),
+            ("CRVAL2P", 1, "value at reference CCD row"),
+            ("CDELT2P", 1.0, "physical WCS axis 2 step"),
+            ("DQUALITY", int(self.quality[index]), "data quality flags"),
+            ("IMAGTYPE", "cal", "FFI image type: raw, cal, uncert"),
+        ]
+        for key, value, comment in cards:
+            image[key] = (value, comment)
+        return primary, image
+
+    def to_hdulist(self, index: int, science_only_err: bool = False) -> fits.HDUList:
+        """One frame as a SPOC-like calibrated FFI.
+
+        Parameters
+        ----------
+        index : int
+        science_only_err : bool
+            Write the uncertainty extension over the science pixels only
+            (2048 x 2048) instead of full size (2078 x 2136).
+
+        Returns
+        -------
+        hdulist : `~astropy.io.fits.HDUList`
+            Primary header, ``CAMERA.CCD {camera}.{ccd} cal`` image [e-/s] and
+            ``CAMERA.CCD {camera}.{ccd} uncert`` image [e-/s].
+        """
+        index = self._check_index(index)
+        flux, err = self.frame(index)
+        primary, image = self._headers(index)
+        if science_only_err:
+            err = np.ascontiguousarray(err[SCIENCE_SLICES])
+        name = f"CAMERA.CCD {self.camera}.{self.ccd}"
+        cal = fits.ImageHDU(flux, header=image, name=f"{name} cal")
+        uncert_header = image.copy()
+        uncert_header["IMAGTYPE"] = "uncert"
+        uncert = fits.ImageHDU(err, header=uncert_header, name=f"{name} uncert")
+        return fits.HDUList([fits.PrimaryHDU(header=primary), cal, uncert])
+
+    def write_ffis(
+        self,
+        directory: str | os.PathLike,
+        indices=None,
+        overwrite: bool = False,
+        science_only_err: bool = False,
+    ) -> list[Path]:
+        """Write frames as SPOC-like ``*ffic.fits`` files.
+
+        Each file is written to a temporary name in ``directory`` and renamed
+        when complete, so an interrupted run never leaves a partial FFI.
+
+        Parameters
+        ----------
+        directory : str or path-like
+            Created if missing.
+        indices : iterable of int, optional
+            Frames to write; default all.
+        overwrite : bool
+            Replace existing files.
+        science_only_err : bool
+            See `to_hdulist`.
+
+        Returns
+        -------
+        paths : list of `~pathlib.Path`
+            In the order of ``indices``.
+
+        Raises
+        ------
+        FileExistsError
+            A file exists and ``overwrite`` is False.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        indices = range(self.time.size) if indices is None else indices
+        paths = []
+        for index in indices:
+            path = directory / self.filename(index)
+            if path.exists() and not overwrite:
+                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+            hdul = self.to_hdulist(index, science_only_err=science_only_err)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+            os.close(fd)
+            try:
+                hdul.writeto(tmp, overwrite=True, checksum=True)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            log.debug("wrote simulated FFI %s", path)
+            paths.append(path)
+        return paths

@@ -1,0 +1,284 @@
+"""ScatterLightCorrector on synthetic TPFs with known injected scattered light, and real files."""
+
+import warnings
+from pathlib import Path
+
+import lightkurve as lk
+import numpy as np
+import pytest
+from astropy import units as u
+
+from lk_scatterlight import (
+    CubeNotFoundError,
+    OutsideCubeError,
+    ScatterLightCorrector,
+    ScatterLightCube,
+    ScatterLightError,
+    ScatterLightWarning,
+    simulate,
+)
+from lk_scatterlight.corrector import QUALITY_NO_MODEL, detect_background_in_flux
+
+SHARED = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+def shared_file(name):
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"reference file {path} is absent (../shared/data is not available)")
+    return path
+
+
+@pytest.fixture
+def read_shared():
+    """Read a TPF from ../shared/data and close its file at the end of the test."""
+    opened = []
+
+    def read(name):
+        tpf = lk.read(shared_file(name))
+        opened.append(tpf)
+        return tpf
+
+    yield read
+    for tpf in opened:
+        tpf.hdu.close()
+
+
+@pytest.fixture(scope="module")
+def field():
+    return simulate.ScatteredLightField(seed=3)
+
+
+@pytest.fixture(scope="module")
+def cube(field):
+    return simulate.make_cube(field, sector=1, camera=1, ccd=1, pixel_bin=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tpf(field):
+    return simulate.make_tpf(field, row=700, column=1200, shape=(11, 11), seed=3)
+
+
+def test_injected_scattered_light_is_removed(tpf, cube):
+    """Residual model error below 0.5% of the injected range; light curve flat to 2%."""
+    truth = tpf.hdu["SL_TRUTH"].data.astype(float)
+    injected_range = np.ptp(np.percentile(truth, [1, 99]))
+    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    assert isinstance(corrector, ScatterLightCorrector)
+    lc = corrector.correct()
+
+    model_rms = np.sqrt(np.mean((corrector.model.flux.value - truth) ** 2))
+    assert model_rms < 0.005 * injected_range
+
+    # The aperture light curve of a constant star: its scatter about the star's
+    # true flux must drop below 2% of the injected aperture scattered light.
+    aperture = corrector.aperture_mask
+    true_star = np.median(corrector.original_lc.flux.value - truth[:, aperture].sum(axis=1))
+    injected_lc_range = np.ptp(truth[:, aperture].sum(axis=1))
+    residual = lc.flux.value - true_star
+    assert np.sqrt(np.mean(residual**2)) < 0.02 * injected_lc_range
+    assert np.sqrt(np.mean((corrector.original_lc.flux.value - true_star) ** 2)) > (
+        0.1 * injected_lc_range
+    )
+
+    # State kept as lightkurve correctors do.
+    assert type(lc) is type(corrector.original_lc)
+    assert lc.flux.unit == u.electron / u.s
+    assert corrector.corrected_lc is lc
+    assert corrector.model_lc.flux.shape == lc.flux.shape
+    assert corrector.cadence_mask.all()
+    # Errors: original and exact aperture-sum model error in quadrature.
+    expected = np.hypot(corrector.original_lc.flux_err, corrector.model_lc.flux_err)
+    np.testing.assert_allclose(lc.flux_err.value, expected.value, rtol=1e-6)
+    assert np.all(corrector.model_lc.flux_err > 0)
+
+
+def test_aperture_model_error_accounts_for_shared_bins(tpf, cube):
+    """Pixels interpolated from the same bins have correlated errors: the sum's error
+    exceeds the quadrature sum of per-pixel errors, and is at most their linear sum."""
+    corrector = ScatterLightCorrector(tpf, cube=cube, aperture_mask="all")
+    corrector.correct()
+    per_pixel = corrector.model.flux_err.value.reshape(len(tpf), -1)
+    quadrature = np.sqrt((per_pixel**2).sum(axis=1))
+    linear = per_pixel.sum(axis=1)
+    err = corrector.model_lc.flux_err.value
+    assert np.all(err > 1.5 * quadrature)
+    assert np.all(err <= linear * (1 + 1e-9))
+
+
+def test_correct_tpf(tpf, cube):
+    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    corrected = corrector.correct_tpf()
+    model = corrector._evaluate()
+    np.testing.assert_allclose(
+        corrected.flux.value, tpf.flux.value - model.flux.value, rtol=1e-5, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        corrected.flux_bkg.value, tpf.flux_bkg.value + model.flux.value, rtol=1e-5, atol=1e-3
+    )
+    expected_err = np.hypot(tpf.flux_err.value, model.flux_err.value)
+    np.testing.assert_allclose(corrected.flux_err.value, expected_err, rtol=1e-5)
+    header = corrected.get_header()
+    assert header["SLCORR"] is True
+    assert corrected.row == tpf.row
+    assert corrected.column == tpf.column
+    assert (corrected.sector, corrected.camera, corrected.ccd) == (1, 1, 1)
+    # Input untouched.
+    assert np.all(tpf.hdu[1].data["FLUX_BKG"] == 0)
+    # A corrected TPF is never corrected twice.
+    assert detect_background_in_flux(corrected)[0] is False
+    with pytest.warns(ScatterLightWarning, match="already corrected"):
+        again = corrected.to_corrector("scatterlight", cube=cube).correct()
+    np.testing.assert_array_equal(again.flux.value, corrected.to_lightcurve().flux.value)
+    with pytest.raises(ScatterLightError, match="already corrected"):
+        ScatterLightCorrector(corrected, cube=cube, background_in_flux=True)
+
+
+def test_spoc_tpf_is_not_double_corrected(field, cube):
+    spoc = simulate.make_tpf(field, row=700, column=1200, kind="spoc", seed=3)
+    assert detect_background_in_flux(spoc)[0] is False
+    corrector = spoc.to_corrector("scatterlight", cube=cube)
+    with pytest.warns(ScatterLightWarning, match="already subtracted"):
+        lc = corrector.correct()
+    np.testing.assert_array_equal(lc.flux.value, corrector.original_lc.flux.value)
+    assert corrector.model_lc is not None  # the model is still there to compare with FLUX_BKG
+    with pytest.raises(ScatterLightError, match="Nothing to subtract"):
+        corrector.correct_tpf()
+    # The caller may override the detection.
+    forced = ScatterLightCorrector(spoc, cube=cube, background_in_flux=True).correct()
+    assert np.all(forced.flux < lc.flux)
+
+
+def test_cadences_outside_cube_are_flagged_and_nan(field, cube):
+    time = np.concatenate([cube.btjd[:20], cube.btjd[-1] + [1.0, 2.0]])  # 2 beyond the end
+    tpf = simulate.make_tpf(field, row=700, column=1200, time=time, seed=1)
+    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    with pytest.warns(ScatterLightWarning, match="2 of 22 cadences"):
+        lc = corrector.correct()
+    assert np.all(np.isnan(lc.flux[-2:]))
+    assert np.all(np.isfinite(lc.flux[:-2]))
+    assert np.all(lc.quality[-2:] & QUALITY_NO_MODEL)
+    assert not np.any(lc.quality[:-2] & QUALITY_NO_MODEL)
+    assert corrector.cadence_mask.sum() == 20
+    corrected_tpf = corrector.correct_tpf()
+    assert np.all(np.isnan(corrected_tpf.flux.value[-2:]))
+    assert np.all(corrected_tpf.quality[-2:] & QUALITY_NO_MODEL)
+
+
+def test_cadences_in_orbit_gap_are_not_interpolated(field, cube):
+    gap_start = cube.btjd[np.argmax(np.diff(cube.btjd))] + 0.3
+    time = np.concatenate([cube.btjd[:5], [gap_start]])
+    tpf = simulate.make_tpf(field, row=700, column=1200, time=time, seed=1)
+    with pytest.warns(ScatterLightWarning, match="1 of 6"):
+        lc = tpf.to_corrector("scatterlight", cube=cube).correct()
+    assert np.isnan(lc.flux[-1])
+
+
+def test_errors(field, cube, tpf):
+    other = simulate.make_tpf(field, row=700, column=1200, camera=2, time=cube.btjd[:5])
+    with pytest.raises(ScatterLightError, match="camera 2 CCD 1 but the cube is for sector 1"):
+        other.to_corrector("scatterlight", cube=cube)
+    outside = simulate.make_tpf(field, row=700, column=30, time=cube.btjd[:5])
+    with pytest.raises(OutsideCubeError, match="science area"):
+        outside.to_corrector("scatterlight", cube=cube).correct()
+    late = simulate.make_tpf(field, row=700, column=1200, time=cube.btjd[-1] + np.arange(1, 4.0))
+    with pytest.raises(OutsideCubeError, match="None of the TPF's 3 cadences"):
+        late.to_corrector("scatterlight", cube=cube).correct()
+    with pytest.raises(TypeError, match="cube must be"):
+        tpf.to_corrector("scatterlight", cube=42)
+    with pytest.raises(FileNotFoundError):
+        tpf.to_corrector("scatterlight", cube="/nonexistent/cube.fits")
+    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    with pytest.raises(ScatterLightError, match=r"Call `correct\(\)` before `diagnose\(\)`"):
+        corrector.diagnose()
+    with pytest.raises(ScatterLightError, match="model TESS only"):
+        ScatterLightCorrector(lk.KeplerTargetPixelFile.__new__(lk.KeplerTargetPixelFile), cube)
+
+
+def test_cube_none_without_published_cube(tpf, tmp_path, monkeypatch):
+    """With no cube given and none published, the error says how to get one."""
+    monkeypatch.setenv("LK_SCATTERLIGHT_CACHE", str(tmp_path))
+    registry = tmp_path / "registry.txt"
+    registry.write_text("# empty\n")
+    monkeypatch.setenv("LK_SCATTERLIGHT_REGISTRY", str(registry))
+    with pytest.raises(CubeNotFoundError, match="lk-scatterlight build"):
+        tpf.to_corrector("scatterlight")
+
+
+def test_cube_from_path(tpf, cube, tmp_path):
+    path = cube.write(tmp_path / "cube.fits")
+    lc_path = tpf.to_corrector("scatterlight", cube=path).correct()
+    lc_obj = tpf.to_corrector("scatterlight", cube=cube).correct()
+    np.testing.assert_allclose(lc_path.flux.value, lc_obj.flux.value, rtol=1e-6)
+    lc_str = tpf.to_corrector("scatterlight", cube=str(path)).correct()
+    np.testing.assert_allclose(lc_str.flux.value, lc_obj.flux.value, rtol=1e-6)
+
+
+def test_metrics_and_diagnostics(tpf, cube):
+    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    corrector.correct()
+    overfit = corrector.compute_overfit_metric()
+    assert 0 <= overfit <= 1
+    axes = corrector.diagnose()
+    assert len(axes) == 2
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert labels == ["original", "scattered light removed"]
+    images = corrector.diagnose_model(frame=3)
+    assert len(images) == 3
+    assert images[1].get_images()[0].get_array().shape == (11, 11)
+
+
+def test_real_tesscut_cutout(field, read_shared):
+    """A real TESSCut file (astrocut 0.10, sector 1 camera 4 CCD 2) with a synthetic cube."""
+    tpf = read_shared("tess-s0001-4-2_84.291190_-80.469170_6x6_astrocut.fits")
+    assert detect_background_in_flux(tpf)[0] is True
+    cube = simulate.make_cube(field, sector=1, camera=4, ccd=2, pixel_bin=128)
+    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    lc = corrector.correct()
+    model = cube.evaluate(tpf.time, tpf.row + np.arange(6), tpf.column + np.arange(6))
+    expected = corrector.original_lc.flux.value - model.flux.value[:, corrector.aperture_mask].sum(
+        1
+    )
+    np.testing.assert_allclose(lc.flux.value, expected, rtol=1e-6)
+
+
+def test_real_tesscut_with_bad_position_keywords(field, read_shared):
+    """The sector-1 5x5 cutout has an empty SECTOR and a row of -856: both reported clearly."""
+    tpf = read_shared("tess-s0001-4-3_107.27_-70.0_5x5_astrocut.fits")
+    cube = simulate.make_cube(field, sector=1, camera=4, ccd=3, pixel_bin=256)
+    with pytest.warns(ScatterLightWarning, match="no SECTOR keyword"):
+        corrector = tpf.to_corrector("scatterlight", cube=cube)
+    with pytest.raises(OutsideCubeError, match="rows -856..-852 are outside the science area"):
+        corrector.correct()
+
+
+def test_real_spoc_tpf_detected(read_shared):
+    tpf = read_shared("spoc_tpf_s0015_2-3_100cad.fits")
+    in_flux, reason = detect_background_in_flux(tpf)
+    assert in_flux is False
+    assert "SPOC" in reason
+
+
+def test_real_tess_backml_cube_on_its_ccd():
+    """A TPF placed on sector 2 camera 1 CCD 1 inside the real cube's time span."""
+    cube = ScatterLightCube.read(shared_file("tess-backml_sl_cube_s0002_1-1_bin128_test.fits"))
+    # Two-minute cadences inside the cube's 2-hour planes.
+    time = np.arange(cube.btjd[0], cube.btjd[-1], 2 / 1440)
+
+    def real_light(t, rows, cols):
+        return cube.evaluate(t, rows, cols).flux.value
+
+    tpf = simulate.make_tpf(
+        real_light, row=1000, column=500, sector=2, camera=1, ccd=1, time=time, sky=20, seed=2
+    )
+    truth = tpf.hdu["SL_TRUTH"].data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        corrector = tpf.to_corrector("scatterlight", cube=cube)
+        lc = corrector.correct()
+    np.testing.assert_allclose(corrector.model.flux.value, truth, atol=1e-4)
+    assert np.all(np.isfinite(lc.flux))
+    # What is left is the star + sky + noise: flat within the photon noise.
+    aperture = corrector.aperture_mask
+    star = corrector.original_lc.flux.value - truth[:, aperture].sum(axis=1)
+    np.testing.assert_allclose(lc.flux.value, star, atol=1e-2 * np.abs(star).max())
