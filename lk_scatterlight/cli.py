@@ -207,13 +207,21 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sector", type=int, required=True)
     parser.add_argument("--camera", type=int, required=True, choices=range(1, 5))
     parser.add_argument("--ccd", type=int, required=True, choices=range(1, 5))
+    _build_options(parser)
+    parser.add_argument("--work-dir", default=None, help="checkpoint folder (resumable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cube")
+
+
+def _build_options(parser: argparse.ArgumentParser) -> None:
+    """Options of `build` and `build-many` (and of commands that build a cube)."""
     parser.add_argument(
         "--source",
         nargs="+",
         default=["tesscube"],
         metavar="KIND [PATH]",
         help="'tesscube' (MAST's FFI cubes on AWS), 'local PATH' (a folder, glob or files of "
-        "SPOC *ffic.fits) or 'simulate [NFRAMES]' (synthetic frames); default tesscube",
+        "SPOC *ffic.fits; '{sector}', '{camera}', '{ccd}' in PATH are filled in) or "
+        "'simulate [NFRAMES]' (synthetic frames); default tesscube",
     )
     parser.add_argument("--pixel-bin", type=int, default=16, help="bin size [px], divides 2048")
     parser.add_argument(
@@ -223,16 +231,82 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
         help="'frame' (default: one plane per FFI) or a duration, e.g. '2h'",
     )
     parser.add_argument("--out", default=".", help="output folder or file (default: .)")
-    parser.add_argument("--work-dir", default=None, help="checkpoint folder (resumable)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing cube")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
         "--dense", action="store_true", help="write a dense cube instead of the compact encoding"
     )
 
 
+def _cluster_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """``--scheduler`` / ``--workers``: where a Dask build runs."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the frame work on this Dask scheduler (tcp://host:8786 or a scheduler file)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run the frame work on a local Dask cluster of N single-threaded worker processes"
+        + (" (default: one per core)" if required else " (default: serial, in this process)")
+        + "; each holds ~0.3 GB of frames in flight",
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=50,
+        help="frames per Dask task and per checkpoint at most (default 50)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="frames read ahead (default: 4 in this process, 1 in each Dask task)",
+    )
+
+
+def _build_command_arguments(parser: argparse.ArgumentParser) -> None:
+    _build_arguments(parser)
+    _cluster_options(parser)
+
+
+def _config(args: argparse.Namespace, dask: bool):
+    """The `BuildConfig` of the command line."""
+    from .builder.pipeline import BuildConfig
+
+    prefetch = args.prefetch if args.prefetch is not None else (1 if dask else 4)
+    return BuildConfig(
+        pixel_bin=args.pixel_bin,
+        time_bin=args.time_bin,
+        compact=not args.dense,
+        chunk=args.chunk,
+        prefetch=prefetch,
+    )
+
+
+def _dask_client(args: argparse.Namespace):
+    """A Dask client for ``--scheduler``/``--workers``; its dashboard link goes to stderr."""
+    import contextlib
+
+    from .builder.distributed import dask_client
+
+    @contextlib.contextmanager
+    def announced():
+        with dask_client(scheduler=args.scheduler, workers=args.workers) as client:
+            sys.stderr.write(f"Dask dashboard: {client.dashboard_link}\n")
+            yield client
+
+    return announced()
+
+
 def make_source(kind: list[str], sector: int, camera: int, ccd: int):
-    """The frame source named on the command line."""
+    """The frame source named on the command line.
+
+    ``{sector}``, ``{camera}`` and ``{ccd}`` in a local PATH are replaced by the
+    target's numbers (e.g. ``ffis/s{sector:04d}/{camera}-{ccd}/``).
+    """
     name, args = kind[0], kind[1:]
     if name == "local":
         from .builder.sources import LocalFFISource
@@ -240,12 +314,20 @@ def make_source(kind: list[str], sector: int, camera: int, ccd: int):
         if len(args) != 1:
             msg = "--source local needs one PATH (folder, glob or file)."
             raise ScatterLightError(msg)
-        source = LocalFFISource(args[0])
+        try:
+            path = args[0].format(sector=sector, camera=camera, ccd=ccd)
+        except (KeyError, IndexError, ValueError) as err:
+            msg = (
+                f"--source local {args[0]!r}: only {{sector}}, {{camera}} and {{ccd}} can be "
+                f"filled in ({err})."
+            )
+            raise ScatterLightError(msg) from err
+        source = LocalFFISource(path)
         found = (source.sector, source.camera, source.ccd)
         if found != (sector, camera, ccd):
             msg = (
                 "The files in {} are sector {} camera {} CCD {}, not sector {} camera {} "
-                "CCD {}.".format(args[0], *found, sector, camera, ccd)
+                "CCD {}.".format(path, *found, sector, camera, ccd)
             )
             raise ScatterLightError(msg)
         return source
@@ -267,30 +349,168 @@ def make_source(kind: list[str], sector: int, camera: int, ccd: int):
     raise ScatterLightError(f"Unknown --source {name!r}: use tesscube, local PATH or simulate.")
 
 
-@subcommand("build", _build_arguments)
+@subcommand("build", _build_command_arguments)
 def _build(args: argparse.Namespace) -> int:
     """Build the scattered-light cube of one sector/camera/CCD from its FFIs."""
-    from .builder.pipeline import BuildConfig, build_cube
+    import contextlib
+
+    from .builder.pipeline import build_cube
     from .registry import cube_filename
 
     source = make_source(args.source, args.sector, args.camera, args.ccd)
-    config = BuildConfig(pixel_bin=args.pixel_bin, time_bin=args.time_bin, compact=not args.dense)
+    dask = args.scheduler is not None or args.workers is not None
+    config = _config(args, dask)
     out = Path(args.out)
     if not out.suffix:
         out.mkdir(parents=True, exist_ok=True)
-    cube = build_cube(
-        source,
-        config,
-        out=out,
-        work_dir=args.work_dir,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
+    with _dask_client(args) if dask else contextlib.nullcontext() as client:
+        cube = build_cube(
+            source,
+            config,
+            out=out,
+            work_dir=args.work_dir,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            client=client,
+        )
     path = (
         out
         if out.suffix
         else out / cube_filename(cube.sector, cube.camera, cube.ccd, args.pixel_bin)
     )
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def parse_ranges(text: str) -> list[int]:
+    """``"1-5"`` -> [1, 2, 3, 4, 5]; ``"1,3,7-8"`` -> [1, 3, 7, 8] (sorted, unique)."""
+    values: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            start = int(first)
+            stop = int(last) if last else start
+            if stop < start:
+                raise ValueError(part)
+            values.update(range(start, stop + 1))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers and ranges such as '1-5' or '1,3,7-9', got {text!r}"
+        ) from err
+    return sorted(values)
+
+
+def _build_many_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sectors", type=parse_ranges, required=True, help="sectors, e.g. '1-5' or '1,3,7-9'"
+    )
+    parser.add_argument("--cameras", type=parse_ranges, default="1-4", help="default 1-4")
+    parser.add_argument("--ccds", type=parse_ranges, default="1-4", help="default 1-4")
+    _build_options(parser)
+    _cluster_options(parser, required=True)
+    parser.add_argument(
+        "--concurrent", type=int, default=2, help="builds sharing the cluster at once (default 2)"
+    )
+    parser.add_argument(
+        "--summary",
+        help="summary table, ECSV (or CSV for a .csv name); default OUT/build-many-summary.ecsv",
+    )
+
+
+@subcommand("build-many", _build_many_arguments)
+def _build_many(args: argparse.Namespace) -> int:
+    """Build many sectors/cameras/CCDs on one Dask cluster, skipping finished cubes."""
+    import functools
+
+    from .builder.distributed import build_many
+
+    for name, values in (("cameras", args.cameras), ("ccds", args.ccds)):
+        if not set(values) <= {1, 2, 3, 4}:
+            raise ScatterLightError(f"--{name} must be within 1-4, got {values}.")
+    targets = [(s, c, d) for s in args.sectors for c in args.cameras for d in args.ccds]
+    config = _config(args, dask=True)
+    with _dask_client(args) as client:
+        table = build_many(
+            targets,
+            functools.partial(make_source, args.source),
+            client,
+            args.out,
+            config,
+            summary=args.summary,
+            concurrent=args.concurrent,
+            progress=not args.no_progress,
+        )
+    sys.stdout.write("\n".join(table.pformat(max_lines=-1, max_width=-1)) + "\n")
+    failed = int((table["status"] == "failed").sum())
+    if failed:
+        sys.stderr.write(
+            f"lk-scatterlight: error: {failed} of {len(table)} builds failed; see "
+            f"{table.meta['summary_path']}\n"
+        )
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------- dataset
+def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    _build_arguments(parser)
+    parser.add_argument(
+        "--ephemeris",
+        nargs="+",
+        default=["spice"],
+        metavar="KIND [PATH]",
+        help="'spice' (lkspacecraft's SPICE kernels, downloaded once), 'horizons FILE' (a JPL "
+        "Horizons vector table of TESS saved as CSV) or 'horizons' (query it with astroquery); "
+        "default spice",
+    )
+    parser.add_argument(
+        "--wcs",
+        default="tesswcs",
+        metavar="tesswcs|FFI",
+        help="pointing: the archival WCS of tesswcs (default) or the WCS of a SPOC FFI file",
+    )
+    parser.add_argument("--no-compress", action="store_true", help="write an uncompressed .npz")
+
+
+@subcommand("dataset", _dataset_arguments)
+def _dataset(args: argparse.Namespace) -> int:
+    """Build a cube and its Earth/Moon geometry maps into a training set (.npz)."""
+    from .builder.dataset import cadence_numbers, dataset_filename, make_dataset, write_dataset
+    from .builder.geometry import CCDPointing, make_ephemeris, spacecraft_time
+    from .builder.pipeline import BuildConfig, build_cube
+
+    out = Path(args.out)
+    folder = out.parent if out.suffix else out
+    path = (
+        out
+        if out.suffix
+        else out / dataset_filename(args.sector, args.camera, args.ccd, args.pixel_bin)
+    )
+    if path.exists() and not args.overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    if args.wcs == "tesswcs":
+        pointing = CCDPointing.from_sector(args.sector, args.camera, args.ccd)
+    else:
+        pointing = CCDPointing.from_ffi(args.wcs)
+    found = (pointing.sector, pointing.camera, pointing.ccd)
+    if found != (args.sector, args.camera, args.ccd):
+        msg = "The WCS of {} is sector {} camera {} CCD {}, not sector {} camera {} CCD {}.".format(
+            args.wcs, *found, args.sector, args.camera, args.ccd
+        )
+        raise ScatterLightError(msg)
+    source = make_source(args.source, args.sector, args.camera, args.ccd)
+    time = source.time
+    ephemeris = make_ephemeris(args.ephemeris, time_range=(time.min(), time.max()))
+    spacecraft_time(time[[0, -1]], pointing, ephemeris)  # fail before the build if not covered
+    folder.mkdir(parents=True, exist_ok=True)
+    work_dir = args.work_dir or folder / (
+        f".lk-scatterlight-work_dataset_s{args.sector:04d}_{args.camera}-{args.ccd}"
+        f"_bin{args.pixel_bin}"
+    )
+    config = BuildConfig(pixel_bin=args.pixel_bin, time_bin=args.time_bin)
+    cube = build_cube(source, config, work_dir=work_dir, progress=not args.no_progress)
+    data = make_dataset(cube, ephemeris, pointing, cadenceno=cadence_numbers(cube, source.frames))
+    write_dataset(data, path, overwrite=args.overwrite, compress=not args.no_compress)
     sys.stdout.write(f"{path}\n")
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,6 +35,7 @@ from lightkurve.time import TimeBTJD  # noqa: F401  (registers the "btjd" Time f
 
 from . import interpolate
 from .exceptions import CubeFormatError, OutsideCubeError
+from .utils import atomic_write
 
 __all__ = [
     "ScatterLightCube",
@@ -493,17 +493,8 @@ class ScatterLightCube:
         compact = self.is_compact if compact is None else bool(compact)
         source = self.compress() if compact and not self.is_compact else self
         hdul = source._to_hdulist(compact)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        try:
+        with atomic_write(path) as tmp:
             hdul.writeto(tmp, overwrite=True, checksum=True)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     # ------------------------------------------------------------------ properties
@@ -613,8 +604,12 @@ class ScatterLightCube:
         rank whose residual RMS is consistent with the noise,
         ``residual_rms(k) <= (1 + tolerance) * noise_rms`` with
         ``noise_rms = sqrt(mean(flux_err**2))``, capped at ``max_rank`` (a warning
-        is logged if the cap is reached first). For a noiseless cube the target is
-        ``2**-20`` times the RMS flux (float32 round-off).
+        is logged if the cap is reached first), and such that no single bin is left
+        with signal: each bin's residual RMS over time is at most
+        ``1 + max(0.5, 5 / sqrt(2 ntime))`` times its own noise RMS (corner bins
+        otherwise keep several times their noise while the overall RMS is fine).
+        For a noiseless cube the target is ``2**-20`` times the RMS flux (float32
+        round-off).
 
         **Error model.** ``flux_err`` is stored as a rank-1 product
         ``scale[t] * image[r, c]`` (leading singular pair of ``flux_err``; its
@@ -942,7 +937,8 @@ class ScatterLightCube:
             "software that built the cube",
         )
         h["PROCVER"] = (str(self.meta.get("version", __version__)), "version of that software")
-        h["WRITER"] = (f"lk_scatterlight {__version__}", "software that wrote this file")
+        h["WRITER"] = ("lk_scatterlight", "software that wrote this file")
+        h["WRITEVER"] = (__version__, "its version")
         h["TELESCOP"] = ("TESS", "telescope")
         h["SECTOR"] = (self.sector, "observing sector")
         h["CAMERA"] = (self.camera, "camera number")
@@ -1468,10 +1464,12 @@ def _compress(flux: np.ndarray, flux_err: np.ndarray, tolerance: float, max_rank
     mean = x.mean(axis=0)
     x -= mean
     centred_ms = np.einsum("ij,ij->", x, x) / x.size
-    noise_ms = 0.0
+    noise_bin = np.zeros(npix)  # mean squared error of each bin over time
     for part in _time_chunks(nt, npix):
         e = err2d[part].astype(float)
-        noise_ms += np.einsum("ij,ij->", e, e) / flux.size
+        noise_bin += np.einsum("ij,ij->j", e, e) / nt
+    noise_ms = float(noise_bin.mean())
+    centred_bin = np.einsum("ij,ij->j", x, x) / nt
     top = min(max_rank, nt - 1, npix)
     u, s, vt = _top_svd(x, top)
     del x
@@ -1480,7 +1478,16 @@ def _compress(flux: np.ndarray, flux_err: np.ndarray, tolerance: float, max_rank
         np.clip(centred_ms - np.concatenate([[0], np.cumsum(s**2)]) / flux.size, 0, None)
     )
     target = max((1 + tolerance) * np.sqrt(noise_ms), 2**-20 * np.sqrt(flux_ms))
-    enough = np.flatnonzero(residual <= target)
+    # Per bin too: the overall RMS can reach the noise while a few bins (corners,
+    # edges) still hold signal. Each bin's residual must stay within what its own
+    # noise allows, with room for the chi-square scatter of the noisiest of npix bins.
+    kept_bin = np.cumsum((s[:, None] * vt) ** 2, axis=0) / nt  # (top, npix)
+    residual_bin = np.clip(centred_bin - np.vstack([np.zeros(npix), kept_bin]), 0, None)
+    floor = (2**-20) ** 2 * flux_ms
+    allowed = (1 + max(0.5, 5 / np.sqrt(2 * nt))) ** 2 * np.maximum(noise_bin, floor)
+    bins_ok = np.all(residual_bin <= allowed, axis=1)
+    del kept_bin, residual_bin
+    enough = np.flatnonzero((residual <= target) & bins_ok)
     k = int(enough[0]) if enough.size else top
     if not enough.size:
         log.warning(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_correction", "plot_model_images"]
+__all__ = [
+    "plot_correction",
+    "plot_model_images",
+    "animate_cube",
+    "animate_maps",
+    "plot_geometry_maps",
+]
 
 
 def _axes(ax, nrows: int, ncols: int, figsize):
@@ -71,4 +77,231 @@ def plot_model_images(flux, model, time=None, ax=None):
             im = axis.imshow(image, origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
             axis.figure.colorbar(im, ax=axis, label="e$^-$/s")
             axis.set_title(title if time is None else f"{title}\nBTJD {time:.3f}")
+    return axes
+
+
+# ---------------------------------------------------------------------- datasets and cubes
+#: Default panels of `animate_maps`: dataset key -> (title, colormap, colour-bar label).
+_MAP_PANELS = {
+    "scatter_cube": ("scattered light", "viridis", "e$^-$/s"),
+    "earth_alt_map": ("Earth angle", "magma_r", "deg"),
+    "earth_az_map": ("Earth azimuth", "twilight", "deg"),
+    "moon_alt_map": ("Moon angle", "cividis_r", "deg"),
+    "moon_az_map": ("Moon azimuth", "twilight", "deg"),
+    "earth_dist_map": ("Earth distance", "viridis", "R$_\\oplus$"),
+    "moon_dist_map": ("Moon distance", "viridis", "R$_\\oplus$"),
+    "scatter_cube_err": ("uncertainty", "viridis", "e$^-$/s"),
+}
+
+
+def _new_axes(ax, nrows: int, ncols: int, figsize):
+    """The given Axes as a flat array, or new ones on a constrained-layout figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return np.atleast_1d(np.asarray(ax)).ravel()
+    _, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, layout="constrained")
+    return axes.ravel()
+
+
+def _cube_arrays(cube) -> dict:
+    """A dataset-like dict (scatter_cube, time, row, column) from a cube or a dataset."""
+    if isinstance(cube, dict):
+        return cube
+    return {
+        "scatter_cube": np.asarray(cube.flux.value),
+        "time": np.asarray(cube.btjd),
+        "row": np.asarray(cube.row),
+        "column": np.asarray(cube.column),
+    }
+
+
+def _extent(row, column) -> tuple[float, float, float, float]:
+    """imshow extent [pixel] of bin centres ``row``, ``column`` (1-based CCD pixels)."""
+    row, column = np.asarray(row, float), np.asarray(column, float)
+    dr = row[1] - row[0] if row.size > 1 else 1.0
+    dc = column[1] - column[0] if column.size > 1 else 1.0
+    return (column[0] - dc / 2, column[-1] + dc / 2, row[0] - dr / 2, row[-1] + dr / 2)
+
+
+def _limits(key: str, array: np.ndarray) -> tuple[float, float]:
+    if key.endswith("_az_map"):
+        return 0.0, 360.0
+    finite = array[np.isfinite(array)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = (
+        np.percentile(finite, [1, 99])
+        if key.startswith("scatter")
+        else (
+            finite.min(),
+            finite.max(),
+        )
+    )
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def animate_maps(
+    data,
+    keys=("scatter_cube", "earth_alt_map", "earth_az_map", "moon_alt_map", "moon_az_map"),
+    step: int = 1,
+    path=None,
+    fps: float = 10.0,
+    ax=None,
+):
+    """Animate a training set's cube and geometry maps side by side over time.
+
+    Parameters
+    ----------
+    data : dict
+        From `lk_scatterlight.builder.dataset.make_dataset` or ``read_dataset``
+        (needs ``time``, ``row``, ``column`` and the ``keys``).
+    keys : sequence of str
+        Arrays of shape (ntime, nrow, ncol) to show, one panel each.
+    step : int
+        Show every ``step``-th time plane.
+    path : str or path-like, optional
+        Write the animation to this GIF file (matplotlib's ``PillowWriter``).
+    fps : float
+        Frames per second of the GIF.
+    ax : array of `matplotlib.axes.Axes`, optional
+        One per key; default a new figure with one row of panels.
+
+    Returns
+    -------
+    animation : `matplotlib.animation.FuncAnimation`
+        Keep a reference to it while it is displayed.
+
+    Examples
+    --------
+    >>> from lk_scatterlight.plotting import animate_maps
+    >>> anim = animate_maps(data, step=10, path="s0001_4-3.gif")  # doctest: +SKIP
+    """
+    import lightkurve as lk
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    keys = list(keys)
+    frames = list(range(0, np.shape(data[keys[0]])[0], max(1, int(step))))
+    extent = _extent(data["row"], data["column"])
+    time = np.asarray(data["time"])
+    with plt.style.context(lk.MPLSTYLE):
+        axes = _new_axes(ax, 1, len(keys), (3.8 * len(keys), 3.6))
+        images = []
+        for axis, key in zip(axes, keys, strict=True):
+            array = np.asarray(data[key])
+            title, cmap, label = _MAP_PANELS.get(key, (key, "viridis", ""))
+            vmin, vmax = _limits(key, array)
+            im = axis.imshow(
+                array[frames[0]],
+                origin="lower",
+                extent=extent,
+                cmap=cmap,
+                vmin=vmin,
+                vmax=vmax,
+                aspect="equal",
+            )
+            axis.figure.colorbar(im, ax=axis, label=label, shrink=0.8)
+            axis.set_title(title)
+            axis.set_xlabel("column")
+            images.append((im, array))
+        axes[0].set_ylabel("row")
+        fig = axes[0].figure
+        suptitle = fig.suptitle(f"BTJD {time[frames[0]]:.3f}")
+
+        def update(index):
+            for im, array in images:
+                im.set_data(array[index])
+            suptitle.set_text(f"BTJD {time[index]:.3f}")
+            return [im for im, _ in images]
+
+        animation = FuncAnimation(fig, update, frames=frames, interval=1000 / fps, blit=False)
+        if path is not None:
+            animation.save(str(path), writer=PillowWriter(fps=fps))
+    return animation
+
+
+def animate_cube(cube, step: int = 1, path=None, fps: float = 10.0, ax=None):
+    """Animate a scattered-light cube over time.
+
+    Parameters
+    ----------
+    cube : `~lk_scatterlight.ScatterLightCube` or dict
+        A cube, or a training set dict (its ``scatter_cube``).
+    step : int
+        Show every ``step``-th plane.
+    path : str or path-like, optional
+        Write a GIF (matplotlib's ``PillowWriter``).
+    fps : float
+        Frames per second.
+    ax : `matplotlib.axes.Axes`, optional
+
+    Returns
+    -------
+    animation : `matplotlib.animation.FuncAnimation`
+    """
+    return animate_maps(_cube_arrays(cube), ("scatter_cube",), step=step, path=path, fps=fps, ax=ax)
+
+
+def plot_geometry_maps(data, index: int = 0, ax=None):
+    """The cube and the Earth and Moon maps at one time, with the boresight angles.
+
+    Panels: scattered light, Earth angle map, Earth azimuth map (top); the
+    boresight Earth and Moon angles over time with the plotted time marked,
+    Moon angle map, Moon azimuth map (bottom). Angles are between the line of
+    sight and the body [deg]; azimuths in the CCD frame (0 deg towards
+    increasing column, 90 deg towards increasing row).
+
+    Parameters
+    ----------
+    data : dict
+        A training set (`lk_scatterlight.builder.dataset.make_dataset`).
+    index : int
+        Time plane to show.
+    ax : array of six `matplotlib.axes.Axes`, optional
+
+    Returns
+    -------
+    axes : ndarray of six `matplotlib.axes.Axes`
+        In reading order.
+    """
+    import lightkurve as lk
+    import matplotlib.pyplot as plt
+
+    extent = _extent(data["row"], data["column"])
+    time = np.asarray(data["time"])
+    with plt.style.context(lk.MPLSTYLE):
+        axes = _new_axes(ax, 2, 3, (13, 7.5))
+        layout = (
+            "scatter_cube",
+            "earth_alt_map",
+            "earth_az_map",
+            None,
+            "moon_alt_map",
+            "moon_az_map",
+        )
+        for axis, key in zip(axes, layout, strict=True):
+            if key is None:
+                for body, colour in (("earth", "C0"), ("moon", "C1")):
+                    axis.plot(time, data[f"{body}_alt"], ".", ms=2, c=colour, label=body.title())
+                axis.axvline(time[index], c="k", lw=1)
+                axis.ticklabel_format(axis="x", useOffset=False)
+                axis.set_xlabel("BTJD [d]")
+                axis.set_ylabel("boresight angle [deg]")
+                axis.legend(loc="best")
+                continue
+            array = np.asarray(data[key])
+            title, cmap, label = _MAP_PANELS[key]
+            vmin, vmax = _limits(key, array)
+            im = axis.imshow(
+                array[index], origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax
+            )
+            axis.figure.colorbar(im, ax=axis, label=label, shrink=0.85)
+            axis.set_title(title)
+            axis.set_xlabel("column")
+            axis.set_ylabel("row")
+        axes[0].figure.suptitle(
+            f"sector {int(data['sector'])} camera {int(data['camera'])} CCD {int(data['ccd'])}, "
+            f"BTJD {time[index]:.3f}"
+        )
     return axes

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +33,7 @@ import numpy as np
 from astropy.io import fits
 
 from .cube import SCIENCE_COLUMNS, SCIENCE_ROWS, ScatterLightCube
+from .utils import atomic_write
 
 __all__ = [
     "ScatteredLightField",
@@ -245,12 +245,15 @@ def make_tpf(
     target_flux: float = 15000.0,
     n_field_stars: int = 6,
     seed: int = 0,
+    static: np.ndarray | None = None,
+    quality: np.ndarray | None = None,
 ):
     """Cut a synthetic TESS target pixel file from a scattered-light field.
 
     Parameters
     ----------
-    field : `ScatteredLightField`
+    field : `ScatteredLightField` or callable
+        ``field(time, rows, columns) -> (ntime, nrow, ncol)`` scattered light [e-/s].
     row, column : int
         1-based CCD position of the lower-left pixel (``tpf.row``, ``tpf.column``).
     shape : (int, int)
@@ -268,6 +271,12 @@ def make_tpf(
         Total flux of the central star [e-/s].
     n_field_stars : int
     seed : int
+    static : ndarray, shape ``shape``, optional
+        Static scene (stars + sky) [e-/s] to use instead of synthetic stars and
+        ``sky``, e.g. a cut of `FFISimulator.static_scene` so the TPF shows the
+        same stars as the simulated FFIs.
+    quality : array of int, shape (ntime,), optional
+        QUALITY flags of the cadences (default 0).
 
     Returns
     -------
@@ -283,7 +292,10 @@ def make_tpf(
     time = sector_times(sector) if time is None else np.asarray(time, dtype=float)
     nr, nc = shape
     truth = field(time, row + np.arange(nr), column + np.arange(nc))
-    static = _stars(shape, rng, n_field_stars, target_flux) + sky
+    if static is None:
+        static = _stars(shape, rng, n_field_stars, target_flux) + sky
+    elif np.shape(static) != tuple(shape):
+        raise ValueError(f"static has shape {np.shape(static)}, expected {tuple(shape)}.")
     exposure = 0.8 * 0.99 * np.median(np.diff(time)) * 86400  # [s] after cosmic-ray mitigation
     total = static[None] + truth
     read_var = (exposure / 2) * 10.0**2  # 2-s frames, 10 e- read noise each
@@ -325,7 +337,7 @@ def make_tpf(
         fits.Column("FLUX_ERR", npx, unit="e-/s", dim=dim, array=flux_err.astype(np.float32)),
         fits.Column("FLUX_BKG", npx, unit="e-/s", dim=dim, array=background.astype(np.float32)),
         fits.Column("FLUX_BKG_ERR", npx, unit="e-/s", dim=dim, array=zeros),
-        fits.Column("QUALITY", "J", array=np.zeros(ncad, dtype=np.int32)),
+        fits.Column("QUALITY", "J", array=np.zeros(ncad, np.int32) if quality is None else quality),
         fits.Column("POS_CORR1", "E", unit="pixel", array=np.zeros(ncad)),
         fits.Column("POS_CORR2", "E", unit="pixel", array=np.zeros(ncad)),
     ]
@@ -1166,14 +1178,8 @@ class FFISimulator:
             if path.exists() and not overwrite:
                 raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
             hdul = self.to_hdulist(index, science_only_err=science_only_err)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
-            os.close(fd)
-            try:
+            with atomic_write(path) as tmp:
                 hdul.writeto(tmp, overwrite=True, checksum=True)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
             log.debug("wrote simulated FFI %s", path)
             paths.append(path)
         return paths

@@ -104,3 +104,16 @@ def test_column_mask():
     mask = masks.column_mask((4, 2048), [45, 46, 2092, 3000])
     assert mask[:, [0, 1, 2047]].all()
     assert mask.sum() == 12
+
+
+def test_error_floor_from_pixel_variance():
+    """A frame equal to the static scene has zero residual scatter; the FFI's own
+    uncertainties keep its error honest."""
+    image = np.zeros((64, 64), dtype=np.float32)
+    valid = np.ones((64, 64), bool)
+    assert np.all(binning.bin_plane_fit(image, valid, 16).error == 0)
+    floored = binning.bin_plane_fit(image, valid, 16, variance=np.full((64, 64), 4.0))
+    np.testing.assert_allclose(floored.error, 2.0 / 16, rtol=1e-6)  # sigma / sqrt(n)
+    noisy = np.random.default_rng(2).normal(0, 3.0, (64, 64)).astype(np.float32)
+    kept = binning.bin_plane_fit(noisy, valid, 16, variance=np.full((64, 64), 1e-6))
+    np.testing.assert_allclose(kept.error, binning.bin_plane_fit(noisy, valid, 16).error)

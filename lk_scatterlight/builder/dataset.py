@@ -23,13 +23,13 @@ import datetime
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..exceptions import ScatterLightError
+from ..utils import atomic_write
 from .geometry import BODIES, CCDPointing, Ephemeris, cube_geometry, to_tessvectors_azimuth
 
 __all__ = [
@@ -103,7 +103,9 @@ def dataset_filename(sector: int, camera: int, ccd: int, pixel_bin: float) -> st
     name : str
         For example ``"lk-scatterlight_dataset_s0001_4-3_bin16.npz"``.
     """
-    return f"lk-scatterlight_dataset_s{int(sector):04d}_{int(camera)}-{int(ccd)}_bin{pixel_bin:g}.npz"
+    return (
+        f"lk-scatterlight_dataset_s{int(sector):04d}_{int(camera)}-{int(ccd)}_bin{pixel_bin:g}.npz"
+    )
 
 
 def cadence_numbers(cube, frames: Sequence) -> np.ndarray:
@@ -128,11 +130,9 @@ def cadence_numbers(cube, frames: Sequence) -> np.ndarray:
     order = np.argsort(t)
     t, number = t[order], number[order]
     centre = cube.btjd
-    i = np.clip(np.searchsorted(t, centre), 1, t.size - 1) if t.size > 1 else np.zeros_like(centre)
-    i = np.asarray(i, dtype=int)
-    if t.size > 1:
-        left = np.abs(centre - t[i - 1]) <= np.abs(centre - t[i])
-        i = np.where(left, i - 1, i)
+    j = np.searchsorted(t, centre)
+    lo, hi = np.clip(j - 1, 0, t.size - 1), np.clip(j, 0, t.size - 1)
+    i = np.where(np.abs(centre - t[lo]) <= np.abs(centre - t[hi]), lo, hi)
     inside = (t[i] >= cube.time_start.value - 1e-9) & (t[i] <= cube.time_stop.value + 1e-9)
     return np.where(inside, number[i], -1).astype(np.int64)
 
@@ -166,8 +166,6 @@ def make_dataset(
     """
     from .. import __version__
 
-    geometry = cube_geometry(cube, ephemeris, pointing, dtype=np.float32)
-    pointing = geometry.pointing
     nt = cube.shape[0]
     if cadenceno is None:
         cadenceno = np.full(nt, -1, dtype=np.int64)
@@ -175,6 +173,8 @@ def make_dataset(
     if cadenceno.shape != (nt,):
         msg = f"cadenceno must have shape ({nt},), got {cadenceno.shape}."
         raise ScatterLightError(msg)
+    geometry = cube_geometry(cube, ephemeris, pointing, dtype=np.float32)
+    pointing = geometry.pointing
     data: dict[str, np.ndarray] = {
         "scatter_cube": np.asarray(cube.flux.value, dtype=np.float32),
         "scatter_cube_err": np.asarray(cube.flux_err.value, dtype=np.float32),
@@ -299,17 +299,8 @@ def write_dataset(
     _check(data, "write_dataset")
     arrays = {k: np.asarray(v, dtype=np.float32) if k in _FLOAT32 else v for k, v in data.items()}
     save = np.savez_compressed if compress else np.savez
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        save(f, **arrays)
     log.info("Wrote %s", path)
     return path
 

@@ -22,6 +22,19 @@ The build, for one sector/camera/CCD (`build_cube`):
 5. **Cube.** One plane per good FFI by default; with ``time_bin`` the planes
    are averaged in bins of that duration that never cross a data gap. The cube
    is written atomically and the work folder removed.
+
+Each step is a function of its own, shared by the serial build and the Dask
+build (`lk_scatterlight.builder.distributed`), which run the same per-frame
+code and therefore give the same cube:
+
+* `plan_build`: frame selection, output path, work folder and resume identity;
+* `candidate_frames`, `frame_level`, `combine_dark` (`static_scene` serially):
+  the static scene and its dark frames;
+* `make_context`: masks and everything the per-frame work needs (`FrameContext`);
+* `process_frame` / `process_chunk`: per-frame results (`FrameResult`,
+  `ChunkResult`: binned values, errors, pixel counts, strap sums);
+* `time_planes` / `bin_planes`: planes of the cube;
+* `assemble`: the cube and its provenance from the work area.
 """
 
 from __future__ import annotations
@@ -32,8 +45,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,11 +57,36 @@ from ..exceptions import ScatterLightError
 from ..registry import cube_filename
 from . import binning, masks
 
-__all__ = ["BuildConfig", "build_cube"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .sources import FFISource, FrameInfo
+
+__all__ = [
+    "BuildConfig",
+    "build_cube",
+    "BuildPlan",
+    "FrameContext",
+    "FrameResult",
+    "ChunkResult",
+    "plan_build",
+    "candidate_frames",
+    "frame_level",
+    "select_dark",
+    "combine_dark",
+    "static_scene",
+    "make_context",
+    "process_frame",
+    "process_chunk",
+    "time_planes",
+    "bin_planes",
+    "assemble",
+]
 
 log = logging.getLogger(__name__)
 
 _SCIENCE = 2048
+
+#: Signature of a time-binning stage: ``(value, error, groups) -> (flux, flux_err)``.
+PlaneBinner = Callable[[np.ndarray, np.ndarray, list], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -76,7 +116,8 @@ class BuildConfig:
     prefetch : int
         Frames read ahead concurrently (each ~35 MB in flight at most).
     chunk : int
-        Frames between checkpoints.
+        Frames between checkpoints (and, in a Dask build, at most this many
+        frames per task).
     compact : bool
         Store the cube in the compact low-rank encoding (format v2,
         `~lk_scatterlight.ScatterLightCube.compress`); False keeps it dense.
@@ -104,6 +145,8 @@ class BuildConfig:
             raise ValueError(f"pixel_bin must divide 2048, got {self.pixel_bin}.")
         if self.time_bin is not None and self.time_bin <= 0:
             raise ValueError(f"time_bin must be positive [d], got {self.time_bin}.")
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be at least 1 frame, got {self.chunk}.")
         self.bad_columns = tuple(int(c) for c in self.bad_columns)
 
     def fingerprint(self) -> dict:
@@ -118,6 +161,72 @@ def _strap_columns() -> np.ndarray:
     from .straps import STRAP_CCD_COLUMNS
 
     return np.asarray(STRAP_CCD_COLUMNS, dtype=int)
+
+
+# ---------------------------------------------------------------------- per-frame results
+@dataclass
+class FrameResult:
+    """What the per-frame work keeps of one frame (`process_frame`).
+
+    Attributes
+    ----------
+    value, error : ndarray, shape (nb, nb)
+        Binned scattered light and its 1-sigma error [e-/s].
+    npix : ndarray of int, shape (nb, nb)
+        Pixels used in each bin.
+    strap : ndarray of float64, shape (nstraps, 2)
+        Per strap column, ``sum(strap * reference)`` and ``sum(reference**2)``
+        (zero for straps without references).
+    """
+
+    value: np.ndarray
+    error: np.ndarray
+    npix: np.ndarray
+    strap: np.ndarray
+
+
+@dataclass
+class ChunkResult:
+    """Per-frame results of several frames, in the dtypes of the work area.
+
+    A chunk of 50 frames at 16-px bins is about 8 MB: what a Dask worker sends
+    back instead of the ~1.7 GB of frames it read.
+
+    Attributes
+    ----------
+    index : ndarray of int, shape (n,)
+        Frame indices (positions in the source's frame list).
+    value, error : ndarray of float32, shape (n, nb, nb)
+    npix : ndarray of int16, shape (n, nb, nb)
+    strap : ndarray of float64, shape (n, nstraps, 2)
+    """
+
+    index: np.ndarray
+    value: np.ndarray
+    error: np.ndarray
+    npix: np.ndarray
+    strap: np.ndarray
+
+    #: dtypes of the work-area arrays (and of a chunk's arrays).
+    DTYPES = {"value": np.float32, "error": np.float32, "npix": np.int16, "strap": np.float64}
+
+    @classmethod
+    def from_frames(
+        cls, indices: Sequence[int], results: Sequence[FrameResult], nbins: int, nstraps: int
+    ) -> ChunkResult:
+        """Stack `FrameResult` objects (cast as the work area stores them)."""
+        n = len(results)
+        arrays = {}
+        for name, dtype in cls.DTYPES.items():
+            shape = (n, nstraps, 2) if name == "strap" else (n, nbins, nbins)
+            out = np.empty(shape, dtype=dtype)
+            for k, result in enumerate(results):
+                out[k] = getattr(result, name)
+            arrays[name] = out
+        return cls(index=np.asarray(indices, dtype=np.int64), **arrays)
+
+    def __len__(self) -> int:
+        return int(self.index.size)
 
 
 class _WorkArea:
@@ -139,11 +248,12 @@ class _WorkArea:
         if fresh:
             for f in folder.glob("*.npy"):
                 f.unlink()
+        dtypes = ChunkResult.DTYPES
         shapes = {
-            "value": ((nframes, nbins, nbins), np.float32),
-            "error": ((nframes, nbins, nbins), np.float32),
-            "npix": ((nframes, nbins, nbins), np.int16),
-            "strap": ((nframes, nstraps, 2), np.float64),
+            "value": ((nframes, nbins, nbins), dtypes["value"]),
+            "error": ((nframes, nbins, nbins), dtypes["error"]),
+            "npix": ((nframes, nbins, nbins), dtypes["npix"]),
+            "strap": ((nframes, nstraps, 2), dtypes["strap"]),
             "done": ((nframes,), np.bool_),
         }
         self.arrays = {}
@@ -162,6 +272,21 @@ class _WorkArea:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
+
+    def store(self, index: int, result: FrameResult) -> None:
+        """Record one frame's results (its ``done`` flag last)."""
+        for name in ChunkResult.DTYPES:
+            self.arrays[name][index] = getattr(result, name)
+        self.arrays["done"][index] = True
+
+    def store_chunk(self, chunk: ChunkResult) -> None:
+        """Record a chunk's results, then mark its frames done and flush (a checkpoint)."""
+        for name in ChunkResult.DTYPES:
+            self.arrays[name][chunk.index] = getattr(chunk, name)
+        for name in ChunkResult.DTYPES:
+            self.arrays[name].flush()
+        self.arrays["done"][chunk.index] = True
+        self.arrays["done"].flush()
 
     def flush(self) -> None:
         for array in self.arrays.values():
@@ -187,26 +312,202 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _static_scene(source, good: np.ndarray, config: BuildConfig, progress: bool):
-    """Median of the darkest of ``n_candidates`` good frames spread over the sector."""
+# ---------------------------------------------------------------------- plan
+@dataclass
+class BuildPlan:
+    """What a build will do, decided before any frame is read (`plan_build`).
+
+    Attributes
+    ----------
+    sector, camera, ccd : int
+    description : str
+        The source's description (provenance).
+    frames : list of `~lk_scatterlight.builder.sources.FrameInfo`
+    quality : ndarray of int64, shape (nframes,)
+    good : ndarray of bool, shape (nframes,)
+        Frames that pass the quality bitmask.
+    out_path : `~pathlib.Path` or None
+        Output file.
+    work_dir : `~pathlib.Path`
+        Checkpoint folder.
+    state : dict
+        Identity of the build (sector, camera, CCD, frames, per-frame
+        parameters); a work folder with another state is started over.
+    straps : ndarray of int
+        Masked strap columns (1-based CCD columns).
+    nbins : int
+        Bins per side of a plane.
+    overwrite : bool
+        Replace an existing output file.
+    """
+
+    sector: int
+    camera: int
+    ccd: int
+    description: str
+    frames: list[FrameInfo]
+    quality: np.ndarray
+    good: np.ndarray
+    out_path: Path | None
+    work_dir: Path
+    state: dict
+    straps: np.ndarray
+    nbins: int
+    overwrite: bool = False
+
+    def open_work(self) -> _WorkArea:
+        """Open (or create, or start over) the work area of this build."""
+        return _WorkArea(
+            Path(self.work_dir), len(self.frames), self.nbins, self.straps.size, self.state
+        )
+
+
+def plan_build(
+    source: FFISource,
+    config: BuildConfig,
+    out: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> BuildPlan:
+    """Select the frames and decide the output file and the work folder of a build.
+
+    Parameters
+    ----------
+    source : `~lk_scatterlight.builder.sources.FFISource`
+    config : `BuildConfig`
+    out, work_dir, overwrite
+        As for `build_cube`.
+
+    Returns
+    -------
+    plan : `BuildPlan`
+
+    Raises
+    ------
+    ScatterLightError
+        If fewer than ``n_dark`` frames pass the quality bitmask.
+    FileExistsError
+        If the output exists and ``overwrite`` is False.
+    """
+    frames = list(source.frames)
+    quality = np.array([f.quality for f in frames], dtype=np.int64)
+    good = masks.good_frames(quality, config.bitmask)
+    if good.sum() < max(config.n_dark, 1):
+        raise ScatterLightError(
+            f"Only {good.sum()} of {len(frames)} frames of {source.description} pass the quality "
+            f"bitmask {config.bitmask}; at least {config.n_dark} are needed."
+        )
+    out_path = None
+    if out is not None:
+        out_path = Path(out)
+        if out_path.is_dir():
+            out_path = out_path / cube_filename(
+                source.sector, source.camera, source.ccd, config.pixel_bin
+            )
+        if out_path.exists() and not overwrite:
+            raise FileExistsError(f"{out_path} exists; pass overwrite=True to replace it.")
+    identity = hashlib.sha256(
+        json.dumps([(f.name, round(f.time, 8), f.quality) for f in frames]).encode()
+    ).hexdigest()[:16]
+    state = {
+        "sector": source.sector,
+        "camera": source.camera,
+        "ccd": source.ccd,
+        "frames": identity,
+        "config": config.fingerprint(),
+    }
+    if work_dir is None:
+        base = out_path.parent if out_path is not None else Path.cwd()
+        work_dir = base / (
+            f".lk-scatterlight-work_s{source.sector:04d}_{source.camera}-{source.ccd}"
+            f"_bin{config.pixel_bin}"
+        )
+    straps = _strap_columns() if config.mask_straps else np.zeros(0, dtype=int)
+    return BuildPlan(
+        sector=source.sector,
+        camera=source.camera,
+        ccd=source.ccd,
+        description=source.description,
+        frames=frames,
+        quality=quality,
+        good=good,
+        out_path=out_path,
+        work_dir=Path(work_dir),
+        state=state,
+        straps=straps,
+        nbins=_SCIENCE // config.pixel_bin,
+        overwrite=overwrite,
+    )
+
+
+# ---------------------------------------------------------------------- static scene
+def candidate_frames(good: np.ndarray, n_candidates: int) -> np.ndarray:
+    """Up to ``n_candidates`` good frames spread evenly over the sector (frame indices)."""
+    index = np.flatnonzero(good)
+    return index[np.unique(np.linspace(0, index.size - 1, n_candidates).astype(int))]
+
+
+def frame_level(flux: np.ndarray) -> float:
+    """Brightness rank of a frame: the median of every 16th pixel [e-/s]."""
+    return float(np.nanmedian(flux[::16, ::16]))
+
+
+def select_dark(candidates: Sequence[int], levels: Sequence[float], n_dark: int) -> list[int]:
+    """The ``n_dark`` darkest candidates (ties: the earlier frame), sorted by index.
+
+    NaN levels rank last.
+    """
+    order = np.argsort(np.asarray(levels, dtype=float), kind="stable")[:n_dark]
+    return sorted(int(np.asarray(candidates)[k]) for k in order)
+
+
+def combine_dark(fluxes: Sequence[np.ndarray], rows: int = 256) -> np.ndarray:
+    """The static scene: pixel-wise median of the dark frames, float32 [e-/s].
+
+    Computed ``rows`` rows at a time, so the working memory is a fraction of
+    the frames' (the median of each pixel does not depend on the blocks).
+    """
+    shape = fluxes[0].shape
+    static = np.empty(shape, dtype=np.float32)
+    for start in range(0, shape[0], rows):
+        block = np.stack([flux[start : start + rows] for flux in fluxes])
+        static[start : start + rows] = np.nanmedian(block, axis=0)
+    return static
+
+
+def static_scene(
+    source: FFISource, good: np.ndarray, config: BuildConfig, progress: bool
+) -> tuple[np.ndarray, list[int]]:
+    """Median of the darkest of ``n_candidates`` good frames spread over the sector.
+
+    Reads each candidate once and keeps at most ``n_dark + 1`` of them in
+    memory (what `select_dark` would pick from all of them).
+
+    Returns
+    -------
+    static : ndarray of float32, shape (2048, 2048)
+        The static scene [e-/s].
+    dark : list of int
+        Indices of the frames it is the median of.
+    """
     from tqdm.auto import tqdm
 
-    index = np.flatnonzero(good)
-    candidates = index[np.unique(np.linspace(0, index.size - 1, config.n_candidates).astype(int))]
+    candidates = candidate_frames(good, config.n_candidates)
     darkest: list[tuple[float, int, np.ndarray]] = []
     reader = source.iter_read(candidates.tolist(), prefetch=config.prefetch)
     for info, flux, _ in tqdm(
         reader, total=candidates.size, desc="Static scene", disable=not progress, unit="frame"
     ):
-        level = float(np.nanmedian(flux[::16, ::16]))
-        darkest.append((level, info.index, flux))
-        darkest.sort(key=lambda item: item[0])
-        del darkest[config.n_dark :]  # keep memory at n_dark frames
-    stack = np.stack([item[2] for item in darkest])
-    static = np.nanmedian(stack, axis=0).astype(np.float32)
-    return static, sorted(item[1] for item in darkest)
+        darkest.append((frame_level(flux), info.index, flux))
+        keep = np.argsort([item[0] for item in darkest], kind="stable")[: config.n_dark]
+        darkest = [darkest[k] for k in keep]  # memory stays at n_dark frames
+    return combine_dark([item[2] for item in darkest]), sorted(item[1] for item in darkest)
 
 
+_static_scene = static_scene  # the name benchmarks and older code use
+
+
+# ---------------------------------------------------------------------- masks and context
 def _strap_geometry(straps: np.ndarray):
     """Measurable strap columns and the reference columns of each.
 
@@ -268,17 +569,180 @@ def _strap_sums(diff, clean, strap_idx, ref_idx):
     return np.stack([(s * r).sum(axis=0), (r * r).sum(axis=0)], axis=1)
 
 
-def _time_planes(frames, use: np.ndarray, time_bin: float | None):
-    """Group used frames into planes: list of index arrays plus gap threshold."""
+@dataclass
+class FrameContext:
+    """Everything the per-frame work needs, computed once per build (`make_context`).
+
+    About 37 MB (static scene and weights in float32, clean mask in bool): a
+    Dask build sends it once to every worker.
+
+    Attributes
+    ----------
+    static : ndarray of float32, shape (2048, 2048)
+        Static scene subtracted from every frame [e-/s].
+    weights : ndarray of float32, shape (2048, 2048)
+        1 where a pixel may enter the bins, 0 for sources, straps and bad columns.
+    clean : ndarray of bool, shape (2048, 2048)
+        Pixels free of sources and bad columns (straps included), for the
+        strap sums.
+    strap_idx : ndarray of int
+        0-based science columns of the measurable straps.
+    ref_idx : ndarray of int, shape (len(strap_idx), 4)
+        Their reference columns.
+    strap_pos : ndarray of int
+        Position of each measurable strap among all masked straps.
+    nstraps : int
+        Number of masked strap columns.
+    pixel_bin : int
+    clip : float
+    curvature_correction : bool
+    source_fraction : float
+        Fraction of the pixels masked as sources (provenance).
+    """
+
+    static: np.ndarray
+    weights: np.ndarray
+    clean: np.ndarray
+    strap_idx: np.ndarray
+    ref_idx: np.ndarray
+    strap_pos: np.ndarray
+    nstraps: int
+    pixel_bin: int
+    clip: float
+    curvature_correction: bool
+    source_fraction: float
+
+    @property
+    def nbins(self) -> int:
+        """Bins per side of a plane."""
+        return self.static.shape[0] // self.pixel_bin
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the context's arrays [bytes]."""
+        arrays = (self.static, self.weights, self.clean, self.strap_idx, self.ref_idx)
+        return int(sum(a.nbytes for a in arrays))
+
+
+def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
+    """Masks (stars, bleeds, straps, bad columns) and the per-frame context of a build.
+
+    Parameters
+    ----------
+    static : ndarray of float32, shape (2048, 2048)
+        The static scene (`static_scene`).
+    config : `BuildConfig`
+
+    Returns
+    -------
+    context : `FrameContext`
+    """
+    straps = _strap_columns() if config.mask_straps else np.zeros(0, dtype=int)
+    strap_cols, ref_idx = _strap_geometry(straps)
+    strap_idx = strap_cols - SCIENCE_COLUMNS[0]
+    sources = masks.static_source_mask(
+        _flatten_straps(static, strap_idx, ref_idx), nsigma=config.star_nsigma
+    )
+    bad = masks.column_mask(static.shape, config.bad_columns)
+    clean = ~(sources | bad)
+    valid = clean & ~masks.column_mask(static.shape, straps)
+    return FrameContext(
+        static=np.asarray(static, dtype=np.float32),
+        weights=valid.astype(np.float32),  # converted once, not per frame
+        clean=clean,
+        strap_idx=strap_idx,
+        ref_idx=ref_idx,
+        strap_pos=np.searchsorted(straps, strap_cols),
+        nstraps=int(straps.size),
+        pixel_bin=config.pixel_bin,
+        clip=config.clip,
+        curvature_correction=config.curvature_correction,
+        source_fraction=float(sources.mean()),
+    )
+
+
+# ---------------------------------------------------------------------- per-frame work
+def process_frame(flux: np.ndarray, context: FrameContext) -> FrameResult:
+    """Static-subtract, mask and bin one frame; measure its strap sums.
+
+    Parameters
+    ----------
+    flux : ndarray of float32, shape (2048, 2048)
+        Science pixels of the frame [e-/s].
+    context : `FrameContext`
+
+    Returns
+    -------
+    result : `FrameResult`
+    """
+    diff = flux - context.static
+    binned = binning.bin_plane_fit(diff, context.weights, context.pixel_bin, clip=context.clip)
+    value, error = binning.fill_empty_bins(binned.value, binned.error)
+    if context.curvature_correction:
+        value = binning.curvature_correction(value, binned.moments, context.pixel_bin)
+    sums = np.zeros((context.nstraps, 2))
+    sums[context.strap_pos] = _strap_sums(diff, context.clean, context.strap_idx, context.ref_idx)
+    return FrameResult(value=value, error=error, npix=binned.npix, strap=sums)
+
+
+def process_chunk(
+    source: FFISource, indices: Sequence[int], context: FrameContext, prefetch: int = 1
+) -> ChunkResult:
+    """Read and process several frames; return only their small per-frame results.
+
+    Frames are read in order with ``prefetch`` frames in flight
+    (`~lk_scatterlight.builder.sources.FFISource.iter_read`), so memory is
+    about ``(prefetch + 1) x 35 MB`` plus the context, whatever the chunk length.
+
+    Parameters
+    ----------
+    source : `~lk_scatterlight.builder.sources.FFISource`
+    indices : sequence of int
+        Frames to process.
+    context : `FrameContext`
+    prefetch : int
+        Frames read ahead.
+
+    Returns
+    -------
+    chunk : `ChunkResult`
+    """
+    done, results = [], []
+    for info, flux, _ in source.iter_read(list(indices), prefetch=prefetch):
+        results.append(process_frame(flux, context))
+        done.append(info.index)
+        del flux
+    return ChunkResult.from_frames(done, results, context.nbins, context.nstraps)
+
+
+# ---------------------------------------------------------------------- planes and cube
+def time_planes(
+    frames: Sequence[FrameInfo], use: np.ndarray, time_bin: float | None
+) -> list[np.ndarray]:
+    """Group the used frames into planes that never cross a data gap.
+
+    Parameters
+    ----------
+    frames : sequence of `~lk_scatterlight.builder.sources.FrameInfo`
+    use : ndarray of bool, shape (nframes,)
+        Frames that enter the cube.
+    time_bin : float, optional
+        Plane duration [d]; None for one plane per frame.
+
+    Returns
+    -------
+    groups : list of ndarray of int
+        Positions among the used frames of each plane's frames.
+    """
     t = np.array([f.time for f in frames])[use]
     start = np.array([f.tstart for f in frames])[use]
-    stop = np.array([f.tstop for f in frames])[use]
-    max_gap = GAP_FACTOR * float(np.median(stop - start))
     positions = np.arange(t.size)
     if time_bin is None:
         return [positions[i : i + 1] for i in positions]
     from ..interpolate import time_segments
 
+    stop = np.array([f.tstop for f in frames])[use]
+    max_gap = GAP_FACTOR * float(np.median(stop - start))
     segment = time_segments(start, stop, max_gap)
     groups = []
     for seg in np.unique(segment):
@@ -289,13 +753,226 @@ def _time_planes(frames, use: np.ndarray, time_bin: float | None):
     return groups
 
 
+_time_planes = time_planes
+
+
+def bin_planes(
+    value: np.ndarray, error: np.ndarray, groups: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average per-frame values into planes.
+
+    Parameters
+    ----------
+    value, error : ndarray, shape (n, nb, nb)
+        Per-frame binned values and errors [e-/s].
+    groups : sequence of ndarray of int
+        Positions (along the first axis) of each plane's frames.
+
+    Returns
+    -------
+    flux, flux_err : ndarray, shape (len(groups), nb, nb)
+        Mean of each group and its error ``sqrt(sum(error**2)) / n``.
+    """
+    flux = np.stack([value[g].mean(axis=0) for g in groups])
+    flux_err = np.stack([np.sqrt((error[g] ** 2).sum(axis=0)) / len(g) for g in groups])
+    return flux, flux_err
+
+
+def assemble(
+    plan: BuildPlan,
+    config: BuildConfig,
+    work: _WorkArea,
+    context: FrameContext,
+    dark: Sequence[int],
+    binner: PlaneBinner = bin_planes,
+) -> ScatterLightCube:
+    """The cube (compressed if ``config.compact``) from the finished work area.
+
+    Parameters
+    ----------
+    plan : `BuildPlan`
+    config : `BuildConfig`
+    work : work area
+        With every used frame's results.
+    context : `FrameContext`
+    dark : sequence of int
+        Frames of the static scene (provenance).
+    binner : callable
+        ``binner(value, error, groups) -> (flux, flux_err)``: the time-binning
+        stage (`bin_planes`, or the Dask version); only called with ``time_bin``.
+
+    Returns
+    -------
+    cube : `~lk_scatterlight.ScatterLightCube`
+    """
+    from .. import __version__
+
+    frames = plan.frames
+    use = plan.good & work["done"]
+    groups = time_planes(frames, use, config.time_bin)
+    used_index = np.flatnonzero(use)
+    t = np.array([f.time for f in frames])[use]
+    tstart = np.array([f.tstart for f in frames])[use]
+    tstop = np.array([f.tstop for f in frames])[use]
+    value = np.asarray(work["value"])[used_index]
+    error = np.asarray(work["error"])[used_index]
+    if config.time_bin is not None:
+        flux, flux_err = binner(value, error, groups)
+    else:
+        flux, flux_err = value, error
+    plane_time = np.array([t[g].mean() for g in groups])
+    plane_start = np.array([tstart[g].min() for g in groups])
+    plane_stop = np.array([tstop[g].max() for g in groups])
+    nframes = np.array([len(g) for g in groups])
+    npix = np.median(np.asarray(work["npix"])[used_index], axis=0).astype(np.int32)
+
+    straps = plan.straps
+    strap_sums = np.asarray(work["strap"])[used_index].sum(axis=0)
+    measured = strap_sums[:, 1] > 0
+    response = np.where(measured, strap_sums[:, 0] / np.where(measured, strap_sums[:, 1], 1), 1)
+    measured &= np.isfinite(response) & (response > 0)
+
+    b = config.pixel_bin
+    nb = plan.nbins
+    centres = b * np.arange(nb) + (b - 1) / 2
+    dropped = {}
+    for bit in range(20):
+        n = int(np.sum((plan.quality & (1 << bit)) & config.bitmask != 0))
+        if n:
+            dropped[str(1 << bit)] = n
+    meta = {
+        "creator": "lk_scatterlight",
+        "version": __version__,
+        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": plan.description,
+        "pixel_bin": b,
+        "time_bin_days": config.time_bin,
+        "frames_total": len(frames),
+        "frames_used": int(use.sum()),
+        "frames_dropped_by_bit": dropped,
+        "quality_bitmask": config.bitmask,
+        "dark_frames": [frames[i].name for i in np.asarray(dark).tolist()],
+        "masked_source_fraction": round(context.source_fraction, 5),
+        "masked_columns_straps": int(straps.size),
+        "bad_columns": list(config.bad_columns),
+        "bin_statistic": f"robust local plane fit, {config.clip} sigma clip",
+        "curvature_correction": config.curvature_correction,
+        "error_estimator": "standard error of the plane-fit intercept from residual scatter",
+    }
+    cube = ScatterLightCube.from_arrays(
+        plan.sector,
+        plan.camera,
+        plan.ccd,
+        plane_time,
+        SCIENCE_ROWS[0] + centres,
+        SCIENCE_COLUMNS[0] + centres,
+        flux,
+        flux_err,
+        time_start=plane_start,
+        time_stop=plane_stop,
+        npix=npix,
+        nframes=nframes,
+        meta=meta,
+        strap_column=straps[measured],
+        strap_response=response[measured],
+    )
+    if config.compact:
+        cube = cube.compress(tolerance=config.compact_tolerance)
+    return cube
+
+
+# ---------------------------------------------------------------------- drivers
+class _SerialRunner:
+    """Runs the stages in this process (the default of `build_cube`)."""
+
+    def static_scene(
+        self, source: FFISource, good: np.ndarray, config: BuildConfig, progress: bool
+    ) -> tuple[np.ndarray, list[int]]:
+        return static_scene(source, good, config, progress)
+
+    def process(
+        self,
+        source: FFISource,
+        todo: list[int],
+        context: FrameContext,
+        dark: Sequence[int],
+        work: _WorkArea,
+        config: BuildConfig,
+        bar: Any,
+    ) -> None:
+        """One streaming pass with read-ahead; a checkpoint every ``config.chunk`` frames."""
+        processed = 0
+        try:
+            for info, flux, _ in source.iter_read(todo, prefetch=config.prefetch):
+                work.store(info.index, process_frame(flux, context))
+                processed += 1
+                bar.update()
+                if processed % config.chunk == 0:
+                    work.flush()
+        finally:
+            work.flush()
+
+    bin_planes = staticmethod(bin_planes)
+
+    def close(self) -> None:
+        pass
+
+
+def _run_build(
+    source: FFISource,
+    config: BuildConfig,
+    plan: BuildPlan,
+    runner: Any,
+    progress: bool,
+) -> ScatterLightCube:
+    """Run a planned build's stages with ``runner`` (serial or Dask); write the cube."""
+    from tqdm.auto import tqdm
+
+    work = plan.open_work()
+    static = work.load_or_none("static")
+    dark = work.load_or_none("dark")
+    if static is None or dark is None:
+        static, dark_list = runner.static_scene(source, plan.good, config, progress)
+        dark = np.asarray(dark_list)
+        work.save("static", static)
+        work.save("dark", dark)
+    context = make_context(static, config)
+
+    good = plan.good
+    todo = [int(i) for i in np.flatnonzero(good & ~work["done"])]
+    log.info(
+        "%s: %d frames, %d good, %d left to process",
+        plan.description,
+        len(plan.frames),
+        int(good.sum()),
+        len(todo),
+    )
+    bar = tqdm(
+        total=int(good.sum()),
+        initial=int(good.sum()) - len(todo),
+        desc=f"s{plan.sector:04d} {plan.camera}-{plan.ccd}",
+        unit="frame",
+        disable=not progress,
+    )
+    with bar:
+        runner.process(source, todo, context, dark, work, config, bar)
+
+    cube = assemble(plan, config, work, context, dark, binner=runner.bin_planes)
+    if plan.out_path is not None:
+        cube.write(plan.out_path, overwrite=plan.overwrite)
+        log.info("Wrote %s", plan.out_path)
+    work.remove()
+    return cube
+
+
 def build_cube(
-    source,
+    source: FFISource,
     config: BuildConfig | None = None,
     out: str | os.PathLike | None = None,
     work_dir: str | os.PathLike | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    client: Any = None,
 ) -> ScatterLightCube:
     """Build the scattered-light cube of one sector/camera/CCD from its FFIs.
 
@@ -313,6 +990,10 @@ def build_cube(
         Show progress bars.
     overwrite : bool
         Replace an existing output file.
+    client : ``distributed.Client``, optional
+        Run the frame work as tasks on this Dask cluster
+        (`lk_scatterlight.builder.distributed.build_cube_dask` with its
+        defaults); the cube is the same as without.
 
     Returns
     -------
@@ -323,176 +1004,18 @@ def build_cube(
     ScatterLightError
         If no frame is usable.
     """
-    from tqdm.auto import tqdm
-
-    from .. import __version__
-
     config = config or BuildConfig()
-    frames = list(source.frames)
-    quality = np.array([f.quality for f in frames], dtype=np.int64)
-    good = masks.good_frames(quality, config.bitmask)
-    if good.sum() < max(config.n_dark, 1):
-        raise ScatterLightError(
-            f"Only {good.sum()} of {len(frames)} frames of {source.description} pass the quality "
-            f"bitmask {config.bitmask}; at least {config.n_dark} are needed."
+    if client is not None:
+        from .distributed import build_cube_dask
+
+        return build_cube_dask(
+            source,
+            config,
+            client=client,
+            out=out,
+            work_dir=work_dir,
+            progress=progress,
+            overwrite=overwrite,
         )
-    out_path = None
-    if out is not None:
-        out_path = Path(out)
-        if out_path.is_dir():
-            out_path = out_path / cube_filename(
-                source.sector, source.camera, source.ccd, config.pixel_bin
-            )
-        if out_path.exists() and not overwrite:
-            raise FileExistsError(f"{out_path} exists; pass overwrite=True to replace it.")
-    identity = hashlib.sha256(
-        json.dumps([(f.name, round(f.time, 8), f.quality) for f in frames]).encode()
-    ).hexdigest()[:16]
-    state = {
-        "sector": source.sector,
-        "camera": source.camera,
-        "ccd": source.ccd,
-        "frames": identity,
-        "config": config.fingerprint(),
-    }
-    if work_dir is None:
-        base = out_path.parent if out_path is not None else Path.cwd()
-        work_dir = base / (
-            f".lk-scatterlight-work_s{source.sector:04d}_{source.camera}-{source.ccd}"
-            f"_bin{config.pixel_bin}"
-        )
-    straps = _strap_columns() if config.mask_straps else np.zeros(0, dtype=int)
-    nb = _SCIENCE // config.pixel_bin
-
-    # The strap geometry needs the mask, the mask needs the static scene: the work
-    # area is sized by the number of straps, known before the mask.
-    work = _WorkArea(Path(work_dir), len(frames), nb, straps.size, state)
-    static = work.load_or_none("static")
-    dark = work.load_or_none("dark")
-    if static is None:
-        static, dark_list = _static_scene(source, good, config, progress)
-        dark = np.asarray(dark_list)
-        work.save("static", static)
-        work.save("dark", dark)
-    strap_cols, ref_idx = _strap_geometry(straps)
-    strap_idx = strap_cols - SCIENCE_COLUMNS[0]
-    sources = masks.static_source_mask(
-        _flatten_straps(static, strap_idx, ref_idx), nsigma=config.star_nsigma
-    )
-    bad = masks.column_mask(static.shape, config.bad_columns)
-    clean = ~(sources | bad)
-    valid = clean & ~masks.column_mask(static.shape, straps)
-    strap_pos = np.searchsorted(straps, strap_cols)
-    weights = valid.astype(np.float32)  # converted once, not per frame
-
-    todo = [int(i) for i in np.flatnonzero(good & ~work["done"])]
-    log.info(
-        "%s: %d frames, %d good, %d left to process",
-        source.description,
-        len(frames),
-        int(good.sum()),
-        len(todo),
-    )
-    bar = tqdm(
-        total=int(good.sum()),
-        initial=int(good.sum()) - len(todo),
-        desc=f"s{source.sector:04d} {source.camera}-{source.ccd}",
-        unit="frame",
-        disable=not progress,
-    )
-    processed = 0
-    with bar:
-        for info, flux, _ in source.iter_read(todo, prefetch=config.prefetch):
-            diff = flux - static
-            binned = binning.bin_plane_fit(diff, weights, config.pixel_bin, clip=config.clip)
-            value, error = binning.fill_empty_bins(binned.value, binned.error)
-            if config.curvature_correction:
-                value = binning.curvature_correction(value, binned.moments, config.pixel_bin)
-            i = info.index
-            work["value"][i] = value
-            work["error"][i] = error
-            work["npix"][i] = binned.npix
-            sums = np.zeros((straps.size, 2))
-            sums[strap_pos] = _strap_sums(diff, clean, strap_idx, ref_idx)
-            work["strap"][i] = sums
-            work["done"][i] = True
-            processed += 1
-            bar.update()
-            if processed % config.chunk == 0:
-                work.flush()
-    work.flush()
-
-    use = good & work["done"]
-    groups = _time_planes(frames, use, config.time_bin)
-    used_index = np.flatnonzero(use)
-    t = np.array([f.time for f in frames])[use]
-    tstart = np.array([f.tstart for f in frames])[use]
-    tstop = np.array([f.tstop for f in frames])[use]
-    value = np.asarray(work["value"])[used_index]
-    error = np.asarray(work["error"])[used_index]
-    if config.time_bin is not None:
-        flux = np.stack([value[g].mean(axis=0) for g in groups])
-        flux_err = np.stack([np.sqrt((error[g] ** 2).sum(axis=0)) / len(g) for g in groups])
-    else:
-        flux, flux_err = value, error
-    plane_time = np.array([t[g].mean() for g in groups])
-    plane_start = np.array([tstart[g].min() for g in groups])
-    plane_stop = np.array([tstop[g].max() for g in groups])
-    nframes = np.array([len(g) for g in groups])
-    npix = np.median(np.asarray(work["npix"])[used_index], axis=0).astype(np.int32)
-
-    strap_sums = np.asarray(work["strap"])[used_index].sum(axis=0)
-    measured = strap_sums[:, 1] > 0
-    response = np.where(measured, strap_sums[:, 0] / np.where(measured, strap_sums[:, 1], 1), 1)
-    measured &= np.isfinite(response) & (response > 0)
-
-    b = config.pixel_bin
-    centres = b * np.arange(nb) + (b - 1) / 2
-    dropped = {}
-    for bit in range(20):
-        n = int(np.sum((quality & (1 << bit)) & config.bitmask != 0))
-        if n:
-            dropped[str(1 << bit)] = n
-    meta = {
-        "creator": "lk_scatterlight",
-        "version": __version__,
-        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": source.description,
-        "pixel_bin": b,
-        "time_bin_days": config.time_bin,
-        "frames_total": len(frames),
-        "frames_used": int(use.sum()),
-        "frames_dropped_by_bit": dropped,
-        "quality_bitmask": config.bitmask,
-        "dark_frames": [frames[i].name for i in np.asarray(dark).tolist()],
-        "masked_source_fraction": round(float(sources.mean()), 5),
-        "masked_columns_straps": int(straps.size),
-        "bad_columns": list(config.bad_columns),
-        "bin_statistic": f"robust local plane fit, {config.clip} sigma clip",
-        "curvature_correction": config.curvature_correction,
-        "error_estimator": "standard error of the plane-fit intercept from residual scatter",
-    }
-    cube = ScatterLightCube.from_arrays(
-        source.sector,
-        source.camera,
-        source.ccd,
-        plane_time,
-        SCIENCE_ROWS[0] + centres,
-        SCIENCE_COLUMNS[0] + centres,
-        flux,
-        flux_err,
-        time_start=plane_start,
-        time_stop=plane_stop,
-        npix=npix,
-        nframes=nframes,
-        meta=meta,
-        strap_column=straps[measured],
-        strap_response=response[measured],
-    )
-    if config.compact:
-        cube = cube.compress(tolerance=config.compact_tolerance)
-    if out_path is not None:
-        cube.write(out_path, overwrite=overwrite)
-        log.info("Wrote %s", out_path)
-    work.remove()
-    return cube
+    plan = plan_build(source, config, out, work_dir, overwrite)
+    return _run_build(source, config, plan, _SerialRunner(), progress)

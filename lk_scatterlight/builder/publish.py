@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 import urllib.parse
 import warnings
@@ -56,6 +55,7 @@ import pooch
 from ..cube import ScatterLightCube
 from ..exceptions import CubeFormatError, PublishError
 from ..registry import cube_filename, parse_cube_filename
+from ..utils import atomic_write
 
 if TYPE_CHECKING:  # imported lazily at run time, to keep imports fast
     import requests
@@ -424,19 +424,10 @@ def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file next to ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        if mode is not None:
+            os.chmod(tmp, mode)  # keep the permissions of the file being replaced
 
 
 def _load_state(path: Path, site: str, record: int | None) -> dict | None:

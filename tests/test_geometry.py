@@ -1,0 +1,437 @@
+"""Earth and Moon geometry (`lk_scatterlight.builder.geometry`) against real TESS files.
+
+Real data (``../shared/data``): the TESS Vectors of sector 1 camera 4 (HEASARC),
+a JPL Horizons vector table of TESS for sectors 1-5 and a cropped SPOC FFI of
+sector 1 camera 1 CCD 4. The SPICE path uses lkspacecraft's truncated test
+kernels (sector 4), with its test mode set and undone in a fixture.
+"""
+
+import numpy as np
+import pytest
+
+from lk_scatterlight.builder import geometry
+from lk_scatterlight.exceptions import ScatterLightError
+from lk_scatterlight.simulate import sector_times
+
+pytest.importorskip("tesswcs", reason="tesswcs (the builder extra) provides the sector WCS")
+
+HORIZONS = "horizons_tess_ssb_2018-06-01_to_2018-12-31.csv"
+VECTORS = "TessVectors_S001_C4_FFI.csv"
+FFI = "tess2018206192942-s0001-1-4-0120-s_ffic_corner128x173.fits"
+#: TESS pixel scale [deg/pixel] (21 arcsec).
+PIXEL_DEG = 21 / 3600
+
+
+@pytest.fixture(scope="module")
+def horizons(shared_data):
+    return geometry.HorizonsEphemeris.read(shared_data(HORIZONS))
+
+
+@pytest.fixture(scope="module")
+def vectors(shared_data):
+    return geometry.read_tessvectors(shared_data(VECTORS))
+
+
+@pytest.fixture(scope="module")
+def pointings():
+    """Sector 1 camera 4, all four CCDs (tesswcs)."""
+    return {ccd: geometry.CCDPointing.from_sector(1, 4, ccd) for ccd in range(1, 5)}
+
+
+@pytest.fixture(scope="module")
+def spice():
+    """A SPICE ephemeris on lkspacecraft's offline sector-4 kernels; global state undone."""
+    lkspacecraft = pytest.importorskip("lkspacecraft")
+    spiceypy = pytest.importorskip("spiceypy")
+    lkspacecraft.enable_test_mode()
+    try:
+        ephemeris = geometry.SpiceEphemeris()
+    finally:
+        lkspacecraft.disable_test_mode()
+    try:
+        yield ephemeris
+    finally:
+        spiceypy.kclear()
+
+
+# ---------------------------------------------------------------------- readers
+def test_read_tessvectors_quirks(shared_data):
+    path = shared_data(VECTORS)
+    table = geometry.read_tessvectors(path)
+    full = geometry.read_tessvectors(path, drop_invalid=False)
+    # The header is found past the comment line without '#'; 1282 cadences, the last
+    # one zero-filled.
+    assert len(full) == 1282
+    assert len(table) == 1281
+    assert not full["valid"][-1]
+    assert full["valid"][:-1].all()
+    assert full["Earth_Distance"][-1] == 0
+    assert full["MidTime"][-1] > 1353
+    assert table.meta["sector"] == 1
+    assert table.meta["camera"] == 4
+    assert table.meta["cadence"] == "FFI"
+    assert list(table["Cadence"][:3]) == [0, 1, 2]
+    assert np.all(np.diff(table["MidTime"]) > 0)
+    assert table["index"][0] == 0
+    assert str(table["FFIFile"][0]).endswith("_ffic.fits")
+    # The producing code copies the Earth azimuth into the Moon's spacecraft azimuth.
+    assert np.array_equal(table["Moon_Spacecraft_Azimuth"], table["Earth_Spacecraft_Azimuth"])
+
+
+def test_read_tessvectors_rejects(tmp_path):
+    bad = tmp_path / "vectors.csv"
+    bad.write_text("# TESSVector\nCadence,MidTime\n0,1325.3\n")
+    with pytest.raises(ScatterLightError, match="',Cadence'"):
+        geometry.read_tessvectors(bad)
+    with pytest.raises(ScatterLightError, match="Cannot read"):
+        geometry.read_tessvectors(tmp_path / "missing.csv")
+
+
+def test_horizons_reader_and_interpolation(horizons):
+    assert horizons.center == "ssb"
+    assert "TESS -95" in horizons.description
+    assert horizons.jd.size == 10225
+    assert np.all(np.diff(horizons.jd) > 0)
+    lo, hi = horizons.coverage
+    assert lo - 2457000 < 1300
+    assert hi - 2457000 > 1480
+    # First row of the file, au -> km.
+    assert horizons.position[0] == pytest.approx(
+        np.array([-3.413546885971429e-01, -8.681884035530514e-01, -3.760568786235993e-01])
+        * geometry.AU_KM
+    )
+    # The spline passes through the samples and is smooth: built from hourly samples it
+    # predicts the omitted half-hour samples to < 20 km at perigee, ~1 m elsewhere
+    # (at the full 30-minute step the perigee error is ~16 times smaller).
+    assert np.allclose(horizons.spacecraft_position(horizons.jd[:50]), horizons.position[:50])
+    hourly = geometry.HorizonsEphemeris(horizons.jd[::2], horizons.position[::2])
+    error = np.linalg.norm(
+        hourly.spacecraft_position(horizons.jd[1:-1:2]) - horizons.position[1:-1:2], axis=1
+    )
+    assert error.max() < 20
+    assert np.median(error) < 0.01
+    with pytest.raises(ScatterLightError, match="outside the ephemeris"):
+        horizons.body_vectors([lo - 1.0])
+
+
+def test_horizons_layouts(horizons, tmp_path):
+    # Round trip through the plain Horizons layout (no '#', header before $$SOE, km).
+    path = horizons.write(tmp_path / "tess.csv")
+    back = geometry.HorizonsEphemeris.read(path)
+    assert back.center == "ssb"
+    assert np.allclose(back.position, horizons.position, rtol=0, atol=1e-5)
+    with pytest.raises(FileExistsError):
+        horizons.write(path)
+    # A geocentric table gives the same Earth and Moon vectors.
+    jd = horizons.jd[2000:2010] + 0.013
+    earth = geometry._builtin_body("earth", horizons.jd, "builtin")
+    geo = geometry.HorizonsEphemeris(horizons.jd, horizons.position - earth, center="earth")
+    for body, vector in horizons.body_vectors(jd).items():
+        assert np.allclose(geo.body_vectors(jd)[body], vector, rtol=0, atol=1e-3)
+    assert np.allclose(geo.spacecraft_position(jd), horizons.spacecraft_position(jd), atol=1e-3)
+    text = path.read_text()
+    for change, message in (
+        (("Earth Mean Equator", "Ecliptic of J2000"), "ecliptic"),
+        (("TESS (spacecraft) (-95)", "Mars (499)"), "not of TESS"),
+        (("Solar System Barycenter (0)", "Sun (10)"), "centre"),
+        (("$$SOE", "SOE"), r"\$\$SOE"),
+    ):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text.replace(*change))
+        with pytest.raises(ScatterLightError, match=message):
+            geometry.HorizonsEphemeris.read(bad)
+
+
+# ---------------------------------------------------------------------- pointing
+def test_wcs_pixel_convention(shared_data):
+    """tesswcs pixel (x, y) is the FFI array index: CCD column x + 1, row y + 1."""
+    ffi = geometry.CCDPointing.from_ffi(shared_data(FFI))
+    archive = geometry.CCDPointing.from_sector(1, 1, 4)
+    assert (ffi.sector, ffi.camera, ffi.ccd) == (1, 1, 4)
+    row = np.array([1.0, 1.0, 128.0, 1001.0, 2048.0])
+    column = np.array([1.0, 45.0, 173.0, 1045.0, 2092.0])
+    separation = np.rad2deg(
+        np.arccos(
+            np.clip(
+                np.sum(ffi.line_of_sight(row, column) * archive.line_of_sight(row, column), -1),
+                -1,
+                1,
+            )
+        )
+    )
+    assert separation.max() < 5 / 3600  # one pixel would be 21 arcsec
+    assert np.abs(ffi.axes - archive.axes).max() < 1e-5  # RA_NOM/DEC_NOM/ROLL_NOM == tesswcs
+
+
+def test_barycentric_correction(shared_data, horizons):
+    """BTJD -> spacecraft time reproduces SPOC's own correction (primary vs image TSTART)."""
+    from astropy.io import fits
+
+    path = shared_data(FFI)
+    with fits.open(path) as hdul:
+        primary, image = hdul[0].header, hdul[1].header
+    btjd = 0.5 * (image["TSTART"] + image["TSTOP"])
+    tjd = 0.5 * (primary["TSTART"] + primary["TSTOP"])
+    assert (image["BTC_PIX2"], image["BTC_PIX1"]) == geometry.BARYCENTRIC_REFERENCE_PIXEL
+    for pointing in (
+        geometry.CCDPointing.from_ffi(path),
+        geometry.CCDPointing.from_sector(1, 1, 4),
+    ):
+        found = geometry.spacecraft_time([btjd], pointing, horizons)[0]
+        assert abs(found - tjd) * 86400 < 0.005  # s; BARYCORR is 490.59 s
+
+
+def test_boresight(pointings, shared_data):
+    first = pointings[1]
+    assert first.boresight_spread < 0.005  # the four CCDs agree on the optical axis
+    for ccd, pointing in pointings.items():
+        assert np.allclose(pointing.boresight, first.boresight)
+        row, column = pointing.boresight_pixel
+        # Beyond the science corner nearest the camera centre (rows increase towards it).
+        assert 2048 < row < 2130
+        assert (2092 < column < 2170) if ccd in (1, 3) else (-30 < column < 45)
+        los = pointing.line_of_sight(row, column)
+        assert np.rad2deg(np.arccos(min(1.0, los @ pointing.boresight))) < 1e-6
+    ra, dec = first.boresight_radec
+    assert ra == pytest.approx(89.944, abs=0.01)
+    assert dec == pytest.approx(-66.571, abs=0.01)
+    # One CCD's own FFI WCS gives the same boresight as tesswcs' four CCDs.
+    ffi = geometry.CCDPointing.from_ffi(shared_data(FFI))
+    archive = geometry.CCDPointing.from_sector(1, 1, 4)
+    assert np.rad2deg(np.arccos(ffi.boresight @ archive.boresight)) < 0.01
+
+
+def test_optical_axis_pixel():
+    row, column = geometry.optical_axis_pixel(4, 3)
+    assert row == pytest.approx(2115.8, abs=0.5)
+    assert column == pytest.approx(2152.3, abs=0.5)
+    with pytest.raises(ScatterLightError, match="camera and ccd must be 1-4"):
+        geometry.optical_axis_pixel(5, 1)
+
+
+# ---------------------------------------------------------------------- TESS Vectors
+def test_tessvectors_validation(vectors, horizons, pointings):
+    """Camera-boresight geometry against the official TESS Vectors, every cadence."""
+    for pointing in pointings.values():
+        res = geometry.tessvectors_residuals(vectors, horizons, pointing)
+        for body in geometry.BODIES:
+            assert np.abs(res[f"{body}_angle"]).max() < 0.05  # deg (measured 0.035)
+            assert np.abs(res[f"{body}_distance"]).max() < 0.3  # Earth radii (measured 0.26)
+            assert np.abs(res[f"{body}_azimuth"]).max() < 0.1  # deg (measured 0.062)
+    # The TESS Vectors lag by ~69 s (TDB - UTC) and their distances are 0.257 % short;
+    # with both accounted for, the agreement is at the level of the boresight estimate.
+    res = geometry.tessvectors_residuals(vectors, horizons, pointings[3], lag=69.184)
+    for body in geometry.BODIES:
+        assert np.abs(res[f"{body}_angle"]).max() < 0.03
+        assert np.abs(res[f"{body}_azimuth"]).max() < 0.03
+        model = np.asarray(vectors[f"{body.title()}_Distance"]) + res[f"{body}_distance"]
+        ratio = model / np.asarray(vectors[f"{body.title()}_Distance"])
+        assert np.median(ratio) == pytest.approx(1.00257, abs=2e-5)
+        assert np.abs(res[f"{body}_distance"] - (ratio.mean() - 1) * model).max() < 0.01
+    with pytest.raises(ScatterLightError, match="sector 1 camera 4"):
+        geometry.tessvectors_residuals(vectors, horizons, geometry.CCDPointing.from_sector(1, 1, 4))
+
+
+def test_tessvectors_spacecraft_columns(vectors, horizons, pointings):
+    """The spacecraft-boresight columns use the same spacecraft axes (from tesswcs' pointing)."""
+    x_axis, y_axis, z_axis = pointings[1].axes
+    assert np.allclose(z_axis, geometry._unit_vector(352.6844, -64.8531))  # sector 1 pointing
+    vectors_km = horizons.body_vectors(np.asarray(vectors["MidTime"]) + 2457000)
+    for body in geometry.BODIES:
+        unit = vectors_km[body] / np.linalg.norm(vectors_km[body], axis=1)[:, None]
+        elevation = 90 - np.rad2deg(np.arccos(unit @ z_axis))
+        found = np.asarray(vectors[f"{body.title()}_Spacecraft_Angle"])
+        assert np.abs(elevation - found).max() < 0.03  # measured 0.014
+    earth = np.asarray(vectors["Earth_Spacecraft_Azimuth"])
+    unit = vectors_km["earth"] / np.linalg.norm(vectors_km["earth"], axis=1)[:, None]
+    azimuth = np.rad2deg(np.arctan2(unit @ y_axis, unit @ x_axis)) % 360
+    assert np.abs((azimuth - earth + 180) % 360 - 180).max() < 0.1  # measured 0.068
+
+
+def test_tessvectors_azimuth_frame(pointings):
+    offsets = {ccd: p.tessvectors_frame() for ccd, p in pointings.items()}
+    assert all(sense == 1 for _, sense in offsets.values())
+    # CCDs 1-2 and 3-4 are rotated by 180 deg; spacecraft +X is along +row on CCDs 1-2.
+    assert offsets[1][0] == pytest.approx(90, abs=0.2)
+    assert offsets[3][0] == pytest.approx(-90, abs=0.2)
+    assert geometry.to_tessvectors_azimuth([0.0, 180.0], pointings[3]) == pytest.approx(
+        [90.07, 270.07], abs=0.01
+    )
+    bare = geometry.CCDPointing(
+        pointings[1].wcs, 1, 4, 1, pointings[1].boresight, axes=None, description="no axes"
+    )
+    with pytest.raises(ScatterLightError, match="no spacecraft axes"):
+        bare.tessvectors_frame()
+
+
+# ---------------------------------------------------------------------- SPICE
+def test_spice_vs_horizons_sector4(spice, horizons):
+    import lkspacecraft
+
+    assert not lkspacecraft.is_test_mode()  # the fixture undid the global switch
+    pointing = geometry.CCDPointing.from_sector(4, 1, 1)
+    time = sector_times(4)[::5]
+    row, column = np.meshgrid(np.linspace(8.5, 2040.5, 16), np.linspace(52.5, 2084.5, 16))
+    a = geometry.compute_geometry(time, row, column, pointing, horizons)
+    b = geometry.compute_geometry(time, row, column, pointing, spice)
+    assert np.abs(a.spacecraft_time - b.spacecraft_time).max() * 86400 < 0.005  # s
+    for body in geometry.BODIES:
+        ga, gb = a[body], b[body]
+        assert np.abs(ga.angle - gb.angle).max() < 0.03  # deg (measured 0.012)
+        assert np.abs(ga.boresight_angle - gb.boresight_angle).max() < 0.03
+        assert np.abs(ga.distance - gb.distance).max() < 0.01  # Earth radii (~60 km)
+        assert np.abs(ga.size - gb.size).max() < 0.002
+        far = ga.angle > 5  # azimuth is ill-defined near the body
+        assert np.abs((ga.azimuth - gb.azimuth + 180) % 360 - 180)[far].max() < 0.1
+    with pytest.raises(ScatterLightError, match="outside the ephemeris"):
+        geometry.compute_geometry(sector_times(1)[:3], 1000, 1000, pointing, spice)
+
+
+def test_spice_download_failure_is_explained(monkeypatch):
+    lkspacecraft = pytest.importorskip("lkspacecraft")
+
+    def offline():
+        raise OSError("urlopen error [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(lkspacecraft, "TESSSpacecraft", offline)
+    with pytest.raises(ScatterLightError, match="--ephemeris horizons FILE"):
+        geometry.SpiceEphemeris()
+
+
+# ---------------------------------------------------------------------- maps
+def test_maps_continuous_and_exact(horizons, pointings):
+    """Maps vary smoothly at the pixel scale; angles match astropy's separation."""
+    from astropy.coordinates import SkyCoord
+
+    pointing = pointings[3]
+    step = 32
+    rows = np.arange(0.5, 2049, step)
+    columns = np.arange(44.5, 2093, step)
+    row, column = np.meshgrid(rows, columns, indexing="ij")
+    time = sector_times(1)[::64]
+    geo = geometry.compute_geometry(time, row, column, pointing, horizons)
+    for body in geometry.BODIES:
+        g = geo[body]
+        assert np.all(np.isfinite(g.angle))
+        assert np.all(np.isfinite(g.azimuth))
+        assert g.angle.min() >= 0
+        assert g.angle.max() <= 180
+        assert g.azimuth.min() >= 0
+        assert g.azimuth.max() < 360
+        bound = 1.1 * step * PIXEL_DEG  # an angle moves at most by the pixel separation
+        # The azimuth turns by about (separation / sin(angle)) between neighbours, plus the
+        # slow turn of the pixel axes themselves across the field.
+        sin = np.sin(np.deg2rad(g.angle))
+        for axis in (1, 2):
+            assert np.abs(np.diff(g.angle, axis=axis)).max() < bound
+            daz = np.abs((np.diff(g.azimuth, axis=axis) + 180) % 360 - 180)
+            first = np.take(sin, np.arange(sin.shape[axis] - 1), axis=axis)
+            assert (daz * first).max() < 1.5 * bound
+    # Independent angle: astropy separation between the pixel and the body direction.
+    vectors = horizons.body_vectors(geo.spacecraft_time[:1] + 2457000)
+    los = pointing.line_of_sight(row[::8, ::8], column[::8, ::8]).reshape(-1, 3)
+    for body in geometry.BODIES:
+        v = vectors[body][0]
+        sep = SkyCoord(*los.T, representation_type="cartesian").separation(
+            SkyCoord(*v, representation_type="cartesian")
+        )
+        assert np.allclose(geo[body].angle[0, ::8, ::8].ravel(), sep.deg, atol=1e-9)
+
+
+def test_azimuth_points_at_the_body(horizons, pointings):
+    """Stepping along the azimuth direction in (column, row) moves towards the body."""
+    pointing = pointings[2]
+    row = np.array([300.0, 1000.0, 1800.0])
+    column = np.array([200.0, 1100.0, 2000.0])
+    time = sector_times(1)[[10, 400, 900]]
+    geo = geometry.compute_geometry(time, row, column, pointing, horizons)
+    for body in geometry.BODIES:
+        az = np.deg2rad(geo[body].azimuth)
+        for sign, expected in ((1, -1), (-1, 1)):
+            moved = geometry.compute_geometry(
+                geo.spacecraft_time,
+                row[None, :] + sign * 5 * np.sin(az),
+                column[None, :] + sign * 5 * np.cos(az),
+                pointing,
+                horizons,
+                time_frame="spacecraft",
+            )
+            change = np.diagonal(moved[body].angle, axis1=0, axis2=1).T - geo[body].angle
+            # ~5 pixels of 21 arcsec towards (away from) the body.
+            assert np.all(expected * change > 0.85 * 5 * PIXEL_DEG)
+            assert np.all(expected * change < 1.15 * 5 * PIXEL_DEG)
+
+
+def test_boresight_pixel_equals_boresight_value(horizons, pointings):
+    # Spacecraft times: the same BTJD is a different instant on CCDs 1 and 3 (SPOC corrects
+    # each CCD's times towards its own centre).
+    time = sector_times(1)[::100]
+    values = {}
+    for ccd in (1, 3):
+        pointing = pointings[ccd]
+        row, column = pointing.boresight_pixel
+        geo = geometry.compute_geometry(
+            time,
+            np.array([row, 1024.0]),
+            np.array([column, 1068.0]),
+            pointing,
+            horizons,
+            time_frame="spacecraft",
+        )
+        for body in geometry.BODIES:
+            g = geo[body]
+            assert np.allclose(g.angle[:, 0], g.boresight_angle, rtol=0, atol=1e-9)
+            assert np.allclose(g.azimuth[:, 0], g.boresight_azimuth, rtol=0, atol=1e-9)
+            # Direct formula on the boresight vector.
+            v = horizons.body_vectors(geo.spacecraft_time + 2457000)[body]
+            cos = v @ pointing.boresight / np.linalg.norm(v, axis=1)
+            assert np.allclose(g.boresight_angle, np.rad2deg(np.arccos(cos)), atol=1e-6)
+        values[ccd] = geo
+    # Same boresight from CCDs 1 and 3; their frames are rotated by 180 deg (+-0.1).
+    for body in geometry.BODIES:
+        a, b = values[1][body], values[3][body]
+        assert np.allclose(a.boresight_angle, b.boresight_angle, atol=1e-9)
+        turn = (a.boresight_azimuth - b.boresight_azimuth) % 360
+        assert np.abs(turn - 180).max() < 0.1
+
+
+def test_angular_size(horizons, pointings):
+    time = sector_times(1)[::10]
+    geo = geometry.compute_geometry(time, 1024.0, 1068.0, pointings[1], horizons)
+    vectors = horizons.body_vectors(geo.spacecraft_time + 2457000)
+    for body, radius in (("earth", geometry.R_EARTH_KM), ("moon", geometry.R_MOON_KM)):
+        d = np.linalg.norm(vectors[body], axis=1)
+        assert np.allclose(geo[body].distance, d / geometry.R_EARTH_KM)
+        assert np.allclose(geo[body].size, np.rad2deg(2 * np.arctan(radius / d)))
+    assert 1.8 < geo.earth.size.min()
+    assert geo.earth.size.max() < 7
+    assert 0.2 < geo.moon.size.min()
+    assert geo.moon.size.max() < 1.1
+    assert geo.earth.angle.shape == (time.size,)
+    assert geo.earth.distance.shape == (time.size,)
+
+
+def test_make_ephemeris(shared_data):
+    ephemeris = geometry.make_ephemeris(["horizons", str(shared_data(HORIZONS))])
+    assert isinstance(ephemeris, geometry.HorizonsEphemeris)
+    with pytest.raises(ScatterLightError, match="Unknown ephemeris"):
+        geometry.make_ephemeris(["jpl"])
+
+
+def test_cube_geometry_and_errors(horizons, pointings):
+    from lk_scatterlight import simulate
+
+    cube = simulate.make_cube(
+        simulate.ScatteredLightField(), 1, 4, 3, pixel_bin=512, time=sector_times(1)[:5]
+    )
+    geo = geometry.cube_geometry(cube, horizons, pointings[3], dtype=np.float32)
+    assert geo.earth.angle.shape == cube.shape
+    assert geo.earth.angle.dtype == np.float32
+    assert np.array_equal(geo.row[:, 0], cube.row)
+    assert np.array_equal(geo.column[0], cube.column)
+    with pytest.raises(ScatterLightError, match="the cube sector 1 camera 4 CCD 3"):
+        geometry.cube_geometry(cube, horizons, pointings[1])
+    with pytest.raises(ScatterLightError, match="time_frame"):
+        geometry.compute_geometry(cube.btjd, 1, 1, pointings[3], horizons, time_frame="utc")
+    with pytest.raises(KeyError, match="body must be one of"):
+        geo["sun"]
