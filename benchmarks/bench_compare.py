@@ -127,9 +127,13 @@ def main(argv=None):
         simulate.ScatteredLightField(seed=args.seed), time=_demo_times(), seed=args.seed
     )
     cube = build_cube(
-        SimulatedFFISource(sim), BuildConfig(pixel_bin=16, n_candidates=16, n_dark=4), progress=False
+        SimulatedFFISource(sim),
+        BuildConfig(pixel_bin=16, n_candidates=16, n_dark=4),
+        progress=False,
     )
-    print(f"cube built from {len(sim)} simulated FFIs in {time.perf_counter() - t0:.0f} s: {cube!r}")
+    print(
+        f"cube built from {len(sim)} simulated FFIs in {time.perf_counter() - t0:.0f} s: {cube!r}"
+    )
 
     results = {}
     curves = {}
@@ -161,7 +165,7 @@ def main(argv=None):
     print("\nAperture light curve: RMS of (corrected - true star), % of injected range")
     header = f"{'target':24s} {'px':>3s} {'range':>8s} " + " ".join(f"{m:>16s}" for m in names)
     print(header)
-    for (target, corner, npix, span), row in results.items():
+    for (target, _corner, npix, span), row in results.items():
         cells = " ".join(f"{row[m]:16.3f}" for m in names)
         print(f"{target:24s} {npix:3d} {span:8.0f} {cells}")
     print("(range: injected scattered light in the aperture, e-/s, p1-p99)")

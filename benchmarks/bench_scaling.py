@@ -12,16 +12,20 @@ it writing the FFI files), ~1 minute with ``--quick``.
 
    * serially in this process (``build_cube``; numpy may use both cores),
    * on a ``LocalCluster`` of 1 worker process with 1 thread,
-   * on a ``LocalCluster`` of 2 worker processes with 1 thread each
+   * on a ``LocalCluster`` of 2 worker processes with 1 thread each,
+   * the same with Dask's default worker environment
+     (``MALLOC_TRIM_THRESHOLD_=65536``, which `dask_client` leaves out)
 
    (Dask workers run with one BLAS thread each). Workers are started and
    warmed up (imports) before timing. Each stage is timed on its own: the
    static scene (candidate levels + dark median), the frame stage (chunk tasks
    streaming into the work area: what scales with the number of frames), and
    the total including masks, assembly and compression on the client.
-   ``R`` repeats (default 2); the best is kept.
+   The three setups run in turn, ``R`` times (default 3); the best of each
+   is kept.
 3. Frames per second of the frame stage, the parallel efficiency
-   ``fps(2 workers) / (2 x fps(1 worker))``, the workers' peak RSS, and the
+   ``fps(2 workers) / (2 x fps(1 worker))``, the workers' peak RSS (it counts
+   the pages of the memory-mapped FITS files read, which the kernel can drop), and the
    cost of one sector (16 CCDs) on a cluster estimated from the measured
    per-frame core time and the FFI sizes (35 MB per FFI; 1,200 / 3,700 /
    11,000 FFIs per CCD for the 30-min / 10-min / 200-s eras).
@@ -97,26 +101,47 @@ def timed_build(files: list[Path], config, client=None) -> dict:
     return times
 
 
-def run_setup(name: str, files, config, repeats: int, workers: int | None) -> dict:
-    best: dict | None = None
-    if workers is None:
-        for _ in range(repeats):
-            t = timed_build(files, config)
-            best = t if best is None or t["frames"] < best["frames"] else best
-        best["rss"] = []  # this process also wrote the files: not comparable
-    else:
-        from lk_scatterlight.builder.distributed import dask_client
+def run_setups(files, config, repeats: int) -> list[dict]:
+    """Serial, 1 worker, 2 workers (and 2 with malloc trim), in turn ``repeats`` times.
 
-        with dask_client(workers=workers, threads_per_worker=1, dashboard_address=":0") as client:
+    Interleaving spreads any background load over all the setups alike.
+    """
+    from distributed import Client, LocalCluster
+
+    from lk_scatterlight.builder.distributed import dask_client
+
+    names = (
+        "serial (this process)",
+        "Dask 1 worker x 1 thread",
+        "Dask 2 workers x 1 thread",
+        "same, Dask's malloc trim",
+    )
+    best: dict[str, dict] = {}
+    with (
+        dask_client(workers=1, threads_per_worker=1, dashboard_address=":0") as one,
+        dask_client(workers=2, threads_per_worker=1, dashboard_address=":0") as two,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as trimmed,
+    ):
+        clients = (None, one, two, trimmed)
+        for client in clients[1:]:
             client.run(_warm)
             logging.getLogger(__name__).info("dashboard %s", client.dashboard_link)
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for name, client in zip(names, clients, strict=True):
                 t = timed_build(files, config, client)
-                best = t if best is None or t["frames"] < best["frames"] else best
-            best["rss"] = sorted(client.run(_peak_rss_mb).values())
-    best["name"] = name
-    best["fps"] = best["n"] / best["frames"]
-    return best
+                if name not in best or t["frames"] < best[name]["frames"]:
+                    best[name] = t
+        for name, client in zip(names, clients, strict=True):
+            # The serial process also wrote the files: its RSS is not comparable.
+            best[name]["rss"] = [] if client is None else sorted(client.run(_peak_rss_mb).values())
+    results = []
+    for name in names:
+        r = best[name]
+        r["name"] = name
+        r["fps"] = r["n"] / r["frames"]
+        results.append(r)
+    return results
 
 
 def report(results: list[dict], config, price: float) -> None:
@@ -169,7 +194,7 @@ def report(results: list[dict], config, price: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40, help="FFI files to build from")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per setup (best kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setup (best kept)")
     parser.add_argument("--quick", action="store_true", help="16 frames, 1 repeat")
     parser.add_argument(
         "--price", type=float, default=0.05, help="USD per core-hour for the cost estimate"
@@ -185,11 +210,8 @@ def main() -> None:
         start = time.perf_counter()
         files = write_frames(Path(tmp), n)
         print(f"wrote {len(files)} FFI files in {time.perf_counter() - start:.0f} s")
-        results = [
-            run_setup("serial (this process)", files, config, repeats, None),
-            run_setup("Dask 1 worker x 1 thread", files, config, repeats, 1),
-            run_setup("Dask 2 workers x 1 thread", files, config, repeats, 2),
-        ]
+        print(f"load average before the builds: {os.getloadavg()[0]:.2f}")
+        results = run_setups(files, config, repeats)
     report(results, config, args.price)
 
 

@@ -51,3 +51,8 @@ html_title = f"lk_scatterlight {release}"
 html_theme_options = {
     "description": "Remove TESS scattered light from target pixel files",
 }
+
+# Parameter types such as "array of float, shape (ntime,)" contain words that are
+# also attribute names of several classes (shape, time, sector...); Sphinx warns
+# that such a word has more than one possible target. They are prose, not links.
+suppress_warnings = ["ref.python"]

@@ -290,7 +290,12 @@ def _dask_client(args: argparse.Namespace):
     """A Dask client for ``--scheduler``/``--workers``; its dashboard link goes to stderr."""
     import contextlib
 
+    import distributed  # noqa: F401  (sets up its loggers on import)
+
     from .builder.distributed import dask_client
+
+    if not getattr(args, "verbose", False):  # Dask logs every connection and key at INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
 
     @contextlib.contextmanager
     def announced():

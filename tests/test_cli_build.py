@@ -19,7 +19,8 @@ def test_build_simulated(tmp_path, capsys):
     # A second run refuses to overwrite, with one line on stderr and exit code 1.
     assert main([*argv, "--pixel-bin", "128", "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("lk-scatterlight: error:") and "overwrite" in err
+    assert err.startswith("lk-scatterlight: error:")
+    assert "overwrite" in err
 
 
 def test_build_local_wrong_ccd(tmp_path, capsys):

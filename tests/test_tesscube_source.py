@@ -15,9 +15,9 @@ import logging
 import socket
 import sys
 import urllib.error
-from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
