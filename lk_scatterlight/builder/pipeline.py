@@ -662,7 +662,9 @@ def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
 
 
 # ---------------------------------------------------------------------- per-frame work
-def process_frame(flux: np.ndarray, context: FrameContext) -> FrameResult:
+def process_frame(
+    flux: np.ndarray, context: FrameContext, flux_err: np.ndarray | None = None
+) -> FrameResult:
     """Static-subtract, mask and bin one frame; measure its strap sums.
 
     Parameters
@@ -670,13 +672,19 @@ def process_frame(flux: np.ndarray, context: FrameContext) -> FrameResult:
     flux : ndarray of float32, shape (2048, 2048)
         Science pixels of the frame [e-/s].
     context : `FrameContext`
+    flux_err : ndarray of float32, shape (2048, 2048), optional
+        The FFI's uncertainty image [e-/s]: a floor for the bin errors (a dark
+        frame that is the static scene's median has no residual scatter).
 
     Returns
     -------
     result : `FrameResult`
     """
     diff = flux - context.static
-    binned = binning.bin_plane_fit(diff, context.weights, context.pixel_bin, clip=context.clip)
+    variance = None if flux_err is None else np.square(flux_err, dtype=np.float32)
+    binned = binning.bin_plane_fit(
+        diff, context.weights, context.pixel_bin, clip=context.clip, variance=variance
+    )
     value, error = binning.fill_empty_bins(binned.value, binned.error)
     if context.curvature_correction:
         value = binning.curvature_correction(value, binned.moments, context.pixel_bin)
@@ -708,8 +716,8 @@ def process_chunk(
     chunk : `ChunkResult`
     """
     done, results = [], []
-    for info, flux, _ in source.iter_read(list(indices), prefetch=prefetch):
-        results.append(process_frame(flux, context))
+    for info, flux, flux_err in source.iter_read(list(indices), prefetch=prefetch):
+        results.append(process_frame(flux, context, flux_err))
         done.append(info.index)
         del flux
     return ChunkResult.from_frames(done, results, context.nbins, context.nstraps)
@@ -903,8 +911,8 @@ class _SerialRunner:
         """One streaming pass with read-ahead; a checkpoint every ``config.chunk`` frames."""
         processed = 0
         try:
-            for info, flux, _ in source.iter_read(todo, prefetch=config.prefetch):
-                work.store(info.index, process_frame(flux, context))
+            for info, flux, flux_err in source.iter_read(todo, prefetch=config.prefetch):
+                work.store(info.index, process_frame(flux, context, flux_err))
                 processed += 1
                 bar.update()
                 if processed % config.chunk == 0:
