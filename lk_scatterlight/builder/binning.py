@@ -140,7 +140,7 @@ def bin_plane_fit(
     pixel_bin: int,
     clip: float = 4.0,
     min_fraction: float = 0.2,
-    variance: np.ndarray | None = None,
+    uncertainty: np.ndarray | None = None,
 ) -> BinnedFrame:
     """Robust local plane fit in square bins.
 
@@ -160,11 +160,12 @@ def bin_plane_fit(
     min_fraction : float
         Bins with fewer valid pixels than this fraction of ``pixel_bin**2``
         (and never fewer than 10) are returned as NaN.
-    variance : ndarray, shape (n, n), optional
-        Per-pixel variance of ``image`` [(e-/s)^2], e.g. the square of the FFI
+    uncertainty : ndarray, shape (n, n), optional
+        Per-pixel 1-sigma uncertainty of ``image`` [e-/s], e.g. the FFI
         uncertainty image. The error of a bin is then never below what these
-        variances imply for its intercept: the residual scatter alone reads zero
-        where a frame equals the static scene (a dark frame that was the median).
+        imply for its intercept: the residual scatter alone reads zero where a
+        frame equals the static scene (a dark frame that was the median). The
+        bin's mean variance is taken from every 4th row, plenty for a floor.
 
     Returns
     -------
@@ -199,10 +200,12 @@ def bin_plane_fit(
     correction, inverse00, count, moments, rss, _ = _fit(residual, weight4, d)
     coef = first + correction
     sigma2 = rss / np.maximum(count - 3, 1)
-    if variance is not None:
-        var4 = np.nan_to_num(np.asarray(variance, dtype=np.float32)).reshape(nb, b, nb, b)
-        ones = np.ones((b, 1), dtype=np.float32)
-        mean_var = _bin_sums(var4 * weight4, ones)[..., 0, 0] / np.maximum(count, 1)
+    if uncertainty is not None:
+        step = 4 if b % 4 == 0 else 1
+        sigma4 = np.asarray(uncertainty, dtype=np.float32).reshape(nb, b, nb, b)[:, ::step]
+        w4 = weight4[:, ::step]
+        var = np.nan_to_num(sigma4 * sigma4) * w4
+        mean_var = var.sum(axis=(1, 3), dtype=np.float64) / np.maximum(w4.sum(axis=(1, 3)), 1)
         sigma2 = np.maximum(sigma2, mean_var)
 
     enough = count >= max(10, min_fraction * b * b)

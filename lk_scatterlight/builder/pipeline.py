@@ -552,17 +552,23 @@ def _flatten_straps(static: np.ndarray, strap_idx, ref_idx) -> np.ndarray:
     return flat
 
 
-def _strap_sums(diff, clean, strap_idx, ref_idx):
+def _strap_rows(clean, strap_idx, ref_idx) -> np.ndarray:
+    """Rows where a strap and all its reference columns are free of sources, (2048, nstraps)."""
+    return clean[:, ref_idx].all(axis=2) & clean[:, strap_idx]
+
+
+def _strap_sums(diff, clean, strap_idx, ref_idx, rows=None):
     """Per strap: sum(strap * reference) and sum(reference**2) over rows free of sources.
 
     ``reference`` is the mean of the strap's neighbour columns; the ratio of the
-    two sums is the least-squares slope of strap against reference.
+    two sums is the least-squares slope of strap against reference. ``rows``
+    (from `_strap_rows`, fixed for a build) saves recomputing the clean rows.
     """
     if strap_idx.size == 0:
         return np.zeros((0, 2))
     strap = diff[:, strap_idx]  # (2048, nstraps)
     ref = diff[:, ref_idx].mean(axis=2)  # (2048, nstraps)
-    ok = clean[:, ref_idx].all(axis=2) & clean[:, strap_idx]
+    ok = _strap_rows(clean, strap_idx, ref_idx) if rows is None else rows.copy()
     ok &= np.isfinite(strap) & np.isfinite(ref)
     s = np.where(ok, strap, 0).astype(np.float64)
     r = np.where(ok, ref, 0).astype(np.float64)
@@ -591,6 +597,8 @@ class FrameContext:
         Their reference columns.
     strap_pos : ndarray of int
         Position of each measurable strap among all masked straps.
+    strap_rows : ndarray of bool, shape (2048, len(strap_idx))
+        Rows where each strap and its references are free of sources.
     nstraps : int
         Number of masked strap columns.
     pixel_bin : int
@@ -606,6 +614,7 @@ class FrameContext:
     strap_idx: np.ndarray
     ref_idx: np.ndarray
     strap_pos: np.ndarray
+    strap_rows: np.ndarray
     nstraps: int
     pixel_bin: int
     clip: float
@@ -653,6 +662,7 @@ def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
         strap_idx=strap_idx,
         ref_idx=ref_idx,
         strap_pos=np.searchsorted(straps, strap_cols),
+        strap_rows=_strap_rows(clean, strap_idx, ref_idx),
         nstraps=int(straps.size),
         pixel_bin=config.pixel_bin,
         clip=config.clip,
@@ -681,15 +691,16 @@ def process_frame(
     result : `FrameResult`
     """
     diff = flux - context.static
-    variance = None if flux_err is None else np.square(flux_err, dtype=np.float32)
     binned = binning.bin_plane_fit(
-        diff, context.weights, context.pixel_bin, clip=context.clip, variance=variance
+        diff, context.weights, context.pixel_bin, clip=context.clip, uncertainty=flux_err
     )
     value, error = binning.fill_empty_bins(binned.value, binned.error)
     if context.curvature_correction:
         value = binning.curvature_correction(value, binned.moments, context.pixel_bin)
     sums = np.zeros((context.nstraps, 2))
-    sums[context.strap_pos] = _strap_sums(diff, context.clean, context.strap_idx, context.ref_idx)
+    sums[context.strap_pos] = _strap_sums(
+        diff, context.clean, context.strap_idx, context.ref_idx, context.strap_rows
+    )
     return FrameResult(value=value, error=error, npix=binned.npix, strap=sums)
 
 
