@@ -4,7 +4,15 @@ Submodules (imported on demand, so importing this package is cheap):
 
 * `lk_scatterlight.builder.sources`: where FFIs come from (`FFISource`,
   `LocalFFISource` for SPOC ``*ffic.fits`` files on disk,
-  `SimulatedFFISource` for synthetic frames with known truth).
-* `lk_scatterlight.builder.straps`: the CCD strap columns (TESS Instrument
-  Handbook Table A.3).
+  `SimulatedFFISource` for synthetic frames with known truth);
+  `lk_scatterlight.builder.tesscube_source`: MAST's FFI cubes on AWS.
+* `lk_scatterlight.builder.pipeline`: `build_cube` and `BuildConfig`.
+* `lk_scatterlight.builder.binning`, `lk_scatterlight.builder.masks`,
+  `lk_scatterlight.builder.straps`: per-bin plane fits, frame and pixel masks,
+  the CCD strap columns (TESS Instrument Handbook Table A.3).
+* `lk_scatterlight.builder.distributed`: the same build on a Dask cluster,
+  and many sectors/cameras/CCDs at once.
+* `lk_scatterlight.builder.geometry`, `lk_scatterlight.builder.dataset`:
+  Earth and Moon angle maps and machine-learning training sets.
+* `lk_scatterlight.builder.publish`: Zenodo upload and registry lines.
 """
