@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..exceptions import ScatterLightError
+from ..utils import atomic_write
 from . import pipeline
 from .pipeline import (
     BuildConfig,
@@ -709,9 +710,8 @@ def write_summary(rows: Sequence[dict], path: str | os.PathLike) -> Table:
     )
     table["seconds"].format = ".1f"
     fmt = "ascii.csv" if path.suffix.lower() == ".csv" else "ascii.ecsv"
-    tmp = path.with_name(f".{path.name}.part")
-    table.write(tmp, format=fmt, overwrite=True)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        table.write(tmp, format=fmt, overwrite=True)
     return table
 
 

@@ -553,7 +553,8 @@ class HorizonsEphemeris(Ephemeris):
         for jd, (x, y, z) in zip(self.jd, self.position, strict=True):
             lines.append(f"{jd:.9f}, , {x:.6f}, {y:.6f}, {z:.6f},")
         lines.append("$$EOE")
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        with atomic_write(path) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
         return path
 
     # -------------------------------------------------------------- positions
@@ -687,11 +688,6 @@ def make_ephemeris(spec: str | list[str] | tuple[str, ...], time_range=None) -> 
         return HorizonsEphemeris.from_astroquery(*time_range)
     msg = f"Unknown ephemeris {' '.join(parts)!r}: use 'spice', 'horizons FILE' or 'horizons'."
     raise ScatterLightError(msg)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------------- pointing

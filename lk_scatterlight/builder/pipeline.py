@@ -55,6 +55,7 @@ import numpy as np
 from ..cube import GAP_FACTOR, SCIENCE_COLUMNS, SCIENCE_ROWS, ScatterLightCube
 from ..exceptions import ScatterLightError
 from ..registry import cube_filename
+from ..utils import atomic_write
 from . import binning, masks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -268,7 +269,8 @@ class _WorkArea:
         if fresh:
             self.arrays["done"][:] = False
             self.flush()
-            _atomic_write_text(state_file, json.dumps(state, sort_keys=True))
+            with atomic_write(state_file) as tmp:
+                tmp.write_text(json.dumps(state, sort_keys=True))
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
@@ -297,19 +299,12 @@ class _WorkArea:
         return np.load(path) if path.exists() else None
 
     def save(self, name: str, array: np.ndarray) -> None:
-        tmp = self.folder / f"{name}.bin.part.npy"
-        np.save(tmp, array)
-        os.replace(tmp, self.folder / f"{name}.bin.npy")
+        with atomic_write(self.folder / f"{name}.bin.npy") as tmp:
+            np.save(tmp, array)
 
     def remove(self) -> None:
         self.arrays.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- plan
