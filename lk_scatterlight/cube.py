@@ -35,6 +35,7 @@ from lightkurve.time import TimeBTJD  # noqa: F401  (registers the "btjd" Time f
 
 from . import interpolate
 from .exceptions import CubeFormatError, OutsideCubeError
+from .finelayer import FINE_EXTENSIONS, FineLayer
 from .utils import atomic_write
 
 __all__ = [
@@ -284,6 +285,10 @@ class ScatterLightCube:
     strap_response : array of float, optional
         Scattered-light response of each strap column relative to its
         neighbours (e.g. 1.04); `evaluate` multiplies the model by it there.
+    fine : `~lk_scatterlight.finelayer.FineLayer`, optional
+        Structure finer than the bins (glint ridges, shadow edges) on a finer
+        grid, stored only in the tiles and planes where the builder found it;
+        `evaluate` and `evaluate_sum` add it to the binned model.
     """
 
     def __init__(
@@ -303,6 +308,7 @@ class ScatterLightCube:
         meta: dict[str, Any] | None = None,
         strap_column: np.ndarray | None = None,
         strap_response: np.ndarray | None = None,
+        fine: FineLayer | None = None,
     ):
         self.sector, self.camera, self.ccd = int(sector), int(camera), int(ccd)
         self._time = np.asarray(time, dtype=float)
@@ -327,6 +333,7 @@ class ScatterLightCube:
         self.strap_response = np.asarray(
             [] if strap_response is None else strap_response, dtype=float
         )
+        self.fine = fine
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -348,6 +355,7 @@ class ScatterLightCube:
         meta: dict[str, Any] | None = None,
         strap_column=None,
         strap_response=None,
+        fine: FineLayer | None = None,
     ) -> ScatterLightCube:
         """Make a cube from arrays, validating them.
 
@@ -366,7 +374,7 @@ class ScatterLightCube:
             neighbours but never further than half the median plane spacing, so
             the planes next to an orbit gap (and the outer planes) extend by half
             a typical plane and the gap stays a gap.
-        npix, nframes, meta, strap_column, strap_response
+        npix, nframes, meta, strap_column, strap_response, fine
             See the class docstring.
 
         Returns
@@ -396,6 +404,7 @@ class ScatterLightCube:
             meta=meta,
             strap_column=strap_column,
             strap_response=strap_response,
+            fine=fine,
         )
 
     @classmethod
@@ -674,6 +683,7 @@ class ScatterLightCube:
             meta=self.meta,
             strap_column=self.strap_column,
             strap_response=self.strap_response,
+            fine=self.fine,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -745,6 +755,13 @@ class ScatterLightCube:
             var = interpolate.blend(v_sp.astype(np.float32), li - p0, ri - p0, w, squared=True)
             if not valid.all():
                 flux, var = _expand(flux, valid), _expand(var, valid)
+        if self.fine is not None:
+            fine = self.fine.evaluate(
+                left[valid], right[valid], w_right[valid], row, column, factor
+            )
+            if fine is not None:
+                flux[valid] += fine[0]
+                var[valid] += fine[1]
         np.sqrt(var, out=var)
         return CubeEvaluation(flux << _FLUX_UNIT, var << _FLUX_UNIT, valid)
 
@@ -805,6 +822,14 @@ class ScatterLightCube:
             li, ri, w = left[valid] - p0, right[valid] - p0, w_right[valid]
             flux[valid] = (1 - w) * f_pl[li] + w * f_pl[ri]
             var[valid] = (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
+            fine = None
+            if self.fine is not None:
+                fine = self.fine.evaluate_sum(
+                    left[valid], right[valid], w_right[valid], row, column, mask
+                )
+            if fine is not None:
+                flux[valid] += fine[0]
+                var[valid] += fine[1]
         elif valid.any():
             flux[valid], var[valid] = 0.0, 0.0
         return CubeEvaluation(flux * _FLUX_UNIT, np.sqrt(var) * _FLUX_UNIT, valid)
@@ -917,6 +942,8 @@ class ScatterLightCube:
             problems.append("strap_response must be finite and positive")
         if self.nframes.shape != (nt,):
             problems.append(f"nframes has shape {self.nframes.shape}, expected ({nt},)")
+        if self.fine is not None:
+            problems.extend(self.fine.validate(nt))
         if problems:
             raise CubeFormatError("Invalid scattered-light cube: " + "; ".join(problems) + ".")
         if isinstance(self._flux, np.ndarray):  # in-memory arrays are cheap to check fully
@@ -997,7 +1024,8 @@ class ScatterLightCube:
             name="STRAPS",
         )
         straps.header["COMMENT"] = "scattered-light response of strap columns vs neighbours"
-        return fits.HDUList([primary, *data_hdus, time, row, col, npix, provenance, straps])
+        fine = self.fine.to_hdus() if self.fine is not None and len(self.fine) else []
+        return fits.HDUList([primary, *data_hdus, time, row, col, npix, provenance, straps, *fine])
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1144,6 +1172,11 @@ def _read_lk(hdul: fits.HDUList, path: Path, names: list[str]) -> ScatterLightCu
         "meta": meta,
         **_read_straps(hdul, names),
     }
+    if any(n in names for n in FINE_EXTENSIONS):
+        missing = [n for n in FINE_EXTENSIONS if n not in names]
+        if missing:
+            raise CubeFormatError(f"{path} has a fine layer without extension {missing[0]}.")
+        kwargs["fine"] = FineLayer.from_hdul(hdul, path)
     if encoding == "LOWRANK":
         return _compact_cube(_read_lowrank(hdul, path), *args, **kwargs)
     shape, shape_err = tuple(hdul["FLUX"].shape), tuple(hdul["FLUX_ERR"].shape)  # from headers

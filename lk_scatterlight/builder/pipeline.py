@@ -57,6 +57,7 @@ from ..exceptions import ScatterLightError
 from ..registry import cube_filename
 from ..utils import atomic_write
 from . import binning, masks
+from .fine import FineContext, FineFrame, assemble_fine, fine_residual, make_fine_context
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import FFISource, FrameInfo
@@ -124,6 +125,17 @@ class BuildConfig:
         `~lk_scatterlight.ScatterLightCube.compress`); False keeps it dense.
     compact_tolerance : float
         Rank choice: residual RMS at most ``1 + compact_tolerance`` times the noise.
+    fine_bin : int
+        Bin size [px] of the fine layer (`~lk_scatterlight.builder.fine`), which
+        keeps structure narrower than ``pixel_bin`` (glint ridges, shadow edges)
+        where the frames show it; must divide ``pixel_bin``. 0 builds no fine layer.
+    fine_tile : int
+        Fine bins per side of a fine-layer tile (the unit that is kept or not).
+    fine_threshold : float
+        A tile is kept when its mean ``(residual / sigma)**2`` exceeds this
+        (pure noise gives ~1).
+    fine_star_nsigma : float
+        Detection threshold of the fine layer's lighter source mask [sigma].
     """
 
     pixel_bin: int = 16
@@ -140,6 +152,10 @@ class BuildConfig:
     chunk: int = 50
     compact: bool = True
     compact_tolerance: float = 0.01
+    fine_bin: int = 4
+    fine_tile: int = 16
+    fine_threshold: float = 2.0
+    fine_star_nsigma: float = 30.0
 
     def __post_init__(self):
         if self.pixel_bin < 1 or _SCIENCE % self.pixel_bin:
@@ -149,6 +165,18 @@ class BuildConfig:
         if self.chunk < 1:
             raise ValueError(f"chunk must be at least 1 frame, got {self.chunk}.")
         self.bad_columns = tuple(int(c) for c in self.bad_columns)
+        if self.fine_bin < 0 or (self.fine_bin and self.pixel_bin % self.fine_bin):
+            raise ValueError(
+                f"fine_bin must divide pixel_bin={self.pixel_bin} (or be 0 for no fine layer), "
+                f"got {self.fine_bin}."
+            )
+        if self.fine_bin and (
+            self.fine_bin == self.pixel_bin or _SCIENCE % (self.fine_bin * self.fine_tile)
+        ):
+            raise ValueError(
+                f"fine_bin={self.fine_bin} must be smaller than pixel_bin={self.pixel_bin}, "
+                f"and fine_bin x fine_tile={self.fine_bin * self.fine_tile} must divide 2048."
+            )
 
     def fingerprint(self) -> dict:
         """Parameters that change the per-frame results (resume compatibility)."""
@@ -178,12 +206,15 @@ class FrameResult:
     strap : ndarray of float64, shape (nstraps, 2)
         Per strap column, ``sum(strap * reference)`` and ``sum(reference**2)``
         (zero for straps without references).
+    fine : `~lk_scatterlight.builder.fine.FineFrame` or None
+        The frame's kept fine-layer tiles (None without a fine layer).
     """
 
     value: np.ndarray
     error: np.ndarray
     npix: np.ndarray
     strap: np.ndarray
+    fine: FineFrame | None = None
 
 
 @dataclass
@@ -200,6 +231,8 @@ class ChunkResult:
     value, error : ndarray of float32, shape (n, nb, nb)
     npix : ndarray of int16, shape (n, nb, nb)
     strap : ndarray of float64, shape (n, nstraps, 2)
+    fine : list of `~lk_scatterlight.builder.fine.FineFrame` or None
+        Each frame's kept fine-layer tiles.
     """
 
     index: np.ndarray
@@ -207,6 +240,7 @@ class ChunkResult:
     error: np.ndarray
     npix: np.ndarray
     strap: np.ndarray
+    fine: list = field(default_factory=list)
 
     #: dtypes of the work-area arrays (and of a chunk's arrays).
     DTYPES = {"value": np.float32, "error": np.float32, "npix": np.int16, "strap": np.float64}
@@ -224,7 +258,8 @@ class ChunkResult:
             for k, result in enumerate(results):
                 out[k] = getattr(result, name)
             arrays[name] = out
-        return cls(index=np.asarray(indices, dtype=np.int64), **arrays)
+        fine = [r.fine for r in results]
+        return cls(index=np.asarray(indices, dtype=np.int64), fine=fine, **arrays)
 
     def __len__(self) -> int:
         return int(self.index.size)
@@ -233,7 +268,15 @@ class ChunkResult:
 class _WorkArea:
     """Memory-mapped per-frame results and the checkpoint state of one build."""
 
-    def __init__(self, folder: Path, nframes: int, nbins: int, nstraps: int, state: dict):
+    def __init__(
+        self,
+        folder: Path,
+        nframes: int,
+        nbins: int,
+        nstraps: int,
+        state: dict,
+        fine_shape: tuple[int, int] | None = None,
+    ):
         self.folder = folder
         state = json.loads(json.dumps(state, sort_keys=True))  # as it reads back from disk
         self.state = state
@@ -257,6 +300,11 @@ class _WorkArea:
             "strap": ((nframes, nstraps, 2), dtypes["strap"]),
             "done": ((nframes,), np.bool_),
         }
+        if fine_shape is not None:  # (tiles, tile side): a sparse file, kept tiles written
+            ntiles, side = fine_shape
+            shapes["fine"] = ((nframes, ntiles, side, side), np.float32)
+            shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
+            shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
         self.arrays = {}
         for name, (shape, dtype) in shapes.items():
             path = folder / f"{name}.npy"
@@ -279,14 +327,36 @@ class _WorkArea:
         """Record one frame's results (its ``done`` flag last)."""
         for name in ChunkResult.DTYPES:
             self.arrays[name][index] = getattr(result, name)
+        self._store_fine(index, result.fine)
         self.arrays["done"][index] = True
+
+    def _store_fine(self, index: int, fine: FineFrame | None) -> None:
+        if fine is None or "fine" not in self.arrays:
+            return
+        self.arrays["fine_kept"][index] = False
+        self.arrays["fine_kept"][index, fine.tiles] = True
+        self.arrays["fine_sigma"][index, fine.tiles] = fine.sigma
+        for tile, block in zip(fine.tiles, fine.blocks, strict=True):
+            self.arrays["fine"][index, tile] = block
+
+    def fine_frame(self, index: int) -> FineFrame:
+        """The stored fine-layer tiles of a processed frame."""
+        tiles = np.flatnonzero(self.arrays["fine_kept"][index]).astype(np.int32)
+        return FineFrame(
+            tiles=tiles,
+            blocks=np.asarray(self.arrays["fine"][index, tiles]),
+            sigma=np.asarray(self.arrays["fine_sigma"][index, tiles]),
+            chi2=np.zeros(0, np.float32),
+        )
 
     def store_chunk(self, chunk: ChunkResult) -> None:
         """Record a chunk's results, then mark its frames done and flush (a checkpoint)."""
         for name in ChunkResult.DTYPES:
             self.arrays[name][chunk.index] = getattr(chunk, name)
-        for name in ChunkResult.DTYPES:
-            self.arrays[name].flush()
+        for index, fine in zip(chunk.index, chunk.fine or [], strict=False):
+            self._store_fine(int(index), fine)
+        for array in self.arrays.values():
+            array.flush()
         self.arrays["done"][chunk.index] = True
         self.arrays["done"].flush()
 
@@ -349,11 +419,17 @@ class BuildPlan:
     straps: np.ndarray
     nbins: int
     overwrite: bool = False
+    fine_shape: tuple[int, int] | None = None
 
     def open_work(self) -> _WorkArea:
         """Open (or create, or start over) the work area of this build."""
         return _WorkArea(
-            Path(self.work_dir), len(self.frames), self.nbins, self.straps.size, self.state
+            Path(self.work_dir),
+            len(self.frames),
+            self.nbins,
+            self.straps.size,
+            self.state,
+            fine_shape=self.fine_shape,
         )
 
 
@@ -432,6 +508,11 @@ def plan_build(
         straps=straps,
         nbins=_SCIENCE // config.pixel_bin,
         overwrite=overwrite,
+        fine_shape=(
+            ((_SCIENCE // (config.fine_bin * config.fine_tile)) ** 2, config.fine_tile)
+            if config.fine_bin
+            else None
+        ),
     )
 
 
@@ -601,6 +682,8 @@ class FrameContext:
     curvature_correction : bool
     source_fraction : float
         Fraction of the pixels masked as sources (provenance).
+    fine : `~lk_scatterlight.builder.fine.FineContext` or None
+        Constants of the fine layer (None without one).
     """
 
     static: np.ndarray
@@ -615,6 +698,7 @@ class FrameContext:
     clip: float
     curvature_correction: bool
     source_fraction: float
+    fine: FineContext | None = None
 
     @property
     def nbins(self) -> int:
@@ -644,15 +728,29 @@ def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
     straps = _strap_columns() if config.mask_straps else np.zeros(0, dtype=int)
     strap_cols, ref_idx = _strap_geometry(straps)
     strap_idx = strap_cols - SCIENCE_COLUMNS[0]
-    sources = masks.static_source_mask(
-        _flatten_straps(static, strap_idx, ref_idx), nsigma=config.star_nsigma
-    )
+    flat = _flatten_straps(static, strap_idx, ref_idx)
+    sources = masks.static_source_mask(flat, nsigma=config.star_nsigma)
     bad = masks.column_mask(static.shape, config.bad_columns)
     clean = ~(sources | bad)
-    valid = clean & ~masks.column_mask(static.shape, straps)
+    straps_mask = masks.column_mask(static.shape, straps)
+    valid = clean & ~straps_mask
+    weights = valid.astype(np.float32)  # converted once, not per frame
+    fine = None
+    if config.fine_bin:
+        bright = masks.static_source_mask(flat, nsigma=config.fine_star_nsigma, grow=0)
+        fine_valid = ~(bright | bad | straps_mask)
+        fine_valid[:, strap_idx] = ~(bright | bad)[:, strap_idx]  # measurable straps
+        fine = make_fine_context(
+            fine_valid.astype(np.float32),
+            config.pixel_bin,
+            config.fine_bin,
+            config.fine_tile,
+            config.fine_threshold,
+            strap_idx=strap_idx,
+        )
     return FrameContext(
         static=np.asarray(static, dtype=np.float32),
-        weights=valid.astype(np.float32),  # converted once, not per frame
+        weights=weights,
         clean=clean,
         strap_idx=strap_idx,
         ref_idx=ref_idx,
@@ -663,6 +761,7 @@ def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
         clip=config.clip,
         curvature_correction=config.curvature_correction,
         source_fraction=float(sources.mean()),
+        fine=fine,
     )
 
 
@@ -692,11 +791,15 @@ def process_frame(
     value, error = binning.fill_empty_bins(binned.value, binned.error)
     if context.curvature_correction:
         value = binning.curvature_correction(value, binned.moments, context.pixel_bin)
-    sums = np.zeros((context.nstraps, 2))
-    sums[context.strap_pos] = _strap_sums(
+    measured = _strap_sums(
         diff, context.clean, context.strap_idx, context.ref_idx, context.strap_rows
     )
-    return FrameResult(value=value, error=error, npix=binned.npix, strap=sums)
+    sums = np.zeros((context.nstraps, 2))
+    sums[context.strap_pos] = measured
+    fine = None
+    if context.fine is not None:
+        fine = fine_residual(diff, value, error, binned.npix, context.fine, flux_err, measured)
+    return FrameResult(value=value, error=error, npix=binned.npix, strap=sums, fine=fine)
 
 
 def process_chunk(
@@ -839,6 +942,10 @@ def assemble(
     plane_stop = np.array([tstop[g].max() for g in groups])
     nframes = np.array([len(g) for g in groups])
     npix = np.median(np.asarray(work["npix"])[used_index], axis=0).astype(np.int32)
+    fine = None
+    if context.fine is not None:
+        fine_frames = [work.fine_frame(int(i)) for i in used_index]
+        fine = assemble_fine(fine_frames, groups, context.fine)
 
     straps = plan.straps
     strap_sums = np.asarray(work["strap"])[used_index].sum(axis=0)
@@ -872,6 +979,16 @@ def assemble(
         "bin_statistic": f"robust local plane fit, {config.clip} sigma clip",
         "curvature_correction": config.curvature_correction,
         "error_estimator": "standard error of the plane-fit intercept from residual scatter",
+        "fine_layer": (
+            {
+                "bin": config.fine_bin,
+                "tile": config.fine_tile,
+                "threshold": config.fine_threshold,
+                "blocks": 0 if fine is None else len(fine),
+            }
+            if config.fine_bin
+            else None
+        ),
     }
     cube = ScatterLightCube.from_arrays(
         plan.sector,
@@ -889,6 +1006,7 @@ def assemble(
         meta=meta,
         strap_column=straps[measured],
         strap_response=response[measured],
+        fine=fine,
     )
     if config.compact:
         cube = cube.compress(tolerance=config.compact_tolerance)

@@ -1,0 +1,385 @@
+"""The builder's fine layer: residual structure finer than the bins, per frame.
+
+Per frame (`fine_residual`), after the coarse bins are fitted:
+
+1. the static-subtracted frame is averaged in fine bins (4 x 4 px by default)
+   of valid pixels. The fine layer has its own, lighter source mask: only
+   sources above ``fine_star_nsigma`` (30 by default, against 3 for the coarse
+   bins; ~3 % of the pixels instead of ~30 % in a sector-1-like field) and
+   their saturation bleeds, plus straps and bad columns. The coarse bins can
+   afford to drop every faint star; a 4-px bin cannot, or a ridge crossing a
+   faint star would lose its peak there. Faint stars subtract with the static
+   scene and only add their photon noise. Strap columns whose response can be
+   measured are used too, divided by the response measured *in this frame*
+   (from the same strap sums the builder keeps; limited to 0.8-1.25), so a
+   group of straps is not a hole either;
+2. the frame's coarse plane is interpolated to the fine bin centres with the
+   cube's own Keys kernel and subtracted: what is left is the structure the
+   coarse grid cannot hold (plus noise);
+3. fine bins without enough valid pixels (under a star or bleed mask) are
+   filled from their valid neighbours by normalised Gaussian convolution,
+   widening the kernel (1, 2, 4, 8 bins) until every hole is filled: a ridge
+   that crosses a star continues through it instead of dropping to the coarse
+   model;
+4. the bias of a bin *mean* on curved structure is removed with the fine grid's
+   second differences (``mean = f(centre) + f'' (b**2 - 1) / 24`` for a bin of
+   ``b`` pixels), so the stored values are point values, as the Keys kernel
+   expects;
+5. per tile of ``tile x tile`` fine bins, the residual's mean of
+   ``(r / sigma)**2`` is compared with ``threshold``. The noise ``sigma`` of a
+   fine bin is predicted from the tile's RMS pixel uncertainty (from the FFI
+   uncertainty image, every 4th row; without one, the median over the tile of
+   the coarse bins' errors scaled to one pixel) over the square root of the
+   bin's valid pixels, then **calibrated on the frame itself**: the predicted
+   variance is scaled by the median over tiles of that mean (most tiles hold
+   only noise) when it exceeds 1, which takes in what the prediction misses (the static scene's
+   own noise, faint unmasked stars). Pure noise then gives ~1 and only tiles
+   above ``threshold`` are kept.
+
+`assemble_fine` gathers the kept blocks of the used frames into a
+`~lk_scatterlight.finelayer.FineLayer` (averaging them into planes when the
+build bins in time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import interpolate
+from ..finelayer import FineLayer
+
+__all__ = ["FineContext", "FineFrame", "make_fine_context", "fine_residual", "assemble_fine"]
+
+#: Fine bins with fewer valid pixels than this are left to the coarse model.
+MIN_PIXELS = 4
+
+
+@dataclass
+class FineContext:
+    """Per-build constants of the fine layer (`make_fine_context`).
+
+    Attributes
+    ----------
+    pixel_bin, tile : int
+        Fine bin size [px] and fine bins per tile side.
+    coarse_bin : int
+        The cube's bin size [px].
+    threshold : float
+        Tile significance threshold on the mean of ``(r / sigma)**2``.
+    weights : ndarray of float32, shape (2048, 2048)
+        1 for pixels that enter the fine bins, 0 for masked ones.
+    strap_idx : ndarray of int
+        0-based science columns of the straps used (divided by their response).
+    to_fine : ndarray of float32, shape (nfine, ncoarse)
+        Keys weights from coarse to fine bin centres (rows and columns alike).
+    inv_count : ndarray of float32, shape (nfine, nfine)
+        1 / valid pixels per fine bin; 0 where fewer than `MIN_PIXELS`.
+    """
+
+    pixel_bin: int
+    tile: int
+    coarse_bin: int
+    threshold: float
+    weights: np.ndarray
+    strap_idx: np.ndarray
+    to_fine: np.ndarray
+    inv_count: np.ndarray
+
+    @property
+    def ntiles(self) -> int:
+        return self.inv_count.shape[0] // self.tile
+
+
+@dataclass
+class FineFrame:
+    """The fine layer of one frame: its significant tiles.
+
+    Attributes
+    ----------
+    tiles : ndarray of int32, shape (nkept,)
+        Flat tile indices (``tile_row * ntiles + tile_col``) of the kept tiles.
+    blocks : ndarray of float32, shape (nkept, tile, tile)
+        Their residuals [e-/s].
+    sigma : ndarray of float32, shape (nkept,)
+        Typical 1-sigma error of one fine bin in each kept tile [e-/s].
+    chi2 : ndarray of float32, shape (ntiles, ntiles)
+        Every tile's mean ``(r / sigma)**2`` (diagnostics).
+    """
+
+    tiles: np.ndarray
+    blocks: np.ndarray
+    sigma: np.ndarray
+    chi2: np.ndarray
+
+
+def make_fine_context(
+    weights: np.ndarray,
+    coarse_bin: int,
+    pixel_bin: int,
+    tile: int,
+    threshold: float,
+    strap_idx: np.ndarray | None = None,
+) -> FineContext:
+    """Constants of the fine layer for a build's pixel mask.
+
+    Parameters
+    ----------
+    weights : ndarray of float32, shape (2048, 2048)
+        1 for pixels that enter the fine bins, 0 for masked ones.
+    coarse_bin, pixel_bin : int
+        Coarse and fine bin sizes [px]; ``pixel_bin`` divides ``coarse_bin``.
+    tile : int
+        Fine bins per tile side; ``pixel_bin * tile`` divides 2048.
+    threshold : float
+    strap_idx : ndarray of int, optional
+        Strap columns (0-based science) included in ``weights`` whose pixels
+        are divided by their per-frame response.
+
+    Returns
+    -------
+    context : `FineContext`
+    """
+    n = weights.shape[0]
+    if coarse_bin % pixel_bin or n % (pixel_bin * tile):
+        raise ValueError(
+            f"fine_bin={pixel_bin} must divide pixel_bin={coarse_bin}, and fine_bin x "
+            f"fine_tile={pixel_bin * tile} must divide {n}."
+        )
+    nf = n // pixel_bin
+    count = weights.reshape(nf, pixel_bin, nf, pixel_bin).sum(axis=(1, 3))
+    inv_count = np.where(count >= MIN_PIXELS, 1 / np.maximum(count, 1), 0).astype(np.float32)
+    fine_centres = pixel_bin * np.arange(nf) + (pixel_bin - 1) / 2
+    coarse_centres = coarse_bin * np.arange(n // coarse_bin) + (coarse_bin - 1) / 2
+    to_fine = interpolate.spatial_weights(fine_centres, coarse_centres).astype(np.float32)
+    straps = np.zeros(0, int) if strap_idx is None else np.asarray(strap_idx, int)
+    return FineContext(
+        pixel_bin, tile, coarse_bin, float(threshold), weights, straps, to_fine, inv_count
+    )
+
+
+def fine_residual(
+    diff: np.ndarray,
+    coarse_value: np.ndarray,
+    coarse_error: np.ndarray,
+    coarse_npix: np.ndarray,
+    context: FineContext,
+    uncertainty: np.ndarray | None = None,
+    strap_sums: np.ndarray | None = None,
+) -> FineFrame:
+    """The significant fine-grid residual tiles of one frame (see the module docstring).
+
+    Parameters
+    ----------
+    diff : ndarray of float32, shape (2048, 2048)
+        Static-subtracted frame [e-/s].
+    coarse_value, coarse_error : ndarray, shape (nb, nb)
+        The frame's coarse plane (filled, curvature-corrected) and its errors.
+    coarse_npix : ndarray of int, shape (nb, nb)
+        Pixels in each coarse bin.
+    context : `FineContext`
+    uncertainty : ndarray, shape (2048, 2048), optional
+        The FFI uncertainty image [e-/s].
+    strap_sums : ndarray, shape (len(context.strap_idx), 2), optional
+        This frame's ``sum(strap * reference)`` and ``sum(reference**2)`` of
+        those straps; their ratio is the frame's strap response (1 if absent).
+
+    Returns
+    -------
+    frame : `FineFrame`
+    """
+    fb, t, nt = context.pixel_bin, context.tile, context.ntiles
+    nf = nt * t
+    masked = np.multiply(diff, context.weights, dtype=np.float32)
+    if context.strap_idx.size:
+        response = np.ones(context.strap_idx.size, dtype=np.float32)
+        if strap_sums is not None:
+            num, den = np.asarray(strap_sums, dtype=float).T
+            ratio = np.divide(num, den, out=np.ones_like(num), where=den > 0)
+            response[:] = np.clip(ratio, 0.8, 1.25)
+        masked[:, context.strap_idx] /= response
+    sums = masked.reshape(nf, fb, nf, fb).sum(axis=(1, 3))
+    mean = sums * context.inv_count
+    model = context.to_fine @ np.nan_to_num(coarse_value).astype(np.float32) @ context.to_fine.T
+    ok = (context.inv_count > 0) & np.isfinite(mean)
+    r = _fill_holes(np.where(ok, mean - model, np.float32(0)), ok)
+    # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
+    d2 = np.zeros_like(r)
+    d2[1:-1] += r[:-2] - 2 * r[1:-1] + r[2:]
+    d2[:, 1:-1] += r[:, :-2] - 2 * r[:, 1:-1] + r[:, 2:]
+    r -= np.float32((fb * fb - 1) / (24 * fb * fb)) * d2 * ok
+
+    tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
+    fine_var = (tile_sigma**2).repeat(t, 0).repeat(t, 1) * context.inv_count
+    chi = np.where(ok, r * r / np.maximum(fine_var, 1e-30), 0).reshape(nt, t, nt, t)
+    nok = ok.reshape(nt, t, nt, t).sum(axis=(1, 3))
+    chi2 = chi.sum(axis=(1, 3)) / np.maximum(nok, 1)
+    # Never below the prediction: a dark frame that entered the static scene's median
+    # has almost no residual, and scaling the noise down there keeps noise tiles.
+    calibration = max(float(np.median(chi2[nok > 0])) if (nok > 0).any() else 1.0, 1.0)
+    chi2 = (chi2 / calibration).astype(np.float32)
+    tile_sigma = tile_sigma * np.float32(np.sqrt(calibration))
+    kept = np.flatnonzero(chi2.ravel() > context.threshold).astype(np.int32)
+    blocks = r.reshape(nt, t, nt, t).transpose(0, 2, 1, 3).reshape(nt * nt, t, t)[kept]
+    # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
+    median_inv = np.median(context.inv_count.reshape(nt, t, nt, t), axis=(1, 3)).ravel()
+    sigma = tile_sigma.ravel()[kept] * np.sqrt(np.maximum(median_inv[kept], 1 / (fb * fb)))
+    return FineFrame(kept, np.ascontiguousarray(blocks), sigma.astype(np.float32), chi2)
+
+
+def _fill_holes(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Fill ``r`` where not ``ok``: isotropic first guess, then along local structure."""
+    missing = ~ok
+    if not missing.any():
+        return r
+    out = _fill_isotropic(r, ok)
+    rows, cols = np.nonzero(missing)
+    along = _structure_direction(out, ok, rows, cols)
+    _fill_along(out, ok, rows, cols, along)
+    return out
+
+
+def _fill_isotropic(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Normalised Gaussian convolution of the valid bins, widening until all is filled."""
+    from scipy import ndimage
+
+    out = r.copy()
+    missing = ~ok
+    valid = ok.astype(np.float32)
+    for width in (1, 2, 4, 8, 32):
+        num = ndimage.gaussian_filter(out * valid, width, mode="nearest")
+        den = ndimage.gaussian_filter(valid, width, mode="nearest")
+        fill = missing & (den > 1e-3)
+        out[fill] = num[fill] / den[fill]
+        valid[fill] = 1
+        missing &= ~fill
+        if not missing.any():
+            break
+    out[missing] = 0
+    return out
+
+
+#: Half-width [fine bins] of the window of the structure tensor around a hole, and the
+#: longest step along the structure to a valid bin.
+_WINDOW, _REACH = 3, 8
+
+
+def _structure_direction(image, ok, rows, cols) -> np.ndarray:
+    """Unit vector along the local structure at each hole; NaN where there is none.
+
+    The eigenvector of the smallest eigenvalue of the structure tensor (the
+    Gaussian-weighted sum of ``grad grad^T`` over valid bins in a 7 x 7 window)
+    points along a ridge or an edge. Where the tensor is nearly isotropic
+    (coherence < 0.5: noise, smooth sky), NaN: the isotropic fill stays.
+    """
+    g_row, g_col = np.gradient(image)
+    n = image.shape[0]
+    offsets = np.arange(-_WINDOW, _WINDOW + 1)
+    dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
+    weight = np.exp(-(dr**2 + dc**2) / (2 * 2.0**2)).ravel()
+    rr = np.clip(rows[:, None] + dr.ravel(), 0, n - 1)
+    cc = np.clip(cols[:, None] + dc.ravel(), 0, n - 1)
+    w = weight * ok[rr, cc]
+    gr, gc = g_row[rr, cc], g_col[rr, cc]
+    a, b, c = (w * gr * gr).sum(1), (w * gr * gc).sum(1), (w * gc * gc).sum(1)
+    theta = 0.5 * np.arctan2(2 * b, a - c)  # direction of the strongest gradient
+    coherence = np.sqrt((a - c) ** 2 + 4 * b**2) / np.maximum(a + c, 1e-30)
+    along = np.column_stack([-np.sin(theta), np.cos(theta)])
+    along[coherence < 0.5] = np.nan
+    return along
+
+
+def _fill_along(out, ok, rows, cols, along) -> None:
+    """Interpolate holes linearly between the nearest valid bins along ``along``."""
+    from scipy import ndimage
+
+    use = np.isfinite(along[:, 0])
+    if not use.any():
+        return
+    rows, cols, along = rows[use], cols[use], along[use]
+    n = out.shape[0]
+    steps = np.arange(1, _REACH + 1)
+    found = []
+    for sign in (1, -1):
+        pr = rows[:, None] + sign * steps * along[:, [0]]
+        pc = cols[:, None] + sign * steps * along[:, [1]]
+        inside = (pr >= 0) & (pr <= n - 1) & (pc >= 0) & (pc <= n - 1)
+        near = ok[
+            np.clip(np.rint(pr), 0, n - 1).astype(int), np.clip(np.rint(pc), 0, n - 1).astype(int)
+        ]
+        good = inside & near
+        first = np.argmax(good, axis=1)
+        hit = good[np.arange(first.size), first]
+        coords = np.vstack([pr[np.arange(first.size), first], pc[np.arange(first.size), first]])
+        value = ndimage.map_coordinates(out, coords, order=1, mode="nearest")
+        found.append((hit, steps[first], value))
+    (hit1, d1, v1), (hit2, d2, v2) = found
+    both = hit1 & hit2
+    out[rows[both], cols[both]] = (v1 * d2 + v2 * d1)[both] / (d1 + d2)[both]
+
+
+def _tile_pixel_sigma(coarse_error, coarse_npix, context: FineContext, uncertainty):
+    """Per tile, the 1-sigma noise of one pixel [e-/s] (see the module docstring)."""
+    nt = context.ntiles
+    if uncertainty is not None:
+        side = context.pixel_bin * context.tile
+        sample = np.asarray(uncertainty, dtype=np.float32)[::4]  # every 4th row
+        var = np.nan_to_num(sample * sample).reshape(nt, side // 4, nt, side).mean(axis=(1, 3))
+        return np.sqrt(var).astype(np.float32)
+    per_pixel = np.nan_to_num(coarse_error * np.sqrt(np.maximum(coarse_npix, 1)))
+    k = coarse_error.shape[0] // nt  # coarse bins per tile side
+    return np.median(per_pixel.reshape(nt, k, nt, k), axis=(1, 3)).astype(np.float32)
+
+
+def assemble_fine(
+    frames: Sequence[FineFrame | None], groups: Sequence[np.ndarray], context: FineContext
+) -> FineLayer | None:
+    """Gather the kept tiles of the used frames into a `FineLayer` of the cube's planes.
+
+    Parameters
+    ----------
+    frames : sequence of `FineFrame`
+        The used frames' fine results, in cube order.
+    groups : sequence of ndarray of int
+        Positions in ``frames`` of each plane's frames (one each at full time
+        resolution). A tile kept in any frame of a plane is averaged over the
+        plane's frames (zero where a frame did not keep it).
+    context : `FineContext`
+
+    Returns
+    -------
+    layer : `~lk_scatterlight.finelayer.FineLayer` or None
+        None if no frame kept a tile.
+    """
+    nt, t = context.ntiles, context.tile
+    rows, cols, planes, data, error = [], [], [], [], []
+    for p, members in enumerate(groups):
+        members = [frames[i] for i in members]
+        tiles = np.unique(np.concatenate([f.tiles for f in members]))
+        if tiles.size == 0:
+            continue
+        total = np.zeros((tiles.size, t, t), dtype=np.float32)
+        var = np.zeros(tiles.size, dtype=np.float32)
+        for f in members:
+            where = np.searchsorted(tiles, f.tiles)
+            total[where] += f.blocks
+            var[where] += f.sigma**2
+        n = len(members)
+        rows.append(tiles // nt)
+        cols.append(tiles % nt)
+        planes.append(np.full(tiles.size, p))
+        data.append(total / n)
+        error.append(np.sqrt(var) / n)
+    if not planes:
+        return None
+    return FineLayer(
+        pixel_bin=context.pixel_bin,
+        tile=t,
+        tile_row=np.concatenate(rows),
+        tile_col=np.concatenate(cols),
+        plane=np.concatenate(planes),
+        data=np.concatenate(data),
+        error=np.concatenate(error),
+    )

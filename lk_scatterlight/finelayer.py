@@ -1,0 +1,281 @@
+"""Scattered-light structure finer than a cube's bins, stored only where it is.
+
+Real FFIs show features narrower than a 16-px bin: glint ridges ~12 px wide
+that sweep across the CCD as the Earth moves, and baffle shadow edges ~6 px
+wide. No grid of 16-px bins can hold them (sampling the exact field on that
+grid already leaves errors of several percent of the scattered-light range
+there), and a finer grid everywhere would multiply the cube's size by 16 for
+structure that covers a small part of the CCD at any one time.
+
+A `FineLayer` holds the residual of the frames against the coarse cube on a
+finer grid (4-px bins by default) in **blocks**: one tile of ``tile x tile``
+fine bins (64 x 64 pixels by default) in one time plane, kept only where the
+builder found the residual significant (its mean of ``(residual / sigma)**2``
+over the tile above a threshold). Everywhere else the fine layer is zero and
+the coarse cube alone is the model.
+
+Evaluation adds the layer to the coarse model: Keys cubic convolution on the
+fine bin centres in space (the same kernel as the cube), and the cube's own
+linear interpolation in time (the layer has the cube's planes). A plane
+without a block at some tile contributes zero there. The block values are
+point values at the fine bin centres: the builder removes the bias of a bin
+mean on curved structure before storing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+
+from . import interpolate
+from .exceptions import CubeFormatError
+
+__all__ = ["FineLayer", "FINE_EXTENSIONS"]
+
+#: FITS extensions of a fine layer: the blocks and their index table.
+FINE_EXTENSIONS = ("FINE", "FINE_INDEX")
+_SCIENCE = 2048
+_FIRST_ROW, _FIRST_COLUMN = 1, 45
+
+
+@dataclass(frozen=True)
+class FineLayer:
+    """Sparse fine-grid residuals of a cube (see the module docstring).
+
+    Parameters
+    ----------
+    pixel_bin : int
+        Fine bin size [px]; divides 2048.
+    tile : int
+        Fine bins per tile side; ``pixel_bin * tile`` divides 2048.
+    tile_row, tile_col : ndarray of int, shape (nblocks,)
+        0-based tile indices of each block (tile ``(i, j)`` covers science
+        rows ``i * pixel_bin * tile`` onwards, 0-based).
+    plane : ndarray of int, shape (nblocks,)
+        Cube plane of each block.
+    data : ndarray of float32, shape (nblocks, tile, tile)
+        Residual at the fine bin centres [e-/s per pixel].
+    error : ndarray of float32, shape (nblocks,)
+        Typical 1-sigma uncertainty of one fine bin of the block [e-/s].
+    """
+
+    pixel_bin: int
+    tile: int
+    tile_row: np.ndarray
+    tile_col: np.ndarray
+    plane: np.ndarray
+    data: np.ndarray
+    error: np.ndarray
+
+    def __post_init__(self):
+        for name in ("tile_row", "tile_col", "plane"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int32))
+        object.__setattr__(self, "data", np.asarray(self.data, dtype=np.float32))
+        object.__setattr__(self, "error", np.asarray(self.error, dtype=np.float32))
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def ntiles(self) -> int:
+        """Tiles per side of the CCD."""
+        return _SCIENCE // (self.pixel_bin * self.tile)
+
+    @property
+    def nbins(self) -> int:
+        """Fine bins per side of the CCD."""
+        return _SCIENCE // self.pixel_bin
+
+    def __len__(self) -> int:
+        return int(self.plane.size)
+
+    def centres(self, first: int) -> np.ndarray:
+        """Fine bin centres in 1-based CCD pixels, for axis starting at ``first``."""
+        return first + self.pixel_bin * np.arange(self.nbins) + (self.pixel_bin - 1) / 2
+
+    def validate(self, nplanes: int) -> list[str]:
+        """Problems with the layer for a cube of ``nplanes`` planes (empty if none)."""
+        problems = []
+        if self.pixel_bin < 1 or self.tile < 1 or _SCIENCE % (self.pixel_bin * self.tile):
+            problems.append(
+                f"fine layer bin {self.pixel_bin} px x tile {self.tile} must divide 2048"
+            )
+            return problems
+        n = len(self)
+        if not (self.tile_row.shape == self.tile_col.shape == self.error.shape == (n,)):
+            problems.append("fine layer index columns differ in length")
+        if self.data.shape != (n, self.tile, self.tile):
+            problems.append(
+                f"fine layer data has shape {self.data.shape}, expected {(n, self.tile, self.tile)}"
+            )
+        if n and (self.plane.min() < 0 or self.plane.max() >= nplanes):
+            problems.append(f"fine layer planes must lie in 0..{nplanes - 1}")
+        for name in ("tile_row", "tile_col"):
+            index = getattr(self, name)
+            if n and (index.min() < 0 or index.max() >= self.ntiles):
+                problems.append(f"fine layer {name} must lie in 0..{self.ntiles - 1}")
+        if not (np.all(np.isfinite(self.data)) and np.all(np.isfinite(self.error))):
+            problems.append("fine layer holds NaN or infinite values")
+        elif n and self.error.min() < 0:
+            problems.append("fine layer errors must be non-negative")
+        return problems
+
+    # ------------------------------------------------------------------ evaluation
+    def _window(self, row: np.ndarray, column: np.ndarray, planes: np.ndarray):
+        """Blocks near the pixels in ``planes``, as a dense local grid.
+
+        Returns None when no block is near, else ``(wr, wc, present, data, var)``:
+        spatial weights on the local fine bins, the sorted planes that hold
+        blocks, and their local value and variance grids.
+        """
+        wr = interpolate.spatial_weights(row, self.centres(_FIRST_ROW))
+        wc = interpolate.spatial_weights(column, self.centres(_FIRST_COLUMN))
+        (r0, r1), (c0, c1) = _support(wr), _support(wc)
+        t = self.tile
+        tr0, tr1, tc0, tc1 = r0 // t, (r1 - 1) // t, c0 // t, (c1 - 1) // t
+        near = (
+            (self.tile_row >= tr0)
+            & (self.tile_row <= tr1)
+            & (self.tile_col >= tc0)
+            & (self.tile_col <= tc1)
+            & np.isin(self.plane, planes)
+        )
+        if not near.any():
+            return None
+        present, where = np.unique(self.plane[near], return_inverse=True)
+        # Local grid: whole tiles tr0..tr1 x tc0..tc1.
+        shape = (present.size, (tr1 - tr0 + 1) * t, (tc1 - tc0 + 1) * t)
+        data = np.zeros(shape, dtype=np.float32)
+        var = np.zeros(shape, dtype=np.float32)
+        for k, block in zip(where, np.flatnonzero(near), strict=True):
+            rs = (self.tile_row[block] - tr0) * t
+            cs = (self.tile_col[block] - tc0) * t
+            data[k, rs : rs + t, cs : cs + t] = self.data[block]
+            var[k, rs : rs + t, cs : cs + t] = self.error[block] ** 2
+        lr, lc = tr0 * t, tc0 * t
+        wr = wr[:, lr : lr + shape[1]]
+        wc = wc[:, lc : lc + shape[2]]
+        return wr, wc, present, data, var
+
+    def evaluate(
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        w_right: np.ndarray,
+        row: np.ndarray,
+        column: np.ndarray,
+        column_factor: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The layer at pixels and (valid) times given as cube time weights.
+
+        Parameters
+        ----------
+        left, right, w_right : arrays, shape (n,)
+            Plane indices and weight of ``right`` from the cube's time
+            interpolation (valid times only).
+        row, column : array of float
+            1-based CCD pixel coordinates.
+        column_factor : array of float, shape (ncol,), optional
+            Response of each column (straps respond more).
+
+        Returns
+        -------
+        (flux, var) : ndarrays of float32, shape (n, nrow, ncol), or None
+            None when no block touches these pixels and times.
+        """
+        planes = np.union1d(left, right)
+        window = self._window(row, column, planes) if len(self) else None
+        if window is None:
+            return None
+        wr, wc, present, data, var = window
+        if column_factor is not None:
+            wc = wc * np.asarray(column_factor)[:, None]
+        # Planes without a block contribute zero: map them to an extra zero plane.
+        slot = np.full(int(max(planes.max(), present.max())) + 1, present.size)
+        slot[present] = np.arange(present.size)
+        f_sp = interpolate.apply_weights(data, wr, wc).astype(np.float32)
+        v_sp = interpolate.apply_weights(var, wr**2, wc**2).astype(np.float32)
+        zero = np.zeros((1,) + f_sp.shape[1:], dtype=np.float32)
+        f_sp, v_sp = np.concatenate([f_sp, zero]), np.concatenate([v_sp, zero])
+        li, ri = slot[left], slot[right]
+        flux = interpolate.blend(f_sp, li, ri, w_right)
+        variance = interpolate.blend(v_sp, li, ri, w_right, squared=True)
+        return flux, variance
+
+    def evaluate_sum(
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        w_right: np.ndarray,
+        row: np.ndarray,
+        column: np.ndarray,
+        mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The layer summed over ``mask`` (already times the column response).
+
+        Returns
+        -------
+        (flux, var) : ndarrays, shape (n,), or None when no block is near.
+        """
+        planes = np.union1d(left, right)
+        window = self._window(row, column, planes) if len(self) else None
+        if window is None:
+            return None
+        wr, wc, present, data, var = window
+        weights = wr.T @ mask @ wc  # (local rows, local cols)
+        f_pl = np.concatenate([np.einsum("trc,rc->t", data, weights), [0.0]])
+        v_pl = np.concatenate([np.einsum("trc,rc->t", var, weights**2), [0.0]])
+        slot = np.full(int(max(planes.max(), present.max())) + 1, present.size)
+        slot[present] = np.arange(present.size)
+        li, ri, w = slot[left], slot[right], np.asarray(w_right, float)
+        return (1 - w) * f_pl[li] + w * f_pl[ri], (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
+
+    # ------------------------------------------------------------------ FITS
+    def to_hdus(self) -> list[fits.hdu.base.ExtensionHDU]:
+        """The ``FINE`` image and ``FINE_INDEX`` table of the file format."""
+        image = fits.ImageHDU(self.data, name="FINE")
+        image.header["BUNIT"] = ("electron/s", "per pixel")
+        image.header["FINEBIN"] = (self.pixel_bin, "[pixel] fine bin size")
+        image.header["FINETILE"] = (self.tile, "fine bins per tile side")
+        image.header["COMMENT"] = "residual vs the coarse cube at fine bin centres, per block"
+        index = fits.BinTableHDU.from_columns(
+            [
+                fits.Column("TILE_ROW", "J", array=self.tile_row),
+                fits.Column("TILE_COL", "J", array=self.tile_col),
+                fits.Column("PLANE", "J", array=self.plane),
+                fits.Column("ERROR", "E", unit="electron/s", array=self.error),
+            ],
+            name="FINE_INDEX",
+        )
+        return [image, index]
+
+    @classmethod
+    def from_hdul(cls, hdul: fits.HDUList, path) -> FineLayer:
+        """Read the layer of an open cube file; raise `CubeFormatError` if malformed."""
+        header = hdul["FINE"].header
+        for key in ("FINEBIN", "FINETILE"):
+            if key not in header:
+                raise CubeFormatError(f"{path}: FINE extension has no {key} keyword.")
+        table = hdul["FINE_INDEX"].data
+        names = table.columns.names if table is not None else []
+        missing = [c for c in ("TILE_ROW", "TILE_COL", "PLANE", "ERROR") if c not in names]
+        if missing:
+            raise CubeFormatError(f"{path}: FINE_INDEX has no column(s) {', '.join(missing)}.")
+        data = hdul["FINE"].data
+        tile = int(header["FINETILE"])
+        data = np.zeros((0, tile, tile), np.float32) if data is None else np.array(data)
+        return cls(
+            pixel_bin=int(header["FINEBIN"]),
+            tile=tile,
+            tile_row=np.array(table["TILE_ROW"]),
+            tile_col=np.array(table["TILE_COL"]),
+            plane=np.array(table["PLANE"]),
+            data=data,
+            error=np.array(table["ERROR"]),
+        )
+
+
+def _support(weights: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last column of ``weights`` holding a non-zero weight."""
+    used = np.flatnonzero(np.any(weights != 0, axis=0))
+    return int(used[0]), int(used[-1]) + 1
