@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -605,8 +607,10 @@ class ScatterLightCube:
         ``flux[t] ~ m + sum_i a[t, i] V[i]`` where ``a = U_k S_k`` and ``V = V_k``
         come from a truncated SVD of ``flux - m`` (exact SVD for small cubes,
         otherwise a randomised SVD with two power iterations, Halko, Martinsson &
-        Tropp 2011, in float64: 7-15 s and ~2 GB of working memory for 11,400
-        planes x 128 x 128 bins on two cores).
+        Tropp 2011, in float64). The planes are streamed in blocks of ~4 M values,
+        so the working memory is ~0.2 GB beyond the cube itself whatever the number of
+        planes (12,000 planes x 128 x 128 bins: ~30 s on two cores); the builder
+        compresses straight from its memory-mapped work area the same way.
 
         **Rank rule.** Truncating a noisy cube also removes noise, so its residual
         against the stored cube cannot fall below the noise. ``k`` is the smallest
@@ -663,8 +667,8 @@ class ScatterLightCube:
         if int(max_rank) != max_rank or max_rank < 0:
             raise ValueError(f"max_rank must be a non-negative integer, found {max_rank!r}.")
         lowrank = _compress(
-            np.asarray(self._flux, dtype=np.float32),
-            np.asarray(self._flux_err, dtype=np.float32),
+            _Planes(np.asarray(self._flux, dtype=np.float32)),
+            _Planes(np.asarray(self._flux_err, dtype=np.float32)),
             float(tolerance),
             int(max_rank),
         )
@@ -1058,13 +1062,18 @@ def _to_flux_array(value, name: str) -> np.ndarray:
 
 
 def _check_values(flux: np.ndarray, flux_err: np.ndarray) -> None:
-    if not np.all(np.isfinite(flux)):
-        n = int(np.sum(~np.isfinite(flux)))
+    bad_err = not np.all(np.isfinite(flux_err)) or bool(np.any(flux_err < 0))
+    _raise_value_problems(int(np.sum(~np.isfinite(flux))), bad_err)
+
+
+def _raise_value_problems(bad_flux: int, bad_err: bool) -> None:
+    """Raise for ``bad_flux`` NaN or infinite flux bins, or for invalid errors."""
+    if bad_flux:
         raise CubeFormatError(
-            f"Invalid scattered-light cube: flux has {n} NaN or infinite bins; a cube must be "
-            "filled (the builder fills empty bins from their neighbours)."
+            f"Invalid scattered-light cube: flux has {bad_flux} NaN or infinite bins; a cube "
+            "must be filled (the builder fills empty bins from their neighbours)."
         )
-    if not np.all(np.isfinite(flux_err)) or np.any(flux_err < 0):
+    if bad_err:
         msg = "Invalid scattered-light cube: flux_err must be finite and non-negative."
         raise CubeFormatError(msg)
 
@@ -1424,105 +1433,287 @@ def _evaluate_factors(
     return out.reshape((left.size,) + images.shape[1:])
 
 
-def _time_chunks(nt: int, per_plane: int):
-    """Slices of planes holding about `_CHUNK_VALUES` values each."""
-    step = max(1, _CHUNK_VALUES // max(per_plane, 1))
-    for start in range(0, nt, step):
-        yield slice(start, min(start + step, nt))
+class _Planes:
+    """Planes of a (ntime, nrow, ncol) array, read in blocks of whole planes.
 
+    The compression streams its input through these blocks, so its working memory
+    is a few blocks plus factors of ``ntime x rank`` values, whatever ``ntime``:
+    the array can be a `numpy.memmap` (the builder's work area) as well as an
+    in-memory array.
 
-def _top_svd(x: np.ndarray, k: int, seed: int = 0):
-    """Leading ``k`` singular triplets of the float64 matrix ``x``.
-
-    Exact (LAPACK) for small matrices; otherwise a randomised SVD: a Gaussian
-    sketch of ``k + _OVERSAMPLE`` columns refined by `_POWER_ITERATIONS` subspace
-    iterations, then an exact SVD of the projected matrix (Halko, Martinsson &
-    Tropp 2011, algorithms 4.4 and 5.1). The returned values are exact for the
-    subspace found, so ``|x|**2 - cumsum(s**2)`` is the true residual of each
-    truncation.
+    Parameters
+    ----------
+    array : array-like, shape (m, nrow, ncol)
+        Supports basic and integer indexing along the first axis.
+    index : array of int, optional
+        Positions along the first axis of the planes to use, in order (default: all).
+    chunk : int, optional
+        Planes per block; default about `_CHUNK_VALUES` values.
     """
-    nt, npix = x.shape
+
+    def __init__(self, array, index: np.ndarray | None = None, chunk: int | None = None):
+        self.array = array
+        self.index = None if index is None else np.asarray(index, dtype=np.intp)
+        m, nrow, ncol = np.shape(array)
+        self.ntime = m if self.index is None else int(self.index.size)
+        if self.index is not None and np.any((self.index < 0) | (self.index >= m)):
+            msg = f"plane index out of range for {m} planes."
+            raise IndexError(msg)
+        self.image_shape = (int(nrow), int(ncol))
+        self.npix = int(nrow) * int(ncol)
+        per_plane = max(self.npix, 1)
+        self.chunk = max(1, _CHUNK_VALUES // per_plane) if chunk is None else max(1, int(chunk))
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        """Planes ``part`` (positions among the used planes), float32, shape (n, npix)."""
+        rows = np.arange(self.ntime)[part] if self.index is None else self.index[part]
+        if _is_file_map(self.array):
+            planes = _read_rows(self.array, rows)
+        else:
+            planes = self.array[part] if self.index is None else self.array[rows]
+        return np.asarray(planes, dtype=np.float32).reshape(-1, self.npix)
+
+    def parts(self) -> Iterator[slice]:
+        """Slices of ``chunk`` planes covering all used planes."""
+        for start in range(0, self.ntime, self.chunk):
+            yield slice(start, min(start + self.chunk, self.ntime))
+
+    def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
+        """``(part, self[part])`` for every block."""
+        for part in self.parts():
+            yield part, self[part]
+
+
+def _is_file_map(array) -> bool:
+    """Whether ``array`` is a C-ordered `numpy.memmap` of a whole file section."""
+    return (
+        isinstance(array, np.memmap)
+        and getattr(array, "filename", None) is not None
+        and array.flags.c_contiguous
+        and array.base is not None
+        and isinstance(array.base, mmap.mmap)
+    )
+
+
+def _read_rows(array: np.memmap, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` read from its file rather than through the mapping.
+
+    Pages touched through a mapping count in the process's resident memory until
+    the kernel reclaims them, so reading a whole memory-mapped cube block by block
+    would still raise the peak RSS in proportion to its size; file reads leave the
+    data in the page cache only. Consecutive rows are read at once.
+    """
+    out = np.empty((rows.size,) + array.shape[1:], dtype=array.dtype)
+    row_bytes = out[:1].nbytes
+    buffer = memoryview(out.reshape(-1).view(np.uint8))
+    starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+    ends = np.append(starts[1:], rows.size)
+    with open(array.filename, "rb", buffering=0) as f:
+        for a, b in zip(starts, ends, strict=True):
+            f.seek(array.offset + int(rows[a]) * row_bytes)
+            view, done = buffer[a * row_bytes : b * row_bytes], 0
+            while done < len(view):
+                got = f.readinto(view[done:])
+                if not got:
+                    raise EOFError(f"{array.filename} is shorter than its array.")
+                done += got
+    return out
+
+
+class _PlaneStats(NamedTuple):
+    """Per-bin statistics of a cube, from one pass over its planes (`_plane_stats`)."""
+
+    mean: np.ndarray  # temporal mean of each bin, float64 (npix,)
+    flux_ms: float  # mean square flux
+    centred_bin: np.ndarray  # mean squared deviation from the mean of each bin, (npix,)
+    noise_bin: np.ndarray  # mean squared error of each bin, (npix,)
+
+
+def _plane_stats(flux: _Planes, flux_err: _Planes) -> _PlaneStats:
+    """Mean, variance and noise of each bin in one pass; checks the values as `_check_values`.
+
+    The variances are accumulated about a shift (the first block's mean), which is
+    close to the mean, so they do not suffer the cancellation of ``E[x**2] - E[x]**2``.
+    """
+    nt = flux.ntime
+    shift = None
+    s1 = s2 = noise = 0.0
+    bad_flux, bad_err = 0, False
+    for (_, x), (_, e) in zip(flux.blocks(), flux_err.blocks(), strict=True):
+        bad_flux += int(np.count_nonzero(~np.isfinite(x)))
+        bad_err = bad_err or not bool(np.all(e >= 0) and np.all(np.isfinite(e)))
+        d = x.astype(float)
+        if shift is None:
+            shift = d.mean(axis=0)
+        d -= shift
+        s1 = s1 + d.sum(axis=0)
+        s2 = s2 + np.einsum("ij,ij->j", d, d)
+        e = e.astype(float)
+        noise = noise + np.einsum("ij,ij->j", e, e) / nt
+    _raise_value_problems(bad_flux, bad_err)
+    offset = s1 / nt  # mean - shift
+    mean = shift + offset
+    centred_bin = np.clip(s2 / nt - offset**2, 0, None)
+    flux_ms = float(np.mean(centred_bin + mean**2))
+    return _PlaneStats(mean, flux_ms, centred_bin, noise)
+
+
+def _centred_blocks(flux: _Planes, mean: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """Blocks of ``flux - mean`` in float64."""
+    for part, x in flux.blocks():
+        yield part, x.astype(float) - mean
+
+
+def _times(flux: _Planes, mean: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``(flux - mean) @ right``, shape (ntime, m), one pass over the planes."""
+    out = np.empty((flux.ntime, right.shape[1]))
+    for part, x in _centred_blocks(flux, mean):
+        out[part] = x @ right
+    return out
+
+
+def _transpose_times(flux: _Planes, mean: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """``(flux - mean).T @ left``, shape (npix, m), one pass over the planes."""
+    out = np.zeros((flux.npix, left.shape[1]))
+    for part, x in _centred_blocks(flux, mean):
+        out += x.T @ left[part]
+    return out
+
+
+def _top_svd(flux: _Planes, mean: np.ndarray, k: int, seed: int = 0):
+    """Leading ``k`` singular triplets of ``flux - mean`` (float64), as (u, s, vt).
+
+    Exact (LAPACK) for small matrices, which are loaded whole; otherwise a
+    randomised SVD: a Gaussian sketch of ``k + _OVERSAMPLE`` columns refined by
+    `_POWER_ITERATIONS` subspace iterations, then an exact SVD of the projected
+    matrix (Halko, Martinsson & Tropp 2011, algorithms 4.4 and 5.1). Each product
+    with the matrix is one pass over the planes (`_Planes.blocks`), so only
+    ``ntime x (k + _OVERSAMPLE)`` and ``npix x (k + _OVERSAMPLE)`` factors are held.
+    The returned values are exact for the subspace found, so
+    ``|x|**2 - cumsum(s**2)`` is the true residual of each truncation.
+    """
+    nt, npix = flux.ntime, flux.npix
     if k == 0:
         return np.zeros((nt, 0)), np.zeros(0), np.zeros((0, npix))
     sketch = k + _OVERSAMPLE
-    if sketch >= min(nt, npix) or x.size <= 2**20:
+    if sketch >= min(nt, npix) or nt * npix <= 2**20:  # small: at most (k + 16) x npix
+        x = np.concatenate([block for _, block in _centred_blocks(flux, mean)])
         u, s, vt = np.linalg.svd(x, full_matrices=False)
         return u[:, :k], s[:k], vt[:k]
     rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(x @ rng.standard_normal((npix, sketch)))
+    q, _ = np.linalg.qr(_times(flux, mean, rng.standard_normal((npix, sketch))))
     for _ in range(_POWER_ITERATIONS):
-        z, _ = np.linalg.qr(x.T @ q)
-        q, _ = np.linalg.qr(x @ z)
-    ub, s, vt = np.linalg.svd(q.T @ x, full_matrices=False)
+        z, _ = np.linalg.qr(_transpose_times(flux, mean, q))
+        q, _ = np.linalg.qr(_times(flux, mean, z))
+    ub, s, vt = np.linalg.svd(_transpose_times(flux, mean, q).T, full_matrices=False)
     return q @ ub[:, :k], s[:k], vt[:k]
 
 
-def _rank1_error_model(err: np.ndarray):
+def _rank1_error_model(err: _Planes):
     """``err (ntime, npix) ~ scale[t] image[p]``: the leading singular pair (power iteration).
 
-    Returns scale (RMS 1), image [e-/s], and the RMS and largest relative deviation
-    over the entries with non-zero error.
+    Each iteration is one pass over the planes: ``scale = err @ image / |image|**2``
+    block by block, accumulating ``scale @ err``. Returns scale (RMS 1), image
+    [e-/s], and the RMS and largest relative deviation over the entries with
+    non-zero error.
     """
-    nt, npix = err.shape
-    image = err.mean(axis=0, dtype=float)
+    nt, npix = err.ntime, err.npix
+    image = np.zeros(npix)
+    for _, e in err.blocks():
+        image += e.sum(axis=0, dtype=float) / nt
     if not np.any(image):
         return np.zeros(nt), np.zeros(npix), 0.0, 0.0
     for _ in range(30):  # a non-negative, nearly rank-1 matrix: a few steps suffice
-        scale = (err @ image.astype(np.float32)).astype(float) / (image @ image)
-        new = (scale.astype(np.float32) @ err).astype(float) / (scale @ scale)
+        image32, norm2 = image.astype(np.float32), image @ image
+        new, scale2 = np.zeros(npix), 0.0
+        for _, e in err.blocks():
+            scale = (e @ image32).astype(float) / norm2
+            new += (scale.astype(np.float32) @ e).astype(float)
+            scale2 += scale @ scale
+        new /= scale2
         done = np.allclose(new, image, rtol=1e-6, atol=0)
         image = new
         if done:
             break
-    scale = (err @ image.astype(np.float32)).astype(float) / (image @ image)
-    norm = np.sqrt(np.mean(scale**2))
-    scale, image = scale / norm, image * norm
+    # The final scale and the deviations of scale x image (a product that does not
+    # depend on how the pair is normalised) in one more pass.
+    image32, norm2 = image.astype(np.float32), image @ image
+    scale = np.empty(nt)
     sum2, count, worst = 0.0, 0, 0.0
-    for part in _time_chunks(nt, npix):
-        e = err[part].astype(float)
+    for part, e in err.blocks():
+        scale[part] = (e @ image32).astype(float) / norm2
+        e = e.astype(float)
         use = e > 0
         rel = np.abs(scale[part, None] * image[None] - e)[use] / e[use]
         if rel.size:
             sum2, count, worst = sum2 + rel @ rel, count + rel.size, max(worst, rel.max())
-    return scale, image, float(np.sqrt(sum2 / max(count, 1))), float(worst)
+    norm = np.sqrt(np.mean(scale**2))
+    return scale / norm, image * norm, float(np.sqrt(sum2 / max(count, 1))), float(worst)
 
 
-def _compress(flux: np.ndarray, flux_err: np.ndarray, tolerance: float, max_rank: int) -> _LowRank:
-    """Truncated-SVD factors of a dense cube; see `ScatterLightCube.compress`."""
-    nt, nr, nc = flux.shape
-    npix = nr * nc
-    flux2d, err2d = flux.reshape(nt, npix), flux_err.reshape(nt, npix)
-    x = flux2d.astype(float)
-    flux_ms = np.einsum("ij,ij->", x, x) / x.size
-    mean = x.mean(axis=0)
-    x -= mean
-    centred_ms = np.einsum("ij,ij->", x, x) / x.size
-    noise_bin = np.zeros(npix)  # mean squared error of each bin over time
-    for part in _time_chunks(nt, npix):
-        e = err2d[part].astype(float)
-        noise_bin += np.einsum("ij,ij->j", e, e) / nt
-    noise_ms = float(noise_bin.mean())
-    centred_bin = np.einsum("ij,ij->j", x, x) / nt
-    top = min(max_rank, nt - 1, npix)
-    u, s, vt = _top_svd(x, top)
-    del x
+def _choose_rank(
+    stats: _PlaneStats, s: np.ndarray, vt: np.ndarray, nt: int, tolerance: float
+) -> tuple[int, bool, np.ndarray, float]:
+    """The rank rule of `ScatterLightCube.compress`.
+
+    Returns the rank (the largest available if none satisfies the rule), whether
+    one satisfies it, the residual RMS of each truncation ``k = 0..len(s)`` and
+    the target RMS.
+    """
+    npix = stats.mean.size
+    noise_ms = float(stats.noise_bin.mean())
     # Residual RMS of each truncation k = 0..top (exact for the subspace found).
-    residual = np.sqrt(
-        np.clip(centred_ms - np.concatenate([[0], np.cumsum(s**2)]) / flux.size, 0, None)
-    )
-    target = max((1 + tolerance) * np.sqrt(noise_ms), 2**-20 * np.sqrt(flux_ms))
+    kept = np.concatenate([[0], np.cumsum(s**2)]) / (nt * npix)
+    residual = np.sqrt(np.clip(float(stats.centred_bin.mean()) - kept, 0, None))
+    target = max((1 + tolerance) * np.sqrt(noise_ms), 2**-20 * np.sqrt(stats.flux_ms))
     # Per bin too: the overall RMS can reach the noise while a few bins (corners,
     # edges) still hold signal. Each bin's residual must stay within what its own
     # noise allows, with room for the chi-square scatter of the noisiest of npix bins.
     kept_bin = np.cumsum((s[:, None] * vt) ** 2, axis=0) / nt  # (top, npix)
-    residual_bin = np.clip(centred_bin - np.vstack([np.zeros(npix), kept_bin]), 0, None)
-    floor = (2**-20) ** 2 * flux_ms
-    allowed = (1 + max(0.5, 5 / np.sqrt(2 * nt))) ** 2 * np.maximum(noise_bin, floor)
+    residual_bin = np.clip(stats.centred_bin - np.vstack([np.zeros(npix), kept_bin]), 0, None)
+    floor = (2**-20) ** 2 * stats.flux_ms
+    allowed = (1 + max(0.5, 5 / np.sqrt(2 * nt))) ** 2 * np.maximum(stats.noise_bin, floor)
     bins_ok = np.all(residual_bin <= allowed, axis=1)
-    del kept_bin, residual_bin
     enough = np.flatnonzero((residual <= target) & bins_ok)
-    k = int(enough[0]) if enough.size else top
-    if not enough.size:
+    k = int(enough[0]) if enough.size else s.size
+    return k, bool(enough.size), residual, target
+
+
+def _achieved_residual(
+    flux: _Planes, mean32: np.ndarray, coefficients: np.ndarray, components: np.ndarray
+) -> tuple[float, float]:
+    """RMS and largest absolute value of the stored factors minus the dense flux."""
+    sum2, worst = 0.0, 0.0
+    for part, x in flux.blocks():
+        diff = (coefficients[part] @ components + mean32).astype(float) - x
+        sum2, worst = sum2 + np.einsum("ij,ij->", diff, diff), max(worst, np.abs(diff).max())
+    return float(np.sqrt(sum2 / (flux.ntime * flux.npix))), float(worst)
+
+
+def _compress(flux: _Planes, flux_err: _Planes, tolerance: float, max_rank: int) -> _LowRank:
+    """Truncated-SVD factors of a cube read plane block by plane block.
+
+    See `ScatterLightCube.compress` for the rank rule and the error model. The
+    planes are streamed (`_Planes`): one pass for the statistics, 2 + 2
+    `_POWER_ITERATIONS` for the SVD, one for the achieved residual and a few for
+    the error model, so memory does not grow with the number of planes beyond
+    factors of ``ntime x (max_rank + _OVERSAMPLE)`` values.
+
+    Raises
+    ------
+    CubeFormatError
+        If the flux has NaN or infinite values or the errors are negative or not finite.
+    """
+    nt, npix = flux.ntime, flux.npix
+    nr, nc = flux.image_shape
+    if flux_err.ntime != nt or flux_err.image_shape != flux.image_shape:
+        msg = "flux and flux_err must hold the same planes and bins."
+        raise ValueError(msg)
+    stats = _plane_stats(flux, flux_err)
+    top = min(max_rank, nt - 1, npix)
+    u, s, vt = _top_svd(flux, stats.mean, top)
+    k, found, residual, target = _choose_rank(stats, s, vt, nt, tolerance)
+    if not found:
         log.warning(
             "compress: %d components leave a residual RMS of %.4g e-/s, above the target "
             "%.4g e-/s ((1 + tolerance) x noise RMS); keeping %d (raise max_rank for more). "
@@ -1532,27 +1723,25 @@ def _compress(flux: np.ndarray, flux_err: np.ndarray, tolerance: float, max_rank
             target,
             top,
         )
-    mean32 = mean.astype(np.float32)
+    mean32 = stats.mean.astype(np.float32)
     coefficients = (u[:, :k] * s[:k]).astype(np.float32)
     components = vt[:k].astype(np.float32)
+    del u, vt
     # Achieved error of what is stored (float32 factors) against the dense cube.
-    sum2, worst = 0.0, 0.0
-    for part in _time_chunks(nt, npix):
-        diff = (coefficients[part] @ components + mean32).astype(float) - flux2d[part]
-        sum2, worst = sum2 + np.einsum("ij,ij->", diff, diff), max(worst, np.abs(diff).max())
-    residual_rms = float(np.sqrt(sum2 / flux.size))
+    residual_rms, worst = _achieved_residual(flux, mean32, coefficients, components)
     # Noise left in the residual of a rank-k fit with a mean: (nt - 1 - k)(npix - k) of the
     # nt npix degrees of freedom; the rest of the residual is signal the truncation dropped.
+    noise_ms = float(stats.noise_bin.mean())
     kept = max(0, nt - 1 - k) * max(0, npix - k) / (nt * npix)
     truncation = float(np.sqrt(max(0.0, residual_rms**2 - noise_ms * kept)))
-    scale, image, err_rms, err_max = _rank1_error_model(err2d)
+    scale, image, err_rms, err_max = _rank1_error_model(flux_err)
     info = CompressionInfo(
         rank=k,
         tolerance=tolerance,
         max_rank=max_rank,
         noise_rms=float(np.sqrt(noise_ms)),
         residual_rms=residual_rms,
-        residual_max=float(worst),
+        residual_max=worst,
         truncation_rms=truncation,
         err_model_rms=err_rms,
         err_model_max=err_max,

@@ -20,8 +20,11 @@ The build, for one sector/camera/CCD (`build_cube`):
    so memory does not grow with the number of frames and an interrupted build
    resumes where it stopped.
 5. **Cube.** One plane per good FFI by default; with ``time_bin`` the planes
-   are averaged in bins of that duration that never cross a data gap. The cube
-   is written atomically and the work folder removed.
+   are averaged in bins of that duration that never cross a data gap. A compact
+   cube of one plane per frame is compressed straight from the memory-mapped
+   work area, block by block of frames, so this stage's memory does not grow
+   with the number of frames either. The cube is written atomically and the
+   work folder removed.
 
 Each step is a function of its own, shared by the serial build and the Dask
 build (`lk_scatterlight.builder.distributed`), which run the same per-frame
@@ -52,7 +55,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cube import GAP_FACTOR, SCIENCE_COLUMNS, SCIENCE_ROWS, ScatterLightCube
+from ..cube import (
+    _CHUNK_VALUES,
+    DEFAULT_MAX_RANK,
+    GAP_FACTOR,
+    SCIENCE_COLUMNS,
+    SCIENCE_ROWS,
+    ScatterLightCube,
+    _compact_cube,
+    _compress,
+    _Planes,
+)
 from ..exceptions import ScatterLightError
 from ..registry import cube_filename
 from ..utils import atomic_write
@@ -931,17 +944,11 @@ def assemble(
     t = np.array([f.time for f in frames])[use]
     tstart = np.array([f.tstart for f in frames])[use]
     tstop = np.array([f.tstop for f in frames])[use]
-    value = np.asarray(work["value"])[used_index]
-    error = np.asarray(work["error"])[used_index]
-    if config.time_bin is not None:
-        flux, flux_err = binner(value, error, groups)
-    else:
-        flux, flux_err = value, error
     plane_time = np.array([t[g].mean() for g in groups])
     plane_start = np.array([tstart[g].min() for g in groups])
     plane_stop = np.array([tstop[g].max() for g in groups])
     nframes = np.array([len(g) for g in groups])
-    npix = np.median(np.asarray(work["npix"])[used_index], axis=0).astype(np.int32)
+    npix = _median_over_frames(work["npix"], used_index).astype(np.int32)
     fine = None
     if context.fine is not None:
         fine_frames = [work.fine_frame(int(i)) for i in used_index]
@@ -990,17 +997,12 @@ def assemble(
             else None
         ),
     }
-    cube = ScatterLightCube.from_arrays(
-        plan.sector,
-        plan.camera,
-        plan.ccd,
-        plane_time,
-        SCIENCE_ROWS[0] + centres,
-        SCIENCE_COLUMNS[0] + centres,
-        flux,
-        flux_err,
+    planes = dict(
+        time=plane_time,
         time_start=plane_start,
         time_stop=plane_stop,
+        row=SCIENCE_ROWS[0] + centres,
+        column=SCIENCE_COLUMNS[0] + centres,
         npix=npix,
         nframes=nframes,
         meta=meta,
@@ -1008,9 +1010,76 @@ def assemble(
         strap_response=response[measured],
         fine=fine,
     )
-    if config.compact:
-        cube = cube.compress(tolerance=config.compact_tolerance)
+    if config.compact and config.time_bin is None:
+        cube = _assemble_compact(plan, config, work, used_index, planes)
+    else:
+        value = np.asarray(work["value"])[used_index]
+        error = np.asarray(work["error"])[used_index]
+        if config.time_bin is not None:
+            flux, flux_err = binner(value, error, groups)
+        else:
+            flux, flux_err = value, error
+        cube = ScatterLightCube.from_arrays(
+            plan.sector, plan.camera, plan.ccd, flux=flux, flux_err=flux_err, **planes
+        )
+        if config.compact:
+            cube = cube.compress(tolerance=config.compact_tolerance)
     return cube
+
+
+def _assemble_compact(
+    plan: BuildPlan,
+    config: BuildConfig,
+    work: _WorkArea,
+    used_index: np.ndarray,
+    planes: dict[str, Any],
+) -> ScatterLightCube:
+    """The compact cube of a one-plane-per-frame build, straight from the work area.
+
+    The memory-mapped ``value`` and ``error`` arrays are compressed block by block
+    of frames (`~lk_scatterlight.cube._compress`), never loaded whole, so memory
+    does not grow with the number of frames; the result is what
+    ``ScatterLightCube.from_arrays(...).compress(...)`` of the loaded planes gives.
+
+    Parameters
+    ----------
+    plan : `BuildPlan`
+    config : `BuildConfig`
+    work : work area
+    used_index : ndarray of int
+        Frames (positions in the work area) that are the cube's planes.
+    planes : dict
+        Keyword arguments of `~lk_scatterlight.ScatterLightCube.from_arrays` other
+        than sector, camera, CCD, flux and flux_err (times as BTJD floats).
+
+    Returns
+    -------
+    cube : `~lk_scatterlight.ScatterLightCube`
+        Compact.
+    """
+    lowrank = _compress(
+        _Planes(work["value"], used_index),
+        _Planes(work["error"], used_index),
+        float(config.compact_tolerance),
+        DEFAULT_MAX_RANK,
+    )
+    kwargs = dict(planes)
+    axes = [kwargs.pop(name) for name in ("time", "time_start", "time_stop", "row", "column")]
+    return _compact_cube(lowrank, plan.sector, plan.camera, plan.ccd, *axes, **kwargs)
+
+
+def _median_over_frames(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Median over the frames ``index`` of ``array`` (frames, ...), a block of bins at a time.
+
+    Reads about `~lk_scatterlight.cube._CHUNK_VALUES` values per block from a
+    memory map instead of all frames at once.
+    """
+    flat = array.reshape(array.shape[0], -1)
+    step = max(1, _CHUNK_VALUES // max(len(index), 1))
+    out = np.empty(flat.shape[1])
+    for start in range(0, flat.shape[1], step):
+        out[start : start + step] = np.median(flat[index, start : start + step], axis=0)
+    return out.reshape(array.shape[1:])
 
 
 # ---------------------------------------------------------------------- drivers
