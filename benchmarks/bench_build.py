@@ -576,14 +576,16 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
             t.append(now())
             diff = flux - c.static
             t.append(now())
-            binned = binning.bin_plane_fit(diff, c.weights, c.pixel_bin, clip=c.clip)
+            binned = binning.bin_plane_fit(
+                diff, c.weights, c.pixel_bin, clip=c.clip, sums=c.mask_sums
+            )
             t.append(now())
             value, error = binning.fill_empty_bins(binned.value, binned.error)
             t.append(now())
             if c.curvature_correction:
                 value = binning.curvature_correction(value, binned.moments, c.pixel_bin)
             t.append(now())
-            pipeline._strap_sums(diff, c.clean, c.strap_idx, c.ref_idx)
+            pipeline._strap_sums(diff, c.clean, c.strap_idx, c.ref_idx, c.strap_rows)
             t.append(now())
             for k, name in enumerate(names):
                 times[name].append((t[k + 1][0] - t[k][0], t[k + 1][1] - t[k][1]))

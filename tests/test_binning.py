@@ -117,3 +117,101 @@ def test_error_floor_from_pixel_variance():
     noisy = np.random.default_rng(2).normal(0, 3.0, (64, 64)).astype(np.float32)
     kept = binning.bin_plane_fit(noisy, valid, 16, uncertainty=np.full((64, 64), 1e-3))
     np.testing.assert_allclose(kept.error, binning.bin_plane_fit(noisy, valid, 16).error)
+
+
+def reference_plane_fit(image, valid, b, clip=4.0, min_fraction=0.2, uncertainty=None):
+    """The plane fit written plainly: per-bin normal equations in float64, two passes."""
+    n = image.shape[0]
+    nb = n // b
+    finite = np.isfinite(image)
+    weight = valid.astype(float) * finite
+    v = np.where(finite, image, 0).astype(float).reshape(nb, b, nb, b)
+    w = weight.reshape(nb, b, nb, b)
+    d = np.arange(b) - (b - 1) / 2
+    dy, dx = d[None, :, None, None], d[None, None, None, :]
+
+    def fit(w):
+        def s(x):
+            return (x * w).sum(axis=(1, 3))
+
+        n_, sx, sy, sxx, syy, sxy = s(1), s(dx), s(dy), s(dx * dx), s(dy * dy), s(dx * dy)
+        sv, svx, svy = s(v), s(v * dx), s(v * dy)
+        safe = np.maximum(n_, 1)
+        mx, my, mv = sx / safe, sy / safe, sv / safe
+        cxx, cyy, cxy = sxx / safe - mx**2, syy / safe - my**2, sxy / safe - mx * my
+        det = cxx * cyy - cxy**2
+        plane = (n_ >= 3) & (cxx >= 0.5) & (cyy >= 0.5) & (det >= 1e-3 * cxx * cyy)
+        det = np.where(plane, det, 1)
+        cxv, cyv = svx / safe - mx * mv, svy / safe - my * mv
+        gx = np.where(plane, (cyy * cxv - cxy * cyv) / det, 0)
+        gy = np.where(plane, (cxx * cyv - cxy * cxv) / det, 0)
+        a = mv - gx * mx - gy * my
+        quad = np.where(plane, (cyy * mx**2 - 2 * cxy * mx * my + cxx * my**2) / det, 0)
+        return a, gx, gy, (1 + quad) / safe, n_, np.stack([syy, sxx]) / safe
+
+    a, gx, gy, _, count, _ = fit(w)
+    model = a[:, None, :, None] + gx[:, None, :, None] * dx + gy[:, None, :, None] * dy
+    residual = v - model
+    sigma = np.sqrt((residual**2 * w).sum(axis=(1, 3)) / np.maximum(count - 3, 1))
+    threshold = clip * sigma + 1e-5 * (np.abs(a) + 1)
+    w = w * (np.abs(residual) <= threshold[:, None, :, None])
+    a, gx, gy, inverse00, count, moments = fit(w)
+    model = a[:, None, :, None] + gx[:, None, :, None] * dx + gy[:, None, :, None] * dy
+    sigma2 = ((v - model) ** 2 * w).sum(axis=(1, 3)) / np.maximum(count - 3, 1)
+    if uncertainty is not None:
+        var = np.nan_to_num(uncertainty.astype(float) ** 2).reshape(nb, b, nb, b) * w
+        sigma2 = np.maximum(
+            sigma2, var[:, ::4].sum(axis=(1, 3)) / np.maximum(w[:, ::4].sum(axis=(1, 3)), 1)
+        )
+    enough = count >= max(10, min_fraction * b * b)
+    return (
+        np.where(enough, a, np.nan),
+        np.where(enough, np.sqrt(sigma2 * inverse00), np.nan),
+        count,
+        moments,
+    )
+
+
+def realistic_frame(n=256, seed=5):
+    """A smooth curved field with noise, cosmic rays, masked stars, NaN pixels."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:n, 0:n]
+    image = 300 + 0.8 * x - 0.5 * y + 4e-3 * (x - 90.0) ** 2 + rng.normal(0, 3, (n, n))
+    image[rng.random((n, n)) < 0.003] += rng.uniform(50, 5000)  # cosmic rays, star wings
+    valid = rng.random((n, n)) > 0.35  # stars and straps
+    valid[:, 40:42] = False
+    valid[:16, :16] = False  # an empty bin
+    image[rng.random((n, n)) < 1e-3] = np.nan
+    sigma = np.full((n, n), 3.0)
+    sigma[rng.random((n, n)) < 1e-3] = np.nan
+    return image.astype(np.float32), valid, sigma.astype(np.float32)
+
+
+@pytest.mark.parametrize("strip_pixels", [16 * 256 * 3, 1 << 19])
+@pytest.mark.parametrize("with_sums", [True, False])
+def test_fast_plane_fit_equals_reference(monkeypatch, strip_pixels, with_sums):
+    """Cached mask sums, clipped-pixel updates and strips change nothing but rounding."""
+    monkeypatch.setattr(binning, "_STRIP_PIXELS", strip_pixels)  # 3 bin rows: uneven strips
+    image, valid, sigma = realistic_frame()
+    weights = valid.astype(np.float32)
+    sums = binning.mask_sums(weights, 16) if with_sums else None
+    fit = binning.bin_plane_fit(image, weights, 16, uncertainty=sigma, sums=sums)
+    value, error, count, moments = reference_plane_fit(image, valid, 16, uncertainty=sigma)
+    assert np.isnan(fit.value[0, 0])
+    assert np.isnan(value[0, 0])
+    np.testing.assert_array_equal(fit.npix, count)
+    np.testing.assert_allclose(fit.value, value, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(fit.error, error, rtol=1e-5)
+    np.testing.assert_allclose(fit.moments, moments, rtol=1e-12)
+    # Clipping mattered: without it the values would be off.
+    plain = reference_plane_fit(image, valid, 16, clip=1e9)[0]
+    assert np.nanmax(np.abs(plain - value)) > 0.1
+
+
+def test_mask_sums_must_fit():
+    sums = binning.mask_sums(np.ones((64, 64), np.float32), 16)
+    assert sums.sums.shape == (4, 4, 3, 3)
+    assert sums.binary
+    np.testing.assert_array_equal(sums.sums[..., 0, 0], 256)
+    with pytest.raises(ValueError, match="do not fit"):
+        binning.bin_plane_fit(np.zeros((64, 64)), np.ones((64, 64), bool), 8, sums=sums)

@@ -214,3 +214,21 @@ def test_strap_geometry_references_avoid_straps():
     touching = set(straps) | set(straps - 1) | set(straps + 1)
     assert not touching & set(ref_columns.ravel().tolist())
     assert np.all(np.abs(ref_columns - columns[:, None]) <= 12)
+
+
+def test_strap_sums_equal_plain_computation():
+    rng = np.random.default_rng(8)
+    diff = rng.normal(10, 3, (64, 300)).astype(np.float32)
+    diff[5, 20] = np.nan
+    clean = rng.random((64, 300)) > 0.1
+    strap_idx = np.array([20, 21, 100, 101, 200])
+    ref_idx = np.array([s + np.array([-4, -3, 3, 4]) for s in strap_idx])
+    sums = pipeline._strap_sums(diff, clean, strap_idx, ref_idx)
+    expected = []
+    for s, refs in zip(strap_idx, ref_idx, strict=True):
+        ref = diff[:, refs].astype(float).mean(axis=1)
+        ok = clean[:, s] & clean[:, refs].all(axis=1) & np.isfinite(diff[:, s]) & np.isfinite(ref)
+        expected.append([np.sum(diff[ok, s] * ref[ok]), np.sum(ref[ok] ** 2)])
+    np.testing.assert_allclose(sums, expected, rtol=1e-6)
+    rows = pipeline._strap_rows(clean, strap_idx, ref_idx)
+    np.testing.assert_array_equal(pipeline._strap_sums(diff, clean, strap_idx, ref_idx, rows), sums)

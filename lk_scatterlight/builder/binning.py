@@ -16,7 +16,11 @@ The curvature of the field biases ``a`` by ``(f_xx <dx^2> + f_yy <dy^2>) / 2``
 bias using second differences of the binned grid itself.
 
 All sums are computed as matrix products on a ``(nbins, bin, nbins, bin)``
-view of the image, so a 2048 x 2048 frame takes a few BLAS passes.
+view of the image, so a 2048 x 2048 frame takes a few BLAS passes. The sums
+of the weights alone (``sum w dx^l dy^k``) depend only on the mask: `mask_sums`
+makes them once for a build, and the clipped refit subtracts the few clipped
+pixels from them instead of summing the whole mask again. The image is fitted
+in strips of bin rows, so the temporaries stay small and in cache.
 
 The uncertainty of ``a`` is the standard error of the fitted intercept,
 ``sigma_res * sqrt((X^T X)^-1_00)``, with ``sigma_res`` the residual scatter
@@ -31,7 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["BinnedFrame", "bin_plane_fit", "curvature_correction", "fill_empty_bins"]
+__all__ = [
+    "BinnedFrame",
+    "MaskSums",
+    "bin_plane_fit",
+    "curvature_correction",
+    "fill_empty_bins",
+    "mask_sums",
+]
 
 
 @dataclass
@@ -61,19 +72,109 @@ def _offsets(pixel_bin: int) -> np.ndarray:
     return np.arange(pixel_bin, dtype=np.float64) - (pixel_bin - 1) / 2
 
 
+def _basis(pixel_bin: int) -> np.ndarray:
+    """Powers 0, 1, 2 of the offsets from the bin centre, float32 (pixel_bin, 3)."""
+    d = _offsets(pixel_bin)
+    return np.stack([np.ones_like(d), d, d * d], axis=1).astype(np.float32)
+
+
+def _floor_step(pixel_bin: int) -> int:
+    """Row step of the error floor's subsample of the uncertainty image."""
+    return 4 if pixel_bin % 4 == 0 else 1
+
+
 def _bin_sums(values4: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """``s[i, j, k, l] = sum over bin (i, j) of values * dy**k * dx**l``.
+    """``s[i, j, l, k] = sum over bin (i, j) of values * dx**l * dy**k``.
 
-    ``values4`` is a (nb, b, nb, b) view and ``basis`` (b, m) holds the powers
-    of the offsets; both reductions are matrix products.
+    ``values4`` is a (nbr, b, nb, b) view and ``basis`` (b, m) holds the powers
+    of the offsets; both reductions are matrix products: over ``dx`` in float32
+    BLAS, then over ``dy`` in float64.
     """
-    partial = values4 @ basis  # over dx: (nb, b, nb, m), float32 BLAS
-    partial = np.ascontiguousarray(partial.transpose(0, 2, 3, 1), dtype=np.float64)
-    return partial @ basis.astype(np.float64)  # over dy: (nb, nb, m(l), m(k))
+    nbr, b, nb, _ = values4.shape
+    m = basis.shape[1]
+    partial = (values4 @ basis).reshape(nbr, b, nb * m).astype(np.float64)  # [i, ky, (j, l)]
+    total = basis.T.astype(np.float64) @ partial  # [i, k, (j, l)]
+    return total.reshape(nbr, m, nb, m).transpose(0, 2, 3, 1)
 
 
-def _fit(image4: np.ndarray, weight4: np.ndarray, d: np.ndarray):
-    """Weighted least-squares plane per bin of a (nb, b, nb, b) view.
+@dataclass(frozen=True)
+class MaskSums:
+    """Sums over a fixed weight mask, shared by every frame binned with it.
+
+    The first plane fit of every frame uses the same weights, so their sums
+    (``sum w dx^l dy^k``) are computed once per build (`mask_sums`); the
+    clipped fit then only subtracts the few clipped pixels.
+
+    Attributes
+    ----------
+    pixel_bin : int
+        Bin size [px].
+    shape : tuple of int
+        Shape of the weight image.
+    sums : ndarray of float64, shape (nb, nb, 3, 3)
+        ``sums[i, j, l, k]`` = sum over bin (i, j) of ``w * dx**l * dy**k``, with
+        ``dx, dy`` the column and row offsets from the bin centre.
+    floor_weight : ndarray of float64, shape (nb, nb)
+        Sum of the weights on the rows the error floor samples.
+    binary : bool
+        Every weight is 0 or 1 (the clipped pixels are then found with one
+        comparison of the weighted squared residuals).
+    """
+
+    pixel_bin: int
+    shape: tuple[int, int]
+    sums: np.ndarray
+    floor_weight: np.ndarray
+    binary: bool
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the sums [bytes]."""
+        return int(self.sums.nbytes + self.floor_weight.nbytes)
+
+
+def mask_sums(valid: np.ndarray, pixel_bin: int) -> MaskSums:
+    """The sums of a weight mask that every frame's plane fit reuses (`MaskSums`).
+
+    Parameters
+    ----------
+    valid : ndarray of bool or float32, shape (n, n)
+        The weights given to `bin_plane_fit`.
+    pixel_bin : int
+        Bin size [px]; must divide ``n``.
+
+    Returns
+    -------
+    sums : `MaskSums`
+    """
+    n = valid.shape[0]
+    if valid.shape != (n, n) or n % pixel_bin:
+        raise ValueError(
+            f"mask {valid.shape} must be square with a side divisible by pixel_bin={pixel_bin}."
+        )
+    nb, b = n // pixel_bin, pixel_bin
+    weight = valid if valid.dtype == np.float32 else valid.astype(np.float32)
+    weight4 = weight.reshape(nb, b, nb, b)
+    return MaskSums(
+        pixel_bin=b,
+        shape=(n, n),
+        sums=_bin_sums(weight4, _basis(b)),
+        floor_weight=_floor_weight(weight4),
+        binary=bool(np.all((weight == 0) | (weight == 1))),
+    )
+
+
+def _solve(sw: np.ndarray, rhs: np.ndarray, sum_wv2: np.ndarray | None = None):
+    """Weighted least-squares plane per bin from its sums, in closed form.
+
+    Parameters
+    ----------
+    sw : ndarray, shape (nb, nb, 3, 3)
+        ``sum w dx^l dy^k`` per bin (`_bin_sums` of the weights).
+    rhs : ndarray, shape (nb, nb, 3)
+        ``sum w v``, ``sum w v dx``, ``sum w v dy`` per bin.
+    sum_wv2 : ndarray, shape (nb, nb), optional
+        ``sum w v^2`` per bin, for the residual sum of squares.
 
     Returns
     -------
@@ -85,18 +186,11 @@ def _fit(image4: np.ndarray, weight4: np.ndarray, d: np.ndarray):
         Sum of weights (valid pixels).
     moments : ndarray, shape (2, nb, nb)
         Mean squared row and column offsets of the valid pixels [px^2].
-    sum_wv2 : ndarray, shape (nb, nb)
-        Weighted sum of squared values, for the residual sum of squares.
+    rss : ndarray, shape (nb, nb) or None
+        Residual sum of squares (None without ``sum_wv2``).
     """
-    basis = np.stack([np.ones_like(d), d, d * d], axis=1).astype(np.float32)  # (b, 3)
-    weighted = image4 * weight4
-    sw = _bin_sums(weight4, basis)  # [l, k] = sum w dx^l dy^k
-    sv = _bin_sums(weighted, basis[:, :2])
-    sum_wv2 = _bin_sums(weighted * image4, basis[:, :1])[..., 0, 0]
     n, sx, sy = sw[..., 0, 0], sw[..., 1, 0], sw[..., 0, 1]
     sxx, syy, sxy = sw[..., 2, 0], sw[..., 0, 2], sw[..., 1, 1]
-    rhs = np.stack([sv[..., 0, 0], sv[..., 1, 0], sv[..., 0, 1]], -1)  # sum v, v dx, v dy
-
     ok = n >= 3
     safe_n = np.where(ok, n, 1)
     # Centred second moments: a gradient needs pixels spread over rows and columns.
@@ -121,17 +215,69 @@ def _fit(image4: np.ndarray, weight4: np.ndarray, d: np.ndarray):
     coef = np.stack([a, gx, gy], -1)
     coef[~ok] = 0
     moments = np.stack([syy, sxx]) / safe_n
+    if sum_wv2 is None:
+        return coef, inverse00, n, moments, None
     # Residual sum of squares of the fit: sum w v^2 - coef . rhs.
-    return coef, inverse00, n, moments, np.maximum(sum_wv2 - (coef * rhs).sum(-1), 0), plane
+    return coef, inverse00, n, moments, np.maximum(sum_wv2 - (coef * rhs).sum(-1), 0)
 
 
-def _residual(image4, coef, d):
+def _rhs(sv: np.ndarray) -> np.ndarray:
+    """``sum w v``, ``sum w v dx``, ``sum w v dy`` from `_bin_sums` with two powers."""
+    return np.stack([sv[..., 0, 0], sv[..., 1, 0], sv[..., 0, 1]], -1)
+
+
+def _residual(image4: np.ndarray, coef: np.ndarray, d: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``image4`` minus each bin's plane, written to ``out`` (nbr, b, nb, b) float32.
+
+    The plane is ``(a + gx dx) + gy dy`` in float32; every pass runs along whole
+    image rows (broadcasting over the short bin axis would be several times slower).
+    """
+    nbr, b, nb, _ = image4.shape
     a, gx, gy = (coef[..., k].astype(np.float32) for k in range(3))
     d = d.astype(np.float32)
-    along_x = a[:, None, :, None] + gx[:, None, :, None] * d[None, None, None, :]
-    plane = along_x + gy[:, None, :, None] * d[None, :, None, None]  # full (nb, b, nb, b)
-    np.subtract(image4, plane, out=plane)
-    return plane
+    along_x = (a[..., None] + gx[..., None] * d).reshape(nbr, 1, nb * b)
+    rows = out.reshape(nbr, b, nb * b)
+    np.multiply(np.repeat(gy, b, axis=1)[:, None, :], d[None, :, None], out=rows)  # gy dy
+    np.add(along_x, rows, out=rows)  # the plane
+    return np.subtract(image4, out, out=out)
+
+
+def _clipped_pixels(
+    residual4: np.ndarray,
+    weight4: np.ndarray,
+    weighted_r2: np.ndarray,
+    threshold: np.ndarray,
+    binary: bool,
+) -> np.ndarray:
+    """Flat indices of the weighted pixels with ``|residual| > threshold`` of their bin.
+
+    Candidates come from one comparison of squared residuals with squared
+    thresholds (a superset whatever the rounding); the exact test runs on them only.
+    """
+    thr2 = np.square(threshold)[:, None, :, None]
+    if binary:  # weighted_r2 is residual**2 on weighted pixels, 0 elsewhere
+        candidates = np.flatnonzero(weighted_r2 >= thr2)
+    else:
+        candidates = np.flatnonzero((residual4 * residual4 >= thr2) & (weight4 != 0))
+    b, width = residual4.shape[1], residual4.shape[2] * residual4.shape[3]
+    row, col = np.divmod(candidates, width)
+    bin_thr = threshold[row // b, col // b]
+    return candidates[np.abs(residual4.reshape(-1)[candidates]) > bin_thr]
+
+
+def _pixel_sums(index: np.ndarray, weight4: np.ndarray) -> np.ndarray:
+    """`_bin_sums` of the weights with the (b, 3) powers, of the pixels at flat ``index`` only."""
+    nbr, b, nb, _ = weight4.shape
+    row, col = np.divmod(index, nb * b)
+    bins = (row // b) * nb + col // b
+    dy, dx = _offsets(b)[row % b], _offsets(b)[col % b]
+    w = weight4.reshape(-1)[index].astype(np.float64)
+    out = np.empty((nbr * nb, 3, 3))
+    for k in range(3):  # power of dy
+        for m in range(3):  # power of dx
+            term = w * dx**m * dy**k
+            out[:, m, k] = np.bincount(bins, weights=term, minlength=nbr * nb)
+    return out.reshape(nbr, nb, 3, 3)
 
 
 def bin_plane_fit(
@@ -141,6 +287,7 @@ def bin_plane_fit(
     clip: float = 4.0,
     min_fraction: float = 0.2,
     uncertainty: np.ndarray | None = None,
+    sums: MaskSums | None = None,
 ) -> BinnedFrame:
     """Robust local plane fit in square bins.
 
@@ -166,6 +313,10 @@ def bin_plane_fit(
         imply for its intercept: the residual scatter alone reads zero where a
         frame equals the static scene (a dark frame that was the median). The
         bin's mean variance is taken from every 4th row, plenty for a floor.
+    sums : `MaskSums`, optional
+        ``mask_sums(valid, pixel_bin)``, made once for many frames with the same
+        ``valid``: saves a pass over the mask per frame. It must belong to this
+        very ``valid`` (only its shape and bin size are checked).
 
     Returns
     -------
@@ -177,41 +328,170 @@ def bin_plane_fit(
             f"image {image.shape} and mask {valid.shape} must be square with a side divisible "
             f"by pixel_bin={pixel_bin}."
         )
+    if sums is not None and (sums.shape != image.shape or sums.pixel_bin != pixel_bin):
+        raise ValueError(
+            f"mask sums for {sums.shape} and pixel_bin={sums.pixel_bin} do not fit "
+            f"image {image.shape} and pixel_bin={pixel_bin}."
+        )
     nb, b = n // pixel_bin, pixel_bin
-    d = _offsets(b)
     weight = valid if valid.dtype == np.float32 else valid.astype(np.float32)
-    image = np.asarray(image, dtype=np.float32)
-    finite = np.isfinite(image)
-    if not finite.all():
-        weight = weight * finite
-        image = np.where(finite, image, 0)
-    image4 = image.reshape(nb, b, nb, b)
+    if sums is None:
+        sums = mask_sums(weight, b)
+    image4 = np.asarray(image, dtype=np.float32).reshape(nb, b, nb, b)
     weight4 = weight.reshape(nb, b, nb, b)
+    sigma4 = None
+    if uncertainty is not None:
+        sigma4 = np.asarray(uncertainty, dtype=np.float32).reshape(nb, b, nb, b)
+    value, error = np.empty((nb, nb)), np.empty((nb, nb))
+    count, moments = np.empty((nb, nb), dtype=np.int32), np.empty((2, nb, nb))
+    # Bins are independent: fit strips of bin rows, so the temporaries stay small
+    # (in cache, and reused rather than freshly mapped for every frame).
+    height = max(1, _STRIP_PIXELS // (b * n))
+    for top in range(0, nb, height):
+        rows = slice(top, top + height)
+        strip = _fit_strip(
+            image4[rows],
+            weight4[rows],
+            sums.sums[rows],
+            sums.floor_weight[rows],
+            sums.binary,
+            clip,
+            None if sigma4 is None else sigma4[rows],
+        )
+        coef, sigma2, inverse00, count[rows], moments[:, rows] = strip
+        enough = count[rows] >= max(10, min_fraction * b * b)
+        value[rows] = np.where(enough, coef[..., 0], np.nan)
+        error[rows] = np.where(enough, np.sqrt(sigma2 * inverse00), np.nan)
+    return BinnedFrame(value, error, count, moments)
 
-    first, _, count, _, _, _ = _fit(image4, weight4, d)
+
+_STRIP_PIXELS = 1 << 19
+"""Pixels per strip of `bin_plane_fit` (2 MB per float32 temporary)."""
+
+
+def _fit_strip(
+    image4: np.ndarray,
+    weight4: np.ndarray,
+    sw: np.ndarray,
+    floor_weight: np.ndarray,
+    binary: bool,
+    clip: float,
+    sigma4: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two plane fits of `bin_plane_fit` on a strip of bin rows.
+
+    Parameters
+    ----------
+    image4, weight4 : ndarray of float32, shape (nbr, b, nb, b)
+        The strip's pixels and weights.
+    sw, floor_weight : ndarray
+        The strip's rows of the `MaskSums` of ``weight4``.
+    binary : bool
+        Every weight is 0 or 1.
+    clip : float
+        Residual clipping threshold [sigma].
+    sigma4 : ndarray of float32, shape (nbr, b, nb, b), or None
+        Per-pixel uncertainties for the error floor.
+
+    Returns
+    -------
+    coef : ndarray, shape (nbr, nb, 3)
+        Plane coefficients (first fit plus the refit's correction).
+    sigma2 : ndarray, shape (nbr, nb)
+        Residual variance per pixel, floored by the uncertainties.
+    inverse00, count : ndarray, shape (nbr, nb)
+        As returned by `_solve` for the refit.
+    moments : ndarray, shape (2, nbr, nb)
+    """
+    b = image4.shape[1]
+    d = _offsets(b)
+    basis = _basis(b)
+    work = np.multiply(image4, weight4)
+    sv = _bin_sums(work, basis[:, :2])
+    if not np.isfinite(sv).all():
+        # Non-finite pixels (NaN, inf) leave this frame's weights: new mask sums.
+        finite = np.isfinite(image4)
+        weight4 = weight4 * finite
+        image4 = np.where(finite, image4, 0)
+        np.multiply(image4, weight4, out=work)
+        sv = _bin_sums(work, basis[:, :2])
+        sw = _bin_sums(weight4, basis)
+        floor_weight = _floor_weight(weight4)
+
+    first, _, count, _, _ = _solve(sw, _rhs(sv))
     # Clip outliers (cosmic rays, residual star wings), then refit the residuals of
     # the first fit: small numbers, so the sums keep their precision in float32.
-    residual = _residual(image4, first, d)
+    residual = _residual(image4, first, d, out=work)
+    weighted_r2 = np.multiply(residual, residual)
+    weighted_r2 *= weight4
     ones = np.ones((b, 1), dtype=np.float32)
-    rss = _bin_sums(residual * residual * weight4, ones)[..., 0, 0]
+    rss = _bin_sums(weighted_r2, ones)[..., 0, 0]
     sigma = np.sqrt(rss / np.maximum(count - 3, 1))
     threshold = (clip * sigma + 1e-5 * (np.abs(first[..., 0]) + 1)).astype(np.float32)
-    weight4 = weight4 * (np.abs(residual) <= threshold[:, None, :, None])
-    correction, inverse00, count, moments, rss, _ = _fit(residual, weight4, d)
-    coef = first + correction
+    clipped = _clipped_pixels(residual, weight4, weighted_r2, threshold, binary)
+    # The refit's weights are the mask's without the clipped pixels: its sums are
+    # the mask sums minus theirs, and the residual sums skip them.
+    sw = sw - _pixel_sums(clipped, weight4)
+    weighted_r2.reshape(-1)[clipped] = 0
+    residual *= weight4
+    residual.reshape(-1)[clipped] = 0  # now w * residual with the refit's weights
+    rhs = _rhs(_bin_sums(residual, basis[:, :2]))
+    correction, inverse00, count, moments, rss = _solve(
+        sw, rhs, _bin_sums(weighted_r2, ones)[..., 0, 0]
+    )
     sigma2 = rss / np.maximum(count - 3, 1)
-    if uncertainty is not None:
-        step = 4 if b % 4 == 0 else 1
-        sigma4 = np.asarray(uncertainty, dtype=np.float32).reshape(nb, b, nb, b)[:, ::step]
-        w4 = weight4[:, ::step]
-        var = np.nan_to_num(sigma4 * sigma4) * w4
-        mean_var = var.sum(axis=(1, 3), dtype=np.float64) / np.maximum(w4.sum(axis=(1, 3)), 1)
-        sigma2 = np.maximum(sigma2, mean_var)
+    if sigma4 is not None:
+        floor = _floor_variance(sigma4, weight4, clipped, floor_weight)
+        sigma2 = np.maximum(sigma2, floor)
+    return first + correction, sigma2, inverse00, count, moments
 
-    enough = count >= max(10, min_fraction * b * b)
-    value = np.where(enough, coef[..., 0], np.nan)
-    error = np.where(enough, np.sqrt(sigma2 * inverse00), np.nan)
-    return BinnedFrame(value, error, count.astype(np.int32), moments)
+
+def _floor_weight(weight4: np.ndarray) -> np.ndarray:
+    """Sum of the weights per bin on the rows the error floor samples."""
+    return weight4[:, :: _floor_step(weight4.shape[1])].sum(axis=(1, 3), dtype=np.float64)
+
+
+def _floor_variance(
+    sigma4: np.ndarray, weight4: np.ndarray, clipped: np.ndarray, floor_weight: np.ndarray
+) -> np.ndarray:
+    """Mean squared uncertainty of each bin's fitted pixels, on a subsample of rows.
+
+    Parameters
+    ----------
+    sigma4 : ndarray of float32, shape (nbr, b, nb, b)
+        Per-pixel 1-sigma uncertainty [e-/s]; NaN counts as 0.
+    weight4 : ndarray of float32, shape (nbr, b, nb, b)
+        The first fit's weights.
+    clipped : ndarray of int
+        Flat indices of the pixels the refit dropped.
+    floor_weight : ndarray, shape (nbr, nb)
+        `_floor_weight` of ``weight4``.
+
+    Returns
+    -------
+    mean_var : ndarray, shape (nbr, nb)
+    """
+    nbr, b, nb, _ = weight4.shape
+    step = _floor_step(b)
+    sigma4, w4 = sigma4[:, ::step], weight4[:, ::step]
+    var = sigma4 * sigma4
+    var *= w4
+    # Clipped pixels on the sampled rows, as flat indices of the (nbr, b // step, nb, b) sample.
+    row, col = np.divmod(clipped, nb * b)
+    sampled = row % step == 0
+    index = (row[sampled] // step) * (nb * b) + col[sampled]
+    var.reshape(-1)[index] = 0
+    total = (var @ np.ones((b, 1), dtype=np.float32))[..., 0].sum(axis=1, dtype=np.float64)
+    if not np.isfinite(total).all():  # NaN or inf uncertainties: count NaN as 0
+        var = np.nan_to_num(sigma4 * sigma4) * w4
+        var.reshape(-1)[index] = 0
+        total = var.sum(axis=(1, 3), dtype=np.float64)
+    weight = floor_weight - np.bincount(
+        (row[sampled] // b) * nb + col[sampled] // b,
+        weights=w4.reshape(-1)[index],
+        minlength=nbr * nb,
+    ).reshape(nbr, nb)
+    return total / np.maximum(weight, 1)
 
 
 def curvature_correction(value: np.ndarray, moments: np.ndarray, pixel_bin: int) -> np.ndarray:
