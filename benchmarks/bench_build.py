@@ -403,6 +403,12 @@ def run_accuracy(name, field, times, patches_from, work) -> tuple[dict, object]:
         progress=False,
     )
     t_build2h = time.perf_counter() - t0
+    coarse_only = build_cube(
+        SimulatedFFISource(sim),
+        dataclasses.replace(config, fine_bin=0),
+        work_dir=work / f"{name}-nofine",
+        progress=False,
+    )
     frames = np.searchsorted(sim.time, cube.btjd)
     frames = frames.clip(0, sim.time.size - 1)
     if not np.allclose(sim.time[frames], cube.btjd, rtol=0, atol=1e-6):
@@ -418,11 +424,30 @@ def run_accuracy(name, field, times, patches_from, work) -> tuple[dict, object]:
         "cube": flux,
         "compressed": evaluate_cube(compressed, ftimes, patches),
         "cube 2h": evaluate_cube(cube2h, ftimes, patches),
+        "no fine": evaluate_cube(coarse_only, ftimes, patches),
         "spline peer": spline_peer(cube, patches),
         "point grid": evaluate_cube(point_grid_cube(sim, frames), ftimes, patches),
     }
     stats = {key: residual_stats(m, truth, scale) for key, m in models.items()}
     stats["sigma"] = (sigma.astype(np.float64) ** 2).mean(axis=(0, 2, 3)) / scale**2
+    # Bleed patches reach into the masked halo of saturated stars, where no frame
+    # measures the light: the same statistic over their pixels >= 8 px from any
+    # saturated pixel.
+    from scipy import ndimage
+
+    far = ndimage.distance_transform_edt(~sim.saturated_mask()) >= 8
+    bleed_far = {}
+    for key in ("cube", "no fine"):
+        res = models[key].astype(np.float64) - truth
+        res -= res.mean(axis=0, keepdims=True)
+        ms = [
+            (res[:, j][:, far[p.science()]] ** 2).mean() / scale**2
+            for j, p in enumerate(patches)
+            if p.kind == "bleed" and far[p.science()].any()
+        ]
+        bleed_far[key] = float(np.mean(ms)) if ms else float("nan")
+    with tempfile.TemporaryDirectory() as tmp:
+        size = compressed.write(Path(tmp) / "cube.fits").stat().st_size
     info = {
         "patches": patches,
         "stats": stats,
@@ -438,6 +463,9 @@ def run_accuracy(name, field, times, patches_from, work) -> tuple[dict, object]:
         "t_build2h": t_build2h,
         "t_truth": t_truth,
         "strap_error": _strap_response_error(cube, sim),
+        "fine": cube.fine,
+        "file_mb": size / 1e6,
+        "bleed_far": bleed_far,
     }
     return info, sim
 
@@ -469,8 +497,21 @@ def print_accuracy(name: str, field_repr: str, info: dict) -> None:
         f"truth {info['t_truth']:.0f} s; strap response |measured - true|: median "
         f"{s_med:.4f}, max {s_max:.4f} over {s_n} strap columns"
     )
+    fine = info["fine"]
+    if fine is None:
+        print(f"  fine layer: none; compressed cube file {info['file_mb']:.2f} MB")
+    else:
+        print(
+            f"  fine layer ({fine.pixel_bin}-px bins, {fine.pixel_bin * fine.tile}-px tiles): "
+            f"{len(fine)} blocks in {np.unique(fine.plane).size} planes "
+            f"({len(fine) / np.unique(fine.plane).size:.0f} of {fine.ntiles**2} tiles per plane), "
+            f"{fine.basis.shape[0]} basis images, {fine.nbytes / 1e6:.2f} MB "
+            f"(as raw blocks {len(fine) * fine.tile**2 * 4 / 1e6:.1f} MB); compressed cube "
+            f"file {info['file_mb']:.2f} MB"
+        )
     groups = (
         ("cube", ("cube", "sigma")),
+        ("cube, no fine layer", ("no fine",)),
         ("cube compressed", ("compressed",)),
         ("cube 2h", ("cube 2h",)),
         ("spline peer (em.)", ("spline peer",)),
@@ -512,6 +553,11 @@ def print_accuracy(name: str, field_repr: str, info: dict) -> None:
                 f"{patches[j].kind} {patches[j].name} {100 * np.sqrt(floor[j]):.2f} %" for j in over
             )
         )
+    far = info["bleed_far"]
+    print(
+        f"  bleed patches, pixels >= 8 px from saturated pixels only: cube "
+        f"{100 * np.sqrt(far['cube']):.3f} %, no fine layer {100 * np.sqrt(far['no fine']):.3f} %"
+    )
     ms = stats["cube"]
     worst = np.argsort(ms)[::-1][:5]
     print(
@@ -536,7 +582,7 @@ def _evict(path: Path) -> None:
 def child_speed(directory: Path, n: int, steps: bool) -> dict:
     """Per-step times and end-to-end build time over the first n files (runs in a child)."""
     from lk_scatterlight import ScatterLightCube
-    from lk_scatterlight.builder import binning, masks, pipeline
+    from lk_scatterlight.builder import binning, fine, masks, pipeline
     from lk_scatterlight.builder.sources import LocalFFISource
 
     files = sorted(directory.glob("*ffic.fits"))[:n]
@@ -563,7 +609,15 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
         t0 = time.perf_counter()
         context = pipeline.make_context(static, config)
         result["masks"] = time.perf_counter() - t0
-        names = ("read", "subtract", "bin_plane_fit", "fill", "curvature", "strap_sums")
+        names = (
+            "read",
+            "subtract",
+            "bin_plane_fit",
+            "fill",
+            "curvature",
+            "strap_sums",
+            "fine_residual",
+        )
         times = {k: [] for k in (*names, "process_frame")}  # (wall, CPU) pairs [s]
         c = context
 
@@ -572,12 +626,12 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
 
         for i in np.flatnonzero(good).tolist():
             t = [now()]
-            flux, _ = source.read(i)
+            flux, flux_err = source.read(i)
             t.append(now())
             diff = flux - c.static
             t.append(now())
             binned = binning.bin_plane_fit(
-                diff, c.weights, c.pixel_bin, clip=c.clip, sums=c.mask_sums
+                diff, c.weights, c.pixel_bin, clip=c.clip, uncertainty=flux_err, sums=c.mask_sums
             )
             t.append(now())
             value, error = binning.fill_empty_bins(binned.value, binned.error)
@@ -585,12 +639,14 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
             if c.curvature_correction:
                 value = binning.curvature_correction(value, binned.moments, c.pixel_bin)
             t.append(now())
-            pipeline._strap_sums(diff, c.clean, c.strap_idx, c.ref_idx, c.strap_rows)
+            measured = pipeline._strap_sums(diff, c.clean, c.strap_idx, c.ref_idx, c.strap_rows)
+            t.append(now())
+            fine.fine_residual(diff, value, error, binned.npix, c.fine, flux_err, measured)
             t.append(now())
             for k, name in enumerate(names):
                 times[name].append((t[k + 1][0] - t[k][0], t[k + 1][1] - t[k][1]))
             t0 = now()
-            pipeline.process_frame(flux, context)  # all the steps but the read, as built
+            pipeline.process_frame(flux, context, flux_err)  # all but the read, as built
             t1 = now()
             times["process_frame"].append((t1[0] - t0[0], t1[1] - t0[1]))
         result["steps"] = times
@@ -612,7 +668,9 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
     pipeline.static_scene = timed("static scene", pipeline.static_scene)
     pipeline.make_context = timed("masks", pipeline.make_context)
     pipeline.assemble = timed("assembly", pipeline.assemble)
+    pipeline._compress = timed("compress", pipeline._compress)  # the compact path's SVD
     ScatterLightCube.compress = timed("compress", ScatterLightCube.compress)
+    pipeline.assemble_fine = timed("fine layer", pipeline.assemble_fine)
     runs = []
     for _ in range(REPEATS):
         phases.clear()
@@ -762,7 +820,8 @@ def print_speed(one: dict, both: dict) -> None:
         print(
             f"    {label:8s} {best['wall']:5.2f} = {best['wall'] / n:.3f} per file: "
             + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
-            + f" (compress {best.get('compress', 0.0):.2f}); streaming pass {rest:.2f} = "
+            + f" (compress {best.get('compress', 0.0):.2f}, fine layer "
+            f"{best.get('fine layer', 0.0):.2f}); streaming pass {rest:.2f} = "
             f"{rest / n:.3f} per file"
         )
         print(

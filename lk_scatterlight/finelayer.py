@@ -14,6 +14,13 @@ builder found the residual significant (its mean of ``(residual / sigma)**2``
 over the tile above a threshold). Everywhere else the fine layer is zero and
 the coarse cube alone is the model.
 
+The blocks of one tile are stored **factored**: ``block = sum_j coef_j
+basis_j`` over a few basis images of that tile (from an SVD of the tile's
+blocks over time; see `compress_tile`). A fixed shadow edge needs one basis
+image for every plane; a ridge sweeping through a tile needs several. Blocks
+that do not compress are stored as they are (one basis image each, with
+coefficient 1).
+
 Evaluation adds the layer to the coarse model: Keys cubic convolution on the
 fine bin centres in space (the same kernel as the cube), and the cube's own
 linear interpolation in time (the layer has the cube's planes). A plane
@@ -35,7 +42,7 @@ from .exceptions import CubeFormatError
 __all__ = ["FineLayer", "FINE_EXTENSIONS"]
 
 #: FITS extensions of a fine layer: the blocks and their index table.
-FINE_EXTENSIONS = ("FINE", "FINE_INDEX")
+FINE_EXTENSIONS = ("FINE", "FINE_INDEX", "FINE_COEF")
 _SCIENCE = 2048
 _FIRST_ROW, _FIRST_COLUMN = 1, 45
 
@@ -55,10 +62,15 @@ class FineLayer:
         rows ``i * pixel_bin * tile`` onwards, 0-based).
     plane : ndarray of int, shape (nblocks,)
         Cube plane of each block.
-    data : ndarray of float32, shape (nblocks, tile, tile)
-        Residual at the fine bin centres [e-/s per pixel].
     error : ndarray of float32, shape (nblocks,)
         Typical 1-sigma uncertainty of one fine bin of the block [e-/s].
+    basis : ndarray of float32, shape (nbasis, tile, tile)
+        Basis images [e-/s per pixel].
+    basis_start, rank : ndarray of int, shape (nblocks,)
+        Each block uses basis images ``basis_start .. basis_start + rank - 1``.
+    coef : ndarray of float32, shape (ncoef,)
+        Coefficients; block ``i`` has ``coef[coef_start[i] : coef_start[i] + rank[i]]``.
+    coef_start : ndarray of int, shape (nblocks,)
     """
 
     pixel_bin: int
@@ -66,14 +78,60 @@ class FineLayer:
     tile_row: np.ndarray
     tile_col: np.ndarray
     plane: np.ndarray
-    data: np.ndarray
     error: np.ndarray
+    basis: np.ndarray
+    basis_start: np.ndarray
+    rank: np.ndarray
+    coef: np.ndarray
+    coef_start: np.ndarray
 
     def __post_init__(self):
-        for name in ("tile_row", "tile_col", "plane"):
-            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int32))
-        object.__setattr__(self, "data", np.asarray(self.data, dtype=np.float32))
-        object.__setattr__(self, "error", np.asarray(self.error, dtype=np.float32))
+        for name in ("tile_row", "tile_col", "plane", "basis_start", "rank", "coef_start"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64))
+        for name in ("error", "basis", "coef"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float32))
+
+    @classmethod
+    def from_blocks(cls, pixel_bin, tile, tile_row, tile_col, plane, data, error) -> FineLayer:
+        """A layer storing every block as it is (no factoring).
+
+        Parameters
+        ----------
+        pixel_bin, tile, tile_row, tile_col, plane, error
+            As for the class.
+        data : array of float, shape (nblocks, tile, tile)
+            The blocks [e-/s per pixel].
+        """
+        n = len(plane)
+        index = np.arange(n)
+        return cls(
+            pixel_bin,
+            tile,
+            tile_row,
+            tile_col,
+            plane,
+            error,
+            basis=np.asarray(data).reshape(n, tile, tile),
+            basis_start=index,
+            rank=np.ones(n, dtype=int),
+            coef=np.ones(n, dtype=np.float32),
+            coef_start=index,
+        )
+
+    def blocks(self, index: np.ndarray | None = None) -> np.ndarray:
+        """Reconstructed blocks ``index`` (default all), shape (n, tile, tile), float32."""
+        index = np.arange(len(self)) if index is None else np.asarray(index, dtype=int)
+        out = np.zeros((index.size, self.tile, self.tile), dtype=np.float32)
+        for k, i in enumerate(index):
+            b, c, m = self.basis_start[i], self.coef_start[i], self.rank[i]
+            out[k] = np.tensordot(self.coef[c : c + m], self.basis[b : b + m], axes=1)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the stored arrays [bytes]."""
+        arrays = (self.tile_row, self.tile_col, self.plane, self.error, self.basis, self.coef)
+        return int(sum(a.nbytes for a in arrays) + 3 * 4 * len(self))
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -102,19 +160,29 @@ class FineLayer:
             )
             return problems
         n = len(self)
-        if not (self.tile_row.shape == self.tile_col.shape == self.error.shape == (n,)):
+        columns = (self.tile_row, self.tile_col, self.error, self.basis_start, self.rank)
+        if any(c.shape != (n,) for c in (*columns, self.coef_start)):
             problems.append("fine layer index columns differ in length")
-        if self.data.shape != (n, self.tile, self.tile):
-            problems.append(
-                f"fine layer data has shape {self.data.shape}, expected {(n, self.tile, self.tile)}"
-            )
+            return problems
+        nb = self.basis.shape[0]
+        if self.basis.shape[1:] != (self.tile, self.tile):
+            problems.append(f"fine layer basis images must be {self.tile} x {self.tile}")
+        if n and (
+            self.rank.min() < 1
+            or self.basis_start.min() < 0
+            or (self.basis_start + self.rank).max() > nb
+            or self.coef_start.min() < 0
+            or (self.coef_start + self.rank).max() > self.coef.size
+        ):
+            problems.append("fine layer block index points outside its basis or coefficients")
         if n and (self.plane.min() < 0 or self.plane.max() >= nplanes):
             problems.append(f"fine layer planes must lie in 0..{nplanes - 1}")
         for name in ("tile_row", "tile_col"):
             index = getattr(self, name)
             if n and (index.min() < 0 or index.max() >= self.ntiles):
                 problems.append(f"fine layer {name} must lie in 0..{self.ntiles - 1}")
-        if not (np.all(np.isfinite(self.data)) and np.all(np.isfinite(self.error))):
+        finite = (np.all(np.isfinite(a)) for a in (self.basis, self.coef, self.error))
+        if not all(finite):
             problems.append("fine layer holds NaN or infinite values")
         elif n and self.error.min() < 0:
             problems.append("fine layer errors must be non-negative")
@@ -147,10 +215,11 @@ class FineLayer:
         shape = (present.size, (tr1 - tr0 + 1) * t, (tc1 - tc0 + 1) * t)
         data = np.zeros(shape, dtype=np.float32)
         var = np.zeros(shape, dtype=np.float32)
-        for k, block in zip(where, np.flatnonzero(near), strict=True):
+        chosen = np.flatnonzero(near)
+        for k, block, values in zip(where, chosen, self.blocks(chosen), strict=True):
             rs = (self.tile_row[block] - tr0) * t
             cs = (self.tile_col[block] - tc0) * t
-            data[k, rs : rs + t, cs : cs + t] = self.data[block]
+            data[k, rs : rs + t, cs : cs + t] = values
             var[k, rs : rs + t, cs : cs + t] = self.error[block] ** 2
         lr, lc = tr0 * t, tc0 * t
         wr = wr[:, lr : lr + shape[1]]
@@ -233,21 +302,26 @@ class FineLayer:
     # ------------------------------------------------------------------ FITS
     def to_hdus(self) -> list[fits.hdu.base.ExtensionHDU]:
         """The ``FINE`` image and ``FINE_INDEX`` table of the file format."""
-        image = fits.ImageHDU(self.data, name="FINE")
+        image = fits.ImageHDU(self.basis, name="FINE")
         image.header["BUNIT"] = ("electron/s", "per pixel")
         image.header["FINEBIN"] = (self.pixel_bin, "[pixel] fine bin size")
         image.header["FINETILE"] = (self.tile, "fine bins per tile side")
-        image.header["COMMENT"] = "residual vs the coarse cube at fine bin centres, per block"
+        image.header["COMMENT"] = "basis images of the residual vs the coarse cube, per tile"
         index = fits.BinTableHDU.from_columns(
             [
                 fits.Column("TILE_ROW", "J", array=self.tile_row),
                 fits.Column("TILE_COL", "J", array=self.tile_col),
                 fits.Column("PLANE", "J", array=self.plane),
                 fits.Column("ERROR", "E", unit="electron/s", array=self.error),
+                fits.Column("BASIS", "K", array=self.basis_start),
+                fits.Column("RANK", "K", array=self.rank),
+                fits.Column("COEF", "K", array=self.coef_start),
             ],
             name="FINE_INDEX",
         )
-        return [image, index]
+        coef = fits.ImageHDU(self.coef, name="FINE_COEF")
+        coef.header["COMMENT"] = "coefficients of the basis images, per block"
+        return [image, index, coef]
 
     @classmethod
     def from_hdul(cls, hdul: fits.HDUList, path) -> FineLayer:
@@ -258,20 +332,26 @@ class FineLayer:
                 raise CubeFormatError(f"{path}: FINE extension has no {key} keyword.")
         table = hdul["FINE_INDEX"].data
         names = table.columns.names if table is not None else []
-        missing = [c for c in ("TILE_ROW", "TILE_COL", "PLANE", "ERROR") if c not in names]
+        wanted = ("TILE_ROW", "TILE_COL", "PLANE", "ERROR", "BASIS", "RANK", "COEF")
+        missing = [c for c in wanted if c not in names]
         if missing:
             raise CubeFormatError(f"{path}: FINE_INDEX has no column(s) {', '.join(missing)}.")
-        data = hdul["FINE"].data
         tile = int(header["FINETILE"])
-        data = np.zeros((0, tile, tile), np.float32) if data is None else np.array(data)
+        basis = hdul["FINE"].data
+        basis = np.zeros((0, tile, tile), np.float32) if basis is None else np.array(basis)
+        coef = hdul["FINE_COEF"].data
         return cls(
             pixel_bin=int(header["FINEBIN"]),
             tile=tile,
             tile_row=np.array(table["TILE_ROW"]),
             tile_col=np.array(table["TILE_COL"]),
             plane=np.array(table["PLANE"]),
-            data=data,
             error=np.array(table["ERROR"]),
+            basis=basis,
+            basis_start=np.array(table["BASIS"]),
+            rank=np.array(table["RANK"]),
+            coef=np.zeros(0, np.float32) if coef is None else np.array(coef).ravel(),
+            coef_start=np.array(table["COEF"]),
         )
 
 
@@ -279,3 +359,45 @@ def _support(weights: np.ndarray) -> tuple[int, int]:
     """First and one-past-last column of ``weights`` holding a non-zero weight."""
     used = np.flatnonzero(np.any(weights != 0, axis=0))
     return int(used[0]), int(used[-1]) + 1
+
+
+def compress_tile(
+    blocks: np.ndarray, error: np.ndarray, tolerance: float = 0.01
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Factor one tile's blocks over time: ``blocks ~ coef @ basis``.
+
+    The rank is the smallest whose residual RMS is at most ``1 + tolerance``
+    times the blocks' noise RMS (``sqrt(mean(error**2))``), as for the coarse
+    cube (`~lk_scatterlight.ScatterLightCube.compress`); when factoring would
+    not save space the blocks are returned as their own basis.
+
+    Parameters
+    ----------
+    blocks : ndarray, shape (m, tile, tile)
+        The tile's blocks, one per plane [e-/s].
+    error : ndarray, shape (m,)
+        1-sigma error of one fine bin of each block [e-/s].
+    tolerance : float
+
+    Returns
+    -------
+    coef : ndarray of float32, shape (m, k), or None
+        None when the blocks are kept as they are (then ``basis`` is ``blocks``).
+    basis : ndarray of float32, shape (k, tile, tile)
+    """
+    m, t = blocks.shape[0], blocks.shape[1]
+    x = blocks.reshape(m, t * t).astype(np.float64)
+    if m * t * t <= (m + t * t) or m < 3:  # too few blocks for factoring to pay
+        return None, blocks.astype(np.float32)
+    # Eigen-decomposition of the (t*t x t*t) Gram matrix: cheap for many blocks.
+    values, vectors = np.linalg.eigh(x.T @ x)
+    values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1]
+    noise2 = float(np.mean(np.asarray(error, dtype=np.float64) ** 2))
+    target = (1 + tolerance) ** 2 * noise2 * x.size
+    dropped = np.concatenate([np.cumsum(values[::-1])[::-1][1:], [0.0]])  # after k+1 kept
+    k = int(np.argmax(dropped <= target)) + 1
+    if k * (m + t * t) >= m * t * t:
+        return None, blocks.astype(np.float32)
+    basis = vectors[:, :k].T
+    coef = x @ vectors[:, :k]
+    return coef.astype(np.float32), basis.reshape(k, t, t).astype(np.float32)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import interpolate
-from ..finelayer import FineLayer
+from ..finelayer import FineLayer, compress_tile
 
 __all__ = ["FineContext", "FineFrame", "make_fine_context", "fine_residual", "assemble_fine"]
 
@@ -77,6 +77,12 @@ class FineContext:
         Keys weights from coarse to fine bin centres (rows and columns alike).
     inv_count : ndarray of float32, shape (nfine, nfine)
         1 / valid pixels per fine bin; 0 where fewer than `MIN_PIXELS`.
+    count : ndarray of float32, shape (nfine, nfine)
+        Valid pixels per fine bin; 0 where fewer than `MIN_PIXELS`.
+    tile_bins : ndarray of int, shape (ntiles, ntiles)
+        Fine bins with enough pixels per tile.
+    tile_inv_count : ndarray of float32, shape (ntiles * ntiles,)
+        Median of ``inv_count`` over each tile (a typical bin's 1 / pixels).
     """
 
     pixel_bin: int
@@ -87,6 +93,9 @@ class FineContext:
     strap_idx: np.ndarray
     to_fine: np.ndarray
     inv_count: np.ndarray
+    count: np.ndarray
+    tile_bins: np.ndarray
+    tile_inv_count: np.ndarray
 
     @property
     def ntiles(self) -> int:
@@ -148,16 +157,46 @@ def make_fine_context(
             f"fine_bin={pixel_bin} must divide pixel_bin={coarse_bin}, and fine_bin x "
             f"fine_tile={pixel_bin * tile} must divide {n}."
         )
-    nf = n // pixel_bin
-    count = weights.reshape(nf, pixel_bin, nf, pixel_bin).sum(axis=(1, 3))
-    inv_count = np.where(count >= MIN_PIXELS, 1 / np.maximum(count, 1), 0).astype(np.float32)
+    nf, nt = n // pixel_bin, n // (pixel_bin * tile)
+    count = _bin_sums(weights, pixel_bin)
+    enough = count >= MIN_PIXELS
+    inv_count = np.where(enough, 1 / np.maximum(count, 1), 0).astype(np.float32)
+    count = np.where(enough, count, 0).astype(np.float32)
+    tile_bins = enough.reshape(nt, tile, nt, tile).sum(axis=(1, 3))
+    tile_inv_count = np.median(inv_count.reshape(nt, tile, nt, tile), axis=(1, 3)).ravel()
+    tile_inv_count = np.maximum(tile_inv_count, 1 / pixel_bin**2).astype(np.float32)
     fine_centres = pixel_bin * np.arange(nf) + (pixel_bin - 1) / 2
     coarse_centres = coarse_bin * np.arange(n // coarse_bin) + (coarse_bin - 1) / 2
     to_fine = interpolate.spatial_weights(fine_centres, coarse_centres).astype(np.float32)
     straps = np.zeros(0, int) if strap_idx is None else np.asarray(strap_idx, int)
     return FineContext(
-        pixel_bin, tile, coarse_bin, float(threshold), weights, straps, to_fine, inv_count
+        pixel_bin,
+        tile,
+        coarse_bin,
+        float(threshold),
+        weights,
+        straps,
+        to_fine,
+        inv_count,
+        count,
+        tile_bins,
+        tile_inv_count,
     )
+
+
+def _bin_sums(image: np.ndarray, pixel_bin: int) -> np.ndarray:
+    """Sums of ``pixel_bin x pixel_bin`` blocks (float32; strided adds, ~10x a 4-D sum)."""
+    n = image.shape[0]
+    nb = n // pixel_bin
+    rows = image.reshape(n, nb, pixel_bin)
+    sums = rows[:, :, 0].astype(np.float32)
+    for k in range(1, pixel_bin):
+        sums += rows[:, :, k]
+    blocks = sums.reshape(nb, pixel_bin, nb)
+    out = blocks[:, 0].copy()
+    for k in range(1, pixel_bin):
+        out += blocks[:, k]
+    return out
 
 
 def fine_residual(
@@ -191,7 +230,6 @@ def fine_residual(
     frame : `FineFrame`
     """
     fb, t, nt = context.pixel_bin, context.tile, context.ntiles
-    nf = nt * t
     masked = np.multiply(diff, context.weights, dtype=np.float32)
     if context.strap_idx.size:
         response = np.ones(context.strap_idx.size, dtype=np.float32)
@@ -200,11 +238,17 @@ def fine_residual(
             ratio = np.divide(num, den, out=np.ones_like(num), where=den > 0)
             response[:] = np.clip(ratio, 0.8, 1.25)
         masked[:, context.strap_idx] /= response
-    sums = masked.reshape(nf, fb, nf, fb).sum(axis=(1, 3))
-    mean = sums * context.inv_count
+    mean = _bin_sums(masked, fb)
+    mean *= context.inv_count
     model = context.to_fine @ np.nan_to_num(coarse_value).astype(np.float32) @ context.to_fine.T
-    ok = (context.inv_count > 0) & np.isfinite(mean)
-    r = _fill_holes(np.where(ok, mean - model, np.float32(0)), ok)
+    ok = context.count > 0
+    nok = context.tile_bins
+    finite = np.isfinite(mean)
+    if not finite.all():  # NaN pixels in this frame: those bins are holes too
+        ok = ok & finite
+        nok = ok.reshape(nt, t, nt, t).sum(axis=(1, 3))
+    mean -= model
+    r = _fill_holes(np.where(ok, mean, np.float32(0)), ok, model)
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
     d2 = np.zeros_like(r)
     d2[1:-1] += r[:-2] - 2 * r[1:-1] + r[2:]
@@ -212,10 +256,10 @@ def fine_residual(
     r -= np.float32((fb * fb - 1) / (24 * fb * fb)) * d2 * ok
 
     tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
-    fine_var = (tile_sigma**2).repeat(t, 0).repeat(t, 1) * context.inv_count
-    chi = np.where(ok, r * r / np.maximum(fine_var, 1e-30), 0).reshape(nt, t, nt, t)
-    nok = ok.reshape(nt, t, nt, t).sum(axis=(1, 3))
-    chi2 = chi.sum(axis=(1, 3)) / np.maximum(nok, 1)
+    # Mean over a tile's bins of r**2 / var, var = sigma_pixel**2 / count.
+    weighted = r * r * np.where(ok, context.count, 0)
+    chi2 = weighted.reshape(nt, t, nt, t).sum(axis=(1, 3)) / np.maximum(tile_sigma**2, 1e-30)
+    chi2 /= np.maximum(nok, 1)
     # Never below the prediction: a dark frame that entered the static scene's median
     # has almost no residual, and scaling the noise down there keeps noise tiles.
     calibration = max(float(np.median(chi2[nok > 0])) if (nok > 0).any() else 1.0, 1.0)
@@ -224,31 +268,54 @@ def fine_residual(
     kept = np.flatnonzero(chi2.ravel() > context.threshold).astype(np.int32)
     blocks = r.reshape(nt, t, nt, t).transpose(0, 2, 1, 3).reshape(nt * nt, t, t)[kept]
     # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
-    median_inv = np.median(context.inv_count.reshape(nt, t, nt, t), axis=(1, 3)).ravel()
-    sigma = tile_sigma.ravel()[kept] * np.sqrt(np.maximum(median_inv[kept], 1 / (fb * fb)))
+    sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept])
     return FineFrame(kept, np.ascontiguousarray(blocks), sigma.astype(np.float32), chi2)
 
 
-def _fill_holes(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Fill ``r`` where not ``ok``: isotropic first guess, then along local structure."""
+def _fill_holes(r: np.ndarray, ok: np.ndarray, model: np.ndarray | None = None) -> np.ndarray:
+    """Fill ``r`` where not ``ok``: isotropic first guess, then along local structure.
+
+    With ``model`` (the coarse model that ``r`` is the residual of), the
+    directional step works on the total ``model + r``: along a ridge the total
+    is nearly constant while the coarse model under a large hole need not be.
+    """
     missing = ~ok
     if not missing.any():
         return r
     out = _fill_isotropic(r, ok)
+    total = out if model is None else out + model
     rows, cols = np.nonzero(missing)
-    along = _structure_direction(out, ok, rows, cols)
-    _fill_along(out, ok, rows, cols, along)
-    return out
+    along = _structure_direction(total, ok, rows, cols)
+    _fill_along(total, ok, rows, cols, along)
+    return total if model is None else total - model
 
 
 def _fill_isotropic(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Normalised Gaussian convolution of the valid bins, widening until all is filled."""
+    """Normalised Gaussian convolution of the valid bins, widening until all is filled.
+
+    The first width (1 bin) is computed at the holes only, from their 7 x 7
+    neighbourhoods; the rare holes with no valid bin there use whole-image
+    filters of widths 4, 8 and 32 bins.
+    """
     from scipy import ndimage
 
     out = r.copy()
     missing = ~ok
-    valid = ok.astype(np.float32)
-    for width in (1, 2, 4, 8, 32):
+    rows, cols = np.nonzero(missing)
+    n = r.shape[0]
+    offsets = np.arange(-_WINDOW, _WINDOW + 1)
+    dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
+    rr = np.clip(rows[:, None] + dr.ravel(), 0, n - 1)
+    cc = np.clip(cols[:, None] + dc.ravel(), 0, n - 1)
+    w = np.exp(-(dr**2 + dc**2) / 2.0).ravel() * ok[rr, cc]
+    total = w.sum(axis=1)
+    near = total > 1e-3
+    out[rows[near], cols[near]] = (w * r[rr, cc]).sum(axis=1)[near] / total[near]
+    missing[rows[near], cols[near]] = False
+    if not missing.any():
+        return out
+    valid = (~missing).astype(np.float32)
+    for width in (4, 8, 32):
         num = ndimage.gaussian_filter(out * valid, width, mode="nearest")
         den = ndimage.gaussian_filter(valid, width, mode="nearest")
         fill = missing & (den > 1e-3)
@@ -261,27 +328,31 @@ def _fill_isotropic(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return out
 
 
-#: Half-width [fine bins] of the window of the structure tensor around a hole, and the
-#: longest step along the structure to a valid bin.
-_WINDOW, _REACH = 3, 8
+#: Half-width [fine bins] of the first fill's window, of the structure tensor's window
+#: around a hole, and the longest step along the structure to a valid bin.
+_WINDOW, _STRUCTURE, _REACH = 3, 6, 12
 
 
 def _structure_direction(image, ok, rows, cols) -> np.ndarray:
     """Unit vector along the local structure at each hole; NaN where there is none.
 
     The eigenvector of the smallest eigenvalue of the structure tensor (the
-    Gaussian-weighted sum of ``grad grad^T`` over valid bins in a 7 x 7 window)
-    points along a ridge or an edge. Where the tensor is nearly isotropic
-    (coherence < 0.5: noise, smooth sky), NaN: the isotropic fill stays.
+    Gaussian-weighted sum of ``grad grad^T`` over a 13 x 13 window, using only
+    gradients whose central differences involve valid bins alone) points along
+    a ridge or an edge. Where the tensor is nearly isotropic (coherence < 0.5:
+    noise, smooth sky), NaN: the isotropic fill stays.
     """
     g_row, g_col = np.gradient(image)
+    measured = ok.copy()  # central differences from valid bins only
+    measured[1:-1] &= ok[:-2] & ok[2:]
+    measured[:, 1:-1] &= ok[:, :-2] & ok[:, 2:]
     n = image.shape[0]
-    offsets = np.arange(-_WINDOW, _WINDOW + 1)
+    offsets = np.arange(-_STRUCTURE, _STRUCTURE + 1)
     dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
-    weight = np.exp(-(dr**2 + dc**2) / (2 * 2.0**2)).ravel()
+    weight = np.exp(-(dr**2 + dc**2) / (2 * (_STRUCTURE / 2) ** 2)).ravel()
     rr = np.clip(rows[:, None] + dr.ravel(), 0, n - 1)
     cc = np.clip(cols[:, None] + dc.ravel(), 0, n - 1)
-    w = weight * ok[rr, cc]
+    w = weight * measured[rr, cc]
     gr, gc = g_row[rr, cc], g_col[rr, cc]
     a, b, c = (w * gr * gr).sum(1), (w * gr * gc).sum(1), (w * gc * gc).sum(1)
     theta = 0.5 * np.arctan2(2 * b, a - c)  # direction of the strongest gradient
@@ -300,6 +371,8 @@ def _fill_along(out, ok, rows, cols, along) -> None:
         return
     rows, cols, along = rows[use], cols[use], along[use]
     n = out.shape[0]
+    valid = ok.astype(out.dtype)
+    weighted = out * valid
     steps = np.arange(1, _REACH + 1)
     found = []
     for sign in (1, -1):
@@ -313,8 +386,10 @@ def _fill_along(out, ok, rows, cols, along) -> None:
         first = np.argmax(good, axis=1)
         hit = good[np.arange(first.size), first]
         coords = np.vstack([pr[np.arange(first.size), first], pc[np.arange(first.size), first]])
-        value = ndimage.map_coordinates(out, coords, order=1, mode="nearest")
-        found.append((hit, steps[first], value))
+        # Bilinear over valid bins only (holes still hold the isotropic guess).
+        num = ndimage.map_coordinates(weighted, coords, order=1, mode="nearest")
+        den = ndimage.map_coordinates(valid, coords, order=1, mode="nearest")
+        found.append((hit & (den > 0.25), steps[first], num / np.maximum(den, 0.25)))
     (hit1, d1, v1), (hit2, d2, v2) = found
     both = hit1 & hit2
     out[rows[both], cols[both]] = (v1 * d2 + v2 * d1)[both] / (d1 + d2)[both]
@@ -334,19 +409,37 @@ def _tile_pixel_sigma(coarse_error, coarse_npix, context: FineContext, uncertain
 
 
 def assemble_fine(
-    frames: Sequence[FineFrame | None], groups: Sequence[np.ndarray], context: FineContext
+    fine: np.ndarray,
+    kept: np.ndarray,
+    sigma: np.ndarray,
+    used_index: np.ndarray,
+    groups: Sequence[np.ndarray],
+    context: FineContext,
+    tolerance: float = 0.01,
 ) -> FineLayer | None:
-    """Gather the kept tiles of the used frames into a `FineLayer` of the cube's planes.
+    """Gather the kept tiles of the used frames into a factored `FineLayer`, tile by tile.
+
+    Each tile's blocks (over the planes where it was kept) are read from the
+    work area and factored (`~lk_scatterlight.finelayer.compress_tile`), so
+    memory holds one tile's blocks at a time.
 
     Parameters
     ----------
-    frames : sequence of `FineFrame`
-        The used frames' fine results, in cube order.
+    fine : ndarray, shape (nframes, ntiles**2, tile, tile)
+        Work-area blocks (memory map), by frame index; only kept ones are read.
+    kept : ndarray of bool, shape (len(used_index), ntiles**2)
+        Which tiles each used frame kept.
+    sigma : ndarray of float32, shape (len(used_index), ntiles**2)
+        Their fine-bin errors.
+    used_index : ndarray of int
+        Frame index of each used frame, in cube order.
     groups : sequence of ndarray of int
-        Positions in ``frames`` of each plane's frames (one each at full time
-        resolution). A tile kept in any frame of a plane is averaged over the
-        plane's frames (zero where a frame did not keep it).
+        Positions among the used frames of each plane's frames. A tile kept
+        in any frame of a plane is averaged over the plane's frames (zero
+        where a frame did not keep it).
     context : `FineContext`
+    tolerance : float
+        Factoring tolerance (see `~lk_scatterlight.finelayer.compress_tile`).
 
     Returns
     -------
@@ -354,32 +447,52 @@ def assemble_fine(
         None if no frame kept a tile.
     """
     nt, t = context.ntiles, context.tile
-    rows, cols, planes, data, error = [], [], [], [], []
+    plane_of = np.empty(len(used_index), dtype=np.int64)
+    size = np.empty(len(groups))
     for p, members in enumerate(groups):
-        members = [frames[i] for i in members]
-        tiles = np.unique(np.concatenate([f.tiles for f in members]))
-        if tiles.size == 0:
-            continue
-        total = np.zeros((tiles.size, t, t), dtype=np.float32)
-        var = np.zeros(tiles.size, dtype=np.float32)
-        for f in members:
-            where = np.searchsorted(tiles, f.tiles)
-            total[where] += f.blocks
-            var[where] += f.sigma**2
-        n = len(members)
-        rows.append(tiles // nt)
-        cols.append(tiles % nt)
-        planes.append(np.full(tiles.size, p))
-        data.append(total / n)
-        error.append(np.sqrt(var) / n)
-    if not planes:
+        plane_of[members] = p
+        size[p] = len(members)
+    index = {name: [] for name in ("tile_row", "tile_col", "plane", "error", "rank")}
+    basis, coef, nbasis, ncoef = [], [], 0, 0
+    for tile in np.flatnonzero(kept.any(axis=0)):
+        pos = np.flatnonzero(kept[:, tile])
+        blocks = np.asarray(fine[used_index[pos], tile], dtype=np.float32)
+        planes, where = np.unique(plane_of[pos], return_inverse=True)
+        if planes.size < pos.size:  # time bins: average over each plane's frames
+            total = np.zeros((planes.size, t, t), dtype=np.float32)
+            var = np.zeros(planes.size)
+            np.add.at(total, where, blocks)
+            np.add.at(var, where, sigma[pos, tile].astype(float) ** 2)
+            blocks = total / size[planes][:, None, None].astype(np.float32)
+            error = np.sqrt(var) / size[planes]
+        else:
+            error = sigma[pos, tile]
+        factors, images = compress_tile(blocks, error, tolerance)
+        m = planes.size
+        index["tile_row"].append(np.full(m, tile // nt))
+        index["tile_col"].append(np.full(m, tile % nt))
+        index["plane"].append(planes)
+        index["error"].append(error)
+        if factors is None:  # each block its own basis image, coefficient 1
+            index["rank"].append(np.ones(m, dtype=int))
+            coef.append(np.ones(m, dtype=np.float32))
+            starts = (nbasis + np.arange(m), ncoef + np.arange(m))
+        else:
+            k = factors.shape[1]
+            index["rank"].append(np.full(m, k))
+            coef.append(factors.ravel())
+            starts = (np.full(m, nbasis), ncoef + k * np.arange(m))
+        index.setdefault("basis_start", []).append(starts[0])
+        index.setdefault("coef_start", []).append(starts[1])
+        basis.append(images)
+        nbasis += images.shape[0]
+        ncoef += coef[-1].size
+    if not basis:
         return None
     return FineLayer(
         pixel_bin=context.pixel_bin,
         tile=t,
-        tile_row=np.concatenate(rows),
-        tile_col=np.concatenate(cols),
-        plane=np.concatenate(planes),
-        data=np.concatenate(data),
-        error=np.concatenate(error),
+        basis=np.concatenate(basis),
+        coef=np.concatenate(coef),
+        **{name: np.concatenate(values) for name, values in index.items()},
     )

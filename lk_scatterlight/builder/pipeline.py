@@ -352,30 +352,28 @@ class _WorkArea:
         for tile, block in zip(fine.tiles, fine.blocks, strict=True):
             self.arrays["fine"][index, tile] = block
 
-    def fine_frame(self, index: int) -> FineFrame:
-        """The stored fine-layer tiles of a processed frame."""
-        tiles = np.flatnonzero(self.arrays["fine_kept"][index]).astype(np.int32)
-        return FineFrame(
-            tiles=tiles,
-            blocks=np.asarray(self.arrays["fine"][index, tiles]),
-            sigma=np.asarray(self.arrays["fine_sigma"][index, tiles]),
-            chi2=np.zeros(0, np.float32),
-        )
-
     def store_chunk(self, chunk: ChunkResult) -> None:
         """Record a chunk's results, then mark its frames done and flush (a checkpoint)."""
         for name in ChunkResult.DTYPES:
             self.arrays[name][chunk.index] = getattr(chunk, name)
         for index, fine in zip(chunk.index, chunk.fine or [], strict=False):
             self._store_fine(int(index), fine)
-        for array in self.arrays.values():
-            array.flush()
+        self.flush()
         self.arrays["done"][chunk.index] = True
         self.arrays["done"].flush()
 
     def flush(self) -> None:
+        """Write the arrays to disk and drop their pages from this process's memory.
+
+        Pages of a file mapping that were written count in the process's
+        resident memory until the kernel reclaims them; after the write-back
+        they are released at once (``madvise(MADV_DONTNEED)``), so resident
+        memory does not grow with the frames stored. Reading them again is
+        served from the file (or the page cache).
+        """
         for array in self.arrays.values():
             array.flush()
+            _release_pages(array)
 
     def load_or_none(self, name: str) -> np.ndarray | None:
         path = self.folder / f"{name}.bin.npy"
@@ -388,6 +386,20 @@ class _WorkArea:
     def remove(self) -> None:
         self.arrays.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _release_pages(array: np.ndarray) -> None:
+    """``madvise(MADV_DONTNEED)`` on a flushed memory map (no-op where unsupported)."""
+    import mmap
+
+    buffer = getattr(array, "_mmap", None)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if buffer is None or advice is None or not hasattr(buffer, "madvise"):
+        return
+    try:
+        buffer.madvise(advice)
+    except (OSError, ValueError):  # closed map or unsupported: memory is only a hint here
+        pass
 
 
 # ---------------------------------------------------------------------- plan
@@ -976,8 +988,15 @@ def assemble(
     npix = _median_over_frames(work["npix"], used_index).astype(np.int32)
     fine = None
     if context.fine is not None:
-        fine_frames = [work.fine_frame(int(i)) for i in used_index]
-        fine = assemble_fine(fine_frames, groups, context.fine)
+        fine = assemble_fine(
+            work["fine"],
+            np.asarray(work["fine_kept"][used_index]),
+            np.asarray(work["fine_sigma"][used_index]),
+            used_index,
+            groups,
+            context.fine,
+            config.compact_tolerance,
+        )
 
     straps = plan.straps
     strap_sums = np.asarray(work["strap"])[used_index].sum(axis=0)
