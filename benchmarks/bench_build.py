@@ -1,7 +1,7 @@
 """Benchmark the cube builder: accuracy against simulated truth, speed, peak memory.
 
 Run: ``python benchmarks/bench_build.py [--frames N] [--quick]``. Prints numbers;
-asserts nothing. About 3.5 minutes on an idle 2-core machine by default (~7 under
+asserts nothing. About 4.5 minutes on an idle 2-core machine by default (~8 under
 load), 1-2 minutes with ``--quick``.
 
 1. **Accuracy, as a corrector uses the cube.** Simulated sector-1 FFIs
@@ -35,9 +35,12 @@ load), 1-2 minutes with ``--quick``.
    columns). ``rms`` pools all pixels and times of the class; ``worst`` is the
    largest single-patch RMS. Columns:
 
-   * ``cube``: the per-frame build (``compact=False``, dense), with ``σ``: the RMS
-     of the uncertainty ``evaluate`` reports (``flux_err``) for the same pixels
-     and times: where ``rms ~ σ`` the residual is the bins' noise, not a bias;
+   * ``cube``: the per-frame build (``compact=False``, dense; with its fine
+     layer, the builder's default), with ``σ``: the RMS of the uncertainty
+     ``evaluate`` reports (``flux_err``) for the same pixels and times: where
+     ``rms ~ σ`` the residual is the bins' noise, not a bias;
+   * ``cube, no fine layer``: the same build with ``fine_bin=0``: what the
+     16-px bins alone give;
    * ``cube compressed``: the same cube after ``cube.compress()`` with the
      builder's default tolerance (truncated SVD), i.e. what ``build_cube`` returns
      with its default ``BuildConfig(compact=True)``; it also averages noise down;
@@ -54,6 +57,12 @@ load), 1-2 minutes with ``--quick``.
      noise. Not a strict floor: the builder's bin fit averages structure narrower
      than a bin, which can do better than point samples of it.
 
+   Also printed: the fine layer's size (blocks, tiles kept per plane, basis
+   images, MB against the raw blocks) and the compressed cube's file size; and
+   for the ``bleed`` class the RMS over only the pixels >= 8 px from any
+   saturated pixel (those patches reach into the masked halo of saturated
+   stars, where no frame measures the light).
+
    Targets (issue): < 0.05 % on the smooth field and < 0.3 % on the structured
    field, in every class. Published per-frame smooth-spline methods reach
    ~0.02-0.04 % on smooth fields, ~1 % on the structured one.
@@ -65,11 +74,11 @@ load), 1-2 minutes with ``--quick``.
    with the functions it uses: read (``LocalFFISource.read``, from the page
    cache and after evicting the file with ``posix_fadvise(DONTNEED)``), static
    subtraction, ``binning.bin_plane_fit``, ``fill_empty_bins``,
-   ``curvature_correction``, ``_strap_sums`` (and ``process_frame``, all of them
-   but the read, as a cross-check); and the once-per-build static scene
-   (``static_scene``) and masks (``make_context``). Then the wall time of
-   ``build_cube`` end to end over the same files, on one core and on all cores,
-   split into its stages (static scene, masks, streaming pass, assembly incl.
+   ``curvature_correction``, ``_strap_sums``, ``fine.fine_residual`` (and
+   ``process_frame``, all of them but the read, as a cross-check); and the
+   once-per-build static scene (``static_scene``) and masks (``make_context``).
+   Then the wall time of ``build_cube`` end to end over the same files, on one
+   core and on all cores, split into its stages (static scene, masks, streaming pass, assembly incl.
    compression) by wrapping the pipeline's stage functions. Aim: < 0.05 s per
    frame on one core (existing tools: 1-1.5 s per frame); the cold read is the
    floor.

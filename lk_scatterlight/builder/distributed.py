@@ -10,7 +10,7 @@ the cube is the same) as Dask tasks:
    (`~lk_scatterlight.builder.pipeline.combine_dark`). The client keeps the
    static scene in the work area (resume) and makes the masks
    (`~lk_scatterlight.builder.pipeline.make_context`).
-2. **Frames.** The source, the static scene and the context (masks, ~37 MB)
+2. **Frames.** The source, the static scene and the context (masks, ~57 MB)
    are futures held on the workers, each computed once (from the previous one)
    and copied to every worker that needs it; if a worker dies Dask recomputes
    what it held. The good frames still to do are cut into chunks of at most
@@ -33,7 +33,7 @@ the cube is the same) as Dask tasks:
 
 **Worker memory.** A task holds at most ``prefetch + 1`` frames (being read or
 processed, ~35 MB each with their errors) plus ~0.1 GB of per-frame working
-arrays, whatever the chunk length; a worker adds the context (~38 MB) and the
+arrays, whatever the chunk length; a worker adds the context (~57 MB) and the
 source (`worker_memory` adds it up: ~0.22 GB for a one-thread worker with
 ``prefetch = 1``, 0.17 GB of it measured per task). The dark-frame task holds
 the ``n_dark`` dark frames (~0.17 GB for five). Limit concurrency with the workers' thread count

@@ -83,6 +83,9 @@ class FineContext:
         Fine bins with enough pixels per tile.
     tile_inv_count : ndarray of float32, shape (ntiles * ntiles,)
         Median of ``inv_count`` over each tile (a typical bin's 1 / pixels).
+    chi_weight : ndarray of float32, shape (nfine, nfine)
+        Weight of each bin's ``r**2`` in the tile statistic: its valid pixels,
+        or the tile's typical count for a bin that is filled.
     """
 
     pixel_bin: int
@@ -96,6 +99,7 @@ class FineContext:
     count: np.ndarray
     tile_bins: np.ndarray
     tile_inv_count: np.ndarray
+    chi_weight: np.ndarray
 
     @property
     def ntiles(self) -> int:
@@ -165,6 +169,8 @@ def make_fine_context(
     tile_bins = enough.reshape(nt, tile, nt, tile).sum(axis=(1, 3))
     tile_inv_count = np.median(inv_count.reshape(nt, tile, nt, tile), axis=(1, 3)).ravel()
     tile_inv_count = np.maximum(tile_inv_count, 1 / pixel_bin**2).astype(np.float32)
+    typical = (1 / tile_inv_count).reshape(nt, nt).repeat(tile, 0).repeat(tile, 1)
+    chi_weight = np.where(enough, count, typical).astype(np.float32)
     fine_centres = pixel_bin * np.arange(nf) + (pixel_bin - 1) / 2
     coarse_centres = coarse_bin * np.arange(n // coarse_bin) + (coarse_bin - 1) / 2
     to_fine = interpolate.spatial_weights(fine_centres, coarse_centres).astype(np.float32)
@@ -181,6 +187,7 @@ def make_fine_context(
         count,
         tile_bins,
         tile_inv_count,
+        chi_weight,
     )
 
 
@@ -257,9 +264,11 @@ def fine_residual(
 
     tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
     # Mean over a tile's bins of r**2 / var, var = sigma_pixel**2 / count.
-    weighted = r * r * np.where(ok, context.count, 0)
+    # Filled bins count too, as bins of the tile's typical size: a hole whose fill
+    # departs from the coarse model (a ridge through a star) makes the tile matter.
+    weighted = r * r * context.chi_weight
     chi2 = weighted.reshape(nt, t, nt, t).sum(axis=(1, 3)) / np.maximum(tile_sigma**2, 1e-30)
-    chi2 /= np.maximum(nok, 1)
+    chi2 /= t * t
     # Never below the prediction: a dark frame that entered the static scene's median
     # has almost no residual, and scaling the noise down there keeps noise tiles.
     calibration = max(float(np.median(chi2[nok > 0])) if (nok > 0).any() else 1.0, 1.0)

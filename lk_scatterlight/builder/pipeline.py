@@ -15,7 +15,10 @@ The build, for one sector/camera/CCD (`build_cube`):
    fit a robust local plane in every ``pixel_bin`` bin
    (`~lk_scatterlight.builder.binning.bin_plane_fit`), fill bins without enough
    pixels from their neighbours, remove the curvature bias, and accumulate the
-   strap columns' response against their unmasked neighbours. Results go to
+   strap columns' response against their unmasked neighbours. With ``fine_bin``
+   (4 px by default), keep the residual against that plane on a finer grid in
+   the 64-px tiles where it stands out of the noise: the fine layer, for
+   structure narrower than a bin (`lk_scatterlight.builder.fine`). Results go to
    memory-mapped arrays in a work folder, checkpointed every ``chunk`` frames,
    so memory does not grow with the number of frames and an interrupted build
    resumes where it stopped.
@@ -23,8 +26,9 @@ The build, for one sector/camera/CCD (`build_cube`):
    are averaged in bins of that duration that never cross a data gap. A compact
    cube of one plane per frame is compressed straight from the memory-mapped
    work area, block by block of frames, so this stage's memory does not grow
-   with the number of frames either. The cube is written atomically and the
-   work folder removed.
+   with the number of frames either; so is the fine layer, tile by tile
+   (`~lk_scatterlight.builder.fine.assemble_fine`). The cube is written
+   atomically and the work folder removed.
 
 Each step is a function of its own, shared by the serial build and the Dask
 build (`lk_scatterlight.builder.distributed`), which run the same per-frame
@@ -692,7 +696,7 @@ def _strap_sums(diff, clean, strap_idx, ref_idx, rows=None):
 class FrameContext:
     """Everything the per-frame work needs, computed once per build (`make_context`).
 
-    About 37 MB (static scene and weights in float32, clean mask in bool): a
+    About 57 MB (static scene and the two weight masks in float32, clean mask in bool): a
     Dask build sends it once to every worker.
 
     Attributes
