@@ -17,10 +17,14 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    cube's own Keys kernel and subtracted: what is left is the structure the
    coarse grid cannot hold (plus noise);
 3. fine bins without enough valid pixels (under a star or bleed mask) are
-   filled from their valid neighbours by normalised Gaussian convolution,
-   widening the kernel (1, 2, 4, 8 bins) until every hole is filled: a ridge
-   that crosses a star continues through it instead of dropping to the coarse
-   model;
+   filled in three steps: a first guess by normalised Gaussian convolution of
+   their valid neighbours (widening until every hole is filled); then, on the
+   total field (coarse model + residual), linear interpolation between the
+   nearest valid bins along the local structure (the structure tensor's
+   direction), so a ridge that crosses a star continues through it; and for
+   holes of 4 bins or more where the residual around them is significant, a
+   fit of the field's profile across the local structure from every valid bin
+   in a window around the hole (`_fill_profiles`);
 4. the bias of a bin *mean* on curved structure is removed with the fine grid's
    second differences (``mean = f(centre) + f'' (b**2 - 1) / 24`` for a bin of
    ``b`` pixels), so the stored values are point values, as the Keys kernel
@@ -255,14 +259,16 @@ def fine_residual(
         ok = ok & finite
         nok = ok.reshape(nt, t, nt, t).sum(axis=(1, 3))
     mean -= model
+    tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
     r = _fill_holes(np.where(ok, mean, np.float32(0)), ok, model)
+    noise = (tile_sigma.repeat(t, 0).repeat(t, 1) ** 2) / np.maximum(context.chi_weight, 1)
+    _fill_profiles(r, ok, model, noise, context.threshold)
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
     d2 = np.zeros_like(r)
     d2[1:-1] += r[:-2] - 2 * r[1:-1] + r[2:]
     d2[:, 1:-1] += r[:, :-2] - 2 * r[:, 1:-1] + r[:, 2:]
     r -= np.float32((fb * fb - 1) / (24 * fb * fb)) * d2 * ok
 
-    tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
     # Mean over a tile's bins of r**2 / var, var = sigma_pixel**2 / count.
     # Filled bins count too, as bins of the tile's typical size: a hole whose fill
     # departs from the coarse model (a ridge through a star) makes the tile matter.
@@ -297,6 +303,88 @@ def _fill_holes(r: np.ndarray, ok: np.ndarray, model: np.ndarray | None = None) 
     along = _structure_direction(total, ok, rows, cols)
     _fill_along(total, ok, rows, cols, along)
     return total if model is None else total - model
+
+
+#: Holes of at least this many fine bins are refitted by `_fill_profiles`, in pieces of
+#: at most this side [fine bins], each with a window of this margin [fine bins] around
+#: it; knot spacing [fine bins] of the profile.
+_PROFILE_MIN, _PROFILE_PIECE, _PROFILE_MARGIN, _PROFILE_KNOTS = 4, 8, 6, 0.75
+
+
+def _fill_profiles(r, ok, model, noise, threshold) -> None:
+    """Refit large holes (>= 4 bins) where the residual around them is significant.
+
+    Near a narrow ridge or an edge the field varies along one direction only.
+    Around each such hole, a window of valid bins gives the direction (structure
+    tensor of the total field ``model + r``) and a profile across it: the total
+    as a piecewise-linear function of the across coordinate ``s`` (knots every
+    0.75 bins, second-difference regularised) plus a linear trend along the
+    structure. The hole takes the profile's values: every valid bin along the
+    ridge on both sides informs it, and the ridge is followed whatever its
+    angle. Holes where the window's residual is only noise (mean
+    ``r**2 / noise`` below ``threshold``) or without a clear direction keep
+    their first fill.
+    """
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(~ok)
+    n = r.shape[0]
+    for k, (rs, cs) in enumerate(ndimage.find_objects(labels)):
+        if np.count_nonzero(labels[rs, cs] == k + 1) < _PROFILE_MIN:
+            continue
+        # Long holes (bleed columns, unmeasured straps) in pieces: the profile is local.
+        for r_lo in range(rs.start, rs.stop, _PROFILE_PIECE):
+            for c_lo in range(cs.start, cs.stop, _PROFILE_PIECE):
+                piece = (
+                    slice(r_lo, min(r_lo + _PROFILE_PIECE, rs.stop)),
+                    slice(c_lo, min(c_lo + _PROFILE_PIECE, cs.stop)),
+                )
+                _fit_profile(r, ok, model, noise, threshold, labels[piece] == k + 1, piece, n)
+
+
+def _fit_profile(r, ok, model, noise, threshold, component, piece, n) -> None:
+    """Fill one piece of a hole (``component``: its bins within ``piece``), see `_fill_profiles`."""
+    m = _PROFILE_MARGIN
+    r0, r1 = max(piece[0].start - m, 0), min(piece[0].stop + m, n)
+    c0, c1 = max(piece[1].start - m, 0), min(piece[1].stop + m, n)
+    hole = np.zeros((r1 - r0, c1 - c0), dtype=bool)
+    inner = (
+        slice(piece[0].start - r0, piece[0].stop - r0),
+        slice(piece[1].start - c0, piece[1].stop - c0),
+    )
+    hole[inner] = component
+    if not hole.any():
+        return
+    valid = ok[r0:r1, c0:c1]
+    res = r[r0:r1, c0:c1]
+    if np.mean(res[valid] ** 2 / noise[r0:r1, c0:c1][valid]) <= threshold:
+        return
+    total = res + model[r0:r1, c0:c1]
+    g_row, g_col = np.gradient(total)
+    measured = valid.copy()
+    measured[1:-1] &= valid[:-2] & valid[2:]
+    measured[:, 1:-1] &= valid[:, :-2] & valid[:, 2:]
+    a, b, c = (
+        (g_row * g_row)[measured].sum(),
+        (g_row * g_col)[measured].sum(),
+        (g_col * g_col)[measured].sum(),
+    )
+    if np.hypot(a - c, 2 * b) < 0.5 * (a + c):  # no dominant direction
+        return
+    theta = 0.5 * np.arctan2(2 * b, a - c)  # across the structure
+    rr, cc = np.mgrid[r0:r1, c0:c1]
+    rr, cc = rr - (r0 + r1) / 2, cc - (c0 + c1) / 2
+    across = rr * np.cos(theta) + cc * np.sin(theta)
+    along = -rr * np.sin(theta) + cc * np.cos(theta)
+    knots = np.arange(across.min(), across.max() + _PROFILE_KNOTS, _PROFILE_KNOTS)
+    hats = np.clip(1 - np.abs(across[..., None] - knots) / _PROFILE_KNOTS, 0, None)
+    design = np.concatenate([hats, along[..., None]], axis=-1)
+    smooth = np.diff(np.eye(knots.size), 2, axis=0)  # second differences of the profile
+    penalty = np.hstack([smooth, np.zeros((smooth.shape[0], 1))]) * 0.3
+    lhs = np.vstack([design[valid], penalty])
+    rhs = np.concatenate([total[valid], np.zeros(penalty.shape[0])])
+    coef = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    res[hole] = design[hole] @ coef - model[r0:r1, c0:c1][hole]
 
 
 def _fill_isotropic(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
