@@ -9,6 +9,7 @@ from lk_scatterlight.builder.fine import (
     _fill_holes,
     _fill_isotropic,
     _fill_profiles,
+    assemble_fine,
     fine_residual,
     make_fine_context,
 )
@@ -254,3 +255,42 @@ def test_bad_fine_bin(fine_bin, message):
     """fine_bin must divide the coarse bin and be smaller than it."""
     with pytest.raises(ValueError, match=message):
         BuildConfig(pixel_bin=16, fine_bin=fine_bin)
+
+
+# ---------------------------------------------------------------------- assemble_fine
+def test_assemble_fine_per_frame_and_time_binned(context):
+    """Kept tiles become blocks of their planes, factored without changing them beyond
+    the noise; with time bins a tile is averaged over the plane's frames (zero where a
+    frame did not keep it) and its error combined."""
+    nframes, ntiles, t = 4, context.ntiles**2, context.tile
+    rng = np.random.default_rng(3)
+    fine = np.zeros((nframes, ntiles, t, t), np.float32)
+    kept = np.zeros((nframes, ntiles), bool)
+    sigma = np.zeros((nframes, ntiles), np.float32)
+    shape = rng.normal(0, 1, (t, t)).astype(np.float32)
+    for i, amplitude in enumerate([1.0, 2.0, 3.0, 4.0]):  # tile 5: one shape, four amplitudes
+        fine[i, 5] = amplitude * shape
+        kept[i, 5], sigma[i, 5] = True, 0.01
+    fine[1, 700] = 7.0  # tile 700 kept by frame 1 only
+    kept[1, 700], sigma[1, 700] = True, 0.02
+    used = np.arange(nframes)
+
+    layer = assemble_fine(fine, kept, sigma, used, [np.array([i]) for i in used], context)
+    assert len(layer) == 5
+    assert layer.validate(nframes) == []
+    five = np.flatnonzero((layer.tile_row == 0) & (layer.tile_col == 5))
+    np.testing.assert_array_equal(layer.plane[five], used)
+    np.testing.assert_allclose(layer.blocks(five), fine[:, 5], atol=1e-4)
+    assert layer.rank[five].max() == 1  # one shape: factored to rank 1
+    alone = np.flatnonzero(layer.tile_row * context.ntiles + layer.tile_col == 700)
+    assert layer.plane[alone].tolist() == [1]
+    np.testing.assert_allclose(layer.blocks(alone), 7.0)
+
+    binned = assemble_fine(fine, kept, sigma, used, [np.array([0, 1]), np.array([2, 3])], context)
+    five = np.flatnonzero(binned.tile_row * context.ntiles + binned.tile_col == 5)
+    np.testing.assert_allclose(binned.blocks(five), [1.5 * shape, 3.5 * shape], atol=1e-4)
+    np.testing.assert_allclose(binned.error[five], np.sqrt(2) * 0.01 / 2, rtol=1e-5)
+    alone = np.flatnonzero(binned.tile_row * context.ntiles + binned.tile_col == 700)
+    assert binned.plane[alone].tolist() == [0]
+    np.testing.assert_allclose(binned.blocks(alone), 3.5)  # (0 + 7) / 2
+    assert assemble_fine(fine, np.zeros_like(kept), sigma, used, [used], context) is None

@@ -549,13 +549,14 @@ def assemble_fine(
     for p, members in enumerate(groups):
         plane_of[members] = p
         size[p] = len(members)
+    binned = bool(size.max() > 1) if size.size else False
     index = {name: [] for name in ("tile_row", "tile_col", "plane", "error", "rank")}
     basis, coef, nbasis, ncoef = [], [], 0, 0
     for tile in np.flatnonzero(kept.any(axis=0)):
         pos = np.flatnonzero(kept[:, tile])
         blocks = np.asarray(fine[used_index[pos], tile], dtype=np.float32)
         planes, where = np.unique(plane_of[pos], return_inverse=True)
-        if planes.size < pos.size:  # time bins: average over each plane's frames
+        if binned:  # time bins: average over each plane's frames (0 where not kept)
             total = np.zeros((planes.size, t, t), dtype=np.float32)
             var = np.zeros(planes.size)
             np.add.at(total, where, blocks)
