@@ -121,10 +121,20 @@ class FineLayer:
     def blocks(self, index: np.ndarray | None = None) -> np.ndarray:
         """Reconstructed blocks ``index`` (default all), shape (n, tile, tile), float32."""
         index = np.arange(len(self)) if index is None else np.asarray(index, dtype=int)
-        out = np.zeros((index.size, self.tile, self.tile), dtype=np.float32)
-        for k, i in enumerate(index):
-            b, c, m = self.basis_start[i], self.coef_start[i], self.rank[i]
-            out[k] = np.tensordot(self.coef[c : c + m], self.basis[b : b + m], axes=1)
+        t = self.tile
+        out = np.empty((index.size, t, t), dtype=np.float32)
+        rank = self.rank[index]
+        single = rank == 1  # raw blocks (and rank-1 tiles): one scaled image each
+        i = index[single]
+        out[single] = self.coef[self.coef_start[i], None, None] * self.basis[self.basis_start[i]]
+        # Factored tiles: the blocks sharing a basis in one matrix product.
+        multi = np.flatnonzero(~single)
+        for start in np.unique(self.basis_start[index[multi]]):
+            members = multi[self.basis_start[index[multi]] == start]
+            k = int(self.rank[index[members[0]]])
+            coef = self.coef[self.coef_start[index[members]][:, None] + np.arange(k)]
+            basis = self.basis[start : start + k].reshape(k, t * t)
+            out[members] = (coef @ basis).reshape(-1, t, t)
         return out
 
     @property
@@ -216,11 +226,11 @@ class FineLayer:
         data = np.zeros(shape, dtype=np.float32)
         var = np.zeros(shape, dtype=np.float32)
         chosen = np.flatnonzero(near)
-        for k, block, values in zip(where, chosen, self.blocks(chosen), strict=True):
-            rs = (self.tile_row[block] - tr0) * t
-            cs = (self.tile_col[block] - tc0) * t
-            data[k, rs : rs + t, cs : cs + t] = values
-            var[k, rs : rs + t, cs : cs + t] = self.error[block] ** 2
+        # Views (plane, tile row, bin row, tile column, bin column) of the local grids.
+        grid = (present.size, tr1 - tr0 + 1, t, tc1 - tc0 + 1, t)
+        rows, cols = self.tile_row[chosen] - tr0, self.tile_col[chosen] - tc0
+        data.reshape(grid)[where, rows, :, cols, :] = self.blocks(chosen)
+        var.reshape(grid)[where, rows, :, cols, :] = (self.error[chosen] ** 2)[:, None, None]
         lr, lc = tr0 * t, tc0 * t
         wr = wr[:, lr : lr + shape[1]]
         wc = wc[:, lc : lc + shape[2]]
