@@ -199,13 +199,17 @@ class FineLayer:
         return problems
 
     # ------------------------------------------------------------------ evaluation
-    def _window(self, row: np.ndarray, column: np.ndarray, planes: np.ndarray):
-        """Blocks near the pixels in ``planes``, as a dense local grid.
+    def _window(self, row: np.ndarray, column: np.ndarray, left: np.ndarray, right: np.ndarray):
+        """Blocks near the pixels in the planes ``left`` and ``right``, as a dense local grid.
 
-        Returns None when no block is near, else ``(wr, wc, present, data, var)``:
-        spatial weights on the local fine bins, the sorted planes that hold
-        blocks, and their local value and variance grids.
+        Returns None when no block is near, else ``(wr, wc, slot, data, var)``:
+        spatial weights on the local fine bins, the position of each cube plane
+        in ``data`` (planes without a block point at a last, zero plane), and
+        the local value and variance grids.
         """
+        if not len(self):
+            return None
+        planes = np.union1d(left, right)
         wr = interpolate.spatial_weights(row, self.centres(_FIRST_ROW))
         wc = interpolate.spatial_weights(column, self.centres(_FIRST_COLUMN))
         (r0, r1), (c0, c1) = _support(wr), _support(wc)
@@ -221,20 +225,22 @@ class FineLayer:
         if not near.any():
             return None
         present, where = np.unique(self.plane[near], return_inverse=True)
-        # Local grid: whole tiles tr0..tr1 x tc0..tc1.
-        shape = (present.size, (tr1 - tr0 + 1) * t, (tc1 - tc0 + 1) * t)
+        slot = np.full(int(max(planes.max(), present.max())) + 1, present.size)
+        slot[present] = np.arange(present.size)
+        # Local grid: whole tiles tr0..tr1 x tc0..tc1, plus the zero plane.
+        shape = (present.size + 1, (tr1 - tr0 + 1) * t, (tc1 - tc0 + 1) * t)
         data = np.zeros(shape, dtype=np.float32)
         var = np.zeros(shape, dtype=np.float32)
         chosen = np.flatnonzero(near)
         # Views (plane, tile row, bin row, tile column, bin column) of the local grids.
-        grid = (present.size, tr1 - tr0 + 1, t, tc1 - tc0 + 1, t)
+        grid = (present.size + 1, tr1 - tr0 + 1, t, tc1 - tc0 + 1, t)
         rows, cols = self.tile_row[chosen] - tr0, self.tile_col[chosen] - tc0
         data.reshape(grid)[where, rows, :, cols, :] = self.blocks(chosen)
         var.reshape(grid)[where, rows, :, cols, :] = (self.error[chosen] ** 2)[:, None, None]
         lr, lc = tr0 * t, tc0 * t
         wr = wr[:, lr : lr + shape[1]]
         wc = wc[:, lc : lc + shape[2]]
-        return wr, wc, present, data, var
+        return wr, wc, slot, data, var
 
     def evaluate(
         self,
@@ -262,20 +268,14 @@ class FineLayer:
         (flux, var) : ndarrays of float32, shape (n, nrow, ncol), or None
             None when no block touches these pixels and times.
         """
-        planes = np.union1d(left, right)
-        window = self._window(row, column, planes) if len(self) else None
+        window = self._window(row, column, left, right)
         if window is None:
             return None
-        wr, wc, present, data, var = window
+        wr, wc, slot, data, var = window
         if column_factor is not None:
             wc = wc * np.asarray(column_factor)[:, None]
-        # Planes without a block contribute zero: map them to an extra zero plane.
-        slot = np.full(int(max(planes.max(), present.max())) + 1, present.size)
-        slot[present] = np.arange(present.size)
         f_sp = interpolate.apply_weights(data, wr, wc).astype(np.float32)
         v_sp = interpolate.apply_weights(var, wr**2, wc**2).astype(np.float32)
-        zero = np.zeros((1,) + f_sp.shape[1:], dtype=np.float32)
-        f_sp, v_sp = np.concatenate([f_sp, zero]), np.concatenate([v_sp, zero])
         li, ri = slot[left], slot[right]
         flux = interpolate.blend(f_sp, li, ri, w_right)
         variance = interpolate.blend(v_sp, li, ri, w_right, squared=True)
@@ -296,16 +296,13 @@ class FineLayer:
         -------
         (flux, var) : ndarrays, shape (n,), or None when no block is near.
         """
-        planes = np.union1d(left, right)
-        window = self._window(row, column, planes) if len(self) else None
+        window = self._window(row, column, left, right)
         if window is None:
             return None
-        wr, wc, present, data, var = window
+        wr, wc, slot, data, var = window
         weights = wr.T @ mask @ wc  # (local rows, local cols)
-        f_pl = np.concatenate([np.einsum("trc,rc->t", data, weights), [0.0]])
-        v_pl = np.concatenate([np.einsum("trc,rc->t", var, weights**2), [0.0]])
-        slot = np.full(int(max(planes.max(), present.max())) + 1, present.size)
-        slot[present] = np.arange(present.size)
+        f_pl = np.einsum("trc,rc->t", data, weights)
+        v_pl = np.einsum("trc,rc->t", var, weights**2)
         li, ri, w = slot[left], slot[right], np.asarray(w_right, float)
         return (1 - w) * f_pl[li] + w * f_pl[ri], (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
 

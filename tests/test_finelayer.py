@@ -353,3 +353,18 @@ def test_compress_tile_tiny_input_kept_raw(m):
     assert coef is None
     np.testing.assert_array_equal(basis, blocks.astype(np.float32))
     assert basis.dtype == np.float32
+
+
+def test_cli_info_reports_the_fine_layer(layer_data, tmp_path, capsys):
+    """``lk-scatterlight info`` names the layer's bins, tiles, blocks and planes."""
+    from lk_scatterlight.cli import main
+
+    layer, _ = layer_data
+    path = coarse_cube(fine=layer).write(tmp_path / "fine.fits")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("fine layer:"))
+    assert f"{PB} px bins in {PB * TILE} px tiles: {len(BLOCKS)} blocks in 4 planes" in line
+    path = coarse_cube().write(tmp_path / "plain.fits")
+    assert main(["info", str(path)]) == 0
+    assert "fine layer" not in capsys.readouterr().out
