@@ -36,8 +36,9 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    the coarse bins' errors scaled to one pixel) over the square root of the
    bin's valid pixels, then **calibrated on the frame itself**: the predicted
    variance is scaled by the median over tiles of that mean (most tiles hold
-   only noise) when it exceeds 1, which takes in what the prediction misses (the static scene's
-   own noise, faint unmasked stars). Pure noise then gives ~1 and only tiles
+   only noise) when it exceeds 1, which takes in what the prediction misses
+   (the static scene's own noise, faint unmasked stars). Filled bins count as
+   bins of the tile's typical size. Pure noise then gives ~1 and only tiles
    above ``threshold`` are kept.
 
 `assemble_fine` gathers the kept blocks of the used frames into a
