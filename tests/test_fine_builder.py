@@ -294,3 +294,21 @@ def test_assemble_fine_per_frame_and_time_binned(context):
     assert binned.plane[alone].tolist() == [0]
     np.testing.assert_allclose(binned.blocks(alone), 3.5)  # (0 + 7) / 2
     assert assemble_fine(fine, np.zeros_like(kept), sigma, used, [used], context) is None
+
+
+def test_drop_extended_unmasks_structure_not_stars():
+    """A ridge left in the static scene is unmasked; small stars and a large saturated
+    star stay masked."""
+    from lk_scatterlight.builder.masks import drop_extended
+
+    y, x = np.mgrid[:512, :512]
+    static = np.full((512, 512), 50.0)
+    ridge = np.abs(0.6 * (y - 256) + 0.8 * (x - 256)) < 6  # ~12 px wide, crosses the image
+    star = (y - 100) ** 2 + (x - 400) ** 2 < 9
+    saturated = (y - 400) ** 2 + (x - 100) ** 2 < 900  # a big, saturated star
+    static[saturated & ((y - 400) ** 2 + (x - 100) ** 2 < 25)] = 2e5
+    mask = ridge | star | saturated
+    kept = drop_extended(mask, static)
+    assert not kept[ridge & ~saturated].any()
+    assert kept[star].all()
+    assert kept[saturated].all()

@@ -6,7 +6,10 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    of valid pixels. The fine layer has its own, lighter source mask: only
    sources above ``fine_star_nsigma`` (30 by default, against 3 for the coarse
    bins; ~3 % of the pixels instead of ~30 % in a sector-1-like field) and
-   their saturation bleeds, plus straps and bad columns. The coarse bins can
+   their saturation bleeds, plus straps and bad columns; regions of that mask
+   too large for an unsaturated star are structure left in the static scene
+   (a ridge in frames that were not dark) and are not masked
+   (`~lk_scatterlight.builder.masks.drop_extended`). The coarse bins can
    afford to drop every faint star; a 4-px bin cannot, or a ridge crossing a
    faint star would lose its peak there. Faint stars subtract with the static
    scene and only add their photon noise. Strap columns whose response can be

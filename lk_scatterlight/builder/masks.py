@@ -18,7 +18,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DEFAULT_BITMASK", "good_frames", "static_source_mask", "column_mask"]
+__all__ = [
+    "DEFAULT_BITMASK",
+    "good_frames",
+    "static_source_mask",
+    "drop_extended",
+    "column_mask",
+]
 
 #: lightkurve's TessQualityFlags.DEFAULT_BITMASK (1|2|4|8|16|32|128|512|16384),
 #: spelled out so the builder does not depend on lightkurve's internals.
@@ -89,6 +95,46 @@ def static_source_mask(
         structure = np.ones((2 * bleed_grow + 1, 2 * bleed_grow + 1), dtype=bool)
         mask |= ndimage.binary_dilation(saturated, structure=structure)
     return mask | ~finite
+
+
+def drop_extended(
+    mask: np.ndarray, static: np.ndarray, max_pixels: int = 1500, saturation: float = 1.0e5
+) -> np.ndarray:
+    """Unmask connected regions too large to be an unsaturated star.
+
+    A static scene made from frames that still hold scattered light carries its
+    persistent structure (a glint ridge, a shadow edge) above the local sky, and
+    a threshold marks it like a star. Stars that cover many pixels are saturated
+    (TESS saturates near Tmag 6.8), so a region of ``mask`` larger than
+    ``max_pixels`` without a pixel above ``saturation`` is structure, not a
+    source, and is dropped from the mask.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (n, n)
+        Source mask (`static_source_mask`).
+    static : ndarray, shape (n, n)
+        The static scene it was made from [e-/s].
+    max_pixels : int
+        Largest unsaturated source [pixels].
+    saturation : float
+        Saturation level [e-/s].
+
+    Returns
+    -------
+    mask : ndarray of bool
+        ``mask`` without those regions.
+    """
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    saturated = np.bincount(
+        labels.ravel(), weights=(np.nan_to_num(static) > saturation).ravel(), minlength=n + 1
+    )
+    extended = (size > max_pixels) & (saturated == 0)
+    extended[0] = False
+    return mask & ~extended[labels]
 
 
 def column_mask(shape: tuple[int, int], columns, first_column: int = 45) -> np.ndarray:

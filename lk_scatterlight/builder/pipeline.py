@@ -786,6 +786,7 @@ def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
     fine = None
     if config.fine_bin:
         bright = masks.static_source_mask(flat, nsigma=config.fine_star_nsigma, grow=0)
+        bright = masks.drop_extended(bright, static)  # a ridge in the static scene
         fine_valid = ~(bright | bad | straps_mask)
         fine_valid[:, strap_idx] = ~(bright | bad)[:, strap_idx]  # measurable straps
         fine = make_fine_context(
