@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("distributed")
 
 from astropy.table import Table  # noqa: E402
+from cube_asserts import assert_same_fine
 from distributed import Client, LocalCluster  # noqa: E402
 
 from lk_scatterlight import ScatterLightCube, simulate  # noqa: E402
@@ -43,7 +44,7 @@ CONFIG = BuildConfig(pixel_bin=64, n_candidates=6, n_dark=3, prefetch=1, chunk=2
 
 
 def make_simulator(ccd: int = 1) -> simulate.FFISimulator:
-    field = simulate.ScatteredLightField(seed=5)
+    field = simulate.ScatteredLightField(seed=5, structured=True)  # a fine layer too
     return simulate.FFISimulator(field, ccd=ccd, time=TIMES[FRAMES], seed=5, n_stars=300)
 
 
@@ -92,6 +93,7 @@ def assert_same_cube(cube: ScatterLightCube, reference: ScatterLightCube) -> Non
     np.testing.assert_array_equal(cube.strap_column, reference.strap_column)
     assert cube.meta["dark_frames"] == reference.meta["dark_frames"]
     assert cube.meta["frames_used"] == reference.meta["frames_used"]
+    assert_same_fine(cube, reference)
 
 
 class KillOnceSource(SimulatedFFISource):
@@ -171,6 +173,7 @@ def test_tesscube_source_pickles_without_its_cube(monkeypatch):
 
 
 def test_distributed_equals_serial(client, simulator, serial, tmp_path):
+    assert serial.fine is not None  # so the fine layer's chunk path is compared too
     cube = build_cube(
         SimulatedFFISource(simulator), CONFIG, out=tmp_path, progress=False, client=client
     )

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from cube_asserts import assert_same_fine
 
 from lk_scatterlight import ScatterLightCube, simulate
 from lk_scatterlight.builder import pipeline
@@ -164,6 +165,7 @@ def test_interrupted_build_resumes(simulator, config, built, tmp_path):
     reference, _ = built
     np.testing.assert_array_equal(cube.flux, reference.flux)  # deterministic
     np.testing.assert_array_equal(cube.flux_err, reference.flux_err)
+    assert_same_fine(cube, reference, atol=0)
 
 
 def test_changed_parameters_restart_instead_of_mixing(simulator, tmp_path):
@@ -193,6 +195,7 @@ def test_local_files_equal_simulated_source(tmp_path):
     from_sim = build_cube(SimulatedFFISource(sim), cfg, work_dir=tmp_path / "w2", progress=False)
     np.testing.assert_array_equal(from_files.flux, from_sim.flux)
     np.testing.assert_array_equal(from_files.btjd, from_sim.btjd)
+    assert_same_fine(from_files, from_sim, atol=0)
 
 
 def test_errors(simulator):
@@ -279,3 +282,21 @@ def test_structured_field_accuracy(structured_build, feature):
     assert error < (0.5 if feature == "ridge" else 0.3), (feature, error, without)
     if feature != "ordinary sky":
         assert without > 3 * error, (feature, error, without)
+
+
+def test_interrupted_structured_build_resumes_with_its_fine_layer(structured_build, tmp_path):
+    """The fine layer's work arrays survive an interruption: the resumed cube has the
+    same fine layer, block for block, as the uninterrupted build."""
+    reference, _, sim = structured_build
+    assert reference.fine is not None
+    assert len(reference.fine) > 100
+    work = tmp_path / "work"
+    cfg = BuildConfig(pixel_bin=16, n_candidates=16, n_dark=4, prefetch=1, chunk=2)
+    n_good = len(used_frames(sim))
+    with pytest.raises(OSError, match="network went away"):
+        build_cube(FailingSource(sim, fail_after=n_good + 5), cfg, work_dir=work, progress=False)
+    resumed = FailingSource(sim)
+    cube = build_cube(resumed, cfg, work_dir=work, progress=False)
+    assert len(resumed.reads) == n_good - 5
+    np.testing.assert_array_equal(cube.flux, reference.flux)
+    assert_same_fine(cube, reference, atol=0)

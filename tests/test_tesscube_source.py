@@ -42,6 +42,7 @@ if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask")
 
 import boto3  # noqa: E402
 import lkspacecraft  # noqa: E402
+from cube_asserts import assert_same_fine
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from lk_scatterlight.exceptions import FFISourceError, ScatterLightError  # noqa: E402
@@ -355,3 +356,4 @@ def test_build_from_s3_equals_build_from_local_files(source, mast_bucket: Upload
     np.testing.assert_array_equal(from_s3.flux, from_files.flux)
     np.testing.assert_array_equal(from_s3.flux_err, from_files.flux_err)
     np.testing.assert_array_equal(from_s3.strap_response, from_files.strap_response)
+    assert_same_fine(from_s3, from_files, atol=0)

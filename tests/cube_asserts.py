@@ -1,0 +1,20 @@
+"""Assertions shared by tests that compare cubes built in different ways."""
+
+import numpy as np
+
+
+def assert_same_fine(cube, reference, atol: float = 1e-4) -> None:
+    """Both cubes have no fine layer, or layers with the same blocks and values.
+
+    The default ``atol`` [e-/s] (a thousandth of a fine bin's noise) absorbs the float32
+    rounding by which two builds of the same frames differ in different processes.
+    """
+    assert (cube.fine is None) == (reference.fine is None)
+    if cube.fine is None:
+        return
+    a, b = cube.fine, reference.fine
+    assert (a.pixel_bin, a.tile) == (b.pixel_bin, b.tile)
+    for name in ("tile_row", "tile_col", "plane"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_allclose(a.blocks(), b.blocks(), rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(a.error, b.error, rtol=1e-5)
