@@ -738,7 +738,7 @@ class ScatterLightCube:
         if not valid.any():
             nan = np.full(out_shape, np.nan, dtype=np.float32)
             return CubeEvaluation(nan << _FLUX_UNIT, nan.copy() << _FLUX_UNIT, valid)
-        (r0, r1), (c0, c1) = _support(wr), _support(wc)
+        (r0, r1), (c0, c1) = interpolate.support(wr), interpolate.support(wc)
         factor = self.column_response(column)  # strap columns respond more
         wr, wc = wr[:, r0:r1], wc[:, c0:c1] * factor[:, None]
         if self._lowrank is not None:
@@ -809,7 +809,7 @@ class ScatterLightCube:
         flux = np.full(t.size, np.nan)
         var = np.full(t.size, np.nan)
         if valid.any() and mask.any():
-            (r0, r1), (c0, c1) = _support(weights.T), _support(weights)
+            (r0, r1), (c0, c1) = interpolate.support(weights.T), interpolate.support(weights)
             weights = weights[r0:r1, c0:c1]
             p0, p1 = left[valid].min(), right[valid].max() + 1
             if self._lowrank is not None:  # weights on the factors, then the series
@@ -1101,12 +1101,6 @@ def _expand(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = np.full((valid.size,) + values.shape[1:], np.nan, dtype=values.dtype)
     out[valid] = values
     return out
-
-
-def _support(weights: np.ndarray) -> tuple[int, int]:
-    """First and one-past-last grid index with a non-zero weight."""
-    used = np.flatnonzero(np.any(weights != 0, axis=0))
-    return int(used[0]), int(used[-1]) + 1
 
 
 def _header_unit_ok(header: fits.Header, extname: str) -> None:

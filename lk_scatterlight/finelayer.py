@@ -212,7 +212,7 @@ class FineLayer:
         planes = np.union1d(left, right)
         wr = interpolate.spatial_weights(row, self.centres(_FIRST_ROW))
         wc = interpolate.spatial_weights(column, self.centres(_FIRST_COLUMN))
-        (r0, r1), (c0, c1) = _support(wr), _support(wc)
+        (r0, r1), (c0, c1) = interpolate.support(wr), interpolate.support(wc)
         t = self.tile
         tr0, tr1, tc0, tc1 = r0 // t, (r1 - 1) // t, c0 // t, (c1 - 1) // t
         near = (
@@ -360,12 +360,6 @@ class FineLayer:
             coef=np.zeros(0, np.float32) if coef is None else np.array(coef).ravel(),
             coef_start=np.array(table["COEF"]),
         )
-
-
-def _support(weights: np.ndarray) -> tuple[int, int]:
-    """First and one-past-last column of ``weights`` holding a non-zero weight."""
-    used = np.flatnonzero(np.any(weights != 0, axis=0))
-    return int(used[0]), int(used[-1]) + 1
 
 
 def compress_tile(

@@ -34,7 +34,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-__all__ = ["spatial_weights", "time_segments", "time_weights", "apply_weights", "blend"]
+__all__ = [
+    "spatial_weights",
+    "support",
+    "time_segments",
+    "time_weights",
+    "apply_weights",
+    "blend",
+]
 
 
 def _keys_kernel(s: np.ndarray) -> np.ndarray:
@@ -104,6 +111,23 @@ def spatial_weights(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
         q = (n - 1) - p[high]  # distance beyond the last centre, mirrored
         weights[high, -3:] = np.column_stack([q * (q - 1) / 2, -q * (q - 2), (q - 1) * (q - 2) / 2])
     return weights
+
+
+def support(weights: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last grid index that holds a non-zero weight.
+
+    Parameters
+    ----------
+    weights : ndarray, shape (nx, n)
+        Interpolation weights, e.g. from `spatial_weights`.
+
+    Returns
+    -------
+    (start, stop) : tuple of int
+        ``weights[:, start:stop]`` holds every non-zero weight.
+    """
+    used = np.flatnonzero(np.any(weights != 0, axis=0))
+    return int(used[0]), int(used[-1]) + 1
 
 
 def time_segments(start: np.ndarray, stop: np.ndarray, max_gap: float) -> np.ndarray:

@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .. import interpolate
 from ..finelayer import FineLayer, compress_tile
@@ -329,8 +330,6 @@ def _fill_profiles(r, ok, model, noise, threshold) -> None:
     ``r**2 / noise`` below ``threshold``) or without a clear direction keep
     their first fill.
     """
-    from scipy import ndimage
-
     labels, _ = ndimage.label(~ok)
     n = r.shape[0]
     for k, (rs, cs) in enumerate(ndimage.find_objects(labels)):
@@ -398,8 +397,6 @@ def _fill_isotropic(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
     neighbourhoods; the rare holes with no valid bin there use whole-image
     filters of widths 4, 8 and 32 bins.
     """
-    from scipy import ndimage
-
     out = r.copy()
     missing = ~ok
     rows, cols = np.nonzero(missing)
@@ -465,8 +462,6 @@ def _structure_direction(image, ok, rows, cols) -> np.ndarray:
 
 def _fill_along(out, ok, rows, cols, along) -> None:
     """Interpolate holes linearly between the nearest valid bins along ``along``."""
-    from scipy import ndimage
-
     use = np.isfinite(along[:, 0])
     if not use.any():
         return

@@ -353,8 +353,7 @@ class _WorkArea:
         self.arrays["fine_kept"][index] = False
         self.arrays["fine_kept"][index, fine.tiles] = True
         self.arrays["fine_sigma"][index, fine.tiles] = fine.sigma
-        for tile, block in zip(fine.tiles, fine.blocks, strict=True):
-            self.arrays["fine"][index, tile] = block
+        self.arrays["fine"][index, fine.tiles] = fine.blocks  # only these pages are written
 
     def store_chunk(self, chunk: ChunkResult) -> None:
         """Record a chunk's results, then mark its frames done and flush (a checkpoint)."""
@@ -788,7 +787,7 @@ def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
         bright = masks.static_source_mask(flat, nsigma=config.fine_star_nsigma, grow=0)
         bright = masks.drop_extended(bright, static)  # a ridge in the static scene
         fine_valid = ~(bright | bad | straps_mask)
-        fine_valid[:, strap_idx] = ~(bright | bad)[:, strap_idx]  # measurable straps
+        fine_valid[:, strap_idx] = ~(bright[:, strap_idx] | bad[:, strap_idx])  # measurable
         fine = make_fine_context(
             fine_valid.astype(np.float32),
             config.pixel_bin,
