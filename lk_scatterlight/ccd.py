@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from astropy.time import Time
 
 __all__ = [
     "BTJD_OFFSET",
@@ -31,8 +35,10 @@ __all__ = [
     "SCIENCE_ROWS",
     "SCIENCE_SLICE",
     "Region",
+    "btjd_time",
     "check_camera_ccd",
     "check_sector",
+    "to_btjd",
 ]
 
 #: Shape (rows, columns) of a calibrated SPOC FFI image, collateral pixels included.
@@ -55,6 +61,34 @@ CAMERAS = CCDS = (1, 2, 3, 4)
 #: tesswcs 1.x cover sectors 1-108 (TESS's second extended mission, to late 2026).
 #: Raise it when a later tesswcs lists more sectors.
 LATEST_SECTOR = 108
+
+
+def to_btjd(time) -> np.ndarray:
+    """Times as BTJD floats [d].
+
+    Parameters
+    ----------
+    time : `~astropy.time.Time`, `~astropy.units.Quantity` or array-like
+        A `~astropy.time.Time` (any format and scale) is converted to TDB;
+        anything else is taken to be BTJD already (a Quantity's value in days).
+
+    Returns
+    -------
+    btjd : ndarray of float
+    """
+    from astropy.time import Time
+
+    if isinstance(time, Time):
+        return np.asarray(time.tdb.jd - BTJD_OFFSET, dtype=float)
+    return np.asarray(getattr(time, "value", time), dtype=float)
+
+
+def btjd_time(btjd) -> Time:
+    """BTJD floats as a `~astropy.time.Time` in lightkurve's ``"btjd"`` format (TDB)."""
+    from astropy.time import Time
+    from lightkurve.time import TimeBTJD  # noqa: F401  (defines the "btjd" format)
+
+    return Time(np.asarray(btjd, dtype=float), format="btjd", scale="tdb")
 
 
 def _whole(name: str, value) -> int:

@@ -33,9 +33,9 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
-from lightkurve.time import TimeBTJD  # noqa: F401  (registers the "btjd" Time format)
 
 from . import interpolate
+from .ccd import BTJD_OFFSET, SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
 from .exceptions import CubeFormatError, OutsideCubeError
 from .finelayer import FINE_EXTENSIONS, FineLayer
 from .utils import atomic_write
@@ -61,11 +61,6 @@ ENCODINGS = ("DENSE", "LOWRANK")
 DEFAULT_TOLERANCE = 0.01
 #: Default cap on the number of components of `ScatterLightCube.compress`.
 DEFAULT_MAX_RANK = 64
-#: First and last science row, 1-based.
-SCIENCE_ROWS = (1, 2048)
-#: First and last science column, 1-based, counting the 44 collateral columns.
-SCIENCE_COLUMNS = (45, 2092)
-BTJD_OFFSET = 2457000.0
 #: Default longest hole interpolation may bridge, in units of the median plane width.
 GAP_FACTOR = 3.0
 _FLUX_UNIT = u.electron / u.s
@@ -291,6 +286,11 @@ class ScatterLightCube:
         Structure finer than the bins (glint ridges, shadow edges) on a finer
         grid, stored only in the tiles and planes where the builder found it;
         `evaluate` and `evaluate_sum` add it to the binned model.
+    region : `~lk_scatterlight.ccd.Region`, optional
+        Where the cube may be evaluated (1-based CCD pixels). Default: the whole
+        science area. A regional cube, built from part of a CCD, covers only
+        the pixels whose interpolation never reaches the edge of what it was
+        built from; evaluating outside raises `OutsideCubeError`.
     """
 
     def __init__(
@@ -311,8 +311,10 @@ class ScatterLightCube:
         strap_column: np.ndarray | None = None,
         strap_response: np.ndarray | None = None,
         fine: FineLayer | None = None,
+        region: Region | None = None,
     ):
         self.sector, self.camera, self.ccd = int(sector), int(camera), int(ccd)
+        self.region = Region.full() if region is None else region
         self._time = np.asarray(time, dtype=float)
         self._time_start = np.asarray(time_start, dtype=float)
         self._time_stop = np.asarray(time_stop, dtype=float)
@@ -358,6 +360,7 @@ class ScatterLightCube:
         strap_column=None,
         strap_response=None,
         fine: FineLayer | None = None,
+        region: Region | None = None,
     ) -> ScatterLightCube:
         """Make a cube from arrays, validating them.
 
@@ -376,7 +379,7 @@ class ScatterLightCube:
             neighbours but never further than half the median plane spacing, so
             the planes next to an orbit gap (and the outer planes) extend by half
             a typical plane and the gap stays a gap.
-        npix, nframes, meta, strap_column, strap_response, fine
+        npix, nframes, meta, strap_column, strap_response, fine, region
             See the class docstring.
 
         Returns
@@ -407,6 +410,7 @@ class ScatterLightCube:
             strap_column=strap_column,
             strap_response=strap_response,
             fine=fine,
+            region=region,
         )
 
     @classmethod
@@ -517,17 +521,17 @@ class ScatterLightCube:
     @property
     def time(self) -> Time:
         """Plane centres as `~astropy.time.Time` (BTJD, TDB)."""
-        return Time(self._time, format="btjd", scale="tdb")
+        return btjd_time(self._time)
 
     @property
     def time_start(self) -> Time:
         """Start of each plane (BTJD, TDB)."""
-        return Time(self._time_start, format="btjd", scale="tdb")
+        return btjd_time(self._time_start)
 
     @property
     def time_stop(self) -> Time:
         """Stop of each plane (BTJD, TDB)."""
-        return Time(self._time_stop, format="btjd", scale="tdb")
+        return btjd_time(self._time_stop)
 
     @property
     def btjd(self) -> np.ndarray:
@@ -688,6 +692,7 @@ class ScatterLightCube:
             strap_column=self.strap_column,
             strap_response=self.strap_response,
             fine=self.fine,
+            region=self.region,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -731,7 +736,7 @@ class ScatterLightCube:
             ``(flux, flux_err, valid)``; flux arrays have shape (ntime, nrow, ncol).
         """
         t, left, right, w_right, valid = self._time_weights(time, bounds, max_gap)
-        row, column = _pixel_axes(row, column)
+        row, column = _pixel_axes(row, column, self.region)
         wr = interpolate.spatial_weights(row, self.row)
         wc = interpolate.spatial_weights(column, self.column)
         out_shape = (t.size, row.size, column.size)
@@ -799,7 +804,7 @@ class ScatterLightCube:
             ``flux`` and ``flux_err`` have shape (ntime,) [e-/s].
         """
         t, left, right, w_right, valid = self._time_weights(time, bounds, max_gap)
-        row, column = _pixel_axes(row, column)
+        row, column = _pixel_axes(row, column, self.region)
         mask = np.ones((row.size, column.size)) if mask is None else np.asarray(mask, float)
         if mask.shape != (row.size, column.size):
             raise ValueError(f"mask has shape {mask.shape}, expected {(row.size, column.size)}.")
@@ -931,6 +936,22 @@ class ScatterLightCube:
                     f"{name} centres {axis[0]:g}..{axis[-1]:g} leave the science area "
                     f"{lo}..{hi} (1-based CCD pixels)"
                 )
+        if not problems and not self.region.is_full:
+            # The pixels the bins cover: a bin centred on c spans c -/+ (bin - 1) / 2.
+            half = (self.pixel_bin - 1) / 2
+            first = (self.row[0] - half, self.column[0] - half)
+            last = (self.row[-1] + half, self.column[-1] + half)
+            region = self.region
+            if (
+                region.row < first[0]
+                or region.column < first[1]
+                or region.row_stop > last[0]
+                or region.column_stop > last[1]
+            ):
+                problems.append(
+                    f"the region ({region}) reaches beyond the pixels of the bins, rows "
+                    f"{first[0]:g}..{last[0]:g}, columns {first[1]:g}..{last[1]:g}"
+                )
         expected = self.shape
         for name in ("_flux", "_flux_err"):
             shape = tuple(np.shape(getattr(self, name)))
@@ -982,6 +1003,9 @@ class ScatterLightCube:
         h["TSTOP"] = (self._time_stop[-1], "[d] BTJD stop of the last plane")
         h["NTIME"] = (self.shape[0], "number of time planes")
         h["PIXBIN"] = (self.pixel_bin, "[pixel] bin size in rows and columns")
+        if not self.region.is_full:
+            for key, card in self.region.to_header().items():
+                h[key] = card
         image_header = fits.Header()
         image_header["BUNIT"] = ("electron/s", "per pixel")
         if compact:
@@ -1033,10 +1057,7 @@ class ScatterLightCube:
 
 
 # ---------------------------------------------------------------------- helpers
-def _to_btjd(time) -> np.ndarray:
-    if isinstance(time, Time):
-        return np.asarray(time.tdb.jd - BTJD_OFFSET, dtype=float)
-    return np.asarray(getattr(time, "value", time), dtype=float)
+_to_btjd = to_btjd
 
 
 def _default_extents(btjd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1078,8 +1099,8 @@ def _raise_value_problems(bad_flux: int, bad_err: bool) -> None:
         raise CubeFormatError(msg)
 
 
-def _pixel_axes(row, column) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column coordinates as 1-D float arrays, checked against the science area."""
+def _pixel_axes(row, column, region: Region) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates as 1-D float arrays, checked against the cube's region."""
     row = np.atleast_1d(np.asarray(row, dtype=float))
     column = np.atleast_1d(np.asarray(column, dtype=float))
     for name, values, (lo, hi) in (
@@ -1093,6 +1114,13 @@ def _pixel_axes(row, column) -> tuple[np.ndarray, np.ndarray]:
                 f"area ({name}s {lo}..{hi}, 1-based CCD pixels with columns counting the 44 "
                 "collateral columns); scattered light is only modelled on science pixels."
             )
+    if not region.contains(row, column):
+        raise OutsideCubeError(
+            f"pixels rows {row.min():g}..{row.max():g}, columns {column.min():g}..{column.max():g} "
+            f"are outside this regional cube, which covers {region}. Use a cube built for "
+            "these pixels (lk-scatterlight build --for-tpf FILE, or tpf.to_corrector("
+            '"scatterlight", cube="build")) or a whole-CCD cube.'
+        )
     return row, column
 
 
@@ -1169,7 +1197,12 @@ def _read_lk(hdul: fits.HDUList, path: Path, names: list[str]) -> ScatterLightCu
         np.array(hdul["ROW"].data, dtype=float),
         np.array(hdul["COLUMN"].data, dtype=float),
     )
+    try:
+        region = Region.from_header(header)
+    except ValueError as err:
+        raise CubeFormatError(f"{path}: {err}") from err
     kwargs = {
+        "region": region,
         "npix": np.array(hdul["NPIX"].data),
         "nframes": np.array(table["NFRAMES"]),
         "meta": meta,

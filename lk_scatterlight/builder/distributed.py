@@ -390,7 +390,12 @@ class DaskRunner:
         return self._hold(
             "context",
             lambda: self._submit(
-                pipeline.make_context, static_future, config, key="context", frames=False
+                pipeline.make_context,
+                static_future,
+                config,
+                pipeline.source_region(self.source, config),
+                key="context",
+                frames=False,
             ),
         )
 

@@ -46,6 +46,7 @@ code and therefore give the same cube:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -59,12 +60,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..ccd import N_SCIENCE, SCIENCE_COLUMNS, SCIENCE_ROWS, Region
 from ..cube import (
     _CHUNK_VALUES,
     DEFAULT_MAX_RANK,
     GAP_FACTOR,
-    SCIENCE_COLUMNS,
-    SCIENCE_ROWS,
     ScatterLightCube,
     _compact_cube,
     _compress,
@@ -87,6 +87,10 @@ __all__ = [
     "FrameResult",
     "ChunkResult",
     "plan_build",
+    "region_grid",
+    "region_tag",
+    "regional_margin",
+    "source_region",
     "candidate_frames",
     "frame_level",
     "select_dark",
@@ -102,7 +106,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SCIENCE = 2048
+_SCIENCE = N_SCIENCE
 
 #: Signature of a time-binning stage: ``(value, error, groups) -> (flux, flux_err)``.
 PlaneBinner = Callable[[np.ndarray, np.ndarray, list], tuple[np.ndarray, np.ndarray]]
@@ -432,6 +436,12 @@ class BuildPlan:
         Bins per side of a plane.
     overwrite : bool
         Replace an existing output file.
+    fine_shape : (int, int) or None
+        Tiles per plane and fine bins per tile side of the fine layer.
+    region : `~lk_scatterlight.ccd.Region`
+        The square of science pixels the source delivers (the whole CCD by default).
+    row_step : int
+        The source read every ``row_step``-th row of the region (sparse reading).
     """
 
     sector: int
@@ -448,6 +458,8 @@ class BuildPlan:
     nbins: int
     overwrite: bool = False
     fine_shape: tuple[int, int] | None = None
+    region: Region = field(default_factory=Region.full)
+    row_step: int = 1
 
     def open_work(self) -> _WorkArea:
         """Open (or create, or start over) the work area of this build."""
@@ -488,6 +500,7 @@ def plan_build(
     FileExistsError
         If the output exists and ``overwrite`` is False.
     """
+    region = source_region(source, config)
     frames = list(source.frames)
     quality = np.array([f.quality for f in frames], dtype=np.int64)
     good = masks.good_frames(quality, config.bitmask)
@@ -503,6 +516,8 @@ def plan_build(
             out_path = out_path / cube_filename(
                 source.sector, source.camera, source.ccd, config.pixel_bin
             )
+            if not region.is_full:
+                out_path = out_path.with_name(out_path.stem + region_tag(region) + ".fits")
         if out_path.exists() and not overwrite:
             raise FileExistsError(f"{out_path} exists; pass overwrite=True to replace it.")
     identity = hashlib.sha256(
@@ -515,11 +530,13 @@ def plan_build(
         "frames": identity,
         "config": config.fingerprint(),
     }
+    if not region.is_full:
+        state["region"] = [region.row, region.column, region.nrows, region.ncols]
     if work_dir is None:
         base = out_path.parent if out_path is not None else Path.cwd()
         work_dir = base / (
             f".lk-scatterlight-work_s{source.sector:04d}_{source.camera}-{source.ccd}"
-            f"_bin{config.pixel_bin}"
+            f"_bin{config.pixel_bin}{'' if region.is_full else region_tag(region)}"
         )
     straps = _strap_columns() if config.mask_straps else np.zeros(0, dtype=int)
     return BuildPlan(
@@ -534,14 +551,53 @@ def plan_build(
         work_dir=Path(work_dir),
         state=state,
         straps=straps,
-        nbins=_SCIENCE // config.pixel_bin,
+        nbins=region.nrows // config.pixel_bin,
         overwrite=overwrite,
         fine_shape=(
-            ((_SCIENCE // (config.fine_bin * config.fine_tile)) ** 2, config.fine_tile)
+            ((region.nrows // (config.fine_bin * config.fine_tile)) ** 2, config.fine_tile)
             if config.fine_bin
             else None
         ),
+        region=region,
+        row_step=int(getattr(source, "row_step", 1)),
     )
+
+
+def region_grid(config: BuildConfig) -> int:
+    """Cell size [px] of the CCD grid a regional build's edges must lie on.
+
+    The bins (and the fine layer's tiles) of a regional cube are those of the
+    whole-CCD cube: the region starts and ends on their common grid.
+    """
+    grid = config.pixel_bin
+    if config.fine_bin:
+        grid = int(np.lcm(grid, config.fine_bin * config.fine_tile))
+    return grid
+
+
+def region_tag(region: Region) -> str:
+    """File-name tag of a regional build, e.g. ``"_r129c173n128"``."""
+    return f"_r{region.row}c{region.column}n{region.nrows}"
+
+
+def source_region(source: FFISource, config: BuildConfig) -> Region:
+    """The region a source delivers, checked against what the pipeline needs.
+
+    Raises
+    ------
+    ValueError
+        If the region is not square or not on the grid of `region_grid`.
+    """
+    region = getattr(source, "region", None) or Region.full()
+    grid = region_grid(config)
+    offsets = (region.row - SCIENCE_ROWS[0], region.column - SCIENCE_COLUMNS[0])
+    if region.nrows != region.ncols or region.nrows % grid or any(o % grid for o in offsets):
+        raise ValueError(
+            f"a build needs a square region whose edges lie on the CCD's {grid}-px grid "
+            f"(first row 1, 1 + {grid}, ...; first column 45, 45 + {grid}, ...), got {region}; "
+            "Region.around(margin, grid, square=True) makes one."
+        )
+    return region
 
 
 # ---------------------------------------------------------------------- static scene
@@ -727,6 +783,11 @@ class FrameContext:
         1.3 MB for 16 px bins); None to recompute them per frame.
     fine : `~lk_scatterlight.builder.fine.FineContext` or None
         Constants of the fine layer (None without one).
+    unread_rows : ndarray of int or None
+        Rows a sparse read skipped (all NaN); None when every row was read.
+    nearest_read_row : ndarray of int or None
+        For every row, the nearest row that was read (to stand in for the
+        skipped rows' FFI uncertainties).
     """
 
     static: np.ndarray
@@ -743,6 +804,8 @@ class FrameContext:
     source_fraction: float
     mask_sums: binning.MaskSums | None = None
     fine: FineContext | None = None
+    unread_rows: np.ndarray | None = None
+    nearest_read_row: np.ndarray | None = None
 
     @property
     def nbins(self) -> int:
@@ -759,33 +822,47 @@ class FrameContext:
         return int(sum(a.nbytes for a in arrays) + sums)
 
 
-def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
+def make_context(
+    static: np.ndarray, config: BuildConfig, region: Region | None = None
+) -> FrameContext:
     """Masks (stars, bleeds, straps, bad columns) and the per-frame context of a build.
 
     Parameters
     ----------
-    static : ndarray of float32, shape (2048, 2048)
-        The static scene (`static_scene`).
+    static : ndarray of float32, shape (n, n)
+        The static scene (`static_scene`) of the region.
     config : `BuildConfig`
+    region : `~lk_scatterlight.ccd.Region`, optional
+        The CCD pixels ``static`` covers; default the whole science area.
+        Pixels never read (NaN in ``static``: a sparse regional read) are masked.
 
     Returns
     -------
     context : `FrameContext`
     """
+    region = region or Region.full()
+    first = region.column
     straps = _strap_columns() if config.mask_straps else np.zeros(0, dtype=int)
     strap_cols, ref_idx = _strap_geometry(straps)
-    strap_idx = strap_cols - SCIENCE_COLUMNS[0]
+    # Measurable straps of the region, with their references, in region array columns.
+    shift = first - SCIENCE_COLUMNS[0]
+    strap_idx, ref_idx = strap_cols - first, ref_idx - shift
+    inside = (strap_idx >= 0) & (strap_idx < static.shape[1])
+    inside &= np.all((ref_idx >= 0) & (ref_idx < static.shape[1]), axis=1)
+    strap_cols, strap_idx, ref_idx = strap_cols[inside], strap_idx[inside], ref_idx[inside]
     flat = _flatten_straps(static, strap_idx, ref_idx)
     sources = masks.static_source_mask(flat, nsigma=config.star_nsigma)
-    bad = masks.column_mask(static.shape, config.bad_columns)
+    bad = masks.column_mask(static.shape, config.bad_columns, first_column=first)
+    read = np.isfinite(static)  # False only for rows a sparse read skipped
     clean = ~(sources | bad)
-    straps_mask = masks.column_mask(static.shape, straps)
+    straps_mask = masks.column_mask(static.shape, straps, first_column=first)
     valid = clean & ~straps_mask
     weights = valid.astype(np.float32)  # converted once, not per frame
     fine = None
     if config.fine_bin:
         bright = masks.static_source_mask(flat, nsigma=config.fine_star_nsigma, grow=0)
         bright = masks.drop_extended(bright, static)  # a ridge in the static scene
+        bright |= ~read  # rows a sparse read skipped are a large region too
         fine_valid = ~(bright | bad | straps_mask)
         fine_valid[:, strap_idx] = ~(bright[:, strap_idx] | bad[:, strap_idx])  # measurable
         fine = make_fine_context(
@@ -796,7 +873,17 @@ def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
             config.fine_threshold,
             strap_idx=strap_idx,
         )
+    unread = np.flatnonzero(~read.any(axis=1))
+    nearest = None
+    if unread.size:
+        read_rows = np.flatnonzero(read.any(axis=1))
+        if read_rows.size == 0:
+            raise ScatterLightError("the static scene has no finite pixel: nothing was read.")
+        rows = np.arange(read.shape[0])
+        nearest = read_rows[np.abs(rows[:, None] - read_rows[None, :]).argmin(axis=1)]
     return FrameContext(
+        unread_rows=unread if unread.size else None,
+        nearest_read_row=nearest,
         static=np.asarray(static, dtype=np.float32),
         weights=weights,
         clean=clean,
@@ -808,7 +895,7 @@ def make_context(static: np.ndarray, config: BuildConfig) -> FrameContext:
         pixel_bin=config.pixel_bin,
         clip=config.clip,
         curvature_correction=config.curvature_correction,
-        source_fraction=float(sources.mean()),
+        source_fraction=float(sources[read].mean()) if read.any() else 0.0,
         mask_sums=binning.mask_sums(weights, config.pixel_bin),
         fine=fine,
     )
@@ -834,6 +921,10 @@ def process_frame(
     result : `FrameResult`
     """
     diff = flux - context.static
+    if context.unread_rows is not None:  # a sparse read: rows that hold no data
+        diff[context.unread_rows] = 0  # masked everywhere; 0 keeps the sums finite
+        if flux_err is not None:
+            flux_err = flux_err[context.nearest_read_row]
     binned = binning.bin_plane_fit(
         diff,
         context.weights,
@@ -1011,6 +1102,14 @@ def assemble(
     b = config.pixel_bin
     nb = plan.nbins
     centres = b * np.arange(nb) + (b - 1) / 2
+    region = plan.region
+    if fine is not None and not region.is_full:  # tiles numbered on the whole CCD
+        tile_px = fine.pixel_bin * fine.tile
+        fine = dataclasses.replace(
+            fine,
+            tile_row=fine.tile_row + (region.row - SCIENCE_ROWS[0]) // tile_px,
+            tile_col=fine.tile_col + (region.column - SCIENCE_COLUMNS[0]) // tile_px,
+        )
     dropped = {}
     for bit in range(20):
         n = int(np.sum((plan.quality & (1 << bit)) & config.bitmask != 0))
@@ -1034,6 +1133,14 @@ def assemble(
         "bin_statistic": f"robust local plane fit, {config.clip} sigma clip",
         "curvature_correction": config.curvature_correction,
         "error_estimator": "standard error of the plane-fit intercept from residual scatter",
+        "region": (
+            None
+            if region.is_full
+            else {
+                "read": [region.row, region.column, region.nrows, region.ncols],
+                "row_step": plan.row_step,
+            }
+        ),
         "fine_layer": (
             {
                 "bin": config.fine_bin,
@@ -1049,14 +1156,15 @@ def assemble(
         time=plane_time,
         time_start=plane_start,
         time_stop=plane_stop,
-        row=SCIENCE_ROWS[0] + centres,
-        column=SCIENCE_COLUMNS[0] + centres,
+        row=region.row + centres,
+        column=region.column + centres,
         npix=npix,
         nframes=nframes,
         meta=meta,
         strap_column=straps[measured],
         strap_response=response[measured],
         fine=fine,
+        region=None if region.is_full else region.shrunk(regional_margin(config)),
     )
     if config.compact and config.time_bin is None:
         cube = _assemble_compact(plan, config, work, used_index, planes)
@@ -1073,6 +1181,16 @@ def assemble(
         if config.compact:
             cube = cube.compress(tolerance=config.compact_tolerance)
     return cube
+
+
+def regional_margin(config: BuildConfig) -> int:
+    """Pixels at a region's inner edges where a regional cube is not evaluated [px].
+
+    Cubic convolution needs one bin beyond the pair of bins around a pixel: 1.5
+    bins from the outermost bin's centre, rounded up. Those outer bins also
+    lack the neighbours that fill and smooth them in a whole-CCD build.
+    """
+    return -(-3 * config.pixel_bin // 2)
 
 
 def _assemble_compact(
@@ -1185,7 +1303,7 @@ def _run_build(
         dark = np.asarray(dark_list)
         work.save("static", static)
         work.save("dark", dark)
-    context = make_context(static, config)
+    context = make_context(static, config, plan.region)
 
     good = plan.good
     todo = [int(i) for i in np.flatnonzero(good & ~work["done"])]

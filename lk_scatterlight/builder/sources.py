@@ -33,6 +33,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
+from ..ccd import Region
 from ..exceptions import FFISourceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +45,7 @@ __all__ = [
     "FFISource",
     "LocalFFISource",
     "SimulatedFFISource",
+    "CroppedSource",
     "read_ffi_header",
     "FFI_SHAPE",
     "SCIENCE_SHAPE",
@@ -248,7 +250,16 @@ class FFISource(abc.ABC):
     sector, camera, ccd : int
     frames : list of `FrameInfo`
     description : str
+    region : `~lk_scatterlight.ccd.Region`
+        The science pixels `read` returns: the whole CCD, or a square of it
+        (`crop`, `~lk_scatterlight.builder.tesscube_source.TessCubeRegionSource`).
+    row_step : int
+        Only every ``row_step``-th row of the region holds data (a sparse read);
+        the other rows are NaN.
     """
+
+    region: Region = Region.full()
+    row_step: int = 1
 
     def __init__(
         self, sector: int, camera: int, ccd: int, frames: list[FrameInfo], description: str
@@ -312,6 +323,24 @@ class FFISource(abc.ABC):
             The frame cannot be read.
         """
 
+    def crop(self, region: Region, row_step: int = 1) -> FFISource:
+        """The same frames, restricted to a region of the CCD.
+
+        Parameters
+        ----------
+        region : `~lk_scatterlight.ccd.Region`
+            Inside this source's region.
+        row_step : int
+            Keep every ``row_step``-th row of the region (counted from its first
+            row) and set the others to NaN, as a sparse read of MAST's FFI cube does.
+
+        Returns
+        -------
+        source : `FFISource`
+            Reads this source's frames and returns the region's pixels.
+        """
+        return CroppedSource(self, region, row_step)
+
     def iter_read(
         self, indices: Iterable[int] | None = None, prefetch: int = 4
     ) -> Iterator[tuple[FrameInfo, np.ndarray, np.ndarray]]:
@@ -374,6 +403,43 @@ class FFISource(abc.ABC):
                 yield self.frames[index], flux, flux_err
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class CroppedSource(FFISource):
+    """The frames of another source, restricted to a region (see `FFISource.crop`).
+
+    Parameters
+    ----------
+    parent : `FFISource`
+    region : `~lk_scatterlight.ccd.Region`
+    row_step : int
+    """
+
+    def __init__(self, parent: FFISource, region: Region, row_step: int = 1):
+        if not parent.region.covers(region):
+            msg = f"{parent.description} covers {parent.region}, not {region}."
+            raise FFISourceError(msg)
+        if int(row_step) < 1:
+            msg = f"row_step must be >= 1, got {row_step!r}."
+            raise FFISourceError(msg)
+        self.parent, self.region, self.row_step = parent, region, int(row_step)
+        description = f"{parent.description}, {region}"
+        if self.row_step > 1:
+            description += f", every {self.row_step} rows"
+        super().__init__(parent.sector, parent.camera, parent.ccd, parent.frames, description)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(self.region.row - self.parent.region.row, None)
+        cols = slice(self.region.column - self.parent.region.column, None)
+        out = []
+        for array in self.parent.read(index):
+            part = np.array(array[rows, cols][: self.region.nrows, : self.region.ncols])
+            if self.row_step > 1:
+                skipped = np.ones(self.region.nrows, dtype=bool)
+                skipped[:: self.row_step] = False
+                part[skipped] = np.nan
+            out.append(part)
+        return out[0], out[1]
 
 
 def _resolve_paths(
