@@ -38,6 +38,7 @@ __all__ = [
     "btjd_time",
     "check_camera_ccd",
     "check_sector",
+    "ffi_cadence_seconds",
     "to_btjd",
 ]
 
@@ -61,6 +62,11 @@ CAMERAS = CCDS = (1, 2, 3, 4)
 #: tesswcs 1.x cover sectors 1-108 (TESS's second extended mission, to late 2026).
 #: Raise it when a later tesswcs lists more sectors.
 LATEST_SECTOR = 108
+
+
+def ffi_cadence_seconds(sector: int) -> float:
+    """FFI cadence of a sector [s]: 1800 (sectors 1-26), 600 (27-55), 200 (56 on)."""
+    return 1800.0 if sector <= 26 else 600.0 if sector <= 55 else 200.0
 
 
 def to_btjd(time) -> np.ndarray:
@@ -257,9 +263,9 @@ class Region:
     def to_header(self) -> dict[str, tuple[int, str]]:
         """FITS cards describing the region (``REGROW1`` ... ``REGCOL2``)."""
         return {
-            "REGROW1": (self.row, "first row of the region (1-based CCD pixels)"),
+            "REGROW1": (self.row, "first row of the region (1-based CCD)"),
             "REGROW2": (self.row_stop, "last row of the region"),
-            "REGCOL1": (self.column, "first column of the region (incl. 44 collateral)"),
+            "REGCOL1": (self.column, "first column of the region (1-based CCD)"),
             "REGCOL2": (self.column_stop, "last column of the region"),
         }
 
@@ -306,7 +312,7 @@ class Region:
         lo = [max(0, (v // grid) * grid) for v in (r0, c0)]
         hi = [min(N_SCIENCE, -(-v // grid) * grid) for v in (r1, c1)]
         if square:
-            side = max(h - lo_ for lo_, h in zip(lo, hi))
+            side = max(h - lo_ for lo_, h in zip(lo, hi, strict=False))
             for k in range(2):
                 grow = side - (hi[k] - lo[k])
                 low_part = min(lo[k], grow // 2 // grid * grid)

@@ -21,7 +21,12 @@ from .exceptions import (
     ScatterLightWarning,
 )
 
-__all__ = ["ScatterLightCorrector", "QUALITY_NO_MODEL", "detect_background_in_flux"]
+__all__ = [
+    "ScatterLightCorrector",
+    "QUALITY_NO_MODEL",
+    "QUALITY_STRONG_SL",
+    "detect_background_in_flux",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,14 @@ log = logging.getLogger(__name__)
 #: (data gap or outside the cube). Bit 21 (2**20): outside every lightkurve
 #: bitmask, so these cadences are never dropped unless asked for.
 QUALITY_NO_MODEL = 2**20
+#: QUALITY bit set, per target, on cadences where the scattered light at the TPF
+#: is strong (median model over the aperture above ``flag_level`` e-/s per
+#: pixel) or its uncertainty is large (the model's error of the aperture sum
+#: exceeds the aperture's own photometric error). Bit 22 (2**21), outside every
+#: lightkurve bitmask: such cadences are kept unless a user drops them.
+QUALITY_STRONG_SL = 2**21
+#: Default ``flag_level`` [e-/s per pixel].
+DEFAULT_FLAG_LEVEL = 100.0
 
 
 def detect_background_in_flux(tpf: TessTargetPixelFile) -> tuple[bool, str]:
@@ -53,31 +66,39 @@ def detect_background_in_flux(tpf: TessTargetPixelFile) -> tuple[bool, str]:
     return True, f"FLUX_BKG is zero or absent (a cutout{': ' + origin if origin else ''})"
 
 
-def _resolve_cube(cube, tpf: TessTargetPixelFile) -> ScatterLightCube:
-    """Turn the ``cube`` argument (cube, path or None) into a `ScatterLightCube`."""
+def _resolve_cube(cube, tpf: TessTargetPixelFile, location, max_bytes: float) -> ScatterLightCube:
+    """Turn the ``cube`` argument into a `ScatterLightCube`.
+
+    A cube or a path is used as it is; ``"published"`` fetches the published
+    cube of the TPF's sector/camera/CCD; ``"build"`` builds (or reuses from the
+    cache) a regional cube around the TPF from MAST's FFI cube; None does the
+    first, and the second when nothing is published.
+    """
     if isinstance(cube, ScatterLightCube):
         return cube
-    if isinstance(cube, str | os.PathLike):
+    if isinstance(cube, os.PathLike) or (
+        isinstance(cube, str) and cube not in ("published", "build")
+    ):
         return ScatterLightCube.read(Path(cube))
-    if cube is not None:
+    if cube is not None and not isinstance(cube, str):
         raise TypeError(
-            f"cube must be a ScatterLightCube, a path or None, not {type(cube).__name__}."
+            "cube must be a ScatterLightCube, a path, 'published', 'build' or None, not "
+            f"{type(cube).__name__}."
         )
-    sector = _tpf_sector(tpf)
-    if sector is None:
-        msg = (
-            "The TPF has no SECTOR keyword, so the published cube cannot be chosen; "
-            "pass cube=ScatterLightCube.read(path) or a path."
-        )
-        raise ScatterLightError(msg)
+    if isinstance(location, Exception):
+        raise location
+    from .ondemand import regional_cube
+
+    if cube == "build":
+        return regional_cube(location, max_bytes=max_bytes)
+    from .registry import load_cube
+
     try:
-        from .registry import load_cube
-    except ImportError as err:  # the registry is not part of this installation
-        raise CubeNotFoundError(
-            f"No cube was given for sector {sector} camera {tpf.camera} CCD {tpf.ccd}. Pass "
-            "cube=path to a cube file, or build one with `lk-scatterlight build`."
-        ) from err
-    return load_cube(sector, tpf.camera, tpf.ccd)
+        return load_cube(location.sector, location.camera, location.ccd)
+    except CubeNotFoundError:
+        if cube == "published":
+            raise
+    return regional_cube(location, max_bytes=max_bytes)
 
 
 def _tpf_sector(tpf: TessTargetPixelFile) -> int | None:
@@ -149,14 +170,22 @@ class ScatterLightCorrector(Corrector):
     ----------
     tpf : `lightkurve.TessTargetPixelFile`
         A TESS TPF on the cube's sector, camera and CCD.
-    cube : `ScatterLightCube`, str, path-like or None
-        The cube, a path to one, or None to fetch the published cube of the
-        TPF's sector/camera/CCD through the registry.
+    cube : `ScatterLightCube`, path-like, "published", "build" or None
+        The cube or a path to one; ``"published"``: the published cube of the
+        TPF's sector/camera/CCD (registry); ``"build"``: a regional cube built
+        around the TPF from MAST's FFI cube on AWS, once, then kept in the
+        cache (`lk_scatterlight.ondemand.regional_cube`); None (default): the
+        published cube if there is one, else the regional cube.
     aperture_mask : array-like, 'pipeline', 'threshold', 'default' or 'all'
         Aperture of the light curve, as in ``tpf.to_lightcurve``.
     background_in_flux : bool, optional
         Whether FLUX still contains the background; detected when None
         (see `detect_background_in_flux`).
+    max_bytes : float
+        Download budget of a regional cube [bytes] (sparse rows above it).
+    flag_level : float
+        Median model scattered light over the aperture [e-/s per pixel] above
+        which a cadence gets `QUALITY_STRONG_SL`.
 
     Examples
     --------
@@ -174,11 +203,23 @@ class ScatterLightCorrector(Corrector):
         cube: ScatterLightCube | str | os.PathLike | None = None,
         aperture_mask="default",
         background_in_flux: bool | None = None,
+        max_bytes: float = 200e6,
+        flag_level: float = DEFAULT_FLAG_LEVEL,
     ) -> None:
         if not isinstance(tpf, TessTargetPixelFile):
             _check_match(tpf, None)  # raises the "TESS only" error
+        from .ondemand import locate_tpf
+
         self.tpf = tpf
-        self.cube = _resolve_cube(cube, tpf)
+        self.flag_level = float(flag_level)
+        try:
+            self.location = locate_tpf(tpf)
+        except (ScatterLightError, ValueError) as err:
+            self.location = None
+            location = ScatterLightError(str(err))
+        else:
+            location = self.location
+        self.cube = _resolve_cube(cube, tpf, location, max_bytes)
         _check_match(tpf, self.cube)
         if tpf.get_header().get("SLCORR") and background_in_flux:
             msg = (
@@ -190,8 +231,13 @@ class ScatterLightCorrector(Corrector):
         self.background_in_flux = detected if background_in_flux is None else background_in_flux
         self.background_reason = reason if background_in_flux is None else "set by the caller"
         self.aperture_mask = tpf._parse_aperture_mask(aperture_mask)
-        self.rows = tpf.row + np.arange(tpf.shape[1])
-        self.columns = tpf.column + np.arange(tpf.shape[2])
+        row, column = tpf.row, tpf.column
+        if self.location is not None and "tesswcs" in self.location.how:
+            # The TPF's pixel keywords are off the CCD (some TESSCut files): use its
+            # position from RA/Dec.
+            row, column = self.location.region.row, self.location.region.column
+        self.rows = row + np.arange(tpf.shape[1])
+        self.columns = column + np.arange(tpf.shape[2])
         self.model: CubeEvaluation | None = None
         self.model_lc: LightCurve | None = None
         super().__init__(tpf.to_lightcurve(aperture_mask=self.aperture_mask))
@@ -267,12 +313,24 @@ class ScatterLightCorrector(Corrector):
             )
         corrected.flux[~valid] = np.nan
         corrected.flux_err[~valid] = np.nan
-        corrected["quality"] = np.asarray(original["quality"]) | np.where(
-            valid, 0, QUALITY_NO_MODEL
+        strong = self._strong(model, total, original.flux_err.to_value(unit))
+        corrected["quality"] = (
+            np.asarray(original["quality"])
+            | np.where(valid, 0, QUALITY_NO_MODEL)
+            | np.where(strong, QUALITY_STRONG_SL, 0)
         )
         corrected.meta["SLCORR"] = bool(self.background_in_flux)
         self.corrected_lc = corrected
         return corrected
+
+    def _strong(self, model: CubeEvaluation, total: CubeEvaluation, aperture_err) -> np.ndarray:
+        """Cadences with strong scattered light or a large model error (`QUALITY_STRONG_SL`)."""
+        level = np.full(model.valid.size, np.nan)
+        level[model.valid] = np.median(model.flux.value[model.valid][:, self.aperture_mask], axis=1)
+        with np.errstate(invalid="ignore"):
+            strong = level > self.flag_level
+            strong |= total.flux_err.value > np.asarray(aperture_err, dtype=float)
+        return strong & model.valid
 
     def correct_tpf(self) -> TessTargetPixelFile:
         """A copy of the TPF with the scattered-light model subtracted from FLUX.
@@ -314,6 +372,9 @@ class ScatterLightCorrector(Corrector):
                 np.nan_to_num(table["FLUX_BKG_ERR"][ok]), err_model[ok]
             )
         table["QUALITY"][~ok] |= QUALITY_NO_MODEL
+        level = np.zeros(time.size)
+        level[ok] = np.median(flux_model[ok][:, self.aperture_mask], axis=1)
+        table["QUALITY"][ok & (level > self.flag_level)] |= QUALITY_STRONG_SL
         from . import __version__
 
         header = hdulist[0].header

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .cube import SCIENCE_COLUMNS, SCIENCE_ROWS, ScatterLightCube
+from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, ffi_cadence_seconds
+from .cube import ScatterLightCube
 from .utils import atomic_write
 
 __all__ = [
@@ -52,11 +53,6 @@ log = logging.getLogger(__name__)
 ORBIT_DAYS = 13.7
 #: Approximate start of sector 1 [BTJD] and mean sector length [d], for synthetic times.
 _SECTOR1_START, _SECTOR_DAYS = 1325.30, 27.4
-
-
-def ffi_cadence_seconds(sector: int) -> float:
-    """FFI cadence of a sector [s]: 1800 (1-26), 600 (27-55), 200 (56+)."""
-    return 1800.0 if sector <= 26 else 600.0 if sector <= 55 else 200.0
 
 
 def sector_times(sector: int, cadence: float | None = None, gap_days: float = 1.0):

@@ -10,6 +10,7 @@ from astropy import units as u
 
 from lk_scatterlight import (
     CubeNotFoundError,
+    DownloadError,
     OutsideCubeError,
     ScatterLightCorrector,
     ScatterLightCube,
@@ -202,7 +203,22 @@ def test_cube_none_without_published_cube(tpf, tmp_path, monkeypatch):
     registry.write_text("# empty\n")
     monkeypatch.setenv("LK_SCATTERLIGHT_REGISTRY", str(registry))
     with pytest.raises(CubeNotFoundError, match="lk-scatterlight build"):
+        tpf.to_corrector("scatterlight", cube="published")
+
+
+def test_cube_none_offline_says_what_it_would_download(tpf, tmp_path, monkeypatch):
+    """Nothing published and no network: the error names the region and the bytes."""
+    monkeypatch.setenv("LK_SCATTERLIGHT_CACHE", str(tmp_path))
+    registry = tmp_path / "registry.txt"
+    registry.write_text("# empty\n")
+    monkeypatch.setenv("LK_SCATTERLIGHT_REGISTRY", str(registry))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(DownloadError, match=r"needs ~\d+ MB \(rows \d+\.\.\d+, columns") as err:
         tpf.to_corrector("scatterlight")
+    assert "sector 1 camera 1 CCD 1" in str(err.value)
+    with pytest.raises(DownloadError, match="could not be reached"):
+        tpf.scatterlight.correct(cube="build")
 
 
 def test_cube_from_path(tpf, cube, tmp_path):
@@ -246,13 +262,45 @@ def test_real_tesscut_cutout(field, read_shared):
 
 
 def test_real_tesscut_with_bad_position_keywords(field, read_shared):
-    """The sector-1 5x5 cutout has an empty SECTOR and a row of -856: both reported clearly."""
+    """The sector-1 5x5 cutout has an empty SECTOR and a row of -856: it is placed by RA/Dec."""
+    pytest.importorskip("tesswcs")
     tpf = read_shared("tess-s0001-4-3_107.27_-70.0_5x5_astrocut.fits")
     cube = simulate.make_cube(field, sector=1, camera=4, ccd=3, pixel_bin=256)
     with pytest.warns(ScatterLightWarning, match="no SECTOR keyword"):
         corrector = tpf.to_corrector("scatterlight", cube=cube)
-    with pytest.raises(OutsideCubeError, match="rows -856..-852 are outside the science area"):
-        corrector.correct()
+    assert corrector.location.sector == 1
+    # tesswcs places RA 107.27, Dec -70.0 near column 930, row 1904 of camera 4 CCD 3.
+    assert 1899 <= corrector.rows[0] <= 1905
+    assert 924 <= corrector.columns[0] <= 930
+    model = cube.evaluate(cube.btjd[:3], corrector.rows, corrector.columns)
+    assert np.isfinite(model.flux.value).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("tess-s0001-4-3_107.27_-70.0_5x5_astrocut.fits", (1, 4, 3)),
+        ("tess-s0001-4-2_84.291190_-80.469170_6x6_astrocut.fits", (1, 4, 2)),
+        ("tess-s0019-1-3_65.489205_28.443210_10x10_astrocut.fits", (19, 1, 3)),
+    ],
+)
+def test_real_tesscut_located(read_shared, name, expected):
+    """Sector, CCD and pixels of the real cutouts, as the on-demand cube needs them."""
+    pytest.importorskip("tesswcs")
+    from lk_scatterlight.ondemand import locate_tpf, tpf_build_region
+
+    tpf = read_shared(name)
+    location = locate_tpf(tpf)
+    assert (location.sector, location.camera, location.ccd) == expected
+    region = location.region
+    assert (region.nrows, region.ncols) == tpf.shape[1:]
+    if tpf.row > 0:  # sane keywords: the TPF's own position
+        assert (region.row, region.column) == (tpf.row, tpf.column)
+    build = tpf_build_region(region)
+    assert build.covers(region)
+    assert build.nrows == build.ncols
+    assert (build.row - 1) % 64 == 0
+    assert (build.column - 45) % 64 == 0
 
 
 def test_real_spoc_tpf_detected(read_shared):

@@ -53,6 +53,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -629,9 +630,11 @@ def combine_dark(fluxes: Sequence[np.ndarray], rows: int = 256) -> np.ndarray:
     """
     shape = fluxes[0].shape
     static = np.empty(shape, dtype=np.float32)
-    for start in range(0, shape[0], rows):
-        block = np.stack([flux[start : start + rows] for flux in fluxes])
-        static[start : start + rows] = np.nanmedian(block, axis=0)
+    with warnings.catch_warnings():  # rows a sparse read skipped are NaN in every frame
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        for start in range(0, shape[0], rows):
+            block = np.stack([flux[start : start + rows] for flux in fluxes])
+            static[start : start + rows] = np.nanmedian(block, axis=0)
     return static
 
 
@@ -878,7 +881,8 @@ def make_context(
     if unread.size:
         read_rows = np.flatnonzero(read.any(axis=1))
         if read_rows.size == 0:
-            raise ScatterLightError("the static scene has no finite pixel: nothing was read.")
+            msg = "the static scene has no finite pixel: nothing was read."
+            raise ScatterLightError(msg)
         rows = np.arange(read.shape[0])
         nearest = read_rows[np.abs(rows[:, None] - read_rows[None, :]).argmin(axis=1)]
     return FrameContext(
