@@ -20,6 +20,8 @@ from .exceptions import (
     ScatterLightError,
     ScatterLightWarning,
 )
+from .fusion import Fusion
+from .fusion import fuse as fuse_model
 
 __all__ = [
     "ScatterLightCorrector",
@@ -186,6 +188,12 @@ class ScatterLightCorrector(Corrector):
     flag_level : float
         Median model scattered light over the aperture [e-/s per pixel] above
         which a cadence gets `QUALITY_STRONG_SL`.
+    fuse : bool
+        Combine the model with the TPF's own faint pixels by their
+        uncertainties (`lk_scatterlight.fusion`): a per-cadence level that
+        corrects what the model misses at this TPF. On by default for TPFs whose
+        FLUX holds the background; a TPF with too few background pixels uses
+        the model alone (a warning says so). ``fusion`` holds the result.
 
     Examples
     --------
@@ -205,6 +213,7 @@ class ScatterLightCorrector(Corrector):
         background_in_flux: bool | None = None,
         max_bytes: float = 200e6,
         flag_level: float = DEFAULT_FLAG_LEVEL,
+        fuse: bool = True,
     ) -> None:
         if not isinstance(tpf, TessTargetPixelFile):
             _check_match(tpf, None)  # raises the "TESS only" error
@@ -240,6 +249,8 @@ class ScatterLightCorrector(Corrector):
         self.columns = column + np.arange(tpf.shape[2])
         self.model: CubeEvaluation | None = None
         self.model_lc: LightCurve | None = None
+        self.fuse = bool(fuse) and self.background_in_flux
+        self.fusion: Fusion | None = None
         super().__init__(tpf.to_lightcurve(aperture_mask=self.aperture_mask))
 
     # ------------------------------------------------------------------ model
@@ -255,6 +266,31 @@ class ScatterLightCorrector(Corrector):
                 )
             self.model = model
         return self.model
+
+    def _fuse(self, time, flux, flux_err, model: CubeEvaluation) -> Fusion | None:
+        """Fuse the model with the TPF's faint pixels (None without fusion)."""
+        if not self.fuse:
+            return None
+        step = np.nanmedian(np.diff(time)) if np.size(time) > 1 else np.nan
+        width = float(np.median(self.cube.time_stop.value - self.cube.time_start.value))
+        window = int(round(width / step)) if np.isfinite(step) and step > 0 else 1
+        fusion = fuse_model(
+            flux,
+            flux_err,
+            model.flux.value,
+            model.flux_err.value,
+            self.aperture_mask,
+            window=max(1, window),
+        )
+        if fusion is None:
+            warnings.warn(
+                "The TPF has too few background pixels outside the aperture to check the "
+                "model against; the scattered-light model is used alone.",
+                ScatterLightWarning,
+                stacklevel=3,
+            )
+            self.fuse = False
+        return fusion
 
     # ------------------------------------------------------------------ correct
     def correct(self, cadence_mask=None) -> LightCurve:
@@ -280,6 +316,17 @@ class ScatterLightCorrector(Corrector):
         unit = original.flux.unit
         model_flux = total.flux.to(unit)
         model_err = total.flux_err.to(unit)
+        if self.fuse:
+            self.fusion = self._fuse(
+                self.tpf.time.value, self.tpf.flux.value, self.tpf.flux_err.value, model
+            )
+        if self.fusion is not None:
+            # The fused level replaces the model's level error (correlated over pixels).
+            n = float(self.aperture_mask.sum())
+            var = model_err.value**2 - n**2 * self.fusion.quoted
+            var = np.maximum(var, 0) + n**2 * self.fusion.offset_var
+            model_flux = model_flux + (n * self.fusion.offset) * unit
+            model_err = np.sqrt(var) * unit
         self.model_lc = LightCurve(
             time=original.time, flux=model_flux, flux_err=model_err, meta={"LABEL": "SL model"}
         )
@@ -360,6 +407,15 @@ class ScatterLightCorrector(Corrector):
         err_model = np.full_like(flux_model, np.nan)
         flux_model[finite] = model.flux.to_value(u.electron / u.s)
         err_model[finite] = model.flux_err.to_value(u.electron / u.s)
+        fusion = (
+            self._fuse(time[finite], table["FLUX"][finite], table["FLUX_ERR"][finite], model)
+            if self.fuse
+            else None
+        )
+        if fusion is not None:
+            var = np.maximum(err_model[finite] ** 2 - fusion.quoted[:, None, None], 0)
+            err_model[finite] = np.sqrt(var + fusion.offset_var[:, None, None])
+            flux_model[finite] += fusion.offset[:, None, None]
         ok = np.zeros(time.size, dtype=bool)
         ok[finite] = model.valid
         table["FLUX"][ok] = table["FLUX"][ok] - flux_model[ok]
@@ -380,6 +436,7 @@ class ScatterLightCorrector(Corrector):
         header = hdulist[0].header
         header["SLCORR"] = (True, "scattered light subtracted by lk_scatterlight")
         header["SLVER"] = (__version__, "lk_scatterlight version")
+        header["SLFUSED"] = (fusion is not None, "model fused with the TPF's faint pixels")
         header["SLCUBE"] = (
             f"s{self.cube.sector:04d}-{self.cube.camera}-{self.cube.ccd} "
             f"bin{self.cube.pixel_bin:g}",
@@ -395,19 +452,26 @@ class ScatterLightCorrector(Corrector):
     def diagnose(self, ax=None):
         """Plot the original, corrected and model light curves of the last `correct()`.
 
+        With fusion (`fusion`), a third panel shows per cadence the local
+        estimate of what the model missed (from the TPF's faint pixels) with its
+        error, the model's error of the level, and the fused offset that was
+        applied, coloured by its weight: which one drove each cadence.
+
         Parameters
         ----------
-        ax : array of two `matplotlib.axes.Axes`, optional
+        ax : array of two (three with fusion) `matplotlib.axes.Axes`, optional
 
         Returns
         -------
-        axes : array of two `matplotlib.axes.Axes`
-            Top: original and corrected light curves; bottom: aperture-summed model.
+        axes : array of `matplotlib.axes.Axes`
+            Original and corrected light curves; the aperture-summed model; the fusion.
         """
         self._require_correct("diagnose")
         from . import plotting
 
-        return plotting.plot_correction(self.original_lc, self.corrected_lc, self.model_lc, ax=ax)
+        return plotting.plot_correction(
+            self.original_lc, self.corrected_lc, self.model_lc, ax=ax, fusion=self.fusion
+        )
 
     def diagnose_model(self, frame: int = 0, ax=None):
         """Show the TPF, the model and the residual image at one cadence.

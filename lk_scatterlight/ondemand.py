@@ -254,10 +254,13 @@ def cached_regional_cube(location: TPFLocation, config=None, cache_dir=None):
     )
     for path in sorted(folder.glob(pattern)):
         try:
-            region = Region.from_header(fits.getheader(path, 0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a damaged header warns: treat it as damaged
+                with fits.open(path) as hdul:
+                    region = Region.from_header(hdul[0].header)
             if region is not None and region.covers(location.region):
                 return ScatterLightCube.read(path)
-        except (OSError, ValueError, CubeFormatError) as err:
+        except (OSError, ValueError, Warning, CubeFormatError) as err:
             log.warning(
                 "Removing the unreadable cached cube %s (%s); it will be rebuilt.", path, err
             )

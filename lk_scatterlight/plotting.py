@@ -23,27 +23,50 @@ def _axes(ax, nrows: int, ncols: int, figsize):
     return axes.ravel()
 
 
-def plot_correction(original_lc, corrected_lc, model_lc, ax=None):
-    """Original vs corrected light curve (top) and the aperture-summed model (bottom).
+def plot_correction(original_lc, corrected_lc, model_lc, ax=None, fusion=None):
+    """Original vs corrected light curve, the aperture-summed model and the fusion.
 
     Parameters
     ----------
     original_lc, corrected_lc, model_lc : `lightkurve.LightCurve`
-    ax : array of two `matplotlib.axes.Axes`, optional
+    ax : array of `matplotlib.axes.Axes`, optional
+        Two, or three with ``fusion``.
+    fusion : `~lk_scatterlight.fusion.Fusion`, optional
+        Per-cadence local estimate, model error and fused offset (third panel).
 
     Returns
     -------
-    axes : ndarray of two `matplotlib.axes.Axes`
+    axes : ndarray of `matplotlib.axes.Axes`
     """
     import lightkurve as lk
     import matplotlib.pyplot as plt
 
     with plt.style.context(lk.MPLSTYLE):
-        axes = _axes(ax, 2, 1, (8.5, 6))
+        n = 2 if fusion is None else 3
+        axes = _axes(ax, n, 1, (8.5, 3 * n))
         original_lc.plot(ax=axes[0], normalize=False, label="original", c="0.6")
         corrected_lc.plot(ax=axes[0], normalize=False, label="scattered light removed", c="k")
         model_lc.plot(ax=axes[1], normalize=False, label="scattered-light model", c="C3")
         axes[0].set_xlabel("")
+        if fusion is not None:
+            axes[1].set_xlabel("")
+            t = original_lc.time.value
+            ax3 = axes[2]
+            ax3.fill_between(
+                t, -fusion.model_err, fusion.model_err, color="C3", alpha=0.2, label="model error"
+            )
+            ax3.errorbar(
+                t, fusion.local, fusion.local_err, fmt=".", ms=2, c="0.5", lw=0.5,
+                label="local estimate (faint pixels)",
+            )  # fmt: skip
+            points = ax3.scatter(
+                t, fusion.offset, c=fusion.weight, s=4, cmap="viridis", vmin=0, vmax=1,
+                label="fused offset", zorder=3,
+            )  # fmt: skip
+            plt.colorbar(points, ax=ax3, label="weight of the local estimate")
+            ax3.set_ylabel("level [e$^-$/s/pixel]")
+            ax3.set_xlabel("Time - 2457000 [BTJD days]")
+            ax3.legend(loc="upper right", fontsize="small")
     return axes
 
 

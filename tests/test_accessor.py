@@ -109,13 +109,13 @@ def test_accessor(tpf, cube):
     expected = cube.evaluate(tpf.time, 300 + np.arange(11), 400 + np.arange(11)).flux
     np.testing.assert_allclose(model.value, expected.value)
 
-    corrected = tpf.scatterlight.correct(cube=cube)
+    corrected = tpf.scatterlight.correct(cube=cube, fuse=False)
     assert isinstance(corrected, lk.TessTargetPixelFile)
     np.testing.assert_allclose(
         corrected.flux.value, tpf.flux.value - model.value, rtol=1e-5, atol=1e-3
     )
-    lc = tpf.scatterlight.to_lightcurve(cube=cube, aperture_mask="all")
-    direct = ScatterLightCorrector(tpf, cube=cube, aperture_mask="all").correct()
+    lc = tpf.scatterlight.to_lightcurve(cube=cube, aperture_mask="all", fuse=False)
+    direct = ScatterLightCorrector(tpf, cube=cube, aperture_mask="all", fuse=False).correct()
     np.testing.assert_allclose(lc.flux.value, direct.flux.value)
     axes = tpf.scatterlight.plot(frame=2, cube=cube)
     assert len(axes) == 3

@@ -97,7 +97,7 @@ def test_injected_scattered_light_is_removed(tpf, cube):
 def test_aperture_model_error_accounts_for_shared_bins(tpf, cube):
     """Pixels interpolated from the same bins have correlated errors: the sum's error
     exceeds the quadrature sum of per-pixel errors, and is at most their linear sum."""
-    corrector = ScatterLightCorrector(tpf, cube=cube, aperture_mask="all")
+    corrector = ScatterLightCorrector(tpf, cube=cube, aperture_mask="all", fuse=False)
     corrector.correct()
     per_pixel = corrector.model.flux_err.value.reshape(len(tpf), -1)
     quadrature = np.sqrt((per_pixel**2).sum(axis=1))
@@ -108,7 +108,7 @@ def test_aperture_model_error_accounts_for_shared_bins(tpf, cube):
 
 
 def test_correct_tpf(tpf, cube):
-    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    corrector = tpf.to_corrector("scatterlight", cube=cube, fuse=False)
     corrected = corrector.correct_tpf()
     model = corrector._evaluate()
     np.testing.assert_allclose(
@@ -153,7 +153,7 @@ def test_spoc_tpf_is_not_double_corrected(field, cube):
 def test_cadences_outside_cube_are_flagged_and_nan(field, cube):
     time = np.concatenate([cube.btjd[:20], cube.btjd[-1] + [1.0, 2.0]])  # 2 beyond the end
     tpf = simulate.make_tpf(field, row=700, column=1200, time=time, seed=1)
-    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    corrector = tpf.to_corrector("scatterlight", cube=cube, fuse=False)
     with pytest.warns(ScatterLightWarning, match="2 of 22 cadences"):
         lc = corrector.correct()
     assert np.all(np.isnan(lc.flux[-2:]))
@@ -171,7 +171,7 @@ def test_cadences_in_orbit_gap_are_not_interpolated(field, cube):
     time = np.concatenate([cube.btjd[:5], [gap_start]])
     tpf = simulate.make_tpf(field, row=700, column=1200, time=time, seed=1)
     with pytest.warns(ScatterLightWarning, match="1 of 6"):
-        lc = tpf.to_corrector("scatterlight", cube=cube).correct()
+        lc = tpf.to_corrector("scatterlight", cube=cube, fuse=False).correct()
     assert np.isnan(lc.flux[-1])
 
 
@@ -239,7 +239,7 @@ def test_metrics_and_diagnostics(tpf, cube):
     overfit = corrector.compute_overfit_metric()
     assert 0 <= overfit <= 1
     axes = corrector.diagnose()
-    assert len(axes) == 2
+    assert len(axes) == 3  # light curves, model, fusion
     labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert labels == ["original", "scattered light removed"]
     images = corrector.diagnose_model(frame=3)
@@ -252,7 +252,7 @@ def test_real_tesscut_cutout(field, read_shared):
     tpf = read_shared("tess-s0001-4-2_84.291190_-80.469170_6x6_astrocut.fits")
     assert detect_background_in_flux(tpf)[0] is True
     cube = simulate.make_cube(field, sector=1, camera=4, ccd=2, pixel_bin=128)
-    corrector = tpf.to_corrector("scatterlight", cube=cube)
+    corrector = tpf.to_corrector("scatterlight", cube=cube, fuse=False)
     lc = corrector.correct()
     model = cube.evaluate(tpf.time, tpf.row + np.arange(6), tpf.column + np.arange(6))
     expected = corrector.original_lc.flux.value - model.flux.value[:, corrector.aperture_mask].sum(

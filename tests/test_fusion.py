@@ -1,0 +1,140 @@
+"""Fusion of the scattered-light model with a TPF's own faint pixels."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from lk_scatterlight import ScatterLightWarning, simulate
+from lk_scatterlight.fusion import background_pixels, fuse
+
+RNG = np.random.default_rng(4)
+NT, N = 300, 15
+
+
+def scene(extra_level: np.ndarray, quoted: float = 0.05, noise: float = 1.0):
+    """A 15x15 TPF: static stars + sky, a model, and the light the model misses per cadence."""
+    yy, xx = np.mgrid[:N, :N]
+    static = 30 + 5000 * np.exp(-((yy - 7) ** 2 + (xx - 7) ** 2) / 2.0)
+    light = 20 + 10 * np.sin(np.linspace(0, 3, NT))[:, None, None] + 0.2 * xx
+    model = light.copy()
+    flux = static + light + extra_level[:, None, None] + RNG.normal(0, noise, (NT, N, N))
+    aperture = (yy - 7) ** 2 + (xx - 7) ** 2 <= 4
+    err = np.full(flux.shape, noise)
+    return (
+        flux,
+        err,
+        model,
+        np.full(model.shape, quoted),
+        aperture,
+        light + extra_level[:, None, None],
+    )
+
+
+def test_background_pixels_avoid_the_aperture_and_stars():
+    yy, xx = np.mgrid[:N, :N]
+    image = 30 + 1000 * ((yy == 2) & (xx == 12))  # a field star
+    aperture = (yy - 7) ** 2 + (xx - 7) ** 2 <= 4
+    mask = background_pixels(image, aperture)
+    assert not (mask & aperture).any()
+    assert not mask[2, 12]
+    assert not mask[7, 10]  # next to the aperture (grown by one pixel)
+    assert mask.sum() >= 0.4 * (N * N - 30)
+
+
+def test_good_model_gets_no_weight():
+    flux, err, model, merr, aperture, _ = scene(np.zeros(NT))
+    fusion = fuse(flux, err, model, merr, aperture)
+    assert np.median(fusion.weight) < 0.2
+    assert np.sqrt(np.mean(fusion.offset**2)) < 0.05
+
+
+def test_missed_light_is_recovered_within_its_error():
+    missed = 8 * np.exp(-np.linspace(0, 5, NT))  # a ramp the model does not have
+    flux, err, model, merr, aperture, truth = scene(missed)
+    fusion = fuse(flux, err, model, merr, aperture)
+    fused = model + fusion.offset[:, None, None]
+    before = (model - truth)[:, 0, 0]
+    after = (fused - truth)[:, 0, 0]
+    before -= before.mean()
+    after -= after.mean()
+    assert np.median(fusion.weight) > 0.9
+    assert np.sqrt(np.mean(after**2)) < 0.1 * np.sqrt(np.mean(before**2))
+    # The quoted error of the fused level is honest to 1.5x.
+    ratio = np.sqrt(np.mean(after**2)) / np.sqrt(np.mean(fusion.offset_var))
+    assert 1 / 1.5 < ratio < 1.5
+
+
+def test_too_few_background_pixels():
+    flux, err, model, merr, _, _ = scene(np.zeros(NT))
+    assert fuse(flux, err, model, merr, np.ones((N, N), dtype=bool)) is None
+
+
+def test_window_averages_fast_cadences():
+    missed = np.zeros(NT)
+    flux, err, model, merr, aperture, _ = scene(missed)
+    one = fuse(flux, err, model, merr, aperture)
+    five = fuse(flux, err, model, merr, aperture, window=5)
+    assert np.median(five.local_err) < 0.6 * np.median(one.local_err)
+
+
+@pytest.fixture(scope="module")
+def field():
+    return simulate.ScatteredLightField(seed=3)
+
+
+def test_corrector_fuses_and_keeps_the_transit(field):
+    """A cube that misses a ramp at the TPF; a 1% transit and a 10% variation in the aperture."""
+    time = simulate.sector_times(1)[:400]
+    cube = simulate.make_cube(field, pixel_bin=64, time=time)
+    missed = 15 * np.exp(-(time - time[0]) / 1.5)
+
+    def true_light(t, rows, cols):
+        return field(t, rows, cols) + np.interp(t, time, missed)[:, None, None]
+
+    quiet = simulate.make_tpf(true_light, 700, 1200, shape=(15, 15), time=time, seed=2)
+    tpf = simulate.make_tpf(true_light, 700, 1200, shape=(15, 15), time=time, seed=2)
+    aperture = np.zeros((15, 15), dtype=bool)
+    aperture[5:10, 5:10] = True
+    signal = 1 + 0.1 * np.sin(2 * np.pi * (time - time[0]) / 3.0)
+    transit = (time > time[200]) & (time < time[200] + 0.2)
+    signal[transit] -= 0.01
+    star = 15000.0 / aperture.sum()  # spread evenly: what matters is where, not the shape
+    tpf.hdu[1].data["FLUX"][:, aperture] += (star * (signal - 1))[:, None]
+
+    fused = tpf.to_corrector("scatterlight", cube=cube, aperture_mask=aperture)
+    lc = fused.correct()
+    lc_quiet = quiet.to_corrector("scatterlight", cube=cube, aperture_mask=aperture).correct()
+    plain = tpf.to_corrector("scatterlight", cube=cube, aperture_mask=aperture, fuse=False)
+    plain.correct()
+    assert fused.fusion is not None
+    assert plain.fusion is None
+    assert not (fused.fusion.pixels & aperture).any()
+    # The target's signal passes through untouched: depth and amplitude exactly.
+    recovered = (lc.flux.value - lc_quiet.flux.value) / 15000.0 + 1
+    np.testing.assert_allclose(recovered, signal, atol=1e-5)
+    # The fused background removes most of the ramp the cube missed.
+    rows, cols = tpf.row + np.arange(15), tpf.column + np.arange(15)
+    truth = true_light(time, rows, cols)[:, aperture].sum(axis=1)
+    errors = []
+    for corrector in (fused, plain):
+        error = corrector.model_lc.flux.value - truth
+        errors.append(np.std(error - error.mean()))
+    assert errors[0] < 0.2 * errors[1]
+    # Its quoted error is honest to 1.5x.
+    quoted = np.sqrt(np.mean(fused.model_lc.flux_err.value**2))
+    assert 1 / 1.5 < errors[0] / quoted < 1.5
+    fused.diagnose()
+
+
+def test_tiny_tpf_uses_the_model_alone(field):
+    time = simulate.sector_times(1)[:50]
+    cube = simulate.make_cube(field, pixel_bin=64, time=time)
+    tpf = simulate.make_tpf(field, 700, 1200, shape=(3, 3), time=time, seed=2)
+    corrector = tpf.to_corrector("scatterlight", cube=cube, aperture_mask="all")
+    with pytest.warns(ScatterLightWarning, match="too few background pixels"):
+        corrector.correct()
+    assert corrector.fusion is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        corrector.correct()  # said once
