@@ -281,7 +281,9 @@ class Region:
         r1, r2, c1, c2 = (header[key] for key in keys)
         return cls(r1, c1, _whole("REGROW2", r2) - r1 + 1, _whole("REGCOL2", c2) - c1 + 1)
 
-    def around(self, margin: int, grid: int = 1, square: bool = False) -> Region:
+    def around(
+        self, margin: int, grid: int = 1, square: bool = False, min_size: int = 1
+    ) -> Region:
         """A larger region: this one grown by ``margin`` px and snapped outwards to a grid.
 
         The grid is the CCD's global grid of ``grid``-px cells starting at the
@@ -298,6 +300,8 @@ class Region:
             Cell size the region's edges are snapped to [px]; divides 2048.
         square : bool
             Make the result square.
+        min_size : int
+            Grow each side to at least this many pixels (a multiple of ``grid``).
 
         Returns
         -------
@@ -311,16 +315,17 @@ class Region:
         c1 = self.column_stop - SCIENCE_COLUMNS[0] + margin + 1
         lo = [max(0, (v // grid) * grid) for v in (r0, c0)]
         hi = [min(N_SCIENCE, -(-v // grid) * grid) for v in (r1, c1)]
+        sides = [max(h - lo_, min_size) for lo_, h in zip(lo, hi, strict=True)]
         if square:
-            side = max(h - lo_ for lo_, h in zip(lo, hi, strict=False))
-            for k in range(2):
-                grow = side - (hi[k] - lo[k])
-                low_part = min(lo[k], grow // 2 // grid * grid)
-                lo[k] -= low_part
-                hi[k] += grow - low_part
-                if hi[k] > N_SCIENCE:
-                    lo[k] -= hi[k] - N_SCIENCE
-                    hi[k] = N_SCIENCE
+            sides = [max(sides)] * 2
+        for k, side in enumerate(sides):
+            grow = side - (hi[k] - lo[k])
+            low_part = min(lo[k], grow // 2 // grid * grid)
+            lo[k] -= low_part
+            hi[k] += grow - low_part
+            if hi[k] > N_SCIENCE:
+                lo[k] -= hi[k] - N_SCIENCE
+                hi[k] = N_SCIENCE
         return Region(
             lo[0] + SCIENCE_ROWS[0], lo[1] + SCIENCE_COLUMNS[0], hi[0] - lo[0], hi[1] - lo[1]
         )

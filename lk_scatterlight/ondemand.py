@@ -6,13 +6,13 @@ MAST's SPOC FFI cube on S3, which is stored pixel-major so that a block of
 rows x columns over all frames is one byte range per row (a few hundred MB
 instead of a CCD's ~20-70 GB of FFIs), and keeps it in the package's cache.
 
-The region rule: the TPF's science pixels, grown by two bins
-(`margin`, 32 px for 16-px bins) on every side, snapped outwards to the CCD's
-64-px grid (the bins and fine-layer tiles of the whole-CCD cube) and made
-square (the builder works on square regions). The cube may be evaluated
-inside the region less 1.5 bins at its inner edges
-(`~lk_scatterlight.builder.pipeline.regional_margin`), so interpolation at the
-TPF never sees the region's edge. When the region over all frames would
+The region rule: the TPF's science pixels, grown by 1.5 bins
+(`~lk_scatterlight.builder.pipeline.regional_margin`, 24 px for 16-px bins) on
+every side, snapped outwards to the CCD's 64-px grid (the bins and fine-layer
+tiles of the whole-CCD cube), made square (the builder works on square
+regions) and at least `MIN_REGION` px wide. The cube may be evaluated inside
+the region less those 1.5 bins at its inner edges, so interpolation at the TPF
+never uses the region's outermost bins. When the region over all frames would
 exceed ``max_bytes``, only every k-th row is read (`choose_row_step`).
 
 Cached cubes live in ``<cache>/regional/`` (the registry's cache folder, see
@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 #: Default budget of a regional download [bytes].
 DEFAULT_MAX_BYTES = 200e6
+#: Smallest side of a regional build [px]: enough sky around a small TPF for the
+#: static scene, the masks and the fine layer's tiles.
+MIN_REGION = 128
 _SECTOR_IN_NAME = re.compile(r"tess-s(\d{4})-(\d)-(\d)")
 #: Typical FFIs per sector by cadence, for estimates made before the cube is read.
 _TYPICAL_DAYS = 27.0
@@ -193,10 +196,13 @@ def _config(config=None):
 
 def tpf_build_region(location_region: Region, config=None) -> Region:
     """The region a regional cube for these pixels is built from (see the module docstring)."""
-    from .builder.pipeline import region_grid
+    from .builder.pipeline import region_grid, regional_margin
 
     config = _config(config)
-    return location_region.around(2 * config.pixel_bin, region_grid(config), square=True)
+    grid = region_grid(config)
+    return location_region.around(
+        regional_margin(config), grid, square=True, min_size=max(MIN_REGION, grid)
+    )
 
 
 def choose_row_step(region: Region, nframes: int, max_bytes: float) -> int:
@@ -256,7 +262,7 @@ def cached_regional_cube(location: TPFLocation, config=None, cache_dir=None):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a damaged header warns: treat it as damaged
-                with fits.open(path) as hdul:
+                with open(path, "rb") as handle, fits.open(handle) as hdul:
                     region = Region.from_header(hdul[0].header)
             if region is not None and region.covers(location.region):
                 return ScatterLightCube.read(path)

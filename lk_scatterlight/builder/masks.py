@@ -98,7 +98,11 @@ def static_source_mask(
 
 
 def drop_extended(
-    mask: np.ndarray, static: np.ndarray, max_pixels: int = 1500, saturation: float = 1.0e5
+    mask: np.ndarray,
+    static: np.ndarray,
+    max_pixels: int = 1500,
+    saturation: float = 1.0e5,
+    max_extent: int = 48,
 ) -> np.ndarray:
     """Unmask connected regions too large to be an unsaturated star.
 
@@ -106,8 +110,11 @@ def drop_extended(
     persistent structure (a glint ridge, a shadow edge) above the local sky, and
     a threshold marks it like a star. Stars that cover many pixels are saturated
     (TESS saturates near Tmag 6.8), so a region of ``mask`` larger than
-    ``max_pixels`` without a pixel above ``saturation`` is structure, not a
-    source, and is dropped from the mask.
+    ``max_pixels``, or longer than ``max_extent`` along rows or columns, without
+    a pixel above ``saturation`` is structure, not a source, and is dropped from
+    the mask. The extent matters where only part of a structure is seen (a
+    regional build): a ridge cut by the region's edges has few pixels but
+    still crosses the whole region.
 
     Parameters
     ----------
@@ -119,6 +126,8 @@ def drop_extended(
         Largest unsaturated source [pixels].
     saturation : float
         Saturation level [e-/s].
+    max_extent : int
+        Longest unsaturated source along rows or columns [pixels].
 
     Returns
     -------
@@ -132,7 +141,9 @@ def drop_extended(
     saturated = np.bincount(
         labels.ravel(), weights=(np.nan_to_num(static) > saturation).ravel(), minlength=n + 1
     )
-    extended = (size > max_pixels) & (saturated == 0)
+    extent = np.zeros(n + 1)
+    extent[1:] = [max(r.stop - r.start, c.stop - c.start) for r, c in ndimage.find_objects(labels)]
+    extended = ((size > max_pixels) | (extent > max_extent)) & (saturated == 0)
     extended[0] = False
     return mask & ~extended[labels]
 

@@ -791,6 +791,9 @@ class FrameContext:
     nearest_read_row : ndarray of int or None
         For every row, the nearest row that was read (to stand in for the
         skipped rows' FFI uncertainties).
+    min_fraction : float
+        Fewest valid pixels of a bin, as a fraction of its pixels (0.2, scaled
+        by the fraction of rows read).
     """
 
     static: np.ndarray
@@ -809,6 +812,7 @@ class FrameContext:
     fine: FineContext | None = None
     unread_rows: np.ndarray | None = None
     nearest_read_row: np.ndarray | None = None
+    min_fraction: float = 0.2
 
     @property
     def nbins(self) -> int:
@@ -864,8 +868,9 @@ def make_context(
     fine = None
     if config.fine_bin:
         bright = masks.static_source_mask(flat, nsigma=config.fine_star_nsigma, grow=0)
-        bright = masks.drop_extended(bright, static)  # a ridge in the static scene
-        bright |= ~read  # rows a sparse read skipped are a large region too
+        # A ridge in the static scene is structure, not a star; rows a sparse read
+        # skipped stay masked but must not join sources into one large region.
+        bright = masks.drop_extended(bright & read, static) | ~read
         fine_valid = ~(bright | bad | straps_mask)
         fine_valid[:, strap_idx] = ~(bright[:, strap_idx] | bad[:, strap_idx])  # measurable
         fine = make_fine_context(
@@ -886,6 +891,7 @@ def make_context(
         rows = np.arange(read.shape[0])
         nearest = read_rows[np.abs(rows[:, None] - read_rows[None, :]).argmin(axis=1)]
     return FrameContext(
+        min_fraction=0.2 * (1 - unread.size / read.shape[0]),
         unread_rows=unread if unread.size else None,
         nearest_read_row=nearest,
         static=np.asarray(static, dtype=np.float32),
@@ -936,6 +942,7 @@ def process_frame(
         clip=context.clip,
         uncertainty=flux_err,
         sums=context.mask_sums,
+        min_fraction=context.min_fraction,
     )
     value, error = binning.fill_empty_bins(binned.value, binned.error)
     if context.curvature_correction:
