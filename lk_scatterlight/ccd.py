@@ -281,9 +281,7 @@ class Region:
         r1, r2, c1, c2 = (header[key] for key in keys)
         return cls(r1, c1, _whole("REGROW2", r2) - r1 + 1, _whole("REGCOL2", c2) - c1 + 1)
 
-    def around(
-        self, margin: int, grid: int = 1, square: bool = False, min_size: int = 1
-    ) -> Region:
+    def around(self, margin: int, grid: int = 1, square: bool = False, min_size: int = 1) -> Region:
         """A larger region: this one grown by ``margin`` px and snapped outwards to a grid.
 
         The grid is the CCD's global grid of ``grid``-px cells starting at the
