@@ -64,6 +64,8 @@ __all__ = ["FineContext", "FineFrame", "make_fine_context", "fine_residual", "as
 
 #: Fine bins with fewer valid pixels than this are left to the coarse model.
 MIN_PIXELS = 4
+#: Fewest tiles with data whose median chi-square calibrates a frame's noise.
+_CALIBRATION_TILES = 64
 
 
 @dataclass
@@ -282,7 +284,13 @@ def fine_residual(
     chi2 /= t * t
     # Never below the prediction: a dark frame that entered the static scene's median
     # has almost no residual, and scaling the noise down there keeps noise tiles.
-    calibration = max(float(np.median(chi2[nok > 0])) if (nok > 0).any() else 1.0, 1.0)
+    # On a whole CCD the typical tile is noise, and the median calibrates the
+    # predicted noise. A regional build has a few tiles that structure may fill
+    # entirely (a shadow edge across the region): there the prediction stands.
+    measured = chi2[nok > 0]
+    calibration = (
+        max(float(np.median(measured)), 1.0) if measured.size >= _CALIBRATION_TILES else 1.0
+    )
     chi2 = (chi2 / calibration).astype(np.float32)
     tile_sigma = tile_sigma * np.float32(np.sqrt(calibration))
     kept = np.flatnonzero(chi2.ravel() > context.threshold).astype(np.int32)
