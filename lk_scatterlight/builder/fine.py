@@ -286,11 +286,16 @@ def fine_residual(
     # has almost no residual, and scaling the noise down there keeps noise tiles.
     # On a whole CCD the typical tile is noise, and the median calibrates the
     # predicted noise. A regional build has a few tiles that structure may fill
-    # entirely (a shadow edge across the region): there the prediction stands.
+    # entirely (a shadow edge across the region): there the robust spread of the
+    # bins' normalised residuals calibrates it, which structure in a minority of
+    # bins does not move.
     measured = chi2[nok > 0]
-    calibration = (
-        max(float(np.median(measured)), 1.0) if measured.size >= _CALIBRATION_TILES else 1.0
-    )
+    if measured.size >= _CALIBRATION_TILES:
+        calibration = max(float(np.median(measured)), 1.0)
+    else:
+        z = r[ok] / np.sqrt(np.maximum(noise[ok], 1e-30))
+        spread = 1.4826 * np.median(np.abs(z - np.median(z))) if z.size else 1.0
+        calibration = max(float(spread) ** 2, 1.0)
     chi2 = (chi2 / calibration).astype(np.float32)
     tile_sigma = tile_sigma * np.float32(np.sqrt(calibration))
     kept = np.flatnonzero(chi2.ravel() > context.threshold).astype(np.int32)

@@ -85,7 +85,9 @@ def static_source_mask(
     sky = np.where(np.isfinite(sky), sky, np.nanmedian(sky))
     zoom = ndimage.zoom(sky, smooth_scale, order=1, mode="nearest", grid_mode=True)
     excess = np.where(finite, static - zoom, 0)
-    sample = excess[::4, ::4]
+    sample = excess[::4, ::4][finite[::4, ::4]]  # unread rows of a sparse read are not sky
+    if sample.size < 100:
+        sample = excess[finite]
     mad = np.median(np.abs(sample - np.median(sample)))
     sigma = 1.4826 * mad if mad > 0 else np.std(sample)
     mask = excess > nsigma * sigma
