@@ -102,8 +102,17 @@ _LAZY = {
 }
 
 
+#: Submodules reachable as attributes (``lk_scatterlight.registry``) before they are imported.
+_SUBMODULES = frozenset(
+    "accessor builder ccd cli corrector cube demo exceptions finelayer interpolate plotting "
+    "registry simulate utils".split()
+)
+
+
 def __getattr__(name: str) -> Any:
-    """Import the lazily loaded public names (`_LAZY`) on first access."""
+    """Import the lazily loaded public names (`_LAZY`) and submodules on first access."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -113,7 +122,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
 # ---------------------------------------------------------------------- lightkurve hook

@@ -64,6 +64,7 @@ def test_import_is_light_and_registers_when_lightkurve_arrives():
 
         from lk_scatterlight import ScatterLightCorrector, ScatterLightCube, fetch_cube
         assert "ScatterLightCorrector" in dir(lk_scatterlight)
+        assert lk_scatterlight.registry.fetch_cube is fetch_cube  # submodules as attributes
         print("ok")
         """
     )
