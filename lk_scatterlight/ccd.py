@@ -272,7 +272,7 @@ class Region:
         lo = [max(0, (v // grid) * grid) for v in (r0, c0)]
         hi = [min(N_SCIENCE, -(-v // grid) * grid) for v in (r1, c1)]
         if square:
-            side = max(h - lo_ for lo_, h in zip(lo, hi))
+            side = max(h - lo_ for lo_, h in zip(lo, hi, strict=True))
             for k in range(2):
                 grow = side - (hi[k] - lo[k])
                 low_part = min(lo[k], grow // 2 // grid * grid)
