@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -126,7 +127,16 @@ def _demo(args: argparse.Namespace) -> int:
     """Correct a simulated TESSCut-like TPF offline and write a before/after figure."""
     from .demo import run_demo
 
-    result = run_demo(out=args.out, seed=args.seed)
+    folder = Path(args.out).parent
+    _check_folder(folder, "--out", args.out)
+    guard = _FolderGuard()
+    guard.watch(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        result = run_demo(out=args.out, seed=args.seed)
+    except BaseException:
+        guard.undo()
+        raise
     sys.stdout.write(result.summary() + "\n")
     return 0
 
@@ -410,8 +420,6 @@ def _config(args: argparse.Namespace, dask: bool = False):
         If the options do not fit together (e.g. ``--fine-bin`` not dividing
         ``--pixel-bin``).
     """
-    import re
-
     from .builder.pipeline import BuildConfig
 
     options = {"pixel_bin": args.pixel_bin, "time_bin": args.time_bin, "fine_bin": args.fine_bin}
@@ -430,18 +438,23 @@ def _config(args: argparse.Namespace, dask: bool = False):
         raise UsageError(text) from err
 
 
-def _check_folder(folder: Path, option: str) -> None:
-    """Fail now, not after the build, if ``folder`` cannot be created or written to."""
+def _check_folder(folder: Path, option: str, given: str | None = None) -> None:
+    """Fail now, not after the work, if ``folder`` cannot be created or written to.
+
+    ``option`` and ``given`` (its value; default ``folder``) name the folder in
+    the message.
+    """
+    option = f"{option} {given if given is not None else folder}"
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        msg = f"{option} {folder}: {existing} is a file, not a folder; choose another {option}."
+        msg = f"{option}: {existing} is a file, not a folder; choose another path."
         raise ScatterLightError(msg)
     if not os.access(existing, os.W_OK | os.X_OK):
         msg = (
-            f"{option} {folder}: {existing} is not writable (permission denied); choose a "
-            f"folder you can write to with {option}."
+            f"{option}: {existing} is not writable (permission denied); choose a folder you "
+            "can write to."
         )
         raise ScatterLightError(msg)
 
@@ -541,9 +554,16 @@ def make_source(kind: list[str], sector: int, camera: int, ccd: int):
         from . import simulate
         from .builder.sources import SimulatedFFISource
 
-        time = simulate.sector_times(sector)
+        if len(args) > 1:
+            msg = f"--source simulate takes one NFRAMES at most, got {' '.join(args)!r}."
+            raise UsageError(msg)
+        nframes = None
         if args:
-            time = time[: int(args[0])]
+            nframes = int(args[0]) if args[0].isdigit() else 0
+            if nframes < 1:
+                msg = f"--source simulate NFRAMES must be a whole number >= 1, got {args[0]!r}."
+                raise UsageError(msg)
+        time = simulate.sector_times(sector)[:nframes]
         simulator = simulate.FFISimulator(
             simulate.ScatteredLightField(), sector=sector, camera=camera, ccd=ccd, time=time
         )
@@ -571,7 +591,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     if path.exists() and not args.overwrite:
         raise ScatterLightError(f"{path} exists; pass --overwrite to replace it.")
-    _check_folder(folder, "--out")
+    _check_folder(folder, "--out", args.out)
     guard = _FolderGuard()
     guard.watch(folder)
     if args.work_dir is not None:
@@ -735,7 +755,7 @@ def _dataset(args: argparse.Namespace) -> int:
     )
     if path.exists() and not args.overwrite:
         raise ScatterLightError(f"{path} exists; pass --overwrite to replace it.")
-    _check_folder(folder, "--out")
+    _check_folder(folder, "--out", args.out)
     if args.work_dir is not None:
         _check_folder(Path(args.work_dir), "--work-dir")
     if args.wcs == "tesswcs":
@@ -897,6 +917,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"lk-scatterlight: error: {error_message(err)}\n")
         return 1
+    except ModuleNotFoundError as err:
+        package = (err.name or "").partition(".")[0]
+        if args.debug or package not in _OPTIONAL:
+            raise
+        sys.stderr.write(
+            f"lk-scatterlight: error: `lk-scatterlight {args.command}` needs the optional "
+            f"package {package}, which is not installed: {_OPTIONAL[package]}\n"
+        )
+        return 1
+
+
+#: Optional packages of the commands that build cubes -> how to install them.
+_OPTIONAL = dict.fromkeys(
+    ("tesscube", "tesswcs", "lkspacecraft", "distributed", "dask", "aiobotocore", "botocore"),
+    "pip install 'lk_scatterlight[builder]'",
+) | {"astroquery": "pip install astroquery"}
 
 
 #: Hints added to an operating-system error, by its type.
@@ -923,6 +959,13 @@ def error_message(err: BaseException) -> str:
             text += f" ({hint})"
     text = text.replace("pass overwrite=True (--overwrite)", "pass --overwrite")
     text = text.replace("pass overwrite=True", "pass --overwrite")
+    text = re.sub(  # astropy's advice for a file that is not FITS at all
+        r"No SIMPLE card found,.*?ignore_missing_simple=True\.?",
+        "it is not a FITS file (it does not start with a FITS header).",
+        text,
+        flags=re.DOTALL,
+    )
+    text = text.replace("cannot be read as a FITS file: it is not", "is not")
     return " ".join(text.split())
 
 

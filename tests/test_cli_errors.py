@@ -94,7 +94,7 @@ def test_build_out_under_a_file(tmp_path, capsys):
     for option in ("--out", "--work-dir"):
         assert main([*BUILD, option, str(tmp_path / "file" / "sub")]) == 1
         err = one_line(capsys)
-        assert f"{option} {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file" in err
+        assert f"{option} {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file," in err
 
 
 def test_build_out_not_writable(tmp_path, capsys, monkeypatch):
@@ -150,6 +150,39 @@ def test_library_advice_reworded():
     assert error_message(err) == "d.npz exists; pass --overwrite to replace it."
     err = NotADirectoryError(20, "Not a directory", "a/b")
     assert error_message(err) == "Not a directory: a/b (part of the path is a file, not a folder)"
+    astropy = (
+        "No SIMPLE card found, this file does not appear to be a valid FITS file. If this is "
+        "really a FITS file, try with ignore_missing_simple=True"
+    )
+    err = ScatterLightError(f"x.txt cannot be read as a FITS file: {astropy}")
+    assert error_message(err) == "x.txt is not a FITS file (it does not start with a FITS header)."
+
+
+def test_simulate_frames_checked(capsys):
+    for value in ("x", "0"):
+        assert main([*BUILD[:-1], value]) == 2
+        assert "--source simulate NFRAMES must be a whole number >= 1" in one_line(capsys)
+
+
+def test_demo_out_under_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "file" / "demo.png")]) == 1
+    assert f"--out {tmp_path / 'file' / 'demo.png'}: {tmp_path / 'file'} is a file" in one_line(
+        capsys
+    )
+
+
+def test_missing_optional_package(capsys, monkeypatch):
+    from lk_scatterlight import cli
+
+    def missing(*args):
+        raise ModuleNotFoundError("No module named 'tesscube'", name="tesscube")
+
+    monkeypatch.setattr(cli, "make_source", missing)
+    assert main(BUILD) == 1
+    err = one_line(capsys)
+    assert "needs the optional package tesscube" in err
+    assert "pip install 'lk_scatterlight[builder]'" in err
 
 
 # ---------------------------------------------------------------------- Ctrl-C
