@@ -129,3 +129,33 @@ def test_cli_help_imports_no_heavy_module():
         """
     )
     assert out.endswith("ok\n")
+
+
+@pytest.fixture(scope="module")
+def info_modules(tmp_path_factory):
+    """The modules loaded by `lk-scatterlight info CUBE` in a fresh interpreter."""
+    from registry_helpers import make_cube
+
+    path = make_cube(3, 2, 4).write(tmp_path_factory.mktemp("info") / "cube.fits")
+    out = run(
+        f"""
+        import sys
+        from lk_scatterlight.cli import main
+        assert main(["info", {str(path)!r}]) == 0
+        print(" ".join(sorted(sys.modules)))
+        """
+    )
+    return set(out.splitlines()[-1].split())
+
+
+def test_cli_info_imports_no_builder(info_modules):
+    assert "lk_scatterlight.cube" in info_modules
+    assert not {m for m in info_modules if m.startswith("lk_scatterlight.builder")}
+
+
+@pytest.mark.xfail(
+    reason="cube.py imports lightkurve.time for the 'btjd' Time format (owned by another change)",
+    strict=True,
+)
+def test_cli_info_imports_no_heavy_module(info_modules):
+    assert not [m for m in (*HEAVY, "scipy.sparse") if m in info_modules]
