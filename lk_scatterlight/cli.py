@@ -21,23 +21,86 @@ Usage examples
        lk-scatterlight publish cubes/ --sandbox
        lk-scatterlight publish cubes/ --sandbox --upload
 
-Exit codes: 0 success, 1 an lk_scatterlight error (one line on stderr; the
-traceback with ``--debug``), 2 a usage error.
+Exit codes: 0 success, 1 an error while running (one line on stderr; the
+traceback with ``--debug``), 2 a usage error (one line on stderr), 130
+interrupted (Ctrl-C; an interrupted build resumes when the same command is run
+again).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .ccd import LATEST_SECTOR, N_SCIENCE, check_sector
 from .exceptions import ScatterLightError
 
 __all__ = ["main"]
 
 log = logging.getLogger(__name__)
+
+#: Commands that build a cube and resume from their checkpoints when run again.
+RESUMABLE = ("build", "build-many", "dataset")
+
+
+class UsageError(ScatterLightError):
+    """A command line that cannot work (exit code 2), found after argparse accepted it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, reporting a usage error as one line (not the whole usage text)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# ---------------------------------------------------------------------- argument types
+def sector_number(text: str) -> int:
+    """argparse type: a TESS sector, 1..`~lk_scatterlight.ccd.LATEST_SECTOR`."""
+    try:
+        return check_sector(int(text))
+    except ValueError as err:
+        msg = (
+            f"sector must be a whole number 1..{LATEST_SECTOR} (the sectors whose pointing "
+            f"tesswcs knows), got {text!r}"
+        )
+        raise argparse.ArgumentTypeError(msg) from err
+
+
+def _int_at_least(lo: int, what: str) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``lo``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if value < lo:
+            msg = f"{what} must be a whole number >= {lo}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+def pixel_bin(text: str) -> int:
+    """argparse type: a pixel bin size [px] dividing the 2048 science pixels of a side."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or N_SCIENCE % value:
+        divisors = ", ".join(str(2**k) for k in range(12))
+        msg = f"bin size must divide {N_SCIENCE} (one of {divisors}), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
 
 #: Subcommand name -> (function adding its arguments, function running it).
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {}
@@ -64,17 +127,28 @@ def _demo(args: argparse.Namespace) -> int:
     """Correct a simulated TESSCut-like TPF offline and write a before/after figure."""
     from .demo import run_demo
 
-    result = run_demo(out=args.out, seed=args.seed)
+    folder = Path(args.out).parent
+    _check_folder(folder, "--out", args.out)
+    guard = _FolderGuard()
+    guard.watch(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        result = run_demo(out=args.out, seed=args.seed)
+    except BaseException:
+        guard.undo()
+        raise
     sys.stdout.write(result.summary() + "\n")
     return 0
 
 
 # ---------------------------------------------------------------------- registry
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sector", type=int, help="TESS sector")
+    parser.add_argument("sector", type=sector_number, help=f"TESS sector (1-{LATEST_SECTOR})")
     parser.add_argument("camera", type=int, choices=range(1, 5), help="camera (1-4)")
     parser.add_argument("ccd", type=int, choices=range(1, 5), help="CCD (1-4)")
-    parser.add_argument("--bin", type=int, help="pixel bin size (default: the finest published)")
+    parser.add_argument(
+        "--bin", type=pixel_bin, help="pixel bin size (default: the finest published)"
+    )
     parser.add_argument(
         "--cache-dir",
         help="cache folder (default: $LK_SCATTERLIGHT_CACHE, conf.cache_dir or the OS cache)",
@@ -85,16 +159,21 @@ def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
 @subcommand("fetch", _fetch_arguments)
 def _fetch(args: argparse.Namespace) -> int:
     """Download a published cube into the cache (if needed) and print its path."""
-    from .registry import fetch_cube
+    from .registry import _build_hint, fetch_cube
 
-    path = fetch_cube(
-        args.sector,
-        args.camera,
-        args.ccd,
-        args.bin,
-        cache_dir=args.cache_dir,
-        progressbar=not args.no_progress,
-    )
+    try:
+        path = fetch_cube(
+            args.sector,
+            args.camera,
+            args.ccd,
+            args.bin,
+            cache_dir=args.cache_dir,
+            progressbar=not args.no_progress,
+        )
+    except ScatterLightError as err:  # advice worded for Python -> for the command line
+        ids = (args.sector, args.camera, args.ccd)
+        text = str(err).replace(_build_hint(*ids), _build_hint(*ids, python=False))
+        raise ScatterLightError(text) from err
     sys.stdout.write(f"{path}\n")
     return 0
 
@@ -126,6 +205,7 @@ def _info(args: argparse.Namespace) -> int:
 
     from .cube import ScatterLightCube
 
+    _check_fits(Path(args.path))
     cube = ScatterLightCube.read(args.path)
     rows = _cube_summary(cube)
     info = cube.compression
@@ -162,6 +242,27 @@ def _info(args: argparse.Namespace) -> int:
     lines = [f"{key + ':':<14}{value}" for key, value in rows]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+#: How a FITS file starts: plain, gzip- or bzip2-compressed.
+_FITS_MAGIC = (b"SIMPLE  =", b"\x1f\x8b", b"BZh")
+
+
+def _check_fits(path: Path) -> None:
+    """Raise a one-line error unless ``path`` is a readable file that looks like FITS."""
+    if path.is_dir():
+        msg = f"{path} is a folder; give the path of a cube file (FITS)."
+        raise ScatterLightError(msg)
+    if not path.is_file():
+        return  # the reader says that no cube is there
+    with open(path, "rb") as file:
+        start = file.read(len(_FITS_MAGIC[0]))
+    if not start.startswith(_FITS_MAGIC):
+        msg = (
+            f"{path} is not a FITS file (it does not start with a FITS header); give the "
+            "path of a cube file written by `lk-scatterlight build` or `fetch`."
+        )
+        raise ScatterLightError(msg)
 
 
 def _cube_summary(cube) -> list[tuple[str, str]]:
@@ -216,7 +317,9 @@ def parse_duration(text: str) -> float | None:
 
 
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sector", type=int, required=True)
+    parser.add_argument(
+        "--sector", type=sector_number, required=True, help=f"TESS sector (1-{LATEST_SECTOR})"
+    )
     parser.add_argument("--camera", type=int, required=True, choices=range(1, 5))
     parser.add_argument("--ccd", type=int, required=True, choices=range(1, 5))
     _build_options(parser)
@@ -235,10 +338,12 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
         "SPOC *ffic.fits; '{sector}', '{camera}', '{ccd}' in PATH are filled in) or "
         "'simulate [NFRAMES]' (synthetic frames); default tesscube",
     )
-    parser.add_argument("--pixel-bin", type=int, default=16, help="bin size [px], divides 2048")
+    parser.add_argument(
+        "--pixel-bin", type=pixel_bin, default=16, help="bin size [px], divides 2048 (default 16)"
+    )
     parser.add_argument(
         "--fine-bin",
-        type=int,
+        type=_int_at_least(0, "--fine-bin"),
         default=4,
         help="bin size [px] of the fine layer that keeps structure narrower than a bin "
         "(glint ridges, shadow edges) where the frames show it; divides --pixel-bin; "
@@ -252,6 +357,10 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default=".", help="output folder or file (default: .)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _dense_option(parser: argparse.ArgumentParser) -> None:
+    """``--dense``, for the commands that write a cube file."""
     parser.add_argument(
         "--dense", action="store_true", help="write a dense cube instead of the compact encoding"
     )
@@ -267,7 +376,7 @@ def _cluster_options(parser: argparse.ArgumentParser, required: bool = False) ->
     )
     group.add_argument(
         "--workers",
-        type=int,
+        type=_int_at_least(1, "--workers"),
         metavar="N",
         help="run the frame work on a local Dask cluster of N single-threaded worker processes"
         + (" (default: one per core)" if required else " (default: serial, in this process)")
@@ -275,13 +384,13 @@ def _cluster_options(parser: argparse.ArgumentParser, required: bool = False) ->
     )
     parser.add_argument(
         "--chunk",
-        type=int,
+        type=_int_at_least(1, "--chunk"),
         default=50,
         help="frames per Dask task and per checkpoint at most (default 50)",
     )
     parser.add_argument(
         "--prefetch",
-        type=int,
+        type=_int_at_least(1, "--prefetch"),
         default=None,
         help="frames read ahead (default: 4 in this process, 1 in each Dask task)",
     )
@@ -289,22 +398,102 @@ def _cluster_options(parser: argparse.ArgumentParser, required: bool = False) ->
 
 def _build_command_arguments(parser: argparse.ArgumentParser) -> None:
     _build_arguments(parser)
+    _dense_option(parser)
     _cluster_options(parser)
 
 
-def _config(args: argparse.Namespace, dask: bool):
-    """The `BuildConfig` of the command line."""
+#: `BuildConfig` field -> the option that sets it, to word its errors for the command line.
+_CONFIG_OPTIONS = {
+    "pixel_bin": "--pixel-bin",
+    "fine_bin": "--fine-bin",
+    "time_bin": "--time-bin",
+    "chunk": "--chunk",
+}
+
+
+def _config(args: argparse.Namespace, dask: bool = False):
+    """The `BuildConfig` of the command line.
+
+    Raises
+    ------
+    UsageError
+        If the options do not fit together (e.g. ``--fine-bin`` not dividing
+        ``--pixel-bin``).
+    """
     from .builder.pipeline import BuildConfig
 
-    prefetch = args.prefetch if args.prefetch is not None else (1 if dask else 4)
-    return BuildConfig(
-        pixel_bin=args.pixel_bin,
-        time_bin=args.time_bin,
-        fine_bin=args.fine_bin,
-        compact=not args.dense,
-        chunk=args.chunk,
-        prefetch=prefetch,
-    )
+    options = {"pixel_bin": args.pixel_bin, "time_bin": args.time_bin, "fine_bin": args.fine_bin}
+    if hasattr(args, "chunk"):  # build and build-many (dataset keeps the defaults)
+        options.update(
+            compact=not args.dense,
+            chunk=args.chunk,
+            prefetch=args.prefetch if args.prefetch is not None else (1 if dask else 4),
+        )
+    try:
+        return BuildConfig(**options)
+    except ValueError as err:
+        text = str(err)
+        for name, option in _CONFIG_OPTIONS.items():
+            text = re.sub(rf"\b{name}\b", option, text)
+        raise UsageError(text) from err
+
+
+def _check_folder(folder: Path, option: str, given: str | None = None) -> None:
+    """Fail now, not after the work, if ``folder`` cannot be created or written to.
+
+    ``option`` and ``given`` (its value; default ``folder``) name the folder in
+    the message.
+    """
+    option = f"{option} {given if given is not None else folder}"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        msg = f"{option}: {existing} is a file, not a folder; choose another path."
+        raise ScatterLightError(msg)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        msg = (
+            f"{option}: {existing} is not writable (permission denied); choose a folder you "
+            "can write to."
+        )
+        raise ScatterLightError(msg)
+
+
+class _FolderGuard:
+    """Folders a command creates, removed again if it fails while they are still empty.
+
+    `watch` notes what the nearest existing parent of a folder holds; if the
+    command then fails (error or Ctrl-C), `undo` removes the new empty folders
+    there (created by the command or by the build, such as an unused work
+    folder), so a failed run leaves no empty folders behind. Folders holding
+    anything, such as checkpoints to resume from, are kept.
+    """
+
+    def __init__(self) -> None:
+        self._before: dict[Path, set[str]] = {}
+
+    def watch(self, folder: Path) -> None:
+        parent = folder.resolve()
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent not in self._before and parent.is_dir():
+            self._before[parent] = set(os.listdir(parent))
+
+    def undo(self) -> None:
+        for parent, before in self._before.items():
+            for name in set(os.listdir(parent)) - before:
+                _remove_empty_tree(parent / name)
+
+
+def _remove_empty_tree(path: Path) -> None:
+    """Remove ``path`` and the folders in it if they hold no files."""
+    if not path.is_dir() or path.is_symlink():
+        return
+    for root, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(root)
+        except OSError:  # not empty
+            pass
 
 
 def _dask_client(args: argparse.Namespace):
@@ -365,9 +554,16 @@ def make_source(kind: list[str], sector: int, camera: int, ccd: int):
         from . import simulate
         from .builder.sources import SimulatedFFISource
 
-        time = simulate.sector_times(sector)
+        if len(args) > 1:
+            msg = f"--source simulate takes one NFRAMES at most, got {' '.join(args)!r}."
+            raise UsageError(msg)
+        nframes = None
         if args:
-            time = time[: int(args[0])]
+            nframes = int(args[0]) if args[0].isdigit() else 0
+            if nframes < 1:
+                msg = f"--source simulate NFRAMES must be a whole number >= 1, got {args[0]!r}."
+                raise UsageError(msg)
+        time = simulate.sector_times(sector)[:nframes]
         simulator = simulate.FFISimulator(
             simulate.ScatteredLightField(), sector=sector, camera=camera, ccd=ccd, time=time
         )
@@ -383,27 +579,40 @@ def _build(args: argparse.Namespace) -> int:
     from .builder.pipeline import build_cube
     from .registry import cube_filename
 
-    source = make_source(args.source, args.sector, args.camera, args.ccd)
     dask = args.scheduler is not None or args.workers is not None
     config = _config(args, dask)
     out = Path(args.out)
-    if not out.suffix:
-        out.mkdir(parents=True, exist_ok=True)
-    with _dask_client(args) if dask else contextlib.nullcontext() as client:
-        cube = build_cube(
-            source,
-            config,
-            out=out,
-            work_dir=args.work_dir,
-            progress=not args.no_progress,
-            overwrite=args.overwrite,
-            client=client,
-        )
+    in_folder = out.is_dir() or not out.suffix  # as build_cube decides
+    folder = out if in_folder else out.parent
     path = (
-        out
-        if out.suffix
-        else out / cube_filename(cube.sector, cube.camera, cube.ccd, args.pixel_bin)
+        out / cube_filename(args.sector, args.camera, args.ccd, args.pixel_bin)
+        if in_folder
+        else out
     )
+    if path.exists() and not args.overwrite:
+        raise ScatterLightError(f"{path} exists; pass --overwrite to replace it.")
+    _check_folder(folder, "--out", args.out)
+    guard = _FolderGuard()
+    guard.watch(folder)
+    if args.work_dir is not None:
+        _check_folder(Path(args.work_dir), "--work-dir")
+        guard.watch(Path(args.work_dir))
+    try:
+        source = make_source(args.source, args.sector, args.camera, args.ccd)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _dask_client(args) if dask else contextlib.nullcontext() as client:
+            build_cube(
+                source,
+                config,
+                out=out,
+                work_dir=args.work_dir,
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+                client=client,
+            )
+    except BaseException:
+        guard.undo()
+        raise
     sys.stdout.write(f"{path}\n")
     return 0
 
@@ -426,16 +635,43 @@ def parse_ranges(text: str) -> list[int]:
     return sorted(values)
 
 
+def _ranges_within(lo: int, hi: int, what: str, why: str = "") -> Callable[[str], list[int]]:
+    """argparse type: `parse_ranges`, every number within ``lo..hi``."""
+
+    def parse(text: str) -> list[int]:
+        values = parse_ranges(text)
+        outside = [v for v in values if not lo <= v <= hi]
+        if outside:
+            msg = f"{what} must be within {lo}-{hi}{why}, got {', '.join(map(str, outside))}"
+            raise argparse.ArgumentTypeError(msg)
+        return values
+
+    parse.__name__ = what
+    return parse
+
+
 def _build_many_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sectors", type=parse_ranges, required=True, help="sectors, e.g. '1-5' or '1,3,7-9'"
+        "--sectors",
+        type=_ranges_within(
+            1, LATEST_SECTOR, "sectors", " (the sectors whose pointing tesswcs knows)"
+        ),
+        required=True,
+        help="sectors, e.g. '1-5' or '1,3,7-9'",
     )
-    parser.add_argument("--cameras", type=parse_ranges, default="1-4", help="default 1-4")
-    parser.add_argument("--ccds", type=parse_ranges, default="1-4", help="default 1-4")
+    cameras = _ranges_within(1, 4, "cameras")
+    parser.add_argument("--cameras", type=cameras, default="1-4", help="default 1-4")
+    parser.add_argument(
+        "--ccds", type=_ranges_within(1, 4, "ccds"), default="1-4", help="default 1-4"
+    )
     _build_options(parser)
+    _dense_option(parser)
     _cluster_options(parser, required=True)
     parser.add_argument(
-        "--concurrent", type=int, default=2, help="builds sharing the cluster at once (default 2)"
+        "--concurrent",
+        type=_int_at_least(1, "--concurrent"),
+        default=2,
+        help="builds sharing the cluster at once (default 2)",
     )
     parser.add_argument(
         "--summary",
@@ -450,22 +686,26 @@ def _build_many(args: argparse.Namespace) -> int:
 
     from .builder.distributed import build_many
 
-    for name, values in (("cameras", args.cameras), ("ccds", args.ccds)):
-        if not set(values) <= {1, 2, 3, 4}:
-            raise ScatterLightError(f"--{name} must be within 1-4, got {values}.")
     targets = [(s, c, d) for s in args.sectors for c in args.cameras for d in args.ccds]
     config = _config(args, dask=True)
-    with _dask_client(args) as client:
-        table = build_many(
-            targets,
-            functools.partial(make_source, args.source),
-            client,
-            args.out,
-            config,
-            summary=args.summary,
-            concurrent=args.concurrent,
-            progress=not args.no_progress,
-        )
+    _check_folder(Path(args.out), "--out")
+    guard = _FolderGuard()
+    guard.watch(Path(args.out))
+    try:
+        with _dask_client(args) as client:
+            table = build_many(
+                targets,
+                functools.partial(make_source, args.source),
+                client,
+                args.out,
+                config,
+                summary=args.summary,
+                concurrent=args.concurrent,
+                progress=not args.no_progress,
+            )
+    except BaseException:
+        guard.undo()
+        raise
     sys.stdout.write("\n".join(table.pformat(max_lines=-1, max_width=-1)) + "\n")
     failed = int((table["status"] == "failed").sum())
     if failed:
@@ -503,8 +743,9 @@ def _dataset(args: argparse.Namespace) -> int:
     """Build a cube and its Earth/Moon geometry maps into a training set (.npz)."""
     from .builder.dataset import cadence_numbers, dataset_filename, make_dataset, write_dataset
     from .builder.geometry import CCDPointing, make_ephemeris, spacecraft_time
-    from .builder.pipeline import BuildConfig, build_cube
+    from .builder.pipeline import build_cube
 
+    config = _config(args)
     out = Path(args.out)
     folder = out.parent if out.suffix else out
     path = (
@@ -513,7 +754,10 @@ def _dataset(args: argparse.Namespace) -> int:
         else out / dataset_filename(args.sector, args.camera, args.ccd, args.pixel_bin)
     )
     if path.exists() and not args.overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+        raise ScatterLightError(f"{path} exists; pass --overwrite to replace it.")
+    _check_folder(folder, "--out", args.out)
+    if args.work_dir is not None:
+        _check_folder(Path(args.work_dir), "--work-dir")
     if args.wcs == "tesswcs":
         pointing = CCDPointing.from_sector(args.sector, args.camera, args.ccd)
     else:
@@ -528,15 +772,28 @@ def _dataset(args: argparse.Namespace) -> int:
     time = source.time
     ephemeris = make_ephemeris(args.ephemeris, time_range=(time.min(), time.max()))
     spacecraft_time(time[[0, -1]], pointing, ephemeris)  # fail before the build if not covered
-    folder.mkdir(parents=True, exist_ok=True)
-    work_dir = args.work_dir or folder / (
-        f".lk-scatterlight-work_dataset_s{args.sector:04d}_{args.camera}-{args.ccd}"
-        f"_bin{args.pixel_bin}"
+    work_dir = (
+        Path(args.work_dir)
+        if args.work_dir
+        else folder
+        / (
+            f".lk-scatterlight-work_dataset_s{args.sector:04d}_{args.camera}-{args.ccd}"
+            f"_bin{args.pixel_bin}"
+        )
     )
-    config = BuildConfig(pixel_bin=args.pixel_bin, time_bin=args.time_bin, fine_bin=args.fine_bin)
-    cube = build_cube(source, config, work_dir=work_dir, progress=not args.no_progress)
-    data = make_dataset(cube, ephemeris, pointing, cadenceno=cadence_numbers(cube, source.frames))
-    write_dataset(data, path, overwrite=args.overwrite, compress=not args.no_compress)
+    guard = _FolderGuard()
+    guard.watch(folder)
+    guard.watch(work_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        cube = build_cube(source, config, work_dir=work_dir, progress=not args.no_progress)
+        data = make_dataset(
+            cube, ephemeris, pointing, cadenceno=cadence_numbers(cube, source.frames)
+        )
+        write_dataset(data, path, overwrite=args.overwrite, compress=not args.no_compress)
+    except BaseException:
+        guard.undo()
+        raise
     sys.stdout.write(f"{path}\n")
     return 0
 
@@ -608,7 +865,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lk-scatterlight",
         description="Remove TESS scattered light from target pixel files.",
     )
@@ -624,7 +881,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    A usage error found by argparse exits (`SystemExit`) with code 2; other
+    errors return 1 (2 for options that do not fit together) after one line
+    on stderr, and Ctrl-C returns 130. ``--debug`` re-raises instead.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -634,11 +896,77 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BrokenPipeError:  # e.g. `lk-scatterlight list | head`
         return 0
-    except (ScatterLightError, FileNotFoundError, FileExistsError) as err:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        sys.stderr.write(f"lk-scatterlight: error: {err}\n")
+        then = (
+            "; run the same command again to resume the build from its last checkpoint"
+            if args.command in RESUMABLE
+            else ""
+        )
+        sys.stderr.write(f"lk-scatterlight: interrupted{then}.\n")
+        return 130
+    except UsageError as err:
+        if args.debug:
+            raise
+        prog = f"lk-scatterlight {args.command}"
+        sys.stderr.write(f"{prog}: error: {str(err).rstrip('.')} (see `{prog} --help`)\n")
+        return 2
+    except (ScatterLightError, OSError) as err:
+        if args.debug:
+            raise
+        sys.stderr.write(f"lk-scatterlight: error: {error_message(err)}\n")
         return 1
+    except ModuleNotFoundError as err:
+        package = (err.name or "").partition(".")[0]
+        if args.debug or package not in _OPTIONAL:
+            raise
+        sys.stderr.write(
+            f"lk-scatterlight: error: `lk-scatterlight {args.command}` needs the optional "
+            f"package {package}, which is not installed: {_OPTIONAL[package]}\n"
+        )
+        return 1
+
+
+#: Optional packages of the commands that build cubes -> how to install them.
+_OPTIONAL = dict.fromkeys(
+    ("tesscube", "tesswcs", "lkspacecraft", "distributed", "dask", "aiobotocore", "botocore"),
+    "pip install 'lk_scatterlight[builder]'",
+) | {"astroquery": "pip install astroquery"}
+
+
+#: Hints added to an operating-system error, by its type.
+_OS_HINTS = {
+    PermissionError: "choose a file or folder you can write to",
+    NotADirectoryError: "part of the path is a file, not a folder",
+    IsADirectoryError: "a folder was given where a file is needed",
+}
+
+
+def error_message(err: BaseException) -> str:
+    """One line describing ``err`` for the command line.
+
+    Operating-system errors read ``Permission denied: PATH (hint)``; advice
+    the library words for Python (``pass overwrite=True``) names the option.
+    """
+    text = str(err)
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        text = f"{err.strerror}: {err.filename}"
+        if err.filename2 is not None:
+            text += f" -> {err.filename2}"
+        hint = next((h for cls, h in _OS_HINTS.items() if isinstance(err, cls)), None)
+        if hint:
+            text += f" ({hint})"
+    text = text.replace("pass overwrite=True (--overwrite)", "pass --overwrite")
+    text = text.replace("pass overwrite=True", "pass --overwrite")
+    text = re.sub(  # astropy's advice for a file that is not FITS at all
+        r"No SIMPLE card found,.*?ignore_missing_simple=True\.?",
+        "it is not a FITS file (it does not start with a FITS header).",
+        text,
+        flags=re.DOTALL,
+    )
+    text = text.replace("cannot be read as a FITS file: it is not", "is not")
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

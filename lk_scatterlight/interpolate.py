@@ -32,7 +32,6 @@ IEEE Trans. Acoustics, Speech and Signal Processing 29, 1153.
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
 
 __all__ = [
     "spatial_weights",
@@ -244,6 +243,10 @@ def blend(
     ndarray, shape (m, ...)
         Written in a single pass, without temporaries of that size.
     """
+    # Imported here: scipy.sparse costs ~0.3 s (scipy's array-API layer), which
+    # reading a cube (`lk-scatterlight info`) does not need.
+    from scipy import sparse
+
     # A sparse (m, nplanes) matrix with two weights per row: its product with the
     # planes writes the output once (numpy fancy indexing would make two copies of
     # the output size and then combine them: ~3-4x slower for large outputs).

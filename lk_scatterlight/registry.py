@@ -38,6 +38,7 @@ from typing import NamedTuple
 import pooch
 from astropy.table import Table
 
+from .ccd import check_sector
 from .cube import FORMAT_VERSION, ScatterLightCube
 from .exceptions import CubeFormatError, CubeNotFoundError, DownloadError, ScatterLightError
 
@@ -374,6 +375,9 @@ def fetch_cube(
 
     Raises
     ------
+    ValueError
+        If ``sector`` is not 1..`~lk_scatterlight.ccd.LATEST_SECTOR` or
+        ``camera``, ``ccd`` or ``bin`` is out of range.
     CubeNotFoundError
         If no cube is published for the request; the message lists the
         nearest published ones and how to build the cube locally.
@@ -387,6 +391,7 @@ def fetch_cube(
     >>> path = fetch_cube(2, 1, 1)  # doctest: +SKIP
     """
     sector, camera, ccd = _check_ids(sector, camera, ccd)
+    check_sector(sector)  # no cube can exist, nor be built, for a sector beyond tesswcs's
     if bin is not None:
         bin = _as_int("bin", bin, 1)
     pup = get_pooch(cache_dir)
@@ -485,11 +490,12 @@ def _check_ids(sector, camera, ccd) -> tuple[int, int, int]:
     return _as_int("sector", sector, 1), _as_int("camera", camera, 1, 4), _as_int("ccd", ccd, 1, 4)
 
 
-def _build_hint(sector: int, camera: int, ccd: int) -> str:
-    return (
-        f"build the cube locally with `lk-scatterlight build --sector {sector} "
-        f"--camera {camera} --ccd {ccd}` and pass cube=path"
-    )
+def _build_hint(sector: int, camera: int, ccd: int, python: bool = True) -> str:
+    """How to build the cube instead; ``python=False`` words it for the command line."""
+    command = f"`lk-scatterlight build --sector {sector} --camera {camera} --ccd {ccd}`"
+    if python:
+        return f"build the cube locally with {command} and pass cube=path"
+    return f"build the cube locally with {command}"
 
 
 def _select(pup: pooch.Pooch, sector: int, camera: int, ccd: int, bin: int | None) -> str:
