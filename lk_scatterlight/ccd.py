@@ -90,11 +90,32 @@ def to_btjd(time) -> np.ndarray:
 
 
 def btjd_time(btjd) -> Time:
-    """BTJD floats as a `~astropy.time.Time` in lightkurve's ``"btjd"`` format (TDB)."""
-    from astropy.time import Time
-    from lightkurve.time import TimeBTJD  # noqa: F401  (defines the "btjd" format)
+    """BTJD floats as a `~astropy.time.Time` in lightkurve's ``"btjd"`` format (TDB).
 
+    The format is lightkurve's; when lightkurve is not imported yet, the same
+    definition is registered here (lightkurve's own replaces it on import), so
+    reading a cube does not import lightkurve.
+    """
+    from astropy.time import TIME_FORMATS, Time
+
+    if "btjd" not in TIME_FORMATS:
+        _register_btjd()
     return Time(np.asarray(btjd, dtype=float), format="btjd", scale="tdb")
+
+
+def _register_btjd() -> None:
+    """Define the ``"btjd"`` time format: days since BJD 2457000 (TDB), as lightkurve does."""
+    from astropy.time.formats import TimeFromEpoch
+
+    class TimeBTJD(TimeFromEpoch):  # noqa: F841  (defining the class registers the format)
+        """Barycentric TESS Julian Date, BJD - 2457000 (TDB)."""
+
+        name = "btjd"
+        unit = 1.0
+        epoch_val = 2457000
+        epoch_val2 = None
+        epoch_scale = "tdb"
+        epoch_format = "jd"
 
 
 def _whole(name: str, value) -> int:

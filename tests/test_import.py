@@ -153,9 +153,5 @@ def test_cli_info_imports_no_builder(info_modules):
     assert not {m for m in info_modules if m.startswith("lk_scatterlight.builder")}
 
 
-@pytest.mark.xfail(
-    reason="cube.py imports lightkurve.time for the 'btjd' Time format (owned by another change)",
-    strict=True,
-)
 def test_cli_info_imports_no_heavy_module(info_modules):
     assert not [m for m in (*HEAVY, "scipy.sparse") if m in info_modules]
