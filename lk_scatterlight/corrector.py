@@ -157,6 +157,10 @@ class ScatterLightCorrector(Corrector):
     background_in_flux : bool, optional
         Whether FLUX still contains the background; detected when None
         (see `detect_background_in_flux`).
+    model : `~lk_scatterlight.model.ScatterLightModel`, str or path-like, optional
+        Use the learned geometry model (``"default"``, a model file or a
+        loaded model) instead of a cube, calibrated on the TPF's own
+        background pixels (`~lk_scatterlight.model.ModelBackground`).
 
     Examples
     --------
@@ -174,11 +178,17 @@ class ScatterLightCorrector(Corrector):
         cube: ScatterLightCube | str | os.PathLike | None = None,
         aperture_mask="default",
         background_in_flux: bool | None = None,
+        model=None,
     ) -> None:
         if not isinstance(tpf, TessTargetPixelFile):
             _check_match(tpf, None)  # raises the "TESS only" error
         self.tpf = tpf
-        self.cube = _resolve_cube(cube, tpf)
+        if model is not None:  # the learned model, calibrated on this TPF, stands in for a cube
+            from .model import ModelBackground
+
+            self.cube = ModelBackground(model, tpf)
+        else:
+            self.cube = _resolve_cube(cube, tpf)
         _check_match(tpf, self.cube)
         if tpf.get_header().get("SLCORR") and background_in_flux:
             msg = (
