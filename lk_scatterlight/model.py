@@ -1088,6 +1088,15 @@ def fit_calibration(
                 break
             keep = new
         coef, cov, s2 = _lstsq(driver[keep], observed[keep])
+        if coef[0] < 0:  # scattered light cannot be negative: the model misses this orbit
+            warnings.warn(
+                f"Orbit {k + 1} (BTJD {start[k]:.2f}..{stop[k]:.2f}): the observed background "
+                f"falls where the model rises (fitted scale {coef[0]:.3g}); the model does not "
+                "describe this orbit, so its scale is set to 0 (nothing subtracted).",
+                ScatterLightWarning,
+                stacklevel=2,
+            )
+            coef, cov, s2 = _lstsq(np.zeros(keep.sum()), observed[keep])
         scale[k], offset[k] = coef
         covariance[k], rms[k] = cov, np.sqrt(s2)
     return Calibration(scale, offset, covariance, rms, start, stop, float(relative_error))
@@ -1221,6 +1230,70 @@ def tpf_position(tpf) -> tuple[int, int, int]:
     return check_sector(sector), camera, ccd
 
 
+def _position_shift(tpf, pointing) -> tuple[float, float]:
+    """What to add to ``tpf.row``/``tpf.column`` to get the TPF's true CCD pixels.
+
+    Zero when the TPF's position keywords lie in the science area. Otherwise
+    (early TESSCut files have rows like -856) the target's RA_OBJ/DEC_OBJ is
+    placed on the CCD through the sector's WCS, with a `ScatterLightWarning`.
+
+    Raises
+    ------
+    ScatterLightError
+        Neither valid position keywords nor target coordinates on the CCD.
+    """
+    from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS
+
+    nrow, ncol = tpf.shape[1:]
+    row, column = tpf.row, tpf.column
+    inside = (
+        SCIENCE_ROWS[0] <= row
+        and row + nrow - 1 <= SCIENCE_ROWS[1]
+        and SCIENCE_COLUMNS[0] <= column
+        and column + ncol - 1 <= SCIENCE_COLUMNS[1]
+    )
+    if inside:
+        return 0.0, 0.0
+    ra, dec = getattr(tpf, "ra", None), getattr(tpf, "dec", None)
+    try:
+        ra, dec = float(ra), float(dec)
+    except (TypeError, ValueError):
+        ra = dec = np.nan
+    if not (np.isfinite(ra) and np.isfinite(dec)):
+        msg = (
+            f"The TPF's pixel position (row {row}, column {column}) is outside the CCD's science "
+            "area and it has no target coordinates (RA_OBJ/DEC_OBJ): its pixels cannot be "
+            "placed on the CCD. Fix the 1CRV4P/2CRV4P keywords."
+        )
+        raise ScatterLightError(msg)
+    ra_r, dec_r = np.deg2rad(ra), np.deg2rad(dec)
+    vector = np.array([np.cos(dec_r) * np.cos(ra_r), np.cos(dec_r) * np.sin(ra_r), np.sin(dec_r)])
+    centre_row, centre_column = pointing.pixel(vector)
+    if not (
+        SCIENCE_ROWS[0] - 0.5 <= centre_row <= SCIENCE_ROWS[1] + 0.5
+        and SCIENCE_COLUMNS[0] - 0.5 <= centre_column <= SCIENCE_COLUMNS[1] + 0.5
+    ):
+        msg = (
+            f"The TPF's position keywords (row {row}, column {column}) are outside the science "
+            f"area, and its target (RA {ra:.4f}, Dec {dec:.4f}) falls at row "
+            f"{centre_row:.0f}, column {centre_column:.0f}, off sector {pointing.sector} "
+            f"camera {pointing.camera} CCD {pointing.ccd}."
+        )
+        raise ScatterLightError(msg)
+    shift = (
+        round(centre_row - (nrow - 1) / 2) - row,
+        round(centre_column - (ncol - 1) / 2) - column,
+    )
+    warnings.warn(
+        f"The TPF's position keywords (row {row}, column {column}) are outside the science "
+        f"area; placing it by its target's RA/Dec at row {row + shift[0]}, column "
+        f"{column + shift[1]}.",
+        ScatterLightWarning,
+        stacklevel=4,
+    )
+    return float(shift[0]), float(shift[1])
+
+
 class ModelBackground:
     """A model calibrated on one TPF, with the evaluation interface the corrector uses.
 
@@ -1254,6 +1327,7 @@ class ModelBackground:
         self.sector, self.camera, self.ccd = tpf_position(tpf)
         self.ephemeris = ephemeris
         nrow, ncol = tpf.shape[1:]
+        self.shift = _position_shift(tpf, self.model.pointing(self.sector, self.camera, self.ccd))
         time = np.asarray(tpf.time.value, dtype=float)
         flux = np.asarray(tpf.flux.value, dtype=float)
         good = np.isfinite(time)
@@ -1269,7 +1343,8 @@ class ModelBackground:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             observed = np.nanmedian(flux[:, mask], axis=1)
-        driver = self._predict(time, tpf.row + rows, tpf.column + cols).mean(axis=1)
+        row0, column0 = tpf.row + self.shift[0], tpf.column + self.shift[1]
+        driver = self._predict(time, row0 + rows, column0 + cols).mean(axis=1)
         self.background_mask = mask
         self.btjd = time
         self.calibration = fit_calibration(driver, observed, time, self.model.relative_error)
@@ -1287,8 +1362,8 @@ class ModelBackground:
 
     def _result(self, time, row, column) -> tuple[np.ndarray, CalibratedBackground]:
         time = np.asarray(getattr(time, "value", time), dtype=float).reshape(-1)
-        row = np.asarray(row, dtype=float).reshape(-1)
-        column = np.asarray(column, dtype=float).reshape(-1)
+        row = np.asarray(row, dtype=float).reshape(-1) + self.shift[0]
+        column = np.asarray(column, dtype=float).reshape(-1) + self.shift[1]
         pred = self._predict(time, row[:, None], column[None, :])
         return time, self.calibration.apply(pred, time)
 

@@ -503,8 +503,8 @@ def load_samples(
 # ---------------------------------------------------------------------- fitting
 #: Default hyper-parameters of the gradient boosting.
 DEFAULT_PARAMS = {
-    "max_iter": 200,
-    "learning_rate": 0.08,
+    "max_iter": 100,
+    "learning_rate": 0.15,
     "max_leaf_nodes": 15,
     "max_depth": 6,
     "min_samples_leaf": 40,
