@@ -55,22 +55,24 @@ def accuracy(samples, quick: bool) -> list[dict]:
     results = validate(samples, sectors=[1, 5, 9, 14, 41] if quick else None)
     elapsed = time.perf_counter() - start
     moon, earth = FEATURES.index("moon_angle"), FEATURES.index("earth_angle")
+    perigee = FEATURES.index("earth_distance")
     for r in results:
         k = next(i for i, s in enumerate(samples.sources) if s["name"] == r["name"])
         m = samples.group == k
         r["moon_min"] = float(samples.X[m, moon].min())
         r["earth_min"] = float(samples.X[m, earth].min())
+        r["perigee"] = float(samples.X[m, perigee].min())
     print(f"\nleave-one-sector-out validation: {elapsed:.0f} s")
     header = (
         f"{'light curve':44s} {'cam-ccd':>7s} {'model %':>8s} {'quad %':>7s} {'const %':>8s}"
-        f" {'min Moon':>9s} {'min Earth':>10s}"
+        f" {'min Moon':>9s} {'min Earth':>10s} {'perigee':>8s}"
     )
     print(header)
     for r in results:
         print(
             f"{r['name']:44s} {r['camera']}-{r['ccd']:<5d} {r['model_percent']:8.2f} "
             f"{r['quadratic_percent']:7.2f} {r['constant_percent']:8.2f} "
-            f"{r['moon_min']:8.1f}d {r['earth_min']:9.1f}d"
+            f"{r['moon_min']:8.1f}d {r['earth_min']:9.1f}d {r['perigee']:6.1f}Re"
         )
     model = np.array([r["model_percent"] for r in results])
     quad = np.array([r["quadratic_percent"] for r in results])
@@ -84,7 +86,8 @@ def accuracy(samples, quick: bool) -> list[dict]:
     for r in sorted(results, key=lambda r: -r["model_percent"])[:4]:
         print(
             f"  {r['name']}: {r['model_percent']:.1f} % (quadratic {r['quadratic_percent']:.1f} "
-            f"%), Moon within {r['moon_min']:.1f} deg, Earth within {r['earth_min']:.1f} deg"
+            f"%), Moon within {r['moon_min']:.1f} deg, Earth within {r['earth_min']:.1f} deg, "
+            f"perigee {r['perigee']:.1f} Earth radii"
         )
     return results
 
@@ -141,29 +144,30 @@ def main() -> None:
     parser.add_argument("--no-accuracy", action="store_true", help="skip the validation")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from lk_scatterlight.builder.training import fit_model, read_ephemerides, train_model
-    from lk_scatterlight.model import ScatterLightModel
+    from lk_scatterlight.builder.training import fit_model, load_samples, read_ephemerides
+    from lk_scatterlight.model import ScatterLightModel, default_model_path
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     ephemeris = read_ephemerides([DATA / "ephemeris"])
     start = time.perf_counter()
-    model = train_model([DATA / "spoc_backgrounds"], ephemeris, progress=False)
-    total = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:
-        path = model.save(Path(tmp) / "model.npz")
-        size = path.stat().st_size
-    print(
-        f"training (23 light curves, {model.meta['n_samples']} samples): {total:.1f} s in all, "
-        f"reading + fit {model.meta['training_seconds']:.1f} s; model file {size / 1e3:.0f} kB "
-        f"({model.trees.n_trees} trees of depth <= {model.trees.depth()})"
-    )
-    from lk_scatterlight.builder.training import load_samples
-
     samples = load_samples([DATA / "spoc_backgrounds"], ephemeris, progress=False)
+    read = time.perf_counter() - start
     start = time.perf_counter()
-    fit_model(samples, progress=False)
-    print(f"fit alone: {time.perf_counter() - start:.1f} s")
-    speed(ScatterLightModel.load("default"))
+    trees = fit_model(samples, progress=False)
+    fit = time.perf_counter() - start
+    print(
+        f"training on {len(samples.sources)} light curves ({len(samples)} samples): reading + "
+        f"geometry {read:.1f} s, fit {fit:.1f} s (one thread); {trees.n_trees} trees of depth "
+        f"<= {trees.depth()}"
+    )
+    default = ScatterLightModel.load("default")
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = ScatterLightModel(trees, {}, None).save(Path(tmp) / "trees.npz").stat().st_size
+    print(
+        f"default model file: {default_model_path().stat().st_size / 1e3:.0f} kB "
+        f"(trees alone {bare / 1e3:.0f} kB, the rest the TESS position table)"
+    )
+    speed(default)
     if not args.no_accuracy:
         accuracy(samples, args.quick)
     if args.figure:
