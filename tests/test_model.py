@@ -420,3 +420,14 @@ def test_training_on_a_cube_dataset(tmp_path, shared_data):
     assert np.all(samples.X[:, FEATURES.index("camera")] == 4)
     trees = fit_model(samples, params={"max_iter": 10}, progress=False)
     assert trees.n_trees == 10
+
+
+def test_repeated_threshold_patterns_are_evaluated_once_exactly(model):
+    """Rows with the same threshold sides share one evaluation; results are unchanged."""
+    rng = np.random.default_rng(2)
+    lo = [0, 0, 15, 0, 0, 15, 1]
+    hi = [180, 360, 70, 180, 360, 70, 4]
+    X = rng.uniform(lo, hi, (300, len(FEATURES)))
+    X = np.repeat(X, 10, axis=0) + rng.normal(0, 1e-9, (3000, len(FEATURES)))
+    chunks = np.concatenate([model.trees.raw(X[i : i + 200]) for i in range(0, 3000, 200)])
+    np.testing.assert_array_equal(model.trees.raw(X), chunks)
