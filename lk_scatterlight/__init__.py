@@ -63,6 +63,7 @@ from .exceptions import (  # noqa: E402
     ScatterLightError,
     ScatterLightWarning,
 )
+from .model import ScatterLightModel  # noqa: E402
 from .registry import available_cubes, fetch_cube, load_cube  # noqa: E402
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "conf",
     "ScatterLightCube",
     "ScatterLightCorrector",
+    "ScatterLightModel",
     "register",
     "unregister",
     "is_registered",

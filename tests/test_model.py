@@ -431,3 +431,17 @@ def test_repeated_threshold_patterns_are_evaluated_once_exactly(model):
     X = np.repeat(X, 10, axis=0) + rng.normal(0, 1e-9, (3000, len(FEATURES)))
     chunks = np.concatenate([model.trees.raw(X[i : i + 200]) for i in range(0, 3000, 200)])
     np.testing.assert_array_equal(model.trees.raw(X), chunks)
+
+
+def test_core_module_does_not_import_the_builder():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lk_scatterlight.model; "
+        "print(any(m.startswith('lk_scatterlight.builder') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
