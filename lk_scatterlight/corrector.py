@@ -186,6 +186,9 @@ class ScatterLightCorrector(Corrector):
         if model is not None:  # the learned model, calibrated on this TPF, stands in for a cube
             from .model import ModelBackground
 
+            if cube is not None:
+                msg = "Pass either cube= or model=, not both."
+                raise ScatterLightError(msg)
             self.cube = ModelBackground(model, tpf)
         else:
             self.cube = _resolve_cube(cube, tpf)

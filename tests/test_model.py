@@ -337,6 +337,8 @@ def test_real_cutout_where_the_model_fails_is_left_alone(read_cutout, model):
 
 def test_tpf_without_camera_is_refused(read_cutout, model):
     tpf = read_cutout("tess-s0019-1-3_65.489205_28.443210_10x10_astrocut.fits")
+    with pytest.raises(ScatterLightError, match="not both"):
+        tpf.to_corrector("scatterlight", model=model, cube="cube.fits")
     del tpf.hdu[0].header["CAMERA"]
     with pytest.raises(ScatterLightError, match="no CAMERA/CCD"):
         tpf.to_corrector("scatterlight", model=model)
