@@ -50,6 +50,7 @@ __all__ = [
     "ModelFormatError",
     "TreeEnsemble",
     "ScatterLightModel",
+    "ModelField",
     "TableEphemeris",
     "Calibration",
     "CalibratedBackground",
@@ -902,6 +903,48 @@ class ScatterLightModel:
                 values.reshape(t.size, nodes_r.size, nodes_c.size), nodes_r, nodes_c, r, c
             )
         return values.reshape(shape_t + shape_p)
+
+    def field(self, sector: int, camera: int, ccd: int, ephemeris=None) -> ModelField:
+        """This model as a scattered-light field of one CCD, for the simulator.
+
+        The geometry-driven simulator mode: ``lk_scatterlight.simulate.make_tpf(
+        model.field(1, 4, 3), row=..., column=..., sector=1, camera=4, ccd=3)``
+        makes a synthetic TPF whose scattered light follows the real Earth and
+        Moon of that sector (the model's prediction), instead of the analytic
+        `~lk_scatterlight.simulate.ScatteredLightField`.
+
+        Returns
+        -------
+        field : `ModelField`
+        """
+        return ModelField(self, sector, camera, ccd, ephemeris)
+
+
+class ModelField:
+    """A model's prediction on one CCD as ``field(time, rows, columns) -> (ntime, nrow, ncol)``.
+
+    See `ScatterLightModel.field`.
+    """
+
+    def __init__(self, model: ScatterLightModel, sector, camera, ccd, ephemeris=None) -> None:
+        self.model = model
+        self.sector = check_sector(sector)
+        self.camera, self.ccd = check_camera_ccd(camera, ccd)
+        self.ephemeris = ephemeris
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelField({self.model!r}, sector {self.sector} camera {self.camera} CCD {self.ccd})"
+        )
+
+    def __call__(self, time, rows, columns) -> np.ndarray:
+        """Scattered light [e-/s] at times (ntime,) on the grid rows (nrow,) x columns (ncol,)."""
+        rows = np.asarray(rows, dtype=float).reshape(-1, 1)
+        columns = np.asarray(columns, dtype=float).reshape(1, -1)
+        time = np.asarray(time, dtype=float).reshape(-1)
+        return self.model.predict(
+            self.sector, self.camera, self.ccd, rows, columns, time, self.ephemeris
+        )
 
 
 def _ranges(values) -> str:

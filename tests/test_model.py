@@ -447,3 +447,24 @@ def test_core_module_does_not_import_the_builder():
         [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_geometry_driven_simulation_is_recovered(model):
+    """A TPF simulated from the model's own field: the corrector recovers it (scale ~1)."""
+    from lk_scatterlight import simulate
+
+    time = simulate.sector_times(1)[::4]
+    field = model.field(1, 4, 3)
+    tpf = simulate.make_tpf(
+        field, row=800, column=900, shape=(9, 9), sector=1, camera=4, ccd=3, time=time, seed=1
+    )
+    truth = tpf.hdu["SL_TRUTH"].data
+    np.testing.assert_allclose(
+        truth, model.predict(1, 4, 3, 800 + np.arange(9)[:, None], 900 + np.arange(9), time)
+    )
+    corrector = tpf.to_corrector("scatterlight", model=model)
+    cal = corrector.cube.calibration
+    np.testing.assert_allclose(cal.scale, 1.0, atol=0.05)
+    ev = corrector.cube.evaluate(tpf.time, corrector.rows, corrector.columns)
+    keep = np.isin(time, tpf.time.value)
+    assert np.abs(ev.flux.value - truth[keep]).max() < 0.05 * truth.max()
