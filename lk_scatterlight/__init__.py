@@ -34,6 +34,7 @@ from .exceptions import (
 if TYPE_CHECKING:
     from .corrector import ScatterLightCorrector
     from .cube import ScatterLightCube
+    from .model import ScatterLightModel
     from .registry import available_cubes, fetch_cube, load_cube
 
 try:
@@ -76,6 +77,7 @@ __all__ = [
     "conf",
     "ScatterLightCube",
     "ScatterLightCorrector",
+    "ScatterLightModel",
     "register",
     "unregister",
     "is_registered",
@@ -96,6 +98,7 @@ __all__ = [
 _LAZY = {
     "ScatterLightCube": "cube",
     "ScatterLightCorrector": "corrector",
+    "ScatterLightModel": "model",
     "fetch_cube": "registry",
     "load_cube": "registry",
     "available_cubes": "registry",
@@ -104,8 +107,8 @@ _LAZY = {
 
 #: Submodules reachable as attributes (``lk_scatterlight.registry``) before they are imported.
 _SUBMODULES = frozenset(
-    "accessor builder ccd cli corrector cube demo exceptions finelayer interpolate plotting "
-    "registry simulate utils".split()
+    "accessor builder ccd cli corrector cube demo exceptions finelayer fusion interpolate model "
+    "ondemand plotting registry simulate utils".split()
 )
 
 

@@ -798,6 +798,88 @@ def _dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- train
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data",
+        nargs="+",
+        metavar="DATA",
+        help="cube training sets (.npz from `lk-scatterlight dataset`) and SPOC light curves "
+        "(.fits with SAP_BKG), or folders of them",
+    )
+    parser.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.npz)")
+    parser.add_argument(
+        "--ephemeris",
+        nargs="+",
+        default=None,
+        metavar="KIND [PATH...]",
+        help="TESS's position for light curves: 'horizons FILE_OR_FOLDER...' (JPL Horizons "
+        "vector tables; embedded in the model, so predicting works offline) or 'spice'",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--bin-minutes", type=float, default=30.0, help="time bin of light curves (default 30)"
+    )
+    parser.add_argument(
+        "--max-samples",
+        type=int,
+        default=50_000,
+        help="samples drawn from each cube training set (default 50000)",
+    )
+    parser.add_argument("--iterations", type=int, default=None, help="boosting iterations")
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="leave-one-sector-out validation on the light curves, recorded in the model",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+@subcommand("train", _train_arguments)
+def _train(args: argparse.Namespace) -> int:
+    """Train the learned scattered-light model on training sets and SPOC light curves."""
+    from .builder.training import read_ephemerides, train_model
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
+    ephemeris = None
+    if args.ephemeris:
+        kind, paths = args.ephemeris[0].lower(), args.ephemeris[1:]
+        if kind == "horizons" and paths:
+            ephemeris = read_ephemerides(paths)
+        elif kind == "spice" and not paths:
+            from .builder.geometry import SpiceEphemeris
+
+            ephemeris = SpiceEphemeris()
+        else:
+            raise ScatterLightError(
+                f"--ephemeris {' '.join(args.ephemeris)!r}: use 'horizons FILE...' or 'spice'."
+            )
+    params = None if args.iterations is None else {"max_iter": args.iterations}
+    model = train_model(
+        args.data,
+        ephemeris,
+        seed=args.seed,
+        bin_minutes=args.bin_minutes,
+        max_dataset_samples=args.max_samples,
+        params=params,
+        run_validation=args.validate,
+        progress=not args.no_progress,
+    )
+    model.save(out, overwrite=args.overwrite)
+    validation = model.meta.get("validation")
+    if validation:
+        sys.stdout.write(
+            f"leave-one-sector-out: median {validation['median_percent']:.2f} % of the "
+            f"background range (per-orbit quadratic {validation['median_quadratic_percent']:.2f} "
+            "%)\n"
+        )
+    sys.stdout.write(f"{out}\n")
+    return 0
+
+
 # ---------------------------------------------------------------------- publish
 def _publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="cube files or folders")

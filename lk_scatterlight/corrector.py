@@ -194,6 +194,10 @@ class ScatterLightCorrector(Corrector):
         corrects what the model misses at this TPF. On by default for TPFs whose
         FLUX holds the background; a TPF with too few background pixels uses
         the model alone (a warning says so). ``fusion`` holds the result.
+    model : `~lk_scatterlight.model.ScatterLightModel`, str or path-like, optional
+        Use the learned geometry model (``"default"``, a model file or a
+        loaded model) instead of a cube, calibrated on the TPF's own
+        background pixels (`~lk_scatterlight.model.ModelBackground`).
 
     Examples
     --------
@@ -214,6 +218,7 @@ class ScatterLightCorrector(Corrector):
         max_bytes: float = 200e6,
         flag_level: float = DEFAULT_FLAG_LEVEL,
         fuse: bool = True,
+        model=None,
     ) -> None:
         if not isinstance(tpf, TessTargetPixelFile):
             _check_match(tpf, None)  # raises the "TESS only" error
@@ -228,7 +233,15 @@ class ScatterLightCorrector(Corrector):
             location = ScatterLightError(str(err))
         else:
             location = self.location
-        self.cube = _resolve_cube(cube, tpf, location, max_bytes)
+        if model is not None:  # the learned model, calibrated on this TPF, stands in for a cube
+            from .model import ModelBackground
+
+            if cube is not None:
+                msg = "Pass either cube= or model=, not both."
+                raise ScatterLightError(msg)
+            self.cube = ModelBackground(model, tpf)
+        else:
+            self.cube = _resolve_cube(cube, tpf, location, max_bytes)
         _check_match(tpf, self.cube)
         if tpf.get_header().get("SLCORR") and background_in_flux:
             msg = (
@@ -272,15 +285,17 @@ class ScatterLightCorrector(Corrector):
         if not self.fuse:
             return None
         step = np.nanmedian(np.diff(time)) if np.size(time) > 1 else np.nan
-        width = float(np.median(self.cube.time_stop.value - self.cube.time_start.value))
-        window = int(round(width / step)) if np.isfinite(step) and step > 0 else 1
+        window = 1  # a model without time planes (the learned model) resolves every cadence
+        if isinstance(self.cube, ScatterLightCube) and np.isfinite(step) and step > 0:
+            width = float(np.median(self.cube.time_stop.value - self.cube.time_start.value))
+            window = max(1, int(round(width / step)))
         fusion = fuse_model(
             flux,
             flux_err,
             model.flux.value,
             model.flux_err.value,
             self.aperture_mask,
-            window=max(1, window),
+            window=window,
         )
         if fusion is None:
             warnings.warn(
