@@ -1434,8 +1434,10 @@ class ModelBackground:
 
     def _result(self, time, row, column) -> tuple[np.ndarray, CalibratedBackground]:
         time = np.asarray(getattr(time, "value", time), dtype=float).reshape(-1)
-        row = np.asarray(row, dtype=float).reshape(-1) + self.shift[0]
-        column = np.asarray(column, dtype=float).reshape(-1) + self.shift[1]
+        # 1-based CCD pixels: the corrector already placed a TPF whose position
+        # keywords are off the CCD (``shift`` only serves the calibration's fit).
+        row = np.asarray(row, dtype=float).reshape(-1)
+        column = np.asarray(column, dtype=float).reshape(-1)
         pred = self._predict(time, row[:, None], column[None, :])
         return time, self.calibration.apply(pred, time)
 
