@@ -33,6 +33,7 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -316,12 +317,15 @@ def parse_duration(text: str) -> float | None:
     return value
 
 
-def _build_arguments(parser: argparse.ArgumentParser) -> None:
+def _build_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
-        "--sector", type=sector_number, required=True, help=f"TESS sector (1-{LATEST_SECTOR})"
+        "--sector",
+        type=sector_number,
+        required=required,
+        help=f"TESS sector (1-{LATEST_SECTOR})",
     )
-    parser.add_argument("--camera", type=int, required=True, choices=range(1, 5))
-    parser.add_argument("--ccd", type=int, required=True, choices=range(1, 5))
+    parser.add_argument("--camera", type=int, required=required, choices=range(1, 5))
+    parser.add_argument("--ccd", type=int, required=required, choices=range(1, 5))
     _build_options(parser)
     parser.add_argument("--work-dir", default=None, help="checkpoint folder (resumable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube")
@@ -397,9 +401,39 @@ def _cluster_options(parser: argparse.ArgumentParser, required: bool = False) ->
 
 
 def _build_command_arguments(parser: argparse.ArgumentParser) -> None:
-    _build_arguments(parser)
+    _build_arguments(parser, required=False)
     _dense_option(parser)
     _cluster_options(parser)
+    regional = parser.add_argument_group(
+        "regional cubes", "build only a square of the CCD (see docs/ondemand.rst)"
+    )
+    regional.add_argument(
+        "--region",
+        nargs=4,
+        type=int,
+        metavar=("ROW", "COL", "NROWS", "NCOLS"),
+        help="pixels the cube must cover: first row and column (1-based CCD pixels, columns "
+        "counting the 44 collateral columns) and size; grown by 1.5 bins, snapped out to the "
+        "CCD's 64-px grid, made square and at least 128 px wide (the on-demand rule)",
+    )
+    regional.add_argument(
+        "--for-tpf",
+        metavar="FILE",
+        help="the region (and sector, camera, CCD) of a TPF file, as tpf.to_corrector builds it",
+    )
+    regional.add_argument(
+        "--max-mb",
+        type=float,
+        default=200.0,
+        help="download budget of a region from MAST's FFI cube [MB]; above it only every k-th "
+        "row is read (default 200)",
+    )
+    regional.add_argument(
+        "--row-step",
+        type=_int_at_least(1, "--row-step"),
+        default=None,
+        help="read every k-th row of the region (default: 1, or what --max-mb needs)",
+    )
 
 
 #: `BuildConfig` field -> the option that sets it, to word its errors for the command line.
@@ -576,19 +610,19 @@ def _build(args: argparse.Namespace) -> int:
     """Build the scattered-light cube of one sector/camera/CCD from its FFIs."""
     import contextlib
 
-    from .builder.pipeline import build_cube
+    from .builder.pipeline import build_cube, region_tag
     from .registry import cube_filename
 
     dask = args.scheduler is not None or args.workers is not None
     config = _config(args, dask)
+    region = _build_region(args, config)
     out = Path(args.out)
     in_folder = out.is_dir() or not out.suffix  # as build_cube decides
     folder = out if in_folder else out.parent
-    path = (
-        out / cube_filename(args.sector, args.camera, args.ccd, args.pixel_bin)
-        if in_folder
-        else out
-    )
+    name = cube_filename(args.sector, args.camera, args.ccd, args.pixel_bin)
+    if region is not None:
+        name = name.removesuffix(".fits") + region_tag(region) + ".fits"
+    path = out / name if in_folder else out
     if path.exists() and not args.overwrite:
         raise ScatterLightError(f"{path} exists; pass --overwrite to replace it.")
     _check_folder(folder, "--out", args.out)
@@ -598,8 +632,11 @@ def _build(args: argparse.Namespace) -> int:
         _check_folder(Path(args.work_dir), "--work-dir")
         guard.watch(Path(args.work_dir))
     try:
-        source = make_source(args.source, args.sector, args.camera, args.ccd)
         folder.mkdir(parents=True, exist_ok=True)
+        if region is None:
+            source = make_source(args.source, args.sector, args.camera, args.ccd)
+        else:
+            source = _regional_source(args, region, folder)
         with _dask_client(args) if dask else contextlib.nullcontext() as client:
             build_cube(
                 source,
@@ -613,8 +650,107 @@ def _build(args: argparse.Namespace) -> int:
     except BaseException:
         guard.undo()
         raise
+    if region is not None and args.source[0] == "tesscube":
+        shutil.rmtree(_download_folder(args, region, folder), ignore_errors=True)
     sys.stdout.write(f"{path}\n")
     return 0
+
+
+def _build_region(args: argparse.Namespace, config):
+    """The region a ``build --region``/``--for-tpf`` covers (None: the whole CCD).
+
+    Fills ``args.sector``/``camera``/``ccd`` from a TPF file.
+    """
+    from .ccd import Region
+
+    if args.region and args.for_tpf:
+        msg = "--region and --for-tpf exclude each other: give one."
+        raise UsageError(msg)
+    if args.for_tpf:
+        location = _locate_tpf_file(args.for_tpf)
+        for key in ("sector", "camera", "ccd"):
+            given, found = getattr(args, key), getattr(location, key)
+            if given is not None and given != found:
+                msg = f"--{key} {given} contradicts {args.for_tpf}, which is {key} {found}."
+                raise UsageError(msg)
+            setattr(args, key, found)
+        from .ondemand import tpf_build_region
+
+        region = tpf_build_region(location.region, config)
+    elif args.region:
+        try:
+            region = Region(*args.region)
+        except ValueError as err:
+            raise UsageError(f"--region {' '.join(map(str, args.region))}: {err}") from err
+        from .ondemand import tpf_build_region
+
+        region = tpf_build_region(region, config)
+    else:
+        region = None
+    missing = [f"--{k}" for k in ("sector", "camera", "ccd") if getattr(args, k) is None]
+    if missing:
+        raise UsageError(f"build needs {', '.join(missing)} (or --for-tpf FILE).")
+    if region is not None:
+        sys.stderr.write(
+            f"lk-scatterlight: building sector {args.sector} camera {args.camera} CCD "
+            f"{args.ccd}, {region}\n"
+        )
+    return region
+
+
+def _locate_tpf_file(path: str):
+    """Sector, camera, CCD and pixels of a TPF file named on the command line."""
+    import warnings
+
+    from .ondemand import locate_tpf
+
+    if not Path(path).is_file():
+        raise ScatterLightError(f"--for-tpf {path}: no such file.")
+    try:
+        import lightkurve as lk
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lightkurve's notes on odd headers
+            tpf = lk.read(path)
+    except Exception as err:
+        raise ScatterLightError(
+            f"--for-tpf {path}: not a TPF lightkurve can read ({err})."
+        ) from err
+    try:
+        if not isinstance(tpf, lk.TessTargetPixelFile):
+            raise ScatterLightError(f"--for-tpf {path}: not a TESS target pixel file.")
+        return locate_tpf(tpf)
+    finally:
+        tpf.hdu.close()
+
+
+def _download_folder(args: argparse.Namespace, region, folder: Path) -> Path:
+    from .builder.pipeline import region_tag
+
+    base = Path(args.work_dir) if args.work_dir is not None else folder
+    tag = f"s{args.sector:04d}_{args.camera}-{args.ccd}{region_tag(region)}"
+    return base / f".lk-scatterlight-download_{tag}"
+
+
+def _regional_source(args: argparse.Namespace, region, folder: Path):
+    """The frames of ``region``: a download of MAST's FFI cube, or cropped local/simulated FFIs."""
+    if args.source[0] != "tesscube":
+        source = make_source(args.source, args.sector, args.camera, args.ccd)
+        return source.crop(region, row_step=args.row_step or 1)
+    from .builder.ffi_cube import FFICube, TessCubeRegionSource, download_region, region_bytes
+    from .ondemand import choose_row_step
+
+    cube = FFICube(args.sector, args.camera, args.ccd)
+    step = args.row_step or choose_row_step(region, cube.nframes, args.max_mb * 1e6)
+    sys.stderr.write(
+        f"lk-scatterlight: reading {region_bytes(cube.nframes, region, step) / 1e6:.0f} MB of "
+        f"{cube.nframes} frames from MAST's FFI cube"
+        + (f", every {step} rows" if step > 1 else "")
+        + "\n"
+    )
+    download = _download_folder(args, region, folder)
+    download_region(cube, region, download, row_step=step, progress=not args.no_progress)
+    return TessCubeRegionSource(download, args.sector, args.camera, args.ccd)
 
 
 def parse_ranges(text: str) -> list[int]:

@@ -316,3 +316,19 @@ def test_to_corrector_builds_a_regional_cube_by_default(s3: Bucket) -> None:
         warnings.simplefilter("ignore", ScatterLightWarning)
         lc_spoc = spoc.to_corrector("scatterlight").correct()
     np.testing.assert_allclose(lc_spoc.flux.value, spoc.to_lightcurve().flux.value)
+
+
+def test_cli_build_region_from_s3(s3: Bucket, tmp_path: Path, capsys) -> None:
+    """`lk-scatterlight build --region` reads the region from MAST's FFI cube."""
+    from lk_scatterlight import ScatterLightCube
+    from lk_scatterlight.cli import main
+
+    argv = ["build", "--sector", "1", "--camera", "1", "--ccd", "1", "--region", "700", "900"]
+    code = main([*argv, "15", "15", "--out", str(tmp_path), "--no-progress", "--max-mb", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "every 2 rows" in captured.err
+    cube = ScatterLightCube.read(captured.out.strip())
+    assert cube.region.covers(TPF)
+    assert cube.meta["region"]["row_step"] == 2
+    assert not list(tmp_path.glob(".lk-scatterlight-download_*"))  # removed after the build
