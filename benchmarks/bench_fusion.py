@@ -1,0 +1,488 @@
+"""Benchmark fusing the scattered-light model with a TPF's own faint pixels (issue 21).
+
+Run: ``python benchmarks/bench_fusion.py [--quick]`` (from the repository root).
+Prints numbers; asserts nothing. Runs with one BLAS thread (``--blas-threads N``
+to change; the script restarts itself with ``OPENBLAS_NUM_THREADS`` etc. set, as
+``bench_regional.py`` does). About 5-6 minutes on a busy 2-core machine by
+default, about 3 with ``--quick`` (fewer frames and TPFs, 4,000 cadences and one
+timing run in part 3).
+
+``ScatterLightCorrector(fuse=True)`` (`lk_scatterlight.fusion.fuse`) adds to the
+cube's model a per-cadence level estimated from the TPF's faint pixels away
+from the aperture, weighted by the model's and the local estimate's variances.
+
+1. **Accuracy.** Simulated sector-1 FFIs (`FFISimulator`, 30-min cadence) of a
+   smooth field and of the structured field (glint ridge + baffle shadow edge),
+   frames 0..15 and the first 8 after the orbit gap (``--quick``: 10 + 4), as
+   ``bench_regional.py``; one whole-CCD cube per field
+   (``build_cube(..., BuildConfig())`` on the frames' pixels, held in memory).
+   TPFs: ``bench_regional.choose_tpfs`` (open sky centred in a 64-px cell and
+   on a grid line, CCD edges and corner, beside a saturated star, past its
+   bleed trail, on strap columns, on the shadow edge). Each is a 15 x 15
+   TESSCut-like TPF cut from the same frames: FLUX = the frame's science
+   pixels (background included), FLUX_ERR = the error image, FLUX_BKG = 0,
+   QUALITY = 0, the cube's frames only (quality-flagged frames dropped).
+   Aperture: the brightest 3 x 3 block (median image) whose centre is within
+   2 px of the TPF's centre. Background estimates per pixel and cadence:
+
+   * (a) ``model``: ``tpf - correct_tpf()`` with ``fuse=False``;
+   * (b) ``local median``: per cadence the median of the faint half (median
+     image) of the non-aperture pixels, the same for every pixel;
+   * (c) ``fused``: ``tpf - correct_tpf()`` with ``fuse=True``.
+
+   Score: RMS over the TPF's pixels and cadences of estimate - truth
+   (``sim.truth`` at the TPF's pixels) after removing each pixel's time mean,
+   in % of the truth's p1..p99 range over the CCD (as ``bench_regional``).
+   Aims: c/min(a,b) <= 1.1 per TPF; pooled over the TPFs of the structured
+   field, min(a,b)/c >= 1.5. ``w`` is the mean fusion weight.
+   **Error honesty**: with ``fuse=True``, ``correct()``; the RMS of
+   ``model_lc.flux`` - the truth summed over the aperture (mean removed) over
+   the RMS of ``model_lc.flux_err``; aim 0.83..1.2.
+
+2. **Signal preservation.** A 15 x 15 TPF (``simulate.make_tpf``, 2-min
+   cadence, the part-3 TPF) on the structured field crossed by the moving
+   ridge, corrected with a cube of the *smooth* field (``make_cube``): the model
+   misses the ridge and the shadow, so the fusion weight is high. Injected:
+   1 % box transits (0.2 d, every 3.7 d) plus a 10 % sinusoid (3-d period),
+   ``signal(t) - 1`` times the target star's image added to FLUX, (i) on the
+   aperture only and (ii) over the star's whole image (two-Gaussian PSF of the
+   simulator, whose wing reaches the background pixels). Recovered: the
+   corrected aperture light curve (``correct()``, fusion on) minus that of the
+   same TPF without the signal (the noise cancels), over the star's aperture
+   flux, fitted with box + sine + cosine + constant. Aim: within 2 %.
+
+3. **Cost.** ``correct_tpf()`` of that 15 x 15 TPF with 12,000 2-min cadences
+   (``--quick``: 4,000) against a 64-px ``make_cube`` cube at 200-s cadence
+   (so the fusion averages over a 2-cadence model interval): ``fuse=True``
+   vs ``fuse=False``, median wall time of 3 runs (``--quick``: 1), a fresh
+   corrector per run. Aim: fusion adds < 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TPF = 15
+AP = 3  # aperture side [px]
+SCORE_AIM, POOL_AIM, HONEST = 1.1, 1.5, (0.83, 1.2)
+
+
+# ============================================================================ TPFs
+def tesscut_tpf(flux, err, times, row, column, meta):
+    """A minimal TESSCut-like TPF (keywords as `simulate.make_tpf`) with these pixels."""
+    import lightkurve as lk
+    from astropy.io import fits
+
+    sector, camera, ccd = meta
+    ncad, nr, nc = flux.shape
+    primary = fits.PrimaryHDU()
+    for key, value in {
+        "ORIGIN": "STScI/MAST",
+        "CREATOR": "astrocut",
+        "TELESCOP": "TESS",
+        "INSTRUME": "TESS Photometer",
+        "OBJECT": "bench_fusion",
+        "TICID": 0,
+        "SECTOR": sector,
+        "CAMERA": camera,
+        "CCD": ccd,
+        "RA_OBJ": 0.0,
+        "DEC_OBJ": 0.0,
+    }.items():
+        primary.header[key] = value
+    npx, dim = f"{nr * nc}E", f"({nc},{nr})"
+    zeros = np.zeros((ncad, nr, nc), dtype=np.float32)
+    columns = [
+        fits.Column("TIME", "D", unit="BJD - 2457000, days", array=times),
+        fits.Column("TIMECORR", "E", unit="d", array=np.zeros(ncad)),
+        fits.Column("CADENCENO", "J", array=np.arange(ncad)),
+        fits.Column("FLUX", npx, unit="e-/s", dim=dim, array=flux.astype(np.float32)),
+        fits.Column("FLUX_ERR", npx, unit="e-/s", dim=dim, array=err.astype(np.float32)),
+        fits.Column("FLUX_BKG", npx, unit="e-/s", dim=dim, array=zeros),
+        fits.Column("FLUX_BKG_ERR", npx, unit="e-/s", dim=dim, array=zeros),
+        fits.Column("QUALITY", "J", array=np.zeros(ncad, np.int32)),
+        fits.Column("POS_CORR1", "E", unit="pixel", array=np.zeros(ncad)),
+        fits.Column("POS_CORR2", "E", unit="pixel", array=np.zeros(ncad)),
+    ]
+    pixels = fits.BinTableHDU.from_columns(columns, name="PIXELS")
+    step = float(np.median(np.diff(times)))
+    for key, value in {
+        "1CRV5P": column,
+        "2CRV5P": row,
+        "1CRV4P": column,
+        "2CRV4P": row,
+        "TIMEREF": "SOLARSYSTEM",
+        "TIMESYS": "TDB",
+        "BJDREFI": 2457000,
+        "BJDREFF": 0.0,
+        "TIMEUNIT": "d",
+        "TSTART": times[0] - step / 2,
+        "TSTOP": times[-1] + step / 2,
+        "TIMEDEL": step,
+    }.items():
+        pixels.header[key] = value
+    aperture = fits.ImageHDU(np.ones((nr, nc), dtype=np.int32), name="APERTURE")
+    return lk.TessTargetPixelFile(fits.HDUList([primary, pixels, aperture]))
+
+
+def with_flux(tpf, flux):
+    """A copy of ``tpf`` with FLUX replaced."""
+    import lightkurve as lk
+    from astropy.io import fits
+
+    hdulist = fits.HDUList([hdu.copy() for hdu in tpf.hdu])
+    hdulist[1].data["FLUX"] = flux.astype(np.float32)
+    return lk.TessTargetPixelFile(hdulist)
+
+
+def brightest_aperture(median_image: np.ndarray) -> np.ndarray:
+    """The brightest 3 x 3 block whose centre is within 2 px of the image's centre."""
+    c = TPF // 2
+    best, where = -np.inf, (c, c)
+    for r in range(c - 2, c + 3):
+        for k in range(c - 2, c + 3):
+            total = median_image[r - 1 : r + 2, k - 1 : k + 2].sum()
+            if total > best:
+                best, where = total, (r, k)
+    mask = np.zeros(median_image.shape, dtype=bool)
+    mask[where[0] - 1 : where[0] + 2, where[1] - 1 : where[1] + 2] = True
+    return mask
+
+
+def local_median(flux: np.ndarray, aperture: np.ndarray) -> np.ndarray:
+    """Per cadence, the median of the faint half of the non-aperture pixels, (ntime,)."""
+    median_image = np.median(flux, axis=0)
+    outside = ~aperture
+    faint = outside & (median_image <= np.median(median_image[outside]))
+    level = np.median(flux[:, faint], axis=1)
+    return level - level.mean()
+
+
+def corrector(tpf, cube, aperture, fuse: bool):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tpf.to_corrector("scatterlight", cube=cube, aperture_mask=aperture, fuse=fuse)
+
+
+def removed(tpf, cube, aperture, fuse: bool):
+    """Background removed per pixel by ``correct_tpf`` and the corrector."""
+    corr = corrector(tpf, cube, aperture, fuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = corr.correct_tpf()
+    flux = np.asarray(tpf.hdu[1].data["FLUX"], float) - np.asarray(out.hdu[1].data["FLUX"])
+    return flux, bool(out.hdu[0].header.get("SLFUSED"))
+
+
+# ============================================================================ part 1
+def run_field(name, field, frames, quick: bool, work: Path) -> dict:
+    import bench_regional as br
+
+    from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
+    from lk_scatterlight.builder.sources import SimulatedFFISource
+    from lk_scatterlight.simulate import FFISimulator, sector_times
+
+    t0 = time.perf_counter()
+    sim = FFISimulator(field, time=sector_times(1)[frames], seed=br.SIM_SEED)
+    tpfs = br.choose_tpfs(sim, quick)
+    n = len(sim)
+    full = (np.empty((n, 2048, 2048), np.float32), np.empty((n, 2048, 2048), np.float32))
+    cut = np.empty((2, n, len(tpfs), TPF, TPF), np.float32)
+    for i in range(n):
+        flux, err = sim.frame(i)
+        flux, err = flux[:2048, 44:2092], err[:2048, 44:2092]
+        full[0][i], full[1][i] = flux, err
+        for j, tpf in enumerate(tpfs):
+            cut[0, i, j], cut[1, i, j] = flux[tpf.science()], err[tpf.science()]
+    t_frames = time.perf_counter() - t0
+    reference = SimulatedFFISource(sim)
+    meta = (sim.sector, sim.camera, sim.ccd)
+    source = br.memory_source(reference.frames, reference.region, *full, meta)
+    t0 = time.perf_counter()
+    cube = build_cube(source, BuildConfig(), work_dir=work / name, progress=False)
+    t_build = time.perf_counter() - t0
+    del source, full
+    used = np.searchsorted(sim.time, cube.btjd).clip(0, n - 1)
+    if not np.allclose(sim.time[used], cube.btjd, rtol=0, atol=1e-6):
+        msg = "cube planes do not match frame times"
+        raise RuntimeError(msg)
+    every4 = np.arange(br.ROW_RANGE[0], br.ROW_RANGE[1] + 1, 4)
+    p1, p99 = np.percentile(
+        br.truth_at(sim, used, every4, every4 + br.COLUMN_RANGE[0] - 1), [1, 99]
+    )
+    scale = float(p99 - p1)
+    rows = []
+    for j, t in enumerate(tpfs):
+        truth = br.truth_at(sim, used, t.rows, t.columns).astype(float)
+        flux, err = cut[0, used, j].astype(float), cut[1, used, j].astype(float)
+        tpf = tesscut_tpf(flux, err, sim.time[used], t.row, t.column, meta)
+        aperture = brightest_aperture(np.median(flux, axis=0))
+        model, _ = removed(tpf, cube, aperture, fuse=False)
+        fused, was_fused = removed(tpf, cube, aperture, fuse=True)
+        local = np.broadcast_to(local_median(flux, aperture)[:, None, None], flux.shape)
+        r = {
+            "tpf": t,
+            "a": br.rms(model, truth, scale),
+            "b": br.rms(local, truth, scale),
+            "c": br.rms(fused, truth, scale),
+            "note": br.structure_note(sim, sim.time[used], t),
+            "fused": was_fused,
+            "sq": (model - truth, local - truth, fused - truth),
+        }
+        # Error honesty of the fused background over the aperture sum.
+        corr = corrector(tpf, cube, aperture, fuse=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            corr.correct()
+        lc, fusion = corr.model_lc, corr.fusion  # correct_tpf() does not keep its fusion
+        r["w"] = float(np.mean(fusion.weight)) if fusion is not None else float("nan")
+        good = np.isfinite(lc.flux.value)
+        actual = lc.flux.value[good] - truth[good][:, aperture].sum(axis=1)
+        actual -= actual.mean()
+        quoted = np.sqrt(np.mean(lc.flux_err.value[good] ** 2))
+        r["actual"], r["quoted"] = float(np.sqrt(np.mean(actual**2))), float(quoted)
+        rows.append(r)
+    return {
+        "name": name,
+        "field": repr(field),
+        "rows": rows,
+        "scale": scale,
+        "used": used.size,
+        "frames": n,
+        "t_frames": t_frames,
+        "t_build": t_build,
+    }
+
+
+def pooled(rows, scale) -> tuple[float, float, float]:
+    """RMS (% of scale) of (a), (b), (c) over every TPF's pixels and cadences."""
+    out = []
+    for k in range(3):
+        res = np.concatenate([(r["sq"][k] - r["sq"][k].mean(axis=0)).ravel() for r in rows])
+        out.append(float(100 * np.sqrt(np.mean(res**2)) / scale))
+    return tuple(out)
+
+
+def print_field(info: dict) -> None:
+    print(f"\n  {info['name']} field: {info['field']}")
+    print(
+        f"    {info['used']} of {info['frames']} frames in the cube; truth p1..p99 range "
+        f"{info['scale']:.1f} e-/s; frames {info['t_frames']:.0f} s, whole-CCD build "
+        f"{info['t_build']:.0f} s"
+    )
+    print(
+        f"    {'class':11s} {'TPF':20s} {'row,col':>9s} {'(a)model':>8s} {'(b)local':>8s} "
+        f"{'(c)fused':>8s} {'c/min':>6s} {'w':>5s} {'err act':>8s} {'quoted':>7s} "
+        f"{'act/q':>6s}  note"
+    )
+    for r in info["rows"]:
+        t = r["tpf"]
+        ratio = r["c"] / min(r["a"], r["b"])
+        honest = r["actual"] / r["quoted"]
+        flags = []
+        if ratio > SCORE_AIM:
+            flags.append(f"c/min > {SCORE_AIM}")
+        if not HONEST[0] <= honest <= HONEST[1]:
+            flags.append(f"act/q outside {HONEST[0]}..{HONEST[1]}")
+        if not r["fused"]:
+            flags.append("no fusion (too few background pixels)")
+        note = ", ".join(([r["note"]] if r["note"] else []) + flags)
+        print(
+            f"    {t.kind:11s} {t.name:20s} {f'{t.row},{t.column}':>9s} {r['a']:8.3f} "
+            f"{r['b']:8.3f} {r['c']:8.3f} {ratio:6.2f} {r['w']:5.2f} {r['actual']:8.2f} "
+            f"{r['quoted']:7.2f} {honest:6.2f}  {note}"
+        )
+    a, b, c = pooled(info["rows"], info["scale"])
+    ratios = np.array([r["c"] / min(r["a"], r["b"]) for r in info["rows"]])
+    honest = np.array([r["actual"] / r["quoted"] for r in info["rows"]])
+    print(
+        f"    pooled over {len(info['rows'])} TPFs: (a) {a:.3f}  (b) {b:.3f}  (c) {c:.3f}; "
+        f"min(a,b)/c = {min(a, b) / c:.2f} (aim >= {POOL_AIM} on the structured field)"
+    )
+    print(
+        f"    c/min(a,b) <= {SCORE_AIM}: {int(np.sum(ratios <= SCORE_AIM))} of {ratios.size} "
+        f"TPFs (median {np.median(ratios):.2f}, max {ratios.max():.2f}); error act/quoted in "
+        f"{HONEST[0]}..{HONEST[1]}: {int(np.sum((honest >= HONEST[0]) & (honest <= HONEST[1])))}"
+        f" of {honest.size} (median {np.median(honest):.2f})"
+    )
+
+
+# ============================================================================ parts 2 and 3
+def synthetic_setup(ncad: int):
+    """A 2-min TPF on the structured field's ridge path and a smooth-field 200-s cube."""
+    from lk_scatterlight import simulate
+    from lk_scatterlight.simulate import ScatteredLightField, make_cube, make_tpf, sector_times
+
+    cube = make_cube(ScatteredLightField(), pixel_bin=64, time=sector_times(1, cadence=200.0))
+    times = sector_times(1, cadence=120.0)[:ncad]
+    rng = np.random.default_rng(7)
+    c = TPF // 2
+    rows = np.r_[c + 0.2, rng.uniform(-1, TPF, 8)]
+    cols = np.r_[c - 0.3, rng.uniform(-1, TPF, 8)]
+    fluxes = 15000 * 10 ** (-0.4 * (np.r_[10.0, rng.uniform(13, 16, 8)] - 10))
+    star = simulate._render_stars(rows[:1], cols[:1], fluxes[:1], (TPF, TPF))
+    static = 30.0 + star + simulate._render_stars(rows[1:], cols[1:], fluxes[1:], (TPF, TPF))
+    # Rows 1000.., columns 1100..: the ridge (0.6 rr + 0.8 cc - 300 + 400 sweep = 0) crosses it.
+    tpf = make_tpf(
+        ScatteredLightField(structured=True),
+        1000,
+        1100,
+        shape=(TPF, TPF),
+        time=times,
+        static=static,
+    )
+    return tpf, cube, star, times
+
+
+def run_signal(tpf, cube, star, times) -> list[dict]:
+    aperture = brightest_aperture(np.median(tpf.hdu[1].data["FLUX"], axis=0))
+    period, depth, amp = 3.7, 0.01, 0.10
+    box = (np.mod(times - times[0] - 1.0, period) < 0.2).astype(float)
+    sine = np.sin(2 * np.pi * (times - times[0]) / 3.0 + 0.4)
+    signal = -depth * box + amp * sine  # signal(t) - 1
+    base = np.asarray(tpf.hdu[1].data["FLUX"], float)
+
+    def corrected(t):
+        corr = corrector(t, cube, aperture, fuse=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lc = corr.correct()
+        return lc.flux.value, corr
+
+    ref, corr = corrected(tpf)
+    weight = float(np.mean(corr.fusion.weight)) if corr.fusion is not None else float("nan")
+    out = []
+    for label, image in (("aperture only", star * aperture), ("whole star image", star)):
+        flux = base + signal[:, None, None] * image[None]
+        got, _ = corrected(with_flux(tpf, flux))
+        rel = (got - ref) / star[aperture].sum()
+        good = np.isfinite(rel)
+        cosine = np.cos(2 * np.pi * (times - times[0]) / 3.0 + 0.4)
+        design = np.column_stack([box, sine, cosine, np.ones_like(box)])[good]
+        coef, *_ = np.linalg.lstsq(design, rel[good], rcond=None)
+        out.append(
+            {
+                "label": label,
+                "depth": -coef[0] / depth,
+                "amp": np.hypot(coef[1], coef[2]) / amp,
+                "wing": float(image[~aperture].sum() / image[aperture].sum()),
+                "weight": weight,
+                "ntransit": int(np.sum(np.diff(np.r_[0, box]) > 0)),
+            }
+        )
+    return out
+
+
+def run_cost(tpf, cube, repeats: int) -> dict:
+    aperture = brightest_aperture(np.median(tpf.hdu[1].data["FLUX"], axis=0))
+    out = {}
+    for fuse in (False, True):
+        walls = []
+        for _ in range(repeats):
+            corr = corrector(tpf, cube, aperture, fuse)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                corr.correct_tpf()
+            walls.append(time.perf_counter() - t0)
+        out[fuse] = walls
+    return out
+
+
+# ============================================================================ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer frames, TPFs, cadences")
+    parser.add_argument("--blas-threads", type=int, default=1, help="BLAS/OpenMP threads")
+    args = parser.parse_args()
+    threads = str(args.blas_threads)
+    blas_vars = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    if any(os.environ.get(var) != threads for var in blas_vars):
+        # The thread count is read when numpy loads: restart with it set.
+        env = dict(os.environ, **dict.fromkeys(blas_vars, threads))
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+
+    import lk_scatterlight
+    from lk_scatterlight.simulate import ScatteredLightField, sector_times
+
+    start = time.perf_counter()
+    all_t = sector_times(1)
+    gap = int(np.argmax(np.diff(all_t))) + 1
+    n_start, n_after = (10, 4) if args.quick else (16, 8)
+    frames = np.r_[0:n_start, gap : gap + n_after]
+    print(
+        f"bench_fusion: lk_scatterlight {lk_scatterlight.__version__}, numpy {np.__version__}, "
+        f"{os.cpu_count()} CPUs, {args.blas_threads} BLAS thread(s), load average "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
+    print(
+        f"\n1. Accuracy: sector 1 (30-min FFIs), frames 0..{n_start - 1} and {gap}.."
+        f"{gap + n_after - 1}; {TPF}x{TPF} TESSCut-like TPFs, {AP}x{AP} brightest aperture"
+    )
+    print(
+        "   RMS of (background removed - truth) minus each pixel's time mean, % of the truth's "
+        "p1..p99 range; (a) model alone, (b) TPF-local median, (c) fused;\n"
+        "   w: mean fusion weight; err act / quoted: RMS of the fused model_lc - truth over the "
+        f"aperture [e-/s] and RMS of its flux_err (aim {HONEST[0]}..{HONEST[1]})"
+    )
+    fields = (
+        ("smooth", ScatteredLightField(seed=2)),
+        ("structured", ScatteredLightField(structured=True)),
+    )
+    with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
+        for name, field in fields:
+            print_field(run_field(name, field, frames, args.quick, Path(tmp)))
+    print(f"   [accuracy section: {time.perf_counter() - start:.0f} s]")
+
+    t0 = time.perf_counter()
+    ncad = 4000 if args.quick else 12000
+    tpf, cube, star, times = synthetic_setup(ncad)
+    print(
+        f"\n2. Signal preservation: make_tpf {TPF}x{TPF}, {ncad} 2-min cadences (BTJD "
+        f"{times[0]:.2f}..{times[-1]:.2f}), structured field at row 1000, column 1100, target "
+        f"Tmag 10; cube: make_cube of the smooth field, 64-px bins, 200 s"
+    )
+    print(
+        "   injected: 1% box transits (0.2 d, every 3.7 d) + 10% sinusoid (3 d); recovered / "
+        "injected from the fused corrected LC minus the unsignalled one (aim 0.98..1.02)"
+    )
+    print(
+        f"   {'injected into':17s} {'transits':>8s} {'star flux out/in ap':>19s} "
+        f"{'mean w':>6s} {'depth':>6s} {'amplitude':>9s}"
+    )
+    for r in run_signal(tpf, cube, star, times):
+        print(
+            f"   {r['label']:17s} {r['ntransit']:8d} {r['wing']:19.3f} {r['weight']:6.2f} "
+            f"{r['depth']:6.3f} {r['amp']:9.3f}"
+        )
+    print(f"   [signal section: {time.perf_counter() - t0:.0f} s]")
+
+    t0 = time.perf_counter()
+    repeats = 1 if args.quick else 3
+    cost = run_cost(tpf, cube, repeats)
+    off, on = np.median(cost[False]), np.median(cost[True])
+    print(
+        f"\n3. Cost of correct_tpf() for the {TPF}x{TPF} TPF, {ncad} cadences, cube of "
+        f"{cube.shape[0]} planes: median of {repeats} run(s), wall [s]"
+    )
+    print(f"   {'fuse':5s} {'median':>7s}  runs")
+    for fuse, walls in cost.items():
+        runs = ", ".join(f"{w:.3f}" for w in walls)
+        print(f"   {fuse!s:5s} {np.median(walls):7.3f}  {runs}")
+    print(f"   fused / model alone: {on / off:.3f} (aim < 1.10)")
+    print(f"   [cost section: {time.perf_counter() - t0:.0f} s]")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
