@@ -3,9 +3,10 @@
 Run: ``python benchmarks/bench_fusion.py [--quick]`` (from the repository root).
 Prints numbers; asserts nothing. Runs with one BLAS thread (``--blas-threads N``
 to change; the script restarts itself with ``OPENBLAS_NUM_THREADS`` etc. set, as
-``bench_regional.py`` does). About 5-6 minutes on a busy 2-core machine by
-default, about 3 with ``--quick`` (fewer frames and TPFs, 4,000 cadences and one
-timing run in part 3).
+``bench_regional.py`` does). About 1.5-3 minutes on a busy 2-core machine by
+default (most of it generating the 2 x 24 simulated FFIs and building the two
+whole-CCD cubes), about 1 with ``--quick`` (fewer frames and TPFs, 4,000
+cadences and one timing run in part 3).
 
 ``ScatterLightCorrector(fuse=True)`` (`lk_scatterlight.fusion.fuse`) adds to the
 cube's model a per-cadence level estimated from the TPF's faint pixels away
@@ -37,7 +38,13 @@ from the aperture, weighted by the model's and the local estimate's variances.
    field, min(a,b)/c >= 1.5. ``w`` is the mean fusion weight.
    **Error honesty**: with ``fuse=True``, ``correct()``; the RMS of
    ``model_lc.flux`` - the truth summed over the aperture (mean removed) over
-   the RMS of ``model_lc.flux_err``; aim 0.83..1.2.
+   the RMS of ``model_lc.flux_err``; aim 0.83..1.2 (also shown for
+   ``fuse=False``, to tell the model's honesty from the fusion's).
+   Diagnostics of the weight: ``sM used``, the model's level error at the
+   fusion's background pixels as `fuse` uses it (``Fusion.model_err``: the
+   quoted per-pixel error, or the data's excess scatter), ``sM true``, that
+   error as it is (RMS over cadences of truth - model averaged over the same
+   pixels, time mean removed), and ``sL``, the local estimate's error.
 
 2. **Signal preservation.** A 15 x 15 TPF (``simulate.make_tpf``, 2-min
    cadence, the part-3 TPF) on the structured field crossed by the moving
@@ -175,7 +182,7 @@ def corrector(tpf, cube, aperture, fuse: bool):
 
 
 def removed(tpf, cube, aperture, fuse: bool):
-    """Background removed per pixel by ``correct_tpf`` and the corrector."""
+    """Background removed per pixel by ``correct_tpf``, and whether it fused (``SLFUSED``)."""
     corr = corrector(tpf, cube, aperture, fuse)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -239,18 +246,29 @@ def run_field(name, field, frames, quick: bool, work: Path) -> dict:
             "fused": was_fused,
             "sq": (model - truth, local - truth, fused - truth),
         }
-        # Error honesty of the fused background over the aperture sum.
-        corr = corrector(tpf, cube, aperture, fuse=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            corr.correct()
-        lc, fusion = corr.model_lc, corr.fusion  # correct_tpf() does not keep its fusion
-        r["w"] = float(np.mean(fusion.weight)) if fusion is not None else float("nan")
-        good = np.isfinite(lc.flux.value)
-        actual = lc.flux.value[good] - truth[good][:, aperture].sum(axis=1)
-        actual -= actual.mean()
-        quoted = np.sqrt(np.mean(lc.flux_err.value[good] ** 2))
-        r["actual"], r["quoted"] = float(np.sqrt(np.mean(actual**2))), float(quoted)
+        # Error honesty of the background over the aperture sum (model_lc), fused and not.
+        for key, fuse in (("", True), ("model ", False)):
+            corr = corrector(tpf, cube, aperture, fuse=fuse)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                corr.correct()
+            lc = corr.model_lc
+            good = np.isfinite(lc.flux.value)
+            actual = lc.flux.value[good] - truth[good][:, aperture].sum(axis=1)
+            actual -= actual.mean()
+            quoted = np.sqrt(np.mean(lc.flux_err.value[good] ** 2))
+            r[key + "actual"], r[key + "quoted"] = float(np.sqrt(np.mean(actual**2))), float(quoted)
+            if fuse:
+                fusion = corr.fusion  # correct_tpf() does not keep its fusion; correct() does
+        r["w"] = r["sm_q"] = r["sm_true"] = r["sl"] = float("nan")
+        if fusion is not None:
+            # The fusion's inputs: the model's level error at the background pixels, quoted
+            # (what the weight uses) and actual (truth - model, averaged over those pixels).
+            miss = (truth - corr.model.flux.value)[:, fusion.pixels].mean(axis=1)
+            r["w"] = float(np.mean(fusion.weight))
+            r["sm_q"] = float(np.sqrt(np.nanmean(fusion.model_err**2)))
+            r["sm_true"] = float(np.nanstd(miss))
+            r["sl"] = float(np.sqrt(np.nanmean(fusion.local_err**2)))
         rows.append(r)
     return {
         "name": name,
@@ -282,8 +300,8 @@ def print_field(info: dict) -> None:
     )
     print(
         f"    {'class':11s} {'TPF':20s} {'row,col':>9s} {'(a)model':>8s} {'(b)local':>8s} "
-        f"{'(c)fused':>8s} {'c/min':>6s} {'w':>5s} {'err act':>8s} {'quoted':>7s} "
-        f"{'act/q':>6s}  note"
+        f"{'(c)fused':>8s} {'c/min':>6s} {'w':>5s} {'sM used':>7s} {'sM true':>7s} {'sL':>5s} "
+        f"{'err act':>7s} {'quoted':>6s} {'act/q':>5s} {'| a: act/q':>10s}  note"
     )
     for r in info["rows"]:
         t = r["tpf"]
@@ -299,8 +317,9 @@ def print_field(info: dict) -> None:
         note = ", ".join(([r["note"]] if r["note"] else []) + flags)
         print(
             f"    {t.kind:11s} {t.name:20s} {f'{t.row},{t.column}':>9s} {r['a']:8.3f} "
-            f"{r['b']:8.3f} {r['c']:8.3f} {ratio:6.2f} {r['w']:5.2f} {r['actual']:8.2f} "
-            f"{r['quoted']:7.2f} {honest:6.2f}  {note}"
+            f"{r['b']:8.3f} {r['c']:8.3f} {ratio:6.2f} {r['w']:5.2f} {r['sm_q']:7.3f} "
+            f"{r['sm_true']:7.3f} {r['sl']:5.3f} {r['actual']:7.2f} {r['quoted']:6.2f} "
+            f"{honest:5.2f} {r['model actual'] / r['model quoted']:10.2f}  {note}"
         )
     a, b, c = pooled(info["rows"], info["scale"])
     ratios = np.array([r["c"] / min(r["a"], r["b"]) for r in info["rows"]])
@@ -432,8 +451,13 @@ def main() -> None:
     print(
         "   RMS of (background removed - truth) minus each pixel's time mean, % of the truth's "
         "p1..p99 range; (a) model alone, (b) TPF-local median, (c) fused;\n"
-        "   w: mean fusion weight; err act / quoted: RMS of the fused model_lc - truth over the "
-        f"aperture [e-/s] and RMS of its flux_err (aim {HONEST[0]}..{HONEST[1]})"
+        "   w: mean fusion weight; sM used, sM true, sL: the model's level error at the fusion's "
+        "background pixels as fusion.py uses it (quoted or from the data) and as it is\n"
+        "   (RMS over cadences of truth - model averaged over those pixels, time mean removed), "
+        "and the local estimate's error [e-/s per pixel];\n"
+        "   err act / quoted: RMS of the fused model_lc - truth over the aperture (time mean "
+        f"removed) and RMS of its flux_err [e-/s] (aim {HONEST[0]}..{HONEST[1]}); "
+        "a: act/q: the same for fuse=False"
     )
     fields = (
         ("smooth", ScatteredLightField(seed=2)),

@@ -263,7 +263,8 @@ class ScatterLightCorrector(Corrector):
         self.model: CubeEvaluation | None = None
         self.model_lc: LightCurve | None = None
         self.fuse = bool(fuse) and self.background_in_flux
-        self.fusion: Fusion | None = None
+        self.fusion: Fusion | None = None  # of the light curve's cadences (`correct`)
+        self.fusion_tpf: Fusion | None = None  # of every cadence of the file (`correct_tpf`)
         super().__init__(tpf.to_lightcurve(aperture_mask=self.aperture_mask))
 
     # ------------------------------------------------------------------ model
@@ -336,10 +337,9 @@ class ScatterLightCorrector(Corrector):
                 self.tpf.time.value, self.tpf.flux.value, self.tpf.flux_err.value, model
             )
         if self.fusion is not None:
-            # The fused level replaces the model's level error (correlated over pixels).
+            # The offset is one level for all pixels: its noise adds n**2 times.
             n = float(self.aperture_mask.sum())
-            var = model_err.value**2 - n**2 * self.fusion.quoted
-            var = np.maximum(var, 0) + n**2 * self.fusion.offset_var
+            var = model_err.value**2 + n**2 * self.fusion.offset_var
             model_flux = model_flux + (n * self.fusion.offset) * unit
             model_err = np.sqrt(var) * unit
         self.model_lc = LightCurve(
@@ -427,9 +427,9 @@ class ScatterLightCorrector(Corrector):
             if self.fuse
             else None
         )
+        self.fusion_tpf = fusion
         if fusion is not None:
-            var = np.maximum(err_model[finite] ** 2 - fusion.quoted[:, None, None], 0)
-            err_model[finite] = np.sqrt(var + fusion.offset_var[:, None, None])
+            err_model[finite] = np.sqrt(err_model[finite] ** 2 + fusion.offset_var[:, None, None])
             flux_model[finite] += fusion.offset[:, None, None]
         ok = np.zeros(time.size, dtype=bool)
         ok[finite] = model.valid

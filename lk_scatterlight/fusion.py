@@ -10,20 +10,25 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    minus model); at least ``min_pixels`` of them, else no fusion.
 2. **Local estimate** ``L(t)``: the residual ``flux - model`` of those pixels,
    each pixel's median over time removed (stars and the static sky stay
-   constant in time), sigma-clipped across pixels and averaged per cadence.
+   constant in time; the median of up to 1,024 cadences spread over the
+   series), clipped across pixels at 3 robust standard deviations around the
+   cadence's mean, and averaged per cadence.
    Its variance ``s_L^2(t)`` is the larger of the clipped scatter over the
    number of pixels and the mean ``FLUX_ERR**2`` over the number of pixels.
    When the TPF's cadence is shorter than the model's time resolution, ``L``
    and ``s_L^2`` are averaged over one model interval (``window`` cadences):
    the model cannot vary faster, and the noise drops.
-3. **Model error** ``s_M^2(t)``: the larger of the model's quoted variance
-   (mean over the background pixels) and what the data say it is:
-   ``var_t(L) - mean_t(s_L^2)`` (the scatter of ``L`` beyond its noise is the
-   model's own error at this TPF).
+3. **Model error** ``s_M^2(t)``: what the data say the model's error of the
+   level is, day by day (``chunk`` model intervals): the mean square of ``L``
+   beyond its own noise, where that excess is significant, else zero. The
+   cube's quoted errors are not used here: on smooth fields they are larger
+   than its actual errors, and a weight from them would only add the local
+   estimate's noise.
 4. **Fused offset** ``w L`` with ``w = s_M^2 / (s_M^2 + s_L^2)``, added to the
-   model at every pixel of the cadence, and its variance
-   ``s_M^2 s_L^2 / (s_M^2 + s_L^2)``, which replaces the model's variance of the
-   level (fully correlated over the TPF's pixels).
+   model at every pixel of the cadence. The fused level's variance,
+   ``w^2 s_L^2 + (1 - w)^2 s_M^2 = w s_L^2``, is added to the model's quoted
+   variance (never less than the model's own: the offset corrects a level,
+   not the model's shape).
 
 Where the model is good (``s_M`` small) the weight goes to zero and the
 local noise is not added; where it misses structure the local level takes
@@ -33,7 +38,6 @@ over. The aperture never enters the estimate, so the target's own signal
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +47,8 @@ __all__ = ["Fusion", "background_pixels", "fuse"]
 
 #: Fewest background pixels a fusion needs.
 MIN_PIXELS = 6
+#: Cadences sampled for each pixel's median level and for the clipping scatter.
+_SAMPLE = 1024
 
 
 @dataclass
@@ -54,11 +60,13 @@ class Fusion:
     offset : ndarray, shape (ntime,)
         ``w * local``: what is added to the model at every pixel.
     offset_var : ndarray, shape (ntime,)
-        Variance of the fused level, to replace the model's.
+        Variance of the fused level, ``w * local_err**2`` (the model's measured
+        level error that remains and the local noise that came in); it adds to
+        the model's own variance.
     local, local_err : ndarray, shape (ntime,)
         The local estimate ``L`` and its 1-sigma error.
     model_err : ndarray, shape (ntime,)
-        The model's error of the level at this TPF (quoted or from the data).
+        The model's error of the level at this TPF, measured from the data.
     quoted : ndarray, shape (ntime,)
         The model's quoted variance of the level (mean over the background pixels).
     weight : ndarray, shape (ntime,)
@@ -102,16 +110,43 @@ def background_pixels(
     return outside & (residual_median <= limit)
 
 
-def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred running mean over ``window`` samples, NaN-aware, same length."""
-    if window <= 1:
-        return values
+def _running_mean(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centred running mean over ``window`` (odd) samples, NaN-aware, and the samples used."""
     finite = np.isfinite(values)
     kernel = np.ones(window)
     total = np.convolve(np.where(finite, values, 0), kernel, mode="same")
     count = np.convolve(finite.astype(float), kernel, mode="same")
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
+        return np.where(count > 0, total / count, np.nan), count
+
+
+def _median(values: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
+    """Median along ``axis``; numpy's fast path unless there are NaNs."""
+    if np.isnan(values).any():
+        return np.nanmedian(values, axis=axis, keepdims=keepdims)
+    return np.median(values, axis=axis, keepdims=keepdims)
+
+
+def _model_variance(local: np.ndarray, local_var: np.ndarray, chunk: int) -> np.ndarray:
+    """The model's error variance of the level, from the data, per cadence.
+
+    In chunks of ``chunk`` cadences, the mean square of the local estimate
+    (which is relative to each pixel's median over the whole series) beyond its
+    own noise, where that excess is significant (2 sigma of the noise's
+    sampling); zero elsewhere: the model is then trusted alone.
+    """
+    out = np.zeros(local.size)
+    for start in range(0, local.size, chunk):
+        part = slice(start, start + chunk)
+        ok = np.isfinite(local[part]) & np.isfinite(local_var[part])
+        n = int(ok.sum())
+        if n < 4:
+            continue
+        noise = float(np.mean(local_var[part][ok]))
+        spread = float(np.mean(local[part][ok] ** 2))  # about the whole series' level
+        if spread > noise * (1 + 2 * np.sqrt(2 / n)):
+            out[part] = spread - noise
+    return out
 
 
 def fuse(
@@ -123,6 +158,7 @@ def fuse(
     window: int = 1,
     min_pixels: int = MIN_PIXELS,
     clip: float = 3.0,
+    chunk: int = 48,
 ) -> Fusion | None:
     """Combine a model with the TPF's faint pixels by their uncertainties.
 
@@ -141,46 +177,72 @@ def fuse(
         Fewest background pixels; with fewer, None is returned.
     clip : float
         Sigma clipping across pixels, in robust standard deviations.
+    chunk : int
+        Model intervals per chunk in which the model's error is measured
+        (48: a day of 30-min FFIs).
 
     Returns
     -------
     fusion : `Fusion` or None
         None when the TPF has too few background pixels.
     """
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # cadences the model does not cover
-        residual = np.asarray(flux, dtype=float) - np.asarray(model, dtype=float)
-        median = np.nanmedian(residual, axis=0)
-        pixels = background_pixels(median, aperture)
-        if pixels.sum() < min_pixels:
-            return None
-        d = residual[:, pixels] - median[pixels]  # (ntime, npix)
-        centre = np.nanmedian(d, axis=1, keepdims=True)
-        mad = 1.4826 * np.nanmedian(np.abs(d - centre), axis=1, keepdims=True)
-        keep = (np.abs(d - centre) <= clip * np.maximum(mad, 1e-12)) & np.isfinite(d)
+    flux, model = np.asarray(flux), np.asarray(model)
+    ntime = flux.shape[0]
+    # Cadences the model covers (invalid ones are NaN everywhere).
+    valid = np.flatnonzero(np.isfinite(model[:, 0, 0]) & np.isfinite(flux).any(axis=(1, 2)))
+    if valid.size < 2:
+        return None
+    # Each pixel's level over time, from at most _SAMPLE cadences (the medians are the cost).
+    sample = valid[np.linspace(0, valid.size - 1, min(valid.size, _SAMPLE)).astype(int)]
+    median = _median(flux[sample].astype(float) - model[sample], axis=0)
+    pixels = background_pixels(median, aperture)
+    if pixels.sum() < min_pixels:
+        return None
+    where = np.flatnonzero(pixels.ravel())
+    with np.errstate(invalid="ignore", divide="ignore"):
+
+        def gather(cube: np.ndarray) -> np.ndarray:  # the background pixels of valid cadences
+            return np.take(np.asarray(cube).reshape(ntime, -1), where, axis=1)[valid]
+
+        d = gather(flux).astype(float) - gather(model)
+        d -= median.ravel()[where]  # (nvalid, npix): what the model missed, plus noise
+        finite = np.isfinite(d)
+        # Clip across pixels around each cadence's mean, at a robust scatter of the sample.
+        first = np.where(finite, d, 0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+        spread = d[: min(len(d), _SAMPLE)] - first[: min(len(d), _SAMPLE), None]
+        spread = spread[np.isfinite(spread)]
+        sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
+        keep = finite & (np.abs(d - first[:, None]) <= clip * max(sigma, 1e-12))
         n = keep.sum(axis=1)
-        local = np.where(keep, d, 0).sum(axis=1) / np.maximum(n, 1)
-        scatter = np.where(keep, (d - local[:, None]) ** 2, 0).sum(axis=1) / np.maximum(n - 1, 1)
-        err2 = np.where(keep, np.asarray(flux_err, dtype=float)[:, pixels] ** 2, 0).sum(axis=1)
-        local_var = np.maximum(scatter, err2 / np.maximum(n, 1)) / np.maximum(n, 1)
-        local[n < min_pixels] = np.nan
-        local_var[n < min_pixels] = np.nan
+        local = np.full(ntime, np.nan)
+        local_var = np.full(ntime, np.nan)
+        kept = np.where(keep, d, 0)
+        mean = kept.sum(axis=1) / np.maximum(n, 1)
+        scatter = ((kept - mean[:, None] * keep) ** 2).sum(axis=1) / np.maximum(n - 1, 1)
+        err = gather(flux_err).astype(float)
+        err2 = np.where(keep, err**2, 0).sum(axis=1)
+        variance = np.maximum(scatter, err2 / np.maximum(n, 1)) / np.maximum(n, 1)
+        enough = n >= min_pixels
+        local[valid[enough]] = mean[enough]
+        local_var[valid[enough]] = variance[enough]
         if window > 1:
-            local = _running_mean(local, window)
-            local_var = _running_mean(local_var, window) / window
-        quoted = np.nanmean(np.asarray(model_err, dtype=float)[:, pixels] ** 2, axis=1)
-        good = np.isfinite(local) & np.isfinite(local_var) & np.isfinite(quoted)
-        excess = 0.0
-        if good.sum() > 2:
-            spread = np.var(local[good] - np.median(local[good]))
-            excess = max(float(spread - np.mean(local_var[good])), 0.0)
-        model_var = np.maximum(quoted, excess)
+            window |= 1  # odd: centred
+            local, count = _running_mean(local, window)
+            summed, _ = _running_mean(local_var, window)
+            local_var = summed / np.maximum(count, 1)
+        quoted = np.full(ntime, np.nan)
+        quoted[valid] = np.mean(gather(model_err).astype(float) ** 2, axis=1)
+        model_var = _model_variance(local, local_var, chunk * max(window, 1))
+        good = np.isfinite(local) & np.isfinite(local_var)
         weight = np.where(good, model_var / (model_var + local_var), 0.0)
+        weight = np.where(np.isfinite(weight), weight, 0.0)
         offset = np.where(good, weight * local, 0.0)
-        offset_var = np.where(good, model_var * local_var / (model_var + local_var), quoted)
+        # The fused level's error: what is left of the model's plus the local noise
+        # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 = w s_L**2.
+        added = np.where(good, weight * local_var, 0.0)
     return Fusion(
         offset=offset,
-        offset_var=offset_var,
+        offset_var=added,
         local=local,
         local_err=np.sqrt(local_var),
         model_err=np.sqrt(model_var),
