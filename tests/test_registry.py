@@ -19,7 +19,7 @@ import pooch
 import pytest
 import requests
 from astropy.table import Table
-from registry_helpers import CubeServer, make_cube, publish, write_registry
+from registry_helpers import CubeServer, clear_registry_env, make_cube, publish, write_registry
 
 from lk_scatterlight import (
     CubeFormatError,
@@ -60,8 +60,7 @@ COLUMNS = ["sector", "camera", "ccd", "bin", "version", "filename", "url"]
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """Isolated settings: a tmp cache, no caller overrides, no waits between retries."""
-    for var in (CACHE_ENV, URL_ENV, REGISTRY_ENV, TIMEOUT_ENV):
-        monkeypatch.delenv(var, raising=False)
+    clear_registry_env(monkeypatch)
     cache = tmp_path / "cache"
     monkeypatch.setenv(CACHE_ENV, str(cache))
     monkeypatch.setenv(TIMEOUT_ENV, "10")
