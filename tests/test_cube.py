@@ -436,6 +436,7 @@ def test_bad_bounds():
 
 
 # ---------------------------------------------------------------------- uncertainties
+@pytest.mark.slow
 def test_flux_err_matches_monte_carlo():
     """Propagated errors equal the scatter of evaluations of noisy cube realisations.
 

@@ -174,6 +174,7 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     assert not (tmp_path / "env").exists()  # nothing is created before a download
 
 
+@pytest.mark.slow
 def test_import_creates_no_cache_folder(tmp_path):
     """Importing and listing touch neither the cache folder nor the network."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LK_SCATTERLIGHT_")}
@@ -358,6 +359,7 @@ print(fetch_cube(2, 1, 1, 16, progressbar=False))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_fetch_from_two_processes(published, server, env, tmp_path):
     # The server holds each request until both have arrived, so the two
     # processes really download the same file at the same time.
