@@ -141,7 +141,7 @@ def test_sources_pickle_for_workers(simulator, tmp_path):
     assert copy.simulator._static is None
     np.testing.assert_array_equal(copy.read(1)[0], source.read(1)[0])
 
-    paths = make_simulator().write_ffis(tmp_path, indices=[0, 1])
+    paths = simulator.write_ffis(tmp_path, indices=[0, 1])  # its scene is rendered already
     local = LocalFFISource(paths)
     copy = pickle.loads(pickle.dumps(local))
     assert copy.paths == local.paths
