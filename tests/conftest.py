@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # no display in tests
 SHARED_DATA_DIR = Path(__file__).parents[1].parent / "shared" / "data"
 
 BACKML_CUBE = "tess-backml_sl_cube_s0002_1-1_bin128_test.fits"
+#: JPL Horizons vector table of TESS, sectors 1-5.
+HORIZONS = "horizons_tess_ssb_2018-06-01_to_2018-12-31.csv"
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,25 @@ def shared_data():
 def backml_cube_path(shared_data) -> Path:
     """The real tess-backml 0.2 cube (sector 2, camera 1, CCD 1, 20 planes, 16x16 bins)."""
     return shared_data(BACKML_CUBE)
+
+
+@pytest.fixture(scope="session")
+def horizons_path(shared_data) -> Path:
+    """The real JPL Horizons vector table of TESS (sectors 1-5)."""
+    return shared_data(HORIZONS)
+
+
+@pytest.fixture(scope="session")
+def horizons(horizons_path):
+    """That table as a `~lk_scatterlight.builder.geometry.HorizonsEphemeris`, read once."""
+    from lk_scatterlight.builder import geometry
+
+    return geometry.HorizonsEphemeris.read(horizons_path)
+
+
+@pytest.fixture(scope="session")
+def field():
+    """The simulated scattered-light field of seed 3 (smooth, no structure)."""
+    from lk_scatterlight import simulate
+
+    return simulate.ScatteredLightField(seed=3)

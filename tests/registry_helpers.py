@@ -1,7 +1,7 @@
 """Helpers for the registry tests: a local HTTP server, small cubes and registry files.
 
-Not a test module; `test_registry.py` and `test_cli_registry.py` build their
-fixtures from these.
+Not a test module; `test_registry.py`, `test_cli_registry.py` and `test_publish.py`
+build their fixtures from these.
 """
 
 from __future__ import annotations
@@ -11,11 +11,18 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import cube_helpers
 import numpy as np
 import pooch
 
 from lk_scatterlight import ScatterLightCube
-from lk_scatterlight.registry import parse_cube_filename
+from lk_scatterlight.registry import (
+    CACHE_ENV,
+    REGISTRY_ENV,
+    TIMEOUT_ENV,
+    URL_ENV,
+    parse_cube_filename,
+)
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -47,22 +54,15 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
-class CubeServer:
-    """A real HTTP server on 127.0.0.1 (random port) serving ``directory`` in a thread.
+class LocalHTTPServer:
+    """A real HTTP server on 127.0.0.1 (a free port), served from a daemon thread.
 
-    Set ``mode`` to 404 or 500 to answer every request with that status, or to
-    ``"tamper"`` to serve altered files; `stop` takes it down (connection
-    refused afterwards). ``requests`` records the paths asked for.
+    ``handler`` is the request handler class; it reaches this object as
+    ``self.server.owner``. `stop` takes the server down (connection refused
+    afterwards). Subclasses set their state before calling ``__init__``.
     """
 
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.mode: int | str = "ok"
-        self.requests: list[str] = []
-        self.lock = threading.Lock()
-        self.barrier: threading.Barrier | None = None
-        handler = functools.partial(_Handler, directory=str(self.directory))
+    def __init__(self, handler) -> None:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.owner = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(
@@ -84,6 +84,23 @@ class CubeServer:
             self._thread.join()
 
 
+class CubeServer(LocalHTTPServer):
+    """A `LocalHTTPServer` serving the files of ``directory``.
+
+    Set ``mode`` to 404 or 500 to answer every request with that status, or to
+    ``"tamper"`` to serve altered files. ``requests`` records the paths asked for.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.mode: int | str = "ok"
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+        self.barrier: threading.Barrier | None = None
+        super().__init__(functools.partial(_Handler, directory=str(self.directory)))
+
+
 def make_cube(
     sector: int = 2,
     camera: int = 1,
@@ -101,19 +118,18 @@ def make_cube(
     time = np.array([1400.0, 1400.5, 1401.0, 1401.5, 1402.0])
     if gap:
         time[3:] += 3.5
-    row = (bin + 1) / 2 + bin * np.arange(4)
-    column = 44 + (bin + 1) / 2 + bin * np.arange(4)
     rng = np.random.default_rng(seed)
     flux = 100.0 + rng.normal(0, 1, (5, 4, 4))
-    return ScatterLightCube.from_arrays(
-        sector,
-        camera,
-        ccd,
-        time,
-        row,
-        column,
-        flux,
-        np.ones_like(flux),
+    return cube_helpers.make_cube(
+        nrow=4,
+        ncol=4,
+        time=time,
+        sector=sector,
+        camera=camera,
+        ccd=ccd,
+        bin=bin,
+        flux=flux,
+        flux_err=np.ones_like(flux),
         time_start=time - 0.25,
         time_stop=time + 0.25,
         meta={"creator": "tests", "note": "registry test cube"},
@@ -144,3 +160,9 @@ def write_registry(path: Path, files: dict[str, Path], base_url: str | None = No
         lines.append(line)
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return Path(path)
+
+
+def clear_registry_env(monkeypatch) -> None:
+    """Remove the caller's cache, URL, registry and timeout settings for this test."""
+    for var in (CACHE_ENV, URL_ENV, REGISTRY_ENV, TIMEOUT_ENV):
+        monkeypatch.delenv(var, raising=False)

@@ -3,6 +3,7 @@
 import lightkurve as lk
 import numpy as np
 import pytest
+from cube_helpers import centres
 
 from lk_scatterlight.builder import binning, masks
 
@@ -10,10 +11,6 @@ from lk_scatterlight.builder import binning, masks
 def quadratic(n=256):
     y, x = np.mgrid[0:n, 0:n].astype(float)
     return 50 + 0.03 * x - 0.02 * y + 2e-4 * (x - 100) ** 2 + 1e-4 * (y - 80) ** 2
-
-
-def centres(n, b):
-    return b * np.arange(n // b) + (b - 1) / 2
 
 
 def test_plane_fit_is_unbiased_by_one_sided_masks():
@@ -24,7 +21,7 @@ def test_plane_fit_is_unbiased_by_one_sided_masks():
     image = 10 + 0.5 * x + 0.2 * y
     valid = (x % b) < b / 2  # left half of every bin only
     fit = binning.bin_plane_fit(image, valid, b)
-    c = centres(n, b)
+    c = centres(n // b, (b - 1) / 2, b)  # 0-based bin centres
     truth = 10 + 0.5 * c[None, :] + 0.2 * c[:, None]
     np.testing.assert_allclose(fit.value, truth, atol=1e-4)
     mean = np.nanmean(np.where(valid, image, np.nan).reshape(n // b, b, n // b, b), axis=(1, 3))
@@ -35,7 +32,7 @@ def test_curvature_correction_removes_quadratic_bias():
     image = quadratic()
     b = 16
     fit = binning.bin_plane_fit(image, np.ones(image.shape, bool), b)
-    c = centres(256, b)
+    c = centres(256 // b, (b - 1) / 2, b)
     truth = 50 + 0.03 * c[None] - 0.02 * c[:, None] + 2e-4 * (c[None] - 100) ** 2
     truth = truth + 1e-4 * (c[:, None] - 80) ** 2
     raw_bias = np.abs(fit.value - truth).max()

@@ -7,6 +7,7 @@ from lk_scatterlight.ccd import Region
 from lk_scatterlight.cli import main, parse_duration
 
 
+@pytest.mark.slow
 def test_build_simulated(tmp_path, capsys):
     out = tmp_path / "cubes"
     argv = ["build", "--sector", "1", "--camera", "2", "--ccd", "3", "--source", "simulate", "8"]

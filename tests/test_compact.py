@@ -1,23 +1,18 @@
 """Tests of compact (low-rank) cubes: compression, rank rule, FITS v2 encoding, evaluation."""
 
 import logging
-import tracemalloc
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from cube_helpers import copy_of, edited, make_cube, peak_memory
 
 from lk_scatterlight import CubeFormatError, ScatterLightCorrector, ScatterLightCube, simulate
 from lk_scatterlight.cli import main
 from lk_scatterlight.cube import FORMAT_VERSION, CompressionInfo
 
-BIN = 16
 ROWS = 1000 + np.arange(25)  # a 25 x 25 TPF grid, 1-based CCD pixels
 COLS = 1000 + np.arange(25)
-
-
-def centres(n, first, step=BIN):
-    return first + step * np.arange(n)
 
 
 def low_rank_cube(rank, nt=200, nrow=20, ncol=20, noise=0.0, seed=0, err=None):
@@ -31,33 +26,15 @@ def low_rank_cube(rank, nt=200, nrow=20, ncol=20, noise=0.0, seed=0, err=None):
     flux = mean + np.einsum("ti,i,irc->trc", series, amplitude, images)
     flux += rng.normal(0, noise, flux.shape) if noise else 0
     flux_err = np.full(flux.shape, noise) if err is None else err
-    t = 1500 + 0.02 * np.arange(nt)
-    cube = ScatterLightCube.from_arrays(
-        2, 1, 1, t, centres(nrow, 8.5), centres(ncol, 52.5), flux.astype(np.float32), flux_err
-    )
-    return cube
-
-
-@pytest.fixture(scope="module")
-def field():
-    return simulate.ScatteredLightField(seed=3)
+    return make_cube(nt, nrow, ncol, flux=flux.astype(np.float32), flux_err=flux_err)
 
 
 @pytest.fixture(scope="module")
 def dense(field):
     """A simulated sector (1,267 planes of 30 min, 32 x 32 bins of 64 px), with two straps."""
     cube = simulate.make_cube(field, sector=1, pixel_bin=64, noise=0.05, seed=3)
-    return ScatterLightCube.from_arrays(
-        cube.sector,
-        cube.camera,
-        cube.ccd,
-        cube.btjd,
-        cube.row,
-        cube.column,
-        cube.flux,
-        cube.flux_err,
-        time_start=cube.time_start,
-        time_stop=cube.time_stop,
+    return copy_of(
+        cube,
         npix=cube.npix,
         meta=cube.meta,
         strap_column=[1003, 1010],
@@ -187,20 +164,7 @@ def tpf_times(cube, n=3000):
 
 def test_evaluate_equals_evaluating_the_reconstruction(compact):
     """The factorised evaluation is the evaluation of the reconstructed cube."""
-    reconstructed = ScatterLightCube.from_arrays(
-        compact.sector,
-        compact.camera,
-        compact.ccd,
-        compact.btjd,
-        compact.row,
-        compact.column,
-        compact.flux,
-        compact.flux_err,
-        time_start=compact.time_start,
-        time_stop=compact.time_stop,
-        strap_column=compact.strap_column,
-        strap_response=compact.strap_response,
-    )
+    reconstructed = copy_of(compact)
     t = tpf_times(compact)
     got = compact.evaluate(t, ROWS, COLS, bounds="nan")
     want = reconstructed.evaluate(t, ROWS, COLS, bounds="nan")
@@ -248,10 +212,7 @@ def test_evaluate_compact_vs_dense(dense, compact):
 def test_evaluate_does_not_reconstruct_the_cube(compact_file):
     cube = ScatterLightCube.read(compact_file)
     t = np.linspace(cube.btjd[0], cube.btjd[300], 20_000)
-    tracemalloc.start()
-    ev = cube.evaluate(t, ROWS, COLS)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    ev, peak = peak_memory(lambda: cube.evaluate(t, ROWS, COLS))
     output = ev.flux.nbytes + ev.flux_err.nbytes  # 2 x 50 MB
     assert peak < 1.1 * output
     assert type(cube._flux).__name__ == "_Factored"
@@ -310,11 +271,12 @@ def test_rank_zero_file(tmp_path):
 
 def test_v1_file_still_reads(tmp_path):
     cube = low_rank_cube(2, noise=0.1)
-    v1 = tmp_path / "v1.fits"
-    with fits.open(cube.write(tmp_path / "v2.fits")) as hdul:
+
+    def to_v1(hdul):
         hdul[0].header["SLFORMAT"] = 1
         del hdul[0].header["SLENCODE"]
-        hdul.writeto(v1)
+
+    v1 = edited(cube.write(tmp_path / "v2.fits"), tmp_path / "v1.fits", to_v1)
     back = ScatterLightCube.read(v1)
     assert not back.is_compact
     np.testing.assert_array_equal(back.flux, cube.flux)
@@ -393,20 +355,14 @@ def _mean_unit(h):
 )
 def test_malformed_compact_file(tmp_path, edit, message):
     path = low_rank_cube(2, noise=0.1).compress().write(tmp_path / "good.fits")
-    bad = tmp_path / "bad.fits"
-    with fits.open(path) as hdul:
-        edit(hdul)
-        hdul.writeto(bad)
+    bad = edited(path, tmp_path / "bad.fits", edit)
     with pytest.raises(CubeFormatError, match=message):
         ScatterLightCube.read(bad)
 
 
 def test_dense_v2_file_needs_flux(tmp_path):
     path = low_rank_cube(1).write(tmp_path / "dense.fits")
-    bad = tmp_path / "bad.fits"
-    with fits.open(path) as hdul:
-        del hdul["FLUX_ERR"]
-        hdul.writeto(bad)
+    bad = edited(path, tmp_path / "bad.fits", _delete_hdu("FLUX_ERR"))
     with pytest.raises(
         CubeFormatError, match=r"DENSE encoding\) is missing extension\(s\) FLUX_ERR"
     ):

@@ -4,6 +4,7 @@ used by a compact build straight from its memory-mapped work area."""
 
 import numpy as np
 import pytest
+from cube_helpers import make_cube
 
 from lk_scatterlight import CubeFormatError, ScatterLightCube, simulate
 from lk_scatterlight.builder import pipeline
@@ -81,6 +82,7 @@ def open_planes(work_file, chunk=None):
     return _Planes(value, used, chunk), _Planes(error, used, chunk)
 
 
+@pytest.mark.slow
 def test_chunked_compression_matches_the_exact_svd(cube_arrays):
     flux, err = cube_arrays
     lowrank = _compress(_Planes(flux, chunk=64), _Planes(err, chunk=64), 0.01, 64)
@@ -99,11 +101,10 @@ def test_chunked_compression_matches_the_exact_svd(cube_arrays):
     assert info.err_model_max < 1e-5  # the errors are exactly rank 1
 
 
+@pytest.mark.slow
 def test_memmap_planes_equal_the_in_memory_compress(cube_arrays, work_file):
     flux, err = cube_arrays
-    t = 1500 + 0.02 * np.arange(NT)
-    centres = 8.5 + 16 * np.arange(NB)
-    dense = ScatterLightCube.from_arrays(2, 1, 1, t, centres, 44 + centres, flux, err)
+    dense = make_cube(NT, NB, NB, flux=flux, flux_err=err)
     memory = dense.compress()._lowrank
     mapped = _compress(*open_planes(work_file), 0.01, 64)
     assert mapped.rank == memory.rank
@@ -112,7 +113,10 @@ def test_memmap_planes_equal_the_in_memory_compress(cube_arrays, work_file):
     np.testing.assert_allclose(tuple(mapped.info), tuple(memory.info), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 1000])
+@pytest.mark.parametrize(
+    "chunk",
+    [pytest.param(1, marks=pytest.mark.slow), pytest.param(7, marks=pytest.mark.slow), 1000],
+)
 def test_block_size_changes_only_rounding(work_file, chunk):
     reference = _compress(*open_planes(work_file, chunk=100), 0.01, 64)
     other = _compress(*open_planes(work_file, chunk=chunk), 0.01, 64)
@@ -164,6 +168,7 @@ def finished_work(tmp_path_factory):
     return plan, config, work, context, dark
 
 
+@pytest.mark.slow
 def test_compact_build_compresses_from_the_memory_map(finished_work, monkeypatch):
     plan, config, work, context, dark = finished_work
     dense = pipeline.assemble(

@@ -1,34 +1,18 @@
 """Tests of ScatterLightCube: construction, FITS I/O, the tess-backml reader and evaluation."""
 
 import os
-import tracemalloc
 
 import numpy as np
 import pytest
 from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
+from cube_helpers import BIN, centres, edited, make_cube, peak_memory
 
 from lk_scatterlight import CubeFormatError, OutsideCubeError, ScatterLightCube
 from lk_scatterlight.cube import FORMAT_VERSION
 
-BIN = 16
 META = {"creator": "test", "pixel_bin": BIN}
-
-
-def centres(n, first):
-    return first + BIN * np.arange(n)
-
-
-def make_cube(nt=6, nrow=5, ncol=4, dt=0.02, t0=1500.0, seed=0, **kwargs):
-    """A small random cube near the CCD corner (rows 8.5.., columns 52.5..)."""
-    rng = np.random.default_rng(seed)
-    shape = (nt, nrow, ncol)
-    kwargs.setdefault("flux", rng.uniform(10, 20, shape).astype(np.float32))
-    kwargs.setdefault("flux_err", rng.uniform(0.1, 0.5, shape).astype(np.float32))
-    return ScatterLightCube.from_arrays(
-        2, 1, 1, t0 + dt * np.arange(nt), centres(nrow, 8.5), centres(ncol, 52.5), **kwargs
-    )
 
 
 @pytest.fixture
@@ -36,14 +20,6 @@ def cube_file(tmp_path):
     path = tmp_path / "cube.fits"
     make_cube(meta=META).write(path)
     return path
-
-
-def edited(src, dst, edit):
-    """Copy the cube file ``src`` to ``dst`` after ``edit(hdul)``."""
-    with fits.open(src) as hdul:
-        edit(hdul)
-        hdul.writeto(dst)
-    return dst
 
 
 def assert_same_cube(a, b):
@@ -347,8 +323,12 @@ def test_evaluate_exact_for_smooth_field():
         space = 100 * (1 + 0.04 * x - 0.03 * y + 0.03 * x**2 - 0.02 * x * y + 0.02 * y**2)
         return space[None] * (1 + 0.5 * (t[:, None, None] - 1500.0))
 
-    cube = ScatterLightCube.from_arrays(
-        2, 1, 1, t_c, row_c, col_c, field(t_c, row_c, col_c), np.ones((5, nrow, ncol))
+    cube = make_cube(
+        nrow=nrow,
+        ncol=ncol,
+        time=t_c,
+        flux=field(t_c, row_c, col_c),
+        flux_err=np.ones((5, nrow, ncol)),
     )
     rows = np.concatenate([[1, 1.5, 2, 8.5, 9], np.linspace(8.5, 2040.5, 50), [2047, 2048]])
     cols = np.concatenate([[45, 46, 52.5, 60], np.linspace(52.5, 2084.5, 50), [2091, 2092]])
@@ -381,9 +361,7 @@ def gap_cube():
     """Planes every 0.02 d: 30 of them, a 1-day orbit gap, 30 more (default extents)."""
     t = np.concatenate([1500 + 0.02 * np.arange(30), 1501.58 + 0.02 * np.arange(30)])
     flux = np.random.default_rng(4).uniform(10, 20, (60, 5, 4))
-    return ScatterLightCube.from_arrays(
-        2, 1, 1, t, centres(5, 8.5), centres(4, 52.5), flux, np.full(flux.shape, 0.3)
-    )
+    return make_cube(time=t, flux=flux, flux_err=np.full(flux.shape, 0.3))
 
 
 ROWS, COLS = np.array([3.0, 30.0]), np.array([50.0, 71.0])
@@ -426,15 +404,8 @@ def test_max_gap_argument_bridges_gap(gap_cube):
 def test_single_dropped_plane_is_bridged():
     t = np.delete(1500 + 0.02 * np.arange(20), 10)  # plane at 1500.20 missing
     rng = np.random.default_rng(6)
-    cube = ScatterLightCube.from_arrays(
-        2,
-        1,
-        1,
-        t,
-        centres(5, 8.5),
-        centres(4, 52.5),
-        rng.uniform(10, 20, (19, 5, 4)),
-        np.full((19, 5, 4), 0.3),
+    cube = make_cube(
+        time=t, flux=rng.uniform(10, 20, (19, 5, 4)), flux_err=np.full((19, 5, 4), 0.3)
     )
     ev = cube.evaluate([1500.19, 1500.20, 1500.21], ROWS, COLS)
     assert ev.valid.all()
@@ -465,6 +436,7 @@ def test_bad_bounds():
 
 
 # ---------------------------------------------------------------------- uncertainties
+@pytest.mark.slow
 def test_flux_err_matches_monte_carlo():
     """Propagated errors equal the scatter of evaluations of noisy cube realisations.
 
@@ -503,14 +475,13 @@ def big_cube(tmp_path_factory):
     """300 planes x 128 x 128 bins (4.9 M float32 values), in memory and on disk."""
     nt = 300
     t = 1500 + 2 / 24 * np.arange(nt)
-    row_c, col_c = centres(128, 8.5), centres(128, 52.5)
     rng = np.random.default_rng(8)
     x = np.linspace(-1, 1, 128)
     space = 50 + 10 * x[:, None] ** 2 + 5 * x[None, :]
     flux = (space[None] * (1 + 0.3 * np.sin(t / 3))[:, None, None]).astype(np.float32)
     flux += rng.normal(0, 0.1, flux.shape).astype(np.float32)
-    cube = ScatterLightCube.from_arrays(
-        2, 1, 1, t, row_c, col_c, flux, np.full(flux.shape, 0.2, np.float32)
+    cube = make_cube(
+        nrow=128, ncol=128, time=t, flux=flux, flux_err=np.full(flux.shape, 0.2, np.float32)
     )
     path = cube.write(tmp_path_factory.mktemp("big") / "big.fits")
     return cube, path
@@ -524,10 +495,7 @@ def test_large_file_is_read_lazily(big_cube):
     t = np.linspace(1500.0, 1500 + 299 * 2 / 24, 100)
     rows, cols = 1000 + np.arange(25), 1000 + np.arange(25)
 
-    tracemalloc.start()
-    ev = lazy.evaluate(t, rows, cols)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    ev, peak = peak_memory(lambda: lazy.evaluate(t, rows, cols))
 
     expected = cube.evaluate(t, rows, cols)
     np.testing.assert_array_equal(ev.flux, expected.flux)

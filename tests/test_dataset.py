@@ -17,13 +17,6 @@ from lk_scatterlight.exceptions import ScatterLightError
 
 pytest.importorskip("tesswcs", reason="tesswcs (the builder extra) provides the sector WCS")
 
-HORIZONS = "horizons_tess_ssb_2018-06-01_to_2018-12-31.csv"
-
-
-@pytest.fixture(scope="module")
-def horizons(shared_data):
-    return geometry.HorizonsEphemeris.read(shared_data(HORIZONS))
-
 
 @pytest.fixture(scope="module")
 def cube():
@@ -155,8 +148,9 @@ def test_cadence_numbers(cube, horizons):
         dataset.make_dataset(cube, horizons, None, cadenceno=[1, 2])
 
 
-def test_cli_dataset(tmp_path, capsys, shared_data):
-    horizons = str(shared_data(HORIZONS))
+@pytest.mark.slow
+def test_cli_dataset(tmp_path, capsys, horizons_path):
+    horizons = str(horizons_path)
     argv = ["dataset", "--sector", "1", "--camera", "4", "--ccd", "3"]
     argv += ["--source", "simulate", "10", "--ephemeris", "horizons", horizons]
     argv += ["--pixel-bin", "256", "--out", str(tmp_path / "sets"), "--no-progress"]
@@ -183,6 +177,7 @@ def test_cli_dataset(tmp_path, capsys, shared_data):
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_animations_and_figure(data, cube, tmp_path):
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation

@@ -7,6 +7,7 @@ from lk_scatterlight import simulate
 from lk_scatterlight.cli import main
 
 
+@pytest.mark.slow
 def test_demo_command(tmp_path, capsys, monkeypatch):
     """The whole offline chain through `lk-scatterlight demo`: simulated FFIs, build,
     local registry, fetch, correction. The model is within 0.05% of the injected range

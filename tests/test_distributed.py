@@ -131,6 +131,7 @@ class BrokenSource(SimulatedFFISource):
         return super().read(index)
 
 
+@pytest.mark.slow
 def test_sources_pickle_for_workers(simulator, tmp_path):
     source = SimulatedFFISource(simulator)
     source.read(0)  # renders and caches the scene, which is not sent
@@ -140,7 +141,7 @@ def test_sources_pickle_for_workers(simulator, tmp_path):
     assert copy.simulator._static is None
     np.testing.assert_array_equal(copy.read(1)[0], source.read(1)[0])
 
-    paths = make_simulator().write_ffis(tmp_path, indices=[0, 1])
+    paths = simulator.write_ffis(tmp_path, indices=[0, 1])  # its scene is rendered already
     local = LocalFFISource(paths)
     copy = pickle.loads(pickle.dumps(local))
     assert copy.paths == local.paths
@@ -172,6 +173,7 @@ def test_tesscube_source_pickles_without_its_cube(monkeypatch):
     assert copy._async_get_ffi("a.fits") == "coroutine for a.fits"  # imported on first use
 
 
+@pytest.mark.slow
 def test_distributed_equals_serial(client, simulator, serial, tmp_path):
     assert serial.fine is not None  # so the fine layer's chunk path is compared too
     cube = build_cube(
@@ -182,6 +184,7 @@ def test_distributed_equals_serial(client, simulator, serial, tmp_path):
     assert_same_cube(ScatterLightCube.read(tmp_path / cube_filename(1, 1, 1, 64)), serial)
 
 
+@pytest.mark.slow
 def test_time_binning_stage_equals_serial(client, simulator, serial, tmp_path):
     config = BuildConfig(**{**CONFIG.__dict__, "time_bin": 2 / 24})
     cube = build_cube_dask(SimulatedFFISource(simulator), config, client=client, work_dir=tmp_path)
@@ -199,6 +202,7 @@ def test_time_binning_stage_equals_serial(client, simulator, serial, tmp_path):
     np.testing.assert_allclose(cube.strap_response, serial.strap_response, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_killed_worker_does_not_corrupt_the_build(client, simulator, serial, tmp_path):
     marker = tmp_path / "killed"
     kill = frame_outside_static_scene(simulator)  # the worker dies in a chunk task
@@ -213,6 +217,7 @@ def test_killed_worker_does_not_corrupt_the_build(client, simulator, serial, tmp
     client.wait_for_workers(2, timeout=30)  # the nanny restarted it
 
 
+@pytest.mark.slow
 def test_interrupted_build_resumes_from_finished_chunks(client, simulator, serial, tmp_path):
     work, out = tmp_path / "work", tmp_path / "cube.fits"
     good = np.flatnonzero((simulator.quality & CONFIG.bitmask) == 0)
@@ -232,6 +237,7 @@ def test_interrupted_build_resumes_from_finished_chunks(client, simulator, seria
     assert_same_cube(cube, serial)
 
 
+@pytest.mark.slow
 def test_build_many_skips_built_and_reports_failures(client, serial, tmp_path):
     out = tmp_path / "cubes"
     out.mkdir()
@@ -258,6 +264,7 @@ def test_build_many_skips_built_and_reports_failures(client, serial, tmp_path):
     assert list(again["status"]) == ["skipped", "skipped"]
 
 
+@pytest.mark.slow
 def test_cli_build_and_build_many_on_a_scheduler(client, tmp_path, capsys):
     address = client.scheduler_info()["address"]
     ffis = tmp_path / "ffis"

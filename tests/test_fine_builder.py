@@ -210,6 +210,7 @@ def varying_rms(cube, truth, rows, cols):
     return float(np.sqrt(np.mean(residual**2)))
 
 
+@pytest.mark.slow
 def test_build_keeps_ridge_in_fine_layer(structured):
     """A structured field: the cube has a fine layer, and it cuts the time-varying
     error on the ridge (measured 2.0-2.5x at these patches) where the 16-px bins alone
@@ -234,6 +235,7 @@ def test_build_keeps_ridge_in_fine_layer(structured):
         assert with_fine < 3.2, rows[0]
 
 
+@pytest.mark.slow
 def test_build_away_from_structure_unchanged(structured):
     """Far from the ridge and the shadow edge, the fine layer changes nothing."""
     _, sim, fine, coarse = structured
@@ -243,6 +245,7 @@ def test_build_away_from_structure_unchanged(structured):
     assert np.abs(a - b).max() < 0.05
 
 
+@pytest.mark.slow
 def test_build_smooth_field_keeps_few_blocks(tmp_path_factory):
     """A smooth field: the coarse bins hold it; the fine layer keeps (almost) nothing
     (measured: no block of 12 x 1024 tiles)."""

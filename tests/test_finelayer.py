@@ -8,6 +8,7 @@ cubes covering the whole CCD with 64-px bins.
 import numpy as np
 import pytest
 from astropy.io import fits
+from cube_helpers import edited, make_cube
 
 from lk_scatterlight import CubeFormatError, ScatterLightCube
 from lk_scatterlight.finelayer import FineLayer, compress_tile
@@ -38,13 +39,11 @@ def whole(layer, plane):
 def coarse_cube(fine=None, seed=0, **kwargs):
     """A full-CCD cube of 32 x 32 bins of 64 px, NT planes, smooth random flux."""
     rng = np.random.default_rng(seed)
-    centres = (COARSE - 1) / 2 + COARSE * np.arange(2048 // COARSE)
     flux = 40 + rng.uniform(0, 2, (NT, 32, 32)).astype(np.float32)
     flux_err = rng.uniform(0.05, 0.2, (NT, 32, 32)).astype(np.float32)
-    return ScatterLightCube.from_arrays(
-        1, 1, 1, T0 + DT * np.arange(NT), 1 + centres, 45 + centres, flux, flux_err,
-        fine=fine, **kwargs,
-    )  # fmt: skip
+    return make_cube(
+        NT, 32, 32, DT, T0, sector=1, bin=COARSE, flux=flux, flux_err=flux_err, fine=fine, **kwargs
+    )
 
 
 # Blocks of the reference layer: (tile_row, tile_col, plane, error); tiles (3, 4) and
@@ -272,9 +271,7 @@ def test_fits_without_fine_index_is_refused(cubes, tmp_path):
     """FINE without FINE_INDEX: a format error naming the missing extension."""
     path, broken = tmp_path / "cube.fits", tmp_path / "broken.fits"
     cubes[0].write(path)
-    with fits.open(path) as hdul:
-        del hdul["FINE_INDEX"]
-        hdul.writeto(broken)
+    edited(path, broken, lambda hdul: hdul.pop("FINE_INDEX"))
     with pytest.raises(CubeFormatError, match="FINE_INDEX"):
         ScatterLightCube.read(broken)
 

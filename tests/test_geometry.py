@@ -15,16 +15,10 @@ from lk_scatterlight.simulate import sector_times
 
 pytest.importorskip("tesswcs", reason="tesswcs (the builder extra) provides the sector WCS")
 
-HORIZONS = "horizons_tess_ssb_2018-06-01_to_2018-12-31.csv"
 VECTORS = "TessVectors_S001_C4_FFI.csv"
 FFI = "tess2018206192942-s0001-1-4-0120-s_ffic_corner128x173.fits"
 #: TESS pixel scale [deg/pixel] (21 arcsec).
 PIXEL_DEG = 21 / 3600
-
-
-@pytest.fixture(scope="module")
-def horizons(shared_data):
-    return geometry.HorizonsEphemeris.read(shared_data(HORIZONS))
 
 
 @pytest.fixture(scope="module")
@@ -411,8 +405,8 @@ def test_angular_size(horizons, pointings):
     assert geo.earth.distance.shape == (time.size,)
 
 
-def test_make_ephemeris(shared_data):
-    ephemeris = geometry.make_ephemeris(["horizons", str(shared_data(HORIZONS))])
+def test_make_ephemeris(horizons_path):
+    ephemeris = geometry.make_ephemeris(["horizons", str(horizons_path)])
     assert isinstance(ephemeris, geometry.HorizonsEphemeris)
     with pytest.raises(ScatterLightError, match="Unknown ephemeris"):
         geometry.make_ephemeris(["jpl"])

@@ -2,12 +2,9 @@
 
 import numpy as np
 import pytest
+from cube_helpers import centres as grid
 
 from lk_scatterlight import interpolate
-
-
-def grid(n, start=52.5, step=16.0):
-    return start + step * np.arange(n)
 
 
 def positions(centres, step=16.0, n=997):
@@ -18,7 +15,7 @@ def positions(centres, step=16.0, n=997):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 16])
 def test_spatial_weights_rows_sum_to_one(n):
-    centres = grid(n)
+    centres = grid(n, 52.5)
     x = positions(centres)
     w = interpolate.spatial_weights(x, centres)
     assert w.shape == (x.size, n)
@@ -27,7 +24,7 @@ def test_spatial_weights_rows_sum_to_one(n):
 
 @pytest.mark.parametrize("n", [3, 4, 5, 16, 128])
 def test_spatial_weights_exact_for_quadratics(n):
-    centres = grid(n, start=8.5)
+    centres = grid(n, 8.5)
     x = positions(centres)
 
     def f(v):
@@ -53,7 +50,7 @@ def test_spatial_weights_two_bins_is_linear():
 
 @pytest.mark.parametrize("n", [3, 4, 8])
 def test_spatial_weights_reproduce_values_at_centres(n):
-    centres = grid(n)
+    centres = grid(n, 52.5)
     np.testing.assert_allclose(
         interpolate.spatial_weights(centres, centres), np.eye(n), rtol=0, atol=1e-15
     )
@@ -62,7 +59,7 @@ def test_spatial_weights_reproduce_values_at_centres(n):
 @pytest.mark.parametrize("n", [3, 4, 8])
 def test_spatial_weights_continuous_at_centres(n):
     """C0: approaching every centre (outer ones included) from either side gives its value."""
-    centres = grid(n)
+    centres = grid(n, 52.5)
     values = np.random.default_rng(3).normal(size=n)
     eps = 1e-7
     for x0, f0 in zip(centres, values, strict=True):
@@ -72,7 +69,7 @@ def test_spatial_weights_continuous_at_centres(n):
 
 
 def test_spatial_weights_use_four_neighbours_inside():
-    centres = grid(10)
+    centres = grid(10, 52.5)
     w = interpolate.spatial_weights(np.array([centres[4] + 5.0]), centres)
     assert set(np.flatnonzero(w[0])) == {3, 4, 5, 6}
 

@@ -54,6 +54,7 @@ def patch_residual(cube, simulator, rows, columns):
     return 100 * np.sqrt(np.mean(residual**2)) / span
 
 
+@pytest.mark.slow
 def test_quality_flagged_frames_dropped_stray_light_kept(built, simulator):
     cube, _ = built
     used = used_frames(simulator)
@@ -78,6 +79,7 @@ def test_quality_flagged_frames_dropped_stray_light_kept(built, simulator):
         ("top-right corner", 2038, 2082),
     ],
 )
+@pytest.mark.slow
 def test_accuracy_against_injected_truth(built, simulator, name, row, column):
     """Below 0.1% of the scattered-light range (the full-sector benchmark quotes
     the smaller numbers; 16 frames of noise limit this test)."""
@@ -86,6 +88,7 @@ def test_accuracy_against_injected_truth(built, simulator, name, row, column):
     assert patch_residual(cube, simulator, rows, columns) < 0.1, name
 
 
+@pytest.mark.slow
 def test_strap_response_recovered(built, simulator):
     cube, _ = built
     assert cube.strap_column.size == 116
@@ -96,6 +99,7 @@ def test_strap_response_recovered(built, simulator):
     assert np.all(truth > 1.02)
 
 
+@pytest.mark.slow
 def test_written_cube_and_provenance(built, simulator):
     cube, out = built
     files = list(out.iterdir())
@@ -109,6 +113,7 @@ def test_written_cube_and_provenance(built, simulator):
         build_cube(SimulatedFFISource(simulator), out=files[0], progress=False)
 
 
+@pytest.mark.slow
 def test_gap_is_respected(built):
     cube, _ = built
     in_gap = (TIMES[GAP - 1] + TIMES[GAP]) / 2
@@ -116,6 +121,7 @@ def test_gap_is_respected(built):
         cube.evaluate([in_gap], [100], [100])
 
 
+@pytest.mark.slow
 def test_time_binning_never_crosses_the_gap(simulator, config, tmp_path):
     binned = build_cube(
         SimulatedFFISource(simulator),
@@ -147,6 +153,7 @@ class FailingSource(SimulatedFFISource):
         return super().read(index)
 
 
+@pytest.mark.slow
 def test_interrupted_build_resumes(simulator, config, built, tmp_path):
     work = tmp_path / "work"
     out = tmp_path / "cube.fits"
@@ -168,6 +175,7 @@ def test_interrupted_build_resumes(simulator, config, built, tmp_path):
     assert_same_fine(cube, reference, atol=0)
 
 
+@pytest.mark.slow
 def test_changed_parameters_restart_instead_of_mixing(simulator, tmp_path):
     work = tmp_path / "work"
     n_good = len(used_frames(simulator))  # the static scene samples every good frame here
@@ -187,6 +195,7 @@ def test_changed_parameters_restart_instead_of_mixing(simulator, tmp_path):
     assert len(other.reads) == 2 * n_good  # everything read again
 
 
+@pytest.mark.slow
 def test_local_files_equal_simulated_source(tmp_path):
     sim = simulate.FFISimulator(time=TIMES[[0, 1, 2, 5]], seed=4, n_stars=2000, defects={})
     paths = sim.write_ffis(tmp_path / "ffis")
@@ -263,6 +272,7 @@ def _ridge_patch(sim):
 
 
 @pytest.mark.parametrize("feature", ["shadow edge", "ridge", "ordinary sky"])
+@pytest.mark.slow
 def test_structured_field_accuracy(structured_build, feature):
     """Structure narrower than a bin: the fine layer brings the shadow edge under
     0.3 % of the range and the ridge under 0.5 % (the 16-px bins alone leave several
@@ -284,6 +294,7 @@ def test_structured_field_accuracy(structured_build, feature):
         assert without > 3 * error, (feature, error, without)
 
 
+@pytest.mark.slow
 def test_interrupted_structured_build_resumes_with_its_fine_layer(structured_build, tmp_path):
     """The fine layer's work arrays survive an interruption: the resumed cube has the
     same fine layer, block for block, as the uninterrupted build."""

@@ -20,12 +20,12 @@ import urllib.parse
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
-from registry_helpers import make_cube
+from registry_helpers import LocalHTTPServer, clear_registry_env, make_cube
 
 import lk_scatterlight
 from lk_scatterlight import PublishError, ScatterLightError, conf, load_cube
@@ -43,7 +43,7 @@ from lk_scatterlight.builder.publish import (
     zenodo_url,
 )
 from lk_scatterlight.cli import main
-from lk_scatterlight.registry import CACHE_ENV, REGISTRY_ENV, TIMEOUT_ENV, URL_ENV, cube_filename
+from lk_scatterlight.registry import CACHE_ENV, REGISTRY_ENV, cube_filename
 
 TOKEN = "test-token-123"
 NAME1 = cube_filename(2, 1, 1, 16)
@@ -66,7 +66,7 @@ class Fault:
     body: dict | None = None
 
 
-class FakeZenodo:
+class FakeZenodo(LocalHTTPServer):
     """Zenodo's deposition API in memory, served on 127.0.0.1 from a thread.
 
     ``log`` lists (method, path) of every request, ``puts`` counts the
@@ -85,23 +85,7 @@ class FakeZenodo:
         self.puts: Counter = Counter()
         self.publishes = 0
         self.faults: list[Fault] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ZenodoHandler)
-        self._httpd.daemon_threads = True
-        self._httpd.zenodo = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+        super().__init__(_ZenodoHandler)
 
     def fault(self, kind, method: str, path: str, times: int = 1, **kwargs) -> None:
         self.faults.append(Fault(kind, method, path, times, **kwargs))
@@ -202,7 +186,7 @@ class _ZenodoHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _handle(self, method: str) -> None:
-        z: FakeZenodo = self.server.zenodo  # type: ignore[attr-defined]
+        z: FakeZenodo = self.server.owner  # type: ignore[attr-defined]
         path = urllib.parse.urlsplit(self.path).path
         length = int(self.headers.get("Content-Length") or 0)
         with z.lock:
@@ -504,8 +488,7 @@ def test_publish_then_users_load_the_cubes(zenodo, cubes, registry, tmp_path, mo
     assert state["record_id"] == record
     assert state["verified"] == [NAME1, NAME2]
     # The user's side: the written registry, a fresh cache, the files from the server.
-    for var in (URL_ENV, TIMEOUT_ENV):
-        monkeypatch.delenv(var, raising=False)
+    clear_registry_env(monkeypatch)
     monkeypatch.setenv(REGISTRY_ENV, str(registry))
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     with conf.set_temp("cache_dir", ""), conf.set_temp("registry_url", ""):

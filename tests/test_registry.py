@@ -19,7 +19,7 @@ import pooch
 import pytest
 import requests
 from astropy.table import Table
-from registry_helpers import CubeServer, make_cube, publish, write_registry
+from registry_helpers import CubeServer, clear_registry_env, make_cube, publish, write_registry
 
 from lk_scatterlight import (
     CubeFormatError,
@@ -60,8 +60,7 @@ COLUMNS = ["sector", "camera", "ccd", "bin", "version", "filename", "url"]
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """Isolated settings: a tmp cache, no caller overrides, no waits between retries."""
-    for var in (CACHE_ENV, URL_ENV, REGISTRY_ENV, TIMEOUT_ENV):
-        monkeypatch.delenv(var, raising=False)
+    clear_registry_env(monkeypatch)
     cache = tmp_path / "cache"
     monkeypatch.setenv(CACHE_ENV, str(cache))
     monkeypatch.setenv(TIMEOUT_ENV, "10")
@@ -175,6 +174,7 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     assert not (tmp_path / "env").exists()  # nothing is created before a download
 
 
+@pytest.mark.slow
 def test_import_creates_no_cache_folder(tmp_path):
     """Importing and listing touch neither the cache folder nor the network."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LK_SCATTERLIGHT_")}
@@ -359,6 +359,7 @@ print(fetch_cube(2, 1, 1, 16, progressbar=False))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_fetch_from_two_processes(published, server, env, tmp_path):
     # The server holds each request until both have arrived, so the two
     # processes really download the same file at the same time.

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from registry_helpers import clear_registry_env
 
 from lk_scatterlight import ScatterLightCube, available_cubes, conf
 from lk_scatterlight.cube import FORMAT_VERSION
-from lk_scatterlight.registry import CACHE_ENV, REGISTRY_ENV, TIMEOUT_ENV, URL_ENV, get_pooch
+from lk_scatterlight.registry import get_pooch
 
 
 @pytest.mark.remote_data
 def test_every_published_cube_downloads_and_matches_its_hash(tmp_path, monkeypatch):
     """Each URL in the shipped registry answers with the file its hash and name promise."""
-    for var in (CACHE_ENV, URL_ENV, REGISTRY_ENV, TIMEOUT_ENV):
-        monkeypatch.delenv(var, raising=False)
+    clear_registry_env(monkeypatch)
     with conf.set_temp("registry_url", ""):
         table = available_cubes()
         if len(table) == 0:

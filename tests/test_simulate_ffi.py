@@ -84,6 +84,7 @@ def test_strap_response_truth(sim):
     )
 
 
+@pytest.mark.slow
 def test_truth_is_the_exact_field_times_strap_response(sim):
     for index in (0, 4):
         with np.errstate(over="ignore"):
@@ -195,6 +196,7 @@ def _centroid_and_peak(image, row, col, half=5):
     return (r0 + (w * yy).sum() / w.sum(), c0 + (w * xx).sum() / w.sum()), box.max()
 
 
+@pytest.mark.slow
 def test_pointing_defects_smear_and_shift_stars(sim, frame0):
     assert sim.defects == {1: "desat", 3: "coarse", 4: "glint"}
     row, col = _bright_star(sim)
@@ -252,6 +254,7 @@ def test_times_and_orbit_gap():
     np.testing.assert_array_equal(custom.time, [1400.0, 1400.5])
 
 
+@pytest.mark.slow
 def test_determinism(sim):
     again = FFISimulator(
         ScatteredLightField(structured=True, seed=3), n_frames=6, seed=7, n_stars=20000
@@ -297,6 +300,7 @@ def test_filename_and_dates_match_a_real_spoc_ffi(shared_data):
     assert abs((btjd_to_utc(image["TSTART"]) - spoc).total_seconds()) < 2e-3
 
 
+@pytest.mark.slow
 def test_write_ffis_spoc_like_file(sim, tmp_path):
     (path,) = sim.write_ffis(tmp_path, [4])
     assert path.name == sim.filename(4)

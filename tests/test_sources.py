@@ -52,6 +52,7 @@ def _linked_set(folder, paths):
 
 
 # ---------------------------------------------------------------------- LocalFFISource
+@pytest.mark.slow
 def test_local_source_reads_back_simulator(sim, ffi_paths):
     source = LocalFFISource(ffi_paths[0].parent)
     assert (source.sector, source.camera, source.ccd) == (1, 1, 1)

@@ -247,6 +247,7 @@ def test_read_returns_science_region(source, mast_bucket: Uploaded, index: int) 
     np.testing.assert_array_equal(flux_err, mast_bucket.flux_err[index][SCIENCE])
 
 
+@pytest.mark.slow
 def test_iter_read(source, mast_bucket: Uploaded) -> None:
     seen = []
     for info, flux, flux_err in source.iter_read([2, 0, 1], prefetch=2):
@@ -341,6 +342,7 @@ def test_tesscube_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
         TessCubeSource(SECTOR, CAMERA, CCD)
 
 
+@pytest.mark.slow
 def test_build_from_s3_equals_build_from_local_files(source, mast_bucket: Uploaded, tmp_path):
     """The same frames through tesscube/S3 and as local SPOC files give the same cube."""
     from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
