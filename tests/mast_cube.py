@@ -29,8 +29,11 @@ The FFIs are three-HDU files: a header-only primary HDU and two
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +43,7 @@ from astropy.time import Time
 
 __all__ = [
     "FFI_SHAPE",
+    "public_bucket",
     "cube_object_key",
     "ffi_bytes",
     "ffi_object_key",
@@ -322,3 +326,47 @@ def ffi_bytes(hdulist: fits.HDUList) -> bytes:
     buffer = io.BytesIO()
     hdulist.writeto(buffer)
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def public_bucket(bucket: str = "stpubdata") -> Iterator[tuple[str, object]]:
+    """A moto S3 server on 127.0.0.1 with an anonymously readable bucket.
+
+    Yields
+    ------
+    endpoint : str
+        ``http://127.0.0.1:PORT``, for ``AWS_ENDPOINT_URL``.
+    client : boto3 S3 client
+        With test credentials, to upload objects.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    werkzeug = logging.getLogger("werkzeug")  # one INFO line per request otherwise
+    level = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        client.create_bucket(Bucket=bucket)
+        statement = {
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": ["s3:GetObject"],
+            "Resource": [f"arn:aws:s3:::{bucket}/*"],
+        }
+        policy = {"Version": "2012-10-17", "Statement": [statement]}
+        client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+        yield endpoint, client
+    finally:
+        server.stop()
+        werkzeug.setLevel(level)

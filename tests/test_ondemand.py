@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,15 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mast_cube import cube_object_key, make_ffi, write_mast_cube
+from mast_cube import cube_object_key, make_ffi, public_bucket, write_mast_cube
 
 if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
     pytest.skip(
         "moto[server] not installed (pip install 'moto[server]>=5')", allow_module_level=True
     )
-
-import boto3  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
 
 from lk_scatterlight import ondemand  # noqa: E402
 from lk_scatterlight.builder import ffi_cube  # noqa: E402
@@ -54,32 +49,7 @@ class Bucket:
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bucket]:
     """A moto S3 server on 127.0.0.1 holding a 10-frame MAST FFI cube of sector 1, 1-1."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        client.create_bucket(Bucket=BUCKET)
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": "*",
-                    "Action": ["s3:GetObject"],
-                    "Resource": [f"arn:aws:s3:::{BUCKET}/*"],
-                }
-            ],
-        }
-        client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
+    with public_bucket(BUCKET) as (endpoint, client):
         simulator = FFISimulator(
             ScatteredLightField(seed=5),
             sector=SECTOR,
@@ -111,8 +81,6 @@ def bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bucket]:
         client.upload_file(str(path), BUCKET, cube_object_key(SECTOR, CAMERA, CCD))
         path.unlink()
         yield Bucket(endpoint, local_dir, simulator)
-    finally:
-        server.stop()
 
 
 @pytest.fixture

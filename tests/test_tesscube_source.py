@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
-import json
 import logging
 import socket
 import sys
@@ -27,6 +26,7 @@ from mast_cube import (
     ffi_bytes,
     ffi_object_key,
     make_ffi,
+    public_bucket,
     write_mast_cube,
 )
 
@@ -40,10 +40,8 @@ if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask")
         "moto[server] not installed (pip install 'moto[server]>=5')", allow_module_level=True
     )
 
-import boto3  # noqa: E402
 import lkspacecraft  # noqa: E402
 from cube_asserts import assert_same_fine
-from moto.server import ThreadedMotoServer  # noqa: E402
 
 from lk_scatterlight.exceptions import FFISourceError, ScatterLightError  # noqa: E402
 from lk_scatterlight.simulate import FFISimulator, sector_times  # noqa: E402
@@ -114,35 +112,7 @@ def mast_bucket(
     It holds a 3-frame cube of sector 1 (camera 1, CCD 1) with its FFIs, made from
     `FFISimulator` frames, and a 1-frame cube of sector 3 whose FFI is missing.
     """
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    werkzeug = logging.getLogger("werkzeug")  # one INFO line per request otherwise
-    werkzeug_level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        client.create_bucket(Bucket=BUCKET)
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": "*",
-                    "Action": ["s3:GetObject"],
-                    "Resource": [f"arn:aws:s3:::{BUCKET}/*"],
-                }
-            ],
-        }
-        client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
-
+    with public_bucket(BUCKET) as (endpoint, client):
         offsets = [0, 1, 3]  # one missing cadence
         simulator = FFISimulator(
             sector=SECTOR, camera=CAMERA, ccd=CCD, time=sector_times(SECTOR)[offsets], n_stars=2000
@@ -189,12 +159,11 @@ def mast_bucket(
         del buffer, ffis, lost
 
         s3_env.setenv("AWS_ENDPOINT_URL", endpoint)
-        yield Uploaded(fluxes, errors, tstart, tstop, quality, names, endpoint, local_dir)
-    finally:
-        server.stop()
-        werkzeug.setLevel(werkzeug_level)
-        tesscube_module.query.get_primary_hdu.cache_clear()
-        tesscube_module.query.get_last_hdu.cache_clear()
+        try:
+            yield Uploaded(fluxes, errors, tstart, tstop, quality, names, endpoint, local_dir)
+        finally:
+            tesscube_module.query.get_primary_hdu.cache_clear()
+            tesscube_module.query.get_last_hdu.cache_clear()
 
 
 @pytest.fixture(scope="module")
