@@ -181,7 +181,7 @@ def test_interrupted_download_resumes(s3: Bucket, tmp_path: Path, monkeypatch) -
         return real_get(client, key, start, stop)
 
     monkeypatch.setattr(ffi_cube, "_get", dropping)
-    with pytest.raises(FFISourceError, match="cannot read row"):
+    with pytest.raises(FFISourceError, match="to read row"):
         ffi_cube.download_region(
             cube, region, tmp_path / "dl", concurrency=1, attempts=2, progress=False
         )

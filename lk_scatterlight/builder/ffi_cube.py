@@ -44,13 +44,12 @@ from ..ccd import FFI_SHAPE, Region, check_camera_ccd
 from ..exceptions import FFISourceError
 from ..utils import atomic_write
 from .sources import FFISource, FrameInfo
+from .tesscube_source import BUCKET, _s3_error
 
 __all__ = ["FFICube", "TessCubeRegionSource", "download_region", "region_bytes"]
 
 log = logging.getLogger(__name__)
 
-#: MAST's public bucket.
-BUCKET = "stpubdata"
 _BLOCK = 2880
 #: Byte offset of the first pixel value (after the primary and image headers).
 DATA_OFFSET = 2 * _BLOCK
@@ -62,11 +61,6 @@ FRAME_BLOCK = 64
 def cube_key(sector: int, camera: int, ccd: int) -> str:
     """S3 key of MAST's SPOC FFI cube."""
     return f"tess/public/mast/tess-s{sector:04d}-{camera}-{ccd}-cube.fits"
-
-
-def _endpoint() -> str:
-    url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return f"endpoint {url}" if url else "AWS"
 
 
 def s3_client(concurrency: int = 8, timeout: float = 60.0):
@@ -88,27 +82,6 @@ def s3_client(concurrency: int = 8, timeout: float = 60.0):
     )
     region = os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return session.create_client("s3", region_name=region, config=config)
-
-
-def _s3_failure(exc: Exception, what: str, key: str) -> FFISourceError:
-    """An `FFISourceError` saying what could not be read from where, and what to do."""
-    from botocore.exceptions import ClientError
-
-    url = f"s3://{BUCKET}/{key}"
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return FFISourceError(
-                f"{what} does not exist: {url} ({_endpoint()}). MAST has no FFI cube for it: "
-                "check the sector, camera and CCD (is the sector already public?)."
-            )
-        return FFISourceError(f"MAST's S3 bucket refused {what} ({url}, {_endpoint()}): {code}.")
-    return FFISourceError(
-        f"cannot read {what} from MAST's S3 bucket ({url}, {_endpoint()}): "
-        f"{type(exc).__name__}: {exc}. This needs network access to AWS S3 (or "
-        "AWS_ENDPOINT_URL set to a reachable mirror)."
-    )
 
 
 def _get(client, key: str, start: int, stop: int | None = None) -> bytes:
@@ -164,7 +137,7 @@ class FFICube:
             msg = f"s3://{BUCKET}/{self.key} is not a MAST SPOC FFI cube: no {exc} in its header."
             raise FFISourceError(msg) from exc
         except Exception as exc:
-            raise _s3_failure(exc, what, self.key) from exc
+            raise _s3_error(exc, what, self.key) from exc
         if shape[:2] != FFI_SHAPE or shape[3] != 2:
             msg = f"s3://{BUCKET}/{self.key} holds pixels of shape {shape}, not an FFI cube."
             raise FFISourceError(msg)
@@ -335,7 +308,7 @@ def download_region(
                 break
             except Exception as exc:
                 if attempt == attempts or _final(exc):
-                    raise _s3_failure(exc, f"row {rows[k]} of {region}", cube.key) from exc
+                    raise _s3_error(exc, f"row {rows[k]} of {region}", cube.key) from exc
                 time.sleep(0.5 * 2**attempt)
         pixels[k] = np.frombuffer(data, dtype=">f4").reshape(shape[1:])
         with lock:
