@@ -44,7 +44,7 @@ from ..ccd import FFI_SHAPE, Region, check_camera_ccd
 from ..exceptions import FFISourceError
 from ..utils import atomic_write
 from .sources import FFISource, FrameInfo
-from .tesscube_source import BUCKET, _s3_error
+from .tesscube_source import BUCKET, _s3_error, frame_list
 
 __all__ = ["FFICube", "TessCubeRegionSource", "download_region", "region_bytes"]
 
@@ -160,7 +160,6 @@ class FFICube:
 
 def _frame_table(data: bytes, key: str, first_cadence: int = 0) -> list[FrameInfo]:
     """The frames listed in a cube's last extension (its bytes, padding stripped)."""
-    from .tesscube_source import _cadence_numbers
 
     try:
         with fits.open(BytesIO(data), ignore_missing_simple=True, lazy_load_hdus=False) as hdul:
@@ -176,19 +175,7 @@ def _frame_table(data: bytes, key: str, first_cadence: int = 0) -> list[FrameInf
     if np.any(np.diff(tstart) < 0):
         msg = f"s3://{BUCKET}/{key}: its frame table is not in time order."
         raise FFISourceError(msg)
-    cadenceno = first_cadence + _cadence_numbers(tstart, tstop, telapse)
-    return [
-        FrameInfo(
-            index=i,
-            time=float((tstart[i] + tstop[i]) / 2),
-            tstart=float(tstart[i]),
-            tstop=float(tstop[i]),
-            quality=int(quality[i]),
-            cadenceno=int(cadenceno[i]),
-            name=names[i],
-        )
-        for i in range(tstart.size)
-    ]
+    return frame_list(tstart, tstop, quality, telapse, names, first_cadence)
 
 
 def region_bytes(nframes: int, region: Region, row_step: int = 1) -> int:

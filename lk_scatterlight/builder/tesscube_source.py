@@ -188,6 +188,37 @@ def _cadence_numbers(tstart: np.ndarray, tstop: np.ndarray, telapse: np.ndarray)
     return np.concatenate([[0], np.cumsum(steps)])
 
 
+def frame_list(tstart, tstop, quality, telapse, names, first_cadence: int = 0) -> list[FrameInfo]:
+    """`FrameInfo` of every row of a MAST FFI cube's frame table (time-sorted rows).
+
+    Parameters
+    ----------
+    tstart, tstop : array of float
+        Exposure start and stop, BTJD [d]; the frame time is their mean.
+    quality : array of int
+        SPOC ``DQUALITY`` bits.
+    telapse : array of float
+        Exposure durations [d], for the cadence numbers.
+    names : sequence of str
+        FFI file names.
+    first_cadence : int
+        ``FFIINDEX`` of the first frame (cube primary header).
+    """
+    cadenceno = first_cadence + _cadence_numbers(tstart, tstop, telapse)
+    return [
+        FrameInfo(
+            index=i,
+            time=float((tstart[i] + tstop[i]) / 2),
+            tstart=float(tstart[i]),
+            tstop=float(tstop[i]),
+            quality=int(quality[i]),
+            cadenceno=int(cadenceno[i]),
+            name=names[i],
+        )
+        for i in range(len(names))
+    ]
+
+
 class TessCubeSource(FFISource):
     """The FFIs of one sector, camera and CCD, read from MAST's S3 bucket with tesscube.
 
@@ -266,19 +297,7 @@ class TessCubeSource(FFISource):
             )
             raise FFISourceError(msg)
         self._cube = cube
-        cadenceno = ffiindex + _cadence_numbers(tstart, tstop, telapse)
-        frames = [
-            FrameInfo(
-                index=i,
-                time=float((tstart[i] + tstop[i]) / 2),
-                tstart=float(tstart[i]),
-                tstop=float(tstop[i]),
-                quality=int(quality[i]),
-                cadenceno=int(cadenceno[i]),
-                name=names[i],
-            )
-            for i in range(len(names))
-        ]
+        frames = frame_list(tstart, tstop, quality, telapse, names, ffiindex)
         description = f"tesscube s{sector:04d} {camera}-{ccd} ({url})"
         super().__init__(sector, camera, ccd, frames, description)
         log.info(
