@@ -22,7 +22,7 @@ memory (``ru_maxrss``, with the resident memory after imports for reference)
 and the wall time of the stage:
 
 * ``chunked``: what ``pipeline.assemble`` now does for a compact build
-  (``pipeline._assemble_compact``): ``cube._compress`` over ``cube._Planes`` views
+  (``pipeline._assemble_compact``): ``lowrank.compress_planes`` over ``lowrank.Planes`` views
   of the memory maps, reading blocks of frames (randomised SVD with chunked
   passes, error model chunk by chunk); peak memory independent of N;
 * ``dense``: the previous assembly: load the used frames' ``value``/``error``
@@ -117,9 +117,9 @@ def child(mode: str, folder: Path, out: Path) -> dict:
     before = _maxrss_mb()
     t0 = time.perf_counter()
     if mode == "chunked":
-        from lk_scatterlight.cube import _compress, _Planes
+        from lk_scatterlight.lowrank import Planes, compress_planes
 
-        lowrank = _compress(_Planes(value, index), _Planes(error, index), 0.01, 64)
+        lowrank = compress_planes(Planes(value, index), Planes(error, index), 0.01, 64)
     else:  # the previous assemble: load the used frames, build a dense cube, compress it
         cube = ScatterLightCube.from_arrays(
             1, 1, 1, t, 1 + centres, 45 + centres, value[index], error[index]

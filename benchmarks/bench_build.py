@@ -677,7 +677,7 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
     pipeline.static_scene = timed("static scene", pipeline.static_scene)
     pipeline.make_context = timed("masks", pipeline.make_context)
     pipeline.assemble = timed("assembly", pipeline.assemble)
-    pipeline._compress = timed("compress", pipeline._compress)  # the compact path's SVD
+    pipeline.compress_planes = timed("compress", pipeline.compress_planes)  # the compact path's SVD
     ScatterLightCube.compress = timed("compress", ScatterLightCube.compress)
     pipeline.assemble_fine = timed("fine layer", pipeline.assemble_fine)
     runs = []

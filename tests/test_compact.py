@@ -215,8 +215,8 @@ def test_evaluate_does_not_reconstruct_the_cube(compact_file):
     ev, peak = peak_memory(lambda: cube.evaluate(t, ROWS, COLS))
     output = ev.flux.nbytes + ev.flux_err.nbytes  # 2 x 50 MB
     assert peak < 1.1 * output
-    assert type(cube._flux).__name__ == "_Factored"
-    assert type(cube._flux_err).__name__ == "_Factored"
+    assert type(cube._flux).__name__ == "Factored"
+    assert type(cube._flux_err).__name__ == "Factored"
 
 
 # ---------------------------------------------------------------------- files

@@ -1,4 +1,4 @@
-"""Compression streamed in blocks of planes (``cube._compress`` over ``cube._Planes``):
+"""Compression streamed in blocks of planes (``lowrank.compress_planes`` over ``lowrank.Planes``):
 equal to the exact SVD and the in-memory path, independent of the block size, and
 used by a compact build straight from its memory-mapped work area."""
 
@@ -10,7 +10,7 @@ from lk_scatterlight import CubeFormatError, ScatterLightCube, simulate
 from lk_scatterlight.builder import pipeline
 from lk_scatterlight.builder.pipeline import BuildConfig
 from lk_scatterlight.builder.sources import SimulatedFFISource
-from lk_scatterlight.cube import _compress, _is_file_map, _Planes
+from lk_scatterlight.lowrank import Planes, compress_planes, is_file_map
 
 NT, NB = 520, 48  # 1.2 M values: above the size where the exact SVD is used
 
@@ -79,13 +79,13 @@ def open_planes(work_file, chunk=None):
     folder, used = work_file
     value = np.load(folder / "value.npy", mmap_mode="r")
     error = np.load(folder / "error.npy", mmap_mode="r")
-    return _Planes(value, used, chunk), _Planes(error, used, chunk)
+    return Planes(value, used, chunk), Planes(error, used, chunk)
 
 
 @pytest.mark.slow
 def test_chunked_compression_matches_the_exact_svd(cube_arrays):
     flux, err = cube_arrays
-    lowrank = _compress(_Planes(flux, chunk=64), _Planes(err, chunk=64), 0.01, 64)
+    lowrank = compress_planes(Planes(flux, chunk=64), Planes(err, chunk=64), 0.01, 64)
     k = exact_rank(flux, err)
     assert lowrank.rank == k > 2
     # Against the exact rank-k truncation: the same to a small fraction of the noise.
@@ -106,7 +106,7 @@ def test_memmap_planes_equal_the_in_memory_compress(cube_arrays, work_file):
     flux, err = cube_arrays
     dense = make_cube(NT, NB, NB, flux=flux, flux_err=err)
     memory = dense.compress()._lowrank
-    mapped = _compress(*open_planes(work_file), 0.01, 64)
+    mapped = compress_planes(*open_planes(work_file), 0.01, 64)
     assert mapped.rank == memory.rank
     assert np.abs(reconstruct(mapped) - reconstruct(memory)).max() < 1e-3 * err.min()
     np.testing.assert_allclose(mapped.err_scale, memory.err_scale, rtol=1e-5)
@@ -118,8 +118,8 @@ def test_memmap_planes_equal_the_in_memory_compress(cube_arrays, work_file):
     [pytest.param(1, marks=pytest.mark.slow), pytest.param(7, marks=pytest.mark.slow), 1000],
 )
 def test_block_size_changes_only_rounding(work_file, chunk):
-    reference = _compress(*open_planes(work_file, chunk=100), 0.01, 64)
-    other = _compress(*open_planes(work_file, chunk=chunk), 0.01, 64)
+    reference = compress_planes(*open_planes(work_file, chunk=100), 0.01, 64)
+    other = compress_planes(*open_planes(work_file, chunk=chunk), 0.01, 64)
     assert other.rank == reference.rank
     # float32 factors: differences at the level of float32 rounding of the flux (~60 e-/s)
     assert np.abs(reconstruct(other) - reconstruct(reference)).max() < 1e-4
@@ -129,7 +129,7 @@ def test_block_size_changes_only_rounding(work_file, chunk):
 
 def test_planes_read_the_file_not_the_mapping(work_file):
     planes, _ = open_planes(work_file, chunk=10)
-    assert _is_file_map(planes.array)
+    assert is_file_map(planes.array)
     folder, used = work_file
     direct = np.load(folder / "value.npy")[used]
     np.testing.assert_array_equal(
@@ -139,11 +139,11 @@ def test_planes_read_the_file_not_the_mapping(work_file):
 
 def test_bad_values_in_used_planes_are_reported(work_file):
     planes, errors = open_planes(work_file)
-    first = _Planes(planes.array, np.arange(errors.ntime))  # includes unused (NaN) frames
+    first = Planes(planes.array, np.arange(errors.ntime))  # includes unused (NaN) frames
     with pytest.raises(CubeFormatError, match="NaN or infinite"):
-        _compress(first, errors, 0.01, 64)
+        compress_planes(first, errors, 0.01, 64)
     with pytest.raises(IndexError):
-        _Planes(planes.array, [planes.array.shape[0]])
+        Planes(planes.array, [planes.array.shape[0]])
 
 
 # ---------------------------------------------------------------------- in the builder
@@ -178,13 +178,13 @@ def test_compact_build_compresses_from_the_memory_map(finished_work, monkeypatch
     seen = []
 
     def spy(flux, flux_err, tolerance, max_rank):
-        seen.append((_is_file_map(flux.array), _is_file_map(flux_err.array)))
-        return _compress(flux, flux_err, tolerance, max_rank)
+        seen.append((is_file_map(flux.array), is_file_map(flux_err.array)))
+        return compress_planes(flux, flux_err, tolerance, max_rank)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the compact build must not make a dense cube")
 
-    monkeypatch.setattr(pipeline, "_compress", spy)
+    monkeypatch.setattr(pipeline, "compress_planes", spy)
     monkeypatch.setattr(ScatterLightCube, "compress", refuse)
     monkeypatch.setattr(ScatterLightCube, "from_arrays", refuse)
     cube = pipeline.assemble(plan, config, work, context, dark)

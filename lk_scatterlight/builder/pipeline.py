@@ -62,16 +62,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..ccd import N_SCIENCE, SCIENCE_COLUMNS, SCIENCE_ROWS, Region
-from ..cube import (
-    _CHUNK_VALUES,
-    DEFAULT_MAX_RANK,
-    GAP_FACTOR,
-    ScatterLightCube,
-    _compact_cube,
-    _compress,
-    _Planes,
-)
+from ..cube import GAP_FACTOR, ScatterLightCube, compact_cube
 from ..exceptions import ScatterLightError
+from ..lowrank import CHUNK_VALUES, DEFAULT_MAX_RANK, Planes, compress_planes
 from ..registry import cube_filename
 from ..utils import atomic_write
 from . import binning, masks
@@ -1214,7 +1207,7 @@ def _assemble_compact(
     """The compact cube of a one-plane-per-frame build, straight from the work area.
 
     The memory-mapped ``value`` and ``error`` arrays are compressed block by block
-    of frames (`~lk_scatterlight.cube._compress`), never loaded whole, so memory
+    of frames (`~lk_scatterlight.lowrank.compress_planes`), never loaded whole, so memory
     does not grow with the number of frames; the result is what
     ``ScatterLightCube.from_arrays(...).compress(...)`` of the loaded planes gives.
 
@@ -1234,25 +1227,25 @@ def _assemble_compact(
     cube : `~lk_scatterlight.ScatterLightCube`
         Compact.
     """
-    lowrank = _compress(
-        _Planes(work["value"], used_index),
-        _Planes(work["error"], used_index),
+    lowrank = compress_planes(
+        Planes(work["value"], used_index),
+        Planes(work["error"], used_index),
         float(config.compact_tolerance),
         DEFAULT_MAX_RANK,
     )
     kwargs = dict(planes)
     axes = [kwargs.pop(name) for name in ("time", "time_start", "time_stop", "row", "column")]
-    return _compact_cube(lowrank, plan.sector, plan.camera, plan.ccd, *axes, **kwargs)
+    return compact_cube(lowrank, plan.sector, plan.camera, plan.ccd, *axes, **kwargs)
 
 
 def _median_over_frames(array: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Median over the frames ``index`` of ``array`` (frames, ...), a block of bins at a time.
 
-    Reads about `~lk_scatterlight.cube._CHUNK_VALUES` values per block from a
+    Reads about `~lk_scatterlight.lowrank.CHUNK_VALUES` values per block from a
     memory map instead of all frames at once.
     """
     flat = array.reshape(array.shape[0], -1)
-    step = max(1, _CHUNK_VALUES // max(len(index), 1))
+    step = max(1, CHUNK_VALUES // max(len(index), 1))
     out = np.empty(flat.shape[1])
     for start in range(0, flat.shape[1], step):
         out[start : start + step] = np.median(flat[index, start : start + step], axis=0)

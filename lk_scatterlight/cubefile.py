@@ -1,0 +1,491 @@
+"""The cube's FITS format: writing and reading ``docs/format.rst``, and tess-backml cubes.
+
+`to_hdulist` turns a `~lk_scatterlight.cube.ScatterLightCube` into the FITS
+layout of format version `FORMAT_VERSION` (encoding ``DENSE`` or ``LOWRANK``);
+`read_fields` reads such a file (versions 1..`FORMAT_VERSION`) or a tess-backml
+0.2/0.3 cube, converted to our conventions, into `CubeFields`, from which
+`~lk_scatterlight.cube.ScatterLightCube.read` makes the cube. Dense arrays stay
+on disk (`_FitsImage`) until they are needed.
+
+Rows and columns are 1-based CCD pixels with columns counting the 44
+collateral columns; times are BTJD [d] (TDB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+
+from .ccd import BTJD_OFFSET, Region
+from .exceptions import CubeFormatError
+from .finelayer import FINE_EXTENSIONS, FineLayer
+from .lowrank import CompressionInfo, LowRank
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cube import ScatterLightCube
+
+__all__ = ["CubeFields", "read_fields", "to_hdulist", "FORMAT_VERSION", "ENCODINGS"]
+
+#: Version of the FITS layout written by `ScatterLightCube.write`; `read` accepts 1..this.
+FORMAT_VERSION = 2
+#: Encodings of flux and uncertainty in a version 2 file (primary keyword ``SLENCODE``).
+ENCODINGS = ("DENSE", "LOWRANK")
+_ACCEPTED_BUNITS = ("electron/s", "electron / s", "e-/s", "e/s")
+
+
+class CubeFields(NamedTuple):
+    """What a cube file holds, as the arguments of `~lk_scatterlight.cube.ScatterLightCube`.
+
+    Attributes
+    ----------
+    axes : tuple
+        ``(sector, camera, ccd, time, time_start, time_stop, row, column)``: the first
+        eight arguments (times BTJD [d], rows and columns 1-based CCD pixels).
+    options : dict
+        Keyword arguments (``npix``, ``nframes``, ``meta``, straps, ``fine``, ``region``).
+    flux, flux_err : array-like or None
+        Dense flux and error [e-/s per pixel], shape (ntime, nrow, ncol); None for
+        a compact file.
+    lowrank : `~lk_scatterlight.lowrank.LowRank` or None
+        The factors of a compact (``LOWRANK``) file.
+    """
+
+    axes: tuple
+    options: dict[str, Any]
+    flux: Any
+    flux_err: Any
+    lowrank: LowRank | None
+
+
+def read_fields(path: str | os.PathLike) -> CubeFields:
+    """Read a cube file written by lk_scatterlight or by tess-backml 0.2/0.3.
+
+    Reads format versions 1 and 2 (dense or compact encoding). Dense flux and
+    error arrays stay on disk until needed; the factors of a compact file are
+    small and read at once. `lk_scatterlight.cube.ScatterLightCube.read` makes the
+    cube from the result.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    fields : `CubeFields`
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CubeFormatError
+        If the file is not a valid cube; the message names the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No scattered-light cube at {path}.")
+    try:
+        # astropy only *warns* about a truncated or corrupt file (and then drops the
+        # HDUs it could not read); catch that here and report it as such.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AstropyUserWarning)
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                names = [h.name for h in hdul]
+        corrupt = [
+            str(w.message)
+            for w in caught
+            if "truncated" in str(w.message) or "Error validating header" in str(w.message)
+        ]
+        if corrupt:
+            raise CubeFormatError(f"{path} is truncated or corrupt: {corrupt[0]}")
+        for w in caught:  # anything else is passed on unchanged
+            warnings.warn(w.message, stacklevel=3)
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            header = hdul[0].header
+            if "SCATTER LIGHT CUBE" in names:
+                return _read_tess_backml(hdul, path)
+            if "SLFORMAT" not in header:
+                raise CubeFormatError(
+                    f"{path} is not a scattered-light cube: its primary header has no "
+                    "SLFORMAT keyword and it has no 'SCATTER LIGHT CUBE' extension."
+                )
+            return _read_lk(hdul, path, names)
+    except (OSError, TypeError) as err:  # astropy's errors for truncated/non-FITS files
+        raise CubeFormatError(f"{path} cannot be read as a FITS file: {err}") from err
+
+
+def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
+    """The FITS file of ``cube`` (format `FORMAT_VERSION`), ``LOWRANK`` if ``compact``.
+
+    A compact encoding needs a compact cube (`ScatterLightCube.compress`).
+    """
+    from . import __version__
+
+    if compact and cube._lowrank is None:
+        msg = "call compress() before writing the compact encoding"
+        raise ValueError(msg)
+    primary = fits.PrimaryHDU()
+    h = primary.header
+    h["SLFORMAT"] = (FORMAT_VERSION, "lk_scatterlight cube format version")
+    h["SLENCODE"] = ("LOWRANK" if compact else "DENSE", "encoding of flux and flux_err")
+    h["CREATOR"] = (
+        str(cube.meta.get("creator", "lk_scatterlight")),
+        "software that built the cube",
+    )
+    h["PROCVER"] = (str(cube.meta.get("version", __version__)), "version of that software")
+    h["WRITER"] = ("lk_scatterlight", "software that wrote this file")
+    h["WRITEVER"] = (__version__, "its version")
+    h["TELESCOP"] = ("TESS", "telescope")
+    h["SECTOR"] = (cube.sector, "observing sector")
+    h["CAMERA"] = (cube.camera, "camera number")
+    h["CCD"] = (cube.ccd, "CCD number")
+    h["TIMESYS"] = ("TDB", "time system of all times")
+    h["BJDREFI"] = (2457000, "integer part of BTJD reference date")
+    h["BJDREFF"] = (0.0, "fraction of the day in BTJD reference date")
+    h["TIMEUNIT"] = ("d", "time unit")
+    h["TSTART"] = (cube._time_start[0], "[d] BTJD start of the first plane")
+    h["TSTOP"] = (cube._time_stop[-1], "[d] BTJD stop of the last plane")
+    h["NTIME"] = (cube.shape[0], "number of time planes")
+    h["PIXBIN"] = (cube.pixel_bin, "[pixel] bin size in rows and columns")
+    if not cube.region.is_full:
+        for key, card in cube.region.to_header().items():
+            h[key] = card
+    image_header = fits.Header()
+    image_header["BUNIT"] = ("electron/s", "per pixel")
+    if compact:
+        data_hdus = _lowrank_hdus(cube._lowrank, h, image_header)
+    else:
+        data_hdus = [
+            fits.ImageHDU(np.asarray(cube._flux, np.float32), image_header, name="FLUX"),
+            fits.ImageHDU(np.asarray(cube._flux_err, np.float32), image_header, name="FLUX_ERR"),
+        ]
+    time = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("TIME", "D", unit="d", array=cube._time),
+            fits.Column("TSTART", "D", unit="d", array=cube._time_start),
+            fits.Column("TSTOP", "D", unit="d", array=cube._time_stop),
+            fits.Column("NFRAMES", "J", array=cube.nframes),
+        ],
+        name="TIME",
+    )
+    time.header["TIMESYS"] = "TDB"
+    row = fits.ImageHDU(cube.row, name="ROW")
+    col = fits.ImageHDU(cube.column, name="COLUMN")
+    for hdu in (row, col):
+        hdu.header["COMMENT"] = "bin centres, 1-based CCD pixels incl. 44 collateral columns"
+    npix = fits.ImageHDU(cube.npix, name="NPIX")
+    keys = sorted(cube.meta)
+    provenance = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("KEY", "A64", array=np.array(keys, dtype="U64")),
+            fits.Column(
+                "VALUE",
+                f"A{max([len(json.dumps(cube.meta[k])) for k in keys] + [1])}",
+                array=np.array([json.dumps(cube.meta[k]) for k in keys]),
+            ),
+        ],
+        name="PROVENANCE",
+    )
+    straps = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("COLUMN", "J", array=cube.strap_column),
+            fits.Column("RESPONSE", "D", array=cube.strap_response),
+        ],
+        name="STRAPS",
+    )
+    straps.header["COMMENT"] = "scattered-light response of strap columns vs neighbours"
+    fine = cube.fine.to_hdus() if cube.fine is not None and len(cube.fine) else []
+    return fits.HDUList([primary, *data_hdus, time, row, col, npix, provenance, straps, *fine])
+
+
+class _FitsImage:
+    """A FITS image extension read on demand: only the requested section is loaded."""
+
+    def __init__(self, path: Path, extname: str, shape: tuple[int, ...]):
+        self.path, self.extname, self.shape = path, extname, shape
+
+    def __getitem__(self, index) -> np.ndarray:
+        # A memory map touches only the pages of the requested block; the copy
+        # detaches it from the file, which is closed again.
+        with fits.open(self.path, memmap=True, lazy_load_hdus=True) as hdul:
+            return np.array(hdul[self.extname].data[index], dtype=np.float32)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[...], dtype=dtype)
+
+
+def default_extents(btjd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plane start and stop halfway to the neighbouring centres, capped at half the
+    median spacing: the outer planes and the planes next to a gap extend by that much,
+    so a gap between planes remains a hole that `interpolate.time_segments` sees."""
+    if btjd.size == 1:
+        return btjd.copy(), btjd.copy()
+    gaps = np.diff(btjd)
+    half = np.full(btjd.size, np.median(gaps) / 2)
+    start = btjd - np.minimum(half, np.concatenate([[np.inf], gaps / 2]))
+    stop = btjd + np.minimum(half, np.concatenate([gaps / 2, [np.inf]]))
+    return start, stop
+
+
+def _header_unit_ok(header: fits.Header, extname: str) -> None:
+    bunit = str(header.get("BUNIT", "")).strip()
+    if bunit not in _ACCEPTED_BUNITS:
+        raise CubeFormatError(
+            f"Extension {extname} has BUNIT {bunit!r}; expected 'electron/s' (e-/s per pixel)."
+        )
+
+
+def _read_lk(hdul: fits.HDUList, path: Path, names: list[str]) -> CubeFields:
+    """Read an lk_scatterlight cube file, format version 1 or 2 (either encoding)."""
+    header = hdul[0].header
+    version = header["SLFORMAT"]
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CubeFormatError(
+            f"{path} has cube format version {version!r}; this lk_scatterlight reads versions "
+            f"1..{FORMAT_VERSION}. Upgrade lk_scatterlight (pip install -U lk_scatterlight)."
+        )
+    encoding = "DENSE" if version == 1 else header.get("SLENCODE")
+    if encoding not in ENCODINGS:
+        raise CubeFormatError(
+            f"{path} has cube encoding SLENCODE = {encoding!r}; format version {version} "
+            f"defines {', '.join(ENCODINGS)}. The file may come from a newer lk_scatterlight "
+            "(pip install -U lk_scatterlight) or be damaged."
+        )
+    data = ["FLUX", "FLUX_ERR"] if encoding == "DENSE" else list(_LOWRANK_EXTENSIONS)
+    required = data + ["TIME", "ROW", "COLUMN", "NPIX"]
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise CubeFormatError(
+            f"{path} ({encoding} encoding) is missing extension(s) {', '.join(missing)}."
+        )
+    for key in ("SECTOR", "CAMERA", "CCD"):
+        if key not in header:
+            raise CubeFormatError(f"{path}: primary header has no {key} keyword.")
+    for ext in data:
+        if ext not in ("FLUX_COMP", "ERR_SCALE"):  # those two are dimensionless
+            _header_unit_ok(hdul[ext].header, ext)
+    table = hdul["TIME"].data
+    for colname in ("TIME", "TSTART", "TSTOP", "NFRAMES"):
+        if colname not in table.columns.names:
+            raise CubeFormatError(f"{path}: TIME table has no {colname} column.")
+    unit = str(hdul["TIME"].columns["TIME"].unit or "").strip()
+    if unit != "d":
+        raise CubeFormatError(f"{path}: TIME column unit is {unit!r}, expected 'd' (BTJD days).")
+    meta = {}
+    if "PROVENANCE" in names:
+        prov = hdul["PROVENANCE"].data
+        try:
+            meta = {
+                str(k).strip(): json.loads(v)
+                for k, v in zip(prov["KEY"], prov["VALUE"], strict=True)
+            }
+        except json.JSONDecodeError as err:
+            raise CubeFormatError(
+                f"{path}: PROVENANCE holds a value that is not JSON: {err}"
+            ) from err
+    args = (
+        header["SECTOR"],
+        header["CAMERA"],
+        header["CCD"],
+        np.array(table["TIME"], dtype=float),
+        np.array(table["TSTART"], dtype=float),
+        np.array(table["TSTOP"], dtype=float),
+        np.array(hdul["ROW"].data, dtype=float),
+        np.array(hdul["COLUMN"].data, dtype=float),
+    )
+    try:
+        region = Region.from_header(header)
+    except ValueError as err:
+        raise CubeFormatError(f"{path}: {err}") from err
+    kwargs = {
+        "region": region,
+        "npix": np.array(hdul["NPIX"].data),
+        "nframes": np.array(table["NFRAMES"]),
+        "meta": meta,
+        **_read_straps(hdul, names),
+    }
+    if any(n in names for n in FINE_EXTENSIONS):
+        missing = [n for n in FINE_EXTENSIONS if n not in names]
+        if missing:
+            raise CubeFormatError(f"{path} has a fine layer without extension {missing[0]}.")
+        kwargs["fine"] = FineLayer.from_hdul(hdul, path)
+    if encoding == "LOWRANK":
+        return CubeFields(args, kwargs, None, None, _read_lowrank(hdul, path))
+    shape, shape_err = tuple(hdul["FLUX"].shape), tuple(hdul["FLUX_ERR"].shape)  # from headers
+    if len(shape) != 3 or shape_err != shape:
+        raise CubeFormatError(
+            f"{path}: FLUX has shape {shape} and FLUX_ERR {shape_err}; both must be "
+            "(time, row, column)."
+        )
+    small = np.prod(shape) <= 2**22  # up to 16 MB of float32: check every value now
+    flux = _FitsImage(path, "FLUX", shape)
+    flux_err = _FitsImage(path, "FLUX_ERR", shape)
+    if small:
+        flux, flux_err = np.asarray(flux), np.asarray(flux_err)
+    return CubeFields(args, kwargs, flux, flux_err, None)
+
+
+def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
+    """The factors and compression keywords of a ``LOWRANK`` file."""
+    header = hdul[0].header
+    values = {}
+    for key, field, _ in _COMPRESSION_CARDS:
+        value = header.get(key)
+        integer = field in ("rank", "max_rank")
+        if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+            raise CubeFormatError(
+                f"{path}: the LOWRANK encoding needs the primary keyword {key} "
+                f"({'an integer' if integer else 'a number'}), found {value!r}."
+            )
+        values[field] = value
+    arrays = {}
+    for name, ndim in _LOWRANK_EXTENSIONS.items():
+        hdu = hdul[name]
+        shape = tuple(hdu.shape)
+        if len(shape) != ndim:
+            raise CubeFormatError(
+                f"{path}: extension {name} has shape {shape}; the LOWRANK encoding needs "
+                f"{ndim} axes."
+            )
+        # A rank-0 cube has empty component and coefficient arrays.
+        arrays[name] = np.zeros(shape, np.float32) if 0 in shape else np.array(hdu.data)
+    try:
+        return LowRank(
+            arrays["FLUX_MEAN"],
+            arrays["FLUX_COMP"],
+            arrays["FLUX_COEF"],
+            arrays["ERR_SCALE"],
+            arrays["ERR_IMAGE"],
+            CompressionInfo(**values),
+        )
+    except CubeFormatError as err:
+        raise CubeFormatError(f"{path}: {err}") from err
+
+
+def _read_straps(hdul: fits.HDUList, names: list[str]) -> dict[str, np.ndarray]:
+    """The optional STRAPS table as keyword arguments of `ScatterLightCube`."""
+    if "STRAPS" not in names:
+        return {}
+    table = hdul["STRAPS"].data
+    return {
+        "strap_column": np.array(table["COLUMN"], dtype=int),
+        "strap_response": np.array(table["RESPONSE"], dtype=float),
+    }
+
+
+def _read_tess_backml(hdul: fits.HDUList, path: Path) -> CubeFields:
+    """Convert a tess-backml 0.2/0.3 cube to our conventions.
+
+    Conversions (see docs/format.rst):
+
+    * data: the FITS array (2, T, Y, X) is read by numpy as (X, Y, T, 2);
+      ``data.T[0]`` is flux (T, Y, X) and ``data.T[1]`` its error.
+    * time: the TIME table holds JD (TDB); BTJD = JD - 2457000. Plane extents
+      are the TIMBINS width around each centre, cut halfway to a closer
+      neighbour (the last bin of an orbit is shorter).
+    * rows: tess-backml binned the 0-based array rows ``0:2048``; bin ``i``
+      covers 1-based rows ``1 + b i .. b (i + 1)``, centre ``b i + (b + 1) / 2``.
+    * columns: it binned the 0-based array columns ``45:2093``, one column to
+      the right of the science area ``44:2092``; bin ``j`` covers 1-based
+      columns ``46 + b j .. 45 + b (j + 1)``, centre ``45 + b j + (b + 1) / 2``.
+      Its own centres (``start + b/2``) are half a pixel low and, for columns,
+      0-based.
+    """
+    header = hdul[0].header
+    for key in ("SECTOR", "CAMERA", "CCD", "PIXBIN"):
+        if key not in header:
+            raise CubeFormatError(f"{path}: tess-backml cube has no {key} keyword.")
+    if "TIME" not in [h.name for h in hdul]:
+        raise CubeFormatError(f"{path}: tess-backml cube has no TIME extension.")
+    data = np.asarray(hdul["SCATTER LIGHT CUBE"].data, dtype=np.float32)
+    if data.ndim != 4 or data.shape[-1] != 2:
+        raise CubeFormatError(
+            f"{path}: 'SCATTER LIGHT CUBE' has numpy shape {data.shape}; tess-backml writes "
+            "(X, Y, T, 2)."
+        )
+    flux, flux_err = data.T[0], data.T[1]
+    jd = np.array(hdul["TIME"].data["time"], dtype=float)
+    btjd = jd - BTJD_OFFSET
+    width = float(header.get("TIMBINS", 0)) / 24.0
+    if width > 0:
+        half = np.full(btjd.size, width / 2)
+        gaps = np.diff(btjd)
+        start = btjd - np.minimum(half, np.concatenate([[np.inf], gaps / 2]))
+        stop = btjd + np.minimum(half, np.concatenate([gaps / 2, [np.inf]]))
+    else:  # not binned in time: one plane per FFI, edges halfway between centres
+        start, stop = default_extents(btjd)
+    b = int(header["PIXBIN"])
+    ny, nx = flux.shape[1:]
+    row = b * np.arange(ny) + (b + 1) / 2
+    column = 45 + b * np.arange(nx) + (b + 1) / 2
+    npix = np.asarray(hdul["PIXEL COUNTS"].data) if "PIXEL COUNTS" in hdul else None
+    # Frames per plane are not recorded: 1 when unbinned, 0 ("unknown") when binned.
+    nframes = np.full(btjd.size, 0 if width > 0 else 1)
+    meta = {
+        "creator": str(header.get("CREATOR", "tess-backml")),
+        "version": str(header.get("PROCVER", "")),
+        "source_format": "tess-backml",
+        "pixel_bin": b,
+        "pixel_bin_method": str(header.get("PIXBINM", "")),
+        "time_bin_hours": float(header.get("TIMBINS", 0)),
+        "time_bin_method": str(header.get("TIMBINM", "")),
+    }
+    axes = (header["SECTOR"], header["CAMERA"], header["CCD"], btjd, start, stop, row, column)
+    options = {"npix": npix, "nframes": nframes, "meta": meta}
+    return CubeFields(axes, options, flux, flux_err, None)
+
+
+# ---------------------------------------------------------------------- low-rank encoding
+#: Extensions of the LOWRANK encoding and their number of axes.
+_LOWRANK_EXTENSIONS = {
+    "FLUX_MEAN": 2,
+    "FLUX_COMP": 3,
+    "FLUX_COEF": 2,
+    "ERR_IMAGE": 2,
+    "ERR_SCALE": 1,
+}
+#: Primary-header cards of a LOWRANK file: keyword, `CompressionInfo` field, comment.
+_COMPRESSION_CARDS = (
+    ("SLRANK", "rank", "spatial components besides the mean"),
+    ("SLMAXRNK", "max_rank", "cap on the number of components"),
+    ("SLTOL", "tolerance", "rank rule: resid RMS <= (1+SLTOL) noise RMS"),
+    ("SLNOISE", "noise_rms", "[electron/s] RMS of the dense FLUX_ERR"),
+    ("SLRESRMS", "residual_rms", "[electron/s] RMS of compact - dense flux"),
+    ("SLRESMAX", "residual_max", "[electron/s] max |compact - dense flux|"),
+    ("SLTRUNC", "truncation_rms", "[electron/s] dropped signal RMS, in errors"),
+    ("SLERRRMS", "err_model_rms", "RMS relative error of the error model"),
+    ("SLERRMAX", "err_model_max", "max relative error of the error model"),
+)
+
+
+def _lowrank_hdus(
+    lowrank: LowRank, primary: fits.Header, image_header: fits.Header
+) -> list[fits.ImageHDU]:
+    """The data extensions of a LOWRANK file; adds the compression cards to ``primary``."""
+    for key, field, comment in _COMPRESSION_CARDS:
+        value = getattr(lowrank.info, field)
+        primary[key] = (int(value) if field in ("rank", "max_rank") else float(value), comment)
+    hdus = [
+        fits.ImageHDU(lowrank.mean, image_header, name="FLUX_MEAN"),
+        fits.ImageHDU(lowrank.components, name="FLUX_COMP"),
+        fits.ImageHDU(lowrank.coefficients, image_header, name="FLUX_COEF"),
+        fits.ImageHDU(lowrank.err_image, image_header, name="ERR_IMAGE"),
+        fits.ImageHDU(lowrank.err_scale, name="ERR_SCALE"),
+    ]
+    comments = (
+        "temporal mean of FLUX, (nrow, ncol)",
+        "spatial components, orthonormal, (k, nrow, ncol)",
+        "temporal coefficients, (ntime, k)",
+        "FLUX_ERR = hypot(ERR_SCALE[t] ERR_IMAGE, SLTRUNC)",
+        "dimensionless, RMS 1, (ntime,)",
+    )
+    for hdu, comment in zip(hdus, comments, strict=True):
+        hdu.header["COMMENT"] = comment
+    hdus[0].header["COMMENT"] = "FLUX[t] = FLUX_MEAN + sum_i FLUX_COEF[t, i] FLUX_COMP[i]"
+    return hdus
