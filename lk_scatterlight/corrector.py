@@ -290,14 +290,7 @@ class ScatterLightCorrector(Corrector):
         if isinstance(self.cube, ScatterLightCube) and np.isfinite(step) and step > 0:
             width = float(np.median(self.cube.time_stop.value - self.cube.time_start.value))
             window = max(1, int(round(width / step)))
-        fusion = fuse_model(
-            flux,
-            flux_err,
-            model.flux.value,
-            model.flux_err.value,
-            self.aperture_mask,
-            window=window,
-        )
+        fusion = fuse_model(flux, flux_err, model.flux.value, self.aperture_mask, window=window)
         if fusion is None:
             warnings.warn(
                 "The TPF has too few background pixels outside the aperture to check the "
@@ -337,11 +330,10 @@ class ScatterLightCorrector(Corrector):
                 self.tpf.time.value, self.tpf.flux.value, self.tpf.flux_err.value, model
             )
         if self.fusion is not None:
-            # The offset is one level for all pixels: its noise adds n**2 times.
+            # The offset is one level for all pixels: it counts n times in the sum.
             n = float(self.aperture_mask.sum())
-            var = model_err.value**2 + n**2 * self.fusion.offset_var
+            model_err = np.sqrt(self.fusion.variance(model_err.value**2, npix=n)) * unit
             model_flux = model_flux + (n * self.fusion.offset) * unit
-            model_err = np.sqrt(var) * unit
         self.model_lc = LightCurve(
             time=original.time, flux=model_flux, flux_err=model_err, meta={"LABEL": "SL model"}
         )
@@ -418,24 +410,26 @@ class ScatterLightCorrector(Corrector):
         time = np.asarray(table["TIME"], dtype=float)
         finite = np.isfinite(time)
         model = self.cube.evaluate(time[finite], self.rows, self.columns, bounds="nan")
-        flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan)
-        err_model = np.full_like(flux_model, np.nan)
-        flux_model[finite] = model.flux.to_value(u.electron / u.s)
-        err_model[finite] = model.flux_err.to_value(u.electron / u.s)
-        fusion = (
-            self._fuse(time[finite], table["FLUX"][finite], table["FLUX_ERR"][finite], model)
-            if self.fuse
-            else None
-        )
+        model_flux = model.flux.to_value(u.electron / u.s)
+        model_err = model.flux_err.to_value(u.electron / u.s)
+        # FLUX and FLUX_ERR read once, contiguous (a table column is strided by its rows).
+        flux, flux_err = (np.array(table[name], order="C") for name in ("FLUX", "FLUX_ERR"))
+        rows = slice(None) if finite.all() else finite
+        fusion = self._fuse(time[rows], flux[rows], flux_err[rows], model) if self.fuse else None
         self.fusion_tpf = fusion
-        if fusion is not None:
-            err_model[finite] = np.sqrt(err_model[finite] ** 2 + fusion.offset_var[:, None, None])
-            flux_model[finite] += fusion.offset[:, None, None]
+        if fusion is not None and fusion.weight.any():  # one level per cadence, added here
+            model_flux = model_flux + fusion.offset[:, None, None].astype(model_flux.dtype)
+            model_err = fusion.variance(model_err**2)
+            np.sqrt(model_err, out=model_err)
+        flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan, dtype=model_flux.dtype)
+        err_model = np.full_like(flux_model, np.nan)
+        flux_model[finite] = model_flux
+        err_model[finite] = model_err
         ok = np.zeros(time.size, dtype=bool)
         ok[finite] = model.valid
-        table["FLUX"][ok] = table["FLUX"][ok] - flux_model[ok]
+        table["FLUX"][ok] = flux[ok] - flux_model[ok]
         table["FLUX"][~ok] = np.nan
-        table["FLUX_ERR"][ok] = np.hypot(table["FLUX_ERR"][ok], err_model[ok])
+        table["FLUX_ERR"][ok] = np.hypot(flux_err[ok], err_model[ok])
         if "FLUX_BKG" in table.columns.names:
             table["FLUX_BKG"][ok] = np.nan_to_num(table["FLUX_BKG"][ok]) + flux_model[ok]
         if "FLUX_BKG_ERR" in table.columns.names:

@@ -14,7 +14,7 @@ A cube is held either **dense** (every value stored, as float32 arrays) or
 **compact** (`ScatterLightCube.compress`): a mean image plus ``k`` spatial
 components and ``k`` temporal coefficient series from a truncated SVD, with a
 rank-1 model of the uncertainty. Compact cubes are evaluated directly from their
-factors, and written as the ``LOWRANK`` encoding of format version 2.
+factors, and written as the ``LOWRANK`` encoding of the cube format.
 
 The FITS format lives in `lk_scatterlight.cubefile` and the compression in
 `lk_scatterlight.lowrank`; both work on arrays, so this module is the only one
@@ -442,16 +442,19 @@ class ScatterLightCube:
         For a noiseless cube the target is ``2**-20`` times the RMS flux (float32
         round-off).
 
-        **Error model.** ``flux_err`` is stored as a rank-1 product
-        ``scale[t] * image[r, c]`` (leading singular pair of ``flux_err``; its
-        relative accuracy is recorded), and the estimated RMS of the signal the
-        truncation dropped, ``truncation_rms`` (see `CompressionInfo`), is added in
-        quadrature: ``flux_err**2 = (scale image)**2 + truncation_rms**2``. As in a
-        dense cube, the errors are 1-sigma per bin and plane and are treated as
-        independent. The reconstruction carries less noise than the dense cube
-        (the truncation averages it down), so for noise the stored error is
-        conservative; the truncation term is an RMS, while the dropped signal is
-        smooth and correlated across bins and planes.
+        **Error model.** ``flux_err`` is the error of the reconstruction, not of
+        the dense cube: a truncated SVD keeps only the part of the noise that
+        lies in its components (`~lk_scatterlight.lowrank.noise_projection`).
+        With the dense errors modelled as ``scale[t] * image[r, c]`` (their
+        leading singular pair; its accuracy is recorded),
+        ``flux_err**2 = G[t] image**2 + G'[t] H[r, c] + truncation_rms**2``:
+        the noise the temporal components keep (smooth in time), the noise the
+        spatial components keep of the rest (smooth in space) and the estimated
+        RMS of the signal the truncation dropped (`CompressionInfo`). On
+        simulated sectors this is 5 to 10 times below the dense errors and
+        within 10 % of the actual error against the noiseless truth.
+        Evaluation combines each term as it is correlated (see
+        `~lk_scatterlight.lowrank.evaluate_factors`).
 
         Parameters
         ----------
@@ -564,7 +567,9 @@ class ScatterLightCube:
             # All times at once (invalid ones get NaN rows): no expanded copies.
             lr, tw = self._lowrank, (left, right, w_right, valid)
             flux = evaluate_factors(lr.flux_coef, lr.flux_comp, *tw, wr, wc, r0, c0)
-            var = evaluate_factors(lr.var_coef, lr.var_comp, *tw, wr, wc, r0, c0, squared=True)
+            var = evaluate_factors(
+                lr.var_coef, lr.var_comp, *tw, wr, wc, r0, c0, squared=True, smooth=lr.var_smooth
+            )
         else:
             li, ri, w = left[valid], right[valid], w_right[valid]
             p0, p1 = li.min(), ri.max() + 1
@@ -636,7 +641,16 @@ class ScatterLightCube:
                 comp = lr.flux_comp[:, r0:r1, c0:c1].astype(float)
                 f_pl = lr.flux_coef[p0:p1].astype(float) @ np.einsum("mrc,rc->m", comp, weights)
                 comp = lr.var_comp[:, r0:r1, c0:c1]
-                v_pl = lr.var_coef[p0:p1] @ np.einsum("mrc,rc->m", comp, weights**2)
+                # Per variance term (`evaluate_factors`): correlated between bins, the
+                # standard deviations add; correlated between planes, the variances do.
+                in_space = np.einsum("mrc,rc->m", comp, weights**2)
+                correlated = lr.var_smooth[:, 1]
+                in_space[correlated] = (
+                    np.einsum("mrc,rc->m", np.sqrt(comp[correlated]), weights) ** 2
+                )
+                terms = lr.var_coef[p0:p1] * in_space
+                smooth = terms[:, lr.var_smooth[:, 0]].sum(axis=1)
+                v_pl = terms[:, ~lr.var_smooth[:, 0]].sum(axis=1)
             else:
                 block = self._block(self._flux, p0, p1, r0, r1, c0, c1)
                 f_pl = np.einsum("trc,rc->t", block, weights)
@@ -645,6 +659,8 @@ class ScatterLightCube:
             li, ri, w = left[valid] - p0, right[valid] - p0, w_right[valid]
             flux[valid] = (1 - w) * f_pl[li] + w * f_pl[ri]
             var[valid] = (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
+            if self._lowrank is not None:
+                var[valid] += (1 - w) * smooth[li] + w * smooth[ri]
             fine = None
             if self.fine is not None:
                 fine = self.fine.evaluate_sum(

@@ -355,6 +355,14 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
             )
         # A rank-0 cube has empty component and coefficient arrays.
         arrays[name] = np.zeros(shape, np.float32) if 0 in shape else np.array(hdu.data)
+    # The noise projection (version 3): both extensions or neither.
+    present = [name for name in _PROJECTION_EXTENSIONS if name in hdul]
+    if len(present) == 1:
+        raise CubeFormatError(
+            f"{path}: the LOWRANK encoding has {present[0]} without "
+            f"{(set(_PROJECTION_EXTENSIONS) - set(present)).pop()}; the file is damaged."
+        )
+    projection = [np.array(hdul[name].data) for name in _PROJECTION_EXTENSIONS if present]
     try:
         return LowRank(
             arrays["FLUX_MEAN"],
@@ -363,6 +371,7 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
             arrays["ERR_SCALE"],
             arrays["ERR_IMAGE"],
             CompressionInfo(**values),
+            *projection,
         )
     except CubeFormatError as err:
         raise CubeFormatError(f"{path}: {err}") from err
@@ -450,6 +459,8 @@ _LOWRANK_EXTENSIONS = {
     "ERR_IMAGE": 2,
     "ERR_SCALE": 1,
 }
+#: Optional extensions (version 3): how much of the noise the factors keep.
+_PROJECTION_EXTENSIONS = ("ERR_TIME", "ERR_SPACE")
 #: Primary-header cards of a LOWRANK file: keyword, `CompressionInfo` field, comment.
 _COMPRESSION_CARDS = (
     ("SLRANK", "rank", "spatial components besides the mean"),
@@ -478,13 +489,24 @@ def _lowrank_hdus(
         fits.ImageHDU(lowrank.err_image, image_header, name="ERR_IMAGE"),
         fits.ImageHDU(lowrank.err_scale, name="ERR_SCALE"),
     ]
-    comments = (
+    comments = [
         "temporal mean of FLUX, (nrow, ncol)",
         "spatial components, orthonormal, (k, nrow, ncol)",
         "temporal coefficients, (ntime, k)",
-        "FLUX_ERR = hypot(ERR_SCALE[t] ERR_IMAGE, SLTRUNC)",
+        "dense FLUX_ERR ~ ERR_SCALE[t] ERR_IMAGE",
         "dimensionless, RMS 1, (ntime,)",
-    )
+    ]
+    if lowrank.err_time is not None:
+        hdus += [
+            fits.ImageHDU(lowrank.err_time, name="ERR_TIME"),
+            fits.ImageHDU(lowrank.err_space, image_header, name="ERR_SPACE"),
+        ]
+        comments += [
+            "noise kept, dimensionless, (ntime, 2); see docs",
+            "FLUX_ERR**2 = T0 ERR_IMAGE**2 + T1 ERR_SPACE**2 + SLTRUNC**2",
+        ]
+    else:
+        comments[3] = "FLUX_ERR = hypot(ERR_SCALE[t] ERR_IMAGE, SLTRUNC)"
     for hdu, comment in zip(hdus, comments, strict=True):
         hdu.header["COMMENT"] = comment
     hdus[0].header["COMMENT"] = "FLUX[t] = FLUX_MEAN + sum_i FLUX_COEF[t, i] FLUX_COMP[i]"

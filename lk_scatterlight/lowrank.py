@@ -32,6 +32,7 @@ __all__ = [
     "Factored",
     "Planes",
     "compress_planes",
+    "noise_projection",
     "evaluate_factors",
     "is_file_map",
     "check_values",
@@ -124,7 +125,15 @@ class LowRank:
     """The factors of a compact cube (see ``docs/format.rst``, encoding ``LOWRANK``).
 
     flux[t, r, c] = mean[r, c] + sum_i coefficients[t, i] components[i, r, c]
-    flux_err[t, r, c]**2 = (err_scale[t] err_image[r, c])**2 + truncation_rms**2
+
+    With the noise projection (``err_time`` and ``err_space``, format version 3),
+
+    flux_err[t, r, c]**2 = err_time[t, 0] err_image[r, c]**2
+    + err_time[t, 1] err_space[r, c]**2 + truncation_rms**2
+
+    (see `noise_projection`); without it (version 2 files),
+    flux_err[t, r, c]**2 = (err_scale[t] err_image[r, c])**2 + truncation_rms**2,
+    the dense cube's noise, which overstates the reconstruction's.
     """
 
     def __init__(
@@ -135,26 +144,36 @@ class LowRank:
         err_scale: np.ndarray,
         err_image: np.ndarray,
         info: CompressionInfo,
+        err_time: np.ndarray | None = None,
+        err_space: np.ndarray | None = None,
     ):
         self.mean = np.asarray(mean, dtype=np.float32)
         self.components = np.asarray(components, dtype=np.float32)
         self.coefficients = np.asarray(coefficients, dtype=np.float32)
         self.err_scale = np.asarray(err_scale, dtype=np.float32)
         self.err_image = np.asarray(err_image, dtype=np.float32)
+        self.err_time = None if err_time is None else np.asarray(err_time, dtype=np.float32)
+        self.err_space = None if err_space is None else np.asarray(err_space, dtype=np.float32)
         self.info = info
         self._check()
         nt = self.coefficients.shape[0]
-        # The mean is one more component with coefficient 1; the variance is the rank-2
-        # product [scale**2, 1] x [image**2, truncation**2]. Both are evaluated like flux.
+        # The mean is one more component with coefficient 1; the variance is a sum of
+        # products (time series) x (image), evaluated like flux. Per term, ``var_smooth``
+        # says whether its errors are fully correlated between neighbouring planes (time)
+        # and bins (space), and so combine linearly in the standard deviation, or are
+        # independent, and combine in quadrature (see `evaluate_factors`).
         self.flux_coef = np.hstack([np.ones((nt, 1), np.float32), self.coefficients])
         self.flux_comp = np.concatenate([self.mean[None], self.components])
-        self.var_coef = np.column_stack([self.err_scale.astype(float) ** 2, np.ones(nt)])
-        self.var_comp = np.stack(
-            [
-                self.err_image.astype(float) ** 2,
-                np.full(self.mean.shape, float(info.truncation_rms) ** 2),
-            ]
-        )
+        truncation = np.full(self.mean.shape, float(info.truncation_rms) ** 2)
+        image2 = self.err_image.astype(float) ** 2
+        if self.err_time is None:  # the dense cube's noise, and the dropped signal
+            self.var_coef = np.column_stack([self.err_scale.astype(float) ** 2, np.ones(nt)])
+            self.var_comp = np.stack([image2, truncation])
+            self.var_smooth = np.array([[False, False], [True, True]])
+        else:  # the noise the temporal and the spatial components keep, the dropped signal
+            self.var_coef = np.column_stack([self.err_time.astype(float), np.ones(nt)])
+            self.var_comp = np.stack([image2, self.err_space.astype(float) ** 2, truncation])
+            self.var_smooth = np.array([[True, False], [False, True], [True, True]])
 
     @property
     def rank(self) -> int:
@@ -185,12 +204,28 @@ class LowRank:
             problems.append(
                 f"the rank is recorded as {self.info.rank} but there are {self.rank} components"
             )
+        elif (self.err_time is None) != (self.err_space is None):
+            problems.append("the noise projection needs both its time factors and its image")
+        elif self.err_time is not None and self.err_time.shape != (len(self.err_scale), 2):
+            problems.append(
+                f"the noise projection's time factors have shape {self.err_time.shape}, "
+                f"expected ({len(self.err_scale)}, 2)"
+            )
+        elif self.err_space is not None and self.err_space.shape != shape2d:
+            problems.append(
+                f"the noise projection's image has shape {self.err_space.shape}, expected {shape2d}"
+            )
         if not problems:
-            for name in ("mean", "components", "coefficients", "err_scale", "err_image"):
+            names = ["mean", "components", "coefficients", "err_scale", "err_image"]
+            errors = [self.err_scale, self.err_image]
+            if self.err_time is not None:
+                names += ["err_time", "err_space"]
+                errors += [self.err_time, self.err_space]
+            for name in names:
                 if not np.all(np.isfinite(getattr(self, name))):
                     problems.append(f"{name} has NaN or infinite values")
-            if np.any(self.err_scale < 0) or np.any(self.err_image < 0):
-                problems.append("the error scale and image must be non-negative")
+            if any(np.any(e < 0) for e in errors):
+                problems.append("the error factors must be non-negative")
             trunc = float(self.info.truncation_rms)
             if not (np.isfinite(trunc) and trunc >= 0):
                 problems.append(f"the truncation RMS must be finite and >= 0, found {trunc!r}")
@@ -228,6 +263,7 @@ def evaluate_factors(
     r0: int,
     c0: int,
     squared: bool = False,
+    smooth: np.ndarray | None = None,
 ) -> np.ndarray:
     """``coef @ comp`` interpolated to times and pixels without reconstructing planes.
 
@@ -241,18 +277,36 @@ def evaluate_factors(
     row_weights, col_weights : ndarray, shapes (nrow, rb), (ncol, cb)
         Spatial weights on the bins ``r0:r0 + rb``, ``c0:c0 + cb``.
     squared : bool
-        Square all weights, to propagate variances.
+        Propagate variances: ``coef`` and ``comp`` are variance factors, combined
+        with squared weights (independent errors).
+    smooth : array of bool, shape (m, 2), optional
+        With ``squared``, per term: whether its errors are fully correlated
+        between neighbouring planes (column 0) and bins (column 1). Correlated
+        in time, the variance is interpolated with linear weights (an upper
+        bound of the exact ``((1 - w) s1 + w s2)**2``); in space, the standard
+        deviations ``sqrt(comp)`` are interpolated and squared.
 
     Returns
     -------
     ndarray of float32, shape (n, nrow, ncol)
     """
     rb, cb = row_weights.shape[1], col_weights.shape[1]
-    if squared:
-        row_weights, col_weights = row_weights**2, col_weights**2
     block = np.asarray(comp[:, r0 : r0 + rb, c0 : c0 + cb], dtype=float)
-    images = interpolate.apply_weights(block, row_weights, col_weights)  # (m, nrow, ncol)
-    series = interpolate.blend(np.asarray(coef, dtype=float), left, right, w_right, squared)
+    coef = np.asarray(coef, dtype=float)
+    if squared:
+        smooth = np.zeros((len(block), 2), bool) if smooth is None else np.asarray(smooth)
+        images = interpolate.apply_weights(block, row_weights**2, col_weights**2)
+        if smooth[:, 1].any():
+            deviation = np.sqrt(block[smooth[:, 1]])
+            images[smooth[:, 1]] = (
+                interpolate.apply_weights(deviation, row_weights, col_weights) ** 2
+            )
+        series = interpolate.blend(coef, left, right, w_right, squared=True)
+        if smooth[:, 0].any():
+            series[:, smooth[:, 0]] = interpolate.blend(coef[:, smooth[:, 0]], left, right, w_right)
+    else:
+        images = interpolate.apply_weights(block, row_weights, col_weights)  # (m, nrow, ncol)
+        series = interpolate.blend(coef, left, right, w_right)
     # float32, like the dense path: (n, m) @ (m, nrow * ncol) is a single sgemm.
     out = series.astype(np.float32) @ images.reshape(images.shape[0], -1).astype(np.float32)
     out[~valid] = np.nan
@@ -516,6 +570,55 @@ def _achieved_residual(
     return float(np.sqrt(sum2 / (flux.ntime * flux.npix))), float(worst)
 
 
+def noise_projection(
+    temporal: np.ndarray, components: np.ndarray, scale: np.ndarray, image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """How much of the dense cube's noise a truncated SVD keeps, per plane and bin.
+
+    The reconstruction is ``R = P_T X + (I - P_T) X P_S`` to first order in
+    the noise, with ``P_T`` the projector on the constant and the ``k`` kept
+    temporal singular vectors (``ntime x ntime``) and ``P_S`` on the ``k``
+    spatial components (``npix x npix``). Noise ``E`` with independent entries
+    of variance ``(scale[t] image[b])**2`` therefore leaves in ``R``
+
+    ``var[t, b] = G[t] image[b]**2 + G'[t] H[b]``
+
+    with ``G[t] = sum_t' P_T[t, t']**2 scale[t']**2``,
+    ``G'[t] = sum_t' (I - P_T)[t, t']**2 scale[t']**2`` and
+    ``H[b] = sum_b' P_S[b, b']**2 image[b']**2`` (their cross term vanishes for
+    a constant ``scale`` and is dropped). The first term is the noise the
+    temporal components carry (smooth in time: they are), the second the
+    spatial components' share of the rest (independent from plane to plane).
+    Each costs ``O(k**2)`` per plane or bin.
+
+    Parameters
+    ----------
+    temporal : ndarray, shape (ntime, k)
+        Orthonormal temporal singular vectors (orthogonal to the constant).
+    components : ndarray, shape (k, npix)
+        Orthonormal spatial components.
+    scale, image : ndarray, shapes (ntime,), (npix,)
+        Rank-1 model of the dense cube's errors.
+
+    Returns
+    -------
+    err_time : ndarray, shape (ntime, 2)
+        ``G`` and ``G'``.
+    err_space : ndarray, shape (npix,)
+        ``sqrt(H)`` [e-/s].
+    """
+    nt = temporal.shape[0]
+    q = np.column_stack([np.full(nt, 1 / np.sqrt(nt)), temporal])  # basis of P_T
+    s2 = np.asarray(scale, dtype=float) ** 2
+    g = np.einsum("ti,ij,tj->t", q, (q * s2[:, None]).T @ q, q)
+    leverage = np.einsum("ti,ti->t", q, q)  # P_T[t, t]
+    g_rest = np.clip(s2 * (1 - 2 * leverage) + g, 0, None)
+    e2 = np.asarray(image, dtype=float) ** 2
+    v = np.asarray(components, dtype=float)
+    h = np.einsum("ib,ij,jb->b", v, (v * e2) @ v.T, v)
+    return np.column_stack([g, g_rest]), np.sqrt(np.clip(h, 0, None))
+
+
 def compress_planes(flux: Planes, flux_err: Planes, tolerance: float, max_rank: int) -> LowRank:
     """Truncated-SVD factors of a cube read plane block by plane block.
 
@@ -552,6 +655,8 @@ def compress_planes(flux: Planes, flux_err: Planes, tolerance: float, max_rank: 
     mean32 = stats.mean.astype(np.float32)
     coefficients = (u[:, :k] * s[:k]).astype(np.float32)
     components = vt[:k].astype(np.float32)
+    temporal = u[:, :k]
+    spatial = vt[:k]
     del u, vt
     # Achieved error of what is stored (float32 factors) against the dense cube.
     residual_rms, worst = _achieved_residual(flux, mean32, coefficients, components)
@@ -561,6 +666,7 @@ def compress_planes(flux: Planes, flux_err: Planes, tolerance: float, max_rank: 
     kept = max(0, nt - 1 - k) * max(0, npix - k) / (nt * npix)
     truncation = float(np.sqrt(max(0.0, residual_rms**2 - noise_ms * kept)))
     scale, image, err_rms, err_max = _rank1_error_model(flux_err)
+    err_time, err_space = noise_projection(temporal, spatial, scale, image)
     info = CompressionInfo(
         rank=k,
         tolerance=tolerance,
@@ -590,4 +696,6 @@ def compress_planes(flux: Planes, flux_err: Planes, tolerance: float, max_rank: 
         scale,
         image.reshape(nr, nc),
         info,
+        err_time,
+        err_space.reshape(nr, nc),
     )

@@ -92,8 +92,8 @@ def copy_of(cube: ScatterLightCube, **changes) -> ScatterLightCube:
         cube.btjd,
         cube.row,
         cube.column,
-        cube.flux,
-        cube.flux_err,
+        arrays.pop("flux", cube.flux),
+        arrays.pop("flux_err", cube.flux_err),
         **arrays,
     )
 

@@ -12,7 +12,7 @@ RNG = np.random.default_rng(4)
 NT, N = 300, 15
 
 
-def scene(extra_level: np.ndarray, quoted: float = 0.05, noise: float = 1.0):
+def scene(extra_level: np.ndarray, noise: float = 1.0):
     """A 15x15 TPF: static stars + sky, a model, and the light the model misses per cadence."""
     yy, xx = np.mgrid[:N, :N]
     static = 30 + 5000 * np.exp(-((yy - 7) ** 2 + (xx - 7) ** 2) / 2.0)
@@ -21,14 +21,7 @@ def scene(extra_level: np.ndarray, quoted: float = 0.05, noise: float = 1.0):
     flux = static + light + extra_level[:, None, None] + RNG.normal(0, noise, (NT, N, N))
     aperture = (yy - 7) ** 2 + (xx - 7) ** 2 <= 4
     err = np.full(flux.shape, noise)
-    return (
-        flux,
-        err,
-        model,
-        np.full(model.shape, quoted),
-        aperture,
-        light + extra_level[:, None, None],
-    )
+    return flux, err, model, aperture, light + extra_level[:, None, None]
 
 
 def test_background_pixels_avoid_the_aperture_and_stars():
@@ -43,16 +36,16 @@ def test_background_pixels_avoid_the_aperture_and_stars():
 
 
 def test_good_model_gets_no_weight():
-    flux, err, model, merr, aperture, _ = scene(np.zeros(NT))
-    fusion = fuse(flux, err, model, merr, aperture)
+    flux, err, model, aperture, _ = scene(np.zeros(NT))
+    fusion = fuse(flux, err, model, aperture)
     assert np.median(fusion.weight) < 0.2
     assert np.sqrt(np.mean(fusion.offset**2)) < 0.05
 
 
 def test_missed_light_is_recovered_within_its_error():
     missed = 8 * np.exp(-np.linspace(0, 5, NT))  # a ramp the model does not have
-    flux, err, model, merr, aperture, truth = scene(missed)
-    fusion = fuse(flux, err, model, merr, aperture)
+    flux, err, model, aperture, truth = scene(missed)
+    fusion = fuse(flux, err, model, aperture)
     fused = model + fusion.offset[:, None, None]
     before = (model - truth)[:, 0, 0]
     after = (fused - truth)[:, 0, 0]
@@ -63,18 +56,32 @@ def test_missed_light_is_recovered_within_its_error():
     # The quoted error of the fused level is honest to 1.5x.
     ratio = np.sqrt(np.mean(after**2)) / np.sqrt(np.mean(fusion.offset_var))
     assert 1 / 1.5 < ratio < 1.5
+    # A model that quoted its error honestly (the ramp, in quadrature with 0.2 e-/s of
+    # shape error) ends with its shape error and the fused level's.
+    quoted = (missed - missed.mean()) ** 2 + 0.2**2
+    level = fusion.model_err**2
+    assert np.all(fusion.variance(quoted) >= fusion.offset_var)
+    np.testing.assert_allclose(
+        fusion.variance(quoted), np.maximum(quoted - level, 0) + fusion.offset_var
+    )
+    strong = fusion.weight > 0.9  # the level error is measured per day: compare the means
+    assert np.mean(fusion.variance(quoted)[strong]) < 0.5 * np.mean(quoted[strong])
+    # For a sum of 9 pixels the level counts 81 times; per pixel as a cube, the same per pixel.
+    np.testing.assert_allclose(fusion.variance(81 * quoted, npix=9), 81 * fusion.variance(quoted))
+    cube = np.broadcast_to(quoted[:, None, None], (NT, 2, 3))
+    np.testing.assert_allclose(fusion.variance(cube)[:, 1, 2], fusion.variance(quoted))
 
 
 def test_too_few_background_pixels():
-    flux, err, model, merr, _, _ = scene(np.zeros(NT))
-    assert fuse(flux, err, model, merr, np.ones((N, N), dtype=bool)) is None
+    flux, err, model, _, _ = scene(np.zeros(NT))
+    assert fuse(flux, err, model, np.ones((N, N), dtype=bool)) is None
 
 
 def test_window_averages_fast_cadences():
     missed = np.zeros(NT)
-    flux, err, model, merr, aperture, _ = scene(missed)
-    one = fuse(flux, err, model, merr, aperture)
-    five = fuse(flux, err, model, merr, aperture, window=5)
+    flux, err, model, aperture, _ = scene(missed)
+    one = fuse(flux, err, model, aperture)
+    five = fuse(flux, err, model, aperture, window=5)
     assert np.median(five.local_err) < 0.6 * np.median(one.local_err)
 
 
