@@ -1,0 +1,192 @@
+"""Benchmark the honesty of the cube's quoted errors against simulated truth (issue 19).
+
+Run: ``python benchmarks/bench_errors.py [--frames N] [--quick]`` (from the
+repository root). Prints numbers; asserts nothing. About 4 minutes on a busy
+2-core machine with the default 60 frames (``--quick``: 30 frames, ~2 minutes).
+
+Simulated sector-1 FFIs (`FFISimulator`, 30-min cadence) of the smooth and the
+structured field, frames chosen as in ``bench_build.py`` (``select_times``:
+where the scattered light changes most, plus frames spread over each orbit);
+patches of 15 x 15 pixels of every class (``bench_build.choose_patches``: sky,
+bright star, strap, bleed, edge, corner, and for the structured field's
+features, shadow edge and ridge). One build per field with the builder's
+defaults (16-px bins, fine layer), kept dense (``compact=False``) and
+compressed as ``build_cube`` does by default (``cube.compress()``), so the two
+share everything but the encoding.
+
+For each class, the **honesty ratio** is the RMS of the actual error over the
+RMS of the quoted one (1 is honest; < 1 the errors are too large, > 1 too
+small), pooled over the class's patches and the frames:
+
+* ``pixel``: ``cube.evaluate`` at every pixel of the patches against
+  ``sim.truth``, each pixel's time mean removed from the actual error (the cube
+  models the light above the darkest frames: a constant offset is not part of
+  it), against its ``flux_err``;
+* ``3x3 sum``: ``cube.evaluate_sum`` over the central 3 x 3 pixels (an
+  aperture) against the truth summed there, the same way.
+
+Columns: ``dense`` (the per-frame cube before compression), ``compact`` (what
+``lk-scatterlight build`` writes: ``FLUX_ERR`` with the noise the truncated SVD
+keeps, ``ERR_TIME``/``ERR_SPACE``) and ``compact, old`` (the same factors with
+the error model of files that lack those extensions: the dense noise plus the
+truncation term). Also the actual RMS error itself [e-/s], so that an honest
+ratio is not mistaken for a small error. Aim (issue 19): every ratio within
+1/1.2 .. 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+AIM = 1.2
+
+
+def old_error_model(compact):
+    """The same compact cube with the error model of files without the noise projection."""
+    from lk_scatterlight.lowrank import LowRank
+
+    lr = compact._lowrank
+    old = copy.copy(compact)
+    old._lowrank = LowRank(
+        lr.mean, lr.components, lr.coefficients, lr.err_scale, lr.err_image, lr.info
+    )
+    return old
+
+
+def honesty(cube, patches, times, truth) -> dict:
+    """Per class: (sum of actual**2, sum of quoted**2, count) for pixels and 3x3 sums."""
+    import bench_build as bb
+
+    centre = np.zeros((bb.PATCH, bb.PATCH), dtype=bool)
+    c = bb.PATCH // 2
+    centre[c - 1 : c + 2, c - 1 : c + 2] = True
+    out: dict = {}
+    for j, p in enumerate(patches):
+        ev = cube.evaluate(times, p.rows, p.columns)
+        miss = ev.flux.value.astype(float) - truth[:, j]
+        miss -= miss.mean(axis=0)
+        total = cube.evaluate_sum(times, p.rows, p.columns, centre)
+        miss_sum = total.flux.value - truth[:, j][:, centre].sum(axis=1)
+        miss_sum -= miss_sum.mean()
+        acc = out.setdefault(p.kind, np.zeros(6))
+        acc += [
+            np.sum(miss**2),
+            np.sum(ev.flux_err.value.astype(float) ** 2),
+            miss.size,
+            np.sum(miss_sum**2),
+            np.sum(total.flux_err.value**2),
+            miss_sum.size,
+        ]
+    return out
+
+
+def run_field(name, field, times, work: Path) -> dict:
+    import bench_build as bb
+
+    from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
+    from lk_scatterlight.builder.sources import SimulatedFFISource
+    from lk_scatterlight.simulate import FFISimulator
+
+    sim = FFISimulator(field, time=times, seed=bb.SIM_SEED)
+    patches = bb.choose_patches(sim, bb.median_sweep(field, times))
+    t0 = time.perf_counter()
+    dense = build_cube(
+        SimulatedFFISource(sim),
+        BuildConfig(pixel_bin=bb.BIN, compact=False),
+        work_dir=work / name,
+        progress=False,
+    )
+    compact = dense.compress()
+    t_build = time.perf_counter() - t0
+    frames = np.searchsorted(sim.time, dense.btjd).clip(0, sim.time.size - 1)
+    truth, _, _ = bb.truth_samples(sim, frames, patches)
+    truth = truth.astype(float)
+    cubes = {"dense": dense, "compact": compact, "compact, old": old_error_model(compact)}
+    results = {key: honesty(cube, patches, sim.time[frames], truth) for key, cube in cubes.items()}
+    return {
+        "name": name,
+        "results": results,
+        "frames": frames.size,
+        "rank": compact.rank,
+        "t_build": t_build,
+    }
+
+
+def print_field(info: dict) -> None:
+    results = info["results"]
+    keys = list(results)
+    kinds = list(results[keys[0]])
+    print(
+        f"\n  {info['name']} field: {info['frames']} frames, rank {info['rank']}, build "
+        f"{info['t_build']:.0f} s"
+    )
+    head = "".join(f"{key:>14s}" for key in keys)
+    print(f"    {'':12s} actual/quoted, pixel{'':14s}| actual/quoted, 3x3 sum")
+    print(f"    {'class':12s}{head} |{head} | act. RMS pixel, 3x3 (compact) [e-/s]")
+    worst = {key: [] for key in keys}
+    for kind in kinds:
+        cells, cells_sum = [], []
+        for key in keys:
+            a2, q2, n, s2, qs2, m = results[key][kind]
+            ratio, ratio_sum = np.sqrt(a2 / q2), np.sqrt(s2 / qs2)
+            worst[key] += [ratio, ratio_sum]
+            cells.append(f"{ratio:14.2f}")
+            cells_sum.append(f"{ratio_sum:14.2f}")
+        a2, _, n, s2, _, m = results["compact"][kind]
+        print(
+            f"    {kind:12s}{''.join(cells)} |{''.join(cells_sum)} | "
+            f"{np.sqrt(a2 / n):.3f}, {np.sqrt(s2 / m):.3f}"
+        )
+    for key in keys:
+        ratios = np.array(worst[key])
+        inside = np.sum((ratios >= 1 / AIM) & (ratios <= AIM))
+        print(
+            f"    {key}: {inside} of {ratios.size} ratios within 1/{AIM}..{AIM} "
+            f"(range {ratios.min():.2f}..{ratios.max():.2f})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=60, help="simulated frames per field")
+    parser.add_argument("--quick", action="store_true", help="30 frames")
+    args = parser.parse_args()
+    import bench_build as bb
+
+    import lk_scatterlight
+    from lk_scatterlight.simulate import ScatteredLightField
+
+    n = 30 if args.quick else args.frames
+    times = bb.select_times(n)
+    print(
+        f"bench_errors: lk_scatterlight {lk_scatterlight.__version__}, numpy {np.__version__}, "
+        f"{os.cpu_count()} CPUs, load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
+    print(
+        f"Honesty of quoted errors: RMS actual / RMS quoted (aim 1/{AIM}..{AIM}), sector 1, "
+        f"{times.size} frames, {bb.PATCH}x{bb.PATCH} patches, default build (16-px bins, "
+        "fine layer)"
+    )
+    start = time.perf_counter()
+    fields = (
+        ("smooth", ScatteredLightField(seed=bb.SMOOTH_SEED)),
+        ("structured", ScatteredLightField(structured=True)),
+    )
+    with tempfile.TemporaryDirectory(prefix="bench_errors_") as tmp:
+        for name, field in fields:
+            print_field(run_field(name, field, times, Path(tmp)))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
