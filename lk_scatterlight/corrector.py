@@ -46,6 +46,15 @@ QUALITY_STRONG_SL = 2**21
 DEFAULT_FLAG_LEVEL = 100.0
 
 
+def _has_background(tpf: TessTargetPixelFile) -> bool:
+    """Whether FLUX_BKG holds a background (any finite, non-zero value)."""
+    columns = tpf.hdu[1].columns.names
+    if "FLUX_BKG" not in columns:
+        return False
+    bkg = tpf.hdu[1].data["FLUX_BKG"]
+    return bool(np.any(np.isfinite(bkg) & (bkg != 0)))
+
+
 def detect_background_in_flux(tpf: TessTargetPixelFile) -> tuple[bool, str]:
     """Whether a TPF's FLUX still contains the sky background, and why we think so.
 
@@ -61,8 +70,7 @@ def detect_background_in_flux(tpf: TessTargetPixelFile) -> tuple[bool, str]:
     header = tpf.get_header()
     if header.get("SLCORR"):
         return False, "its header says lk_scatterlight already corrected it (SLCORR = T)"
-    bkg = tpf.hdu[1].data["FLUX_BKG"] if "FLUX_BKG" in tpf.hdu[1].columns.names else None
-    if bkg is not None and np.any(np.isfinite(bkg) & (bkg != 0)):
+    if _has_background(tpf):
         return False, "FLUX_BKG is not zero: the background was already subtracted (SPOC)"
     origin = f"{header.get('CREATOR', '')} {header.get('ORIGIN', '')}".strip()
     return True, f"FLUX_BKG is zero or absent (a cutout{': ' + origin if origin else ''})"
@@ -157,7 +165,12 @@ class ScatterLightCorrector(Corrector):
       model is subtracted from FLUX and added to FLUX_BKG.
     * SPOC TPFs already had their background (scattered light included)
       subtracted into FLUX_BKG: nothing is subtracted, a `ScatterLightWarning`
-      says so, and the model stays available for comparison.
+      says so, and the model stays available for comparison. With
+      ``replace_background=True`` SPOC's time-variable background is replaced
+      by the (fused) model: FLUX becomes ``FLUX + FLUX_BKG - B`` with
+      ``B = model + median_t(FLUX_BKG - model)`` per pixel, i.e. the model's
+      variation on SPOC's level (the cube models the light above the darkest
+      frames, not the static sky), and FLUX_BKG becomes ``B``.
     * TPFs written by `correct_tpf` (header ``SLCORR = T``) are never corrected
       again.
 
@@ -191,9 +204,13 @@ class ScatterLightCorrector(Corrector):
     fuse : bool
         Combine the model with the TPF's own faint pixels by their
         uncertainties (`lk_scatterlight.fusion`): a per-cadence level that
-        corrects what the model misses at this TPF. On by default for TPFs whose
-        FLUX holds the background; a TPF with too few background pixels uses
-        the model alone (a warning says so). ``fusion`` holds the result.
+        corrects what the model misses at this TPF. On by default; for a SPOC
+        TPF the pixels are taken with their background restored (FLUX +
+        FLUX_BKG). A TPF with too few background pixels uses the model alone
+        (a warning says so). ``fusion`` holds the result.
+    replace_background : bool
+        For a SPOC TPF (background in FLUX_BKG): replace SPOC's time-variable
+        background by the model's (see above) instead of leaving FLUX as it is.
     model : `~lk_scatterlight.model.ScatterLightModel`, str or path-like, optional
         Use the learned geometry model (``"default"``, a model file or a
         loaded model) instead of a cube, calibrated on the TPF's own
@@ -219,6 +236,7 @@ class ScatterLightCorrector(Corrector):
         flag_level: float = DEFAULT_FLAG_LEVEL,
         fuse: bool = True,
         model=None,
+        replace_background: bool = False,
     ) -> None:
         if not isinstance(tpf, TessTargetPixelFile):
             _check_match(tpf, None)  # raises the "TESS only" error
@@ -252,6 +270,15 @@ class ScatterLightCorrector(Corrector):
         detected, reason = detect_background_in_flux(tpf)
         self.background_in_flux = detected if background_in_flux is None else background_in_flux
         self.background_reason = reason if background_in_flux is None else "set by the caller"
+        #: Whether FLUX_BKG holds a background that was subtracted from FLUX (SPOC).
+        self.spoc_background = not tpf.get_header().get("SLCORR") and _has_background(tpf)
+        self.replace_background = bool(replace_background)
+        if self.replace_background and (self.background_in_flux or not self.spoc_background):
+            msg = (
+                "replace_background=True replaces a SPOC background (FLUX_BKG), but this TPF "
+                f"has none to replace ({reason}); correct it without replace_background."
+            )
+            raise ScatterLightError(msg)
         self.aperture_mask = tpf._parse_aperture_mask(aperture_mask)
         row, column = tpf.row, tpf.column
         if self.location is not None and "tesswcs" in self.location.how:
@@ -262,7 +289,7 @@ class ScatterLightCorrector(Corrector):
         self.columns = column + np.arange(tpf.shape[2])
         self.model: CubeEvaluation | None = None
         self.model_lc: LightCurve | None = None
-        self.fuse = bool(fuse) and self.background_in_flux
+        self.fuse = bool(fuse) and (self.background_in_flux or self.spoc_background)
         self.fusion: Fusion | None = None  # of the light curve's cadences (`correct`)
         self.fusion_tpf: Fusion | None = None  # of every cadence of the file (`correct_tpf`)
         super().__init__(tpf.to_lightcurve(aperture_mask=self.aperture_mask))
@@ -326,9 +353,10 @@ class ScatterLightCorrector(Corrector):
         model_flux = total.flux.to(unit)
         model_err = total.flux_err.to(unit)
         if self.fuse:
-            self.fusion = self._fuse(
-                self.tpf.time.value, self.tpf.flux.value, self.tpf.flux_err.value, model
-            )
+            flux = self.tpf.flux.value
+            if self.spoc_background:  # the pixels as observed, background restored
+                flux = flux + np.nan_to_num(self.tpf.flux_bkg.value)
+            self.fusion = self._fuse(self.tpf.time.value, flux, self.tpf.flux_err.value, model)
         if self.fusion is not None:
             # The offset is one level for all pixels: it counts n times in the sum.
             n = float(self.aperture_mask.sum())
@@ -358,10 +386,15 @@ class ScatterLightCorrector(Corrector):
             flux[use] = flux[use] - model_flux[use]
             err[use] = np.hypot(err[use], model_err[use])
             corrected.flux, corrected.flux_err = flux, err
+        elif self.replace_background:
+            corrected.flux, corrected.flux_err = self._replaced_lc(
+                original, model_flux, model_err, cadence_mask & valid
+            )
         else:
             warnings.warn(
                 f"Not subtracting scattered light: {self.background_reason}. Pass "
-                "background_in_flux=True to subtract anyway.",
+                "background_in_flux=True to subtract anyway, or replace_background=True to "
+                "replace SPOC's time-variable background by the model's.",
                 ScatterLightWarning,
                 stacklevel=2,
             )
@@ -373,7 +406,7 @@ class ScatterLightCorrector(Corrector):
             | np.where(valid, 0, QUALITY_NO_MODEL)
             | np.where(strong, QUALITY_STRONG_SL, 0)
         )
-        corrected.meta["SLCORR"] = bool(self.background_in_flux)
+        corrected.meta["SLCORR"] = bool(self.background_in_flux or self.replace_background)
         self.corrected_lc = corrected
         return corrected
 
@@ -386,11 +419,29 @@ class ScatterLightCorrector(Corrector):
             strong |= total.flux_err.value > np.asarray(aperture_err, dtype=float)
         return strong & model.valid
 
+    def _replaced_lc(self, original, model_flux, model_err, use):
+        """The light curve with SPOC's background replaced (``replace_background``)."""
+        unit = original.flux.unit
+        ap = self.aperture_mask
+        bkg = np.nansum(self.tpf.flux_bkg.value[:, ap], axis=1) * unit
+        bkg_var = np.nansum(self.tpf.flux_bkg_err.value[:, ap] ** 2, axis=1) * unit**2
+        # SPOC's level under the model's variation (the model has no static sky).
+        level = np.nanmedian((bkg - model_flux)[use].value) * unit
+        flux, err = original.flux.copy(), original.flux_err.copy()
+        flux[use] = flux[use] + bkg[use] - (model_flux[use] + level)
+        raw_var = np.clip(err[use] ** 2 - bkg_var[use], 0, None)  # without SPOC's bkg error
+        err[use] = np.sqrt(raw_var + model_err[use] ** 2)
+        return flux, err
+
     def correct_tpf(self) -> TessTargetPixelFile:
         """A copy of the TPF with the scattered-light model subtracted from FLUX.
 
         FLUX is reduced by the model, FLUX_BKG increased by it, FLUX_ERR and
-        FLUX_BKG_ERR get the model error in quadrature. Every cadence of the
+        FLUX_BKG_ERR get the model error in quadrature. With
+        ``replace_background`` (a SPOC TPF), SPOC's background is replaced: FLUX
+        becomes ``FLUX + FLUX_BKG - B``, FLUX_BKG becomes ``B`` (the model on
+        SPOC's level, see the class docstring), FLUX_ERR loses FLUX_BKG_ERR and
+        gains the model's error, and FLUX_BKG_ERR becomes the model's. Every cadence of the
         file is processed (also those the TPF's quality mask hides); cadences
         the model does not cover are NaN in FLUX and flagged with
         `QUALITY_NO_MODEL`. The header records ``SLCORR = T`` and the cube used,
@@ -400,10 +451,11 @@ class ScatterLightCorrector(Corrector):
         -------
         tpf : `lightkurve.TessTargetPixelFile`
         """
-        if not self.background_in_flux:
+        if not (self.background_in_flux or self.replace_background):
             raise ScatterLightError(
                 f"Nothing to subtract: {self.background_reason}. Pass "
-                "background_in_flux=True to the corrector to subtract anyway."
+                "background_in_flux=True to the corrector to subtract anyway, or "
+                "replace_background=True to replace SPOC's time-variable background."
             )
         hdulist = fits.HDUList([hdu.copy() for hdu in self.tpf.hdu])
         table = hdulist[1].data
@@ -414,6 +466,9 @@ class ScatterLightCorrector(Corrector):
         model_err = model.flux_err.to_value(u.electron / u.s)
         # FLUX and FLUX_ERR read once, contiguous (a table column is strided by its rows).
         flux, flux_err = (np.array(table[name], order="C") for name in ("FLUX", "FLUX_ERR"))
+        if self.replace_background:  # the pixels as observed: SPOC's background restored
+            spoc_bkg = np.nan_to_num(np.array(table["FLUX_BKG"], order="C"))
+            flux += spoc_bkg
         rows = slice(None) if finite.all() else finite
         fusion = self._fuse(time[rows], flux[rows], flux_err[rows], model) if self.fuse else None
         self.fusion_tpf = fusion
@@ -427,25 +482,35 @@ class ScatterLightCorrector(Corrector):
         err_model[finite] = model_err
         ok = np.zeros(time.size, dtype=bool)
         ok[finite] = model.valid
+        strong_level = np.zeros(time.size)  # the scattered light itself (`QUALITY_STRONG_SL`)
+        strong_level[ok] = np.median(flux_model[ok][:, self.aperture_mask], axis=1)
+        if self.replace_background:
+            # SPOC's level under the model's variation, per pixel (the model has no static sky).
+            flux_model[ok] += np.nanmedian(spoc_bkg[ok] - flux_model[ok], axis=0)
+            spoc_var = np.nan_to_num(np.asarray(table["FLUX_BKG_ERR"], dtype=float)) ** 2
+            flux_err = np.sqrt(np.clip(flux_err**2 - spoc_var, 0, None))  # without SPOC's bkg
         table["FLUX"][ok] = flux[ok] - flux_model[ok]
         table["FLUX"][~ok] = np.nan
         table["FLUX_ERR"][ok] = np.hypot(flux_err[ok], err_model[ok])
-        if "FLUX_BKG" in table.columns.names:
-            table["FLUX_BKG"][ok] = np.nan_to_num(table["FLUX_BKG"][ok]) + flux_model[ok]
-        if "FLUX_BKG_ERR" in table.columns.names:
-            table["FLUX_BKG_ERR"][ok] = np.hypot(
-                np.nan_to_num(table["FLUX_BKG_ERR"][ok]), err_model[ok]
-            )
+        if self.replace_background:
+            table["FLUX_BKG"][ok] = flux_model[ok]
+            table["FLUX_BKG_ERR"][ok] = err_model[ok]
+        else:
+            if "FLUX_BKG" in table.columns.names:
+                table["FLUX_BKG"][ok] = np.nan_to_num(table["FLUX_BKG"][ok]) + flux_model[ok]
+            if "FLUX_BKG_ERR" in table.columns.names:
+                table["FLUX_BKG_ERR"][ok] = np.hypot(
+                    np.nan_to_num(table["FLUX_BKG_ERR"][ok]), err_model[ok]
+                )
         table["QUALITY"][~ok] |= QUALITY_NO_MODEL
-        level = np.zeros(time.size)
-        level[ok] = np.median(flux_model[ok][:, self.aperture_mask], axis=1)
-        table["QUALITY"][ok & (level > self.flag_level)] |= QUALITY_STRONG_SL
+        table["QUALITY"][ok & (strong_level > self.flag_level)] |= QUALITY_STRONG_SL
         from . import __version__
 
         header = hdulist[0].header
         header["SLCORR"] = (True, "scattered light subtracted by lk_scatterlight")
         header["SLVER"] = (__version__, "lk_scatterlight version")
         header["SLFUSED"] = (fusion is not None, "model fused with the TPF's faint pixels")
+        header["SLREPL"] = (self.replace_background, "SPOC's background replaced by the model")
         header["SLCUBE"] = (
             f"s{self.cube.sector:04d}-{self.cube.camera}-{self.cube.ccd} "
             f"bin{self.cube.pixel_bin:g}",

@@ -150,6 +150,75 @@ def test_spoc_tpf_is_not_double_corrected(field, cube):
     assert np.all(forced.flux < lc.flux)
 
 
+def test_spoc_background_replaced(field, cube):
+    """replace_background on a SPOC TPF gives the cutout's correction, up to SPOC's level."""
+    kwargs = {"row": 700, "column": 1200, "shape": (11, 11), "seed": 3}
+    spoc = simulate.make_tpf(field, kind="spoc", **kwargs)
+    cutout = simulate.make_tpf(field, **kwargs)  # the same pixels, background in FLUX
+    replaced = spoc.to_corrector("scatterlight", cube=cube, replace_background=True)
+    subtracted = cutout.to_corrector("scatterlight", cube=cube)
+    lc, reference = replaced.correct(), subtracted.correct()
+    assert replaced.fusion is not None  # fused on the observed pixels (FLUX + FLUX_BKG)
+    np.testing.assert_allclose(replaced.fusion.offset, subtracted.fusion.offset, atol=1e-4)
+    difference = lc.flux.value - reference.flux.value
+    assert np.std(difference) < 1e-3 * np.std(reference.flux.value)  # a constant: SPOC's level
+    assert lc.meta["SLCORR"]
+    tpf = replaced.correct_tpf()
+    assert tpf.get_header()["SLREPL"]
+    assert tpf.get_header()["SLCORR"]
+    # The observed pixels are untouched: only the split into flux and background changes.
+    before = spoc.hdu[1].data["FLUX"] + spoc.hdu[1].data["FLUX_BKG"]
+    after = tpf.hdu[1].data["FLUX"] + tpf.hdu[1].data["FLUX_BKG"]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-3)
+    # The background is the fused model's variation on SPOC's level per pixel.
+    change = tpf.hdu[1].data["FLUX"] - subtracted.correct_tpf().hdu[1].data["FLUX"]
+    assert np.max(np.std(change, axis=0)) < 1e-3
+    np.testing.assert_allclose(  # the model's error, as the cutout's FLUX_BKG_ERR gets
+        tpf.hdu[1].data["FLUX_BKG_ERR"],
+        subtracted.correct_tpf().hdu[1].data["FLUX_BKG_ERR"],
+        rtol=1e-5,
+    )
+    # Never twice: the result says it was corrected.
+    assert detect_background_in_flux(tpf)[0] is False
+    with pytest.raises(ScatterLightError, match="has none to replace"):
+        ScatterLightCorrector(tpf, cube=cube, replace_background=True)
+    with pytest.raises(ScatterLightError, match="has none to replace"):
+        ScatterLightCorrector(cutout, cube=cube, replace_background=True)
+
+
+def test_real_spoc_tpf_background_replaced(read_shared):
+    """The real SPOC TPF (FLUX_BKG_ERR non-zero): errors swap SPOC's background error for
+    the model's, and FLUX + FLUX_BKG is conserved."""
+    tpf = read_shared("spoc_tpf_s0015_2-3_100cad.fits")
+    time = np.asarray(tpf.hdu[1].data["TIME"], dtype=float)
+    time = time[np.isfinite(time)]
+    planes = np.arange(time[0] - 0.02, time[-1] + 0.03, 1 / 48)
+    cube = simulate.make_cube(
+        simulate.ScatteredLightField(seed=1),
+        sector=15,
+        camera=2,
+        ccd=3,
+        pixel_bin=64,
+        time=planes,
+        seed=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScatterLightWarning)  # too few background pixels, maybe
+        corrector = tpf.to_corrector("scatterlight", cube=cube, replace_background=True)
+        lc = corrector.correct()
+        out = corrector.correct_tpf()
+    assert np.isfinite(lc.flux.value).all()
+    old, new = tpf.hdu[1].data, out.hdu[1].data
+    ok = np.isfinite(old["TIME"])
+    np.testing.assert_allclose(
+        (new["FLUX"] + new["FLUX_BKG"])[ok], (old["FLUX"] + old["FLUX_BKG"])[ok], rtol=1e-5
+    )
+    raw_var = np.clip(old["FLUX_ERR"] ** 2 - old["FLUX_BKG_ERR"] ** 2, 0, None)
+    np.testing.assert_allclose(
+        new["FLUX_ERR"][ok] ** 2, (raw_var + new["FLUX_BKG_ERR"] ** 2)[ok], rtol=1e-4
+    )
+
+
 def test_cadences_outside_cube_are_flagged_and_nan(field, cube):
     time = np.concatenate([cube.btjd[:20], cube.btjd[-1] + [1.0, 2.0]])  # 2 beyond the end
     tpf = simulate.make_tpf(field, row=700, column=1200, time=time, seed=1)
