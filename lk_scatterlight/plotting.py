@@ -383,7 +383,7 @@ def plot_dark_frame(static, masks: dict, ax=None):
             colour = _MASK_COLOURS.get(name, (0.5, 0.5, 0.5, 0.6))
             overlay[np.asarray(mask, dtype=bool)] = colour
             fraction = 100 * np.mean(mask)
-            handles.append(Patch(color=colour, label=f"{name} ({fraction:.1f} %)"))
+            handles.append(Patch(color=colour, label=f"{name} ({fraction:.3g} %)"))
         axes[1].imshow(overlay, origin="lower", extent=extent, interpolation="nearest")
         axes[1].set_title("masked pixels")
         axes[1].legend(handles=handles, loc="upper right", fontsize="small")

@@ -234,7 +234,10 @@ def small_build():
 
 
 def test_sparse_preview_equals_dense_cube(small_build, horizons):
+    import dataclasses
+
     from lk_scatterlight.builder import preview
+    from lk_scatterlight.ccd import Region
 
     source, config, cube = small_build
     pointing = geometry.CCDPointing.from_sector(1, 4, 3)
@@ -257,6 +260,12 @@ def test_sparse_preview_equals_dense_cube(small_build, horizons):
     meta = json.loads(str(sparse["meta"]))
     assert meta["dark_frames"] == cube.meta["dark_frames"]
     assert meta["seed"] == 3
+    with pytest.raises(ScatterLightError, match="whole frames"):
+        preview.sparse_preview(
+            source.crop(Region(row=1, column=45, nrows=256, ncols=256)), config, 2
+        )
+    with pytest.raises(ScatterLightError, match="drop --time-bin"):
+        preview.sparse_preview(source, dataclasses.replace(config, time_bin=0.1), 2)
 
 
 def test_sparse_bins():
@@ -270,7 +279,7 @@ def test_sparse_bins():
     assert np.array_equal(bins, preview.sparse_bins(50, 128, seed=1))
     assert not np.array_equal(bins, preview.sparse_bins(50, 128, seed=2))
     assert preview.sparse_bins(256, 128).shape == (256, 2)  # every bin
-    with pytest.raises(ScatterLightError, match="--sparse must be 1-256"):
+    with pytest.raises(ScatterLightError, match=r"npix \(--sparse\) must be 1-256"):
         preview.sparse_bins(257, 128)
     with pytest.raises(ScatterLightError, match="divide 2048"):
         preview.sparse_bins(5, 100)
@@ -353,7 +362,7 @@ def test_plot_dark_frame():
     scene["stars"][10:12, 10:12] = True
     axes = plotting.plot_dark_frame(static, scene)
     assert axes.shape == (2,)
-    assert "stars (0.1 %)" in [t.get_text() for t in axes[1].get_legend().get_texts()]
+    assert "stars (0.0977 %)" in [t.get_text() for t in axes[1].get_legend().get_texts()]
     _, own = plt.subplots(1, 2)
     assert plotting.plot_dark_frame(static, scene, ax=own)[1] is own[1]
     plt.close("all")

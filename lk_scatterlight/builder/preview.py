@@ -154,7 +154,7 @@ def sparse_bins(npix: int, pixel_bin: int, seed: int = 0) -> np.ndarray:
         raise ScatterLightError(msg)
     nbins = _SIZE // pixel_bin
     if not 1 <= npix <= nbins**2:
-        msg = f"--sparse must be 1-{nbins**2} for {pixel_bin}-pixel bins, got {npix}."
+        msg = f"npix (--sparse) must be 1-{nbins**2} for {pixel_bin}-pixel bins, got {npix}."
         raise ScatterLightError(msg)
     chosen = np.sort(np.random.default_rng(seed).choice(nbins**2, size=npix, replace=False))
     return np.stack(np.divmod(chosen, nbins), axis=1)
@@ -212,7 +212,7 @@ def sparse_preview(
     Raises
     ------
     ScatterLightError
-        Bad ``npix``, a ``time_bin``, or no good frame.
+        Bad ``npix``, a ``time_bin``, a source of part of the CCD, or no good frame.
     """
     from tqdm.auto import tqdm
 
@@ -221,6 +221,11 @@ def sparse_preview(
 
     if config.time_bin is not None:
         msg = "A sparse preview has one value per frame: drop --time-bin (or time_bin)."
+        raise ScatterLightError(msg)
+    if not source.region.is_full or source.row_step != 1:
+        msg = (
+            f"A sparse preview reads whole frames; {source.description} is a region or sparse read."
+        )
         raise ScatterLightError(msg)
     b = config.pixel_bin
     bins = sparse_bins(npix, b, seed)
@@ -241,7 +246,9 @@ def sparse_preview(
     for k, (_, flux, flux_err) in enumerate(bar):
         diff = _mosaic(flux, bins, b, side, np.nan) - static_m
         err = _mosaic(flux_err, bins, b, side, np.nan)
-        fit = bin_plane_fit(diff, weights_m, b, clip=config.clip, uncertainty=err, min_fraction=0.2)
+        fit = bin_plane_fit(
+            diff, weights_m, b, clip=config.clip, uncertainty=err, min_fraction=context.min_fraction
+        )
         value[k], error[k] = fit.value[cells], fit.error[cells]
     frames = [source.frames[i] for i in good]
     row = bins[:, 0] * b + SCIENCE_ROWS[0] + (b - 1) / 2
