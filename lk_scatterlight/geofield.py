@@ -175,18 +175,9 @@ class GeometryField:
     def angles(self, time, row, column) -> dict[str, np.ndarray]:
         """Earth and Moon angle and azimuth [deg] of every pixel, interpolated from the nodes.
 
-        Parameters
-        ----------
-        time : array of float, shape (ntime,)
-            BTJD [d].
-        row, column : array of float, shapes (nrow,), (ncol,)
-            1-based CCD pixel coordinates.
-
-        Returns
-        -------
-        angles : dict of ndarray, each shape (ntime, nrow, ncol)
-            ``earth_angle``, ``earth_azimuth``, ``moon_angle``, ``moon_azimuth``
-            (definitions of `lk_scatterlight.builder.geometry`).
+        Takes the arguments of `__call__`; returns a dict of arrays of shape
+        (ntime, nrow, ncol): ``earth_angle``, ``earth_azimuth``, ``moon_angle``,
+        ``moon_azimuth`` (definitions of `lk_scatterlight.builder.geometry`).
         """
         out, _ = self._geometry(time, row, column)
         return out
@@ -229,18 +220,11 @@ class GeometryField:
         return self._earth_scale(time, distances["earth"]) * _logistic(angle, *_EARTH_LAW)
 
     def __call__(self, time, row, column) -> np.ndarray:
-        """Evaluate on a grid.
+        """The scattered light [e-/s per pixel] on the grid ``row`` x ``column`` at ``time``.
 
-        Parameters
-        ----------
-        time : array of float, shape (ntime,)
-            BTJD [d].
-        row, column : array of float, shapes (nrow,), (ncol,)
-            1-based CCD pixel coordinates.
-
-        Returns
-        -------
-        flux : ndarray, shape (ntime, nrow, ncol) [e-/s per pixel]
+        ``time``: BTJD [d], shape (ntime,); ``row``, ``column``: 1-based CCD
+        pixel coordinates, shapes (nrow,) and (ncol,). Returns an array of
+        shape (ntime, nrow, ncol), as `~lk_scatterlight.simulate.ScatteredLightField`.
         """
         time = np.atleast_1d(np.asarray(time, dtype=float))
         geo, distances = self._geometry(time, row, column)
