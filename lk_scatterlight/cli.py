@@ -872,25 +872,59 @@ def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
         help="pointing: the archival WCS of tesswcs (default) or the WCS of a SPOC FFI file",
     )
     parser.add_argument("--no-compress", action="store_true", help="write an uncompressed .npz")
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="also write figures next to the file: the dark frame with its star, bleed and "
+        "column masks (PNG) and GIF animations of the cube and of the Earth/Moon angle maps",
+    )
+    parser.add_argument(
+        "--plot-step",
+        type=_int_at_least(1, "--plot-step"),
+        default=None,
+        metavar="K",
+        help="animate every K-th plane (default: at most 100 frames per animation)",
+    )
+    parser.add_argument(
+        "--sparse",
+        type=_int_at_least(1, "--sparse"),
+        default=None,
+        metavar="N",
+        help="fast preview instead of a dense training set: the scattered light of N bins spread "
+        "over the CCD at every good frame, with their geometry (a small .npz)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which bins --sparse picks (default 0)")
 
 
 @subcommand("dataset", _dataset_arguments)
 def _dataset(args: argparse.Namespace) -> int:
     """Build a cube and its Earth/Moon geometry maps into a training set (.npz)."""
+    import json
+
+    from .builder import preview
     from .builder.dataset import cadence_numbers, dataset_filename, make_dataset, write_dataset
     from .builder.geometry import CCDPointing, make_ephemeris, spacecraft_time
     from .builder.pipeline import build_cube
 
     config = _config(args)
+    sparse = args.sparse is not None
+    if sparse and config.time_bin is not None:
+        msg = "--sparse gives one value per frame: drop --time-bin."
+        raise UsageError(msg)
     out = Path(args.out)
     folder = out.parent if out.suffix else out
-    path = (
-        out
-        if out.suffix
-        else out / dataset_filename(args.sector, args.camera, args.ccd, args.pixel_bin)
-    )
-    if path.exists() and not args.overwrite:
-        raise ScatterLightError(f"{path} exists; pass --overwrite to replace it.")
+    if out.suffix:
+        path = out
+    elif sparse:
+        path = out / preview.preview_filename(
+            args.sector, args.camera, args.ccd, args.pixel_bin, args.sparse
+        )
+    else:
+        path = out / dataset_filename(args.sector, args.camera, args.ccd, args.pixel_bin)
+    figures = preview.figure_paths(path, dense=not sparse) if args.plot else {}
+    for target in (path, *figures.values()):
+        if target.exists() and not args.overwrite:
+            raise ScatterLightError(f"{target} exists; pass --overwrite to replace it.")
     _check_folder(folder, "--out", args.out)
     if args.work_dir is not None:
         _check_folder(Path(args.work_dir), "--work-dir")
@@ -920,17 +954,32 @@ def _dataset(args: argparse.Namespace) -> int:
     guard = _FolderGuard()
     guard.watch(folder)
     guard.watch(work_dir)
+    progress = not args.no_progress
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        cube = build_cube(source, config, work_dir=work_dir, progress=not args.no_progress)
-        data = make_dataset(
-            cube, ephemeris, pointing, cadenceno=cadence_numbers(cube, source.frames)
-        )
-        write_dataset(data, path, overwrite=args.overwrite, compress=not args.no_compress)
+        if sparse:
+            data = preview.sparse_preview(
+                source, config, args.sparse, ephemeris, pointing, args.seed, progress
+            )
+            preview.write_preview(data, path, overwrite=args.overwrite)
+            dark_names = json.loads(str(data["meta"]))["dark_frames"]
+        else:
+            cube = build_cube(source, config, work_dir=work_dir, progress=progress)
+            data = make_dataset(
+                cube, ephemeris, pointing, cadenceno=cadence_numbers(cube, source.frames)
+            )
+            write_dataset(data, path, overwrite=args.overwrite, compress=not args.no_compress)
+            dark_names = cube.meta["dark_frames"]
+        written = [path]
+        if args.plot:
+            static, _ = preview.dark_frame(source, config, dark_names)
+            scene = preview.scene_masks(static, config)
+            dense = None if sparse else data
+            written += preview.write_figures(figures, static, scene, dense, args.plot_step)
     except BaseException:
         guard.undo()
         raise
-    sys.stdout.write(f"{path}\n")
+    sys.stdout.write("".join(f"{p}\n" for p in written))
     return 0
 
 

@@ -10,6 +10,7 @@ __all__ = [
     "animate_cube",
     "animate_maps",
     "plot_geometry_maps",
+    "plot_dark_frame",
 ]
 
 
@@ -327,4 +328,63 @@ def plot_geometry_maps(data, index: int = 0, ax=None):
             f"sector {int(data['sector'])} camera {int(data['camera'])} CCD {int(data['ccd'])}, "
             f"BTJD {time[index]:.3f}"
         )
+    return axes
+
+
+#: Colours (RGBA) of the mask overlay of `plot_dark_frame`.
+_MASK_COLOURS = {
+    "stars": (1.0, 0.1, 0.1, 0.55),
+    "bleeds": (1.0, 0.85, 0.0, 0.9),
+    "columns": (0.1, 0.6, 1.0, 0.6),
+}
+
+
+def plot_dark_frame(static, masks: dict, ax=None):
+    """The dark frame (static scene) of a build, alone and with its masks.
+
+    Parameters
+    ----------
+    static : ndarray, shape (2048, 2048)
+        Static scene, science pixels [e-/s]
+        (`lk_scatterlight.builder.preview.dark_frame`).
+    masks : dict of str to ndarray of bool
+        ``stars``, ``bleeds``, ``columns``
+        (`lk_scatterlight.builder.preview.scene_masks`); other keys are drawn
+        in grey.
+    ax : array of two `matplotlib.axes.Axes`, optional
+
+    Returns
+    -------
+    axes : ndarray of two `matplotlib.axes.Axes`
+        The dark frame; the dark frame with the masks in colour.
+    """
+    import lightkurve as lk
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    static = np.asarray(static, dtype=float)
+    nrow, ncol = static.shape
+    extent = (44.5, 44.5 + ncol, 0.5, 0.5 + nrow)  # 1-based CCD pixels, collateral counted
+    finite = static[np.isfinite(static)]
+    vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    with plt.style.context(lk.MPLSTYLE):
+        axes = _new_axes(ax, 1, 2, (12, 5.6))
+        for axis in axes:
+            im = axis.imshow(
+                static, origin="lower", extent=extent, cmap="Greys_r", vmin=vmin, vmax=vmax
+            )
+            axis.set_xlabel("column")
+        axes[0].figure.colorbar(im, ax=axes[0], label="flux [e$^-$/s]", shrink=0.85)
+        axes[0].set_ylabel("row")
+        axes[0].set_title("dark frame (static scene)")
+        overlay = np.zeros((nrow, ncol, 4))
+        handles = []
+        for name, mask in masks.items():
+            colour = _MASK_COLOURS.get(name, (0.5, 0.5, 0.5, 0.6))
+            overlay[np.asarray(mask, dtype=bool)] = colour
+            fraction = 100 * np.mean(mask)
+            handles.append(Patch(color=colour, label=f"{name} ({fraction:.3g} %)"))
+        axes[1].imshow(overlay, origin="lower", extent=extent, interpolation="nearest")
+        axes[1].set_title("masked pixels")
+        axes[1].legend(handles=handles, loc="upper right", fontsize="small")
     return axes

@@ -202,3 +202,167 @@ def test_animations_and_figure(data, cube, tmp_path):
     _, own = plt.subplots(2, 3)
     assert plotting.plot_geometry_maps(data, ax=own)[0] is own.ravel()[0]
     plt.close("all")
+
+
+# ---------------------------------------------------------------------- previews
+@pytest.fixture(scope="module")
+def small_build():
+    """Seven simulated frames spread over sector 1, camera 4 CCD 3, built densely (8 x 8 bins).
+
+    Without the curvature correction and the fine layer, as a sparse preview measures.
+    """
+    from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
+    from lk_scatterlight.builder.sources import SimulatedFFISource
+
+    simulator = simulate.FFISimulator(
+        simulate.ScatteredLightField(),
+        sector=1,
+        camera=4,
+        ccd=3,
+        time=simulate.sector_times(1)[25::180],
+    )
+    source = SimulatedFFISource(simulator)
+    config = BuildConfig(
+        pixel_bin=256,
+        fine_bin=0,
+        curvature_correction=False,
+        compact=False,
+        n_candidates=7,
+        n_dark=3,
+    )
+    return source, config, build_cube(source, config, progress=False)
+
+
+def test_sparse_preview_equals_dense_cube(small_build, horizons):
+    import dataclasses
+
+    from lk_scatterlight.builder import preview
+    from lk_scatterlight.ccd import Region
+
+    source, config, cube = small_build
+    pointing = geometry.CCDPointing.from_sector(1, 4, 3)
+    sparse = preview.sparse_preview(source, config, 10, horizons, pointing, seed=3)
+    i, j = sparse["bins"].T
+    assert len(set(zip(i.tolist(), j.tolist(), strict=True))) == 10
+    assert sparse["scatter"].shape == (cube.shape[0], 10)
+    assert np.array_equal(sparse["time"], cube.btjd)
+    assert np.array_equal(sparse["row"], cube.row[i])
+    assert np.array_equal(sparse["column"], cube.column[j])
+    dense = cube.flux.value[:, i, j]
+    assert np.abs(dense).max() > 1  # e-/s: there is scattered light to compare
+    assert np.abs(sparse["scatter"] - dense).max() < 1e-5
+    assert np.abs(sparse["scatter_err"] - cube.flux_err.value[:, i, j]).max() < 1e-5
+    # The geometry is the dense training set's maps at those bins.
+    data = dataset.make_dataset(cube, horizons, pointing)
+    for key in ("earth_alt", "earth_az", "moon_alt", "moon_az"):
+        assert np.abs(sparse[key] - data[f"{key}_map"][:, i, j]).max() < 1e-4, key
+    assert np.allclose(sparse["earth_dist"], data["earth_dist"])
+    meta = json.loads(str(sparse["meta"]))
+    assert meta["dark_frames"] == cube.meta["dark_frames"]
+    assert meta["seed"] == 3
+    with pytest.raises(ScatterLightError, match="whole frames"):
+        preview.sparse_preview(
+            source.crop(Region(row=1, column=45, nrows=256, ncols=256)), config, 2
+        )
+    with pytest.raises(ScatterLightError, match="drop --time-bin"):
+        preview.sparse_preview(source, dataclasses.replace(config, time_bin=0.1), 2)
+
+
+def test_sparse_bins():
+    from lk_scatterlight.builder import preview
+
+    bins = preview.sparse_bins(50, 128, seed=1)
+    assert bins.shape == (50, 2)
+    assert len({tuple(b) for b in bins.tolist()}) == 50
+    assert bins.min() >= 0
+    assert bins.max() < 16
+    assert np.array_equal(bins, preview.sparse_bins(50, 128, seed=1))
+    assert not np.array_equal(bins, preview.sparse_bins(50, 128, seed=2))
+    assert preview.sparse_bins(256, 128).shape == (256, 2)  # every bin
+    with pytest.raises(ScatterLightError, match=r"npix \(--sparse\) must be 1-256"):
+        preview.sparse_bins(257, 128)
+    with pytest.raises(ScatterLightError, match="divide 2048"):
+        preview.sparse_bins(5, 100)
+
+
+def test_scene_masks(small_build):
+    from lk_scatterlight.builder import preview
+    from lk_scatterlight.builder.pipeline import make_context
+    from lk_scatterlight.builder.straps import strap_mask
+
+    source, config, cube = small_build
+    static, dark = preview.dark_frame(source, config, cube.meta["dark_frames"])
+    assert [source.frames[k].name for k in dark] == cube.meta["dark_frames"]
+    assert static.shape == (2048, 2048)
+    scene = preview.scene_masks(static, config)
+    stars, bleeds, columns = scene["stars"], scene["bleeds"], scene["columns"]
+    assert not (stars & bleeds).any()
+    assert not (stars & columns).any()
+    assert not (bleeds & columns).any()
+    # Together: exactly the pixels the build gives no weight.
+    context = make_context(static, config)
+    assert np.array_equal(stars | bleeds | columns, context.weights == 0)
+    assert bleeds.sum() > 0  # the simulator's saturated stars
+    assert (static[bleeds] > 1e5).any()
+    assert columns[:, strap_mask()].mean() > 0.5  # strap columns, outside the stars
+    assert columns[:, ~strap_mask()].sum() == 0  # no bad columns configured
+    with pytest.raises(ScatterLightError, match="not in"):
+        preview.dark_frame(source, config, ["nope.fits"])
+
+
+def _gif_frames(path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.n_frames
+
+
+@pytest.mark.slow
+def test_cli_dataset_plot_and_sparse(tmp_path, capsys, horizons_path):
+    from lk_scatterlight.builder import preview
+
+    argv = ["dataset", "--sector", "1", "--camera", "4", "--ccd", "3", "--no-progress"]
+    argv += ["--source", "simulate", "10", "--ephemeris", "horizons", str(horizons_path)]
+    argv += ["--pixel-bin", "256"]
+    out = tmp_path / "sets"
+    assert main([*argv, "--out", str(out), "--plot", "--plot-step", "2"]) == 0
+    lines = capsys.readouterr().out.split()
+    data = dataset.read_dataset(lines[0])
+    ntime = data["scatter_cube"].shape[0]
+    assert [name.rsplit("_", 1)[-1] for name in lines[1:]] == ["dark.png", "cube.gif", "angles.gif"]
+    with open(lines[1], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for gif in lines[2:]:
+        assert _gif_frames(gif) == -(-ntime // 2)  # every 2nd plane
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.split("/")[-1] for p in lines)
+    # The fast preview: a small file and the dark frame; the same seed, the same bins.
+    assert main([*argv, "--out", str(out), "--sparse", "5", "--plot"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert lines[0].endswith(preview.preview_filename(1, 4, 3, 256, 5))
+    assert lines[1].endswith("_n5_dark.png")
+    with np.load(lines[0]) as npz:
+        assert npz["scatter"].shape == (ntime, 5)
+        assert npz["earth_alt"].shape == (ntime, 5)
+        assert np.array_equal(npz["bins"], preview.sparse_bins(5, 256, seed=0))
+    # Existing figures are not overwritten without --overwrite; --sparse takes no --time-bin.
+    assert main([*argv, "--out", str(out), "--sparse", "5", "--plot"]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "b"), "--sparse", "5", "--time-bin", "2h"]) == 2
+    assert "drop --time-bin" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_plot_dark_frame():
+    import matplotlib.pyplot as plt
+
+    from lk_scatterlight import plotting
+
+    static = np.full((64, 64), 100.0)
+    scene = {"stars": np.zeros((64, 64), bool), "bleeds": np.zeros((64, 64), bool)}
+    scene["stars"][10:12, 10:12] = True
+    axes = plotting.plot_dark_frame(static, scene)
+    assert axes.shape == (2,)
+    assert "stars (0.0977 %)" in [t.get_text() for t in axes[1].get_legend().get_texts()]
+    _, own = plt.subplots(1, 2)
+    assert plotting.plot_dark_frame(static, scene, ax=own)[1] is own[1]
+    plt.close("all")

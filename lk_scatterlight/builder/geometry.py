@@ -31,9 +31,10 @@ Camera boresight
     of the optical axis in each CCD's pixel grid (some 60-70 pixels beyond the
     inner corner of the science area). Each CCD's WCS maps that position to the
     sky; the boresight is the normalised mean of the four directions. The four
-    estimates agree to about 0.002 deg, and the result agrees with the camera
-    boresight of the TESS Vectors to 0.024 deg in sector 1 camera 4 (the mean
-    of the four inner science corners would be 0.053 deg off).
+    estimates agree to about 0.002 deg. TESS Vectors use the camera's
+    *nominal* boresight instead (spacecraft +Z tilted by -36, -12, +12,
+    +36 deg towards +X, `nominal_camera_frame`), 0.012-0.069 deg from the
+    optical axis in sector 1; `tessvectors_geometry` reproduces their values.
 Ephemeris (`Ephemeris`)
     The spacecraft position from SPICE (`SpiceEphemeris`, through
     lkspacecraft) or from a JPL Horizons vector table (`HorizonsEphemeris`,
@@ -66,9 +67,9 @@ camera are rotated by 180 deg with respect to each other, so their
 azimuths differ by about 180 deg (within 0.2 deg) for the same direction.
 
 The TESS Vectors (taken from the TESS EMI engineering files) measure the azimuth
-around the camera boresight from the spacecraft +X axis towards +Y (the axes
-of the pointing's right ascension, declination and roll);
-`to_tessvectors_azimuth` converts.
+around the nominal camera boresight, from the direction away from the
+spacecraft boresight towards spacecraft +Y (cameras 3-4) or -Y (cameras 1-2),
+see `nominal_camera_frame`; `to_tessvectors_azimuth` converts.
 
 References
 ----------
@@ -84,6 +85,7 @@ from __future__ import annotations
 import abc
 import csv
 import logging
+import lzma
 import os
 import re
 import warnings
@@ -109,6 +111,8 @@ __all__ = [
     "CCDPointing",
     "optical_axis_pixel",
     "spacecraft_axes",
+    "NOMINAL_CAMERA_TILT",
+    "nominal_camera_frame",
     "BodyGeometry",
     "Geometry",
     "compute_geometry",
@@ -116,6 +120,7 @@ __all__ = [
     "spacecraft_time",
     "to_tessvectors_azimuth",
     "read_tessvectors",
+    "tessvectors_geometry",
     "tessvectors_residuals",
 ]
 
@@ -171,6 +176,12 @@ FOCAL_PLANE_GEOMETRY: dict[int, dict[int, tuple[float, float, float]]] = {
 }
 
 
+#: Nominal tilt [deg] of each camera's boresight from the spacecraft +Z axis
+#: towards +X (the cameras' design mounting, 24 deg apart). TESS Vectors (the
+#: TESS EMI engineering files) use these nominal boresights (`nominal_camera_frame`).
+NOMINAL_CAMERA_TILT = {1: -36.0, 2: -12.0, 3: 12.0, 4: 36.0}
+
+
 # ---------------------------------------------------------------------- vectors
 def _unit_vector(ra_deg, dec_deg) -> np.ndarray:
     """ICRS unit vectors, shape (..., 3), from RA and Dec [deg]."""
@@ -219,6 +230,47 @@ def spacecraft_axes(ra: float, dec: float, roll: float) -> np.ndarray:
     """
     angles = np.deg2rad([ra, 90.0 - dec, roll + 180.0])
     return _rotation(2, angles[2]) @ _rotation(1, angles[1]) @ _rotation(2, angles[0])
+
+
+def nominal_camera_frame(axes, camera: int) -> np.ndarray:
+    """The nominal frame of a camera, in which TESS Vectors measure angles.
+
+    The nominal boresight of camera ``c`` is the spacecraft +Z axis tilted
+    towards +X by `NOMINAL_CAMERA_TILT` (-36, -12, +12, +36 deg). The azimuth
+    zero point is the direction away from the spacecraft boresight (the tilt
+    direction) and azimuth 90 deg lies towards spacecraft +Y for cameras 3-4
+    and towards -Y for cameras 1-2 (their frame is turned by 180 deg). Found
+    by fitting the TESS Vectors of sector 1, all four cameras, to 0.01 deg
+    (``docs/geometry.rst``).
+
+    Parameters
+    ----------
+    axes : array of float, shape (3, 3)
+        Spacecraft +X, +Y, +Z unit vectors (rows), from `spacecraft_axes`.
+    camera : int
+        1-4.
+
+    Returns
+    -------
+    frame : ndarray, shape (3, 3)
+        Rows: azimuth zero point, azimuth 90 deg, nominal boresight (ICRS unit
+        vectors, a right-handed orthonormal frame).
+
+    Raises
+    ------
+    ScatterLightError
+        ``camera`` is not 1-4.
+    """
+    try:
+        tilt = np.deg2rad(NOMINAL_CAMERA_TILT[int(camera)])
+    except KeyError as err:
+        msg = f"camera must be 1-4, got {camera}."
+        raise ScatterLightError(msg) from err
+    x_axis, y_axis, z_axis = np.asarray(axes, dtype=float).reshape(3, 3)
+    side = np.sign(tilt)
+    boresight = np.cos(tilt) * z_axis + np.sin(tilt) * x_axis
+    outward = side * (np.cos(tilt) * x_axis - np.sin(tilt) * z_axis)
+    return np.stack([outward, side * y_axis, boresight])
 
 
 # ---------------------------------------------------------------------- ephemerides
@@ -973,17 +1025,15 @@ class CCDPointing:
         ey = _normalise(ey - np.sum(ey * ex, -1, keepdims=True) * ex)
         return los, ex, ey
 
-    def tessvectors_frame(self) -> tuple[float, int]:
-        """How the TESS Vectors azimuth relates to this CCD's azimuth frame at the boresight.
+    @property
+    def nominal_frame(self) -> np.ndarray:
+        """The camera's nominal frame, in which TESS Vectors give their angles.
 
         Returns
         -------
-        offset : float
-            Azimuth [deg], in this CCD's frame, of the spacecraft +X axis
-            projected perpendicular to the boresight.
-        sense : int
-            +1 if the spacecraft +Y axis is at ``offset + 90`` deg, -1 if at
-            ``offset - 90`` deg.
+        frame : ndarray, shape (3, 3)
+            Rows: azimuth zero point, azimuth 90 deg, nominal boresight (ICRS
+            unit vectors); see `nominal_camera_frame`.
 
         Raises
         ------
@@ -993,8 +1043,29 @@ class CCDPointing:
         if self.axes is None:
             msg = "This pointing has no spacecraft axes (give the pointing RA, Dec and roll)."
             raise ScatterLightError(msg)
+        return nominal_camera_frame(self.axes, self.camera)
+
+    def tessvectors_frame(self) -> tuple[float, int]:
+        """How the TESS Vectors azimuth relates to this CCD's azimuth frame at the boresight.
+
+        Returns
+        -------
+        offset : float
+            Azimuth [deg], in this CCD's frame, of the TESS Vectors' azimuth
+            zero point (`nominal_frame` row 0) projected perpendicular to the
+            boresight.
+        sense : int
+            +1 if TESS Vectors' azimuth 90 deg lies at ``offset + 90`` deg,
+            -1 if at ``offset - 90`` deg.
+
+        Raises
+        ------
+        ScatterLightError
+            The pointing has no spacecraft axes.
+        """
+        reference = self.nominal_frame[:2]
         _, ex, ey = self.frame(*self.boresight_pixel)
-        az = np.rad2deg(np.arctan2(self.axes[:2] @ ey, self.axes[:2] @ ex))
+        az = np.rad2deg(np.arctan2(reference @ ey, reference @ ex))
         sense = 1 if np.sin(np.deg2rad(az[1] - az[0])) > 0 else -1
         return float(az[0]), sense
 
@@ -1002,9 +1073,13 @@ class CCDPointing:
 def to_tessvectors_azimuth(azimuth, pointing: CCDPointing) -> np.ndarray:
     """Convert camera-boresight azimuths of this module to the TESS Vectors convention.
 
-    TESS Vectors' ``*_Camera_Azimuth`` is measured around the camera
-    boresight from the spacecraft +X axis towards +Y (established on sector 1
-    camera 4 with all four CCDs: see ``docs/geometry.rst``).
+    TESS Vectors' ``*_Camera_Azimuth`` is measured around the camera's
+    nominal boresight in its nominal frame (`nominal_camera_frame`). This
+    converts an azimuth around this module's boresight (the optical axis,
+    0.01-0.07 deg away from the nominal one) by a rotation, so it matches
+    TESS Vectors to about ``offset / tan(angle)``: 0.1 deg for a body 35 deg
+    from the boresight of camera 1 (see ``docs/geometry.rst``);
+    `tessvectors_geometry` computes the TESS Vectors values exactly.
 
     Parameters
     ----------
@@ -1238,20 +1313,35 @@ def cube_geometry(
 
 
 # ---------------------------------------------------------------------- TESS Vectors
+#: ``TessVectors_S001_C4_FFI`` in a TESS Vectors file name: sector, camera, cadence.
+_TESSVECTORS_NAME = re.compile(r"TessVectors_S(\d+)_C(\d)_(\w+?)(?:\.|$)")
+
+
+def _read_text(path: Path) -> str:
+    """The text of a file, decompressing the ``.xz`` files of the tessvectors repository."""
+    if path.suffix == ".xz":
+        with lzma.open(path, "rt", errors="replace") as stream:
+            return stream.read()
+    return path.read_text(errors="replace")
+
+
 def read_tessvectors(path: str | os.PathLike, drop_invalid: bool = True):
     """Read a TESS Vectors CSV file (HEASARC / tessgi/tessvectors).
 
-    Quirks handled: the file starts with ``#`` comment lines, one of which
-    continues on a line without ``#``; the column header is the line starting
-    with ``,Cadence`` (its first, unnamed column is the row index, returned as
-    ``index``); the last cadence is zero-filled (the producing code never fills
-    the last bin): such rows are dropped, or kept and flagged with
+    Both layouts are read: HEASARC's CSV (``#`` comment lines, one of which
+    continues on a line without ``#``, then a header line ``,Cadence,...``
+    whose first, unnamed column is the row index, returned as ``index``) and
+    the tessgi/tessvectors repository's ``.xz`` files (xz-compressed CSV, no
+    comments, header ``Cadence,...``; sector and camera then come from the
+    file name). The last cadence is zero-filled (the producing code never
+    fills the last bin): such rows are dropped, or kept and flagged with
     ``valid = False``. Note that ``Moon_Spacecraft_Azimuth`` repeats
     ``Earth_Spacecraft_Azimuth`` in these files (a bug of the producing code).
 
     Parameters
     ----------
     path : str or path-like
+        ``.csv`` or ``.xz``.
     drop_invalid : bool
         Drop rows whose geometry columns are all zero.
 
@@ -1260,27 +1350,34 @@ def read_tessvectors(path: str | os.PathLike, drop_invalid: bool = True):
     table : `~astropy.table.Table`
         One row per cadence; ``MidTime`` is the spacecraft time, TJD (TDB)
         [d]; distances in Earth radii, angles in degrees. ``meta`` holds
-        ``sector``, ``camera`` and ``cadence`` from the comment header.
+        ``sector``, ``camera`` and ``cadence`` from the comment header or the
+        file name.
 
     Raises
     ------
     ScatterLightError
-        No ``,Cadence`` header line, or unparseable rows.
+        No ``Cadence`` header line, or unparseable rows.
     """
     from astropy.table import Table
 
     path = Path(path)
     try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError as err:
+        lines = _read_text(path).splitlines()
+    except (OSError, EOFError, lzma.LZMAError) as err:  # EOFError: a truncated .xz file
         msg = f"Cannot read the TESS Vectors file {path}: {err}"
         raise ScatterLightError(msg) from err
     try:
-        start = next(i for i, line in enumerate(lines) if line.startswith(",Cadence"))
+        start = next(i for i, line in enumerate(lines) if line.startswith((",Cadence", "Cadence,")))
     except StopIteration:
-        msg = f"{path.name}: no header line starting with ',Cadence'; is it a TESS Vectors CSV?"
+        msg = (
+            f"{path.name}: no header line starting with ',Cadence' or 'Cadence,'; is it a "
+            "TESS Vectors CSV?"
+        )
         raise ScatterLightError(msg) from None
     meta: dict[str, Any] = {"file": path.name}
+    match = _TESSVECTORS_NAME.search(path.name)
+    if match:
+        meta.update(sector=int(match.group(1)), camera=int(match.group(2)), cadence=match.group(3))
     for line in lines[:start]:
         match = re.match(r"#\s*(Sector|Camera|Cadence)\s*:\s*(\S+)", line)
         if match:
@@ -1308,8 +1405,65 @@ def read_tessvectors(path: str | os.PathLike, drop_invalid: bool = True):
     return table
 
 
+def tessvectors_geometry(
+    time, pointing: CCDPointing, ephemeris: Ephemeris, time_frame: str = "spacecraft"
+) -> dict[str, np.ndarray]:
+    """Earth and Moon camera angles, azimuths and distances as TESS Vectors define them.
+
+    Around the camera's nominal boresight, in its nominal frame
+    (`nominal_camera_frame`), rather than around the optical axis that
+    `compute_geometry` uses. The TESS Vectors themselves also lag by about
+    a minute and use a distance unit 0.26 % larger than 6378.137 km; neither
+    is applied here (see ``docs/geometry.rst``).
+
+    Parameters
+    ----------
+    time : array of float or `~astropy.time.Time`, shape (ntime,)
+        Spacecraft TJD [d] (``time_frame="spacecraft"``, TESS Vectors'
+        ``MidTime``) or BTJD [d] of ``pointing``'s CCD (``time_frame="btjd"``).
+    pointing : `CCDPointing`
+        Any CCD of the camera, with spacecraft axes.
+    ephemeris : `Ephemeris`
+    time_frame : {"spacecraft", "btjd"}
+
+    Returns
+    -------
+    values : dict of ndarray, each shape (ntime,)
+        ``earth_angle``, ``earth_azimuth``, ``moon_angle``, ``moon_azimuth``
+        [deg] (azimuths in [0, 360)); ``earth_distance``, ``moon_distance``
+        [Earth radii of 6378.137 km].
+
+    Raises
+    ------
+    ScatterLightError
+        No spacecraft axes, an ephemeris that does not cover the times, or an
+        unknown ``time_frame``.
+    """
+    if time_frame not in ("btjd", "spacecraft"):
+        msg = f"time_frame must be 'btjd' or 'spacecraft', got {time_frame!r}."
+        raise ScatterLightError(msg)
+    frame = pointing.nominal_frame
+    tjd = _as_jd_tdb(time) - BTJD_OFFSET
+    if time_frame == "btjd":
+        tjd = spacecraft_time(tjd, pointing, ephemeris)
+    vectors = ephemeris.body_vectors(tjd + BTJD_OFFSET)
+    out = {}
+    for body in BODIES:
+        v = np.asarray(vectors[body], dtype=float).reshape(-1, 3)
+        distance = np.linalg.norm(v, axis=1)
+        x, y, z = ((v / distance[:, None]) @ frame.T).T
+        out[f"{body}_angle"] = np.rad2deg(np.arctan2(np.hypot(x, y), z))
+        out[f"{body}_azimuth"] = np.rad2deg(np.arctan2(y, x)) % 360.0
+        out[f"{body}_distance"] = distance / R_EARTH_KM
+    return out
+
+
 def tessvectors_residuals(
-    vectors, ephemeris: Ephemeris, pointing: CCDPointing, lag: float = 0.0
+    vectors,
+    ephemeris: Ephemeris,
+    pointing: CCDPointing,
+    lag: float = 0.0,
+    boresight: str = "nominal",
 ) -> dict[str, np.ndarray]:
     """Differences between this module's boresight geometry and TESS Vectors.
 
@@ -1322,7 +1476,11 @@ def tessvectors_residuals(
         Any CCD of the camera, with spacecraft axes.
     lag : float
         Evaluate this module at ``MidTime - lag`` [s] (the TESS Vectors values
-        lag by about 69 s; see ``docs/geometry.rst``).
+        lag by about 57 s; see ``docs/geometry.rst``).
+    boresight : {"nominal", "optical"}
+        Compare TESS Vectors' own definition (`tessvectors_geometry`), or this
+        module's camera optical axis (`compute_geometry`, azimuths converted
+        with `to_tessvectors_azimuth`).
 
     Returns
     -------
@@ -1335,7 +1493,7 @@ def tessvectors_residuals(
     Raises
     ------
     ScatterLightError
-        Sector or camera differ from the pointing's.
+        Sector or camera differ from the pointing's, or ``boresight`` is unknown.
     """
     sector, camera = vectors.meta.get("sector"), vectors.meta.get("camera")
     if (sector, camera) not in ((pointing.sector, pointing.camera), (None, None)):
@@ -1345,16 +1503,26 @@ def tessvectors_residuals(
         )
         raise ScatterLightError(msg)
     tjd = np.asarray(vectors["MidTime"], dtype=float) - lag / 86400.0
-    row, column = pointing.boresight_pixel
-    geo = compute_geometry(tjd, row, column, pointing, ephemeris, time_frame="spacecraft")
+    if boresight == "nominal":
+        ours = tessvectors_geometry(tjd, pointing, ephemeris)
+    elif boresight == "optical":
+        row, column = pointing.boresight_pixel
+        geo = compute_geometry(tjd, row, column, pointing, ephemeris, time_frame="spacecraft")
+        ours = {}
+        for body in BODIES:
+            g = geo[body]
+            ours[f"{body}_angle"] = g.boresight_angle
+            ours[f"{body}_azimuth"] = to_tessvectors_azimuth(g.boresight_azimuth, pointing)
+            ours[f"{body}_distance"] = g.distance
+    else:
+        msg = f"boresight must be 'nominal' or 'optical', got {boresight!r}."
+        raise ScatterLightError(msg)
     out = {"spacecraft_time": tjd}
     for body in BODIES:
         name = body.capitalize()
-        g = geo[body]
-        az = to_tessvectors_azimuth(g.boresight_azimuth, pointing)
-        out[f"{body}_angle"] = g.boresight_angle - np.asarray(vectors[f"{name}_Camera_Angle"])
+        out[f"{body}_angle"] = ours[f"{body}_angle"] - np.asarray(vectors[f"{name}_Camera_Angle"])
         out[f"{body}_azimuth"] = (
-            az - np.asarray(vectors[f"{name}_Camera_Azimuth"]) + 180.0
+            ours[f"{body}_azimuth"] - np.asarray(vectors[f"{name}_Camera_Azimuth"]) + 180.0
         ) % 360.0 - 180.0
-        out[f"{body}_distance"] = g.distance - np.asarray(vectors[f"{name}_Distance"])
+        out[f"{body}_distance"] = ours[f"{body}_distance"] - np.asarray(vectors[f"{name}_Distance"])
     return out
