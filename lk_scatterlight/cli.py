@@ -121,20 +121,32 @@ def subcommand(name: str, add_arguments: Callable[[argparse.ArgumentParser], Non
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="lk_scatterlight_demo.png", help="PNG to write")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the simulation")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 @subcommand("demo", _demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
     """Correct a simulated TESSCut-like TPF offline and write a before/after figure."""
-    from .demo import run_demo
-
     folder = Path(args.out).parent
     _check_folder(folder, "--out", args.out)
     guard = _FolderGuard()
     guard.watch(folder)
+
+    def report(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    report(
+        "lk-scatterlight demo: simulate FFIs -> build a cube -> publish it to a local "
+        "registry -> fetch -> correct a TPF (about 10 s)"
+    )
+    from .demo import run_demo
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        result = run_demo(out=args.out, seed=args.seed)
+        result = run_demo(
+            out=args.out, seed=args.seed, progress=not args.no_progress, report=report
+        )
     except BaseException:
         guard.undo()
         raise

@@ -7,6 +7,7 @@ import numpy as np
 __all__ = [
     "plot_correction",
     "plot_model_images",
+    "plot_recovery",
     "animate_cube",
     "animate_maps",
     "plot_geometry_maps",
@@ -101,6 +102,65 @@ def plot_model_images(flux, model, time=None, ax=None):
             im = axis.imshow(image, origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
             axis.figure.colorbar(im, ax=axis, label="e$^-$/s")
             axis.set_title(title if time is None else f"{title}\nBTJD {time:.3f}")
+    return axes
+
+
+def plot_recovery(time, original, corrected, true_flux, floor=0.0, window=None, ax=None):
+    """A light curve before and after correction beside the injected truth (simulations).
+
+    The top panel shows the light curve before (grey) and after (black)
+    correction, the true flux without scattered light (red) and, dashed, the
+    true flux plus ``floor``: the constant a correction is expected to leave
+    (a cube models the light above its darkest frames, so their light stays).
+    The bottom panel shows what the correction got wrong: corrected minus
+    (true flux + floor).
+
+    Parameters
+    ----------
+    time : array of float, shape (ntime,)
+        BTJD [d].
+    original, corrected : array of float, shape (ntime,)
+        Flux before and after correction [e-/s].
+    true_flux : array of float, shape (ntime,)
+        ``original`` minus the injected scattered light [e-/s]: same noise,
+        so the bottom panel shows the correction's error alone.
+    floor : float
+        Constant the correction leaves [e-/s]; 0 draws no dashed line.
+    window : (float, float), optional
+        BTJD range to show [d]; default all.
+    ax : array of two `matplotlib.axes.Axes`, optional
+        Light curve and error panels (share their x axis for a zoom).
+
+    Returns
+    -------
+    axes : ndarray of two `matplotlib.axes.Axes`
+    """
+    import lightkurve as lk
+    import matplotlib.pyplot as plt
+
+    time, original, corrected, true_flux = (
+        np.asarray(a, dtype=float) for a in (time, original, corrected, true_flux)
+    )
+    shown = np.ones(time.size, dtype=bool)
+    if window is not None:
+        shown = (time >= window[0]) & (time <= window[1])
+    t = time[shown]
+    with plt.style.context(lk.MPLSTYLE):
+        axes = _axes(ax, 2, 1, (8.5, 6))
+        top, bottom = axes
+        top.plot(t, original[shown], ".", ms=3, c="0.6", label="original")
+        top.plot(t, true_flux[shown], "-", lw=1, c="C3", label="injected: without scattered light")
+        if floor:
+            label = f"injected + constant floor ({floor:+.0f} e$^-$/s)"
+            top.plot(t, true_flux[shown] + floor, "--", lw=1, c="C3", label=label)
+        top.plot(t, corrected[shown], ".", ms=3, c="k", label="corrected")
+        top.set_ylabel("Flux [e$^-$/s]")
+        top.legend(loc="upper right", fontsize="small")
+        error = corrected[shown] - true_flux[shown] - floor
+        bottom.axhline(0, c="C3", lw=1)
+        bottom.plot(t, error, ".", ms=3, c="k")
+        bottom.set_ylabel("corrected $-$ injected\n$-$ floor [e$^-$/s]")
+        bottom.set_xlabel("Time [BTJD]")
     return axes
 
 

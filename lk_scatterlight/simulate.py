@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, ffi_cadence_seconds
+from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, Region, ffi_cadence_seconds
 from .cube import ScatterLightCube
 from .utils import atomic_write
 
@@ -389,6 +389,7 @@ _DEADC = _CR_KEEP * _INT_TIME / (_INT_TIME + _READ_TIME)  # 0.792, as in SPOC he
 _STAMP_RADII = (4, 8, 16, 32, 64)  # [px] stamp half-widths used to render stars
 _PSF_FLOOR = 0.01  # [e-/s] stamps reach where the PSF wing falls below this
 _STAR_MARGIN = 8  # [px] stars are placed up to this far outside the science area
+_SMEAR_PAD = 4  # [px] margin around a region when smearing its stars (shifts <= 2 px)
 _SCIENCE_ROW_COORDS = np.arange(1, 2049, dtype=float)  # 1-based CCD rows
 _SCIENCE_COLUMN_COORDS = np.arange(45, 2093, dtype=float)  # 1-based CCD columns
 
@@ -865,12 +866,17 @@ class FFISimulator:
             science pixels (CCD rows 1..2048, columns 45..2092). Excludes the
             static sky and any Argabrightening `glint`.
         """
-        index = self._check_index(index)
+        return self._truth(self._check_index(index), Region.full())
+
+    def _truth(self, index: int, region: Region) -> np.ndarray:
+        rows, cols = region.science_slice
         with np.errstate(over="ignore"):  # the structured shadow's logistic overflows harmlessly
             sl = self.field(
-                self.time[index : index + 1], _SCIENCE_ROW_COORDS, _SCIENCE_COLUMN_COORDS
+                self.time[index : index + 1],
+                _SCIENCE_ROW_COORDS[rows],
+                _SCIENCE_COLUMN_COORDS[cols],
             )[0]
-        return (sl * self.column_response).astype(np.float32)
+        return (sl * self.column_response[cols]).astype(np.float32)
 
     def glint(self, index: int) -> np.ndarray | None:
         """The Argabrightening glint of a frame, if it has one.
@@ -905,31 +911,7 @@ class FFISimulator:
             included; the science pixels are ``[0:2048, 44:2092]``.
         """
         index = self._check_index(index)
-        self._ensure_scene()
-        kind = self.defects.get(index)
-        sl = self.truth(index)
-        if kind in ("desat", "coarse"):
-            rng = np.random.default_rng([self.seed, 1, index])
-            angle = rng.uniform(0, 2 * np.pi)
-            direction = np.array([np.sin(angle), np.cos(angle)])
-            if kind == "desat":  # a ~2 px smear along a line through the nominal position
-                start, stop = -1.0 * direction, 1.0 * direction
-            else:  # coarse pointing: offset by ~1.5 px and smeared by ~1 px
-                offset = 1.5 * np.array([np.cos(angle), -np.sin(angle)])
-                start, stop = offset - 0.5 * direction, offset + 0.5 * direction
-            stars = self._static - self._sky_row[None, :]
-            scene = _smear_shift(stars, start, stop, nstep=5)
-            scene += self._sky_row[None, :]
-            scene += sl
-            np.minimum(scene, SATURATION, out=scene)
-        else:
-            scene = sl
-            scene += self._static
-            scene[self._saturated] = SATURATION
-        glint = self.glint(index)
-        if glint is not None:
-            scene += glint
-
+        scene = self._scene(index, Region.full())
         rng = np.random.default_rng([self.seed, 3, index])
         noise = rng.standard_normal(FFI_SHAPE, dtype=np.float32)
         rows, cols = SCIENCE_SLICES
@@ -939,14 +921,88 @@ class FFISimulator:
         flux += np.float32(self.collateral_level)
         smear = scene.mean(axis=0) * np.float32(_READ_TIME / _INT_TIME)
         flux[2058:2068, cols] += smear[None, :]  # smear rows (1-based rows 2059-2068)
-        science_err = np.maximum(scene, 0.0, dtype=np.float32)
-        science_err *= np.float32(1.0 / self.exposure)
-        science_err += self._read_var[None, cols]
-        np.sqrt(science_err, out=science_err)
-        err[rows, cols] = science_err
-        science_err *= noise[rows, cols]
-        science_err += scene
-        flux[rows, cols] = science_err
+        flux[rows, cols], err[rows, cols] = self._add_noise(scene, noise[rows, cols], cols)
+        return flux, err
+
+    def science(self, index: int, region: Region | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Generate the science pixels of one frame, or of a region of them only.
+
+        A region costs in proportion to its area (a 128 x 128 px region about
+        1/250 of a frame), which makes regional builds of simulated data cheap.
+        Stars, sky, scattered light, defects and saturation are those of
+        `frame`; the noise is drawn for the region alone, so it has the same
+        statistics as `frame`'s but not the same values.
+
+        Parameters
+        ----------
+        index : int
+            Frame index (0..ntime-1).
+        region : `~lk_scatterlight.ccd.Region`, optional
+            Science pixels to generate (1-based CCD rows and columns); default all.
+
+        Returns
+        -------
+        flux, flux_err : ndarray of float32, shape (region.nrows, region.ncols)
+            Calibrated flux and its 1-sigma uncertainty [e-/s].
+        """
+        index = self._check_index(index)
+        region = Region.full() if region is None else region
+        scene = self._scene(index, region)
+        rng = np.random.default_rng([self.seed, 4, index, region.row, region.column])
+        noise = rng.standard_normal(scene.shape, dtype=np.float32)
+        return self._add_noise(scene, noise, region.ffi_slice[1])
+
+    def _scene(self, index: int, region: Region) -> np.ndarray:
+        """Noise-free science pixels of a region of frame ``index`` [e-/s], float32."""
+        self._ensure_scene()
+        rows, cols = region.science_slice
+        kind = self.defects.get(index)
+        sl = self._truth(index, region)
+        if kind in ("desat", "coarse"):
+            rng = np.random.default_rng([self.seed, 1, index])
+            angle = rng.uniform(0, 2 * np.pi)
+            direction = np.array([np.sin(angle), np.cos(angle)])
+            if kind == "desat":  # a ~2 px smear along a line through the nominal position
+                start, stop = -1.0 * direction, 1.0 * direction
+            else:  # coarse pointing: offset by ~1.5 px and smeared by ~1 px
+                offset = 1.5 * np.array([np.cos(angle), -np.sin(angle)])
+                start, stop = offset - 0.5 * direction, offset + 0.5 * direction
+            # Smear the region grown by the largest shift (2 px), so stars just
+            # outside it move in as they do in a full frame.
+            r0, c0 = max(rows.start - _SMEAR_PAD, 0), max(cols.start - _SMEAR_PAD, 0)
+            grown = slice(r0, rows.stop + _SMEAR_PAD), slice(c0, cols.stop + _SMEAR_PAD)
+            stars = self._static[grown] - self._sky_row[None, grown[1]]
+            smeared = _smear_shift(stars, start, stop, nstep=5)
+            scene = smeared[rows.start - r0 :, cols.start - c0 :][: region.nrows, : region.ncols]
+            scene += self._sky_row[None, cols]
+            scene += sl
+            np.minimum(scene, SATURATION, out=scene)
+        else:
+            scene = sl
+            scene += self._static[rows, cols]
+            sat_rows, sat_cols = self._saturated
+            inside = (sat_rows >= rows.start) & (sat_rows < rows.stop)
+            inside &= (sat_cols >= cols.start) & (sat_cols < cols.stop)
+            scene[sat_rows[inside] - rows.start, sat_cols[inside] - cols.start] = SATURATION
+        glint = self.glint(index)
+        if glint is not None:
+            scene += glint[rows, cols]
+        return scene
+
+    def _add_noise(
+        self, scene: np.ndarray, noise: np.ndarray, ffi_cols: slice
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Flux and 1-sigma error of science pixels: photon and read noise on ``scene``.
+
+        ``noise`` holds standard normal draws of the same shape; ``ffi_cols`` is
+        the pixels' slice of the full FFI columns (for the read noise of their output).
+        """
+        err = np.maximum(scene, 0.0, dtype=np.float32)
+        err *= np.float32(1.0 / self.exposure)
+        err += self._read_var[None, ffi_cols]
+        np.sqrt(err, out=err)
+        flux = err * noise
+        flux += scene
         return flux, err
 
     def filename(self, index: int) -> str:

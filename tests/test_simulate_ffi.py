@@ -19,6 +19,7 @@ from lk_scatterlight.builder.straps import (
     strap_groups,
     strap_mask,
 )
+from lk_scatterlight.ccd import Region
 from lk_scatterlight.simulate import (
     FFI_SHAPE,
     SATURATION,
@@ -221,6 +222,30 @@ def test_argabrightening_glint_is_extra_light_not_truth(sim):
     z = ((flux[SCIENCE] - model) / flux_err[SCIENCE])[~sim.saturated_mask()]
     assert abs(z.mean()) < 5e-3  # [sigma]
     assert abs(z.std() - 1) < 5e-3
+
+
+@pytest.mark.parametrize("index", [0, 1, 3, 4])  # plain, desat, coarse, glint
+def test_science_region_is_the_frame_but_for_the_noise(sim, index):
+    """A region's flux error (a function of the noise-free scene) equals the full
+    frame's, so stars, smears, glints and saturation match; only the noise is new."""
+    sat_rows, sat_cols = np.nonzero(sim.saturated_mask())
+    regions = [
+        Region(1, 45, 64, 64),  # the CCD's corner: smears and stars cut at the edge
+        Region(int(sat_rows[0]) - 31, int(sat_cols[0]) + 45 - 31, 64, 96),  # a saturated star
+    ]
+    flux_full, err_full = sim.frame(index)
+    for region in regions:
+        flux, err = sim.science(index, region)
+        assert flux.shape == err.shape == (region.nrows, region.ncols)
+        assert flux.dtype == np.float32
+        np.testing.assert_array_equal(err, err_full[region.ffi_slice])
+        assert not np.array_equal(flux, flux_full[region.ffi_slice])  # its own noise
+        scene = flux_full[region.ffi_slice]  # frame = scene + err * noise_1
+        z = (flux - scene) / err  # noise_2 - noise_1: unit-variance each
+        assert abs(z.std() - np.sqrt(2)) < 0.1
+    assert sim.science(index, regions[1])[0].max() > 0.99 * SATURATION  # the star is in
+    whole, _ = sim.science(index)
+    assert whole.shape == (2048, 2048)
 
 
 def test_quality_flags(sim):

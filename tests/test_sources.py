@@ -21,6 +21,7 @@ from lk_scatterlight.builder.sources import (
     SimulatedFFISource,
     read_ffi_header,
 )
+from lk_scatterlight.ccd import Region
 from lk_scatterlight.exceptions import FFISourceError, ScatterLightError
 from lk_scatterlight.simulate import FFISimulator, ScatteredLightField
 
@@ -276,6 +277,17 @@ def test_simulated_source_matches_simulator_and_files(sim, ffi_paths):
     local_flux, local_err = local.read(2)
     np.testing.assert_array_equal(flux, local_flux)
     np.testing.assert_array_equal(flux_err, local_err)
+
+
+def test_simulated_source_region_generates_only_the_region(sim):
+    region = Region(129, 173, 128, 128)
+    source = SimulatedFFISource(sim, region)
+    assert source.region == region
+    assert str(region) in source.description
+    flux, flux_err = source.read(1)
+    assert flux.shape == flux_err.shape == (128, 128)
+    np.testing.assert_array_equal((flux, flux_err), sim.science(1, region))
+    assert SimulatedFFISource(sim, Region.full()).region.is_full
 
 
 # ---------------------------------------------------------------------- iter_read

@@ -611,15 +611,23 @@ class SimulatedFFISource(FFISource):
 
     Nothing is written to disk; each `read` generates the frame (about 0.15 s,
     0.5 s for frames with pointing defects) and returns its science pixels.
+    With a ``region``, only that region's pixels are generated
+    (`~lk_scatterlight.simulate.FFISimulator.science`), in time proportional
+    to its area: a regional build of simulated data without whole frames.
     The simulator's truth (`~lk_scatterlight.simulate.FFISimulator.truth`)
     tells what a builder should recover.
 
     Parameters
     ----------
     simulator : `~lk_scatterlight.simulate.FFISimulator`
+    region : `~lk_scatterlight.ccd.Region`, optional
+        Science pixels to generate (1-based CCD rows and columns); default the
+        whole CCD. A region's noise is drawn for the region alone, so its
+        pixels differ from the whole frame's by the noise realisation
+        (`crop` of a whole-CCD source keeps the whole frame's noise).
     """
 
-    def __init__(self, simulator: FFISimulator):
+    def __init__(self, simulator: FFISimulator, region: Region | None = None):
         self.simulator = simulator
         frames = [
             FrameInfo(
@@ -633,12 +641,16 @@ class SimulatedFFISource(FFISource):
             )
             for i in range(len(simulator))
         ]
-        super().__init__(
-            simulator.sector, simulator.camera, simulator.ccd, frames, f"simulated: {simulator!r}"
-        )
+        description = f"simulated: {simulator!r}"
+        if region is not None and not region.is_full:
+            self.region = region
+            description += f", {region}"
+        super().__init__(simulator.sector, simulator.camera, simulator.ccd, frames, description)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Generate one frame and return its science pixels (see `FFISource.read`)."""
         index = self._check_index(index)
+        if not self.region.is_full:
+            return self.simulator.science(index, self.region)
         flux, err = self.simulator.frame(index)
         return np.ascontiguousarray(flux[_SCIENCE]), np.ascontiguousarray(err[_SCIENCE])
