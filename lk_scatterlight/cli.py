@@ -121,7 +121,9 @@ def subcommand(name: str, add_arguments: Callable[[argparse.ArgumentParser], Non
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="lk_scatterlight_demo.png", help="PNG to write")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the simulation")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the builder's progress bars"
+    )
 
 
 @subcommand("demo", _demo_arguments)
