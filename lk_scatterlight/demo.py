@@ -236,7 +236,7 @@ def run_demo(
     dark_light = _dark_light(simulator, tpf, corrector)
     numbers = _measure(simulator, tpf, corrector, corrected_tpf, corner, dark_light)
     with atomic_write(out) as part:
-        plot_demo(tpf, corrector, corrected_tpf, dark_light).savefig(part, dpi=100)
+        plot_demo(tpf, corrector, dark_light).savefig(part, dpi=100)
     clock.lap("figure", str(out))
     return DemoResult(
         figure=Path(out),
@@ -364,7 +364,7 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def plot_demo(tpf, corrector, corrected_tpf, dark_light: np.ndarray):
+def plot_demo(tpf, corrector, dark_light: np.ndarray):
     """The demo's figure: a scattered-light ramp before/after with the truth, and images.
 
     Parameters
@@ -373,59 +373,78 @@ def plot_demo(tpf, corrector, corrected_tpf, dark_light: np.ndarray):
         The simulated TPF, with the injected light in its ``SL_TRUTH`` extension.
     corrector : `~lk_scatterlight.ScatterLightCorrector`
         After `~lk_scatterlight.ScatterLightCorrector.correct`.
-    corrected_tpf : `lightkurve.TessTargetPixelFile`
     dark_light : ndarray, shape (nrow, ncol)
         Injected light of the cube's darkest frames [e-/s per pixel].
 
     Returns
     -------
     figure : `matplotlib.figure.Figure`
+        Top: the light curve over the sector and a zoom on its strongest ramp;
+        bottom: TPF, model, injected light and TPF - model at that cadence.
     """
     from matplotlib.figure import Figure
 
-    from .plotting import plot_model_images, plot_recovery
-
-    time = tpf.time.value  # lightkurve applies its default quality mask to time and flux
     truth = tpf.hdu["SL_TRUTH"].data[tpf.quality_mask].astype(float)
+    model = corrector.model.flux.value
+    strong = int(np.nanargmax(np.nanmedian(model, axis=(1, 2))))
+    fig = Figure(figsize=(15, 10), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.15, 1])
+    _plot_light_curves(top, tpf.time.value, corrector, truth, strong)
+    _plot_images(bottom, tpf, corrector, truth, dark_light, strong)
+    return fig
+
+
+def _plot_light_curves(subfigure, time, corrector, truth, strong: int) -> None:
+    """The sector's light curve and a zoom on the ramp around cadence ``strong``."""
+    from .plotting import plot_recovery
+
     aperture = corrector.aperture_mask
     original = corrector.original_lc.flux.value
     corrected = corrector.corrected_lc.flux.value
     true_flux = original - truth[:, aperture].sum(axis=1)
     floor = float(np.median(corrected - true_flux))
-    model = corrector.model.flux.value
-    strong = int(np.nanargmax(np.nanmedian(model, axis=(1, 2))))
     window = _ramp_window(time, strong)
-
-    fig = Figure(figsize=(15, 10), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.15, 1])
-    grid = top.add_gridspec(2, 2, width_ratios=[1, 1.35], height_ratios=[3, 1])
-    overview = top.add_subplot(grid[:, 0])
-    zoom = top.add_subplot(grid[0, 1])
-    error = top.add_subplot(grid[1, 1], sharex=zoom)
+    grid = subfigure.add_gridspec(2, 2, width_ratios=[1, 1.35], height_ratios=[3, 1])
+    overview = subfigure.add_subplot(grid[:, 0])
+    zoom = subfigure.add_subplot(grid[0, 1])
+    error = subfigure.add_subplot(grid[1, 1], sharex=zoom)
     overview.plot(time, original, ".", ms=2, c="0.6", label="original")
     overview.plot(time, corrected, ".", ms=2, c="k", label="corrected")
     overview.axvspan(*window, color="C3", alpha=0.12, lw=0, label="zoom")
-    overview.set(xlabel="Time [BTJD]", ylabel="Aperture flux [e$^-$/s]",
-                 title=f"Sector 1, {aperture.sum()}-pixel aperture")  # fmt: skip
+    overview.set(
+        xlabel="Time [BTJD]",
+        ylabel="Aperture flux [e$^-$/s]",
+        title=f"Sector 1, {aperture.sum()}-pixel aperture",
+    )
     overview.legend(loc="upper center", fontsize="small")
-    plot_recovery(time, original, corrected, true_flux, floor=floor, window=window,
-                  ax=[zoom, error])  # fmt: skip
-    zoom.set_title("One scattered-light ramp, with the injected truth")
+    plot_recovery(
+        time, original, corrected, true_flux, floor=floor, window=window, ax=[zoom, error]
+    )
+    zoom.set(title="One scattered-light ramp, with the injected truth", xlabel="")
     zoom.tick_params(labelbottom=False)
-    zoom.set_xlabel("")
     zoom.annotate(
         f"the floor: {aperture.sum()} pixels x {floor / aperture.sum():.1f} e$^-$/s, the light "
         "of the cube's\ndarkest frames, which it does not model (it models the light above them)",
         xy=(window[1], float(np.median(true_flux)) + floor),
-        xytext=(0.98, 0.35), textcoords="axes fraction", ha="right", fontsize="small",
+        xytext=(0.98, 0.35),
+        textcoords="axes fraction",
+        ha="right",
+        fontsize="small",
         arrowprops={"arrowstyle": "->", "color": "C3"},
-    )  # fmt: skip
+    )
 
-    images = bottom.subplots(1, 4)
-    flux, model, injected = tpf.flux.value[strong], model[strong], truth[strong] - dark_light
+
+def _plot_images(subfigure, tpf, corrector, truth, dark_light, strong: int) -> None:
+    """TPF, model, injected light above the darkest frames and TPF - model at ``strong``."""
+    from .plotting import plot_model_images
+
+    flux = tpf.flux.value[strong]
+    model = corrector.model.flux.value[strong]
+    injected = truth[strong] - dark_light
+    images = subfigure.subplots(1, 4)
     plot_model_images(flux, model, ax=images[[0, 1, 3]])
     shown = images[2].imshow(injected, origin="lower", cmap="viridis")
-    bottom.colorbar(shown, ax=images[2], label="e$^-$/s")
+    subfigure.colorbar(shown, ax=images[2], label="e$^-$/s")
     both = np.concatenate([model.ravel(), injected.ravel()])
     for image in (images[1].images[0], shown):  # one scale for model and injected light
         image.set_clim(both.min(), both.max())
@@ -434,9 +453,11 @@ def plot_demo(tpf, corrector, corrected_tpf, dark_light: np.ndarray):
     titles = ("TPF", "cube model", "injected light above\nthe darkest frames", "TPF $-$ model")
     for ax, title in zip(images, titles, strict=True):
         ax.set_title(title, fontsize="medium")
-    outside = ~aperture
-    bottom.suptitle(f"BTJD {time[strong]:.3f}, the cadence of strongest scattered light")
-    bottom.supxlabel(
+    outside = ~corrector.aperture_mask
+    subfigure.suptitle(
+        f"BTJD {tpf.time.value[strong]:.3f}, the cadence of strongest scattered light"
+    )
+    subfigure.supxlabel(
         "TPF and TPF $-$ model share a colour scale, model and injected light another. "
         f"Outside the aperture the background drops from {np.median(flux[outside]):.0f} to "
         f"{np.median((flux - model)[outside]):.0f} e$^-$/s per pixel:\nwhat is left is the "
@@ -444,7 +465,6 @@ def plot_demo(tpf, corrector, corrected_tpf, dark_light: np.ndarray):
         "frames, which the cube does not model.",
         fontsize="medium",
     )
-    return fig
 
 
 def _ramp_window(time: np.ndarray, peak: int, before: float = 0.5, after: float = 1.5):

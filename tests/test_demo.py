@@ -69,3 +69,29 @@ def test_simulation_is_deterministic_and_continuous():
 def test_make_cube_checks_bin():
     with pytest.raises(ValueError, match="must divide 2048"):
         simulate.make_cube(simulate.ScatteredLightField(), pixel_bin=100)
+
+
+def test_plot_recovery_shows_what_the_correction_got_wrong():
+    from matplotlib.figure import Figure
+
+    from lk_scatterlight.plotting import plot_recovery
+
+    time = np.linspace(1325.0, 1330.0, 101)
+    true_flux = 1000.0 + np.sin(time)  # the star, its noise included
+    ramp = 500.0 * np.exp(-(time - 1325.0))
+    original = true_flux + ramp + 20.0  # 20 e-/s of the darkest frames' light
+    corrected = original - 0.99 * ramp  # the model misses 1 % of the ramp
+    axes = Figure().subplots(2, 1)
+    out = plot_recovery(
+        time, original, corrected, true_flux, floor=20.0, window=(1325, 1326), ax=axes
+    )
+    assert list(out) == list(axes)
+    shown = (time >= 1325) & (time <= 1326)
+    (zero, error) = out[1].lines
+    np.testing.assert_allclose(error.get_xdata(), time[shown])
+    np.testing.assert_allclose(error.get_ydata(), 0.01 * ramp[shown])
+    labels = [line.get_label() for line in out[0].lines]
+    assert labels[2] == "injected + constant floor (+20 e$^-$/s)"
+    np.testing.assert_allclose(out[0].lines[2].get_ydata(), true_flux[shown] + 20.0)
+    no_floor = plot_recovery(time, original, corrected, true_flux, ax=Figure().subplots(2, 1))
+    assert len(no_floor[0].lines) == 3  # no dashed line without a floor
