@@ -564,7 +564,7 @@ class FFISimulator:
     * **sky**: a static level ``sky`` [e-/s].
     * **SL(t)**: the scattered light of ``field`` (`ScatteredLightField`)
       evaluated exactly at every pixel centre.
-    * **strap**: the CCD strap columns (`lk_scatterlight.builder.straps`,
+    * **strap**: the CCD strap columns (`lk_scatterlight.straps`,
       TESS Instrument Handbook Table A.3) respond more to diffuse light: each
       strap (two adjacent columns) gets a factor drawn uniformly from
       ``strap_factor`` (default 1.03..1.05), deterministic with ``seed``.
@@ -680,7 +680,7 @@ class FFISimulator:
         glint_amplitude: float = 50.0,
         collateral_level: float = 0.5,
     ):
-        from .builder.straps import strap_groups
+        from .straps import strap_groups
 
         self.field = ScatteredLightField(seed=seed) if field is None else field
         self.sector, self.camera, self.ccd = int(sector), int(camera), int(ccd)

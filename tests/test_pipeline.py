@@ -217,7 +217,7 @@ def test_errors(simulator):
 
 
 def test_strap_geometry_references_avoid_straps():
-    from lk_scatterlight.builder.straps import STRAP_CCD_COLUMNS
+    from lk_scatterlight.straps import STRAP_CCD_COLUMNS
 
     straps = np.asarray(STRAP_CCD_COLUMNS)
     columns, refs = pipeline._strap_geometry(straps)

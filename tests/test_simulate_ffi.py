@@ -12,13 +12,6 @@ import pytest
 from astropy.io import fits
 from scipy import ndimage
 
-from lk_scatterlight.builder.straps import (
-    STRAP_CCD_COLUMNS,
-    STRAP_SCIENCE_COLUMNS,
-    STRAP_TABLE,
-    strap_groups,
-    strap_mask,
-)
 from lk_scatterlight.simulate import (
     FFI_SHAPE,
     SATURATION,
@@ -27,6 +20,13 @@ from lk_scatterlight.simulate import (
     _bleed,
     btjd_to_utc,
     ffi_filename,
+)
+from lk_scatterlight.straps import (
+    STRAP_CCD_COLUMNS,
+    STRAP_SCIENCE_COLUMNS,
+    STRAP_TABLE,
+    strap_groups,
+    strap_mask,
 )
 
 REAL_FFI = "tess2018206192942-s0001-1-4-0120-s_ffic_corner128x173.fits"

@@ -202,7 +202,7 @@ class BuildConfig:
 
 
 def _strap_columns() -> np.ndarray:
-    from .straps import STRAP_CCD_COLUMNS
+    from ..straps import STRAP_CCD_COLUMNS
 
     return np.asarray(STRAP_CCD_COLUMNS, dtype=int)
 
