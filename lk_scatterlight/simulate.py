@@ -544,6 +544,18 @@ def _smear_shift(image: np.ndarray, start, stop, nstep: int) -> np.ndarray:
     return out
 
 
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def _restore_simulator(cls: type, state: dict, locks: list[str]) -> FFISimulator:
+    """Unpickle an `FFISimulator` (see ``FFISimulator.__reduce__``) with new locks."""
+    simulator = cls.__new__(cls)
+    simulator.__dict__.update(state)
+    for name in locks:
+        setattr(simulator, name, threading.Lock())
+    return simulator
+
+
 class FFISimulator:
     """Synthetic TESS calibrated Full Frame Images with known scattered light.
 
@@ -775,6 +787,20 @@ class FFISimulator:
         self._static: np.ndarray | None = None
         self._saturated: tuple[np.ndarray, np.ndarray] | None = None
         self._sky_row = (self.sky * self.column_response).astype(np.float32)
+
+    def __reduce__(self) -> tuple:
+        """Pickle without the locks and the rendered scene (~20 MB, re-rendered on use).
+
+        Dask sends the simulator to its workers this way.
+        """
+        state = dict(self.__dict__)
+        locks = [name for name, value in state.items() if isinstance(value, _LOCK_TYPES)]
+        for name in locks:
+            del state[name]
+        for name in ("_static", "_saturated"):  # caches: cheaper to re-render than to send
+            if name in state:
+                state[name] = None
+        return _restore_simulator, (type(self), state, locks)
 
     # ------------------------------------------------------------------ setup helpers
     def _default_defects(self, dump_interval: float) -> dict[int, str]:
