@@ -72,19 +72,12 @@ import numpy as np
 
 from ..exceptions import ScatterLightError
 from ..utils import atomic_write
-from . import pipeline
-from .pipeline import (
-    BuildConfig,
-    ChunkResult,
-    FrameContext,
-    bin_planes,
-    candidate_frames,
-    combine_dark,
-    frame_level,
-    plan_build,
-    process_chunk,
-    select_dark,
-)
+from .assembly import bin_planes
+from .config import BuildConfig
+from .framepass import ChunkResult, FrameContext, make_context, process_chunk
+from .plan import plan_build, source_region
+from .runner import run_build
+from .scene import candidate_frames, combine_dark, frame_level, select_dark
 
 if TYPE_CHECKING:  # pragma: no cover
     from astropy.table import Table
@@ -306,10 +299,10 @@ class DaskRunner:
         return self._hold(
             "context",
             lambda: self._submit(
-                pipeline.make_context,
+                make_context,
                 static_future,
                 config,
-                pipeline.source_region(self.source, config),
+                source_region(self.source, config),
                 key="context",
                 frames=False,
             ),
@@ -501,7 +494,7 @@ def build_cube_dask(
     _check_worker_malloc(client)
     runner = DaskRunner(client, source, retries=retries, resources=resources)
     try:
-        return pipeline._run_build(source, config, plan, runner, progress)
+        return run_build(source, config, plan, runner, progress)
     finally:
         runner.close()
 
