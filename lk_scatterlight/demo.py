@@ -148,9 +148,9 @@ def run_demo(out: str | os.PathLike = "lk_scatterlight_demo.png", seed: int = 42
     import pooch
 
     from .builder.pipeline import BuildConfig, build_cube
-    from .builder.publish import merge_registry, registry_line
     from .builder.sources import SimulatedFFISource
     from .registry import cube_filename
+    from .registry_file import merge_registry, registry_line
 
     timings = {}
     start = timer.perf_counter()
