@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .ccd import LATEST_SECTOR, N_SCIENCE, check_sector
+from .ccd import CAMERAS, CCDS, LATEST_SECTOR, N_SCIENCE, check_sector
 from .exceptions import ScatterLightError
 
 __all__ = ["main"]
@@ -145,8 +145,8 @@ def _demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- registry
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sector", type=sector_number, help=f"TESS sector (1-{LATEST_SECTOR})")
-    parser.add_argument("camera", type=int, choices=range(1, 5), help="camera (1-4)")
-    parser.add_argument("ccd", type=int, choices=range(1, 5), help="CCD (1-4)")
+    parser.add_argument("camera", type=int, choices=CAMERAS, help="camera (1-4)")
+    parser.add_argument("ccd", type=int, choices=CCDS, help="CCD (1-4)")
     parser.add_argument(
         "--bin", type=pixel_bin, help="pixel bin size (default: the finest published)"
     )
@@ -324,8 +324,8 @@ def _build_arguments(parser: argparse.ArgumentParser, required: bool = True) -> 
         required=required,
         help=f"TESS sector (1-{LATEST_SECTOR})",
     )
-    parser.add_argument("--camera", type=int, required=required, choices=range(1, 5))
-    parser.add_argument("--ccd", type=int, required=required, choices=range(1, 5))
+    parser.add_argument("--camera", type=int, required=required, choices=CAMERAS)
+    parser.add_argument("--ccd", type=int, required=required, choices=CCDS)
     _build_options(parser)
     parser.add_argument("--work-dir", default=None, help="checkpoint folder (resumable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube")

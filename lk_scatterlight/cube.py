@@ -34,7 +34,7 @@ from astropy import units as u
 from astropy.time import Time
 
 from . import interpolate
-from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
+from .ccd import CAMERAS, CCDS, SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
 from .cubefile import ENCODINGS, FORMAT_VERSION, default_extents, read_fields, to_hdulist
 from .exceptions import CubeFormatError, OutsideCubeError
 from .finelayer import FineLayer
@@ -710,9 +710,9 @@ class ScatterLightCube:
     # ------------------------------------------------------------------ validation / I/O
     def _validate(self) -> None:
         problems = []
-        if not 1 <= self.camera <= 4:
+        if self.camera not in CAMERAS:
             problems.append(f"camera must be 1-4, found {self.camera}")
-        if not 1 <= self.ccd <= 4:
+        if self.ccd not in CCDS:
             problems.append(f"ccd must be 1-4, found {self.ccd}")
         if self.sector < 1:
             problems.append(f"sector must be >= 1, found {self.sector}")

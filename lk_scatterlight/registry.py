@@ -38,7 +38,7 @@ from typing import NamedTuple
 import pooch
 from astropy.table import Table
 
-from .ccd import check_sector
+from .ccd import CAMERAS, CCDS, check_sector
 from .cube import FORMAT_VERSION, ScatterLightCube
 from .exceptions import CubeFormatError, CubeNotFoundError, DownloadError, ScatterLightError
 from .registry_file import REGISTRY_ENV, registry_file
@@ -472,7 +472,11 @@ def _as_int(name: str, value, lo: int, hi: int | None = None) -> int:
 
 
 def _check_ids(sector, camera, ccd) -> tuple[int, int, int]:
-    return _as_int("sector", sector, 1), _as_int("camera", camera, 1, 4), _as_int("ccd", ccd, 1, 4)
+    return (
+        _as_int("sector", sector, 1),
+        _as_int("camera", camera, CAMERAS[0], CAMERAS[-1]),
+        _as_int("ccd", ccd, CCDS[0], CCDS[-1]),
+    )
 
 
 def _build_hint(sector: int, camera: int, ccd: int, python: bool = True) -> str:

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..ccd import N_SCIENCE
 from ..exceptions import ScatterLightError
 from ..utils import atomic_write
 from .assembly import bin_planes
@@ -100,7 +101,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bytes of one frame in flight: float32 flux and error of 2048 x 2048 pixels.
-FRAME_BYTES = 2 * 2048 * 2048 * 4
+FRAME_BYTES = 2 * N_SCIENCE * N_SCIENCE * 4
 #: Working arrays of `process_frame` on top of the frames (~100 MB measured with tracemalloc).
 _WORKING_BYTES = 110 * 2**20
 #: Per-frame data sent with one time-binning task at most [bytes] (Dask warns above 10 MB).
@@ -128,7 +129,7 @@ def worker_memory(config: BuildConfig, threads: int = 1) -> int:
     nbytes : int
     """
     per_task = (config.prefetch + 1) * FRAME_BYTES + _WORKING_BYTES
-    context = 2048 * 2048 * (4 + 4 + 1)
+    context = N_SCIENCE * N_SCIENCE * (4 + 4 + 1)
     return int(threads * per_task + context)
 
 

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..ccd import SCIENCE_SLICE
 from ..exceptions import FFISourceError
 from .sources import FFI_SHAPE, FFISource, FrameInfo
 
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 #: MAST's public bucket (tesscube's ``BUCKET_NAME``).
 BUCKET = "stpubdata"
 #: Science region of an FFI (0-based rows 0:2048, columns 44:2092).
-SCIENCE = (slice(0, 2048), slice(44, 2092))
+SCIENCE = SCIENCE_SLICE
 
 _T = TypeVar("_T")
 
