@@ -65,27 +65,10 @@ class CubeFields(NamedTuple):
 
 
 def read_fields(path: str | os.PathLike) -> CubeFields:
-    """Read a cube file written by lk_scatterlight or by tess-backml 0.2/0.3.
+    """The fields of a cube file, for `~lk_scatterlight.cube.ScatterLightCube.read`.
 
-    Reads format versions 1 and 2 (dense or compact encoding). Dense flux and
-    error arrays stay on disk until needed; the factors of a compact file are
-    small and read at once. `lk_scatterlight.cube.ScatterLightCube.read` makes the
-    cube from the result.
-
-    Parameters
-    ----------
-    path : str or path-like
-
-    Returns
-    -------
-    fields : `CubeFields`
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    CubeFormatError
-        If the file is not a valid cube; the message names the problem.
+    Accepts, checks and raises as that method documents (format versions
+    1..`FORMAT_VERSION`, either encoding, or a tess-backml 0.2/0.3 cube).
     """
     path = Path(path)
     if not path.is_file():

@@ -6,6 +6,7 @@ graph in ``docs/developer.rst``), so nothing is imported and the test is cheap.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -78,3 +79,42 @@ def test_drivers_import_the_builder_only_inside_functions(import_graph):
 def test_no_import_cycles(import_graph, graph):
     found = import_graph.cycles(graph)
     assert [c for c in found if c not in KNOWN_CYCLES] == []
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("lk_scatterlight.cube", "_compress", "lk_scatterlight.lowrank.compress_planes"),
+        ("lk_scatterlight.cube", "_compact_cube", "lk_scatterlight.cube.compact_cube"),
+        (
+            "lk_scatterlight.builder.pipeline",
+            "_run_build",
+            "lk_scatterlight.builder.runner.run_build",
+        ),
+        (
+            "lk_scatterlight.builder.pipeline",
+            "_strap_sums",
+            "lk_scatterlight.builder.strap_photometry.strap_sums",
+        ),
+    ],
+)
+def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
+    home, _, name = new.rpartition(".")
+    with pytest.warns(DeprecationWarning, match=f"use {new}"):
+        found = getattr(importlib.import_module(module), old)
+    assert found is getattr(importlib.import_module(home), name)
+    with pytest.raises(AttributeError, match="has no attribute '_nothing'"):
+        _ = importlib.import_module(module)._nothing
+
+
+def test_public_names_stay_where_they_were():
+    from lk_scatterlight.builder import publish, straps
+    from lk_scatterlight.builder.pipeline import BuildConfig
+    from lk_scatterlight.cube import ENCODINGS, FORMAT_VERSION, CompressionInfo  # noqa: F401
+    from lk_scatterlight.registry import REGISTRY_ENV
+
+    assert publish.ZenodoClient.__module__ == "lk_scatterlight.builder.zenodo"
+    assert publish.merge_registry.__module__ == "lk_scatterlight.registry_file"
+    assert straps.strap_groups.__module__ == "lk_scatterlight.straps"
+    assert BuildConfig.__module__ == "lk_scatterlight.builder.config"
+    assert REGISTRY_ENV == "LK_SCATTERLIGHT_REGISTRY"

@@ -58,9 +58,9 @@ This module holds `build_cube` and re-exports the names above, so
 from __future__ import annotations
 
 import os
-import warnings
 from typing import TYPE_CHECKING, Any
 
+from ..utils import moved_names
 from .assembly import assemble, bin_planes, time_planes
 from .config import BuildConfig, PlaneBinner
 from .framepass import (
@@ -172,32 +172,18 @@ def build_cube(
 _static_scene = static_scene  # the names benchmarks and older code use
 _time_planes = time_planes
 
-#: Private names that moved with the split of this module: old name -> (module, new name).
-_MOVED = {
-    "_SerialRunner": ("runner", "SerialRunner"),
-    "_run_build": ("runner", "run_build"),
-    "_WorkArea": ("plan", "WorkArea"),
-    "_strap_columns": ("strap_photometry", "strap_columns"),
-    "_strap_geometry": ("strap_photometry", "strap_geometry"),
-    "_flatten_straps": ("strap_photometry", "flatten_straps"),
-    "_strap_rows": ("strap_photometry", "strap_rows"),
-    "_strap_sums": ("strap_photometry", "strap_sums"),
-    "_assemble_compact": ("assembly", "_assemble_compact"),
-}
-
-
-def __getattr__(name: str):
-    """Old private names, with a `DeprecationWarning` naming the new one."""
-    if name not in _MOVED:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    module, new = _MOVED[name]
-    warnings.warn(
-        f"lk_scatterlight.builder.pipeline.{name} is deprecated; use "
-        f"lk_scatterlight.builder.{module}.{new}.",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    import importlib
-
-    return getattr(importlib.import_module(f"lk_scatterlight.builder.{module}"), new)
+#: Private names that moved with the split of this module: old -> new.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "_SerialRunner": "lk_scatterlight.builder.runner.SerialRunner",
+        "_run_build": "lk_scatterlight.builder.runner.run_build",
+        "_WorkArea": "lk_scatterlight.builder.plan.WorkArea",
+        "_strap_columns": "lk_scatterlight.builder.strap_photometry.strap_columns",
+        "_strap_geometry": "lk_scatterlight.builder.strap_photometry.strap_geometry",
+        "_flatten_straps": "lk_scatterlight.builder.strap_photometry.flatten_straps",
+        "_strap_rows": "lk_scatterlight.builder.strap_photometry.strap_rows",
+        "_strap_sums": "lk_scatterlight.builder.strap_photometry.strap_sums",
+        "_assemble_compact": "lk_scatterlight.builder.assembly._assemble_compact",
+    },
+)
