@@ -702,7 +702,7 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
 
 def child_memory(directory: Path, n: int) -> dict:
     """Peak memory of one build over the first n files (runs in a fresh child)."""
-    from lk_scatterlight.builder import pipeline
+    from lk_scatterlight.builder import runner
     from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
     from lk_scatterlight.builder.sources import LocalFFISource
 
@@ -710,14 +710,14 @@ def child_memory(directory: Path, n: int) -> dict:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     marks = {}
-    static_scene = pipeline.static_scene
+    static_scene = runner.static_scene  # what the serial runner calls
 
     def wrapped(*args, **kwargs):  # ru_maxrss is monotonic: the peak up to this point
         result = static_scene(*args, **kwargs)
         marks["static"] = maxrss()
         return result
 
-    pipeline.static_scene = wrapped
+    runner.static_scene = wrapped
     files = sorted(directory.glob("*ffic.fits"))[:n]
     source = LocalFFISource(files)
     before = maxrss()
