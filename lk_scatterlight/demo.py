@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import simulate
+from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS
 from .utils import atomic_write
 
 __all__ = ["run_demo", "DemoResult"]
@@ -148,9 +149,9 @@ def run_demo(out: str | os.PathLike = "lk_scatterlight_demo.png", seed: int = 42
     import pooch
 
     from .builder.pipeline import BuildConfig, build_cube
-    from .builder.publish import merge_registry, registry_line
     from .builder.sources import SimulatedFFISource
     from .registry import cube_filename
+    from .registry_file import merge_registry, registry_line
 
     timings = {}
     start = timer.perf_counter()
@@ -183,9 +184,8 @@ def run_demo(out: str | os.PathLike = "lk_scatterlight_demo.png", seed: int = 42
         corrected_tpf = corrector.correct_tpf()
 
     row, column = corner
-    static = simulator.static_scene()[
-        row - 1 : row - 1 + SHAPE[0], column - 45 : column - 45 + SHAPE[1]
-    ]
+    r0, c0 = row - SCIENCE_ROWS[0], column - SCIENCE_COLUMNS[0]  # 0-based science pixels
+    static = simulator.static_scene()[r0 : r0 + SHAPE[0], c0 : c0 + SHAPE[1]]
     background = static <= np.percentile(static, 33)  # the faintest third of the pixels
     flux = tpf.flux.value
     before = flux[:, background] - static[background]
@@ -217,8 +217,9 @@ def run_demo(out: str | os.PathLike = "lk_scatterlight_demo.png", seed: int = 42
 def _cut_tpf(simulator: simulate.FFISimulator, corner: tuple[int, int], seed: int):
     """A TESSCut-like TPF of the simulated FFIs' stars, sky and scattered light."""
     row, column = corner
-    rows = slice(row - 1, row - 1 + SHAPE[0])
-    columns = slice(column - 45, column - 45 + SHAPE[1])
+    r0, c0 = row - SCIENCE_ROWS[0], column - SCIENCE_COLUMNS[0]  # 0-based science pixels
+    rows = slice(r0, r0 + SHAPE[0])
+    columns = slice(c0, c0 + SHAPE[1])
     static = simulator.static_scene()[rows, columns]
     response = simulator.column_response[columns]
 
