@@ -863,8 +863,8 @@ def _dataset(args: argparse.Namespace) -> int:
 
     from .builder import preview
     from .builder.dataset import cadence_numbers, dataset_filename, make_dataset, write_dataset
-    from .builder.geometry import CCDPointing, make_ephemeris, spacecraft_time
     from .builder.pipeline import build_cube
+    from .geometry import CCDPointing, make_ephemeris, spacecraft_time
 
     config = _config(args)
     sparse = args.sparse is not None
@@ -995,7 +995,7 @@ def _train(args: argparse.Namespace) -> int:
         if kind == "horizons" and paths:
             ephemeris = read_ephemerides(paths)
         elif kind == "spice" and not paths:
-            from .builder.geometry import SpiceEphemeris
+            from .geometry import SpiceEphemeris
 
             ephemeris = SpiceEphemeris()
         else:

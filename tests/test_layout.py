@@ -15,14 +15,8 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 #: Known exceptions, each with the reason it is still there; anything else fails.
-#: model.py computes its geometry features with builder.geometry and reads ephemerides
-#: with builder.training, which imports model.py back: both wait for the learned-model
-#: work to move the geometry it needs into the core (issue #15).
-KNOWN_CORE_TO_BUILDER = {
-    ("lk_scatterlight.model", "lk_scatterlight.builder.geometry"),
-    ("lk_scatterlight.model", "lk_scatterlight.builder.training"),
-}
-KNOWN_CYCLES = [["lk_scatterlight.builder.training", "lk_scatterlight.model"]]
+KNOWN_CORE_TO_BUILDER: set[tuple[str, str]] = set()
+KNOWN_CYCLES: list[list[str]] = []
 
 
 @pytest.fixture(scope="module")

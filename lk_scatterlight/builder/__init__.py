@@ -17,7 +17,7 @@ Submodules (imported on demand, so importing this package is cheap):
   TESS Instrument Handbook Table A.3, are the core module `lk_scatterlight.straps`).
 * `lk_scatterlight.builder.distributed`: the same build on a Dask cluster,
   and many sectors/cameras/CCDs at once.
-* `lk_scatterlight.builder.geometry`, `lk_scatterlight.builder.dataset`:
+* `lk_scatterlight.builder.dataset`:
   Earth and Moon angle maps and machine-learning training sets.
 * `lk_scatterlight.builder.publish`: checking and publishing cubes, over the
   Zenodo REST client `lk_scatterlight.builder.zenodo` and the registry file
