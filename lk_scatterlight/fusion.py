@@ -101,12 +101,10 @@ class Fusion:
         """
         model_var = np.asarray(model_var)
         extra = (model_var.ndim - 1) * (None,)
-        level = (npix**2 * self.model_err**2).astype(model_var.dtype)[(slice(None), *extra)]
-        fused = (npix**2 * self.offset_var).astype(model_var.dtype)[(slice(None), *extra)]
-        out = np.subtract(model_var, level)
-        np.maximum(out, 0, out=out)
-        out += fused
-        return out
+        level, fused = npix**2 * self.model_err**2, npix**2 * self.offset_var
+        # max(var - level, 0) + fused = max(var + (fused - level), fused): two passes.
+        out = np.add(model_var, (fused - level).astype(model_var.dtype)[(slice(None), *extra)])
+        return np.maximum(out, fused.astype(model_var.dtype)[(slice(None), *extra)], out=out)
 
 
 def background_pixels(
@@ -241,7 +239,7 @@ def fuse(
             count = np.full(len(d), d.shape[1])
         else:
             d[~finite] = 0.0
-            count = finite.sum(axis=1)
+            count = np.count_nonzero(finite, axis=1)
         # Clip across pixels around each cadence's mean, at a robust scatter of a sample.
         first = d.sum(axis=1) / np.maximum(count, 1)
         few = np.linspace(0, len(d) - 1, min(len(d), _SAMPLE)).astype(int)
@@ -250,10 +248,10 @@ def fuse(
         distance = np.subtract(d, first[:, None].astype(d.dtype))
         keep = np.abs(distance, out=distance) <= clip * max(sigma, 1e-12)
         keep &= finite
-        n = keep.sum(axis=1)
+        n = np.count_nonzero(keep, axis=1)
         clipped = ~keep
         d[clipped] = 0.0
-        mean = d.sum(axis=1, dtype=float) / np.maximum(n, 1)
+        mean = d.sum(axis=1).astype(float) / np.maximum(n, 1)
         squares = np.einsum("ij,ij->i", d, d).astype(float)
         scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
         err = np.asarray(gather(flux_err), dtype=np.float32)
