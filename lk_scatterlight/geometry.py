@@ -96,6 +96,7 @@ from typing import Any
 
 import numpy as np
 
+from .ccd import BTJD_OFFSET, CCDS
 from .exceptions import ScatterLightError
 from .utils import atomic_write
 
@@ -136,8 +137,6 @@ R_MOON_KM = 1737.4
 AU_KM = 149597870.7
 #: Speed of light [km/s].
 C_KM_S = 299792.458
-#: BTJD = BJD - 2457000 [d].
-BTJD_OFFSET = 2457000.0
 #: Bodies whose geometry is computed.
 BODIES = ("earth", "moon")
 _RADIUS_KM = {"earth": R_EARTH_KM, "moon": R_MOON_KM}
@@ -910,7 +909,7 @@ class CCDPointing:
             msg = "CCDPointing.from_sector needs tesswcs: pip install tesswcs."
             raise ScatterLightError(msg) from err
         try:
-            wcss = {k: tesswcs.WCS.from_sector(int(sector), int(camera), k) for k in range(1, 5)}
+            wcss = {k: tesswcs.WCS.from_sector(int(sector), int(camera), k) for k in CCDS}
         except (ValueError, KeyError) as err:
             msg = f"tesswcs has no WCS for sector {sector} camera {camera}: {err}"
             raise ScatterLightError(msg) from err

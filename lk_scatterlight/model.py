@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .ccd import check_camera_ccd, check_sector
+from .ccd import BTJD_OFFSET, check_camera_ccd, check_sector
 from .exceptions import ScatterLightError, ScatterLightWarning
 from .utils import atomic_write
 
@@ -493,8 +493,8 @@ class TableEphemeris:
         self.jd0, self.step = float(jd0), float(step)
         self.coverage = (self.jd0, self.jd0 + self.step * (xyz.shape[0] - 1))
         self.description = (
-            f"{description} (BTJD {self.coverage[0] - 2457000.0:.2f}.."
-            f"{self.coverage[1] - 2457000.0:.2f})"
+            f"{description} (BTJD {self.coverage[0] - BTJD_OFFSET:.2f}.."
+            f"{self.coverage[1] - BTJD_OFFSET:.2f})"
         )
         self._spline = CubicSpline(self.step * np.arange(xyz.shape[0]), xyz, axis=0)
         self._bodies_cache: tuple[tuple[float, float], Any, Any] | None = None
