@@ -22,7 +22,7 @@ memory (``ru_maxrss``, with the resident memory after imports for reference)
 and the wall time of the stage:
 
 * ``chunked``: what ``pipeline.assemble`` now does for a compact build
-  (``pipeline._assemble_compact``): ``lowrank.compress_planes`` over ``lowrank.Planes`` views
+  (``assembly._assemble_compact``): ``lowrank.compress_planes`` over ``lowrank.Planes`` views
   of the memory maps, reading blocks of frames (randomised SVD with chunked
   passes, error model chunk by chunk); peak memory independent of N;
 * ``dense``: the previous assembly: load the used frames' ``value``/``error``

@@ -591,7 +591,7 @@ def _evict(path: Path) -> None:
 def child_speed(directory: Path, n: int, steps: bool) -> dict:
     """Per-step times and end-to-end build time over the first n files (runs in a child)."""
     from lk_scatterlight import ScatterLightCube
-    from lk_scatterlight.builder import binning, fine, masks, pipeline
+    from lk_scatterlight.builder import binning, fine, masks, pipeline, strap_photometry
     from lk_scatterlight.builder.sources import LocalFFISource
 
     files = sorted(directory.glob("*ffic.fits"))[:n]
@@ -648,7 +648,9 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
             if c.curvature_correction:
                 value = binning.curvature_correction(value, binned.moments, c.pixel_bin)
             t.append(now())
-            measured = pipeline._strap_sums(diff, c.clean, c.strap_idx, c.ref_idx, c.strap_rows)
+            measured = strap_photometry.strap_sums(
+                diff, c.clean, c.strap_idx, c.ref_idx, c.strap_rows
+            )
             t.append(now())
             fine.fine_residual(diff, value, error, binned.npix, c.fine, flux_err, measured)
             t.append(now())
@@ -674,12 +676,15 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
 
         return wrapper
 
-    pipeline.static_scene = timed("static scene", pipeline.static_scene)
-    pipeline.make_context = timed("masks", pipeline.make_context)
-    pipeline.assemble = timed("assembly", pipeline.assemble)
-    pipeline.compress_planes = timed("compress", pipeline.compress_planes)  # the compact path's SVD
+    # The serial runner calls the stages; assembly calls the compression and fine layer.
+    from lk_scatterlight.builder import assembly, runner
+
+    runner.static_scene = timed("static scene", runner.static_scene)
+    runner.make_context = timed("masks", runner.make_context)
+    runner.assemble = timed("assembly", runner.assemble)
+    assembly.compress_planes = timed("compress", assembly.compress_planes)  # compact path's SVD
     ScatterLightCube.compress = timed("compress", ScatterLightCube.compress)
-    pipeline.assemble_fine = timed("fine layer", pipeline.assemble_fine)
+    assembly.assemble_fine = timed("fine layer", assembly.assemble_fine)
     runs = []
     for _ in range(REPEATS):
         phases.clear()
@@ -697,7 +702,7 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
 
 def child_memory(directory: Path, n: int) -> dict:
     """Peak memory of one build over the first n files (runs in a fresh child)."""
-    from lk_scatterlight.builder import pipeline
+    from lk_scatterlight.builder import runner
     from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
     from lk_scatterlight.builder.sources import LocalFFISource
 
@@ -705,14 +710,14 @@ def child_memory(directory: Path, n: int) -> dict:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     marks = {}
-    static_scene = pipeline.static_scene
+    static_scene = runner.static_scene  # what the serial runner calls
 
     def wrapped(*args, **kwargs):  # ru_maxrss is monotonic: the peak up to this point
         result = static_scene(*args, **kwargs)
         marks["static"] = maxrss()
         return result
 
-    pipeline.static_scene = wrapped
+    runner.static_scene = wrapped
     files = sorted(directory.glob("*ffic.fits"))[:n]
     source = LocalFFISource(files)
     before = maxrss()

@@ -19,7 +19,8 @@ from the aperture, weighted by the model's and the local estimate's variances.
    (``build_cube(..., BuildConfig())`` on the frames' pixels, held in memory).
    TPFs: ``bench_regional.choose_tpfs`` (open sky centred in a 64-px cell and
    on a grid line, CCD edges and corner, beside a saturated star, past its
-   bleed trail, on strap columns, on the shadow edge). Each is a 15 x 15
+   bleed trail, on strap columns, on the shadow edge; on the structured field
+   also two open-sky TPFs on the glint ridge's median path, `ridge_tpfs`). Each is a 15 x 15
    TESSCut-like TPF cut from the same frames: FLUX = the frame's science
    pixels (background included), FLUX_ERR = the error image, FLUX_BKG = 0,
    QUALITY = 0, the cube's frames only (quality-flagged frames dropped).
@@ -192,6 +193,26 @@ def removed(tpf, cube, aperture, fuse: bool):
 
 
 # ============================================================================ part 1
+def ridge_tpfs(sim) -> list:
+    """Open-sky TPFs on the glint ridge's median position over the frames.
+
+    The ridge lies where ``0.6 rr + 0.8 cc - 300 + 400 sweep(t) = 0`` (pixels from
+    the CCD centre, `ScatteredLightField`); it sweeps across these TPFs during the
+    frames, where the cube, whose fine layer keeps structure near masked sources
+    best, misses most in open sky (issue 19).
+    """
+    import bench_build as bb
+    import bench_regional as br
+
+    sweep = bb.median_sweep(sim.field, sim.time)
+    out = []
+    for rr in (-700.0, 200.0):
+        cc = (300 - 400 * sweep - 0.6 * rr) / 0.8
+        row, column = br._clamp(1024.5 + rr - TPF / 2, 1068.5 + cc - TPF / 2)
+        out.append(br.Tpf("ridge", f"ridge r{row}", row, column))
+    return out
+
+
 def run_field(name, field, frames, quick: bool, work: Path) -> dict:
     import bench_regional as br
 
@@ -202,6 +223,8 @@ def run_field(name, field, frames, quick: bool, work: Path) -> dict:
     t0 = time.perf_counter()
     sim = FFISimulator(field, time=sector_times(1)[frames], seed=br.SIM_SEED)
     tpfs = br.choose_tpfs(sim, quick)
+    if field.structured:
+        tpfs += ridge_tpfs(sim)
     n = len(sim)
     full = (np.empty((n, 2048, 2048), np.float32), np.empty((n, 2048, 2048), np.float32))
     cut = np.empty((2, n, len(tpfs), TPF, TPF), np.float32)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lk_scatterlight import simulate
-from lk_scatterlight.builder import dataset, geometry, preview
+from lk_scatterlight import geometry, simulate
+from lk_scatterlight.builder import dataset, preview
 from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
 from lk_scatterlight.builder.sources import FFISource, SimulatedFFISource
 

@@ -70,11 +70,12 @@ def timed_build(files: list[Path], config, client=None) -> dict:
     """One build with per-stage wall times [s]."""
     from lk_scatterlight.builder import pipeline
     from lk_scatterlight.builder.distributed import DaskRunner
+    from lk_scatterlight.builder.runner import SerialRunner, run_build
     from lk_scatterlight.builder.sources import LocalFFISource
 
     source = LocalFFISource(files)
     times: dict[str, float] = {}
-    base = pipeline._SerialRunner if client is None else DaskRunner
+    base = SerialRunner if client is None else DaskRunner
 
     class Timed(base):
         def static_scene(self, *args, **kwargs):
@@ -94,7 +95,7 @@ def timed_build(files: list[Path], config, client=None) -> dict:
         start = time.perf_counter()
         plan = pipeline.plan_build(source, config, work_dir=Path(work) / "w")
         try:
-            pipeline._run_build(source, config, plan, runner, progress=False)
+            run_build(source, config, plan, runner, progress=False)
         finally:
             runner.close()
         times["total"] = time.perf_counter() - start

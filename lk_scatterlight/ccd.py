@@ -29,6 +29,7 @@ __all__ = [
     "CCDS",
     "COLLATERAL_COLUMNS",
     "FFI_SHAPE",
+    "FLUX_BUNITS",
     "LATEST_SECTOR",
     "N_SCIENCE",
     "SCIENCE_COLUMNS",
@@ -58,6 +59,8 @@ SCIENCE_SLICE = (slice(0, N_SCIENCE), slice(COLLATERAL_COLUMNS, COLLATERAL_COLUM
 BTJD_OFFSET = 2457000.0
 #: Camera and CCD numbers.
 CAMERAS = CCDS = (1, 2, 3, 4)
+#: Spellings of e-/s in the BUNIT card of calibrated SPOC images and of cube files.
+FLUX_BUNITS = ("electrons/s", "electron/s", "electron / s", "e-/s", "e/s")
 #: The last sector whose pointing is known: the archival pointings shipped with
 #: tesswcs 1.x cover sectors 1-108 (TESS's second extended mission, to late 2026).
 #: Raise it when a later tesswcs lists more sectors.

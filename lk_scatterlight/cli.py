@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .ccd import LATEST_SECTOR, N_SCIENCE, check_sector
+from .ccd import CAMERAS, CCDS, LATEST_SECTOR, N_SCIENCE, check_sector
 from .exceptions import ScatterLightError
 
 __all__ = ["main"]
@@ -159,8 +159,8 @@ def _demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- registry
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sector", type=sector_number, help=f"TESS sector (1-{LATEST_SECTOR})")
-    parser.add_argument("camera", type=int, choices=range(1, 5), help="camera (1-4)")
-    parser.add_argument("ccd", type=int, choices=range(1, 5), help="CCD (1-4)")
+    parser.add_argument("camera", type=int, choices=CAMERAS, help="camera (1-4)")
+    parser.add_argument("ccd", type=int, choices=CCDS, help="CCD (1-4)")
     parser.add_argument(
         "--bin", type=pixel_bin, help="pixel bin size (default: the finest published)"
     )
@@ -338,8 +338,8 @@ def _build_arguments(parser: argparse.ArgumentParser, required: bool = True) -> 
         required=required,
         help=f"TESS sector (1-{LATEST_SECTOR})",
     )
-    parser.add_argument("--camera", type=int, required=required, choices=range(1, 5))
-    parser.add_argument("--ccd", type=int, required=required, choices=range(1, 5))
+    parser.add_argument("--camera", type=int, required=required, choices=CAMERAS)
+    parser.add_argument("--ccd", type=int, required=required, choices=CCDS)
     _build_options(parser)
     parser.add_argument("--work-dir", default=None, help="checkpoint folder (resumable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube")
@@ -565,58 +565,18 @@ def _dask_client(args: argparse.Namespace):
 
 
 def make_source(kind: list[str], sector: int, camera: int, ccd: int):
-    """The frame source named on the command line.
+    """The frame source named by ``--source`` (`lk_scatterlight.builder.source_factory`).
 
-    ``{sector}``, ``{camera}`` and ``{ccd}`` in a local PATH are replaced by the
-    target's numbers (e.g. ``ffis/s{sector:04d}/{camera}-{ccd}/``).
+    Its usage errors become `UsageError` (exit code 2); the builder is imported
+    only here, so ``lk-scatterlight --help`` stays cheap.
     """
-    name, args = kind[0], kind[1:]
-    if name == "local":
-        from .builder.sources import LocalFFISource
+    from .builder.source_factory import SourceSpecError
+    from .builder.source_factory import make_source as factory
 
-        if len(args) != 1:
-            msg = "--source local needs one PATH (folder, glob or file)."
-            raise ScatterLightError(msg)
-        try:
-            path = args[0].format(sector=sector, camera=camera, ccd=ccd)
-        except (KeyError, IndexError, ValueError) as err:
-            msg = (
-                f"--source local {args[0]!r}: only {{sector}}, {{camera}} and {{ccd}} can be "
-                f"filled in ({err})."
-            )
-            raise ScatterLightError(msg) from err
-        source = LocalFFISource(path)
-        found = (source.sector, source.camera, source.ccd)
-        if found != (sector, camera, ccd):
-            msg = (
-                "The files in {} are sector {} camera {} CCD {}, not sector {} camera {} "
-                "CCD {}.".format(path, *found, sector, camera, ccd)
-            )
-            raise ScatterLightError(msg)
-        return source
-    if name == "tesscube":
-        from .builder.tesscube_source import TessCubeSource
-
-        return TessCubeSource(sector, camera, ccd)
-    if name == "simulate":
-        from . import simulate
-        from .builder.sources import SimulatedFFISource
-
-        if len(args) > 1:
-            msg = f"--source simulate takes one NFRAMES at most, got {' '.join(args)!r}."
-            raise UsageError(msg)
-        nframes = None
-        if args:
-            nframes = int(args[0]) if args[0].isdigit() else 0
-            if nframes < 1:
-                msg = f"--source simulate NFRAMES must be a whole number >= 1, got {args[0]!r}."
-                raise UsageError(msg)
-        time = simulate.sector_times(sector)[:nframes]
-        simulator = simulate.FFISimulator(
-            simulate.ScatteredLightField(), sector=sector, camera=camera, ccd=ccd, time=time
-        )
-        return SimulatedFFISource(simulator)
-    raise ScatterLightError(f"Unknown --source {name!r}: use tesscube, local PATH or simulate.")
+    try:
+        return factory(kind, sector, camera, ccd)
+    except SourceSpecError as err:
+        raise UsageError(str(err)) from err
 
 
 @subcommand("build", _build_command_arguments)
@@ -917,8 +877,8 @@ def _dataset(args: argparse.Namespace) -> int:
 
     from .builder import preview
     from .builder.dataset import cadence_numbers, dataset_filename, make_dataset, write_dataset
-    from .builder.geometry import CCDPointing, make_ephemeris, spacecraft_time
     from .builder.pipeline import build_cube
+    from .geometry import CCDPointing, make_ephemeris, spacecraft_time
 
     config = _config(args)
     sparse = args.sparse is not None
@@ -1049,7 +1009,7 @@ def _train(args: argparse.Namespace) -> int:
         if kind == "horizons" and paths:
             ephemeris = read_ephemerides(paths)
         elif kind == "spice" and not paths:
-            from .builder.geometry import SpiceEphemeris
+            from .geometry import SpiceEphemeris
 
             ephemeris = SpiceEphemeris()
         else:

@@ -472,9 +472,9 @@ class ScatterLightCorrector(Corrector):
         rows = slice(None) if finite.all() else finite
         fusion = self._fuse(time[rows], flux[rows], flux_err[rows], model) if self.fuse else None
         self.fusion_tpf = fusion
-        if fusion is not None and fusion.weight.any():  # one level per cadence, added here
-            model_flux = model_flux + fusion.offset[:, None, None].astype(model_flux.dtype)
-            model_err = fusion.variance(model_err**2)
+        if fusion is not None and (fusion.weight.any() or fusion.shape_var.any()):
+            model_flux += fusion.offset[:, None, None].astype(model_flux.dtype)  # a fresh array
+            model_err = fusion.variance(np.square(model_err))
             np.sqrt(model_err, out=model_err)
         flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan, dtype=model_flux.dtype)
         err_model = np.full_like(flux_model, np.nan)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,7 +33,7 @@ from astropy import units as u
 from astropy.time import Time
 
 from . import interpolate
-from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
+from .ccd import CAMERAS, CCDS, SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
 from .cubefile import ENCODINGS, FORMAT_VERSION, default_extents, read_fields, to_hdulist
 from .exceptions import CubeFormatError, OutsideCubeError
 from .finelayer import FineLayer
@@ -49,7 +48,7 @@ from .lowrank import (
     compress_planes,
     evaluate_factors,
 )
-from .utils import atomic_write
+from .utils import atomic_write, moved_names
 
 __all__ = [
     "ScatterLightCube",
@@ -726,9 +725,9 @@ class ScatterLightCube:
     # ------------------------------------------------------------------ validation / I/O
     def _validate(self) -> None:
         problems = []
-        if not 1 <= self.camera <= 4:
+        if self.camera not in CAMERAS:
             problems.append(f"camera must be 1-4, found {self.camera}")
-        if not 1 <= self.ccd <= 4:
+        if self.ccd not in CCDS:
             problems.append(f"ccd must be 1-4, found {self.ccd}")
         if self.sector < 1:
             problems.append(f"sector must be >= 1, found {self.sector}")
@@ -862,29 +861,16 @@ def compact_cube(lowrank: LowRank, *args, **kwargs) -> ScatterLightCube:
     return cube
 
 
-#: Private names that moved to `lk_scatterlight.lowrank` (the builder imported them from here).
-_MOVED = {
-    "_CHUNK_VALUES": ("lowrank", "CHUNK_VALUES"),
-    "_compress": ("lowrank", "compress_planes"),
-    "_Planes": ("lowrank", "Planes"),
-    "_LowRank": ("lowrank", "LowRank"),
-    "_Factored": ("lowrank", "Factored"),
-    "_is_file_map": ("lowrank", "is_file_map"),
-    "_compact_cube": ("cube", "compact_cube"),
-}
-
-
-def __getattr__(name: str):
-    """Old private names, with a `DeprecationWarning` naming the new one."""
-    if name not in _MOVED:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    module, new = _MOVED[name]
-    warnings.warn(
-        f"lk_scatterlight.cube.{name} is deprecated; use lk_scatterlight.{module}.{new}.",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    import importlib
-
-    return getattr(importlib.import_module(f"lk_scatterlight.{module}"), new)
+#: Private names that moved (the builder imported them from here): old -> new.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "_CHUNK_VALUES": "lk_scatterlight.lowrank.CHUNK_VALUES",
+        "_compress": "lk_scatterlight.lowrank.compress_planes",
+        "_Planes": "lk_scatterlight.lowrank.Planes",
+        "_LowRank": "lk_scatterlight.lowrank.LowRank",
+        "_Factored": "lk_scatterlight.lowrank.Factored",
+        "_is_file_map": "lk_scatterlight.lowrank.is_file_map",
+        "_compact_cube": "lk_scatterlight.cube.compact_cube",
+    },
+)

@@ -23,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .ccd import BTJD_OFFSET, Region
+from .ccd import BTJD_OFFSET, FLUX_BUNITS, Region
 from .exceptions import CubeFormatError
 from .finelayer import FINE_EXTENSIONS, FineLayer
 from .lowrank import CompressionInfo, LowRank
@@ -37,7 +37,7 @@ __all__ = ["CubeFields", "read_fields", "to_hdulist", "FORMAT_VERSION", "ENCODIN
 FORMAT_VERSION = 2
 #: Encodings of flux and uncertainty in a version 2 file (primary keyword ``SLENCODE``).
 ENCODINGS = ("DENSE", "LOWRANK")
-_ACCEPTED_BUNITS = ("electron/s", "electron / s", "e-/s", "e/s")
+_ACCEPTED_BUNITS = FLUX_BUNITS
 
 
 class CubeFields(NamedTuple):
@@ -65,27 +65,10 @@ class CubeFields(NamedTuple):
 
 
 def read_fields(path: str | os.PathLike) -> CubeFields:
-    """Read a cube file written by lk_scatterlight or by tess-backml 0.2/0.3.
+    """The fields of a cube file, for `~lk_scatterlight.cube.ScatterLightCube.read`.
 
-    Reads format versions 1 and 2 (dense or compact encoding). Dense flux and
-    error arrays stay on disk until needed; the factors of a compact file are
-    small and read at once. `lk_scatterlight.cube.ScatterLightCube.read` makes the
-    cube from the result.
-
-    Parameters
-    ----------
-    path : str or path-like
-
-    Returns
-    -------
-    fields : `CubeFields`
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    CubeFormatError
-        If the file is not a valid cube; the message names the problem.
+    Accepts, checks and raises as that method documents (format versions
+    1..`FORMAT_VERSION`, either encoding, or a tess-backml 0.2/0.3 cube).
     """
     path = Path(path)
     if not path.is_file():
@@ -146,7 +129,7 @@ def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
     h["CAMERA"] = (cube.camera, "camera number")
     h["CCD"] = (cube.ccd, "CCD number")
     h["TIMESYS"] = ("TDB", "time system of all times")
-    h["BJDREFI"] = (2457000, "integer part of BTJD reference date")
+    h["BJDREFI"] = (int(BTJD_OFFSET), "integer part of BTJD reference date")
     h["BJDREFF"] = (0.0, "fraction of the day in BTJD reference date")
     h["TIMEUNIT"] = ("d", "time unit")
     h["TSTART"] = (cube._time_start[0], "[d] BTJD start of the first plane")

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import simulate
+from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS
 from .utils import atomic_write
 
 __all__ = ["run_demo", "DemoResult", "plot_demo"]
@@ -184,11 +185,11 @@ def run_demo(
     import pooch
 
     from .builder.pipeline import BuildConfig, build_cube
-    from .builder.publish import merge_registry, registry_line
     from .builder.sources import SimulatedFFISource
     from .ccd import Region
     from .ondemand import tpf_build_region
     from .registry import cube_filename
+    from .registry_file import merge_registry, registry_line
 
     clock = _Clock(report)
     simulator = simulate.FFISimulator(
@@ -263,9 +264,8 @@ def _dark_light(simulator: simulate.FFISimulator, tpf, corrector) -> np.ndarray:
 def _measure(simulator, tpf, corrector, corrected_tpf, corner, dark_light) -> dict:
     """The demo's numbers against the injected truth (`DemoResult`'s fields)."""
     row, column = corner
-    static = simulator.static_scene()[
-        row - 1 : row - 1 + SHAPE[0], column - 45 : column - 45 + SHAPE[1]
-    ]
+    r0, c0 = row - SCIENCE_ROWS[0], column - SCIENCE_COLUMNS[0]  # 0-based science pixels
+    static = simulator.static_scene()[r0 : r0 + SHAPE[0], c0 : c0 + SHAPE[1]]
     background = static <= np.percentile(static, 33)  # the faintest third of the pixels
     # Injected light of the cadences lightkurve keeps (its default quality mask).
     truth = tpf.hdu["SL_TRUTH"].data[tpf.quality_mask].astype(float)
@@ -309,8 +309,9 @@ def _target_corner(simulator: simulate.FFISimulator) -> tuple[int, int]:
 def _cut_tpf(simulator: simulate.FFISimulator, corner: tuple[int, int], seed: int):
     """A TESSCut-like TPF of the simulated FFIs' stars, sky and scattered light."""
     row, column = corner
-    rows = slice(row - 1, row - 1 + SHAPE[0])
-    columns = slice(column - 45, column - 45 + SHAPE[1])
+    r0, c0 = row - SCIENCE_ROWS[0], column - SCIENCE_COLUMNS[0]  # 0-based science pixels
+    rows = slice(r0, r0 + SHAPE[0])
+    columns = slice(c0, c0 + SHAPE[1])
     static = simulator.static_scene()[rows, columns]
     response = simulator.column_response[columns]
 

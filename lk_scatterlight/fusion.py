@@ -29,6 +29,11 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    the corrector replaces ``s_M^2`` of the model's quoted variance by
    ``w s_L^2`` (`Fusion.variance`), never going below ``w s_L^2``.
 
+5. **Structure the model misses** ``s_S^2(t)``: the background pixels'
+   scatter about the cadence's level beyond their noise, day by day, where
+   significant. A level cannot remove it; the fused variance is never below
+   ``s_S^2 + w s_L^2`` (`Fusion.variance`).
+
 Where the model is good (``s_M`` small) the weight goes to zero and the
 local noise is not added; where it misses structure the local level takes
 over. The aperture never enters the estimate, so the target's own signal
@@ -66,6 +71,11 @@ class Fusion:
     model_err : ndarray, shape (ntime,)
         The model's error of the level at this TPF, measured from the data; the
         fusion removes the part ``weight * model_err**2`` of the model's variance.
+    shape_var : ndarray, shape (ntime,)
+        The model's error variance across the TPF beyond a level, per pixel,
+        measured from the data (0 where it is not significant): structure the
+        model misses (a glint ridge, a shadow edge). The fused variance is never
+        below it (`variance`).
     weight : ndarray, shape (ntime,)
         ``w``: 0 where the model drove the cadence, 1 where the local estimate did.
     pixels : ndarray of bool, shape (nrow, ncol)
@@ -77,6 +87,7 @@ class Fusion:
     local: np.ndarray
     local_err: np.ndarray
     model_err: np.ndarray
+    shape_var: np.ndarray
     weight: np.ndarray
     pixels: np.ndarray
 
@@ -85,7 +96,10 @@ class Fusion:
 
         The model's level error the data measured, ``model_err**2``, is replaced
         by the fused level's, ``offset_var``; a level is common to all pixels,
-        so for a sum of ``npix`` pixels both count ``npix**2`` times.
+        so for a sum of ``npix`` pixels both count ``npix**2`` times. The result
+        is never below ``shape_var + offset_var``: what the data say is left of
+        the model's error after fusion (the structure it misses is taken as
+        correlated over an aperture, ``npix**2`` times as well).
 
         Parameters
         ----------
@@ -101,12 +115,11 @@ class Fusion:
         """
         model_var = np.asarray(model_var)
         extra = (model_var.ndim - 1) * (None,)
-        level = (npix**2 * self.model_err**2).astype(model_var.dtype)[(slice(None), *extra)]
-        fused = (npix**2 * self.offset_var).astype(model_var.dtype)[(slice(None), *extra)]
-        out = np.subtract(model_var, level)
-        np.maximum(out, 0, out=out)
-        out += fused
-        return out
+        level, fused = npix**2 * self.model_err**2, npix**2 * self.offset_var
+        floor = fused + npix**2 * self.shape_var
+        # max(var - level, 0) + fused, at least the floor: two passes.
+        out = np.add(model_var, (fused - level).astype(model_var.dtype)[(slice(None), *extra)])
+        return np.maximum(out, floor.astype(model_var.dtype)[(slice(None), *extra)], out=out)
 
 
 def background_pixels(
@@ -175,6 +188,32 @@ def _model_variance(local: np.ndarray, local_var: np.ndarray, chunk: int) -> np.
     return np.repeat(np.where(excess, spread - noise, 0.0), chunk)[: local.size]
 
 
+def _shape_variance(
+    scatter: np.ndarray, noise: np.ndarray, dof: np.ndarray, chunk: int
+) -> np.ndarray:
+    """The model's error across the TPF beyond a level, from the data, per cadence.
+
+    In chunks of ``chunk`` cadences: the mean variance of the background pixels'
+    residuals about their cadence's level (``scatter``) beyond the mean variance
+    their noise explains (``noise``), where that excess is significant (2 sigma
+    of the noise's sampling over ``dof`` degrees of freedom); zero elsewhere.
+    """
+    nchunk = -(-scatter.size // chunk)
+    pad = nchunk * chunk - scatter.size
+
+    def per_chunk(values: np.ndarray) -> np.ndarray:
+        return np.concatenate([values, np.zeros(pad)]).reshape(nchunk, chunk).sum(axis=1)
+
+    ok = np.isfinite(scatter) & np.isfinite(noise) & (dof > 0)
+    cadences = per_chunk(ok.astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = per_chunk(np.where(ok, scatter, 0)) / cadences
+        floor = per_chunk(np.where(ok, noise, 0)) / cadences
+        samples = per_chunk(np.where(ok, dof, 0))
+        excess = (cadences >= 4) & (spread > floor * (1 + 2 * np.sqrt(2 / np.maximum(samples, 1))))
+    return np.repeat(np.where(excess, spread - floor, 0.0), chunk)[: scatter.size]
+
+
 def fuse(
     flux: np.ndarray,
     flux_err: np.ndarray,
@@ -241,7 +280,7 @@ def fuse(
             count = np.full(len(d), d.shape[1])
         else:
             d[~finite] = 0.0
-            count = finite.sum(axis=1)
+            count = np.count_nonzero(finite, axis=1)
         # Clip across pixels around each cadence's mean, at a robust scatter of a sample.
         first = d.sum(axis=1) / np.maximum(count, 1)
         few = np.linspace(0, len(d) - 1, min(len(d), _SAMPLE)).astype(int)
@@ -250,10 +289,10 @@ def fuse(
         distance = np.subtract(d, first[:, None].astype(d.dtype))
         keep = np.abs(distance, out=distance) <= clip * max(sigma, 1e-12)
         keep &= finite
-        n = keep.sum(axis=1)
+        n = np.count_nonzero(keep, axis=1)
         clipped = ~keep
         d[clipped] = 0.0
-        mean = d.sum(axis=1, dtype=float) / np.maximum(n, 1)
+        mean = d.sum(axis=1).astype(float) / np.maximum(n, 1)
         squares = np.einsum("ij,ij->i", d, d).astype(float)
         scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
         err = np.asarray(gather(flux_err), dtype=np.float32)
@@ -265,6 +304,13 @@ def fuse(
         local_var = np.full(ntime, np.nan)
         local[valid[enough]] = mean[enough]
         local_var[valid[enough]] = variance[enough]
+        shape = np.zeros(ntime)
+        shape[valid] = _shape_variance(
+            np.where(enough, scatter, np.nan),
+            err2 / np.maximum(n, 1),
+            np.where(enough, n - 1, 0),
+            chunk * max(window, 1),
+        )
         if window > 1:
             window |= 1  # odd: centred
             local, count = _running_mean(local, window)
@@ -284,6 +330,7 @@ def fuse(
         local=local,
         local_err=np.sqrt(local_var),
         model_err=np.sqrt(model_var),
+        shape_var=shape,
         weight=weight,
         pixels=pixels,
     )

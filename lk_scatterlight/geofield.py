@@ -6,7 +6,7 @@
 `~lk_scatterlight.simulate.FFISimulator`, `~lk_scatterlight.simulate.make_cube`
 and `~lk_scatterlight.simulate.make_tpf` take it as they are. Each pixel's
 light is a fixed function of its own geometry at that time, from
-`lk_scatterlight.builder.geometry` (the sector's WCS and a real ephemeris):
+`lk_scatterlight.geometry` (the sector's WCS and a real ephemeris):
 
 * **Earth**: ``earth_peak * s_k * (20 / d_E)**2 * L(theta_E; 55 deg, 4 deg)``,
   with ``theta_E`` the angle between the pixel's line of sight and the Earth
@@ -81,9 +81,9 @@ class GeometryField:
     Parameters
     ----------
     sector, camera, ccd : int
-    ephemeris : `~lk_scatterlight.builder.geometry.Ephemeris`
+    ephemeris : `~lk_scatterlight.geometry.Ephemeris`
         Must cover the times the field is evaluated at.
-    pointing : `~lk_scatterlight.builder.geometry.CCDPointing`, optional
+    pointing : `~lk_scatterlight.geometry.CCDPointing`, optional
         Default ``CCDPointing.from_sector(sector, camera, ccd)`` (tesswcs).
     earth_peak : float
         Earth term at 20 Earth radii, looking at the Earth [e-/s].
@@ -107,7 +107,7 @@ class GeometryField:
     Examples
     --------
     >>> from lk_scatterlight import simulate
-    >>> from lk_scatterlight.builder.geometry import HorizonsEphemeris
+    >>> from lk_scatterlight.geometry import HorizonsEphemeris
     >>> from lk_scatterlight.geofield import GeometryField
     >>> eph = HorizonsEphemeris.read("horizons_tess.csv")  # doctest: +SKIP
     >>> field = GeometryField(1, 4, 3, eph, structured=True)  # doctest: +SKIP
@@ -128,7 +128,7 @@ class GeometryField:
     orbit_scale: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
-        from .builder.geometry import CCDPointing
+        from .geometry import CCDPointing
         from .simulate import sector_times
 
         if self.pointing is None:
@@ -147,7 +147,7 @@ class GeometryField:
     # -------------------------------------------------------------- geometry
     def _body_units(self, time: np.ndarray) -> tuple[dict, dict]:
         """Unit vectors and distances [Earth radii] of the bodies at BTJD times."""
-        from .builder.geometry import BTJD_OFFSET, R_EARTH_KM, spacecraft_time
+        from .geometry import BTJD_OFFSET, R_EARTH_KM, spacecraft_time
 
         tjd = spacecraft_time(time, self.pointing, self.ephemeris)
         vectors = self.ephemeris.body_vectors(tjd + BTJD_OFFSET)
@@ -177,7 +177,7 @@ class GeometryField:
 
         Takes the arguments of `__call__`; returns a dict of arrays of shape
         (ntime, nrow, ncol): ``earth_angle``, ``earth_azimuth``, ``moon_angle``,
-        ``moon_azimuth`` (definitions of `lk_scatterlight.builder.geometry`).
+        ``moon_azimuth`` (definitions of `lk_scatterlight.geometry`).
         """
         out, _ = self._geometry(time, row, column)
         return out

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .ccd import check_camera_ccd, check_sector
+from .ccd import BTJD_OFFSET, check_camera_ccd, check_sector
 from .exceptions import ScatterLightError, ScatterLightWarning
 from .utils import atomic_write
 
@@ -101,7 +101,7 @@ class ModelFormatError(ScatterLightError, ValueError):
 def camera_azimuth(azimuth, ccd: int) -> np.ndarray:
     """Azimuths of a CCD's frame turned into the camera's frame [deg].
 
-    The azimuth frame of `lk_scatterlight.builder.geometry` is tied to each
+    The azimuth frame of `lk_scatterlight.geometry` is tied to each
     CCD's rows and columns; CCDs 1 and 2 are rotated by 180 deg with respect to
     CCDs 3 and 4. The camera frame is that of CCDs 3 and 4: 180 deg is added
     for CCDs 1 and 2, so one direction has one azimuth on all four CCDs.
@@ -463,7 +463,7 @@ def default_model_path() -> Path:
 class TableEphemeris:
     """TESS's positions from a model file's table; the Earth and the Moon from astropy.
 
-    Implements the interface of `lk_scatterlight.builder.geometry.Ephemeris`.
+    Implements the interface of `lk_scatterlight.geometry.Ephemeris`.
     TESS's geocentric position is a cubic spline through the table (3-hour
     steps: within 15 km of JPL Horizons). The Earth (barycentric) and the
     Moon come from astropy's built-in ephemeris (offline), evaluated every
@@ -493,8 +493,8 @@ class TableEphemeris:
         self.jd0, self.step = float(jd0), float(step)
         self.coverage = (self.jd0, self.jd0 + self.step * (xyz.shape[0] - 1))
         self.description = (
-            f"{description} (BTJD {self.coverage[0] - 2457000.0:.2f}.."
-            f"{self.coverage[1] - 2457000.0:.2f})"
+            f"{description} (BTJD {self.coverage[0] - BTJD_OFFSET:.2f}.."
+            f"{self.coverage[1] - BTJD_OFFSET:.2f})"
         )
         self._spline = CubicSpline(self.step * np.arange(xyz.shape[0]), xyz, axis=0)
         self._bodies_cache: tuple[tuple[float, float], Any, Any] | None = None
@@ -525,7 +525,7 @@ class TableEphemeris:
         hi = np.ceil(jd.max() / self.BODY_STEP) * self.BODY_STEP + 2 * self.BODY_STEP
         cache = self._bodies_cache
         if cache is None or cache[0][0] > lo or cache[0][1] < hi:
-            from .builder.geometry import _builtin_body
+            from .geometry import _builtin_body
 
             grid = np.arange(lo, hi + self.BODY_STEP / 2, self.BODY_STEP)
             earth = _builtin_body("earth", grid, "builtin")
@@ -720,17 +720,15 @@ class ScatterLightModel:
     def _resolve_ephemeris(self, ephemeris):
         if ephemeris is None:
             return self.embedded_ephemeris()
-        from .builder import geometry
+        from . import geometry
 
         if isinstance(ephemeris, geometry.Ephemeris | TableEphemeris):
             return ephemeris
         if isinstance(ephemeris, str) and ephemeris.lower() == "spice":
             return geometry.SpiceEphemeris()
         if isinstance(ephemeris, str | os.PathLike | list | tuple):
-            from .builder.training import read_ephemerides
-
             paths = [ephemeris] if isinstance(ephemeris, str | os.PathLike) else ephemeris
-            return read_ephemerides(paths)
+            return geometry.read_ephemerides(paths)
         msg = (
             "ephemeris must be None (the model's table), 'spice', a Horizons table path (or "
             f"list of paths) or an Ephemeris, not {type(ephemeris).__name__}."
@@ -747,7 +745,7 @@ class ScatterLightModel:
         """
         key = (check_sector(sector), *check_camera_ccd(camera, ccd))
         if key not in self._pointings:
-            from .builder.geometry import CCDPointing
+            from .geometry import CCDPointing
 
             self._pointings[key] = CCDPointing.from_sector(*key)
         return self._pointings[key]
@@ -758,7 +756,7 @@ class ScatterLightModel:
         """The feature matrix at pixels and times.
 
         Parameters are those of `predict`; ``pointing`` a
-        `~lk_scatterlight.builder.geometry.CCDPointing` (default from tesswcs).
+        `~lk_scatterlight.geometry.CCDPointing` (default from tesswcs).
 
         Returns
         -------
@@ -766,7 +764,7 @@ class ScatterLightModel:
             Time-major: row ``i * npix + j`` is time ``i``, pixel ``j`` (pixels
             flattened in C order).
         """
-        from .builder.geometry import compute_geometry
+        from .geometry import compute_geometry
 
         camera, ccd = check_camera_ccd(camera, ccd)
         if pointing is None:
@@ -845,11 +843,11 @@ class ScatterLightModel:
             ``tpf.column + arange(ncol)``.
         time : float or array of float, shape ``T``
             BTJD [d] (TDB), as ``tpf.time.value``.
-        ephemeris : None, 'spice', path(s) or `~lk_scatterlight.builder.geometry.Ephemeris`
+        ephemeris : None, 'spice', path(s) or `~lk_scatterlight.geometry.Ephemeris`
             TESS's position: None uses the table in the model file (offline);
             ``"spice"`` lkspacecraft's kernels (downloaded once); paths are JPL
             Horizons vector tables.
-        pointing : `~lk_scatterlight.builder.geometry.CCDPointing`, optional
+        pointing : `~lk_scatterlight.geometry.CCDPointing`, optional
             Default: tesswcs' archival WCS of the sector, camera and CCD.
         grid_step : float or None
             The model is evaluated on a grid of at most this spacing [px]

@@ -13,7 +13,7 @@ Settings are read each time a function runs, never at import:
 * download URLs: those in the registry, unless ``LK_SCATTERLIGHT_URL`` (or
   ``conf.registry_url``) gives a base URL, making each ``<base>/<file name>``;
 * registry file: the shipped one, unless ``LK_SCATTERLIGHT_REGISTRY`` names
-  another (mirrors, tests);
+  another (mirrors, tests); `lk_scatterlight.registry_file` locates it;
 * download timeout [s]: ``LK_SCATTERLIGHT_TIMEOUT``, else ``conf.timeout``.
 
 An environment variable always wins over its ``conf`` item.
@@ -38,9 +38,10 @@ from typing import NamedTuple
 import pooch
 from astropy.table import Table
 
-from .ccd import check_sector
+from .ccd import CAMERAS, CCDS, check_sector
 from .cube import FORMAT_VERSION, ScatterLightCube
 from .exceptions import CubeFormatError, CubeNotFoundError, DownloadError, ScatterLightError
+from .registry_file import REGISTRY_ENV, registry_file
 
 __all__ = [
     "fetch_cube",
@@ -63,8 +64,6 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "LK_SCATTERLIGHT_CACHE"
 #: Environment variable overriding the base download URL (wins over ``conf.registry_url``).
 URL_ENV = "LK_SCATTERLIGHT_URL"
-#: Environment variable naming a registry file to use instead of the shipped one.
-REGISTRY_ENV = "LK_SCATTERLIGHT_REGISTRY"
 #: Environment variable overriding the download timeout [s] (wins over ``conf.timeout``).
 TIMEOUT_ENV = "LK_SCATTERLIGHT_TIMEOUT"
 #: Extra download attempts after a failure (pooch waits 1 s, then 2 s, between them).
@@ -233,20 +232,6 @@ def _timeout() -> float:
         ) from err
 
 
-def _registry_file():
-    """The registry file to use: ``LK_SCATTERLIGHT_REGISTRY`` or the shipped one."""
-    override = os.environ.get(REGISTRY_ENV, "").strip()
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise ScatterLightError(
-                f"{REGISTRY_ENV} points to {path}, which is not a file; fix the path or unset "
-                "the variable to use the registry shipped with lk_scatterlight."
-            )
-        return path
-    return resources.files("lk_scatterlight") / "data" / "registry.txt"
-
-
 def get_pooch(cache_dir: str | os.PathLike | None = None) -> pooch.Pooch:
     """The `pooch.Pooch` managing the published cubes under the current settings.
 
@@ -269,7 +254,7 @@ def get_pooch(cache_dir: str | os.PathLike | None = None) -> pooch.Pooch:
     ScatterLightError
         If the registry file cannot be read or lists an invalid entry.
     """
-    registry = _registry_file()
+    registry = registry_file()
     try:
         stat = os.stat(registry)  # type: ignore[arg-type]
         stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
@@ -332,7 +317,7 @@ def available_cubes() -> Table:
         dtype=[int] * len(CubeName._fields) + [str, str],
     )
     table["bin"].unit = "pixel"
-    table.meta["registry"] = str(_registry_file())
+    table.meta["registry"] = str(registry_file())
     return table
 
 
@@ -487,7 +472,11 @@ def _as_int(name: str, value, lo: int, hi: int | None = None) -> int:
 
 
 def _check_ids(sector, camera, ccd) -> tuple[int, int, int]:
-    return _as_int("sector", sector, 1), _as_int("camera", camera, 1, 4), _as_int("ccd", ccd, 1, 4)
+    return (
+        _as_int("sector", sector, 1),
+        _as_int("camera", camera, CAMERAS[0], CAMERAS[-1]),
+        _as_int("ccd", ccd, CCDS[0], CCDS[-1]),
+    )
 
 
 def _build_hint(sector: int, camera: int, ccd: int, python: bool = True) -> str:
@@ -506,7 +495,7 @@ def _select(pup: pooch.Pooch, sector: int, camera: int, ccd: int, bin: int | Non
     if not published:
         raise CubeNotFoundError(
             f"No scattered-light cube is published for {what}: no cubes are published yet "
-            f"(the registry {_registry_file()} is empty). To correct this CCD, {build}."
+            f"(the registry {registry_file()} is empty). To correct this CCD, {build}."
         )
     here = [c for c in published if (c.sector, c.camera, c.ccd) == (sector, camera, ccd)]
     if not here:

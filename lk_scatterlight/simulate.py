@@ -32,7 +32,16 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, Region, ffi_cadence_seconds
+from . import ccd as _ccd
+from .ccd import (
+    BTJD_OFFSET,
+    N_SCIENCE,
+    SCIENCE_COLUMNS,
+    SCIENCE_ROWS,
+    SCIENCE_SLICE,
+    Region,
+    ffi_cadence_seconds,
+)
 from .cube import ScatterLightCube
 from .utils import atomic_write
 
@@ -185,11 +194,13 @@ def make_cube(
     -------
     cube : `ScatterLightCube`
     """
-    if 2048 % pixel_bin:
-        raise ValueError(f"pixel_bin must divide 2048, got {pixel_bin}.")
+    if N_SCIENCE % pixel_bin:
+        raise ValueError(f"pixel_bin must divide {N_SCIENCE}, got {pixel_bin}.")
     time = sector_times(sector) if time is None else np.asarray(time, dtype=float)
-    row = SCIENCE_ROWS[0] + pixel_bin * np.arange(2048 // pixel_bin) + (pixel_bin - 1) / 2
-    column = SCIENCE_COLUMNS[0] + pixel_bin * np.arange(2048 // pixel_bin) + (pixel_bin - 1) / 2
+    row = SCIENCE_ROWS[0] + pixel_bin * np.arange(N_SCIENCE // pixel_bin) + (pixel_bin - 1) / 2
+    column = (
+        SCIENCE_COLUMNS[0] + pixel_bin * np.arange(N_SCIENCE // pixel_bin) + (pixel_bin - 1) / 2
+    )
     flux = field(time, row, column)
     rng = np.random.default_rng(seed)
     flux += rng.normal(0, noise, flux.shape)
@@ -346,7 +357,7 @@ def make_tpf(
         "2CRV4P": row,
         "TIMEREF": "SOLARSYSTEM",
         "TIMESYS": "TDB",
-        "BJDREFI": 2457000,
+        "BJDREFI": int(BTJD_OFFSET),
         "BJDREFF": 0.0,
         "TIMEUNIT": "d",
         "TSTART": time[0] - step / 2,
@@ -364,9 +375,9 @@ def make_tpf(
 
 # ============================================================================ synthetic FFIs
 #: Shape (rows, columns) of a full SPOC FFI image, collateral pixels included.
-FFI_SHAPE = (2078, 2136)
+FFI_SHAPE = _ccd.FFI_SHAPE
 #: 0-based (row, column) slices of the science pixels in a full FFI array.
-SCIENCE_SLICES = (slice(0, 2048), slice(44, 2092))
+SCIENCE_SLICES = SCIENCE_SLICE
 #: Saturation (full-well) level of the simulated CCD [e-/s per pixel]. A chosen value of
 #: the order of the TESS full well (a few 1e5 e- per 2-s frame); charge above it bleeds
 #: up and down the column.
@@ -390,8 +401,8 @@ _STAMP_RADII = (4, 8, 16, 32, 64)  # [px] stamp half-widths used to render stars
 _PSF_FLOOR = 0.01  # [e-/s] stamps reach where the PSF wing falls below this
 _STAR_MARGIN = 8  # [px] stars are placed up to this far outside the science area
 _SMEAR_PAD = 4  # [px] margin around a region when smearing its stars (shifts <= 2 px)
-_SCIENCE_ROW_COORDS = np.arange(1, 2049, dtype=float)  # 1-based CCD rows
-_SCIENCE_COLUMN_COORDS = np.arange(45, 2093, dtype=float)  # 1-based CCD columns
+_SCIENCE_ROW_COORDS = np.arange(SCIENCE_ROWS[0], SCIENCE_ROWS[1] + 1, dtype=float)  # 1-based
+_SCIENCE_COLUMN_COORDS = np.arange(SCIENCE_COLUMNS[0], SCIENCE_COLUMNS[1] + 1, dtype=float)
 
 
 def btjd_to_utc(btjd: float) -> datetime:
@@ -545,6 +556,18 @@ def _smear_shift(image: np.ndarray, start, stop, nstep: int) -> np.ndarray:
     return out
 
 
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def _restore_simulator(cls: type, state: dict, locks: list[str]) -> FFISimulator:
+    """Unpickle an `FFISimulator` (see ``FFISimulator.__reduce__``) with new locks."""
+    simulator = cls.__new__(cls)
+    simulator.__dict__.update(state)
+    for name in locks:
+        setattr(simulator, name, threading.Lock())
+    return simulator
+
+
 class FFISimulator:
     """Synthetic TESS calibrated Full Frame Images with known scattered light.
 
@@ -565,7 +588,7 @@ class FFISimulator:
     * **sky**: a static level ``sky`` [e-/s].
     * **SL(t)**: the scattered light of ``field`` (`ScatteredLightField`)
       evaluated exactly at every pixel centre.
-    * **strap**: the CCD strap columns (`lk_scatterlight.builder.straps`,
+    * **strap**: the CCD strap columns (`lk_scatterlight.straps`,
       TESS Instrument Handbook Table A.3) respond more to diffuse light: each
       strap (two adjacent columns) gets a factor drawn uniformly from
       ``strap_factor`` (default 1.03..1.05), deterministic with ``seed``.
@@ -681,7 +704,7 @@ class FFISimulator:
         glint_amplitude: float = 50.0,
         collateral_level: float = 0.5,
     ):
-        from .builder.straps import strap_groups
+        from .straps import strap_groups
 
         self.field = ScatteredLightField(seed=seed) if field is None else field
         self.sector, self.camera, self.ccd = int(sector), int(camera), int(ccd)
@@ -728,29 +751,30 @@ class FFISimulator:
         for group in strap_groups():
             factor = float(rng.uniform(*strap_factor))
             self.strap_response.update({column: factor for column in group})
-        self.column_response = np.ones(2048, dtype=np.float32)
+        self.column_response = np.ones(N_SCIENCE, dtype=np.float32)
         for column, factor in self.strap_response.items():
-            self.column_response[column - 45] = factor
+            self.column_response[column - SCIENCE_COLUMNS[0]] = factor
         # Stars: Tmag pdf proportional to 3**Tmag on 6..17, plus a few saturated ones.
         u = rng.random(int(n_stars))
         tmag = 6.0 + np.log1p(u * (3.0**11 - 1)) / np.log(3.0)
         bright = rng.uniform(2.5, 4.5, int(n_saturated))
-        lo, hi = -_STAR_MARGIN, 2048 + _STAR_MARGIN
+        lo, hi = -_STAR_MARGIN, N_SCIENCE + _STAR_MARGIN
         r0 = np.concatenate([rng.uniform(lo, hi, tmag.size), rng.uniform(100, 1948, bright.size)])
         c0 = np.concatenate([rng.uniform(lo, hi, tmag.size), rng.uniform(100, 1948, bright.size)])
         tmag = np.concatenate([tmag, bright])
         self.stars = {
-            "row": r0 + 1.0,
-            "column": c0 + 45.0,
+            "row": r0 + SCIENCE_ROWS[0],
+            "column": c0 + SCIENCE_COLUMNS[0],
             "tmag": tmag,
             "flux": TMAG_ZEROPOINT_FLUX * 10 ** (-0.4 * (tmag - 10)),
         }
         # Read noise per full-frame column (outputs A-D): 11 leading columns,
         # 512 science columns and 11 trailing virtual columns each.
         output = np.empty(FFI_SHAPE[1], dtype=np.intp)
-        output[:44] = np.arange(44) // 11
-        output[44:2092] = np.arange(2048) // 512
-        output[2092:] = np.arange(44) // 11
+        first, stop = SCIENCE_SLICE[1].start, SCIENCE_SLICE[1].stop
+        output[:first] = np.arange(first) // 11
+        output[first:stop] = np.arange(N_SCIENCE) // (N_SCIENCE // 4)
+        output[stop:] = np.arange(FFI_SHAPE[1] - stop) // 11
         # Read-noise variance of a pixel [(e-/s)^2] per full-frame column.
         self._read_var = (
             self.n_reads * np.asarray(self.read_noise)[output] ** 2
@@ -777,6 +801,20 @@ class FFISimulator:
         self._saturated: tuple[np.ndarray, np.ndarray] | None = None
         self._sky_row = (self.sky * self.column_response).astype(np.float32)
 
+    def __reduce__(self) -> tuple:
+        """Pickle without the locks and the rendered scene (~20 MB, re-rendered on use).
+
+        Dask sends the simulator to its workers this way.
+        """
+        state = dict(self.__dict__)
+        locks = [name for name, value in state.items() if isinstance(value, _LOCK_TYPES)]
+        for name in locks:
+            del state[name]
+        for name in ("_static", "_saturated"):  # caches: cheaper to re-render than to send
+            if name in state:
+                state[name] = None
+        return _restore_simulator, (type(self), state, locks)
+
     # ------------------------------------------------------------------ setup helpers
     def _default_defects(self, dump_interval: float) -> dict[int, str]:
         n = self.time.size
@@ -801,7 +839,10 @@ class FFISimulator:
                 return
             stars = self.stars
             image = _render_stars(
-                stars["row"] - 1.0, stars["column"] - 45.0, stars["flux"], (2048, 2048)
+                stars["row"] - SCIENCE_ROWS[0],
+                stars["column"] - SCIENCE_COLUMNS[0],
+                stars["flux"],
+                (N_SCIENCE, N_SCIENCE),
             )
             image += self._sky_row[None, :]
             self._saturated = _bleed(image, SATURATION)
@@ -847,7 +888,7 @@ class FFISimulator:
             Over the science pixels.
         """
         self._ensure_scene()
-        mask = np.zeros((2048, 2048), dtype=bool)
+        mask = np.zeros((N_SCIENCE, N_SCIENCE), dtype=bool)
         mask[self._saturated] = True
         return mask
 
@@ -892,8 +933,8 @@ class FFISimulator:
             return None
         rng = np.random.default_rng([self.seed, 2, index])
         centre, sigma = rng.uniform(300, 1750, 2), rng.uniform(400, 700)
-        gy = np.exp(-0.5 * ((np.arange(2048) - centre[0]) / sigma) ** 2)
-        gx = np.exp(-0.5 * ((np.arange(2048) - centre[1]) / sigma) ** 2)
+        gy = np.exp(-0.5 * ((np.arange(N_SCIENCE) - centre[0]) / sigma) ** 2)
+        gx = np.exp(-0.5 * ((np.arange(N_SCIENCE) - centre[1]) / sigma) ** 2)
         return (self.glint_amplitude * np.outer(gy, gx) * self.column_response).astype(np.float32)
 
     def frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1070,7 +1111,7 @@ class FFISimulator:
             ("TIMEREF", "SOLARSYSTEM", "barycentric correction applied to times"),
             ("TASSIGN", "SPACECRAFT", "where time is assigned"),
             ("TIMESYS", "TDB", "time system is Barycentric Dynamical Time (TDB)"),
-            ("BJDREFI", 2457000, "integer part of BTJD reference date"),
+            ("BJDREFI", int(BTJD_OFFSET), "integer part of BTJD reference date"),
             ("BJDREFF", 0.0, "fraction of the day in BTJD reference date"),
             ("TIMEUNIT", "d", "time unit for TIME, TSTART and TSTOP"),
             ("TELAPSE", tstop - tstart, "[d] TSTOP - TSTART"),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_text_atomic", "moved_names"]
 
 
 @contextlib.contextmanager
@@ -45,3 +48,48 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through `atomic_write`, creating its folder.
+
+    An existing file keeps its permissions.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else None
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        if mode is not None:
+            os.chmod(tmp, mode)  # keep the permissions of the file being replaced
+
+
+def moved_names(module: str, moved: dict[str, str]) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` that still finds names moved to another module.
+
+    Each old name resolves to its new home, with a `DeprecationWarning` naming it.
+
+    Parameters
+    ----------
+    module : str
+        The module the names left (its ``__name__``).
+    moved : dict of str to str
+        Old name -> dotted path of the new one, e.g. ``"lk_scatterlight.lowrank.Planes"``.
+
+    Returns
+    -------
+    getattr : callable
+        Assign it to ``__getattr__`` in ``module``.
+    """
+
+    def __getattr__(name: str) -> Any:
+        target = moved.get(name)
+        if target is None:
+            msg = f"module {module!r} has no attribute {name!r}"
+            raise AttributeError(msg)
+        msg = f"{module}.{name} is deprecated; use {target}."
+        warnings.warn(msg, DeprecationWarning, stacklevel=2)
+        home, _, new = target.rpartition(".")
+        return getattr(importlib.import_module(home), new)
+
+    return __getattr__

@@ -46,8 +46,8 @@ def horizons_path(shared_data) -> Path:
 
 @pytest.fixture(scope="session")
 def horizons(horizons_path):
-    """That table as a `~lk_scatterlight.builder.geometry.HorizonsEphemeris`, read once."""
-    from lk_scatterlight.builder import geometry
+    """That table as a `~lk_scatterlight.geometry.HorizonsEphemeris`, read once."""
+    from lk_scatterlight import geometry
 
     return geometry.HorizonsEphemeris.read(horizons_path)
 

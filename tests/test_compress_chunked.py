@@ -7,8 +7,9 @@ import pytest
 from cube_helpers import make_cube
 
 from lk_scatterlight import CubeFormatError, ScatterLightCube, simulate
-from lk_scatterlight.builder import pipeline
+from lk_scatterlight.builder import assembly, pipeline
 from lk_scatterlight.builder.pipeline import BuildConfig
+from lk_scatterlight.builder.runner import SerialRunner
 from lk_scatterlight.builder.sources import SimulatedFFISource
 from lk_scatterlight.lowrank import Planes, compress_planes, is_file_map
 
@@ -164,7 +165,7 @@ def finished_work(tmp_path_factory):
     static, dark = pipeline.static_scene(source, plan.good, config, False)
     context = pipeline.make_context(static, config)
     todo = [int(i) for i in np.flatnonzero(plan.good)]
-    pipeline._SerialRunner().process(source, todo, context, dark, work, config, _NoBar())
+    SerialRunner().process(source, todo, context, dark, work, config, _NoBar())
     return plan, config, work, context, dark
 
 
@@ -184,7 +185,7 @@ def test_compact_build_compresses_from_the_memory_map(finished_work, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("the compact build must not make a dense cube")
 
-    monkeypatch.setattr(pipeline, "compress_planes", spy)
+    monkeypatch.setattr(assembly, "compress_planes", spy)
     monkeypatch.setattr(ScatterLightCube, "compress", refuse)
     monkeypatch.setattr(ScatterLightCube, "from_arrays", refuse)
     cube = pipeline.assemble(plan, config, work, context, dark)

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from lk_scatterlight import simulate
-from lk_scatterlight.builder import dataset, geometry
+from lk_scatterlight import geometry, simulate
+from lk_scatterlight.builder import dataset
 from lk_scatterlight.builder.sources import FrameInfo
 from lk_scatterlight.cli import main
 from lk_scatterlight.exceptions import ScatterLightError

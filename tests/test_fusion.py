@@ -72,6 +72,27 @@ def test_missed_light_is_recovered_within_its_error():
     np.testing.assert_allclose(fusion.variance(cube)[:, 1, 2], fusion.variance(quoted))
 
 
+def test_structure_the_model_misses_sets_the_error_floor():
+    """A ridge sweeping across the TPF that the model lacks: not a level, so the fusion cannot
+    remove it, but its size is measured and the fused errors are not below it."""
+    yy, xx = np.mgrid[:N, :N]
+    centre = np.linspace(-5, 20, NT)[:, None, None]
+    ridge = 6 * np.exp(-0.5 * ((xx[None] - centre) / 1.5) ** 2)  # 6 e-/s, 3.5 px wide
+    flux, err, model, aperture, truth = scene(np.zeros(NT))
+    fusion = fuse(flux + ridge, err, model, aperture)
+    good = fuse(flux, err, model, aperture)
+    assert np.all(good.shape_var == 0)
+    assert fusion.shape_var.max() > 1
+    # The model quotes 0.05 e-/s per pixel; after fusion the quoted error follows what is
+    # left: the ridge minus the fused level, per pixel, within 1.5x over the series.
+    quoted = np.sqrt(fusion.variance(np.full((NT, N, N), 0.05**2)))
+    left = ridge - fusion.offset[:, None, None]
+    left -= left.mean(axis=0)
+    ratio = np.sqrt(np.mean(left**2)) / np.sqrt(np.mean(quoted**2))
+    assert 1 / 1.5 < ratio < 1.5
+    assert np.median(np.sqrt(good.variance(np.full(NT, 0.05**2)))) == pytest.approx(0.05)
+
+
 def test_too_few_background_pixels():
     flux, err, model, _, _ = scene(np.zeros(NT))
     assert fuse(flux, err, model, np.ones((N, N), dtype=bool)) is None

@@ -7,8 +7,7 @@ and the pointing tesswcs' sector-1 WCS of camera 4 CCD 3.
 import numpy as np
 import pytest
 
-from lk_scatterlight import simulate
-from lk_scatterlight.builder import geometry
+from lk_scatterlight import geometry, simulate
 from lk_scatterlight.geofield import GeometryField
 
 pytest.importorskip("tesswcs", reason="tesswcs (the builder extra) provides the sector WCS")

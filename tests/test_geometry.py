@@ -1,4 +1,4 @@
-"""Earth and Moon geometry (`lk_scatterlight.builder.geometry`) against real TESS files.
+"""Earth and Moon geometry (`lk_scatterlight.geometry`) against real TESS files.
 
 Real data (``../shared/data``): the TESS Vectors of sector 1 camera 4 (HEASARC),
 a JPL Horizons vector table of TESS for sectors 1-5 and a cropped SPOC FFI of
@@ -9,7 +9,7 @@ kernels (sector 4), with its test mode set and undone in a fixture.
 import numpy as np
 import pytest
 
-from lk_scatterlight.builder import geometry
+from lk_scatterlight import geometry
 from lk_scatterlight.exceptions import ScatterLightError
 from lk_scatterlight.simulate import sector_times
 

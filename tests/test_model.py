@@ -406,8 +406,8 @@ def test_light_curve_needs_an_ephemeris(tmp_path, shared_data):
 
 def test_training_on_a_cube_dataset(tmp_path, shared_data):
     pytest.importorskip("sklearn")
-    from lk_scatterlight import simulate
-    from lk_scatterlight.builder import dataset, geometry
+    from lk_scatterlight import geometry, simulate
+    from lk_scatterlight.builder import dataset
     from lk_scatterlight.builder.training import dataset_samples, fit_model
 
     horizons = geometry.HorizonsEphemeris.read(

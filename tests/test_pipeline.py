@@ -5,7 +5,7 @@ import pytest
 from cube_asserts import assert_same_fine
 
 from lk_scatterlight import ScatterLightCube, simulate
-from lk_scatterlight.builder import pipeline
+from lk_scatterlight.builder import strap_photometry
 from lk_scatterlight.builder.masks import DEFAULT_BITMASK
 from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
 from lk_scatterlight.builder.sources import LocalFFISource, SimulatedFFISource
@@ -217,10 +217,10 @@ def test_errors(simulator):
 
 
 def test_strap_geometry_references_avoid_straps():
-    from lk_scatterlight.builder.straps import STRAP_CCD_COLUMNS
+    from lk_scatterlight.straps import STRAP_CCD_COLUMNS
 
     straps = np.asarray(STRAP_CCD_COLUMNS)
-    columns, refs = pipeline._strap_geometry(straps)
+    columns, refs = strap_photometry.strap_geometry(straps)
     assert columns.size == straps.size
     ref_columns = refs + 45
     touching = set(straps) | set(straps - 1) | set(straps + 1)
@@ -235,15 +235,17 @@ def test_strap_sums_equal_plain_computation():
     clean = rng.random((64, 300)) > 0.1
     strap_idx = np.array([20, 21, 100, 101, 200])
     ref_idx = np.array([s + np.array([-4, -3, 3, 4]) for s in strap_idx])
-    sums = pipeline._strap_sums(diff, clean, strap_idx, ref_idx)
+    sums = strap_photometry.strap_sums(diff, clean, strap_idx, ref_idx)
     expected = []
     for s, refs in zip(strap_idx, ref_idx, strict=True):
         ref = diff[:, refs].astype(float).mean(axis=1)
         ok = clean[:, s] & clean[:, refs].all(axis=1) & np.isfinite(diff[:, s]) & np.isfinite(ref)
         expected.append([np.sum(diff[ok, s] * ref[ok]), np.sum(ref[ok] ** 2)])
     np.testing.assert_allclose(sums, expected, rtol=1e-6)
-    rows = pipeline._strap_rows(clean, strap_idx, ref_idx)
-    np.testing.assert_array_equal(pipeline._strap_sums(diff, clean, strap_idx, ref_idx, rows), sums)
+    rows = strap_photometry.strap_rows(clean, strap_idx, ref_idx)
+    np.testing.assert_array_equal(
+        strap_photometry.strap_sums(diff, clean, strap_idx, ref_idx, rows), sums
+    )
 
 
 @pytest.fixture(scope="module")

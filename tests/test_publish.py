@@ -30,6 +30,7 @@ from registry_helpers import LocalHTTPServer, clear_registry_env, make_cube
 import lk_scatterlight
 from lk_scatterlight import PublishError, ScatterLightError, conf, load_cube
 from lk_scatterlight.builder import publish
+from lk_scatterlight.builder import zenodo as zenodo_client
 from lk_scatterlight.builder.publish import (
     MAX_RETRIES,
     SANDBOX_URL,
@@ -303,7 +304,7 @@ def zenodo(monkeypatch):
 def sleeps(monkeypatch):
     """Waits between retries, recorded instead of slept."""
     waits: list[float] = []
-    monkeypatch.setattr(publish.time, "sleep", waits.append)
+    monkeypatch.setattr(zenodo_client.time, "sleep", waits.append)
     return waits
 
 

@@ -4,7 +4,9 @@ One full-size frame is written to disk (twice, to test overwriting); the rest
 are generated in memory. Tolerances are stated next to each assertion.
 """
 
+import copyreg
 import csv
+import pickle
 from datetime import datetime
 
 import numpy as np
@@ -12,13 +14,6 @@ import pytest
 from astropy.io import fits
 from scipy import ndimage
 
-from lk_scatterlight.builder.straps import (
-    STRAP_CCD_COLUMNS,
-    STRAP_SCIENCE_COLUMNS,
-    STRAP_TABLE,
-    strap_groups,
-    strap_mask,
-)
 from lk_scatterlight.ccd import Region
 from lk_scatterlight.simulate import (
     FFI_SHAPE,
@@ -28,6 +23,13 @@ from lk_scatterlight.simulate import (
     _bleed,
     btjd_to_utc,
     ffi_filename,
+)
+from lk_scatterlight.straps import (
+    STRAP_CCD_COLUMNS,
+    STRAP_SCIENCE_COLUMNS,
+    STRAP_TABLE,
+    strap_groups,
+    strap_mask,
 )
 
 REAL_FFI = "tess2018206192942-s0001-1-4-0120-s_ffic_corner128x173.fits"
@@ -259,6 +261,19 @@ def test_quality_flags(sim):
     earth = full.field.earth_amplitude(full.time)
     np.testing.assert_array_equal((quality & 2048) > 0, earth > 0.5 * full.field.earth_peak)
     assert FFISimulator(n_frames=6, defects={}).quality[1:5].tolist() == [0, 0, 0, 0]
+
+
+def test_simulator_pickles_itself_without_its_scene(sim):
+    """`FFISimulator.__reduce__`: no copyreg registration, no rendered scene sent, new lock."""
+    assert FFISimulator not in copyreg.dispatch_table
+    sim.frame(0)  # renders and caches the scene
+    assert sim._static is not None
+    copy = pickle.loads(pickle.dumps(sim))
+    assert copy._static is None
+    assert copy._scene_lock is not sim._scene_lock
+    assert copy._scene_lock.acquire(blocking=False)
+    copy._scene_lock.release()
+    np.testing.assert_array_equal(copy.frame(1)[0], sim.frame(1)[0])
 
 
 def test_times_and_orbit_gap():

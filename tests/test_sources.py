@@ -376,3 +376,20 @@ def test_ffisource_rejects_unsorted_frames():
 
     with pytest.raises(FFISourceError, match="sorted by time"):
         Unsorted(1, 1, 1, frames, "bad")
+
+
+def test_source_factory_kinds_and_errors():
+    from lk_scatterlight.builder.source_factory import SOURCE_KINDS, SourceSpecError, make_source
+    from lk_scatterlight.exceptions import ScatterLightError
+
+    assert sorted(SOURCE_KINDS) == ["local", "simulate", "tesscube"]
+    source = make_source(["simulate", "3"], 1, 2, 3)
+    assert (source.sector, source.camera, source.ccd, len(source.frames)) == (1, 2, 3, 3)
+    with pytest.raises(SourceSpecError, match="NFRAMES must be a whole number >= 1"):
+        make_source(["simulate", "0"], 1, 2, 3)
+    with pytest.raises(SourceSpecError, match="takes one NFRAMES at most"):
+        make_source(["simulate", "1", "2"], 1, 2, 3)
+    with pytest.raises(ScatterLightError, match="Unknown --source 'mast'"):
+        make_source(["mast"], 1, 2, 3)
+    with pytest.raises(ScatterLightError, match="needs one PATH"):
+        make_source(["local"], 1, 2, 3)

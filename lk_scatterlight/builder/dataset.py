@@ -4,7 +4,7 @@ One file per sector, camera and CCD (`dataset_filename`): a numpy ``.npz``
 archive holding the scattered-light cube, its times and cadence numbers, the
 Earth and Moon geometry of the camera boresight (one value per time) and the
 same geometry for every bin centre of the cube (one map per time), computed
-exactly by `lk_scatterlight.builder.geometry`. The keys users of tess-backml
+exactly by `lk_scatterlight.geometry`. The keys users of tess-backml
 know (``scatter_cube``, ``time``, ``cadenceno``, ``earth_alt``, ``earth_az``,
 ``earth_dist``, ``moon_*`` and the ``*_map`` variants) are kept, with the
 definitions of `DATASET_KEYS` (some differ from tess-backml's; see
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import ScatterLightError
+from ..geometry import BODIES, CCDPointing, Ephemeris, cube_geometry, to_tessvectors_azimuth
 from ..utils import atomic_write
-from .geometry import BODIES, CCDPointing, Ephemeris, cube_geometry, to_tessvectors_azimuth
 
 __all__ = [
     "DATASET_VERSION",
@@ -148,8 +148,8 @@ def make_dataset(
     Parameters
     ----------
     cube : `~lk_scatterlight.ScatterLightCube`
-    ephemeris : `~lk_scatterlight.builder.geometry.Ephemeris`
-    pointing : `~lk_scatterlight.builder.geometry.CCDPointing`, optional
+    ephemeris : `~lk_scatterlight.geometry.Ephemeris`
+    pointing : `~lk_scatterlight.geometry.CCDPointing`, optional
         Default ``CCDPointing.from_sector`` of the cube (tesswcs).
     cadenceno : array of int, shape (ntime,), optional
         Cadence numbers of the planes (see `cadence_numbers`); default -1.

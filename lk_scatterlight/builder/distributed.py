@@ -59,12 +59,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import copyreg
 import logging
 import math
 import os
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -73,21 +70,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..ccd import N_SCIENCE
 from ..exceptions import ScatterLightError
 from ..utils import atomic_write
-from . import pipeline
-from .pipeline import (
-    BuildConfig,
-    ChunkResult,
-    FrameContext,
-    bin_planes,
-    candidate_frames,
-    combine_dark,
-    frame_level,
-    plan_build,
-    process_chunk,
-    select_dark,
-)
+from .assembly import bin_planes
+from .config import BuildConfig
+from .framepass import ChunkResult, FrameContext, make_context, process_chunk
+from .plan import plan_build, source_region
+from .runner import run_build
+from .scene import candidate_frames, combine_dark, frame_level, select_dark
 
 if TYPE_CHECKING:  # pragma: no cover
     from astropy.table import Table
@@ -110,7 +101,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bytes of one frame in flight: float32 flux and error of 2048 x 2048 pixels.
-FRAME_BYTES = 2 * 2048 * 2048 * 4
+FRAME_BYTES = 2 * N_SCIENCE * N_SCIENCE * 4
 #: Working arrays of `process_frame` on top of the frames (~100 MB measured with tracemalloc).
 _WORKING_BYTES = 110 * 2**20
 #: Per-frame data sent with one time-binning task at most [bytes] (Dask warns above 10 MB).
@@ -138,89 +129,8 @@ def worker_memory(config: BuildConfig, threads: int = 1) -> int:
     nbytes : int
     """
     per_task = (config.prefetch + 1) * FRAME_BYTES + _WORKING_BYTES
-    context = 2048 * 2048 * (4 + 4 + 1)
+    context = N_SCIENCE * N_SCIENCE * (4 + 4 + 1)
     return int(threads * per_task + context)
-
-
-# ---------------------------------------------------------------------- pickling of sources
-_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
-
-
-def _restore_simulator(cls: type, state: dict, locks: list[str]) -> Any:
-    simulator = cls.__new__(cls)
-    simulator.__dict__.update(state)
-    for name in locks:
-        setattr(simulator, name, threading.Lock())
-    return simulator
-
-
-def _reduce_simulator(simulator: Any) -> tuple:
-    """Pickle an `FFISimulator` without its locks and rendered scene (re-rendered on use)."""
-    state = dict(simulator.__dict__)
-    locks = [name for name, value in state.items() if isinstance(value, _LOCK_TYPES)]
-    for name in locks:
-        del state[name]
-    for name in ("_static", "_saturated"):  # caches: ~20 MB, cheaper to re-render
-        if name in state:
-            state[name] = None
-    return _restore_simulator, (type(simulator), state, locks)
-
-
-class _LazyGetFFI:
-    """``tesscube.query.async_get_ffi``, imported on the first call (on a worker)."""
-
-    def __init__(self, modes: dict[str, bool]):
-        self.modes = dict(modes)
-        self._func: Callable | None = None
-        self._lock = threading.Lock()
-
-    def __reduce__(self) -> tuple:
-        return _LazyGetFFI, (self.modes,)
-
-    def __call__(self, name: str) -> Any:
-        with self._lock:
-            if self._func is None:
-                from .tesscube_source import _import_tesscube
-
-                if any(self.modes.values()):
-                    import lkspacecraft
-
-                    if self.modes.get("test"):
-                        lkspacecraft.enable_test_mode()
-                    if self.modes.get("offline"):
-                        lkspacecraft.enable_offline_mode()
-                _, query = _import_tesscube()
-                self._func = query.async_get_ffi
-        return self._func(name)
-
-
-def _restore_tesscube(cls: type, state: dict, modes: dict[str, bool]) -> Any:
-    source = cls.__new__(cls)
-    source.__dict__.update(state)
-    source._cube = None  # the opened cube is not needed to read frames
-    source._async_get_ffi = _LazyGetFFI(modes)
-    return source
-
-
-def _reduce_tesscube(source: Any) -> tuple:
-    """Pickle a `TessCubeSource` as its frame list; tesscube is imported again on use."""
-    state = {k: v for k, v in source.__dict__.items() if k not in ("_cube", "_async_get_ffi")}
-    modes = {"test": False, "offline": False}
-    spacecraft = sys.modules.get("lkspacecraft")
-    if spacecraft is not None:
-        modes = {"test": spacecraft.is_test_mode(), "offline": spacecraft.is_offline_mode()}
-    return _restore_tesscube, (type(source), state, modes)
-
-
-def _register_reducers() -> None:
-    from ..simulate import FFISimulator
-    from .tesscube_source import TessCubeSource
-
-    copyreg.pickle(FFISimulator, _reduce_simulator)
-    copyreg.pickle(TessCubeSource, _reduce_tesscube)
-
-
-_register_reducers()
 
 
 def _check_portable(source: FFISource) -> None:
@@ -390,10 +300,10 @@ class DaskRunner:
         return self._hold(
             "context",
             lambda: self._submit(
-                pipeline.make_context,
+                make_context,
                 static_future,
                 config,
-                pipeline.source_region(self.source, config),
+                source_region(self.source, config),
                 key="context",
                 frames=False,
             ),
@@ -585,7 +495,7 @@ def build_cube_dask(
     _check_worker_malloc(client)
     runner = DaskRunner(client, source, retries=retries, resources=resources)
     try:
-        return pipeline._run_build(source, config, plan, runner, progress)
+        return run_build(source, config, plan, runner, progress)
     finally:
         runner.close()
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..ccd import SCIENCE_COLUMNS
+
 __all__ = [
     "DEFAULT_BITMASK",
     "good_frames",
@@ -150,7 +152,9 @@ def drop_extended(
     return mask & ~extended[labels]
 
 
-def column_mask(shape: tuple[int, int], columns, first_column: int = 45) -> np.ndarray:
+def column_mask(
+    shape: tuple[int, int], columns, first_column: int = SCIENCE_COLUMNS[0]
+) -> np.ndarray:
     """Mask of whole columns.
 
     Parameters

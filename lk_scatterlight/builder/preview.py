@@ -37,10 +37,10 @@ import numpy as np
 
 from ..ccd import SCIENCE_COLUMNS, SCIENCE_ROWS
 from ..exceptions import ScatterLightError
+from ..geometry import BODIES, CCDPointing, Ephemeris, compute_geometry
 from ..utils import atomic_write
 from . import masks
 from .binning import bin_plane_fit
-from .geometry import BODIES, CCDPointing, Ephemeris, compute_geometry
 
 __all__ = [
     "dark_frame",
@@ -190,9 +190,9 @@ def sparse_preview(
         used; ``time_bin`` must be None (one value per frame).
     npix : int
         Number of bins (`sparse_bins`).
-    ephemeris : `~lk_scatterlight.builder.geometry.Ephemeris`, optional
+    ephemeris : `~lk_scatterlight.geometry.Ephemeris`, optional
         With ``pointing``: add the Earth and Moon geometry at the bin centres.
-    pointing : `~lk_scatterlight.builder.geometry.CCDPointing`, optional
+    pointing : `~lk_scatterlight.geometry.CCDPointing`, optional
     seed : int
         Which bins (`sparse_bins`).
     progress : bool

@@ -33,7 +33,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ..ccd import Region
+from .. import ccd
+from ..ccd import N_SCIENCE, SCIENCE_SLICE, Region
 from ..exceptions import FFISourceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,13 +55,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Shape (rows, columns) of a full SPOC FFI image, collateral included.
-FFI_SHAPE = (2078, 2136)
+FFI_SHAPE = ccd.FFI_SHAPE
 #: Shape (rows, columns) of the science region returned by `FFISource.read`.
-SCIENCE_SHAPE = (2048, 2048)
-_SCIENCE = (slice(0, 2048), slice(44, 2092))
+SCIENCE_SHAPE = (N_SCIENCE, N_SCIENCE)
+_SCIENCE = SCIENCE_SLICE
 _SECTOR_IN_NAME = re.compile(r"-s(\d{4})-")
 _FFI_PATTERN = "*ffic.fits"
-_ACCEPTED_BUNITS = ("electrons/s", "electron/s", "electron / s", "e-/s", "e/s")
+_ACCEPTED_BUNITS = ccd.FLUX_BUNITS
 #: Two frames whose mid-times differ by less than this [d] (~0.1 s) are duplicates.
 _DUPLICATE_TOLERANCE = 1e-6
 

@@ -34,6 +34,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -43,6 +44,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..ccd import SCIENCE_SLICE
 from ..exceptions import FFISourceError
 from .sources import FFI_SHAPE, FFISource, FrameInfo
 
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 #: MAST's public bucket (tesscube's ``BUCKET_NAME``).
 BUCKET = "stpubdata"
 #: Science region of an FFI (0-based rows 0:2048, columns 44:2092).
-SCIENCE = (slice(0, 2048), slice(44, 2092))
+SCIENCE = SCIENCE_SLICE
 
 _T = TypeVar("_T")
 
@@ -309,6 +311,19 @@ class TessCubeSource(FFISource):
             time.perf_counter() - start,
         )
 
+    def __reduce__(self) -> tuple:
+        """Pickle as the frame list; tesscube is imported again on first use (a Dask worker).
+
+        The opened MAST cube is not sent (reading frames does not need it), and the
+        lkspacecraft test/offline modes of this process go along.
+        """
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_cube", "_async_get_ffi")}
+        modes = {"test": False, "offline": False}
+        spacecraft = sys.modules.get("lkspacecraft")
+        if spacecraft is not None:
+            modes = {"test": spacecraft.is_test_mode(), "offline": spacecraft.is_offline_mode()}
+        return _restore_tesscube, (type(self), state, modes)
+
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Download frame ``index``'s FFI (one GET) and return its science region.
 
@@ -372,3 +387,38 @@ class TessCubeSource(FFISource):
         """
         prefetch = self.prefetch if prefetch is None else prefetch
         return super().iter_read(indices, prefetch=prefetch)
+
+
+class _LazyGetFFI:
+    """``tesscube.query.async_get_ffi``, imported on the first call (on a worker)."""
+
+    def __init__(self, modes: dict[str, bool]):
+        self.modes = dict(modes)
+        self._func: Callable | None = None
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple:
+        return _LazyGetFFI, (self.modes,)
+
+    def __call__(self, name: str) -> Any:
+        with self._lock:
+            if self._func is None:
+                if any(self.modes.values()):
+                    import lkspacecraft
+
+                    if self.modes.get("test"):
+                        lkspacecraft.enable_test_mode()
+                    if self.modes.get("offline"):
+                        lkspacecraft.enable_offline_mode()
+                _, query = _import_tesscube()
+                self._func = query.async_get_ffi
+        return self._func(name)
+
+
+def _restore_tesscube(cls: type, state: dict, modes: dict[str, bool]) -> TessCubeSource:
+    """Unpickle a `TessCubeSource` (see ``TessCubeSource.__reduce__``)."""
+    source = cls.__new__(cls)
+    source.__dict__.update(state)
+    source._cube = None  # the opened cube is not needed to read frames
+    source._async_get_ffi = _LazyGetFFI(modes)
+    return source

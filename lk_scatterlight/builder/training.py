@@ -33,6 +33,14 @@ import numpy as np
 
 from ..ccd import check_camera_ccd, check_sector
 from ..exceptions import ScatterLightError
+from ..geometry import (
+    CCDPointing,
+    Ephemeris,
+    HorizonsEphemeris,
+    _builtin_body,
+    compute_geometry,
+    read_ephemerides,
+)
 from ..model import (
     FEATURES,
     TARGET_OFFSET,
@@ -42,13 +50,6 @@ from ..model import (
     fit_calibration,
     geometry_features,
     segment_ids,
-)
-from .geometry import (
-    CCDPointing,
-    Ephemeris,
-    HorizonsEphemeris,
-    _builtin_body,
-    compute_geometry,
 )
 
 __all__ = [
@@ -150,55 +151,6 @@ class Samples:
 
 
 # ---------------------------------------------------------------------- ephemerides
-def read_ephemerides(paths: Iterable[str | os.PathLike]) -> HorizonsEphemeris:
-    """One Horizons ephemeris from several (possibly overlapping) vector tables.
-
-    Parameters
-    ----------
-    paths : iterable of str or path-like
-        JPL Horizons vector tables of TESS (CSV, see
-        `~lk_scatterlight.builder.geometry.HorizonsEphemeris.read`); folders
-        are searched for ``*.csv``.
-
-    Returns
-    -------
-    ephemeris : `~lk_scatterlight.builder.geometry.HorizonsEphemeris`
-        Barycentric; where tables overlap the later file's samples are kept.
-
-    Raises
-    ------
-    ScatterLightError
-        No table found, or tables with different centres.
-    """
-    files: list[Path] = []
-    for path in paths:
-        path = Path(path)
-        files += sorted(path.glob("*.csv")) if path.is_dir() else [path]
-    if not files:
-        msg = "No Horizons tables found; give CSV files or a folder holding them."
-        raise ScatterLightError(msg)
-    tables = [HorizonsEphemeris.read(f) for f in files]
-    tables.sort(key=lambda e: e.coverage[0])
-    centres = {e.center for e in tables}
-    if len(centres) > 1:
-        msg = f"The Horizons tables mix centres {sorted(centres)}; use one centre."
-        raise ScatterLightError(msg)
-    jd, pos = [], []
-    for k, eph in enumerate(tables):
-        keep = np.ones(eph.jd.size, dtype=bool)
-        if k + 1 < len(tables):
-            keep = eph.jd < tables[k + 1].coverage[0]
-        jd.append(eph.jd[keep])
-        pos.append(eph.position[keep])
-    names = ", ".join(f.name for f in files)
-    return HorizonsEphemeris(
-        np.concatenate(jd),
-        np.concatenate(pos),
-        centres.pop(),
-        description=f"JPL Horizons tables {names}",
-    )
-
-
 def ephemeris_table(
     ephemeris: HorizonsEphemeris, step_hours: float = EPHEMERIS_STEP_HOURS
 ) -> dict[str, np.ndarray]:
@@ -206,7 +158,7 @@ def ephemeris_table(
 
     Parameters
     ----------
-    ephemeris : `~lk_scatterlight.builder.geometry.HorizonsEphemeris`
+    ephemeris : `~lk_scatterlight.geometry.HorizonsEphemeris`
     step_hours : float
         Sample step [h].
 
@@ -342,10 +294,10 @@ def lightcurve_samples(
     Parameters
     ----------
     path : str or path-like
-    ephemeris : `~lk_scatterlight.builder.geometry.Ephemeris`
+    ephemeris : `~lk_scatterlight.geometry.Ephemeris`
         Covering the sector.
     bin_minutes : float
-    pointing : `~lk_scatterlight.builder.geometry.CCDPointing`, optional
+    pointing : `~lk_scatterlight.geometry.CCDPointing`, optional
         Default: tesswcs' archival WCS of the sector, camera and CCD.
 
     Returns
@@ -466,7 +418,7 @@ def load_samples(
     paths : iterable of str or path-like
         ``.npz`` cube training sets and SPOC light curve ``.fits`` files, or
         folders of them.
-    ephemeris : `~lk_scatterlight.builder.geometry.Ephemeris`, optional
+    ephemeris : `~lk_scatterlight.geometry.Ephemeris`, optional
         Needed for light curves.
     bin_minutes : float
         Time bin of light curves [min].
@@ -731,7 +683,7 @@ def train_model(
     ----------
     paths : sequence of str or path-like
         Cube training sets (``.npz``) and SPOC light curves (``.fits``), or folders.
-    ephemeris : `~lk_scatterlight.builder.geometry.Ephemeris`, optional
+    ephemeris : `~lk_scatterlight.geometry.Ephemeris`, optional
         Needed for light curves; a `HorizonsEphemeris` is also embedded in the
         model (`ephemeris_table`) unless ``embed_ephemeris`` is False.
     seed : int

@@ -1,0 +1,114 @@
+"""The package's import layout: the core never imports the builder, and no import cycles.
+
+Reads the imports with `ast` (``docs/import_graph.py``, which also draws the
+graph in ``docs/developer.rst``), so nothing is imported and the test is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+#: Known exceptions, each with the reason it is still there; anything else fails.
+KNOWN_CORE_TO_BUILDER: set[tuple[str, str]] = set()
+KNOWN_CYCLES: list[list[str]] = []
+
+
+@pytest.fixture(scope="module")
+def import_graph():
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "docs" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def graph(import_graph):
+    return import_graph.package_imports(ROOT / "lk_scatterlight")
+
+
+def test_the_graph_sees_lazy_and_relative_imports(import_graph, tmp_path):
+    """The checks below can fail: a cycle through a function-level import is found."""
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .sub import b\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..c import X\n"
+        "def f():\n    from .. import a\n"
+    )
+    (package / "c.py").write_text("from . import sub\n")
+    graph = import_graph.package_imports(package)
+    assert graph["pkg.a"] == {"pkg.sub.b"}
+    assert graph["pkg.sub.b"] == {"pkg.a"}  # lazy counts, TYPE_CHECKING does not
+    assert graph["pkg.c"] == {"pkg.sub"}
+    assert import_graph.cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+    assert import_graph.package_imports(package, top_level=True)["pkg.sub.b"] == set()
+
+
+def test_core_never_imports_the_builder(import_graph, graph):
+    found = set(import_graph.core_to_builder(graph))
+    assert found - KNOWN_CORE_TO_BUILDER == set()
+
+
+def test_drivers_import_the_builder_only_inside_functions(import_graph):
+    """cli, demo and ondemand run the builder, but importing them must stay cheap."""
+    top = import_graph.package_imports(ROOT / "lk_scatterlight", top_level=True)
+    eager = [
+        (name, target)
+        for name, targets in top.items()
+        if import_graph.layer(name) == "driver"
+        for target in targets
+        if import_graph.layer(target) == "builder"
+    ]
+    assert eager == []
+
+
+def test_no_import_cycles(import_graph, graph):
+    found = import_graph.cycles(graph)
+    assert [c for c in found if c not in KNOWN_CYCLES] == []
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("lk_scatterlight.cube", "_compress", "lk_scatterlight.lowrank.compress_planes"),
+        ("lk_scatterlight.cube", "_compact_cube", "lk_scatterlight.cube.compact_cube"),
+        (
+            "lk_scatterlight.builder.pipeline",
+            "_run_build",
+            "lk_scatterlight.builder.runner.run_build",
+        ),
+        (
+            "lk_scatterlight.builder.pipeline",
+            "_strap_sums",
+            "lk_scatterlight.builder.strap_photometry.strap_sums",
+        ),
+    ],
+)
+def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
+    home, _, name = new.rpartition(".")
+    with pytest.warns(DeprecationWarning, match=f"use {new}"):
+        found = getattr(importlib.import_module(module), old)
+    assert found is getattr(importlib.import_module(home), name)
+    with pytest.raises(AttributeError, match="has no attribute '_nothing'"):
+        _ = importlib.import_module(module)._nothing
+
+
+def test_public_names_stay_where_they_were():
+    from lk_scatterlight.builder import publish, straps
+    from lk_scatterlight.builder.pipeline import BuildConfig
+    from lk_scatterlight.cube import ENCODINGS, FORMAT_VERSION, CompressionInfo  # noqa: F401
+    from lk_scatterlight.registry import REGISTRY_ENV
+
+    assert publish.ZenodoClient.__module__ == "lk_scatterlight.builder.zenodo"
+    assert publish.merge_registry.__module__ == "lk_scatterlight.registry_file"
+    assert straps.strap_groups.__module__ == "lk_scatterlight.straps"
+    assert BuildConfig.__module__ == "lk_scatterlight.builder.config"
+    assert REGISTRY_ENV == "LK_SCATTERLIGHT_REGISTRY"
