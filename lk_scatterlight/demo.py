@@ -45,7 +45,7 @@ __all__ = ["run_demo", "DemoResult", "plot_demo"]
 
 SHAPE = (15, 15)
 #: Pixel bin of the demo's cube [px]: 32 px bins resolve the simulated field's
-#: smooth gradients to ~0.003 % of their range (16 px bins: ~0.1 %, noisier).
+#: smooth gradients to ~0.003 % of their range over time (16-px bins: ~0.1 %).
 PIXEL_BIN = 32
 
 
