@@ -254,12 +254,16 @@ def _clipped_pixels(
     Candidates come from one comparison of squared residuals with squared
     thresholds (a superset whatever the rounding); the exact test runs on them only.
     """
-    thr2 = np.square(threshold)[:, None, :, None]
+    nbr, b, nb, _ = residual4.shape
+    width = nb * b
+    # Each bin's threshold repeated along its image row: the comparison then runs
+    # along whole rows (broadcasting over the short bin axis is several times slower).
+    thr2 = np.repeat(np.square(threshold), b, axis=1)[:, None, :]
     if binary:  # weighted_r2 is residual**2 on weighted pixels, 0 elsewhere
-        candidates = np.flatnonzero(weighted_r2 >= thr2)
+        candidates = np.flatnonzero(weighted_r2.reshape(nbr, b, width) >= thr2)
     else:
-        candidates = np.flatnonzero((residual4 * residual4 >= thr2) & (weight4 != 0))
-    b, width = residual4.shape[1], residual4.shape[2] * residual4.shape[3]
+        rows = residual4.reshape(nbr, b, width)
+        candidates = np.flatnonzero((rows * rows >= thr2) & (weight4.reshape(nbr, b, width) != 0))
     row, col = np.divmod(candidates, width)
     bin_thr = threshold[row // b, col // b]
     return candidates[np.abs(residual4.reshape(-1)[candidates]) > bin_thr]
