@@ -1,9 +1,9 @@
 """Benchmark the whole ``lk-scatterlight build`` as a maintainer runs it.
 
 Run: ``python benchmarks/bench_whole_build.py [--frames N] [--fields smooth structured]
-[--cadences 1800 200] [--keep DIR]``. Prints numbers; asserts nothing. About 2 minutes per
-field and cadence with the default 48 frames on an idle 2-core machine (most of it
-writing the simulated FFI files).
+[--cadences 1800 200] [--keep DIR] [--baseline DIR]``. Prints numbers; asserts nothing.
+About 2 minutes per field and cadence with the default 48 frames on an idle 2-core
+machine (most of it writing the simulated FFI files; ~1.5-2.5 s each).
 
 For each simulated field (``smooth``: ``ScatteredLightField(seed=2)``; ``structured``:
 ``ScatteredLightField(structured=True)``, a ~12-px glint ridge and a ~6-px baffle
@@ -17,7 +17,12 @@ shadow edge) and each FFI cadence (1800 s: sector 1; 200 s: sector 60):
 2. A child process runs the command line's ``main`` with
    ``build --source local DIR --sector S --camera 1 --ccd 1 --no-progress`` and
    default settings otherwise (compact cube, fine layer on), pinned to one CPU
-   with one BLAS/OpenMP thread. The child is started through ``/bin/sh`` so it
+   with one BLAS/OpenMP thread. Every file is read once just before, so the
+   build reads them from the page cache, as when it runs right after the
+   download (from a cold disk the read costs more; ``bench_build.py`` times
+   both). With ``--baseline DIR`` the same build runs a second time with the
+   ``lk_scatterlight`` package in ``DIR`` (e.g. ``git archive`` of another
+   commit), and both are printed side by side. The child is started through ``/bin/sh`` so it
    does not inherit this process's peak memory; its wall time is measured
    around the child, its CPU time (user + system) and peak resident memory with
    ``resource.getrusage``.
@@ -226,8 +231,20 @@ def write_frames(field_name: str, cadence: int, n: int, folder: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_build(ffis: Path, sector: int, out: Path) -> dict:
-    """One CLI build in a child pinned to one CPU; returns the child's report."""
+def warm(ffis: Path) -> None:
+    """Read every file once, so the build reads them from the page cache."""
+    for path in sorted(ffis.glob("*ffic.fits")):
+        with path.open("rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def run_build(ffis: Path, sector: int, out: Path, package: Path | None = None) -> dict:
+    """One CLI build in a child pinned to one CPU; returns the child's report.
+
+    ``package``: a folder holding another ``lk_scatterlight`` to run instead
+    (put first on ``PYTHONPATH``).
+    """
     report = out / "report.json"
     argv = [
         "build",
@@ -250,7 +267,10 @@ def run_build(ffis: Path, sector: int, out: Path) -> dict:
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"
+    if package is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(package), env.get("PYTHONPATH", "")])
     cpu = min(os.sched_getaffinity(0))
+    warm(ffis)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(
@@ -272,6 +292,8 @@ def run_build(ffis: Path, sector: int, out: Path) -> dict:
     result["cpu_children"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     cubes = sorted(out.glob("*.fits"))
     result["cube_mb"] = cubes[0].stat().st_size / 1e6 if cubes else float("nan")
+    shutil.rmtree(out)
+    out.mkdir()
     return result
 
 
@@ -282,33 +304,49 @@ def sector_frames(cadence: int) -> int:
     return int(sector_times(CADENCES[cadence]).size)
 
 
-def print_result(field_name: str, cadence: int, n: int, t_write: float, r: dict) -> None:
+def sector_estimate(r: dict, n: int, cadence: int) -> tuple[float, float, float]:
+    """(fixed CPU [s], growing CPU per frame [s], a sector's CPU per frame [s])."""
     stages = r["stages"]
     fixed = sum(stages.get(s, 0.0) for s in FIXED)
-    growing = sum(v for s, v in stages.items() if s not in FIXED)
+    growing = sum(v for s, v in stages.items() if s not in FIXED) / n
     frames = sector_frames(cadence)
-    sector = (fixed + growing / n * frames) / frames
+    return fixed, growing, (fixed + growing * frames) / frames
+
+
+def print_result(
+    field_name: str, cadence: int, n: int, t_write: float, runs: dict[str, dict]
+) -> None:
+    """One field and cadence: a column of stage CPU times per package run."""
     print(
-        f"\n{field_name} field, {cadence}-s cadence (sector {CADENCES[cadence]}): {n} frames "
-        f"(written in {t_write:.0f} s)"
+        f"\n{field_name} field, {cadence}-s cadence (sector {CADENCES[cadence]}): {n} frames"
+        + (f" (written in {t_write:.0f} s)" if t_write else "")
     )
-    print(
-        f"  whole build: wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s "
-        f"(children's rusage {r['cpu_children']:.1f} s) = {r['cpu'] / n:.3f} s CPU per frame; "
-        f"peak RSS {r['maxrss_mb']:.0f} MB; cube {r['cube_mb']:.2f} MB"
-    )
-    print(f"  {'stage':16s} {'CPU [s]':>8s} {'per frame':>10s} {'share':>6s}")
-    for stage in STAGES:
-        value = stages.get(stage, 0.0)
+    labels = list(runs)
+    for label, r in runs.items():
+        print(
+            f"  {label}: wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s (children's rusage "
+            f"{r['cpu_children']:.1f} s) = {r['cpu'] / n:.3f} s CPU per frame; peak RSS "
+            f"{r['maxrss_mb']:.0f} MB; cube {r['cube_mb']:.2f} MB"
+        )
+    header = "".join(f" {label[:22]:>22s}" for label in labels)
+    print(f"  {'CPU [s] (per frame [ms])':28s}{header}")
+    for stage in (*STAGES, "total"):
+        cells = []
+        for r in runs.values():
+            value = r["cpu"] if stage == "total" else r["stages"].get(stage, 0.0)
+            cells.append(f" {value:10.2f} ({1e3 * value / n:7.1f})")
         tag = " (fixed)" if stage in FIXED else ""
-        print(f"  {stage:16s} {value:8.2f} {value / n:10.4f} {100 * value / r['cpu']:5.0f}%{tag}")
-    print(
-        f"  a whole sector ({frames} frames): ~{sector:.3f} s CPU per frame "
-        f"(fixed {fixed:.1f} s + {growing / n:.4f} s x frames); existing tools "
-        f"{EXISTING_TOOLS[0]}-{EXISTING_TOOLS[1]} s per frame"
-    )
-    if r["missing"]:
-        print(f"  (not timed, not found: {', '.join(r['missing'])})")
+        print(f"  {stage + tag:28s}{''.join(cells)}")
+    frames = sector_frames(cadence)
+    for label, r in runs.items():
+        fixed, growing, sector = sector_estimate(r, n, cadence)
+        print(
+            f"  {label}: a whole sector ({frames} frames) ~{sector:.3f} s CPU per frame "
+            f"(fixed {fixed:.1f} s + {growing:.4f} s x frames); existing tools "
+            f"{EXISTING_TOOLS[0]}-{EXISTING_TOOLS[1]} s per frame"
+        )
+        if r["missing"]:
+            print(f"    (not timed, not found: {', '.join(r['missing'])})")
 
 
 def main() -> int:
@@ -322,6 +360,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--keep", type=Path, help="keep (and reuse) the simulated FFI files in this folder"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run every build with the lk_scatterlight package in this folder (e.g. an "
+        "export of another commit) and print both",
     )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -337,21 +381,30 @@ def main() -> int:
     )
     print(
         "  each build: `lk-scatterlight build --source local DIR` with default settings, in a "
-        "child pinned to one CPU, 1 BLAS thread; CPU = user + system"
+        "child pinned to one CPU, 1 BLAS thread, files read from the page cache; CPU = user + "
+        "system"
     )
+    packages = {"this checkout": None}
+    if args.baseline is not None:
+        packages[f"baseline {args.baseline}"] = args.baseline
     for cadence in args.cadences:
         for field_name in args.fields:
             with tempfile.TemporaryDirectory(prefix="bench_whole_build_") as tmp:
                 base = args.keep if args.keep is not None else Path(tmp)
                 ffis = base / f"{field_name}-{cadence}s-{args.frames}"
                 t_write = 0.0
-                if not ffis.is_dir():
-                    t_write = write_frames(field_name, cadence, args.frames, ffis)
+                if not ffis.is_dir():  # written under another name, renamed when complete
+                    partial = ffis.with_name(ffis.name + ".partial")
+                    shutil.rmtree(partial, ignore_errors=True)
+                    t_write = write_frames(field_name, cadence, args.frames, partial)
+                    partial.rename(ffis)
                 out = Path(tmp) / "out"
                 out.mkdir()
-                result = run_build(ffis, CADENCES[cadence], out)
-                shutil.rmtree(out)
-                print_result(field_name, cadence, args.frames, t_write, result)
+                runs = {
+                    label: run_build(ffis, CADENCES[cadence], out, package)
+                    for label, package in packages.items()
+                }
+                print_result(field_name, cadence, args.frames, t_write, runs)
                 sys.stdout.flush()
     print(f"\n(load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())})")
     return 0
