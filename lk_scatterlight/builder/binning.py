@@ -426,8 +426,12 @@ def _fit_strip(
     # Clip outliers (cosmic rays, residual star wings), then refit the residuals of
     # the first fit: small numbers, so the sums keep their precision in float32.
     residual = _residual(image4, first, d, out=work)
-    weighted_r2 = np.multiply(residual, residual)
-    weighted_r2 *= weight4
+    if binary:  # (w r)**2 = w r**2 for 0/1 weights: weight the residuals once
+        residual *= weight4
+        weighted_r2 = np.multiply(residual, residual)
+    else:
+        weighted_r2 = np.multiply(residual, residual)
+        weighted_r2 *= weight4
     ones = np.ones((b, 1), dtype=np.float32)
     rss = _bin_sums(weighted_r2, ones)[..., 0, 0]
     sigma = np.sqrt(rss / np.maximum(count - 3, 1))
@@ -437,7 +441,8 @@ def _fit_strip(
     # the mask sums minus theirs, and the residual sums skip them.
     sw = sw - _pixel_sums(clipped, weight4)
     weighted_r2.reshape(-1)[clipped] = 0
-    residual *= weight4
+    if not binary:
+        residual *= weight4
     residual.reshape(-1)[clipped] = 0  # now w * residual with the refit's weights
     rhs = _rhs(_bin_sums(residual, basis[:, :2]))
     correction, inverse00, count, moments, rss = _solve(
