@@ -28,9 +28,9 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    holes of 4 bins or more where the residual around them is significant, a
    fit of the field's profile across the local structure from every valid bin
    in a window around the hole (`_fill_profiles`). Most tiles hold only noise
-   and nothing there is kept, so the last two steps run only on the holes of
-   the tiles (and their neighbours) whose statistic (step 5) with the first
-   guess is already halfway from noise to ``threshold``;
+   and nothing there is kept, so the last two steps run only on the holes in
+   (or next to) the tiles whose statistic (step 5) with the first guess is
+   already halfway from noise to ``threshold``;
 4. the bias of a bin *mean* on curved structure is removed with the fine grid's
    second differences (``mean = f(centre) + f'' (b**2 - 1) / 24`` for a bin of
    ``b`` pixels), so the stored values are point values, as the Keys kernel
@@ -294,19 +294,17 @@ def fine_residual(
     r[holes] = 0
     _fill_isotropic(r, ok, holes, copy=False)
     # Most tiles hold only noise, and their holes need no better fill than the first
-    # guess: the fills along the structure run only in the tiles (and their
-    # neighbours, whose bins their windows reach) that come near the threshold with it.
+    # guess. A hole's refill depends on valid bins only and changes only the hole
+    # itself and, through the second differences below, the bins next to it: so only
+    # the holes in or next to the tiles that come near the threshold are refilled.
     chi2 = _tile_chi2(r, context, tile_sigma)
     near = chi2 / _calibration(chi2, nok, r, ok, noise) > 1 + _NEAR * (context.threshold - 1)
     if near.any():
-        near = ndimage.binary_dilation(near, np.ones((3, 3), bool))
-        busy = near.repeat(t, 0).repeat(t, 1)
-        rows, cols = np.nonzero(~ok & busy)
+        busy = ~ok & _grow_one(near.repeat(t, 0).repeat(t, 1))
+        rows, cols = np.nonzero(busy)
         _fill_along_structure(r, ok, model, rows, cols)
-        first, last = pieces[:, [1, 3]] // t, (pieces[:, [2, 4]] - 1) // t  # corner tiles
-        touch = near[first[:, 0], first[:, 1]] | near[first[:, 0], last[:, 1]]
-        touch |= near[last[:, 0], first[:, 1]] | near[last[:, 0], last[:, 1]]
-        if touch.any():
+        touch = [busy[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
+        if any(touch):
             _fill_profiles(r, ok, model, noise.image, context.threshold, (labels, pieces[touch]))
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
     curvature = context.curvature if ok is context.ok else context.curvature * ok
@@ -324,10 +322,20 @@ def fine_residual(
 
 
 #: A tile whose statistic with the first fill of its holes is this fraction of the way
-#: from pure noise (1) to the threshold gets the fills along the structure (with its
-#: neighbours). Noise alone scatters by ~sqrt(2 / tile**2) around 1 (0.09 for 16 x 16
+#: from pure noise (1) to the threshold gets the fills along the structure (and the
+#: holes next to it). Noise alone scatters by ~sqrt(2 / tile**2) around 1 (0.09 for 16 x 16
 #: bins): halfway to the default threshold of 2 is 5-6 of those.
 _NEAR = 0.5
+
+
+def _grow_one(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one bin up, down, left and right."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
 
 
 def _second_differences(r: np.ndarray) -> np.ndarray:
