@@ -9,6 +9,7 @@ from lk_scatterlight.builder.fine import (
     _fill_holes,
     _fill_isotropic,
     _fill_profiles,
+    _masked_bin_sums,
     assemble_fine,
     fine_residual,
     make_fine_context,
@@ -31,6 +32,26 @@ def test_bin_sums_equal_plain_sum(pixel_bin):
     assert got.shape == (nb, nb)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(("size", "pixel_bin"), [(2048, 4), (320, 8)])
+def test_masked_bin_sums_divide_straps_by_their_response(size, pixel_bin):
+    """Weighted fine-bin sums with strap columns divided by this frame's response equal
+    the plain sums of the weighted, divided pixels (a whole CCD and a regional size)."""
+    rng = np.random.default_rng(size)
+    diff = rng.normal(5, 3, (size, size)).astype(np.float32)
+    weights = (rng.random((size, size)) > 0.1).astype(np.float32)
+    straps = np.array([3, 17, 18, size - 2])
+    context = make_fine_context(
+        weights, coarse_bin=16, pixel_bin=pixel_bin, tile=2, threshold=2.0, strap_idx=straps
+    )
+    response = np.array([1.05, 0.9, 1.2, 1.1], np.float32)
+    pixels = diff.astype(float) * weights
+    pixels[:, straps] /= response
+    nb = size // pixel_bin
+    expected = pixels.reshape(nb, pixel_bin, nb, pixel_bin).sum(axis=(1, 3))
+    got = _masked_bin_sums(diff, context, response)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
 
 
 # ---------------------------------------------------------------------- _fill_holes
