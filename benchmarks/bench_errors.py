@@ -1,8 +1,7 @@
 """Benchmark the honesty of the cube's quoted errors against simulated truth (issue 19).
 
 Run: ``python benchmarks/bench_errors.py [--frames N] [--quick] [--cadence 200]``
-(from the repository root; ``--cadence 200``: 200-s FFIs, consecutive frames
-from each orbit's start). Prints numbers; asserts nothing. About 4 minutes on a busy
+(from the repository root; ``--cadence 200``: 200-s FFIs, chosen the same way). Prints numbers; asserts nothing. About 4 minutes on a busy
 2-core machine with the default 60 frames (``--quick``: 30 frames, ~2 minutes).
 
 Simulated sector-1 FFIs (`FFISimulator`, 30-min cadence) of the smooth and the
@@ -231,15 +230,10 @@ def main() -> None:
     import bench_build as bb
 
     import lk_scatterlight
-    from lk_scatterlight.simulate import ScatteredLightField, sector_times
+    from lk_scatterlight.simulate import ScatteredLightField
 
     n = 30 if args.quick else args.frames
-    if args.cadence == 1800.0:
-        times = bb.select_times(n)
-    else:  # consecutive frames from each orbit's start, where the light changes most
-        all_t = sector_times(1, cadence=args.cadence)
-        gap = int(np.argmax(np.diff(all_t))) + 1
-        times = np.concatenate([all_t[: n // 2], all_t[gap : gap + n - n // 2]])
+    times = bb.select_times(n, cadence=args.cadence)
     print(
         f"bench_errors: lk_scatterlight {lk_scatterlight.__version__}, numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs, load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
