@@ -1,8 +1,9 @@
 """Benchmark the honesty of the cube's quoted errors against simulated truth (issue 19).
 
 Run: ``python benchmarks/bench_errors.py [--frames N] [--quick] [--cadence 200]``
-(from the repository root; ``--cadence 200``: 200-s FFIs, chosen the same way). Prints numbers; asserts nothing. About 4 minutes on a busy
-2-core machine with the default 60 frames (``--quick``: 30 frames, ~2 minutes).
+(from the repository root; ``--cadence 200``: 200-s FFIs, chosen the same way).
+Prints numbers; asserts nothing. About 4 minutes on a busy 2-core machine with
+the default 60 frames (``--quick``: 30 frames, ~2 minutes).
 
 Simulated sector-1 FFIs (`FFISimulator`, 30-min cadence) of the smooth and the
 structured field, frames chosen as in ``bench_build.py`` (``select_times``:
