@@ -126,11 +126,14 @@ REPEATS = 3  # end-to-end builds timed per configuration (best is quoted)
 
 
 # ============================================================================ frame choice
-def select_times(n_frames: int) -> np.ndarray:
-    """Sector-1 frame times where the scattered light changes most (see module doc)."""
+def select_times(n_frames: int, cadence: float = 1800.0) -> np.ndarray:
+    """Sector-1 frame times where the scattered light changes most (see module doc).
+
+    ``cadence`` [s]: the FFI cadence the frames are taken from.
+    """
     from lk_scatterlight.simulate import sector_times
 
-    all_t = sector_times(1)
+    all_t = sector_times(1, cadence=cadence)
     split = int(np.argmax(np.diff(all_t))) + 1  # the orbit gap
     chosen = []
     per_orbit = n_frames // 2

@@ -1,8 +1,9 @@
 """Benchmark the honesty of the cube's quoted errors against simulated truth (issue 19).
 
-Run: ``python benchmarks/bench_errors.py [--frames N] [--quick]`` (from the
-repository root). Prints numbers; asserts nothing. About 4 minutes on a busy
-2-core machine with the default 60 frames (``--quick``: 30 frames, ~2 minutes).
+Run: ``python benchmarks/bench_errors.py [--frames N] [--quick] [--cadence 200]``
+(from the repository root; ``--cadence 200``: 200-s FFIs, chosen the same way).
+Prints numbers; asserts nothing. About 4 minutes on a busy 2-core machine with
+the default 60 frames (``--quick``: 30 frames, ~2 minutes).
 
 Simulated sector-1 FFIs (`FFISimulator`, 30-min cadence) of the smooth and the
 structured field, frames chosen as in ``bench_build.py`` (``select_times``:
@@ -223,6 +224,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=60, help="simulated frames per field")
     parser.add_argument("--quick", action="store_true", help="30 frames")
+    parser.add_argument(
+        "--cadence", type=float, default=1800.0, help="FFI cadence [s]: 1800 (default) or 200"
+    )
     args = parser.parse_args()
     import bench_build as bb
 
@@ -230,15 +234,15 @@ def main() -> None:
     from lk_scatterlight.simulate import ScatteredLightField
 
     n = 30 if args.quick else args.frames
-    times = bb.select_times(n)
+    times = bb.select_times(n, cadence=args.cadence)
     print(
         f"bench_errors: lk_scatterlight {lk_scatterlight.__version__}, numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs, load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
     )
     print(
         f"Honesty of quoted errors: RMS actual / RMS quoted (aim 1/{AIM}..{AIM}), sector 1, "
-        f"{times.size} frames, {bb.PATCH}x{bb.PATCH} patches, default build (16-px bins, "
-        "fine layer)"
+        f"{times.size} frames at {args.cadence:g} s, {bb.PATCH}x{bb.PATCH} patches, default "
+        "build (16-px bins, fine layer)"
     )
     start = time.perf_counter()
     fields = (

@@ -390,15 +390,30 @@ def compress_tile(
     x = blocks.reshape(m, t * t).astype(np.float64)
     if m * t * t <= (m + t * t) or m < 3:  # too few blocks for factoring to pay
         return None, blocks.astype(np.float32)
-    # Eigen-decomposition of the (t*t x t*t) Gram matrix: cheap for many blocks.
-    values, vectors = np.linalg.eigh(x.T @ x)
-    values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1]
+    values, vectors = _gram_eigen(x)
     noise2 = float(np.mean(np.asarray(error, dtype=np.float64) ** 2))
     target = (1 + tolerance) ** 2 * noise2 * x.size
     dropped = np.concatenate([np.cumsum(values[::-1])[::-1][1:], [0.0]])  # after k+1 kept
     k = int(np.argmax(dropped <= target)) + 1
     if k * (m + t * t) >= m * t * t:
         return None, blocks.astype(np.float32)
-    basis = vectors[:, :k].T
-    coef = x @ vectors[:, :k]
+    if vectors.shape[0] == m:  # left singular vectors: basis = x^T u / |x^T u|
+        basis = vectors[:, :k].T @ x
+        basis /= np.maximum(np.linalg.norm(basis, axis=1, keepdims=True), 1e-300)
+    else:
+        basis = vectors[:, :k].T
+    coef = x @ basis.T
     return coef.astype(np.float32), basis.reshape(k, t, t).astype(np.float32)
+
+
+def _gram_eigen(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, >= 0) and eigenvectors of the smaller Gram matrix of ``x``.
+
+    ``x x^T`` (blocks x blocks) when there are fewer blocks than pixels, else
+    ``x^T x``: both have the same non-zero eigenvalues (the squared singular
+    values of ``x``), and the small one costs a fraction of the other's
+    decomposition while a tile is kept in few planes.
+    """
+    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
+    values, vectors = np.linalg.eigh(gram)
+    return np.clip(values[::-1], 0, None), vectors[:, ::-1]

@@ -9,6 +9,7 @@ from lk_scatterlight.builder.fine import (
     _fill_holes,
     _fill_isotropic,
     _fill_profiles,
+    _masked_bin_sums,
     assemble_fine,
     fine_residual,
     make_fine_context,
@@ -31,6 +32,26 @@ def test_bin_sums_equal_plain_sum(pixel_bin):
     assert got.shape == (nb, nb)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(("size", "pixel_bin"), [(2048, 4), (320, 8)])
+def test_masked_bin_sums_divide_straps_by_their_response(size, pixel_bin):
+    """Weighted fine-bin sums with strap columns divided by this frame's response equal
+    the plain sums of the weighted, divided pixels (a whole CCD and a regional size)."""
+    rng = np.random.default_rng(size)
+    diff = rng.normal(5, 3, (size, size)).astype(np.float32)
+    weights = (rng.random((size, size)) > 0.1).astype(np.float32)
+    straps = np.array([3, 17, 18, size - 2])
+    context = make_fine_context(
+        weights, coarse_bin=16, pixel_bin=pixel_bin, tile=2, threshold=2.0, strap_idx=straps
+    )
+    response = np.array([1.05, 0.9, 1.2, 1.1], np.float32)
+    pixels = diff.astype(float) * weights
+    pixels[:, straps] /= response
+    nb = size // pixel_bin
+    expected = pixels.reshape(nb, pixel_bin, nb, pixel_bin).sum(axis=(1, 3))
+    got = _masked_bin_sums(diff, context, response)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
 
 
 # ---------------------------------------------------------------------- _fill_holes
@@ -170,6 +191,50 @@ def test_fine_residual_keeps_a_ridge(context, noise, coarse):
     assert np.sqrt(np.mean(z**2)) < 1.25
     assert np.abs(z).max() < 6
     np.testing.assert_allclose(got.sigma, SIGMA / 4, rtol=0.25)  # noise of 16 pixels
+
+
+@pytest.fixture(scope="module")
+def holed_context():
+    """A mask with star-like holes: 8 x 8 px every 40 px and a 8 x 32 px saturated star
+    across the ridge of `test_fine_residual_refines_only_near_tiles`."""
+    y, x = np.mgrid[:N, :N]
+    weights = np.where((y % 40 < 8) & (x % 40 < 8), 0, 1).astype(np.float32)
+    weights[1000:1032, 952:960] = 0
+    return make_fine_context(weights, coarse_bin=16, pixel_bin=4, tile=16, threshold=2.0)
+
+
+@pytest.mark.parametrize("with_ridge", [False, True])
+def test_fine_residual_refines_only_near_tiles(holed_context, noise, monkeypatch, with_ridge):
+    """The fills along the structure run only on the holes of tiles near the threshold
+    (none for pure noise), and the kept tiles are the same, with the same blocks, as when
+    every hole is refilled."""
+    from lk_scatterlight.builder import fine
+
+    frame = noise.copy()
+    if with_ridge:
+        r, c = np.mgrid[:N, :N].astype(np.float32)
+        frame += 20 * SIGMA * np.exp(-0.5 * ((0.6 * r + 0.8 * c - 1400) / 5.1) ** 2)
+    refilled = []
+    fill = fine._fill_along_structure
+
+    def counted(r, ok, model, rows, cols):
+        refilled.append(rows.size)
+        fill(r, ok, model, rows, cols)
+
+    monkeypatch.setattr(fine, "_fill_along_structure", counted)
+    got = residual(frame, np.zeros((128, 128), np.float32), holed_context)
+    nholes = holed_context.holes[0].size
+    if not with_ridge:
+        assert got.tiles.size <= 2
+        assert sum(refilled) == 0
+        return
+    assert 0 < sum(refilled) < nholes / 2
+    monkeypatch.setattr(fine, "_NEAR", -np.inf)  # every tile near: every hole refilled
+    refilled.clear()
+    everywhere = residual(frame, np.zeros((128, 128), np.float32), holed_context)
+    assert sum(refilled) == nholes
+    np.testing.assert_array_equal(got.tiles, everywhere.tiles)
+    np.testing.assert_allclose(got.blocks, everywhere.blocks, atol=1e-4 * SIGMA)
 
 
 # ---------------------------------------------------------------------- end to end

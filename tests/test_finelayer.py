@@ -342,6 +342,27 @@ def test_compress_tile_moving_ridge_needs_several_images():
     assert np.sqrt(np.mean(error**2)) < 1.5 * noise
 
 
+@pytest.mark.parametrize("m", [12, 3 * TILE * TILE // 2])
+def test_compress_tile_is_the_truncated_svd(m):
+    """Fewer blocks than pixels (the blocks' Gram matrix) or more (the pixels'): either
+    way the factors reproduce the SVD truncated at the same rank, with orthonormal
+    basis images."""
+    rng = np.random.default_rng(8)
+    y, x = np.mgrid[:TILE, :TILE]
+    images = np.stack([np.exp(-0.5 * ((x + 0.5 * y - s) / 1.3) ** 2) for s in (4, 9, 15)])
+    blocks = rng.normal(0, 1, (m, 3)) @ images.reshape(3, -1)
+    blocks += rng.normal(0, 0.01, blocks.shape)
+    coef, basis = compress_tile(blocks.reshape(m, TILE, TILE), np.full(m, 0.01))
+    assert coef is not None
+    k = coef.shape[1]
+    assert k == 3
+    u, s, vt = np.linalg.svd(blocks, full_matrices=False)
+    truncated = (u[:, :k] * s[:k]) @ vt[:k]
+    flat = basis.reshape(k, -1).astype(float)
+    np.testing.assert_allclose(coef @ flat, truncated, atol=1e-4 * np.abs(truncated).max())
+    np.testing.assert_allclose(flat @ flat.T, np.eye(k), atol=1e-5)
+
+
 @pytest.mark.parametrize("m", [1, 2])
 def test_compress_tile_tiny_input_kept_raw(m):
     """Fewer than three blocks are returned as they are."""

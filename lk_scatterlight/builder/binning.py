@@ -254,12 +254,16 @@ def _clipped_pixels(
     Candidates come from one comparison of squared residuals with squared
     thresholds (a superset whatever the rounding); the exact test runs on them only.
     """
-    thr2 = np.square(threshold)[:, None, :, None]
+    nbr, b, nb, _ = residual4.shape
+    width = nb * b
+    # Each bin's threshold repeated along its image row: the comparison then runs
+    # along whole rows (broadcasting over the short bin axis is several times slower).
+    thr2 = np.repeat(np.square(threshold), b, axis=1)[:, None, :]
     if binary:  # weighted_r2 is residual**2 on weighted pixels, 0 elsewhere
-        candidates = np.flatnonzero(weighted_r2 >= thr2)
+        candidates = np.flatnonzero(weighted_r2.reshape(nbr, b, width) >= thr2)
     else:
-        candidates = np.flatnonzero((residual4 * residual4 >= thr2) & (weight4 != 0))
-    b, width = residual4.shape[1], residual4.shape[2] * residual4.shape[3]
+        rows = residual4.reshape(nbr, b, width)
+        candidates = np.flatnonzero((rows * rows >= thr2) & (weight4.reshape(nbr, b, width) != 0))
     row, col = np.divmod(candidates, width)
     bin_thr = threshold[row // b, col // b]
     return candidates[np.abs(residual4.reshape(-1)[candidates]) > bin_thr]
@@ -422,8 +426,12 @@ def _fit_strip(
     # Clip outliers (cosmic rays, residual star wings), then refit the residuals of
     # the first fit: small numbers, so the sums keep their precision in float32.
     residual = _residual(image4, first, d, out=work)
-    weighted_r2 = np.multiply(residual, residual)
-    weighted_r2 *= weight4
+    if binary:  # (w r)**2 = w r**2 for 0/1 weights: weight the residuals once
+        residual *= weight4
+        weighted_r2 = np.multiply(residual, residual)
+    else:
+        weighted_r2 = np.multiply(residual, residual)
+        weighted_r2 *= weight4
     ones = np.ones((b, 1), dtype=np.float32)
     rss = _bin_sums(weighted_r2, ones)[..., 0, 0]
     sigma = np.sqrt(rss / np.maximum(count - 3, 1))
@@ -433,7 +441,8 @@ def _fit_strip(
     # the mask sums minus theirs, and the residual sums skip them.
     sw = sw - _pixel_sums(clipped, weight4)
     weighted_r2.reshape(-1)[clipped] = 0
-    residual *= weight4
+    if not binary:
+        residual *= weight4
     residual.reshape(-1)[clipped] = 0  # now w * residual with the refit's weights
     rhs = _rhs(_bin_sums(residual, basis[:, :2]))
     correction, inverse00, count, moments, rss = _solve(

@@ -27,7 +27,10 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    direction), so a ridge that crosses a star continues through it; and for
    holes of 4 bins or more where the residual around them is significant, a
    fit of the field's profile across the local structure from every valid bin
-   in a window around the hole (`_fill_profiles`);
+   in a window around the hole (`_fill_profiles`). Most tiles hold only noise
+   and nothing there is kept, so the last two steps run only on the holes in
+   (or next to) the tiles whose statistic (step 5) with the first guess is
+   already halfway from noise to ``threshold``;
 4. the bias of a bin *mean* on curved structure is removed with the fine grid's
    second differences (``mean = f(centre) + f'' (b**2 - 1) / 24`` for a bin of
    ``b`` pixels), so the stored values are point values, as the Keys kernel
@@ -51,6 +54,7 @@ build bins in time).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -97,6 +101,18 @@ class FineContext:
     chi_weight : ndarray of float32, shape (nfine, nfine)
         Weight of each bin's ``r**2`` in the tile statistic: its valid pixels,
         or the tile's typical count for a bin that is filled.
+    ok : ndarray of bool, shape (nfine, nfine)
+        ``count > 0``: the bins measured (the others are holes).
+    holes : tuple of two ndarray of int
+        ``np.nonzero(~ok)``.
+    curvature : ndarray of float32, shape (nfine, nfine)
+        ``(b**2 - 1) / (24 b**2)`` on measured bins, 0 on holes: the factor of
+        the second differences that turns a bin mean into a value at its centre.
+    labels : ndarray of int32, shape (nfine, nfine)
+        Connected holes (bins with ``count == 0``), numbered from 1.
+    pieces : ndarray of int, shape (npieces, 5)
+        The pieces of the holes that `_fill_profiles` refits: label, first and
+        one-past-last fine bin row, first and one-past-last column.
     """
 
     pixel_bin: int
@@ -111,6 +127,11 @@ class FineContext:
     tile_bins: np.ndarray
     tile_inv_count: np.ndarray
     chi_weight: np.ndarray
+    ok: np.ndarray
+    holes: tuple[np.ndarray, np.ndarray]
+    curvature: np.ndarray
+    labels: np.ndarray
+    pieces: np.ndarray
 
     @property
     def ntiles(self) -> int:
@@ -186,6 +207,7 @@ def make_fine_context(
     coarse_centres = coarse_bin * np.arange(n // coarse_bin) + (coarse_bin - 1) / 2
     to_fine = interpolate.spatial_weights(fine_centres, coarse_centres).astype(np.float32)
     straps = np.zeros(0, int) if strap_idx is None else np.asarray(strap_idx, int)
+    labels, pieces = _profile_pieces(~enough)
     return FineContext(
         pixel_bin,
         tile,
@@ -199,6 +221,11 @@ def make_fine_context(
         tile_bins,
         tile_inv_count,
         chi_weight,
+        enough,
+        np.nonzero(~enough),
+        np.where(enough, (pixel_bin**2 - 1) / (24 * pixel_bin**2), 0).astype(np.float32),
+        labels,
+        pieces,
     )
 
 
@@ -247,55 +274,44 @@ def fine_residual(
     -------
     frame : `FineFrame`
     """
-    fb, t, nt = context.pixel_bin, context.tile, context.ntiles
-    masked = np.multiply(diff, context.weights, dtype=np.float32)
-    if context.strap_idx.size:
-        response = np.ones(context.strap_idx.size, dtype=np.float32)
-        if strap_sums is not None:
-            num, den = np.asarray(strap_sums, dtype=float).T
-            ratio = np.divide(num, den, out=np.ones_like(num), where=den > 0)
-            response[:] = np.clip(ratio, 0.8, 1.25)
-        masked[:, context.strap_idx] /= response
-    mean = _bin_sums(masked, fb)
+    t, nt = context.tile, context.ntiles
+    mean = _masked_bin_sums(diff, context, _strap_response(context, strap_sums))
     mean *= context.inv_count
     model = context.to_fine @ np.nan_to_num(coarse_value).astype(np.float32) @ context.to_fine.T
-    ok = context.count > 0
+    ok = context.ok
     nok = context.tile_bins
+    labels, pieces = context.labels, context.pieces
     finite = np.isfinite(mean)
     if not finite.all():  # NaN pixels in this frame: those bins are holes too
         ok = ok & finite
         nok = ok.reshape(nt, t, nt, t).sum(axis=(1, 3))
+        labels, pieces = _profile_pieces(~ok)
     mean -= model
     tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
-    r = _fill_holes(np.where(ok, mean, np.float32(0)), ok, model)
-    noise = (tile_sigma.repeat(t, 0).repeat(t, 1) ** 2) / np.maximum(context.chi_weight, 1)
-    _fill_profiles(r, ok, model, noise, context.threshold)
+    noise = _Noise(tile_sigma, context)
+    holes = context.holes if ok is context.ok else np.nonzero(~ok)
+    r = mean
+    r[holes] = 0
+    _fill_isotropic(r, ok, holes, copy=False)
+    # Most tiles hold only noise, and their holes need no better fill than the first
+    # guess. A hole's refill depends on valid bins only and changes only the hole
+    # itself and, through the second differences below, the bins next to it: so only
+    # the holes in or next to the tiles that come near the threshold are refilled.
+    chi2 = _tile_chi2(r, context, tile_sigma)
+    near = chi2 / _calibration(chi2, nok, r, ok, noise) > 1 + _NEAR * (context.threshold - 1)
+    if near.any():
+        busy = ~ok & _grow_one(near.repeat(t, 0).repeat(t, 1))
+        rows, cols = np.nonzero(busy)
+        _fill_along_structure(r, ok, model, rows, cols)
+        touch = [busy[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
+        if any(touch):
+            _fill_profiles(r, ok, model, noise.image, context.threshold, (labels, pieces[touch]))
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
-    d2 = np.zeros_like(r)
-    d2[1:-1] += r[:-2] - 2 * r[1:-1] + r[2:]
-    d2[:, 1:-1] += r[:, :-2] - 2 * r[:, 1:-1] + r[:, 2:]
-    r -= np.float32((fb * fb - 1) / (24 * fb * fb)) * d2 * ok
+    curvature = context.curvature if ok is context.ok else context.curvature * ok
+    r -= _second_differences(r) * curvature
 
-    # Mean over a tile's bins of r**2 / var, var = sigma_pixel**2 / count.
-    # Filled bins count too, as bins of the tile's typical size: a hole whose fill
-    # departs from the coarse model (a ridge through a star) makes the tile matter.
-    weighted = r * r * context.chi_weight
-    chi2 = weighted.reshape(nt, t, nt, t).sum(axis=(1, 3)) / np.maximum(tile_sigma**2, 1e-30)
-    chi2 /= t * t
-    # Never below the prediction: a dark frame that entered the static scene's median
-    # has almost no residual, and scaling the noise down there keeps noise tiles.
-    # On a whole CCD the typical tile is noise, and the median calibrates the
-    # predicted noise. A regional build has a few tiles that structure may fill
-    # entirely (a shadow edge across the region): there the robust spread of the
-    # bins' normalised residuals calibrates it, which structure in a minority of
-    # bins does not move.
-    measured = chi2[nok > 0]
-    if measured.size >= _CALIBRATION_TILES:
-        calibration = max(float(np.median(measured)), 1.0)
-    else:
-        z = r[ok] / np.sqrt(np.maximum(noise[ok], 1e-30))
-        spread = 1.4826 * np.median(np.abs(z - np.median(z))) if z.size else 1.0
-        calibration = max(float(spread) ** 2, 1.0)
+    chi2 = _tile_chi2(r, context, tile_sigma)
+    calibration = _calibration(chi2, nok, r, ok, noise)
     chi2 = (chi2 / calibration).astype(np.float32)
     tile_sigma = tile_sigma * np.float32(np.sqrt(calibration))
     kept = np.flatnonzero(chi2.ravel() > context.threshold).astype(np.int32)
@@ -305,6 +321,125 @@ def fine_residual(
     return FineFrame(kept, np.ascontiguousarray(blocks), sigma.astype(np.float32), chi2)
 
 
+#: A tile whose statistic with the first fill of its holes is this fraction of the way
+#: from pure noise (1) to the threshold gets the fills along the structure (and the
+#: holes next to it). Noise alone scatters by ~sqrt(2 / tile**2) around 1 (0.09 for 16 x 16
+#: bins): halfway to the default threshold of 2 is 5-6 of those.
+_NEAR = 0.5
+
+
+def _grow_one(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one bin up, down, left and right."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def _second_differences(r: np.ndarray) -> np.ndarray:
+    """Sum of the second differences of ``r`` along rows and columns (interior only)."""
+    d2 = np.zeros_like(r)
+    np.add(r[:-2], r[2:], out=d2[1:-1])
+    d2[1:-1] -= 2 * r[1:-1]
+    d2[:, 1:-1] += r[:, :-2]
+    d2[:, 1:-1] += r[:, 2:]
+    d2[:, 1:-1] -= 2 * r[:, 1:-1]
+    return d2
+
+
+def _strap_response(context: FineContext, strap_sums: np.ndarray | None) -> np.ndarray:
+    """This frame's response of the straps in ``context.strap_idx`` (1 if unmeasured)."""
+    response = np.ones(context.strap_idx.size, dtype=np.float32)
+    if strap_sums is not None and context.strap_idx.size:
+        num, den = np.asarray(strap_sums, dtype=float).T
+        ratio = np.divide(num, den, out=np.ones_like(num), where=den > 0)
+        response[:] = np.clip(ratio, 0.8, 1.25)
+    return response
+
+
+#: Image rows per strip of `_masked_bin_sums` (the temporaries stay in cache).
+_STRIP_ROWS = 64
+
+
+def _masked_bin_sums(diff: np.ndarray, context: FineContext, response: np.ndarray) -> np.ndarray:
+    """Fine-bin sums of ``diff * weights``, strap columns divided by their ``response``.
+
+    A strip of rows at a time: weight, sum the rows of each bin row (whole image
+    rows at once), divide the straps (on a ``pixel_bin`` times smaller array),
+    then sum the columns of each bin.
+    """
+    fb = context.pixel_bin
+    n, m = diff.shape
+    scale = np.ones(m, dtype=np.float32)
+    scale[context.strap_idx] = 1 / response
+    out = np.empty((n // fb, m // fb), dtype=np.float32)
+    height = fb * max(1, _STRIP_ROWS // fb)
+    buffer = np.empty((height, m), dtype=np.float32)
+    for top in range(0, n, height):
+        rows = min(height, n - top)
+        band = slice(top, top + rows)
+        strip = np.multiply(diff[band], context.weights[band], out=buffer[:rows])
+        strip = strip.reshape(rows // fb, fb, m)
+        row_sums = strip[:, 0].copy()
+        for k in range(1, fb):
+            row_sums += strip[:, k]
+        if context.strap_idx.size:
+            row_sums *= scale
+        columns = row_sums.reshape(rows // fb, m // fb, fb)
+        sums = out[top // fb : (top + rows) // fb]
+        np.copyto(sums, columns[..., 0])
+        for k in range(1, fb):
+            sums += columns[..., k]
+    return out
+
+
+def _tile_chi2(r: np.ndarray, context: FineContext, tile_sigma: np.ndarray) -> np.ndarray:
+    """Mean over each tile's bins of ``r**2 / var``, ``var = sigma_pixel**2 / count``.
+
+    Filled bins count too, as bins of the tile's typical size: a hole whose fill
+    departs from the coarse model (a ridge through a star) makes the tile matter.
+    """
+    t, nt = context.tile, context.ntiles
+    weighted = r * r
+    weighted *= context.chi_weight
+    chi2 = weighted.reshape(nt, t, nt, t).sum(axis=(1, 3)) / np.maximum(tile_sigma**2, 1e-30)
+    return chi2 / (t * t)
+
+
+class _Noise:
+    """Predicted variance of each fine bin's residual, made when first asked for."""
+
+    def __init__(self, tile_sigma: np.ndarray, context: FineContext):
+        self.tile_sigma, self.context = tile_sigma, context
+
+    @functools.cached_property
+    def image(self) -> np.ndarray:
+        t = self.context.tile
+        variance = self.tile_sigma.repeat(t, 0).repeat(t, 1) ** 2
+        return variance / np.maximum(self.context.chi_weight, 1)
+
+
+def _calibration(chi2, nok, r, ok, noise: _Noise) -> float:
+    """The factor (>= 1) by which a frame's predicted noise variance is too small.
+
+    Never below 1: a dark frame that entered the static scene's median has almost
+    no residual, and scaling the noise down there keeps noise tiles. On a whole
+    CCD the typical tile is noise, and the median of the tile statistic calibrates
+    the prediction. A regional build has a few tiles that structure may fill
+    entirely (a shadow edge across the region): there the robust spread of the
+    bins' normalised residuals calibrates it, which structure in a minority of
+    bins does not move.
+    """
+    measured = chi2[nok > 0]
+    if measured.size >= _CALIBRATION_TILES:
+        return max(float(np.median(measured)), 1.0)
+    z = r[ok] / np.sqrt(np.maximum(noise.image[ok], 1e-30))
+    spread = 1.4826 * np.median(np.abs(z - np.median(z))) if z.size else 1.0
+    return max(float(spread) ** 2, 1.0)
+
+
 def _fill_holes(r: np.ndarray, ok: np.ndarray, model: np.ndarray | None = None) -> np.ndarray:
     """Fill ``r`` where not ``ok``: isotropic first guess, then along local structure.
 
@@ -312,15 +447,34 @@ def _fill_holes(r: np.ndarray, ok: np.ndarray, model: np.ndarray | None = None) 
     directional step works on the total ``model + r``: along a ridge the total
     is nearly constant while the coarse model under a large hole need not be.
     """
-    missing = ~ok
-    if not missing.any():
+    if ok.all():
         return r
     out = _fill_isotropic(r, ok)
-    total = out if model is None else out + model
-    rows, cols = np.nonzero(missing)
-    along = _structure_direction(total, ok, rows, cols)
-    _fill_along(total, ok, rows, cols, along)
-    return total if model is None else total - model
+    rows, cols = np.nonzero(~ok)
+    _fill_along_structure(out, ok, model, rows, cols)
+    return out
+
+
+def _fill_along_structure(r, ok, model, rows, cols) -> None:
+    """Refill the holes at ``rows, cols`` of ``r`` in place along the local structure.
+
+    The structure is that of the total ``model + r`` (of ``r`` without ``model``);
+    holes without a clear direction keep their value.
+    """
+    if rows.size == 0:
+        return
+    # Only a box around the holes: the windows reach _STRUCTURE + 1 and _REACH + 1 bins.
+    margin = _STRUCTURE + _REACH + 2
+    nr, nc = r.shape
+    r0, r1 = max(int(rows.min()) - margin, 0), min(int(rows.max()) + margin + 1, nr)
+    c0, c1 = max(int(cols.min()) - margin, 0), min(int(cols.max()) + margin + 1, nc)
+    box = (slice(r0, r1), slice(c0, c1))
+    total = r[box] if model is None else r[box] + model[box]
+    inner = (rows - r0, cols - c0)
+    along = _structure_direction(total, ok[box], *inner)
+    _fill_along(total, ok[box], *inner, along)
+    if model is not None:
+        r[rows, cols] = total[inner] - model[rows, cols]
 
 
 #: Holes of at least this many fine bins are refitted by `_fill_profiles`, in pieces of
@@ -329,7 +483,7 @@ def _fill_holes(r: np.ndarray, ok: np.ndarray, model: np.ndarray | None = None) 
 _PROFILE_MIN, _PROFILE_PIECE, _PROFILE_MARGIN, _PROFILE_KNOTS = 4, 8, 6, 0.75
 
 
-def _fill_profiles(r, ok, model, noise, threshold) -> None:
+def _fill_profiles(r, ok, model, noise, threshold, holes=None) -> None:
     """Refit large holes (>= 4 bins) where the residual around them is significant.
 
     Near a narrow ridge or an edge the field varies along one direction only.
@@ -342,20 +496,40 @@ def _fill_profiles(r, ok, model, noise, threshold) -> None:
     angle. Holes where the window's residual is only noise (mean
     ``r**2 / noise`` below ``threshold``) or without a clear direction keep
     their first fill.
+
+    ``holes`` is ``(labels, pieces)`` from `_profile_pieces` of ``~ok`` (or a
+    subset of its pieces); by default all the holes of ``~ok``.
     """
-    labels, _ = ndimage.label(~ok)
+    labels, pieces = _profile_pieces(~ok) if holes is None else holes
     n = r.shape[0]
+    for k, r0, r1, c0, c1 in pieces.tolist():
+        piece = (slice(r0, r1), slice(c0, c1))
+        _fit_profile(r, ok, model, noise, threshold, labels[piece] == k, piece, n)
+
+
+def _profile_pieces(holes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label the connected ``holes`` and cut those of `_PROFILE_MIN` bins or more in pieces.
+
+    Returns
+    -------
+    labels : ndarray of int32, shape of ``holes``
+        Connected holes numbered from 1.
+    pieces : ndarray of int, shape (npieces, 5)
+        Label, first and one-past-last row, first and one-past-last column of
+        each piece: long holes (bleed columns, unmeasured straps) are refitted
+        in pieces of at most `_PROFILE_PIECE` bins a side, as the profile is local.
+    """
+    labels, _ = ndimage.label(holes)
+    labels = labels.astype(np.int32)
+    pieces = []
     for k, (rs, cs) in enumerate(ndimage.find_objects(labels)):
         if np.count_nonzero(labels[rs, cs] == k + 1) < _PROFILE_MIN:
             continue
-        # Long holes (bleed columns, unmeasured straps) in pieces: the profile is local.
         for r_lo in range(rs.start, rs.stop, _PROFILE_PIECE):
             for c_lo in range(cs.start, cs.stop, _PROFILE_PIECE):
-                piece = (
-                    slice(r_lo, min(r_lo + _PROFILE_PIECE, rs.stop)),
-                    slice(c_lo, min(c_lo + _PROFILE_PIECE, cs.stop)),
-                )
-                _fit_profile(r, ok, model, noise, threshold, labels[piece] == k + 1, piece, n)
+                r_hi = min(r_lo + _PROFILE_PIECE, rs.stop)
+                pieces.append((k + 1, r_lo, r_hi, c_lo, min(c_lo + _PROFILE_PIECE, cs.stop)))
+    return labels, np.array(pieces, dtype=np.int64).reshape(-1, 5)
 
 
 def _fit_profile(r, ok, model, noise, threshold, component, piece, n) -> None:
@@ -403,16 +577,16 @@ def _fit_profile(r, ok, model, noise, threshold, component, piece, n) -> None:
     res[hole] = design[hole] @ coef - model[r0:r1, c0:c1][hole]
 
 
-def _fill_isotropic(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
+def _fill_isotropic(r: np.ndarray, ok: np.ndarray, holes=None, copy: bool = True) -> np.ndarray:
     """Normalised Gaussian convolution of the valid bins, widening until all is filled.
 
     The first width (1 bin) is computed at the holes only, from their 7 x 7
     neighbourhoods; the rare holes with no valid bin there use whole-image
-    filters of widths 4, 8 and 32 bins.
+    filters of widths 4, 8 and 32 bins. ``holes`` is ``np.nonzero(~ok)`` if
+    known; with ``copy=False`` ``r`` itself is filled.
     """
-    out = r.copy()
-    missing = ~ok
-    rows, cols = np.nonzero(missing)
+    out = r.copy() if copy else r
+    rows, cols = np.nonzero(~ok) if holes is None else holes
     n = r.shape[0]
     offsets = np.arange(-_WINDOW, _WINDOW + 1)
     dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
@@ -422,9 +596,10 @@ def _fill_isotropic(r: np.ndarray, ok: np.ndarray) -> np.ndarray:
     total = w.sum(axis=1)
     near = total > 1e-3
     out[rows[near], cols[near]] = (w * r[rr, cc]).sum(axis=1)[near] / total[near]
-    missing[rows[near], cols[near]] = False
-    if not missing.any():
+    if near.all():
         return out
+    missing = ~ok
+    missing[rows[near], cols[near]] = False
     valid = (~missing).astype(np.float32)
     for width in (4, 8, 32):
         num = ndimage.gaussian_filter(out * valid, width, mode="nearest")
@@ -453,18 +628,14 @@ def _structure_direction(image, ok, rows, cols) -> np.ndarray:
     a ridge or an edge. Where the tensor is nearly isotropic (coherence < 0.5:
     noise, smooth sky), NaN: the isotropic fill stays.
     """
-    g_row, g_col = np.gradient(image)
-    measured = ok.copy()  # central differences from valid bins only
-    measured[1:-1] &= ok[:-2] & ok[2:]
-    measured[:, 1:-1] &= ok[:, :-2] & ok[:, 2:]
-    n = image.shape[0]
+    nr, nc = image.shape
     offsets = np.arange(-_STRUCTURE, _STRUCTURE + 1)
     dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
     weight = np.exp(-(dr**2 + dc**2) / (2 * (_STRUCTURE / 2) ** 2)).ravel()
-    rr = np.clip(rows[:, None] + dr.ravel(), 0, n - 1)
-    cc = np.clip(cols[:, None] + dc.ravel(), 0, n - 1)
-    w = weight * measured[rr, cc]
-    gr, gc = g_row[rr, cc], g_col[rr, cc]
+    rr = np.clip(rows[:, None] + dr.ravel(), 0, nr - 1)
+    cc = np.clip(cols[:, None] + dc.ravel(), 0, nc - 1)
+    gr, gc, measured = _gradients_at(image, ok, rr, cc)
+    w = weight * measured
     a, b, c = (w * gr * gr).sum(1), (w * gr * gc).sum(1), (w * gc * gc).sum(1)
     theta = 0.5 * np.arctan2(2 * b, a - c)  # direction of the strongest gradient
     coherence = np.sqrt((a - c) ** 2 + 4 * b**2) / np.maximum(a + c, 1e-30)
@@ -473,13 +644,27 @@ def _structure_direction(image, ok, rows, cols) -> np.ndarray:
     return along
 
 
+def _gradients_at(image, ok, rr, cc):
+    """``np.gradient(image)`` at the bins ``rr, cc`` only, and where its central
+    differences involve valid bins alone (one-sided differences at the edges)."""
+    nr, nc = image.shape
+    up, down = np.maximum(rr - 1, 0), np.minimum(rr + 1, nr - 1)
+    left, right = np.maximum(cc - 1, 0), np.minimum(cc + 1, nc - 1)
+    g_row = (image[down, cc] - image[up, cc]) / (down - up)
+    g_col = (image[rr, right] - image[rr, left]) / (right - left)
+    measured = ok[rr, cc]
+    measured &= (rr == 0) | (rr == nr - 1) | (ok[up, cc] & ok[down, cc])
+    measured &= (cc == 0) | (cc == nc - 1) | (ok[rr, left] & ok[rr, right])
+    return g_row, g_col, measured
+
+
 def _fill_along(out, ok, rows, cols, along) -> None:
     """Interpolate holes linearly between the nearest valid bins along ``along``."""
     use = np.isfinite(along[:, 0])
     if not use.any():
         return
     rows, cols, along = rows[use], cols[use], along[use]
-    n = out.shape[0]
+    nr, nc = out.shape
     valid = ok.astype(out.dtype)
     weighted = out * valid
     steps = np.arange(1, _REACH + 1)
@@ -487,9 +672,10 @@ def _fill_along(out, ok, rows, cols, along) -> None:
     for sign in (1, -1):
         pr = rows[:, None] + sign * steps * along[:, [0]]
         pc = cols[:, None] + sign * steps * along[:, [1]]
-        inside = (pr >= 0) & (pr <= n - 1) & (pc >= 0) & (pc <= n - 1)
+        inside = (pr >= 0) & (pr <= nr - 1) & (pc >= 0) & (pc <= nc - 1)
         near = ok[
-            np.clip(np.rint(pr), 0, n - 1).astype(int), np.clip(np.rint(pc), 0, n - 1).astype(int)
+            np.clip(np.rint(pr), 0, nr - 1).astype(int),
+            np.clip(np.rint(pc), 0, nc - 1).astype(int),
         ]
         good = inside & near
         first = np.argmax(good, axis=1)
@@ -510,8 +696,11 @@ def _tile_pixel_sigma(coarse_error, coarse_npix, context: FineContext, uncertain
     if uncertainty is not None:
         side = context.pixel_bin * context.tile
         sample = np.asarray(uncertainty, dtype=np.float32)[::4]  # every 4th row
-        var = np.nan_to_num(sample * sample).reshape(nt, side // 4, nt, side).mean(axis=(1, 3))
-        return np.sqrt(var).astype(np.float32)
+        square = np.square(sample)
+        var = square.reshape(nt, side // 4, -1).sum(axis=1).reshape(nt, nt, side).sum(axis=2)
+        if not np.isfinite(var).all():  # NaN or inf uncertainties: as nan_to_num makes them
+            var = np.nan_to_num(square).reshape(nt, side // 4, nt, side).sum(axis=(1, 3))
+        return np.sqrt(var / (side // 4 * side)).astype(np.float32)
     per_pixel = np.nan_to_num(coarse_error * np.sqrt(np.maximum(coarse_npix, 1)))
     k = coarse_error.shape[0] // nt  # coarse bins per tile side
     return np.median(per_pixel.reshape(nt, k, nt, k), axis=(1, 3)).astype(np.float32)
