@@ -76,7 +76,9 @@ def detect_background_in_flux(tpf: TessTargetPixelFile) -> tuple[bool, str]:
     return True, f"FLUX_BKG is zero or absent (a cutout{': ' + origin if origin else ''})"
 
 
-def _resolve_cube(cube, tpf: TessTargetPixelFile, location, max_bytes: float) -> ScatterLightCube:
+def _resolve_cube(
+    cube, tpf: TessTargetPixelFile, location, max_bytes: float, progress: bool = True
+) -> ScatterLightCube:
     """Turn the ``cube`` argument into a `ScatterLightCube`.
 
     A cube or a path is used as it is; ``"published"`` fetches the published
@@ -100,15 +102,15 @@ def _resolve_cube(cube, tpf: TessTargetPixelFile, location, max_bytes: float) ->
     from .ondemand import regional_cube
 
     if cube == "build":
-        return regional_cube(location, max_bytes=max_bytes)
+        return regional_cube(location, max_bytes=max_bytes, progress=progress)
     from .registry import load_cube
 
     try:
-        return load_cube(location.sector, location.camera, location.ccd)
+        return load_cube(location.sector, location.camera, location.ccd, progressbar=progress)
     except CubeNotFoundError:
         if cube == "published":
             raise
-    return regional_cube(location, max_bytes=max_bytes)
+    return regional_cube(location, max_bytes=max_bytes, progress=progress)
 
 
 def _tpf_sector(tpf: TessTargetPixelFile) -> int | None:
@@ -211,6 +213,8 @@ class ScatterLightCorrector(Corrector):
     replace_background : bool
         For a SPOC TPF (background in FLUX_BKG): replace SPOC's time-variable
         background by the model's (see above) instead of leaving FLUX as it is.
+    progress : bool
+        Show progress bars while a cube is downloaded or built (tqdm, on stderr).
     model : `~lk_scatterlight.model.ScatterLightModel`, str or path-like, optional
         Use the learned geometry model (``"default"``, a model file or a
         loaded model) instead of a cube, calibrated on the TPF's own
@@ -237,6 +241,7 @@ class ScatterLightCorrector(Corrector):
         fuse: bool = True,
         model=None,
         replace_background: bool = False,
+        progress: bool = True,
     ) -> None:
         if not isinstance(tpf, TessTargetPixelFile):
             _check_match(tpf, None)  # raises the "TESS only" error
@@ -259,7 +264,7 @@ class ScatterLightCorrector(Corrector):
                 raise ScatterLightError(msg)
             self.cube = ModelBackground(model, tpf)
         else:
-            self.cube = _resolve_cube(cube, tpf, location, max_bytes)
+            self.cube = _resolve_cube(cube, tpf, location, max_bytes, progress)
         _check_match(tpf, self.cube)
         if tpf.get_header().get("SLCORR") and background_in_flux:
             msg = (

@@ -227,7 +227,8 @@ def run_demo(
             clock.lap("publish", f"registry {registry.name} -> {url}/{name}")
             env = {"LK_SCATTERLIGHT_REGISTRY": str(registry), "LK_SCATTERLIGHT_CACHE": str(tmp)}
             with _environment(**env):
-                corrector = tpf.to_corrector("scatterlight")  # fetched through the registry
+                # Fetched through the registry.
+                corrector = tpf.to_corrector("scatterlight", progress=progress)
             clock.lap("fetch", "tpf.to_corrector('scatterlight'): cube from the registry")
         lc = corrector.correct()
         corrected_tpf = corrector.correct_tpf()

@@ -36,6 +36,7 @@ def test_demo_command(tmp_path, capsys, monkeypatch):
     # Progress: one line per step on stderr, as it ends, with its time.
     steps = [line.split()[0] for line in captured.err.splitlines() if " s  " in line]
     assert steps == ["simulate", "build", "publish", "fetch", "correct", "figure"]
+    assert "%|" not in captured.err  # --no-progress: no bar, pooch's download bar included
     assert list(result.timings) == [*steps, "total"]
     assert result.ncadences > 1000  # a whole sector of 30-min FFIs
     assert "192 x 192 px" in result.region  # the TPF's neighbourhood, not the CCD
