@@ -479,8 +479,8 @@ class ScatterLightCorrector(Corrector):
         self.fusion_tpf = fusion
         if fusion is not None and (fusion.weight.any() or fusion.shape_var.any()):
             model_flux += fusion.offset[:, None, None].astype(model_flux.dtype)  # a fresh array
-            model_err = fusion.variance(np.square(model_err))
-            np.sqrt(model_err, out=model_err)
+            model_err = np.square(model_err)  # a fresh array, then in place
+            np.sqrt(fusion.variance(model_err, out=model_err), out=model_err)
         flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan, dtype=model_flux.dtype)
         err_model = np.full_like(flux_model, np.nan)
         flux_model[finite] = model_flux

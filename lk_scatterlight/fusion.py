@@ -91,7 +91,7 @@ class Fusion:
     weight: np.ndarray
     pixels: np.ndarray
 
-    def variance(self, model_var, npix: float = 1.0) -> np.ndarray:
+    def variance(self, model_var, npix: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
         """The fused background's variance, from the model's quoted variance.
 
         The model's level error the data measured, ``model_err**2``, is replaced
@@ -108,6 +108,8 @@ class Fusion:
             pixels) [(e-/s)**2].
         npix : float
             Number of pixels summed in ``model_var``.
+        out : ndarray, optional
+            Where to write the result (may be ``model_var`` itself).
 
         Returns
         -------
@@ -118,7 +120,9 @@ class Fusion:
         level, fused = npix**2 * self.model_err**2, npix**2 * self.offset_var
         floor = fused + npix**2 * self.shape_var
         # max(var - level, 0) + fused, at least the floor: two passes.
-        out = np.add(model_var, (fused - level).astype(model_var.dtype)[(slice(None), *extra)])
+        out = np.add(
+            model_var, (fused - level).astype(model_var.dtype)[(slice(None), *extra)], out=out
+        )
         return np.maximum(out, floor.astype(model_var.dtype)[(slice(None), *extra)], out=out)
 
 
