@@ -223,23 +223,9 @@ def geometry_features(
         (``earth_angle - arcsin(1 / earth_distance)`` [deg]) and
         `earth_brightness` are derived here.
     """
-    arrays = np.broadcast_arrays(
-        *(
-            np.asarray(a, dtype=float)
-            for a in (
-                earth_angle,
-                earth_azimuth,
-                earth_distance,
-                moon_angle,
-                moon_azimuth,
-                moon_distance,
-                camera,
-                earth_boresight_angle,
-                earth_boresight_azimuth,
-                earth_fraction,
-            )
-        )
-    )
+    sight = (earth_angle, earth_azimuth, earth_distance, moon_angle, moon_azimuth, moon_distance)
+    camera_level = (camera, earth_boresight_angle, earth_boresight_azimuth, earth_fraction)
+    arrays = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (*sight, *camera_level)))
     cols = [a.reshape(-1) for a in arrays]
     angle, distance, fraction = cols[0], cols[2], cols[9]
     limb = angle - np.rad2deg(np.arcsin(np.clip(1.0 / distance, 0.0, 1.0)))
