@@ -972,8 +972,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="KIND [PATH...]",
-        help="TESS's position for light curves: 'horizons FILE_OR_FOLDER...' (JPL Horizons "
-        "vector tables; embedded in the model, so predicting works offline) or 'spice'",
+        help="TESS's position (every source needs it): 'horizons FILE_OR_FOLDER...' (JPL "
+        "Horizons vector tables; embedded in the model, so predicting works offline) or 'spice'",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(

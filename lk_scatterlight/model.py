@@ -2,7 +2,9 @@
 
 `ScatterLightModel` predicts the scattered light [e-/s] of any pixel of any
 CCD at any time from geometry alone: for each pixel's line of sight, the angle,
-azimuth and distance of the Earth and of the Moon (`FEATURES`). The model is an
+azimuth and distance of the Earth and of the Moon, the angle to the Earth's
+limb, the Earth's lit fraction over its squared distance and the Earth's
+position seen from the camera's boresight (`FEATURES`). The model is an
 ensemble of regression trees (gradient boosting, fitted with scikit-learn by
 ``lk-scatterlight train``) stored as plain arrays, so predicting needs numpy
 only; the geometry needs the CCD's pointing (tesswcs' archival WCS, offline)
@@ -62,13 +64,18 @@ __all__ = [
     "tpf_position",
     "camera_azimuth",
     "geometry_features",
+    "earth_brightness",
+    "earth_illuminated_fraction",
     "segment_ids",
 ]
 
 log = logging.getLogger(__name__)
 
 #: The model's input features, in order (angles [deg], distances [Earth radii]).
-#: Azimuths are in the camera frame (`camera_azimuth`).
+#: Azimuths are in the camera frame (`camera_azimuth`). ``earth_limb_angle`` is the
+#: angle from the line of sight to the Earth's limb, ``earth_brightness`` the log10 of
+#: the Earth's illuminated fraction over its squared distance (`earth_brightness`), and
+#: the boresight pair the Earth's angle and azimuth from the camera's boresight.
 FEATURES = (
     "earth_angle",
     "earth_azimuth",
@@ -77,6 +84,10 @@ FEATURES = (
     "moon_azimuth",
     "moon_distance",
     "camera",
+    "earth_limb_angle",
+    "earth_brightness",
+    "earth_boresight_angle",
+    "earth_boresight_azimuth",
 )
 #: Version of the model file layout (key ``format_version``).
 MODEL_VERSION = 1
@@ -121,8 +132,72 @@ def camera_azimuth(azimuth, ccd: int) -> np.ndarray:
     return (np.asarray(azimuth, dtype=float) + turn) % 360.0
 
 
+def earth_brightness(distance, illuminated_fraction) -> np.ndarray:
+    """The Earth's glow proxy: ``log10(illuminated_fraction / distance**2 + 1e-6)``.
+
+    Parameters
+    ----------
+    distance : array of float
+        Earth's distance from TESS [Earth radii].
+    illuminated_fraction : array of float
+        Fraction of the Earth's disc lit by the Sun as seen from TESS, 0..1
+        (`earth_illuminated_fraction`).
+
+    Returns
+    -------
+    brightness : ndarray
+        [log10 of Earth radii^-2]; -6 for an unlit Earth.
+    """
+    d = np.asarray(distance, dtype=float)
+    return np.log10(np.asarray(illuminated_fraction, dtype=float) / d**2 + 1e-6)
+
+
+def earth_illuminated_fraction(earth_vectors, jd_tdb, step: float = 0.25) -> np.ndarray:
+    """Fraction of the Earth's disc lit by the Sun as seen from TESS.
+
+    ``(1 + cos(phase)) / 2`` with ``phase`` the Sun-Earth-TESS angle. The Sun's
+    geocentric direction comes from astropy's built-in ephemeris (offline),
+    evaluated every ``step`` days and interpolated linearly (it moves 1 deg a
+    day).
+
+    Parameters
+    ----------
+    earth_vectors : array of float, shape (ntime, 3)
+        TESS-to-Earth vectors, ICRF [km].
+    jd_tdb : array of float, shape (ntime,)
+        Julian dates, TDB [d].
+    step : float
+        [d].
+
+    Returns
+    -------
+    fraction : ndarray, shape (ntime,)
+        0 (new Earth) .. 1 (full Earth).
+    """
+    from .geometry import _builtin_body
+
+    jd = np.atleast_1d(np.asarray(jd_tdb, dtype=float))
+    grid = np.arange(np.floor(jd.min() / step) - 1, np.ceil(jd.max() / step) + 2) * step
+    sun = _builtin_body("sun", grid, "builtin") - _builtin_body("earth", grid, "builtin")
+    sun = np.stack([np.interp(jd, grid, sun[:, k]) for k in range(3)], axis=1)
+    to_tess = -np.asarray(earth_vectors, dtype=float).reshape(-1, 3)
+    cos = np.sum(sun * to_tess, axis=1) / (
+        np.linalg.norm(sun, axis=1) * np.linalg.norm(to_tess, axis=1)
+    )
+    return 0.5 * (1.0 + np.clip(cos, -1.0, 1.0))
+
+
 def geometry_features(
-    earth_angle, earth_azimuth, earth_distance, moon_angle, moon_azimuth, moon_distance, camera
+    earth_angle,
+    earth_azimuth,
+    earth_distance,
+    moon_angle,
+    moon_azimuth,
+    moon_distance,
+    camera,
+    earth_boresight_angle,
+    earth_boresight_azimuth,
+    earth_fraction,
 ) -> np.ndarray:
     """The feature matrix of the model (columns in the order of `FEATURES`).
 
@@ -135,27 +210,26 @@ def geometry_features(
     earth_distance, moon_distance : array of float
         Distance from TESS [Earth radii].
     camera : int or array of int
+    earth_boresight_angle, earth_boresight_azimuth : array of float
+        The Earth's angle and azimuth (camera frame) from the camera's boresight [deg].
+    earth_fraction : array of float
+        Illuminated fraction of the Earth seen from TESS, 0..1
+        (`earth_illuminated_fraction`).
 
     Returns
     -------
     X : ndarray, shape (n, len(FEATURES)), float64
-        The arguments broadcast together and flattened.
+        The arguments broadcast together and flattened; the Earth's limb angle
+        (``earth_angle - arcsin(1 / earth_distance)`` [deg]) and
+        `earth_brightness` are derived here.
     """
-    arrays = np.broadcast_arrays(
-        *(
-            np.asarray(a, dtype=float)
-            for a in (
-                earth_angle,
-                earth_azimuth,
-                earth_distance,
-                moon_angle,
-                moon_azimuth,
-                moon_distance,
-                camera,
-            )
-        )
-    )
-    return np.stack([a.reshape(-1) for a in arrays], axis=1)
+    sight = (earth_angle, earth_azimuth, earth_distance, moon_angle, moon_azimuth, moon_distance)
+    camera_level = (camera, earth_boresight_angle, earth_boresight_azimuth, earth_fraction)
+    arrays = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (*sight, *camera_level)))
+    cols = [a.reshape(-1) for a in arrays]
+    angle, distance, fraction = cols[0], cols[2], cols[9]
+    limb = angle - np.rad2deg(np.arcsin(np.clip(1.0 / distance, 0.0, 1.0)))
+    return np.stack([*cols[:7], limb, earth_brightness(distance, fraction), *cols[7:9]], axis=1)
 
 
 def segment_ids(time, gap: float = ORBIT_GAP) -> np.ndarray:
@@ -773,7 +847,10 @@ class ScatterLightModel:
             np.asarray(row, dtype=float).reshape(-1), np.asarray(column, dtype=float).reshape(-1)
         )
         time = np.atleast_1d(np.asarray(time, dtype=float)).reshape(-1)
-        geo = compute_geometry(time, row, column, pointing, self._resolve_ephemeris(ephemeris))
+        ephemeris = self._resolve_ephemeris(ephemeris)
+        geo = compute_geometry(time, row, column, pointing, ephemeris)
+        jd = geo.spacecraft_time + BTJD_OFFSET
+        fraction = earth_illuminated_fraction(ephemeris.body_vectors(jd)["earth"], jd)
         return geometry_features(
             geo.earth.angle,
             camera_azimuth(geo.earth.azimuth, ccd),
@@ -782,6 +859,9 @@ class ScatterLightModel:
             camera_azimuth(geo.moon.azimuth, ccd),
             geo.moon.distance[:, None],
             camera,
+            geo.earth.boresight_angle[:, None],
+            camera_azimuth(geo.earth.boresight_azimuth, ccd)[:, None],
+            fraction[:, None],
         )
 
     def check_domain(self, X: np.ndarray, camera: int | None = None) -> list[str]:

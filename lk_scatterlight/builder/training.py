@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ccd import check_camera_ccd, check_sector
+from ..ccd import BTJD_OFFSET, check_camera_ccd, check_sector
 from ..exceptions import ScatterLightError
 from ..geometry import (
     CCDPointing,
@@ -47,6 +47,7 @@ from ..model import (
     ScatterLightModel,
     TreeEnsemble,
     camera_azimuth,
+    earth_illuminated_fraction,
     fit_calibration,
     geometry_features,
     segment_ids,
@@ -308,6 +309,7 @@ def lightcurve_samples(
     if pointing is None:
         pointing = CCDPointing.from_sector(lc["sector"], lc["camera"], lc["ccd"])
     geo = compute_geometry(lc["time"], lc["row"], lc["column"], pointing, ephemeris)
+    jd = geo.spacecraft_time + BTJD_OFFSET
     X = geometry_features(
         geo.earth.angle,
         camera_azimuth(geo.earth.azimuth, lc["ccd"]),
@@ -316,6 +318,9 @@ def lightcurve_samples(
         camera_azimuth(geo.moon.azimuth, lc["ccd"]),
         geo.moon.distance,
         lc["camera"],
+        geo.earth.boresight_angle,
+        camera_azimuth(geo.earth.boresight_azimuth, lc["ccd"]),
+        earth_illuminated_fraction(ephemeris.body_vectors(jd)["earth"], jd),
     )
     y = floor_per_orbit(lc["time"], lc["background"])
     n = y.size
@@ -325,7 +330,10 @@ def lightcurve_samples(
 
 
 def dataset_samples(
-    path: str | os.PathLike, max_samples: int = 50_000, rng: np.random.Generator | None = None
+    path: str | os.PathLike,
+    max_samples: int = 50_000,
+    rng: np.random.Generator | None = None,
+    ephemeris: Ephemeris | None = None,
 ) -> Samples:
     """Training samples from a cube training set (``lk-scatterlight dataset``).
 
@@ -337,13 +345,27 @@ def dataset_samples(
         Draw at most this many (time, bin) samples at random.
     rng : `numpy.random.Generator`, optional
         For the draw (default seed 0).
+    ephemeris : `~lk_scatterlight.geometry.Ephemeris`
+        Covering the cube's times: the Earth's lit fraction needs TESS's
+        position (the other features come from the file's ``*_map`` arrays).
 
     Returns
     -------
     samples : `Samples`
+
+    Raises
+    ------
+    ScatterLightError
+        No ephemeris, or the cube has no finite value.
     """
     from .dataset import read_dataset
 
+    if ephemeris is None:
+        msg = (
+            f"{Path(path).name}: the Earth's lit fraction (a model feature) needs an "
+            "ephemeris (--ephemeris horizons FILE... or spice)."
+        )
+        raise ScatterLightError(msg)
     data = read_dataset(path)
     rng = np.random.default_rng(0) if rng is None else rng
     cube = np.asarray(data["scatter_cube"], dtype=float)
@@ -358,6 +380,11 @@ def dataset_samples(
     def take(key):
         return np.asarray(data[key], dtype=float).reshape(-1)[pick]
 
+    time = np.asarray(data["time"], dtype=float)
+    plane_time = np.unique(it)
+    jd = time[plane_time] + BTJD_OFFSET  # BTJD, within minutes of the spacecraft's time
+    fraction = np.zeros(time.size)
+    fraction[plane_time] = earth_illuminated_fraction(ephemeris.body_vectors(jd)["earth"], jd)
     X = geometry_features(
         take("earth_alt_map"),
         camera_azimuth(take("earth_az_map"), ccd),
@@ -366,6 +393,9 @@ def dataset_samples(
         camera_azimuth(take("moon_az_map"), ccd),
         take("moon_dist_map"),
         camera,
+        np.asarray(data["earth_alt"], dtype=float)[it],
+        camera_azimuth(np.asarray(data["earth_az"], dtype=float)[it], ccd),
+        fraction[it],
     )
     n = pick.size
     source = {
@@ -381,7 +411,7 @@ def dataset_samples(
         cube.reshape(-1)[pick],
         np.full(n, 1.0 / n),
         np.zeros(n, dtype=int),
-        np.asarray(data["time"], dtype=float)[it],
+        time[it],
         [source],
     )
 
@@ -439,15 +469,16 @@ def load_samples(
     rng = np.random.default_rng(seed)
     parts = []
     for path in tqdm(files, desc="reading training data", unit="file", disable=not progress):
+        if ephemeris is None:
+            kind = "cube training set" if path.suffix == ".npz" else "light curve"
+            msg = (
+                f"{path.name} is a {kind}: its geometry needs an ephemeris "
+                "(--ephemeris horizons FILE... or spice)."
+            )
+            raise ScatterLightError(msg)
         if path.suffix == ".npz":
-            parts.append(dataset_samples(path, max_dataset_samples, rng))
+            parts.append(dataset_samples(path, max_dataset_samples, rng, ephemeris))
         else:
-            if ephemeris is None:
-                msg = (
-                    f"{path.name} is a light curve: its geometry needs an ephemeris "
-                    "(--ephemeris horizons FILE... or spice)."
-                )
-                raise ScatterLightError(msg)
             parts.append(lightcurve_samples(path, ephemeris, bin_minutes))
     return Samples.concatenate(parts)
 
