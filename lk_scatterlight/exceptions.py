@@ -25,7 +25,7 @@ class CubeNotFoundError(ScatterLightError, FileNotFoundError):
 
 
 class DownloadError(ScatterLightError):
-    """A published cube could not be downloaded (network, server or hash-check failure)."""
+    """A published cube or model could not be downloaded (network, server or hash-check failure)."""
 
 
 class OutsideCubeError(ScatterLightError, ValueError):

@@ -50,6 +50,7 @@ __all__ = [
     "TARGET_OFFSET",
     "ORBIT_GAP",
     "ModelFormatError",
+    "ModelNotFoundError",
     "TreeEnsemble",
     "ScatterLightModel",
     "ModelField",
@@ -106,6 +107,10 @@ GRID_STEP = 64.0
 
 class ModelFormatError(ScatterLightError, ValueError):
     """A model file is malformed, of an unknown kind or of an unsupported version."""
+
+
+class ModelNotFoundError(ScatterLightError, FileNotFoundError):
+    """No model file at a path, and no published model of that name."""
 
 
 # ---------------------------------------------------------------------- features
@@ -669,13 +674,33 @@ class ScatterLightModel:
 
     # -------------------------------------------------------------- files
     @classmethod
-    def load(cls, path_or_name: str | os.PathLike = DEFAULT_MODEL) -> ScatterLightModel:
-        """Read a model file, or the shipped model by name.
+    def load(
+        cls,
+        path_or_name: str | os.PathLike = DEFAULT_MODEL,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        progressbar: bool = True,
+    ) -> ScatterLightModel:
+        """Read a model file, the shipped model, or a published model by name.
+
+        In this order: ``"default"`` is the model shipped in
+        ``lk_scatterlight/data``; an existing file is read; any other string
+        that can name a model (lower-case letters and digits joined by single
+        hyphens, e.g. ``"s1-25"``) is a published model, fetched through the
+        registry like a cube (`lk_scatterlight.registry.fetch_model`:
+        hash-checked, cached, no network once cached). Files are read with
+        ``allow_pickle=False``.
 
         Parameters
         ----------
         path_or_name : str or path-like
-            ``"default"`` (the model in ``lk_scatterlight/data``) or a path.
+            ``"default"``, a path, or a published model's name
+            (`lk_scatterlight.registry.available_models`).
+        cache_dir : str or path-like, optional
+            Cache folder for a published model (see
+            `lk_scatterlight.registry.get_cache_dir`).
+        progressbar : bool, optional
+            Show a download progress bar on stderr.
 
         Returns
         -------
@@ -683,17 +708,29 @@ class ScatterLightModel:
 
         Raises
         ------
-        FileNotFoundError
-            No file there.
+        ModelNotFoundError
+            No file there and no published model of that name (the message
+            lists the published ones); a `FileNotFoundError`.
+        DownloadError
+            A published model could not be downloaded, or the download does
+            not match its registry hash.
         ModelFormatError
             Not a model file, or malformed, or of another format version.
         """
         if isinstance(path_or_name, ScatterLightModel):
             return path_or_name
         path = default_model_path() if str(path_or_name) == DEFAULT_MODEL else Path(path_or_name)
+        if not path.is_file() and isinstance(path_or_name, str):
+            from .registry import fetch_model, is_model_name
+
+            if is_model_name(path_or_name):
+                path = fetch_model(path_or_name, cache_dir=cache_dir, progressbar=progressbar)
         if not path.is_file():
-            msg = f"No model file at {path}; give a path or 'default'."
-            raise FileNotFoundError(msg)
+            msg = (
+                f"No model file at {path}; give a path, 'default', or the name of a published "
+                "model (lk_scatterlight.registry.available_models())."
+            )
+            raise ModelNotFoundError(msg)
         try:
             with np.load(path, allow_pickle=False) as npz:
                 data = {k: npz[k] for k in npz.files}

@@ -1,10 +1,10 @@
-"""Published scattered-light cubes: the registry, downloads and the cache.
+"""Published scattered-light cubes and models: the registry, downloads and the cache.
 
-Published cubes are listed in a registry file shipped with the package
+Published cubes and learned models are listed in a registry file shipped with the package
 (``lk_scatterlight/data/registry.txt``, pooch's ``name sha256:HASH url``
 format) and downloaded on demand with `pooch`, which checks every file against
 its SHA256 hash, retries failed downloads and writes through a temporary file,
-so the cache never holds a partial or unverified cube.
+so the cache never holds a partial or unverified file.
 
 Settings are read each time a function runs, never at import:
 
@@ -20,7 +20,10 @@ An environment variable always wins over its ``conf`` item.
 
 File names encode what a cube holds: ``lk-scatterlight_s0002_1-1_bin16_v1.fits``
 is sector 2, camera 1, CCD 1, 16x16-pixel bins, cube format version 1 (see
-`cube_filename` and `parse_cube_filename`).
+`cube_filename` and `parse_cube_filename`); ``lk-scatterlight-model_s1-25_v1.npz``
+is the learned model named ``"s1-25"`` in model format version 1 (see
+`model_filename` and `parse_model_filename`), fetched by
+``ScatterLightModel.load("s1-25")``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from astropy.table import Table
 from .ccd import CAMERAS, CCDS, check_sector
 from .cube import FORMAT_VERSION, ScatterLightCube
 from .exceptions import CubeFormatError, CubeNotFoundError, DownloadError, ScatterLightError
+from .model import DEFAULT_MODEL, MODEL_VERSION, ModelNotFoundError
 from .registry_file import REGISTRY_ENV, registry_file
 
 __all__ = [
@@ -50,6 +54,12 @@ __all__ = [
     "cube_filename",
     "parse_cube_filename",
     "CubeName",
+    "fetch_model",
+    "available_models",
+    "model_filename",
+    "parse_model_filename",
+    "is_model_name",
+    "ModelName",
     "get_pooch",
     "get_cache_dir",
     "CACHE_ENV",
@@ -76,6 +86,10 @@ _NAME_RE = re.compile(
     r"_bin(?P<bin>\d+)_v(?P<version>\d+)\.fits$"
 )
 _NAME_PATTERN = "lk-scatterlight_s<SSSS>_<camera>-<ccd>_bin<N>_v<V>.fits"
+#: A model name: lower-case letters and digits, in groups joined by single hyphens.
+_MODEL_NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+_MODEL_RE = re.compile(rf"^lk-scatterlight-model_(?P<name>{_MODEL_NAME})_v(?P<version>\d+)\.npz$")
+_MODEL_PATTERN = "lk-scatterlight-model_<name>_v<V>.npz"
 
 
 class CubeName(NamedTuple):
@@ -95,6 +109,21 @@ class CubeName(NamedTuple):
     camera: int
     ccd: int
     bin: int
+    version: int
+
+
+class ModelName(NamedTuple):
+    """What a published model file name encodes.
+
+    Attributes
+    ----------
+    name : str
+        The model's name, as given to `~lk_scatterlight.ScatterLightModel.load`.
+    version : int
+        Model file format version (see `lk_scatterlight.model.MODEL_VERSION`).
+    """
+
+    name: str
     version: int
 
 
@@ -180,6 +209,102 @@ def parse_cube_filename(name: str | os.PathLike) -> CubeName:
             "'lk-scatterlight_s0002_1-1_bin16_v1.fits')."
         )
     return parsed
+
+
+def is_model_name(text: str) -> bool:
+    """True if ``text`` can name a published model (``"s1-25"``, ``"earth-moon"``).
+
+    Lower-case letters and digits in groups joined by single hyphens, and not
+    ``"default"``, the model shipped with the package.
+    """
+    return (
+        isinstance(text, str)
+        and text != DEFAULT_MODEL
+        and re.fullmatch(_MODEL_NAME, text) is not None
+    )
+
+
+def model_filename(name: str, version: int = MODEL_VERSION) -> str:
+    """Name of the published file holding a learned model.
+
+    Parameters
+    ----------
+    name : str
+        The model's name (`is_model_name`): lower-case letters and digits in
+        groups joined by single hyphens; ``"default"`` is reserved for the
+        shipped model.
+    version : int, optional
+        Model format version; default `~lk_scatterlight.model.MODEL_VERSION`.
+
+    Returns
+    -------
+    filename : str
+        For example ``"lk-scatterlight-model_s1-25_v1.npz"``.
+
+    Raises
+    ------
+    ValueError
+        If the name is not a valid model name or the version is below 1.
+
+    Examples
+    --------
+    >>> model_filename("s1-25")
+    'lk-scatterlight-model_s1-25_v1.npz'
+    """
+    if not is_model_name(name):
+        reserved = " ('default' is the shipped model)" if name == DEFAULT_MODEL else ""
+        raise ValueError(
+            f"{name!r} is not a model name{reserved}: use lower-case letters and digits in "
+            "groups joined by single hyphens, e.g. 's1-25' or 'earth-moon'."
+        )
+    version = _as_int("version", version, 1)
+    return f"lk-scatterlight-model_{name}_v{version}.npz"
+
+
+def parse_model_filename(filename: str | os.PathLike) -> ModelName:
+    """Read the model name and format version from a published model file name.
+
+    The inverse of `model_filename`.
+
+    Parameters
+    ----------
+    filename : str or path-like
+        File name; a path is reduced to its last component.
+
+    Returns
+    -------
+    parsed : `ModelName`
+
+    Raises
+    ------
+    ValueError
+        If the name does not follow ``lk-scatterlight-model_<name>_v<V>.npz``.
+
+    Examples
+    --------
+    >>> parse_model_filename("lk-scatterlight-model_s1-25_v1.npz")
+    ModelName(name='s1-25', version=1)
+    """
+    base = Path(filename).name
+    match = _MODEL_RE.match(base)
+    if match is None or match["name"] == DEFAULT_MODEL:
+        raise ValueError(
+            f"{base!r} is not a published model file name: it does not match "
+            f"{_MODEL_PATTERN} (name of lower-case letters, digits and single hyphens, not "
+            "'default'; e.g. 'lk-scatterlight-model_s1-25_v1.npz')."
+        )
+    parsed = ModelName(match["name"], int(match["version"]))
+    if model_filename(*parsed) != base:
+        raise ValueError(
+            f"{base!r} is not a published model file name: it is not canonical (expected "
+            f"{model_filename(*parsed)!r})."
+        )
+    return parsed
+
+
+def _is_cube(filename: str) -> bool:
+    """True for a cube entry of the registry, False for a model entry."""
+    return not filename.startswith("lk-scatterlight-model_")
 
 
 # ---------------------------------------------------------------------- settings
@@ -275,8 +400,8 @@ def _make_pooch(cache: str, registry, stamp: tuple[int, int] | None, base_url: s
         pup.urls = {}  # every file is <base>/<name>
     for name in pup.registry:
         try:
-            parse_cube_filename(name)
-        except CubeFormatError as err:
+            parse_cube_filename(name) if _is_cube(name) else parse_model_filename(name)
+        except ValueError as err:  # CubeFormatError is a ValueError
             raise ScatterLightError(
                 f"The cube registry {registry} lists an invalid entry: {err}"
             ) from err
@@ -285,7 +410,7 @@ def _make_pooch(cache: str, registry, stamp: tuple[int, int] | None, base_url: s
                 f"The cube registry {registry} gives no URL for {name}; add it as the third "
                 f"field of the line, or set {URL_ENV} to the base URL of the files."
             )
-    log.debug("Cube registry %s: %d cubes, cache %s", registry, len(pup.registry), cache)
+    log.debug("Registry %s: %d files, cache %s", registry, len(pup.registry), cache)
     return pup
 
 
@@ -308,7 +433,7 @@ def available_cubes() -> Table:
     ['sector', 'camera', 'ccd', 'bin', 'version', 'filename', 'url']
     """
     pup = get_pooch()
-    rows = sorted((parse_cube_filename(name), name) for name in pup.registry)
+    rows = sorted((parse_cube_filename(name), name) for name in pup.registry if _is_cube(name))
     columns = [[getattr(cube, key) for cube, _ in rows] for key in CubeName._fields]
     columns += [[name for _, name in rows], [pup.get_url(name) for _, name in rows]]
     table = Table(
@@ -381,6 +506,16 @@ def fetch_cube(
         bin = _as_int("bin", bin, 1)
     pup = get_pooch(cache_dir)
     name = _select(pup, sector, camera, ccd, bin)
+    what = f"sector {sector} camera {camera} CCD {ccd}"
+    return _download(pup, name, what, _build_hint(sector, camera, ccd), progressbar)
+
+
+def _download(pup: pooch.Pooch, name: str, what: str, advice: str, progressbar: bool) -> Path:
+    """Fetch a registry entry through pooch; failures become a `DownloadError`.
+
+    ``what`` says what the file is ("sector 2 camera 1 CCD 1", "model 's1-25'")
+    and ``advice`` what to do instead of downloading it.
+    """
     url = pup.get_url(name)
     timeout = _timeout()
     downloader = None  # pooch picks one for ftp://, doi:, ...
@@ -396,7 +531,6 @@ def fetch_cube(
     # Imported here as pooch does, to keep `import lk_scatterlight` fast.
     import requests
 
-    build = _build_hint(sector, camera, ccd)
     try:
         with _POOCH_LOG:
             path = pup.fetch(
@@ -404,15 +538,15 @@ def fetch_cube(
             )
     except requests.exceptions.RequestException as err:
         raise DownloadError(
-            f"Could not download {name} (sector {sector} camera {camera} CCD {ccd}) from "
-            f"{url}: {_describe(err, timeout)}, after {1 + RETRIES} attempts. Check the network "
-            f"or the mirror ({URL_ENV} / conf.registry_url), or {build}."
+            f"Could not download {name} ({what}) from {url}: {_describe(err, timeout)}, after "
+            f"{1 + RETRIES} attempts. Check the network or the mirror ({URL_ENV} / "
+            f"conf.registry_url), or {advice}."
         ) from err
     except ValueError as err:  # pooch: the download does not match the registry hash
         raise DownloadError(
             f"Download of {name} from {url} was rejected and not kept in the cache "
             f"({pup.abspath}): {' '.join(str(err).split())} If this persists, the registry or "
-            f"the mirror is out of date; {build}."
+            f"the mirror is out of date; {advice}."
         ) from err
     except OSError as err:  # the cache folder cannot be created or written
         raise DownloadError(
@@ -459,6 +593,105 @@ def load_cube(
     return cube
 
 
+def available_models() -> Table:
+    """Table of the published learned models (read from the registry; no network).
+
+    The model shipped with the package, ``"default"``, needs no download and
+    is not listed.
+
+    Returns
+    -------
+    table : `~astropy.table.Table`
+        One row per file, sorted, with columns ``name``, ``version`` (model
+        format), ``filename`` and ``url``; empty (with these columns) when no
+        model is published. ``table.meta["registry"]`` names the registry file.
+
+    Examples
+    --------
+    >>> available_models().colnames
+    ['name', 'version', 'filename', 'url']
+    """
+    pup = get_pooch()
+    rows = sorted((parse_model_filename(name), name) for name in pup.registry if not _is_cube(name))
+    table = Table(
+        [
+            [model.name for model, _ in rows],
+            [model.version for model, _ in rows],
+            [name for _, name in rows],
+            [pup.get_url(name) for _, name in rows],
+        ],
+        names=["name", "version", "filename", "url"],
+        dtype=[str, int, str, str],
+    )
+    table.meta["registry"] = str(registry_file())
+    return table
+
+
+def fetch_model(
+    name: str, *, cache_dir: str | os.PathLike | None = None, progressbar: bool = True
+) -> Path:
+    """Path of a published learned model, downloading it if needed.
+
+    Hash-checked and cached exactly like a cube (`fetch_cube`). Among the
+    model format versions published under ``name``, the highest this package
+    reads is taken. `~lk_scatterlight.ScatterLightModel.load` calls this for a
+    name that is neither ``"default"`` nor an existing file.
+
+    Parameters
+    ----------
+    name : str
+        Model name (`is_model_name`), e.g. ``"s1-25"``; see `available_models`.
+    cache_dir : str or path-like, optional
+        Cache folder (see `get_cache_dir`).
+    progressbar : bool, optional
+        Show a download progress bar (tqdm) on stderr.
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+        The cached ``.npz`` model file.
+
+    Raises
+    ------
+    ModelNotFoundError
+        If no model of that name is published (the message lists the published
+        ones), or only in a format this package cannot read.
+    DownloadError
+        If the download fails or the downloaded file does not match its hash.
+
+    Examples
+    --------
+    >>> from lk_scatterlight.registry import fetch_model
+    >>> path = fetch_model("s1-25")  # doctest: +SKIP
+    """
+    pup = get_pooch(cache_dir)
+    published = {
+        parse_model_filename(entry): entry for entry in pup.registry if not _is_cube(entry)
+    }
+    names = sorted({model.name for model in published})
+    instead = "give a model file path, or 'default' for the model shipped with lk_scatterlight"
+    if name not in names:
+        listed = (
+            f"published models: {', '.join(names)}"
+            if names
+            else f"no models are published yet (the registry {registry_file()} lists none)"
+        )
+        raise ModelNotFoundError(
+            f"No model named {name!r} is published; {listed}. Otherwise {instead}, or train "
+            "one with `lk-scatterlight train`."
+        )
+    readable = [m for m in published if m.name == name and m.version <= MODEL_VERSION]
+    if not readable:
+        versions = ", ".join(str(m.version) for m in sorted(published) if m.name == name)
+        raise ModelNotFoundError(
+            f"Model {name!r} is published only in model format version {versions}; this "
+            f"lk_scatterlight reads version {MODEL_VERSION}. Upgrade lk_scatterlight "
+            f"(pip install -U lk_scatterlight), or {instead}."
+        )
+    entry = published[max(readable, key=lambda m: m.version)]
+    return _download(pup, entry, f"model {name!r}", instead, progressbar)
+
+
 # ---------------------------------------------------------------------- helpers
 def _as_int(name: str, value, lo: int, hi: int | None = None) -> int:
     try:
@@ -489,13 +722,14 @@ def _build_hint(sector: int, camera: int, ccd: int, python: bool = True) -> str:
 
 def _select(pup: pooch.Pooch, sector: int, camera: int, ccd: int, bin: int | None) -> str:
     """Registry name of the cube to fetch, or `CubeNotFoundError` saying what exists."""
-    published = {parse_cube_filename(name): name for name in pup.registry}
+    published = {parse_cube_filename(name): name for name in pup.registry if _is_cube(name)}
     what = f"sector {sector} camera {camera} CCD {ccd}"
     build = _build_hint(sector, camera, ccd)
     if not published:
+        state = "is empty" if not pup.registry else "lists no cubes"
         raise CubeNotFoundError(
             f"No scattered-light cube is published for {what}: no cubes are published yet "
-            f"(the registry {registry_file()} is empty). To correct this CCD, {build}."
+            f"(the registry {registry_file()} {state}). To correct this CCD, {build}."
         )
     here = [c for c in published if (c.sector, c.camera, c.ccd) == (sector, camera, ccd)]
     if not here:

@@ -33,6 +33,11 @@ The Zenodo token is read from the environment variable ``ZENODO_TOKEN``
 https://sandbox.zenodo.org; ``LK_SCATTERLIGHT_ZENODO_URL`` replaces the site
 URL altogether (tests, mirrors of the API).
 
+A learned model file (``lk-scatterlight train``) is published by uploading it,
+under the name `~lk_scatterlight.registry.model_filename` gives, to a Zenodo
+record, then `register_model` checks it and merges its registry line, so that
+``ScatterLightModel.load(name)`` fetches it.
+
 The REST client is `lk_scatterlight.builder.zenodo` and the registry file
 (where it is, its lines, merging) `lk_scatterlight.registry_file`; their names
 are re-exported here.
@@ -54,7 +59,7 @@ import pooch
 
 from ..cube import ScatterLightCube
 from ..exceptions import CubeFormatError, PublishError
-from ..registry import cube_filename, parse_cube_filename
+from ..registry import cube_filename, model_filename, parse_cube_filename
 from ..registry_file import default_registry, merge_registry, registry_line
 from ..utils import write_text_atomic
 from .zenodo import (
@@ -74,6 +79,7 @@ from .zenodo import (
 
 __all__ = [
     "publish_cubes",
+    "register_model",
     "collect_cubes",
     "verify_cube",
     "merge_registry",
@@ -720,6 +726,96 @@ def _run(
         )
     state["complete"] = True
     _save_state(state_path, state)
+
+
+def register_model(
+    path: str | os.PathLike,
+    name: str,
+    *,
+    url: str | None = None,
+    record: int | None = None,
+    sandbox: bool = False,
+    site: str | None = None,
+    registry: str | os.PathLike | None = None,
+) -> str:
+    """Check a learned model file and merge its registry line into the registry.
+
+    The file must already be downloadable at its URL: upload it to a Zenodo
+    record under the name ``model_filename(name)`` first (the URL is then
+    derived from ``record``), or give the URL of any other host with ``url``.
+    The line, ``<file name> sha256:<hash> <url>``, is merged through
+    `~lk_scatterlight.registry_file.merge_registry` (atomic; a line for the
+    same file name is replaced), after which ``ScatterLightModel.load(name)``
+    downloads and uses the model.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The model file (``.npz`` written by ``lk-scatterlight train``).
+    name : str
+        The name users load it by (`~lk_scatterlight.registry.is_model_name`),
+        e.g. ``"s1-25"``; ``"default"`` is reserved for the shipped model.
+    url : str, optional
+        Download URL of the published file.
+    record : int, optional
+        Zenodo record holding the file; the URL becomes
+        ``<site>/records/<record>/files/<file name>?download=1``.
+    sandbox : bool, optional
+        With ``record``: a record of https://sandbox.zenodo.org.
+    site : str, optional
+        With ``record``: the Zenodo site (default as `zenodo_url`).
+    registry : str or path-like, optional
+        Registry file to update; default the package's
+        ``lk_scatterlight/data/registry.txt``, accepted only in a source
+        checkout (`default_registry`).
+
+    Returns
+    -------
+    line : str
+        The registry line written.
+
+    Raises
+    ------
+    PublishError
+        If the file is missing or not a readable model, the name is invalid,
+        not exactly one of ``url`` and ``record`` is given, or the default
+        registry belongs to an installed copy.
+
+    Examples
+    --------
+    >>> register_model("model.npz", "s1-25", record=1234567)  # doctest: +SKIP
+    'lk-scatterlight-model_s1-25_v1.npz sha256:... https://zenodo.org/records/1234567/...'
+    """
+    from ..model import ModelFormatError, ScatterLightModel
+
+    if (url is None) == (record is None):
+        msg = "Give exactly one of url= (where the model file is published) and record= (Zenodo)."
+        raise PublishError(msg)
+    try:
+        filename = model_filename(name)
+    except ValueError as err:
+        raise PublishError(str(err)) from err
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path} is not a file; give the .npz written by `lk-scatterlight train`."
+        raise PublishError(msg)
+    try:
+        ScatterLightModel.load(path)
+    except ModelFormatError as err:
+        raise PublishError(f"{path} cannot be published: {err}") from err
+    if url is None:
+        url = record_file_url(zenodo_url(sandbox, site), int(record), filename)
+    registry_path, _, writable = _registry_target(registry)
+    if not writable:
+        raise PublishError(
+            f"lk_scatterlight at {registry_path.parents[1]} is an installed copy, not a source "
+            "checkout: its registry would be overwritten by the next installation. Give the "
+            "registry file to update with registry=PATH."
+        )
+    line = registry_line(filename, pooch.file_hash(str(path), alg="sha256"), url)
+    merge_registry(registry_path, [line])
+    log.info("Wrote the registry line of model %r to %s", name, registry_path)
+    return line
 
 
 def _upload(client: ZenodoClient, deposition: dict, f: CubeFile) -> None:
