@@ -10,10 +10,11 @@ Usage examples
 
        lk-scatterlight info cube.fits
 
-3. List the published cubes, then download one into the cache::
+3. List the published cubes and models, then download one of each into the cache::
 
        lk-scatterlight list
        lk-scatterlight fetch 2 1 1 --bin 16
+       lk-scatterlight fetch-model s1-25
 
 4. Check built cubes and show what publishing them would do, then do it
    (token in ``ZENODO_TOKEN``; see docs/publishing.rst)::
@@ -193,19 +194,41 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="published model name (see `lk-scatterlight list`)")
+    parser.add_argument(
+        "--cache-dir",
+        help="cache folder (default: $LK_SCATTERLIGHT_CACHE, conf.cache_dir or the OS cache)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+@subcommand("fetch-model", _fetch_model_arguments)
+def _fetch_model(args: argparse.Namespace) -> int:
+    """Download a published learned model into the cache (if needed) and print its path."""
+    from .registry import fetch_model
+
+    path = fetch_model(args.name, cache_dir=args.cache_dir, progressbar=not args.no_progress)
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
 @subcommand("list", lambda parser: None)
 def _list(args: argparse.Namespace) -> int:
-    """List the published cubes."""
-    from .registry import available_cubes
+    """List the published cubes and learned models."""
+    from .registry import available_cubes, available_models
 
-    table = available_cubes()
+    table, models = available_cubes(), available_models()
     if len(table) == 0:
         sys.stdout.write(
             "No scattered-light cubes are published yet; build one with "
             "`lk-scatterlight build --sector S --camera C --ccd D`.\n"
         )
-        return 0
-    sys.stdout.write("\n".join(table.pformat(max_lines=-1, max_width=-1)) + "\n")
+    else:
+        sys.stdout.write("\n".join(table.pformat(max_lines=-1, max_width=-1)) + "\n")
+    if len(models):
+        sys.stdout.write("\nPublished models (ScatterLightModel.load(name)):\n")
+        sys.stdout.write("\n".join(models.pformat(max_lines=-1, max_width=-1)) + "\n")
     return 0
 
 
@@ -1099,6 +1122,37 @@ def _publish(args: argparse.Namespace) -> int:
         rename=args.rename,
     )
     sys.stdout.write(result.summary() + "\n")
+    return 0
+
+
+def _register_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="model file (.npz) written by `lk-scatterlight train`")
+    parser.add_argument("name", help="name users load it by, e.g. s1-25")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--record", type=int, help="Zenodo record holding the uploaded file")
+    where.add_argument("--url", help="download URL of the uploaded file")
+    parser.add_argument("--sandbox", action="store_true", help="the record is on the sandbox")
+    parser.add_argument(
+        "--registry",
+        help="registry file to update (default: lk_scatterlight/data/registry.txt of this "
+        "source checkout)",
+    )
+
+
+@subcommand("register-model", _register_model_arguments)
+def _register_model(args: argparse.Namespace) -> int:
+    """Add an uploaded learned model to the registry (prints the line written)."""
+    from .builder.publish import register_model
+
+    line = register_model(
+        args.path,
+        args.name,
+        url=args.url,
+        record=args.record,
+        sandbox=args.sandbox,
+        registry=args.registry,
+    )
+    sys.stdout.write(f"{line}\n")
     return 0
 
 

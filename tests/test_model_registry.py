@@ -245,3 +245,39 @@ def test_bad_model_line_in_registry(env, tmp_path, monkeypatch):
     monkeypatch.setenv(REGISTRY_ENV, str(registry))
     with pytest.raises(ScatterLightError, match="lists an invalid entry"):
         available_models()
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_fetch_model_and_list(published, server, env, capsys):
+    from lk_scatterlight.cli import main
+
+    assert main(["fetch-model", "s1-25", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{env / MODEL}\n"
+    assert err == ""
+    assert main(["fetch-model", "earth"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "No model named 'earth' is published; published models: next, s1-25." in err
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert CUBE in out
+    models = out.split("Published models (ScatterLightModel.load(name)):\n")[1].splitlines()
+    assert models[0].split() == ["name", "version", "filename", "url"]
+    assert models[-1].split() == ["s1-25", "1", MODEL, f"{server.url}/{MODEL}"]
+
+
+def test_cli_register_model(tmp_path, shipped, capsys):
+    from lk_scatterlight.cli import main
+
+    local = shipped.save(tmp_path / "trained.npz")
+    registry = tmp_path / "registry.txt"
+    args = ["register-model", str(local), "s1-25", "--url", "http://x/m", "--registry"]
+    assert main([*args, str(registry)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == f"{MODEL} sha256:{pooch.file_hash(str(local))} http://x/m"
+    assert registry.read_text(encoding="utf-8").splitlines()[-1] == line
+    with pytest.raises(SystemExit) as info:  # neither --record nor --url: a usage error
+        main(["register-model", str(local), "s1-25"])
+    assert info.value.code == 2
