@@ -43,6 +43,13 @@ class FFISourceError(ScatterLightError, ValueError):
 __all__.append("FFISourceError")
 
 
+class ModelNotFoundError(ScatterLightError, FileNotFoundError):
+    """No learned model file at a path, and no published model of that name."""
+
+
+__all__.append("ModelNotFoundError")
+
+
 class PublishError(ScatterLightError):
     """Cubes could not be published (invalid file, Zenodo refused or failed, checksum mismatch)."""
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from .ccd import BTJD_OFFSET, check_camera_ccd, check_sector
-from .exceptions import ScatterLightError, ScatterLightWarning
+from .exceptions import ModelNotFoundError, ScatterLightError, ScatterLightWarning
 from .utils import atomic_write
 
 __all__ = [
@@ -107,10 +107,6 @@ GRID_STEP = 64.0
 
 class ModelFormatError(ScatterLightError, ValueError):
     """A model file is malformed, of an unknown kind or of an unsupported version."""
-
-
-class ModelNotFoundError(ScatterLightError, FileNotFoundError):
-    """No model file at a path, and no published model of that name."""
 
 
 # ---------------------------------------------------------------------- features
@@ -724,7 +720,12 @@ class ScatterLightModel:
             from .registry import fetch_model, is_model_name
 
             if is_model_name(path_or_name):
-                path = fetch_model(path_or_name, cache_dir=cache_dir, progressbar=progressbar)
+                path = fetch_model(
+                    path_or_name,
+                    max_version=MODEL_VERSION,
+                    cache_dir=cache_dir,
+                    progressbar=progressbar,
+                )
         if not path.is_file():
             msg = (
                 f"No model file at {path}; give a path, 'default', or the name of a published "

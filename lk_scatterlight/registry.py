@@ -43,8 +43,13 @@ from astropy.table import Table
 
 from .ccd import CAMERAS, CCDS, check_sector
 from .cube import FORMAT_VERSION, ScatterLightCube
-from .exceptions import CubeFormatError, CubeNotFoundError, DownloadError, ScatterLightError
-from .model import DEFAULT_MODEL, MODEL_VERSION, ModelNotFoundError
+from .exceptions import (
+    CubeFormatError,
+    CubeNotFoundError,
+    DownloadError,
+    ModelNotFoundError,
+    ScatterLightError,
+)
 from .registry_file import REGISTRY_ENV, registry_file
 
 __all__ = [
@@ -80,6 +85,9 @@ TIMEOUT_ENV = "LK_SCATTERLIGHT_TIMEOUT"
 RETRIES = 2
 #: Project name of the default cache folder, ``pooch.os_cache(CACHE_NAME)``.
 CACHE_NAME = "lk_scatterlight"
+#: Name of the model shipped with the package (`lk_scatterlight.model.DEFAULT_MODEL`),
+#: never a published model's. (The model module imports this one, not the reverse.)
+SHIPPED_MODEL = "default"
 
 _NAME_RE = re.compile(
     r"^lk-scatterlight_s(?P<sector>\d+)_(?P<camera>\d+)-(?P<ccd>\d+)"
@@ -156,7 +164,7 @@ def cube_filename(
 
     Examples
     --------
-    >>> cube_filename(2, 1, 1, 16)
+    >>> cube_filename(2, 1, 1, 16, version=1)
     'lk-scatterlight_s0002_1-1_bin16_v1.fits'
     """
     sector, camera, ccd = _check_ids(sector, camera, ccd)
@@ -219,12 +227,12 @@ def is_model_name(text: str) -> bool:
     """
     return (
         isinstance(text, str)
-        and text != DEFAULT_MODEL
+        and text != SHIPPED_MODEL
         and re.fullmatch(_MODEL_NAME, text) is not None
     )
 
 
-def model_filename(name: str, version: int = MODEL_VERSION) -> str:
+def model_filename(name: str, version: int) -> str:
     """Name of the published file holding a learned model.
 
     Parameters
@@ -233,8 +241,8 @@ def model_filename(name: str, version: int = MODEL_VERSION) -> str:
         The model's name (`is_model_name`): lower-case letters and digits in
         groups joined by single hyphens; ``"default"`` is reserved for the
         shipped model.
-    version : int, optional
-        Model format version; default `~lk_scatterlight.model.MODEL_VERSION`.
+    version : int
+        Model format version, e.g. `~lk_scatterlight.model.MODEL_VERSION`.
 
     Returns
     -------
@@ -248,11 +256,11 @@ def model_filename(name: str, version: int = MODEL_VERSION) -> str:
 
     Examples
     --------
-    >>> model_filename("s1-25")
+    >>> model_filename("s1-25", 1)
     'lk-scatterlight-model_s1-25_v1.npz'
     """
     if not is_model_name(name):
-        reserved = " ('default' is the shipped model)" if name == DEFAULT_MODEL else ""
+        reserved = " ('default' is the shipped model)" if name == SHIPPED_MODEL else ""
         raise ValueError(
             f"{name!r} is not a model name{reserved}: use lower-case letters and digits in "
             "groups joined by single hyphens, e.g. 's1-25' or 'earth-moon'."
@@ -287,7 +295,7 @@ def parse_model_filename(filename: str | os.PathLike) -> ModelName:
     """
     base = Path(filename).name
     match = _MODEL_RE.match(base)
-    if match is None or match["name"] == DEFAULT_MODEL:
+    if match is None or match["name"] == SHIPPED_MODEL:
         raise ValueError(
             f"{base!r} is not a published model file name: it does not match "
             f"{_MODEL_PATTERN} (name of lower-case letters, digits and single hyphens, not "
@@ -628,19 +636,27 @@ def available_models() -> Table:
 
 
 def fetch_model(
-    name: str, *, cache_dir: str | os.PathLike | None = None, progressbar: bool = True
+    name: str,
+    *,
+    max_version: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progressbar: bool = True,
 ) -> Path:
     """Path of a published learned model, downloading it if needed.
 
     Hash-checked and cached exactly like a cube (`fetch_cube`). Among the
-    model format versions published under ``name``, the highest this package
-    reads is taken. `~lk_scatterlight.ScatterLightModel.load` calls this for a
-    name that is neither ``"default"`` nor an existing file.
+    model format versions published under ``name``, the highest up to
+    ``max_version`` is taken. `~lk_scatterlight.ScatterLightModel.load` calls
+    this, with ``max_version=MODEL_VERSION``, for a name that is neither
+    ``"default"`` nor an existing file.
 
     Parameters
     ----------
     name : str
         Model name (`is_model_name`), e.g. ``"s1-25"``; see `available_models`.
+    max_version : int, optional
+        Highest model format version the caller reads
+        (`lk_scatterlight.model.MODEL_VERSION`); default any.
     cache_dir : str or path-like, optional
         Cache folder (see `get_cache_dir`).
     progressbar : bool, optional
@@ -680,12 +696,13 @@ def fetch_model(
             f"No model named {name!r} is published; {listed}. Otherwise {instead}, or train "
             "one with `lk-scatterlight train`."
         )
-    readable = [m for m in published if m.name == name and m.version <= MODEL_VERSION]
+    newest = max_version if max_version is not None else float("inf")
+    readable = [m for m in published if m.name == name and m.version <= newest]
     if not readable:
         versions = ", ".join(str(m.version) for m in sorted(published) if m.name == name)
         raise ModelNotFoundError(
             f"Model {name!r} is published only in model format version {versions}; this "
-            f"lk_scatterlight reads version {MODEL_VERSION}. Upgrade lk_scatterlight "
+            f"lk_scatterlight reads versions up to {max_version}. Upgrade lk_scatterlight "
             f"(pip install -U lk_scatterlight), or {instead}."
         )
     entry = published[max(readable, key=lambda m: m.version)]

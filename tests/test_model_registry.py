@@ -18,11 +18,17 @@ from registry_helpers import CubeServer, clear_registry_env, publish, write_regi
 from lk_scatterlight import DownloadError, ScatterLightWarning, conf, fetch_cube
 from lk_scatterlight.builder.publish import register_model
 from lk_scatterlight.exceptions import PublishError, ScatterLightError
-from lk_scatterlight.model import ModelNotFoundError, ScatterLightModel
+from lk_scatterlight.model import (
+    DEFAULT_MODEL,
+    MODEL_VERSION,
+    ModelNotFoundError,
+    ScatterLightModel,
+)
 from lk_scatterlight.registry import (
     CACHE_ENV,
     REGISTRY_ENV,
     RETRIES,
+    SHIPPED_MODEL,
     TIMEOUT_ENV,
     URL_ENV,
     ModelName,
@@ -84,11 +90,12 @@ def cached(cache) -> list[str]:
 
 # ---------------------------------------------------------------------- names
 def test_model_file_names():
-    assert model_filename("s1-25") == MODEL
+    assert model_filename("s1-25", MODEL_VERSION) == MODEL
     assert parse_model_filename(f"/some/folder/{MODEL}") == ModelName("s1-25", 1)
     for bad in ("default", "S1", "a_b", "-a", "a--b", ""):
         with pytest.raises(ValueError, match="is not a model name"):
-            model_filename(bad)
+            model_filename(bad, 1)
+    assert SHIPPED_MODEL == DEFAULT_MODEL  # the registry's copy of the reserved name
     for bad in ("lk-scatterlight-model_default_v1.npz", "lk-scatterlight-model_a_v01.npz"):
         with pytest.raises(ValueError, match="is not a published model file name"):
             parse_model_filename(bad)
@@ -164,7 +171,8 @@ def test_a_path_that_is_not_there(env, tmp_path):
 
 
 def test_newer_format_only(published, server):
-    with pytest.raises(ModelNotFoundError, match="only in model format version 9; this"):
+    expected = "only in model format version 9; this lk_scatterlight reads versions up to 1"
+    with pytest.raises(ModelNotFoundError, match=expected):
         ScatterLightModel.load("next")
     assert server.requests == []
 

@@ -741,7 +741,7 @@ def register_model(
     """Check a learned model file and merge its registry line into the registry.
 
     The file must already be downloadable at its URL: upload it to a Zenodo
-    record under the name ``model_filename(name)`` first (the URL is then
+    record under the name ``model_filename(name, MODEL_VERSION)`` first (the URL is then
     derived from ``record``), or give the URL of any other host with ``url``.
     The line, ``<file name> sha256:<hash> <url>``, is merged through
     `~lk_scatterlight.registry_file.merge_registry` (atomic; a line for the
@@ -786,13 +786,13 @@ def register_model(
     >>> register_model("model.npz", "s1-25", record=1234567)  # doctest: +SKIP
     'lk-scatterlight-model_s1-25_v1.npz sha256:... https://zenodo.org/records/1234567/...'
     """
-    from ..model import ModelFormatError, ScatterLightModel
+    from ..model import MODEL_VERSION, ModelFormatError, ScatterLightModel
 
     if (url is None) == (record is None):
         msg = "Give exactly one of url= (where the model file is published) and record= (Zenodo)."
         raise PublishError(msg)
     try:
-        filename = model_filename(name)
+        filename = model_filename(name, MODEL_VERSION)
     except ValueError as err:
         raise PublishError(str(err)) from err
     path = Path(path)
