@@ -48,7 +48,7 @@ from .lowrank import (
     compress_planes,
     evaluate_factors,
 )
-from .utils import atomic_write, moved_names
+from .utils import atomic_write, moved_names, refuse_overwrite
 
 __all__ = [
     "ScatterLightCube",
@@ -316,8 +316,7 @@ class ScatterLightCube:
         >>> cube.compress().write("cube.fits")  # doctest: +SKIP
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        refuse_overwrite(path, overwrite)
         compact = self.is_compact if compact is None else bool(compact)
         source = self.compress() if compact and not self.is_compact else self
         hdul = to_hdulist(source, compact)

@@ -98,7 +98,7 @@ import numpy as np
 
 from .ccd import BTJD_OFFSET, CCDS
 from .exceptions import ScatterLightError
-from .utils import atomic_write
+from .utils import atomic_write, refuse_overwrite
 
 __all__ = [
     "R_EARTH_KM",
@@ -590,9 +590,7 @@ class HorizonsEphemeris(Ephemeris):
             ``path`` exists and ``overwrite`` is False.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            msg = f"{path} exists; pass overwrite=True to replace it."
-            raise FileExistsError(msg)
+        refuse_overwrite(path, overwrite)
         center = "Solar System Barycenter (0)" if self.center == "ssb" else "Earth (399)"
         lines = [
             "Target body name: TESS (spacecraft) (-95)  {written by lk_scatterlight}",

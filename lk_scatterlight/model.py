@@ -40,7 +40,7 @@ import numpy as np
 
 from .ccd import BTJD_OFFSET, check_camera_ccd, check_sector
 from .exceptions import ModelNotFoundError, ScatterLightError, ScatterLightWarning
-from .utils import atomic_write
+from .utils import atomic_write, refuse_overwrite
 
 __all__ = [
     "FEATURES",
@@ -772,9 +772,7 @@ class ScatterLightModel:
             ``path`` exists and ``overwrite`` is False.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            msg = f"{path} exists; pass overwrite=True (--overwrite) to replace it."
-            raise FileExistsError(msg)
+        refuse_overwrite(path, overwrite)
         arrays = {
             "kind": np.array(MODEL_KIND),
             "format_version": np.array(MODEL_VERSION),

@@ -43,7 +43,7 @@ from .ccd import (
     ffi_cadence_seconds,
 )
 from .cube import ScatterLightCube
-from .utils import atomic_write
+from .utils import atomic_write, refuse_overwrite
 
 __all__ = [
     "ScatteredLightField",
@@ -1268,8 +1268,7 @@ class FFISimulator:
         paths = []
         for index in indices:
             path = directory / self.filename(index)
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+            refuse_overwrite(path, overwrite)
             hdul = self.to_hdulist(index, science_only_err=science_only_err)
             with atomic_write(path) as tmp:
                 hdul.writeto(tmp, overwrite=True, checksum=True)

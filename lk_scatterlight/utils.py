@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_text_atomic", "moved_names"]
+__all__ = ["refuse_overwrite", "atomic_write", "write_text_atomic", "moved_names"]
 
 
 @contextlib.contextmanager
@@ -48,6 +48,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def refuse_overwrite(path: str | os.PathLike, overwrite: bool) -> None:
+    """Raise `FileExistsError` if ``path`` exists and ``overwrite`` is False.
+
+    The message names the keyword; the command line rewrites it to its flag.
+    """
+    if not overwrite and Path(path).exists():
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..exceptions import ScatterLightError
 from ..geometry import BODIES, CCDPointing, Ephemeris, cube_geometry, to_tessvectors_azimuth
-from ..utils import atomic_write
+from ..utils import atomic_write, refuse_overwrite
 
 __all__ = [
     "DATASET_VERSION",
@@ -293,9 +293,7 @@ def write_dataset(
     if path.is_dir():
         pixel_bin = json.loads(str(data["meta"])).get("pixel_bin", 0)
         path = path / dataset_filename(data["sector"], data["camera"], data["ccd"], pixel_bin)
-    if path.exists() and not overwrite:
-        msg = f"{path} exists; pass overwrite=True (--overwrite) to replace it."
-        raise FileExistsError(msg)
+    refuse_overwrite(path, overwrite)
     _check(data, "write_dataset")
     arrays = {k: np.asarray(v, dtype=np.float32) if k in _FLOAT32 else v for k, v in data.items()}
     save = np.savez_compressed if compress else np.savez

@@ -24,7 +24,7 @@ import numpy as np
 from ..ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, Region
 from ..exceptions import ScatterLightError
 from ..registry import cube_filename
-from ..utils import atomic_write
+from ..utils import atomic_write, refuse_overwrite
 from . import masks
 from .config import BuildConfig
 from .fine import FineFrame
@@ -280,8 +280,7 @@ def plan_build(
             )
             if not region.is_full:
                 out_path = out_path.with_name(out_path.stem + region_tag(region) + ".fits")
-        if out_path.exists() and not overwrite:
-            raise FileExistsError(f"{out_path} exists; pass overwrite=True to replace it.")
+        refuse_overwrite(out_path, overwrite)
     identity = hashlib.sha256(
         json.dumps([(f.name, round(f.time, 8), f.quality) for f in frames]).encode()
     ).hexdigest()[:16]

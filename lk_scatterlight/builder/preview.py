@@ -38,7 +38,7 @@ import numpy as np
 from ..ccd import SCIENCE_COLUMNS, SCIENCE_ROWS
 from ..exceptions import ScatterLightError
 from ..geometry import BODIES, CCDPointing, Ephemeris, compute_geometry
-from ..utils import atomic_write
+from ..utils import atomic_write, refuse_overwrite
 from . import masks
 from .binning import bin_plane_fit
 
@@ -322,9 +322,7 @@ def write_preview(
     if path.is_dir():
         keys = ("sector", "camera", "ccd", "pixel_bin")
         path = path / preview_filename(*(preview[k] for k in keys), preview["row"].size)
-    if path.exists() and not overwrite:
-        msg = f"{path} exists; pass overwrite=True (--overwrite) to replace it."
-        raise FileExistsError(msg)
+    refuse_overwrite(path, overwrite)
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **preview)
     log.info("Wrote %s", path)
