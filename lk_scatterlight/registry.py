@@ -317,7 +317,7 @@ def _is_cube(filename: str) -> bool:
 
 # ---------------------------------------------------------------------- settings
 def get_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Folder where downloaded cubes are kept.
+    """Folder where downloaded cubes and models are kept.
 
     In order of precedence: the ``cache_dir`` argument, the environment
     variable ``LK_SCATTERLIGHT_CACHE``, ``lk_scatterlight.conf.cache_dir`` and
@@ -518,52 +518,6 @@ def fetch_cube(
     return _download(pup, name, what, _build_hint(sector, camera, ccd), progressbar)
 
 
-def _download(pup: pooch.Pooch, name: str, what: str, advice: str, progressbar: bool) -> Path:
-    """Fetch a registry entry through pooch; failures become a `DownloadError`.
-
-    ``what`` says what the file is ("sector 2 camera 1 CCD 1", "model 's1-25'")
-    and ``advice`` what to do instead of downloading it.
-    """
-    url = pup.get_url(name)
-    timeout = _timeout()
-    downloader = None  # pooch picks one for ftp://, doi:, ...
-    if url.startswith(("http://", "https://")):
-        from . import __version__
-
-        downloader = _HTTPDownloader(
-            progressbar=progressbar,
-            timeout=timeout,
-            headers={"User-Agent": f"lk_scatterlight/{__version__} pooch/{pooch.__version__}"},
-        )
-    log.debug("Fetching %s (from %s) into %s", name, url, pup.abspath)
-    # Imported here as pooch does, to keep `import lk_scatterlight` fast.
-    import requests
-
-    try:
-        with _POOCH_LOG:
-            path = pup.fetch(
-                name, processor=_log_action, downloader=downloader, progressbar=progressbar
-            )
-    except requests.exceptions.RequestException as err:
-        raise DownloadError(
-            f"Could not download {name} ({what}) from {url}: {_describe(err, timeout)}, after "
-            f"{1 + RETRIES} attempts. Check the network or the mirror ({URL_ENV} / "
-            f"conf.registry_url), or {advice}."
-        ) from err
-    except ValueError as err:  # pooch: the download does not match the registry hash
-        raise DownloadError(
-            f"Download of {name} from {url} was rejected and not kept in the cache "
-            f"({pup.abspath}): {' '.join(str(err).split())} If this persists, the registry or "
-            f"the mirror is out of date; {advice}."
-        ) from err
-    except OSError as err:  # the cache folder cannot be created or written
-        raise DownloadError(
-            f"Could not store {name} in the cache folder {pup.abspath}: {err}. Choose another "
-            f"folder with cache_dir=..., {CACHE_ENV} or conf.cache_dir."
-        ) from err
-    return Path(path)
-
-
 def load_cube(
     sector: int,
     camera: int,
@@ -710,6 +664,52 @@ def fetch_model(
 
 
 # ---------------------------------------------------------------------- helpers
+def _download(pup: pooch.Pooch, name: str, what: str, advice: str, progressbar: bool) -> Path:
+    """Fetch a registry entry through pooch; failures become a `DownloadError`.
+
+    ``what`` says what the file is ("sector 2 camera 1 CCD 1", "model 's1-25'")
+    and ``advice`` what to do instead of downloading it.
+    """
+    url = pup.get_url(name)
+    timeout = _timeout()
+    downloader = None  # pooch picks one for ftp://, doi:, ...
+    if url.startswith(("http://", "https://")):
+        from . import __version__
+
+        downloader = _HTTPDownloader(
+            progressbar=progressbar,
+            timeout=timeout,
+            headers={"User-Agent": f"lk_scatterlight/{__version__} pooch/{pooch.__version__}"},
+        )
+    log.debug("Fetching %s (from %s) into %s", name, url, pup.abspath)
+    # Imported here as pooch does, to keep `import lk_scatterlight` fast.
+    import requests
+
+    try:
+        with _POOCH_LOG:
+            path = pup.fetch(
+                name, processor=_log_action, downloader=downloader, progressbar=progressbar
+            )
+    except requests.exceptions.RequestException as err:
+        raise DownloadError(
+            f"Could not download {name} ({what}) from {url}: {_describe(err, timeout)}, after "
+            f"{1 + RETRIES} attempts. Check the network or the mirror ({URL_ENV} / "
+            f"conf.registry_url), or {advice}."
+        ) from err
+    except ValueError as err:  # pooch: the download does not match the registry hash
+        raise DownloadError(
+            f"Download of {name} from {url} was rejected and not kept in the cache "
+            f"({pup.abspath}): {' '.join(str(err).split())} If this persists, the registry or "
+            f"the mirror is out of date; {advice}."
+        ) from err
+    except OSError as err:  # the cache folder cannot be created or written
+        raise DownloadError(
+            f"Could not store {name} in the cache folder {pup.abspath}: {err}. Choose another "
+            f"folder with cache_dir=..., {CACHE_ENV} or conf.cache_dir."
+        ) from err
+    return Path(path)
+
+
 def _as_int(name: str, value, lo: int, hi: int | None = None) -> int:
     try:
         number = operator.index(value)
