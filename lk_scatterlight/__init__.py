@@ -55,7 +55,7 @@ class Conf(_config.ConfigNamespace):
 
     cache_dir = _config.ConfigItem(
         "",
-        "Folder for downloaded cubes; empty means the operating system's cache folder "
+        "Folder for downloaded cubes and models; empty means the operating system's cache folder "
         "(pooch.os_cache('lk_scatterlight')). Environment: LK_SCATTERLIGHT_CACHE.",
         cfgtype="string",
     )

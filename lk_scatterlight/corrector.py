@@ -216,9 +216,9 @@ class ScatterLightCorrector(Corrector):
     progress : bool
         Show progress bars while a cube is downloaded or built (tqdm, on stderr).
     model : `~lk_scatterlight.model.ScatterLightModel`, str or path-like, optional
-        Use the learned geometry model (``"default"``, a model file or a
-        loaded model) instead of a cube, calibrated on the TPF's own
-        background pixels (`~lk_scatterlight.model.ModelBackground`).
+        Use the learned geometry model (``"default"``, the name of a published
+        model, a model file or a loaded model) instead of a cube, calibrated on
+        the TPF's own background pixels (`~lk_scatterlight.model.ModelBackground`).
 
     Examples
     --------
