@@ -304,28 +304,9 @@ def test_factored_tile_round_trip(tmp_path):
     assert_rounded(layer, ScatterLightCube.read(path).fine)
 
 
-def old_layout(layer):
-    """The fine layer extensions as files written before FINE_SCALE: float32 basis images
-    and coefficients, 32/64-bit index columns."""
-    image = fits.ImageHDU(layer.basis, name="FINE")
-    image.header["BUNIT"] = "electron/s"
-    image.header["FINEBIN"] = layer.pixel_bin
-    image.header["FINETILE"] = layer.tile
-    columns = [
-        fits.Column("TILE_ROW", "J", array=layer.tile_row),
-        fits.Column("TILE_COL", "J", array=layer.tile_col),
-        fits.Column("PLANE", "J", array=layer.plane),
-        fits.Column("ERROR", "E", unit="electron/s", array=layer.error),
-        fits.Column("BASIS", "K", array=layer.basis_start),
-        fits.Column("RANK", "K", array=layer.rank),
-        fits.Column("COEF", "K", array=layer.coef_start),
-    ]
-    index = fits.BinTableHDU.from_columns(columns, name="FINE_INDEX")
-    return [image, index, fits.ImageHDU(layer.coef, name="FINE_COEF")]
-
-
 def test_old_layout_read_exactly(cubes, tmp_path):
-    """Files from before the rounded layout (float32 FINE, no FINE_SCALE) read exactly."""
+    """Files from before the rounded layout (float32 FINE, no FINE_SCALE, 64-bit index
+    columns), as ``to_hdus(precision=None)`` still writes them, read exactly."""
     cube = cubes[0]
     path, old = tmp_path / "cube.fits", tmp_path / "old.fits"
     cube.write(path)
@@ -333,7 +314,15 @@ def test_old_layout_read_exactly(cubes, tmp_path):
     def downgrade(hdul):
         for name in ("FINE", "FINE_SCALE", "FINE_INDEX", "FINE_COEF"):
             hdul.pop(name)
-        hdul.extend(old_layout(cube.fine))
+        hdus = cube.fine.to_hdus(precision=None)
+        assert [h.name for h in hdus] == ["FINE", "FINE_INDEX", "FINE_COEF"]
+        assert hdus[0].data.dtype == np.float32
+        index = hdus[1].columns
+        hdus[1] = fits.BinTableHDU.from_columns(  # as the old writer: J and K columns
+            [fits.Column(c.name, "E" if c.name == "ERROR" else "K", array=c.array) for c in index],
+            name="FINE_INDEX",
+        )
+        hdul.extend(hdus)
 
     edited(path, old, downgrade)
     again = ScatterLightCube.read(old)
