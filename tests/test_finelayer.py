@@ -11,7 +11,7 @@ from astropy.io import fits
 from cube_helpers import edited, make_cube
 
 from lk_scatterlight import CubeFormatError, ScatterLightCube
-from lk_scatterlight.finelayer import FineLayer, compress_tile
+from lk_scatterlight.finelayer import PRECISION, FineLayer, compress_tile
 
 PB, TILE = 4, 16  # fine bin [px], fine bins per tile side
 SIDE = PB * TILE  # tile side [px]
@@ -250,21 +250,102 @@ def test_evaluate_sum_with_layer(layer_data, strapped):
 # ---------------------------------------------------------------------- FITS
 @pytest.mark.parametrize("compact", [False, True], ids=["dense", "compact"])
 def test_fits_round_trip(cubes, tmp_path, compact):
-    """Written and read back, a cube with a fine layer evaluates identically."""
+    """Written and read back, a cube with a fine layer keeps its index exactly and its
+    blocks within the stated rounding (RMS <= PRECISION x ERROR per block); evaluation
+    differs by no more than that, and the quoted errors not at all."""
     cube = cubes[0].compress() if compact else cubes[0]
     path = tmp_path / "cube.fits"
     cube.write(path)
     with fits.open(path) as hdul:
         names = [h.name for h in hdul]
-    assert {"FINE", "FINE_INDEX", "FINE_COEF"} <= set(names)
+        assert hdul["FINE"].data.dtype == np.int16
+    assert {"FINE", "FINE_SCALE", "FINE_INDEX", "FINE_COEF"} <= set(names)
     again = ScatterLightCube.read(path)
     assert again.is_compact == compact
-    for name in ("tile_row", "tile_col", "plane", "error", "basis", "rank", "coef"):
+    for name in ("tile_row", "tile_col", "plane", "error", "basis_start", "rank", "coef_start"):
         np.testing.assert_array_equal(getattr(again.fine, name), getattr(cube.fine, name))
+    assert_rounded(cube.fine, again.fine)
     rows, cols = np.arange(180, 215), np.arange(290, 340)
     a, b = cube.evaluate(cube_times(), rows, cols), again.evaluate(cube_times(), rows, cols)
-    np.testing.assert_array_equal(a.flux, b.flux)
+    assert np.abs(b.flux - a.flux).max().value <= 3 * PRECISION * cube.fine.error.max()
     np.testing.assert_array_equal(a.flux_err, b.flux_err)
+
+
+def assert_rounded(exact, read):
+    """Each block of ``read`` within the rounding ``FineLayer.quantum`` allows for."""
+    diff = (read.blocks() - exact.blocks()).astype(float)
+    ratio = np.sqrt((diff**2).mean(axis=(1, 2))) / exact.error
+    # The bound holds for the expected RMS of uniform rounding; 256 bins scatter it.
+    assert ratio.max() <= 1.3 * PRECISION
+    assert ratio.mean() <= PRECISION
+    assert ratio.max() > 0  # really rounded: the bound is not met by storing float32
+
+
+def test_factored_tile_round_trip(tmp_path):
+    """A factored tile (noise 0.05, signal ~5): basis images and coefficients are both
+    rounded, together within the bound; the rounding is far below the noise."""
+    rng = np.random.default_rng(4)
+    m, noise = 30, 0.05
+    images = rng.normal(0, 1, (3, TILE, TILE))
+    series = np.einsum("mk,kij->mij", rng.normal(0, 5, (m, 3)), images)
+    series += rng.normal(0, noise, series.shape)
+    coef, basis = compress_tile(series, np.full(m, noise))
+    k = basis.shape[0]
+    layer = FineLayer(
+        PB, TILE, tile_row=[7] * m, tile_col=[8] * m, plane=np.arange(m) % NT,
+        error=np.full(m, noise), basis=basis, basis_start=[0] * m, rank=[k] * m,
+        coef=coef.ravel(), coef_start=k * np.arange(m),
+    )  # fmt: skip
+    path = tmp_path / "cube.fits"
+    coarse_cube(fine=layer).write(path)
+    with fits.open(path) as hdul:
+        assert "COEF" not in hdul["FINE_INDEX"].columns.names  # implied by RANK
+        assert hdul["FINE_COEF"].data.dtype == np.int32
+    assert_rounded(layer, ScatterLightCube.read(path).fine)
+
+
+def test_old_layout_read_exactly(cubes, tmp_path):
+    """Files from before the rounded layout (float32 FINE, no FINE_SCALE, 64-bit index
+    columns), as ``to_hdus(precision=None)`` still writes them, read exactly."""
+    cube = cubes[0]
+    path, old = tmp_path / "cube.fits", tmp_path / "old.fits"
+    cube.write(path)
+
+    def downgrade(hdul):
+        for name in ("FINE", "FINE_SCALE", "FINE_INDEX", "FINE_COEF"):
+            hdul.pop(name)
+        hdus = cube.fine.to_hdus(precision=None)
+        assert [h.name for h in hdus] == ["FINE", "FINE_INDEX", "FINE_COEF"]
+        assert hdus[0].data.dtype == np.float32
+        index = hdus[1].columns
+        hdus[1] = fits.BinTableHDU.from_columns(  # as the old writer: J and K columns
+            [fits.Column(c.name, "E" if c.name == "ERROR" else "K", array=c.array) for c in index],
+            name="FINE_INDEX",
+        )
+        hdul.extend(hdus)
+
+    edited(path, old, downgrade)
+    again = ScatterLightCube.read(old)
+    for name in FineLayer.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(again.fine, name), getattr(cube.fine, name))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda hdul: hdul.pop("FINE_SCALE"), "no FINE_SCALE"),
+        (lambda hdul: hdul.__setitem__("FINE_SCALE", fits.BinTableHDU.from_columns(
+            [fits.Column("FINE", "E", array=np.ones(2))], name="FINE_SCALE")), "FINE_SCALE"),
+    ],
+    ids=["missing", "short"],
+)  # fmt: skip
+def test_damaged_scale_refused(cubes, tmp_path, edit, message):
+    """Integer basis images without (complete) steps: a format error, not a misread."""
+    path, broken = tmp_path / "cube.fits", tmp_path / "broken.fits"
+    cubes[0].write(path)
+    edited(path, broken, edit)
+    with pytest.raises(CubeFormatError, match=message):
+        ScatterLightCube.read(broken)
 
 
 def test_fits_without_fine_index_is_refused(cubes, tmp_path):

@@ -1,0 +1,263 @@
+"""Benchmark the size of a cube's fine layer on disk, before and after rounding (issue 18).
+
+Run: ``python benchmarks/bench_size_fine.py [--frames 60 120] [--keep DIR]``. Prints
+numbers; asserts nothing. About 3 minutes on a busy 2-core machine (two builds
+of ~1 minute; ``--keep DIR`` keeps the built cubes there and reuses them).
+
+For each frame count ``N``, simulated sector-1 FFIs (30-min cadence) of the
+structured field ``ScatteredLightField(structured=True)`` (a ~12-px glint
+ridge and a ~6-px baffle shadow edge), frames chosen as in ``bench_build.py``
+(``select_times``), are built with the builder's defaults
+(``BuildConfig(pixel_bin=16)``: compact encoding, fine layer). The cube is
+written twice:
+
+* ``before``: the fine layer as files were written before rounding: float32
+  ``FINE`` and ``FINE_COEF``, index columns of 32/64-bit integers (the old
+  writer, reproduced here);
+* ``after``: ``cube.write`` (basis images and coefficients rounded to steps
+  tied to each block's quoted error, ``FineLayer.quantum``, and
+  RICE-compressed; narrow index columns; ``COEF`` implied by ``RANK``).
+
+Printed:
+
+* the size of every extension and of the file, before and after;
+* the rounding of the fine layer: RMS over each block of (after - before), in
+  units of the block's quoted ``ERROR`` (pooled, median and largest block;
+  the writer keeps the expected RMS below ``FINEPREC`` = 0.05);
+* accuracy against the simulator's truth, as ``bench_build.py`` measures it:
+  RMS of (model - truth) minus each pixel's time mean, on 15 x 15-px patches
+  of every class, in % of the scattered-light range, from the file written
+  before and the one written after, and the relative change of that RMS;
+* the time to read each file and to evaluate a 25 x 25-px TPF at 2-min cadence
+  over the cube's span (fastest of 7, the two files in turn);
+* an extrapolation to a sector: each extension's size grows linearly with the
+  number of frames between the two builds (blocks, coefficients and basis
+  images all grow with frames; the low-rank ``FLUX_COMP`` and ``FLUX_COEF``
+  only until the rank reaches its cap, 64 by default), extended to the frames of a 30-min sector
+  (sector 1) and of a 200-s sector (sector 60). The frames of these builds
+  are chosen where the light changes most, so the growth per frame is
+  probably an overestimate for the quieter rest of a sector; and a 200-s
+  sector's frames differ less from each other than 30-min ones, so its
+  estimate is an upper bound rather than a forecast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+FINE_HDUS = ("FINE", "FINE_SCALE", "FINE_INDEX", "FINE_COEF")
+TPF = 1000 + np.arange(25)  # rows of the TPF; columns start at 1290 (on the shadow edge)
+
+
+def old_fine_hdus(layer) -> list:
+    """The fine layer's extensions as the writer made them before rounding."""
+    image = fits.ImageHDU(layer.basis, name="FINE")
+    image.header["BUNIT"] = ("electron/s", "per pixel")
+    image.header["FINEBIN"] = layer.pixel_bin
+    image.header["FINETILE"] = layer.tile
+    index = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("TILE_ROW", "J", array=layer.tile_row),
+            fits.Column("TILE_COL", "J", array=layer.tile_col),
+            fits.Column("PLANE", "J", array=layer.plane),
+            fits.Column("ERROR", "E", unit="electron/s", array=layer.error),
+            fits.Column("BASIS", "K", array=layer.basis_start),
+            fits.Column("RANK", "K", array=layer.rank),
+            fits.Column("COEF", "K", array=layer.coef_start),
+        ],
+        name="FINE_INDEX",
+    )
+    return [image, index, fits.ImageHDU(layer.coef, name="FINE_COEF")]
+
+
+def write_before(cube, path: Path) -> Path:
+    """``cube`` written with the fine layer in the layout from before rounding."""
+    from lk_scatterlight.cubefile import to_hdulist
+
+    hdul = to_hdulist(cube, compact=cube.is_compact)
+    for name in FINE_HDUS:
+        if name in hdul:
+            hdul.pop(name)
+    hdul.extend(old_fine_hdus(cube.fine))
+    hdul.writeto(path, overwrite=True, checksum=True)
+    return path
+
+
+def extension_sizes(path: Path) -> dict[str, int]:
+    """Bytes of each extension in the file (header + data, padded), by name."""
+    sizes = {}
+    with fits.open(path, disable_image_compression=True) as hdul:
+        info = hdul.fileinfo
+        offsets = [info(i)["hdrLoc"] for i in range(len(hdul))] + [path.stat().st_size]
+        for i, hdu in enumerate(hdul):
+            sizes[hdu.name] = offsets[i + 1] - offsets[i]
+    return sizes
+
+
+def build(n_frames: int, keep: Path):
+    """The structured-field cube of ``n_frames`` frames (built, or read from ``keep``)."""
+    import bench_build as bb
+
+    from lk_scatterlight import ScatterLightCube
+    from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
+    from lk_scatterlight.builder.sources import SimulatedFFISource
+    from lk_scatterlight.simulate import FFISimulator, ScatteredLightField
+
+    times = bb.select_times(n_frames)
+    sim = FFISimulator(ScatteredLightField(structured=True), time=times, seed=bb.SIM_SEED)
+    saved = keep / f"structured_{n_frames}.fits"
+    if saved.exists():  # the float32 layout: exactly the built layer
+        return ScatterLightCube.read(saved), sim, 0.0
+    start = time.perf_counter()
+    cube = build_cube(
+        SimulatedFFISource(sim),
+        BuildConfig(pixel_bin=16),
+        work_dir=keep / f"work_{n_frames}",
+        progress=False,
+    )
+    seconds = time.perf_counter() - start
+    write_before(cube, saved)
+    return cube, sim, seconds
+
+
+def accuracy(cube, sim) -> tuple[list[str], np.ndarray]:
+    """Patch classes and the per-patch mean square of (model - truth), as bench_build."""
+    import bench_build as bb
+
+    frames = np.searchsorted(sim.time, cube.btjd).clip(0, sim.time.size - 1)
+    patches = bb.choose_patches(sim, bb.median_sweep(sim.field, sim.time[frames]))
+    truth, p1, p99 = bb.truth_samples(sim, frames, patches)
+    model = bb.evaluate_cube(cube, sim.time[frames], patches)
+    return [p.kind for p in patches], bb.residual_stats(model, truth, p99 - p1)
+
+
+def timed(funcs: dict, repeat=7) -> dict[str, float]:
+    """Fastest wall time [s] of each of ``funcs``, run in turn (so load hits all alike)."""
+    times = {key: [] for key in funcs}
+    for _ in range(repeat):
+        for key, func in funcs.items():
+            start = time.perf_counter()
+            func()
+            times[key].append(time.perf_counter() - start)
+    return {key: min(values) for key, values in times.items()}
+
+
+def run(n_frames: int, keep: Path) -> dict:
+    from lk_scatterlight import ScatterLightCube
+
+    cube, sim, seconds = build(n_frames, keep)
+    paths = {
+        "before": write_before(cube, keep / f"before_{n_frames}.fits"),
+        "after": cube.write(keep / f"after_{n_frames}.fits", overwrite=True),
+    }
+    fine = cube.fine
+    built = f", built in {seconds:.0f} s" if seconds else ""
+    print(
+        f"\n== {cube.shape[0]} planes ({n_frames} frames asked){built}: fine layer "
+        f"{len(fine)} blocks, {fine.basis.shape[0]} basis images, "
+        f"{fine.coef.size} coefficients; low-rank rank {cube.rank}"
+    )
+    sizes = {k: extension_sizes(p) for k, p in paths.items()}
+    print(f"  {'extension':12s} {'before':>9s} {'after':>9s}  [MB]")
+    for name in dict.fromkeys([*sizes["before"], *sizes["after"]]):
+        b, a = sizes["before"].get(name, 0), sizes["after"].get(name, 0)
+        print(f"  {name:12s} {b / 1e6:9.3f} {a / 1e6:9.3f}")
+    total = {k: p.stat().st_size for k, p in paths.items()}
+    print(f"  {'file':12s} {total['before'] / 1e6:9.3f} {total['after'] / 1e6:9.3f}")
+
+    cubes = {k: ScatterLightCube.read(p) for k, p in paths.items()}
+    diff = (cubes["after"].fine.blocks() - cubes["before"].fine.blocks()).astype(float)
+    ratio = np.sqrt((diff**2).mean(axis=(1, 2))) / fine.error
+    pooled = np.sqrt((diff**2).mean() / np.mean(fine.error.astype(float) ** 2))
+    print(
+        f"  rounding RMS / quoted ERROR: pooled {pooled:.4f}, median block {np.median(ratio):.4f}, "
+        f"largest {ratio.max():.4f} (quoted ERROR RMS {np.sqrt(np.mean(fine.error**2)):.4f} e-/s)"
+    )
+    kinds, before = accuracy(cubes["before"], sim)
+    _, after = accuracy(cubes["after"], sim)
+    kinds = np.array(kinds)
+    print("  RMS vs truth [% of range]   before     after   change")
+    for kind in dict.fromkeys(kinds):
+        b = 100 * np.sqrt(before[kinds == kind].mean())
+        a = 100 * np.sqrt(after[kinds == kind].mean())
+        print(f"    {kind:24s} {b:8.4f}  {a:8.4f}  {100 * (a / b - 1):+6.2f} %")
+
+    span = (cube.time_start.value[0], cube.time_stop.value[-1])
+    t = np.arange(*span, 120 / 86400)
+    read = timed({k: lambda p=p: ScatterLightCube.read(p) for k, p in paths.items()})
+    ev = timed(
+        {k: lambda c=c: c.evaluate(t, TPF, TPF + 290, bounds="nan") for k, c in cubes.items()}
+    )
+    for key in paths:
+        print(
+            f"  {key:6s}: read {read[key] * 1e3:6.1f} ms; evaluate 25x25 px x {t.size} "
+            f"cadences {ev[key] * 1e3:6.1f} ms (fastest of 7, interleaved)"
+        )
+    info = cube.compression
+    cap = {  # the low-rank part at its cap on the rank, per frame where it grows with frames
+        "FLUX_COMP": (info.max_rank * cube.shape[1] * cube.shape[2] * 4, 0),
+        "FLUX_COEF": (0, info.max_rank * 4),
+    }
+    return {"frames": cube.shape[0], "sizes": sizes, "total": total, "cap": cap}
+
+
+def extrapolate(results: list[dict]) -> None:
+    """Linear growth with frames between the two builds, to whole sectors."""
+    from lk_scatterlight.simulate import sector_times
+
+    (r0, r1) = results[:2]
+    n0, n1 = r0["frames"], r1["frames"]
+    for label, frames in (
+        ("30-min sector (sector 1)", sector_times(1, cadence=1800).size),
+        ("200-s sector (sector 60)", sector_times(60, cadence=200).size),
+    ):
+        print(f"\n== extrapolated to a {label}, {frames} frames [MB]")
+        print(f"  {'extension':12s} {'before':>9s} {'after':>9s}")
+        totals = {"before": 0.0, "after": 0.0}
+        names = dict.fromkeys([*r1["sizes"]["before"], *r1["sizes"]["after"]])
+        for name in names:
+            row = {}
+            for key in totals:
+                s0 = r0["sizes"][key].get(name, 0)
+                s1 = r1["sizes"][key].get(name, 0)
+                size = max(s1 + (s1 - s0) / (n1 - n0) * (frames - n1), s1)
+                if name in r1["cap"]:  # the rank stops growing at its cap
+                    fixed, per_frame = r1["cap"][name]
+                    size = min(size, fixed + per_frame * frames)
+                row[key] = size / 1e6
+                totals[key] += row[key]
+            if name in FINE_HDUS or max(row.values()) > 0.5:
+                print(f"  {name:12s} {row['before']:9.2f} {row['after']:9.2f}")
+        print(f"  {'file':12s} {totals['before']:9.2f} {totals['after']:9.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, nargs=2, default=[60, 120])
+    parser.add_argument("--keep", type=Path, help="keep (and reuse) the built cubes here")
+    args = parser.parse_args()
+    import lk_scatterlight
+
+    print(
+        f"bench_size_fine: lk_scatterlight {lk_scatterlight.__version__}, {os.cpu_count()} CPUs, "
+        "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
+    with tempfile.TemporaryDirectory(prefix="bench_size_fine_") as tmp:
+        keep = args.keep or Path(tmp)
+        keep.mkdir(parents=True, exist_ok=True)
+        results = [run(n, keep) for n in args.frames]
+    extrapolate(results)
+
+
+if __name__ == "__main__":
+    main()
