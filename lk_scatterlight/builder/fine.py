@@ -16,9 +16,12 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    measured are used too, divided by the response measured *in this frame*
    (from the same strap sums the builder keeps; limited to 0.8-1.25), so a
    group of straps is not a hole either;
-2. the frame's coarse plane is interpolated to the fine bin centres with the
-   cube's own Keys kernel and subtracted: what is left is the structure the
-   coarse grid cannot hold (plus noise);
+2. the frame's coarse plane, interpolated with the cube's own Keys kernel and
+   averaged over each fine bin's pixels, is subtracted: what is left is the
+   bin mean of the structure the coarse grid cannot hold (plus noise). (Its
+   value at the fine bin centres instead would leave the coarse model's own
+   curvature in the bin means, ~1 % of a ridge's amplitude, which step 4 does
+   not remove);
 3. fine bins without enough valid pixels (under a star or bleed mask) are
    filled in three steps: a first guess by normalised Gaussian convolution of
    their valid neighbours (widening until every hole is filled); then, on the
@@ -89,7 +92,9 @@ class FineContext:
     strap_idx : ndarray of int
         0-based science columns of the straps used (divided by their response).
     to_fine : ndarray of float32, shape (nfine, ncoarse)
-        Keys weights from coarse to fine bin centres (rows and columns alike).
+        Keys weights from the coarse bin centres to the mean over each fine bin
+        (rows and columns alike): ``to_fine @ plane @ to_fine.T`` is the coarse
+        model's bin means.
     inv_count : ndarray of float32, shape (nfine, nfine)
         1 / valid pixels per fine bin; 0 where fewer than `MIN_PIXELS`.
     count : ndarray of float32, shape (nfine, nfine)
@@ -203,9 +208,10 @@ def make_fine_context(
     tile_inv_count = np.maximum(tile_inv_count, 1 / pixel_bin**2).astype(np.float32)
     typical = (1 / tile_inv_count).reshape(nt, nt).repeat(tile, 0).repeat(tile, 1)
     chi_weight = np.where(enough, count, typical).astype(np.float32)
-    fine_centres = pixel_bin * np.arange(nf) + (pixel_bin - 1) / 2
     coarse_centres = coarse_bin * np.arange(n // coarse_bin) + (coarse_bin - 1) / 2
-    to_fine = interpolate.spatial_weights(fine_centres, coarse_centres).astype(np.float32)
+    # Mean of the Keys weights over each fine bin's pixels: the coarse model's bin means.
+    pixels = interpolate.spatial_weights(np.arange(n, dtype=float), coarse_centres)
+    to_fine = pixels.reshape(nf, pixel_bin, -1).mean(axis=1).astype(np.float32)
     straps = np.zeros(0, int) if strap_idx is None else np.asarray(strap_idx, int)
     labels, pieces = _profile_pieces(~enough)
     return FineContext(
