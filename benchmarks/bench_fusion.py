@@ -87,60 +87,10 @@ SCORE_AIM, POOL_AIM, HONEST = 1.1, 1.5, (0.83, 1.2)
 
 # ============================================================================ TPFs
 def tesscut_tpf(flux, err, times, row, column, meta):
-    """A minimal TESSCut-like TPF (keywords as `simulate.make_tpf`) with these pixels."""
-    import lightkurve as lk
-    from astropy.io import fits
+    """A TESSCut-like TPF (background in FLUX) with these pixels."""
+    from lk_scatterlight.simulate import tpf_from_arrays
 
-    sector, camera, ccd = meta
-    ncad, nr, nc = flux.shape
-    primary = fits.PrimaryHDU()
-    for key, value in {
-        "ORIGIN": "STScI/MAST",
-        "CREATOR": "astrocut",
-        "TELESCOP": "TESS",
-        "INSTRUME": "TESS Photometer",
-        "OBJECT": "bench_fusion",
-        "TICID": 0,
-        "SECTOR": sector,
-        "CAMERA": camera,
-        "CCD": ccd,
-        "RA_OBJ": 0.0,
-        "DEC_OBJ": 0.0,
-    }.items():
-        primary.header[key] = value
-    npx, dim = f"{nr * nc}E", f"({nc},{nr})"
-    zeros = np.zeros((ncad, nr, nc), dtype=np.float32)
-    columns = [
-        fits.Column("TIME", "D", unit="BJD - 2457000, days", array=times),
-        fits.Column("TIMECORR", "E", unit="d", array=np.zeros(ncad)),
-        fits.Column("CADENCENO", "J", array=np.arange(ncad)),
-        fits.Column("FLUX", npx, unit="e-/s", dim=dim, array=flux.astype(np.float32)),
-        fits.Column("FLUX_ERR", npx, unit="e-/s", dim=dim, array=err.astype(np.float32)),
-        fits.Column("FLUX_BKG", npx, unit="e-/s", dim=dim, array=zeros),
-        fits.Column("FLUX_BKG_ERR", npx, unit="e-/s", dim=dim, array=zeros),
-        fits.Column("QUALITY", "J", array=np.zeros(ncad, np.int32)),
-        fits.Column("POS_CORR1", "E", unit="pixel", array=np.zeros(ncad)),
-        fits.Column("POS_CORR2", "E", unit="pixel", array=np.zeros(ncad)),
-    ]
-    pixels = fits.BinTableHDU.from_columns(columns, name="PIXELS")
-    step = float(np.median(np.diff(times)))
-    for key, value in {
-        "1CRV5P": column,
-        "2CRV5P": row,
-        "1CRV4P": column,
-        "2CRV4P": row,
-        "TIMEREF": "SOLARSYSTEM",
-        "TIMESYS": "TDB",
-        "BJDREFI": 2457000,
-        "BJDREFF": 0.0,
-        "TIMEUNIT": "d",
-        "TSTART": times[0] - step / 2,
-        "TSTOP": times[-1] + step / 2,
-        "TIMEDEL": step,
-    }.items():
-        pixels.header[key] = value
-    aperture = fits.ImageHDU(np.ones((nr, nc), dtype=np.int32), name="APERTURE")
-    return lk.TessTargetPixelFile(fits.HDUList([primary, pixels, aperture]))
+    return tpf_from_arrays(times, flux, err, row, column, *meta)
 
 
 def with_flux(tpf, flux):
@@ -446,21 +396,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer frames, TPFs, cadences")
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS/OpenMP threads")
     args = parser.parse_args()
-    threads = str(args.blas_threads)
-    blas_vars = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    if any(os.environ.get(var) != threads for var in blas_vars):
-        # The thread count is read when numpy loads: restart with it set.
-        env = dict(os.environ, **dict.fromkeys(blas_vars, threads))
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+    import bench_regional as br
+
+    br.restart_with_blas_threads(args.blas_threads, __file__)
 
     import lk_scatterlight
     from lk_scatterlight.simulate import ScatteredLightField, sector_times
 
     start = time.perf_counter()
     all_t = sector_times(1)
-    gap = int(np.argmax(np.diff(all_t))) + 1
-    n_start, n_after = (10, 4) if args.quick else (16, 8)
-    frames = np.r_[0:n_start, gap : gap + n_after]
+    gap, n_start, n_after, frames = br.perigee_frames(all_t, args.quick)
     print(
         f"bench_fusion: lk_scatterlight {lk_scatterlight.__version__}, numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs, {args.blas_threads} BLAS thread(s), load average "

@@ -665,6 +665,26 @@ def print_cost(rows: list[dict], whole: dict, counts: list[int]) -> None:
 
 
 # ============================================================================ main
+def restart_with_blas_threads(threads: int, script: str) -> None:
+    """Re-run ``script`` with the BLAS/OpenMP thread count set, unless it already is.
+
+    The count is read when numpy loads, so it cannot change in a running process;
+    children inherit it.
+    """
+    blas_vars = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    if any(os.environ.get(var) != str(threads) for var in blas_vars):
+        env = dict(os.environ, **dict.fromkeys(blas_vars, str(threads)))
+        os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], env)
+
+
+def perigee_frames(all_t: np.ndarray, quick: bool):
+    """Frames after each perigee: the first ``n_start`` and the first ``n_after`` after
+    the orbit gap. Returns ``(gap, n_start, n_after, frames)``."""
+    gap = int(np.argmax(np.diff(all_t))) + 1
+    n_start, n_after = (10, 4) if quick else (16, 8)
+    return gap, n_start, n_after, np.r_[0:n_start, gap : gap + n_after]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, TPFs and N")
@@ -679,12 +699,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--counts", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    threads = str(args.blas_threads)
-    blas_vars = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    if any(os.environ.get(var) != threads for var in blas_vars):
-        # The thread count is read when numpy loads: restart with it set (children inherit it).
-        env = dict(os.environ, **dict.fromkeys(blas_vars, threads))
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+    restart_with_blas_threads(args.blas_threads, __file__)
     if args.child:
         counts = [int(n) for n in args.counts.split(",")]
         print(json.dumps(child_cost(args.child, args.step, counts)))
@@ -695,9 +710,7 @@ def main() -> None:
 
     start = time.perf_counter()
     all_t = sector_times(1)
-    gap = int(np.argmax(np.diff(all_t))) + 1
-    n_start, n_after = (10, 4) if args.quick else (16, 8)
-    frames = np.r_[0:n_start, gap : gap + n_after]
+    gap, n_start, n_after, frames = perigee_frames(all_t, args.quick)
     print(
         f"bench_regional: lk_scatterlight {lk_scatterlight.__version__}, numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs, {args.blas_threads} BLAS thread(s), load average "

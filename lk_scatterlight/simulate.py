@@ -50,6 +50,7 @@ __all__ = [
     "sector_times",
     "make_cube",
     "make_tpf",
+    "tpf_from_arrays",
     "FFISimulator",
     "FFI_SHAPE",
     "SATURATION",
@@ -291,7 +292,6 @@ def make_tpf(
         With the injected scattered light in extension ``SL_TRUTH``,
         shape (ntime, nrow, ncol) [e-/s].
     """
-    import lightkurve as lk
 
     if kind not in ("tesscut", "spoc"):
         raise ValueError(f"kind must be 'tesscut' or 'spoc', not {kind!r}.")
@@ -308,13 +308,60 @@ def make_tpf(
     read_var = (exposure / 2) * 10.0**2  # 2-s frames, 10 e- read noise each
     flux_err = np.sqrt(np.clip(total, 0, None) * exposure + read_var) / exposure
     flux = total + rng.normal(size=total.shape) * flux_err
+    background = None
     if kind == "spoc":
         background = sky + truth
         flux = flux - background
-        creator, origin = "20617 TargetPixelExporterPipelineModule", "NASA/Ames"
-    else:
+    return tpf_from_arrays(
+        time, flux, flux_err, row, column, sector, camera, ccd, background, quality, truth
+    )
+
+
+def tpf_from_arrays(
+    time: np.ndarray,
+    flux: np.ndarray,
+    flux_err: np.ndarray,
+    row: int,
+    column: int,
+    sector: int = 1,
+    camera: int = 1,
+    ccd: int = 1,
+    background: np.ndarray | None = None,
+    quality: np.ndarray | None = None,
+    truth: np.ndarray | None = None,
+):
+    """A TESS target pixel file with these pixels, in the layout of SPOC and TESSCut files.
+
+    Parameters
+    ----------
+    time : array of float, shape (ntime,)
+        Cadence mid-times [BTJD].
+    flux, flux_err : ndarray, shape (ntime, nrow, ncol)
+        FLUX and FLUX_ERR [e-/s].
+    row, column : int
+        1-based CCD position of the lower-left pixel.
+    sector, camera, ccd : int
+    background : ndarray, shape (ntime, nrow, ncol), optional
+        FLUX_BKG, a background already subtracted from ``flux`` (a SPOC-like
+        file); None: zero, the background is in FLUX (a TESSCut-like cutout).
+    quality : array of int, shape (ntime,), optional
+        QUALITY flags (default 0).
+    truth : ndarray, shape (ntime, nrow, ncol), optional
+        Injected scattered light, stored in extension ``SL_TRUTH``.
+
+    Returns
+    -------
+    tpf : `lightkurve.TessTargetPixelFile`
+    """
+    import lightkurve as lk
+
+    time = np.asarray(time, dtype=float)
+    ncad, nr, nc = np.shape(flux)
+    if background is None:
         background = np.zeros_like(flux)
         creator, origin = "astrocut", "STScI/MAST"
+    else:
+        creator, origin = "20617 TargetPixelExporterPipelineModule", "NASA/Ames"
 
     primary = fits.PrimaryHDU()
     for key, value in {
@@ -334,7 +381,6 @@ def make_tpf(
         primary.header[key] = value
     npx = f"{nr * nc}E"
     dim = f"({nc},{nr})"
-    ncad = time.size
     zeros = np.zeros((ncad, nr, nc), dtype=np.float32)
     columns = [
         fits.Column("TIME", "D", unit="BJD - 2457000, days", array=time),
@@ -365,11 +411,14 @@ def make_tpf(
         "TIMEDEL": step,
     }.items():
         pixels.header[key] = value
-    aperture = fits.ImageHDU(np.ones(shape, dtype=np.int32), name="APERTURE")
-    truth_hdu = fits.ImageHDU(truth.astype(np.float32), name="SL_TRUTH")
-    truth_hdu.header["BUNIT"] = "electron/s"
-    truth_hdu.header["COMMENT"] = "scattered light injected into this synthetic TPF"
-    hdulist = fits.HDUList([primary, pixels, aperture, truth_hdu])
+    hdulist = fits.HDUList(
+        [primary, pixels, fits.ImageHDU(np.ones((nr, nc), dtype=np.int32), name="APERTURE")]
+    )
+    if truth is not None:
+        truth_hdu = fits.ImageHDU(np.asarray(truth, dtype=np.float32), name="SL_TRUTH")
+        truth_hdu.header["BUNIT"] = "electron/s"
+        truth_hdu.header["COMMENT"] = "scattered light injected into this synthetic TPF"
+        hdulist.append(truth_hdu)
     return lk.TessTargetPixelFile(hdulist)
 
 

@@ -58,3 +58,32 @@ def field():
     from lk_scatterlight import simulate
 
     return simulate.ScatteredLightField(seed=3)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Isolated registry settings: a tmp cache, no caller overrides, no waits between
+    download retries. Yields the cache folder."""
+    import pooch
+    from registry_helpers import clear_registry_env
+
+    from lk_scatterlight import conf
+    from lk_scatterlight.registry import CACHE_ENV, TIMEOUT_ENV
+
+    clear_registry_env(monkeypatch)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    monkeypatch.setenv(TIMEOUT_ENV, "10")
+    monkeypatch.setattr(pooch.core.time, "sleep", lambda seconds: None)
+    with conf.set_temp("cache_dir", ""), conf.set_temp("registry_url", ""):
+        yield cache
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server on 127.0.0.1 standing in for Zenodo (`registry_helpers.CubeServer`)."""
+    from registry_helpers import CubeServer
+
+    srv = CubeServer(tmp_path / "remote")
+    yield srv
+    srv.stop()

@@ -13,9 +13,9 @@ import numpy as np
 import pooch
 import pytest
 import requests
-from registry_helpers import CubeServer, clear_registry_env, publish, write_registry
+from registry_helpers import publish, write_registry
 
-from lk_scatterlight import DownloadError, ScatterLightWarning, conf, fetch_cube
+from lk_scatterlight import DownloadError, ScatterLightWarning, fetch_cube
 from lk_scatterlight.builder.publish import register_model
 from lk_scatterlight.exceptions import PublishError, ScatterLightError
 from lk_scatterlight.model import (
@@ -25,11 +25,9 @@ from lk_scatterlight.model import (
     ScatterLightModel,
 )
 from lk_scatterlight.registry import (
-    CACHE_ENV,
     REGISTRY_ENV,
     RETRIES,
     SHIPPED_MODEL,
-    TIMEOUT_ENV,
     URL_ENV,
     ModelName,
     available_cubes,
@@ -49,25 +47,6 @@ CUTOUT = "tess-s0019-1-3_65.489205_28.443210_10x10_astrocut.fits"
 @pytest.fixture(scope="module")
 def shipped():
     return ScatterLightModel.load("default")
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """Isolated settings: a tmp cache, no caller overrides, no waits between retries."""
-    clear_registry_env(monkeypatch)
-    cache = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV, str(cache))
-    monkeypatch.setenv(TIMEOUT_ENV, "10")
-    monkeypatch.setattr(pooch.core.time, "sleep", lambda seconds: None)
-    with conf.set_temp("cache_dir", ""), conf.set_temp("registry_url", ""):
-        yield cache
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = CubeServer(tmp_path / "remote")
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

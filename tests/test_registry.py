@@ -19,7 +19,7 @@ import pooch
 import pytest
 import requests
 from astropy.table import Table
-from registry_helpers import CubeServer, clear_registry_env, make_cube, publish, write_registry
+from registry_helpers import make_cube, publish, write_registry
 
 from lk_scatterlight import (
     CubeFormatError,
@@ -55,25 +55,6 @@ NAMES = [
 ]
 DEAD_URL = "http://127.0.0.1:9/nowhere"  # the registry's own URLs: connection refused
 COLUMNS = ["sector", "camera", "ccd", "bin", "version", "filename", "url"]
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """Isolated settings: a tmp cache, no caller overrides, no waits between retries."""
-    clear_registry_env(monkeypatch)
-    cache = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV, str(cache))
-    monkeypatch.setenv(TIMEOUT_ENV, "10")
-    monkeypatch.setattr(pooch.core.time, "sleep", lambda seconds: None)
-    with conf.set_temp("cache_dir", ""), conf.set_temp("registry_url", ""):
-        yield cache
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = CubeServer(tmp_path / "remote")
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
