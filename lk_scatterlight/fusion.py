@@ -168,54 +168,29 @@ def _median(values: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray
     return np.median(values, axis=axis, keepdims=keepdims)
 
 
-def _model_variance(local: np.ndarray, local_var: np.ndarray, chunk: int) -> np.ndarray:
-    """The model's error variance of the level, from the data, per cadence.
+def _excess(spread: np.ndarray, noise: np.ndarray, dof: np.ndarray, chunk: int) -> np.ndarray:
+    """Per cadence, the chunk's mean ``spread`` beyond its mean ``noise``, where significant.
 
-    In chunks of ``chunk`` cadences, the mean square of the local estimate
-    (which is relative to each pixel's median over the whole series) beyond its
-    own noise, where that excess is significant (2 sigma of the noise's
-    sampling); zero elsewhere: the model is then trusted alone.
+    In chunks of ``chunk`` cadences (those with finite values and ``dof > 0``):
+    ``mean(spread) - mean(noise)`` where ``mean(spread)`` exceeds ``mean(noise)``
+    by more than 2 sigma of the noise's sampling over ``sum(dof)`` degrees of
+    freedom (and the chunk has at least 4 cadences); zero elsewhere.
     """
-    nchunk = -(-local.size // chunk)
-    pad = nchunk * chunk - local.size
+    nchunk = -(-spread.size // chunk)
+    pad = nchunk * chunk - spread.size
 
-    def per_chunk(values: np.ndarray) -> np.ndarray:  # (nchunk, chunk), NaN-padded
-        return np.concatenate([values, np.full(pad, np.nan)]).reshape(nchunk, chunk)
-
-    value, noise = per_chunk(local), per_chunk(local_var)
-    ok = np.isfinite(value) & np.isfinite(noise)
-    n = ok.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        noise = np.where(ok, noise, 0).sum(axis=1) / n
-        spread = np.where(ok, value**2, 0).sum(axis=1) / n  # about the whole series' level
-        excess = (n >= 4) & (spread > noise * (1 + 2 * np.sqrt(2 / np.maximum(n, 1))))
-    return np.repeat(np.where(excess, spread - noise, 0.0), chunk)[: local.size]
-
-
-def _shape_variance(
-    scatter: np.ndarray, noise: np.ndarray, dof: np.ndarray, chunk: int
-) -> np.ndarray:
-    """The model's error across the TPF beyond a level, from the data, per cadence.
-
-    In chunks of ``chunk`` cadences: the mean variance of the background pixels'
-    residuals about their cadence's level (``scatter``) beyond the mean variance
-    their noise explains (``noise``), where that excess is significant (2 sigma
-    of the noise's sampling over ``dof`` degrees of freedom); zero elsewhere.
-    """
-    nchunk = -(-scatter.size // chunk)
-    pad = nchunk * chunk - scatter.size
-
-    def per_chunk(values: np.ndarray) -> np.ndarray:
+    def chunk_sums(values: np.ndarray) -> np.ndarray:
         return np.concatenate([values, np.zeros(pad)]).reshape(nchunk, chunk).sum(axis=1)
 
-    ok = np.isfinite(scatter) & np.isfinite(noise) & (dof > 0)
-    cadences = per_chunk(ok.astype(float))
+    ok = np.isfinite(spread) & np.isfinite(noise) & (dof > 0)
+    cadences = chunk_sums(ok.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
-        spread = per_chunk(np.where(ok, scatter, 0)) / cadences
-        floor = per_chunk(np.where(ok, noise, 0)) / cadences
-        samples = per_chunk(np.where(ok, dof, 0))
-        excess = (cadences >= 4) & (spread > floor * (1 + 2 * np.sqrt(2 / np.maximum(samples, 1))))
-    return np.repeat(np.where(excess, spread - floor, 0.0), chunk)[: scatter.size]
+        mean_spread = chunk_sums(np.where(ok, spread, 0)) / cadences
+        mean_noise = chunk_sums(np.where(ok, noise, 0)) / cadences
+        samples = chunk_sums(np.where(ok, dof, 0))
+        significant = mean_spread > mean_noise * (1 + 2 * np.sqrt(2 / np.maximum(samples, 1)))
+        excess = (cadences >= 4) & significant
+    return np.repeat(np.where(excess, mean_spread - mean_noise, 0.0), chunk)[: spread.size]
 
 
 def fuse(
@@ -309,7 +284,7 @@ def fuse(
         local[valid[enough]] = mean[enough]
         local_var[valid[enough]] = variance[enough]
         shape = np.zeros(ntime)
-        shape[valid] = _shape_variance(
+        shape[valid] = _excess(  # the pixels' scatter about the level beyond their noise
             np.where(enough, scatter, np.nan),
             err2 / np.maximum(n, 1),
             np.where(enough, n - 1, 0),
@@ -320,7 +295,9 @@ def fuse(
             local, count = _running_mean(local, window)
             summed, _ = _running_mean(local_var, window)
             local_var = summed / np.maximum(count, 1)
-        model_var = _model_variance(local, local_var, chunk * max(window, 1))
+        # The model's level error: the local estimate's mean square (about the whole
+        # series' level) beyond its own noise, one degree of freedom per cadence.
+        model_var = _excess(local**2, local_var, np.ones(ntime), chunk * max(window, 1))
         good = np.isfinite(local) & np.isfinite(local_var)
         weight = np.where(good, model_var / (model_var + local_var), 0.0)
         weight = np.where(np.isfinite(weight), weight, 0.0)
