@@ -9,7 +9,7 @@ kernels (sector 4), with its test mode set and undone in a fixture.
 import numpy as np
 import pytest
 
-from lk_scatterlight import geometry
+from lk_scatterlight import geometry, tessvectors
 from lk_scatterlight.exceptions import ScatterLightError
 from lk_scatterlight.simulate import sector_times
 
@@ -31,7 +31,7 @@ PIXEL_DEG = 21 / 3600
 
 @pytest.fixture(scope="module")
 def vectors(shared_data):
-    return geometry.read_tessvectors(shared_data(VECTORS))
+    return tessvectors.read_tessvectors(shared_data(VECTORS))
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def spice():
 # ---------------------------------------------------------------------- readers
 def test_read_tessvectors_quirks(shared_data):
     path = shared_data(VECTORS)
-    table = geometry.read_tessvectors(path)
-    full = geometry.read_tessvectors(path, drop_invalid=False)
+    table = tessvectors.read_tessvectors(path)
+    full = tessvectors.read_tessvectors(path, drop_invalid=False)
     # The header is found past the comment line without '#'; 1282 cadences, the last
     # one zero-filled.
     assert len(full) == 1282
@@ -84,12 +84,12 @@ def test_read_tessvectors_rejects(tmp_path):
     bad = tmp_path / "vectors.csv"
     bad.write_text("# TESSVector\nIndex,MidTime\n0,1325.3\n")
     with pytest.raises(ScatterLightError, match="',Cadence' or 'Cadence,'"):
-        geometry.read_tessvectors(bad)
+        tessvectors.read_tessvectors(bad)
     bad.write_text("# TESSVector\nCadence,MidTime\n0,1325.3\n")
     with pytest.raises(ScatterLightError, match="no Earth_"):
-        geometry.read_tessvectors(bad)
+        tessvectors.read_tessvectors(bad)
     with pytest.raises(ScatterLightError, match="Cannot read"):
-        geometry.read_tessvectors(tmp_path / "missing.csv")
+        tessvectors.read_tessvectors(tmp_path / "missing.csv")
 
 
 def test_horizons_reader_and_interpolation(horizons):
@@ -222,14 +222,14 @@ TESSVECTORS_LAG = 57.0
 @pytest.mark.parametrize("camera", [1, 2, 3, 4])
 def test_tessvectors_all_cameras(camera, shared_data, horizons):
     """Every camera of sector 1 against TESS Vectors, every cadence, both boresights."""
-    vectors = geometry.read_tessvectors(shared_data(TESSVECTORS_FILES[camera]))
+    vectors = tessvectors.read_tessvectors(shared_data(TESSVECTORS_FILES[camera]))
     assert (vectors.meta["sector"], vectors.meta["camera"]) == (1, camera)
     pointing = geometry.CCDPointing.from_sector(1, camera, 1)
     separation = np.rad2deg(np.arccos(pointing.boresight @ pointing.nominal_frame[2]))
     assert 0.005 < separation < 0.08  # optical axis vs nominal (measured 0.012-0.069)
-    nominal = geometry.tessvectors_residuals(vectors, horizons, pointing)
-    optical = geometry.tessvectors_residuals(vectors, horizons, pointing, boresight="optical")
-    lagged = geometry.tessvectors_residuals(vectors, horizons, pointing, lag=TESSVECTORS_LAG)
+    nominal = tessvectors.tessvectors_residuals(vectors, horizons, pointing)
+    optical = tessvectors.tessvectors_residuals(vectors, horizons, pointing, boresight="optical")
+    lagged = tessvectors.tessvectors_residuals(vectors, horizons, pointing, lag=TESSVECTORS_LAG)
     for body in geometry.BODIES:
         # TESS Vectors' own definition: within 0.05 deg even without the lag (measured
         # 0.037 deg angle, 0.070 deg azimuth), within 0.01 deg with it.
@@ -254,11 +254,13 @@ def test_tessvectors_all_cameras(camera, shared_data, horizons):
 
 def test_tessvectors_residual_errors(vectors, horizons, pointings):
     with pytest.raises(ScatterLightError, match="sector 1 camera 4"):
-        geometry.tessvectors_residuals(vectors, horizons, geometry.CCDPointing.from_sector(1, 1, 4))
+        tessvectors.tessvectors_residuals(
+            vectors, horizons, geometry.CCDPointing.from_sector(1, 1, 4)
+        )
     with pytest.raises(ScatterLightError, match="'nominal' or 'optical'"):
-        geometry.tessvectors_residuals(vectors, horizons, pointings[1], boresight="centre")
+        tessvectors.tessvectors_residuals(vectors, horizons, pointings[1], boresight="centre")
     with pytest.raises(ScatterLightError, match="time_frame"):
-        geometry.tessvectors_geometry([1330.0], pointings[1], horizons, time_frame="utc")
+        tessvectors.tessvectors_geometry([1330.0], pointings[1], horizons, time_frame="utc")
 
 
 def test_tessvectors_geometry_btjd(horizons, pointings):
@@ -266,8 +268,8 @@ def test_tessvectors_geometry_btjd(horizons, pointings):
     btjd = sector_times(1)[100:103]
     pointing = pointings[2]
     tjd = geometry.spacecraft_time(btjd, pointing, horizons)
-    a = geometry.tessvectors_geometry(btjd, pointing, horizons, time_frame="btjd")
-    b = geometry.tessvectors_geometry(tjd, pointing, horizons)
+    a = tessvectors.tessvectors_geometry(btjd, pointing, horizons, time_frame="btjd")
+    b = tessvectors.tessvectors_geometry(tjd, pointing, horizons)
     for key, value in a.items():
         assert value == pytest.approx(b[key], abs=1e-9)
 
@@ -299,7 +301,7 @@ def test_read_tessvectors_repository_layout(tmp_path):
     path = tmp_path / "TessVectors_S005_C2_FFI.xz"
     with lzma.open(path, "wt") as stream:
         stream.write(text)
-    table = geometry.read_tessvectors(path)
+    table = tessvectors.read_tessvectors(path)
     assert table.meta["sector"] == 5
     assert table.meta["camera"] == 2
     assert table.meta["cadence"] == "FFI"
@@ -308,7 +310,7 @@ def test_read_tessvectors_repository_layout(tmp_path):
     broken = tmp_path / "TessVectors_S005_C3_FFI.xz"
     broken.write_bytes(b"not xz")
     with pytest.raises(ScatterLightError, match="Cannot read"):
-        geometry.read_tessvectors(broken)
+        tessvectors.read_tessvectors(broken)
 
 
 def test_tessvectors_spacecraft_columns(vectors, horizons, pointings):

@@ -1,4 +1,5 @@
-"""Earth and Moon geometry; moved to the core module `lk_scatterlight.geometry`.
+"""Earth and Moon geometry; moved to the core modules `lk_scatterlight.geometry` and
+`lk_scatterlight.tessvectors`.
 
 The learned model and the geometry-driven simulator need it as well as the
 builder, and the core never imports the builder. Every public name is
@@ -26,13 +27,11 @@ from ..geometry import (
     nominal_camera_frame,
     optical_axis_pixel,
     read_ephemerides,
-    read_tessvectors,
     spacecraft_axes,
     spacecraft_time,
-    tessvectors_geometry,
-    tessvectors_residuals,
     to_tessvectors_azimuth,
 )
+from ..tessvectors import read_tessvectors, tessvectors_geometry, tessvectors_residuals
 
 __all__ = [
     "R_EARTH_KM",
