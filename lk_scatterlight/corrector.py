@@ -20,7 +20,7 @@ from .exceptions import (
     ScatterLightError,
     ScatterLightWarning,
 )
-from .fusion import Fusion
+from .fusion import Fusion, per_row
 from .fusion import fuse as fuse_model
 
 __all__ = [
@@ -313,16 +313,20 @@ class ScatterLightCorrector(Corrector):
             self.model = model
         return self.model
 
-    def _fuse(self, time, flux, flux_err, model: CubeEvaluation) -> Fusion | None:
-        """Fuse the model with the TPF's faint pixels (None without fusion)."""
+    def _fuse(self, time, residual, flux_err, valid) -> Fusion | None:
+        """Fuse the model with the TPF's faint pixels (None without fusion).
+
+        ``residual`` is the TPF's flux (background in it) minus the model, ``valid``
+        the cadences the model covers.
+        """
         if not self.fuse:
             return None
         step = np.nanmedian(np.diff(time)) if np.size(time) > 1 else np.nan
         window = 1  # a model without time planes (the learned model) resolves every cadence
         if isinstance(self.cube, ScatterLightCube) and np.isfinite(step) and step > 0:
-            width = float(np.median(self.cube.time_stop.value - self.cube.time_start.value))
+            width = self.cube.plane_width
             window = max(1, int(round(width / step)))
-        fusion = fuse_model(flux, flux_err, model.flux.value, self.aperture_mask, window=window)
+        fusion = fuse_model(residual, flux_err, self.aperture_mask, valid=valid, window=window)
         if fusion is None:
             warnings.warn(
                 "The TPF has too few background pixels outside the aperture to check the "
@@ -361,7 +365,10 @@ class ScatterLightCorrector(Corrector):
             flux = self.tpf.flux.value
             if self.spoc_background:  # the pixels as observed, background restored
                 flux = flux + np.nan_to_num(self.tpf.flux_bkg.value)
-            self.fusion = self._fuse(self.tpf.time.value, flux, self.tpf.flux_err.value, model)
+            residual = np.subtract(flux, model.flux.value, dtype=np.float32)
+            self.fusion = self._fuse(
+                self.tpf.time.value, residual, self.tpf.flux_err.value, model.valid
+            )
         if self.fusion is not None:
             # The offset is one level for all pixels: it counts n times in the sum.
             n = float(self.aperture_mask.sum())
@@ -475,10 +482,16 @@ class ScatterLightCorrector(Corrector):
             spoc_bkg = np.nan_to_num(np.array(table["FLUX_BKG"], order="C"))
             flux += spoc_bkg
         rows = slice(None) if finite.all() else finite
-        fusion = self._fuse(time[rows], flux[rows], flux_err[rows], model) if self.fuse else None
+        # What the model leaves in FLUX (the fusion's input, then the corrected FLUX).
+        residual = np.subtract(flux[rows], model_flux, dtype=model_flux.dtype)
+        fusion = None
+        if self.fuse:
+            fusion = self._fuse(time[rows], residual, flux_err[rows], model.valid)
         self.fusion_tpf = fusion
         if fusion is not None and (fusion.weight.any() or fusion.shape_var.any()):
-            model_flux += fusion.offset[:, None, None].astype(model_flux.dtype)  # a fresh array
+            offset = fusion.offset.astype(model_flux.dtype)
+            per_row(np.add, model_flux, offset, out=model_flux)  # a fresh array
+            per_row(np.subtract, residual, offset, out=residual)
             model_err = np.square(model_err)  # a fresh array, then in place
             np.sqrt(fusion.variance(model_err, out=model_err), out=model_err)
         flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan, dtype=model_flux.dtype)
@@ -489,12 +502,15 @@ class ScatterLightCorrector(Corrector):
         ok[finite] = model.valid
         strong_level = np.zeros(time.size)  # the scattered light itself (`QUALITY_STRONG_SL`)
         strong_level[ok] = np.median(flux_model[ok][:, self.aperture_mask], axis=1)
+        corrected = residual[model.valid] if not model.valid.all() else residual
         if self.replace_background:
             # SPOC's level under the model's variation, per pixel (the model has no static sky).
-            flux_model[ok] += np.nanmedian(spoc_bkg[ok] - flux_model[ok], axis=0)
+            level = np.nanmedian(spoc_bkg[ok] - flux_model[ok], axis=0)
+            flux_model[ok] += level
+            corrected = corrected - level
             spoc_var = np.nan_to_num(np.asarray(table["FLUX_BKG_ERR"], dtype=float)) ** 2
             flux_err = np.sqrt(np.clip(flux_err**2 - spoc_var, 0, None))  # without SPOC's bkg
-        table["FLUX"][ok] = flux[ok] - flux_model[ok]
+        table["FLUX"][ok] = corrected
         table["FLUX"][~ok] = np.nan
         table["FLUX_ERR"][ok] = np.hypot(flux_err[ok], err_model[ok])
         if self.replace_background:

@@ -393,13 +393,18 @@ class ScatterLightCube:
         return float(self.meta.get("pixel_bin", 0))
 
     @property
+    def plane_width(self) -> float:
+        """Median width of the planes [d] (the cube's time resolution)."""
+        return float(np.median(self._time_stop - self._time_start))
+
+    @property
     def max_gap(self) -> float:
         """Default longest hole [d] between planes that evaluation interpolates across.
 
         `GAP_FACTOR` times the median plane width: a dropped frame or two is
         bridged, an orbit gap or downlink is not.
         """
-        return GAP_FACTOR * float(np.median(self._time_stop - self._time_start))
+        return GAP_FACTOR * self.plane_width
 
     def __repr__(self) -> str:
         nt, nr, nc = self.shape

@@ -42,6 +42,7 @@ over. The aperture never enters the estimate, so the target's own signal
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,8 @@ __all__ = ["Fusion", "background_pixels", "fuse"]
 MIN_PIXELS = 6
 #: Cadences sampled for each pixel's median level and for the clipping scatter.
 _SAMPLE = 256
+#: Cadences per block of the clipped per-cadence statistics (fits in a CPU cache).
+_BLOCK = 1024
 
 
 @dataclass
@@ -116,14 +119,27 @@ class Fusion:
         ndarray, the shape of ``model_var``
         """
         model_var = np.asarray(model_var)
-        extra = (model_var.ndim - 1) * (None,)
         level, fused = npix**2 * self.model_err**2, npix**2 * self.offset_var
         floor = fused + npix**2 * self.shape_var
+        if out is None:
+            out = np.empty(model_var.shape, dtype=model_var.dtype)
         # max(var - level, 0) + fused, at least the floor: two passes.
-        out = np.add(
-            model_var, (fused - level).astype(model_var.dtype)[(slice(None), *extra)], out=out
-        )
-        return np.maximum(out, floor.astype(model_var.dtype)[(slice(None), *extra)], out=out)
+        per_row(np.add, model_var, (fused - level).astype(out.dtype), out)
+        per_row(np.maximum, out, floor.astype(out.dtype), out)
+        return out
+
+
+def per_row(ufunc: np.ufunc, array: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``ufunc(array, values)`` with one value per row (first axis), into ``out``.
+
+    On (nrow, -1) views when both arrays are C-contiguous: numpy broadcasts a
+    per-row value over one long axis several times faster than over two short ones.
+    """
+    if array.flags.c_contiguous and out.flags.c_contiguous:
+        ufunc(array.reshape(len(array), -1), values[:, None], out=out.reshape(len(out), -1))
+    else:
+        ufunc(array, values[(slice(None),) + (array.ndim - 1) * (None,)], out=out)
+    return out
 
 
 def background_pixels(
@@ -193,11 +209,42 @@ def _excess(spread: np.ndarray, noise: np.ndarray, dof: np.ndarray, chunk: int) 
     return np.repeat(np.where(excess, mean_spread - mean_noise, 0.0), chunk)[: spread.size]
 
 
+def _clipped_level(d: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
+    """Per cadence (row): pixels kept, mean, scatter and sum of squared errors, clipped.
+
+    ``d`` is each pixel's residual about its own level; pixels further than ``limit``
+    from the row's mean, or not finite, are dropped. ``d`` and ``err`` are overwritten.
+    Returns an array of shape (4, nrow): ``n``, ``mean``, ``scatter`` (the sample
+    variance of the kept pixels) and ``sum(err**2)`` over the kept pixels.
+    """
+    finite = np.isfinite(d)
+    if finite.all():
+        count = np.full(len(d), d.shape[1])
+    else:
+        d[~finite] = 0.0
+        count = np.add.reduce(finite, axis=1, dtype=np.int32)
+    ones = np.ones(d.shape[1], dtype=d.dtype)  # row sums as a matrix-vector product: fast
+    with np.errstate(invalid="ignore", divide="ignore"):
+        first = (d @ ones) / np.maximum(count, 1)
+        distance = np.subtract(d, first[:, None].astype(d.dtype))
+        keep = np.abs(distance, out=distance) <= limit
+        keep &= finite
+        n = np.add.reduce(keep, axis=1, dtype=np.int32)  # faster than count_nonzero
+        clipped = ~keep
+        d[clipped] = 0.0
+        err[clipped] = 0.0
+        mean = (d @ ones).astype(float) / np.maximum(n, 1)
+        squares = np.einsum("ij,ij->i", d, d).astype(float)
+        scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
+        err2 = np.einsum("ij,ij->i", err, err).astype(float)
+    return np.array([n, mean, scatter, err2])
+
+
 def fuse(
-    flux: np.ndarray,
+    residual: np.ndarray,
     flux_err: np.ndarray,
-    model: np.ndarray,
     aperture: np.ndarray,
+    valid: np.ndarray | None = None,
     window: int = 1,
     min_pixels: int = MIN_PIXELS,
     clip: float = 3.0,
@@ -207,13 +254,15 @@ def fuse(
 
     Parameters
     ----------
-    flux, flux_err : ndarray, shape (ntime, nrow, ncol)
-        The TPF's flux (background still in it) and its error [e-/s].
-    model : ndarray, shape (ntime, nrow, ncol)
-        The scattered-light model at the same pixels [e-/s]; NaN where it is
-        unavailable.
+    residual : ndarray, shape (ntime, nrow, ncol)
+        The TPF's flux (background still in it) minus the scattered-light
+        model [e-/s]; NaN where either is unavailable.
+    flux_err : ndarray, shape (ntime, nrow, ncol)
+        The flux's error [e-/s].
     aperture : ndarray of bool, shape (nrow, ncol)
         The target's pixels (never used).
+    valid : ndarray of bool, shape (ntime,), optional
+        Cadences the model covers. Default: those with any finite residual.
     window : int
         Cadences per model interval (see the module docstring).
     min_pixels : int
@@ -229,54 +278,46 @@ def fuse(
     fusion : `Fusion` or None
         None when the TPF has too few background pixels.
     """
-    flux, model = np.asarray(flux), np.asarray(model)
-    ntime = flux.shape[0]
-    # Cadences the model covers (invalid ones are NaN everywhere); cadences without
-    # finite flux drop out below (too few pixels).
-    valid = np.flatnonzero(np.isfinite(model[:, 0, 0]))
+    residual = np.asarray(residual)
+    ntime = residual.shape[0]
+    # Cadences the model covers; cadences without finite flux drop out below (too few
+    # pixels).
+    if valid is None:
+        valid = np.isfinite(residual).any(axis=(1, 2))
+    valid = np.flatnonzero(valid)
     if valid.size < 2:
         return None
     # Each pixel's level over time, from at most _SAMPLE cadences (the medians are the cost).
     # float32 throughout: the values are e-/s levels and their noise, and sums run over at
     # most a few hundred pixels.
     sample = valid[np.linspace(0, valid.size - 1, min(valid.size, _SAMPLE)).astype(int)]
-    median = _median(np.subtract(flux[sample], model[sample], dtype=np.float32), axis=0)
+    sampled = residual[sample].astype(np.float32, copy=False)
+    median = _median(sampled, axis=0)
     pixels = background_pixels(median, aperture)
     if pixels.sum() < min_pixels:
         return None
     where = np.flatnonzero(pixels.ravel())
-
-    def gather(cube: np.ndarray) -> np.ndarray:  # the background pixels of valid cadences
+    level = median.ravel()[where]
+    # The clipping scale: a robust scatter across pixels about each cadence's mean, from
+    # a quarter of the sample.
+    spread = sampled[::4].reshape(-1, median.size)[:, where] - level
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cadences
+        spread = (spread - np.nanmean(spread, axis=1, keepdims=True)).ravel()
+    spread = spread[np.isfinite(spread)]
+    sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
+    # Blocks of cadences small enough to stay in the CPU's cache through the passes.
+    stats = np.empty((4, valid.size))
+    flat, flat_err = (np.ascontiguousarray(a).reshape(ntime, -1) for a in (residual, flux_err))
+    for first in range(0, valid.size, _BLOCK):
+        rows = valid[first : first + _BLOCK]
+        rows = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == rows.size - 1 else rows
         # np.take on a contiguous array is several times faster than fancy indexing.
-        out = np.take(np.ascontiguousarray(cube).reshape(ntime, -1), where, axis=1)
-        return out if valid.size == ntime else out[valid]
-
+        d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
+        err = np.take(flat_err[rows], where, axis=1).astype(np.float32, copy=False)
+        stats[:, first : first + _BLOCK] = _clipped_level(d, err, clip * max(sigma, 1e-12))
+    n, mean, scatter, err2 = stats
     with np.errstate(invalid="ignore", divide="ignore"):
-        d = np.subtract(gather(flux), gather(model), dtype=np.float32)
-        d -= median.ravel()[where]  # (nvalid, npix): what the model missed, plus noise
-        finite = np.isfinite(d)
-        if finite.all():
-            count = np.full(len(d), d.shape[1])
-        else:
-            d[~finite] = 0.0
-            count = np.count_nonzero(finite, axis=1)
-        # Clip across pixels around each cadence's mean, at a robust scatter of a sample.
-        first = d.sum(axis=1) / np.maximum(count, 1)
-        few = np.linspace(0, len(d) - 1, min(len(d), _SAMPLE)).astype(int)
-        spread = (d[few] - first[few, None])[finite[few]]
-        sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
-        distance = np.subtract(d, first[:, None].astype(d.dtype))
-        keep = np.abs(distance, out=distance) <= clip * max(sigma, 1e-12)
-        keep &= finite
-        n = np.count_nonzero(keep, axis=1)
-        clipped = ~keep
-        d[clipped] = 0.0
-        mean = d.sum(axis=1).astype(float) / np.maximum(n, 1)
-        squares = np.einsum("ij,ij->i", d, d).astype(float)
-        scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
-        err = np.asarray(gather(flux_err), dtype=np.float32)
-        err[clipped] = 0.0
-        err2 = np.einsum("ij,ij->i", err, err).astype(float)
         variance = np.maximum(scatter, err2 / np.maximum(n, 1)) / np.maximum(n, 1)
         enough = n >= min_pixels
         local = np.full(ntime, np.nan)
