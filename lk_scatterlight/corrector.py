@@ -20,7 +20,7 @@ from .exceptions import (
     ScatterLightError,
     ScatterLightWarning,
 )
-from .fusion import Fusion, per_row
+from .fusion import Fusion
 from .fusion import fuse as fuse_model
 
 __all__ = [
@@ -370,10 +370,9 @@ class ScatterLightCorrector(Corrector):
                 self.tpf.time.value, residual, self.tpf.flux_err.value, model.valid
             )
         if self.fusion is not None:
-            # The offset is one level for all pixels: it counts n times in the sum.
-            n = float(self.aperture_mask.sum())
-            model_err = np.sqrt(self.fusion.variance(model_err.value**2, npix=n)) * unit
-            model_flux = model_flux + (n * self.fusion.offset) * unit
+            ap = self.aperture_mask
+            model_err = np.sqrt(self.fusion.variance(model_err.value**2, aperture=ap)) * unit
+            model_flux = model_flux + self.fusion.aperture_correction(ap) * unit
         self.model_lc = LightCurve(
             time=original.time, flux=model_flux, flux_err=model_err, meta={"LABEL": "SL model"}
         )
@@ -488,10 +487,9 @@ class ScatterLightCorrector(Corrector):
         if self.fuse:
             fusion = self._fuse(time[rows], residual, flux_err[rows], model.valid)
         self.fusion_tpf = fusion
-        if fusion is not None and (fusion.weight.any() or fusion.shape_var.any()):
-            offset = fusion.offset.astype(model_flux.dtype)
-            per_row(np.add, model_flux, offset, out=model_flux)  # a fresh array
-            per_row(np.subtract, residual, offset, out=residual)
+        if fusion is not None and fusion.changes_model:
+            fusion.add_to(model_flux)  # a fresh array
+            fusion.add_to(residual, sign=-1.0)
             model_err = np.square(model_err)  # a fresh array, then in place
             np.sqrt(fusion.variance(model_err, out=model_err), out=model_err)
         flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan, dtype=model_flux.dtype)
@@ -565,7 +563,12 @@ class ScatterLightCorrector(Corrector):
         from . import plotting
 
         return plotting.plot_correction(
-            self.original_lc, self.corrected_lc, self.model_lc, ax=ax, fusion=self.fusion
+            self.original_lc,
+            self.corrected_lc,
+            self.model_lc,
+            ax=ax,
+            fusion=self.fusion,
+            aperture=self.aperture_mask,
         )
 
     def diagnose_model(self, frame: int = 0, ax=None):

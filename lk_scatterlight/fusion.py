@@ -29,15 +29,28 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    the corrector replaces ``s_M^2`` of the model's quoted variance by
    ``w s_L^2`` (`Fusion.variance`), never going below ``w s_L^2``.
 
-5. **Structure the model misses** ``s_S^2(t)``: the background pixels'
-   scatter about the cadence's level beyond their noise, day by day, where
-   significant. A level cannot remove it; the fused variance is never below
-   ``s_S^2 + w s_L^2`` (`Fusion.variance`).
+5. **A surface** where the model misses structure across the TPF (a glint
+   ridge crossing it): day by day, a plane or a quadratic in row and column
+   is fitted per cadence to the background pixels' residual (every pixel: a
+   ridge is no outlier) and added to the model with the level, if it predicts
+   held-out background pixels better than the level alone, by more than
+   ``_CV_GAIN`` (10 %) of their squared error (four folds of 3 x 3-pixel
+   blocks, on up to 8 cadences per day). A surface fitted to noise predicts
+   held-out pixels worse, so a smooth field keeps the level alone. The
+   surface's terms are orthonormal over the background pixels, so each
+   coefficient's noise is the pixels' ``FLUX_ERR**2`` and its variance at any
+   pixel, or over an aperture, follows directly (`Fusion.variance`).
+
+6. **Structure the model misses** ``s_S^2(t)``: the background pixels'
+   scatter about the cadence's level (or, with a surface, their
+   cross-validated error: the surface is used at pixels it was not fitted to)
+   beyond their noise, day by day, where significant. The fused variance is
+   never below ``s_S^2 + w s_L^2`` (`Fusion.variance`).
 
 Where the model is good (``s_M`` small) the weight goes to zero and the
-local noise is not added; where it misses structure the local level takes
-over. The aperture never enters the estimate, so the target's own signal
-(transits, variability) is not touched.
+local noise is not added; where it misses structure the local level and
+surface take over. The aperture never enters the estimate, so the target's
+own signal (transits, variability) is not touched.
 """
 
 from __future__ import annotations
@@ -56,6 +69,13 @@ MIN_PIXELS = 6
 _SAMPLE = 256
 #: Cadences per block of the clipped per-cadence statistics (fits in a CPU cache).
 _BLOCK = 1024
+#: Terms of the surface fitted to what the model missed, by degree: level, plane, quadratic.
+_TERMS = (1, 3, 6)
+#: Cadences sampled per chunk, and at most in all, for the cross-validation that picks
+#: the surface's degree.
+_CV_PER_CHUNK, _CV_SAMPLE = 8, 2048
+#: Relative drop of the cross-validated error that a higher degree must bring.
+_CV_GAIN = 0.1
 
 
 @dataclass
@@ -65,7 +85,7 @@ class Fusion:
     Attributes
     ----------
     offset : ndarray, shape (ntime,)
-        ``w * local``: what is added to the model at every pixel.
+        ``w * local``: the level added to the model at every pixel.
     offset_var : ndarray, shape (ntime,)
         Variance of the fused level, ``w * local_err**2`` (the model's measured
         level error that remains and the local noise that came in).
@@ -75,14 +95,25 @@ class Fusion:
         The model's error of the level at this TPF, measured from the data; the
         fusion removes the part ``weight * model_err**2`` of the model's variance.
     shape_var : ndarray, shape (ntime,)
-        The model's error variance across the TPF beyond a level, per pixel,
-        measured from the data (0 where it is not significant): structure the
-        model misses (a glint ridge, a shadow edge). The fused variance is never
-        below it (`variance`).
+        The model's error variance across the TPF beyond the level (and beyond
+        the surface, where one was fitted), per pixel, measured from the data (0
+        where it is not significant): structure the model misses (a glint ridge,
+        a shadow edge). The fused variance is never below it (`variance`).
     weight : ndarray, shape (ntime,)
         ``w``: 0 where the model drove the cadence, 1 where the local estimate did.
     pixels : ndarray of bool, shape (nrow, ncol)
         The background pixels used.
+    degree : ndarray of int, shape (ntime,)
+        Degree of the surface fitted to what the model missed across the TPF: 0
+        (a level only), 1 (a plane) or 2 (a quadratic), chosen day by day by
+        cross-validation over the background pixels.
+    surface_coef : ndarray, shape (ntime, 5)
+        Coefficients of the surface's non-constant terms (0 beyond ``degree``).
+    surface_basis : ndarray, shape (5, nrow, ncol)
+        The surface's terms (plane, then quadratic), orthonormal over the
+        background pixels and orthogonal to a level there.
+    surface_var : ndarray, shape (ntime,)
+        Noise variance of each coefficient (the pixels' mean ``FLUX_ERR**2``).
     """
 
     offset: np.ndarray
@@ -93,24 +124,74 @@ class Fusion:
     shape_var: np.ndarray
     weight: np.ndarray
     pixels: np.ndarray
+    degree: np.ndarray
+    surface_coef: np.ndarray
+    surface_basis: np.ndarray
+    surface_var: np.ndarray
 
-    def variance(self, model_var, npix: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
-        """The fused background's variance, from the model's quoted variance.
+    @property
+    def has_surface(self) -> bool:
+        """Whether a plane or quadratic was fitted on any cadence."""
+        return bool(self.degree.any())
 
-        The model's level error the data measured, ``model_err**2``, is replaced
-        by the fused level's, ``offset_var``; a level is common to all pixels,
-        so for a sum of ``npix`` pixels both count ``npix**2`` times. The result
-        is never below ``shape_var + offset_var``: what the data say is left of
-        the model's error after fusion (the structure it misses is taken as
-        correlated over an aperture, ``npix**2`` times as well).
+    @property
+    def changes_model(self) -> bool:
+        """Whether the fusion changes the model or its errors on any cadence."""
+        return bool(self.weight.any() or self.shape_var.any() or self.has_surface)
+
+    def correction(self, dtype=np.float64) -> np.ndarray:
+        """What the fusion adds to the model, per cadence and pixel [e-/s].
+
+        Returns
+        -------
+        ndarray, shape (ntime, nrow, ncol)
+        """
+        out = np.zeros((len(self.offset),) + self.pixels.shape, dtype=dtype)
+        return self.add_to(out)
+
+    def add_to(self, array: np.ndarray, sign: float = 1.0) -> np.ndarray:
+        """Add ``sign`` times the fusion's correction to ``array`` in place, and return it.
 
         Parameters
         ----------
-        model_var : ndarray, shape (ntime,) or (ntime, nrow, ncol)
-            The model's quoted variance per pixel (or of the sum of ``npix``
-            pixels) [(e-/s)**2].
-        npix : float
-            Number of pixels summed in ``model_var``.
+        array : ndarray, shape (ntime, nrow, ncol)
+        sign : float
+            1 to add (the fused model), -1 to subtract (the corrected flux).
+        """
+        per_row(np.add, array, (sign * self.offset).astype(array.dtype), array)
+        rows = np.flatnonzero(np.any(self.surface_coef != 0, axis=1))
+        if rows.size:  # the surface, on the cadences that have one
+            nterm = len(self.surface_basis)
+            surface = self.surface_coef[rows] @ self.surface_basis.reshape(nterm, -1)
+            array[rows] += (sign * surface).reshape((-1,) + array.shape[1:]).astype(array.dtype)
+        return array
+
+    def aperture_correction(self, aperture: np.ndarray) -> np.ndarray:
+        """What the fusion adds to the model summed over ``aperture``, per cadence [e-/s]."""
+        aperture = np.asarray(aperture, dtype=bool)
+        summed = self.surface_basis[:, aperture].sum(axis=1)
+        return aperture.sum() * self.offset + self.surface_coef @ summed
+
+    def variance(
+        self, model_var, aperture: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The fused background's variance, from the model's quoted variance.
+
+        The model's level error the data measured, ``model_err**2``, is replaced
+        by the fused level's, ``offset_var``, and the surface's noise is added; a
+        level is common to all pixels, so for a sum over an aperture of ``n``
+        pixels both count ``n**2`` times. The result is never below
+        ``shape_var + offset_var`` (plus the surface's noise): what the data say
+        is left of the model's error after fusion (the structure it misses is
+        taken as correlated over an aperture, ``n**2`` times as well).
+
+        Parameters
+        ----------
+        model_var : ndarray, shape (ntime, nrow, ncol), or (ntime,) with ``aperture``
+            The model's quoted variance per pixel (or of the sum over
+            ``aperture``) [(e-/s)**2].
+        aperture : ndarray of bool, shape (nrow, ncol), optional
+            The pixels summed in ``model_var``.
         out : ndarray, optional
             Where to write the result (may be ``model_var`` itself).
 
@@ -119,14 +200,33 @@ class Fusion:
         ndarray, the shape of ``model_var``
         """
         model_var = np.asarray(model_var)
-        level, fused = npix**2 * self.model_err**2, npix**2 * self.offset_var
-        floor = fused + npix**2 * self.shape_var
+        scale = 1.0 if aperture is None else float(np.sum(aperture)) ** 2
+        level, fused = scale * self.model_err**2, scale * self.offset_var
         if out is None:
             out = np.empty(model_var.shape, dtype=model_var.dtype)
-        # max(var - level, 0) + fused, at least the floor: two passes.
-        per_row(np.add, model_var, (fused - level).astype(out.dtype), out)
-        per_row(np.maximum, out, floor.astype(out.dtype), out)
+        # max(var - level, shape) + fused (+ the surface's noise).
+        per_row(np.subtract, model_var, level.astype(out.dtype), out)
+        per_row(np.maximum, out, (scale * self.shape_var).astype(out.dtype), out)
+        per_row(np.add, out, fused.astype(out.dtype), out)
+        rows = np.flatnonzero(self.surface_var)
+        if rows.size:  # the surface's noise, on the cadences that have one
+            extra = self._surface_variance(rows, aperture)
+            if out.ndim == 1 and aperture is None:
+                extra = extra.mean(axis=1)  # a typical pixel
+            out[rows] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
         return out
+
+    def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:
+        """Variance the surface adds at cadences ``rows``, per pixel (or of the aperture sum)."""
+        basis = self.surface_basis.reshape(len(self.surface_basis), -1)
+        if aperture is not None:
+            basis = basis[:, np.asarray(aperture, dtype=bool).ravel()].sum(axis=1, keepdims=True)
+        # Per degree, the sum of the squared terms it uses (the plane's 2, all 5); from the
+        # coefficients, as a window's smoothing spreads them next to a surface's day.
+        used = np.cumsum(basis**2, axis=0)[[0, 1, 4]]
+        used[0] = 0.0
+        degree = np.where(np.any(self.surface_coef[rows, 2:], axis=1), 2, 1)
+        return self.surface_var[rows, None] * used[degree]
 
 
 def per_row(ufunc: np.ufunc, array: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -184,13 +284,18 @@ def _median(values: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray
     return np.median(values, axis=axis, keepdims=keepdims)
 
 
-def _excess(spread: np.ndarray, noise: np.ndarray, dof: np.ndarray, chunk: int) -> np.ndarray:
+def _excess(
+    spread: np.ndarray, noise: np.ndarray, dof: np.ndarray, chunk: int, shrink: bool = False
+) -> np.ndarray:
     """Per cadence, the chunk's mean ``spread`` beyond its mean ``noise``, where significant.
 
     In chunks of ``chunk`` cadences (those with finite values and ``dof > 0``):
     ``mean(spread) - mean(noise)`` where ``mean(spread)`` exceeds ``mean(noise)``
     by more than 2 sigma of the noise's sampling over ``sum(dof)`` degrees of
-    freedom (and the chunk has at least 4 cadences); zero elsewhere.
+    freedom (and the chunk has at least 4 cadences); zero elsewhere. With
+    ``shrink``, what exceeds that 2-sigma limit instead (soft thresholding: an
+    excess barely above the noise, as noise alone gives in a few chunks in a
+    hundred, counts for little; a large one is hardly changed).
     """
     nchunk = -(-spread.size // chunk)
     pad = nchunk * chunk - spread.size
@@ -204,9 +309,10 @@ def _excess(spread: np.ndarray, noise: np.ndarray, dof: np.ndarray, chunk: int) 
         mean_spread = chunk_sums(np.where(ok, spread, 0)) / cadences
         mean_noise = chunk_sums(np.where(ok, noise, 0)) / cadences
         samples = chunk_sums(np.where(ok, dof, 0))
-        significant = mean_spread > mean_noise * (1 + 2 * np.sqrt(2 / np.maximum(samples, 1)))
-        excess = (cadences >= 4) & significant
-    return np.repeat(np.where(excess, mean_spread - mean_noise, 0.0), chunk)[: spread.size]
+        limit = mean_noise * (1 + 2 * np.sqrt(2 / np.maximum(samples, 1)))
+        excess = (cadences >= 4) & (mean_spread > limit)
+        value = mean_spread - (limit if shrink else mean_noise)
+    return np.repeat(np.where(excess, value, 0.0), chunk)[: spread.size]
 
 
 def _clipped_level(d: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
@@ -238,6 +344,94 @@ def _clipped_level(d: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
         scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
         err2 = np.einsum("ij,ij->i", err, err).astype(float)
     return np.array([n, mean, scatter, err2])
+
+
+def _surface_design(shape: tuple[int, int]) -> np.ndarray:
+    """Terms of a quadratic surface over a (nrow, ncol) image: 1, y, x, y**2, x**2, x*y.
+
+    Coordinates run from -1 to 1 across the image. Returns shape (nrow * ncol, 6).
+    """
+    y, x = (np.linspace(-1, 1, size) for size in shape)
+    y, x = (a.ravel() for a in np.meshgrid(y, x, indexing="ij"))
+    return np.column_stack([np.ones_like(y), y, x, y**2, x**2, x * y])
+
+
+def _surface_basis(design: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, int]:
+    """The design's terms made orthonormal over the pixels ``where``, and the top degree.
+
+    Gram-Schmidt in the design's order (a QR of its rows ``where``), so the first
+    1, 3 and 6 columns span the level, the plane and the quadratic. The top degree
+    is the highest whose terms the pixels constrain (2 unless they are few or lie
+    on a line). Returns the basis at every pixel, shape (npix, 6).
+    """
+    r = np.linalg.qr(design[where], mode="r")
+    top = _top_degree(r)
+    basis = np.zeros_like(design)
+    p = _TERMS[top]
+    basis[:, :p] = design[:, :p] @ np.linalg.inv(r[:p, :p])
+    if where.size < 2 * _TERMS[top] + 4:  # too few pixels to tell a surface from noise
+        top = 0
+    return basis, top
+
+
+def _cross_validate(
+    d: np.ndarray, design: np.ndarray, where: np.ndarray, ncol: int, top: int
+) -> np.ndarray:
+    """Squared error predicting held-out background pixels, per degree and cadence.
+
+    The background pixels are split into four folds of 3 x 3-pixel blocks spread
+    over the TPF (so the test pixels are not the training pixels' neighbours);
+    each fold is predicted from the others by a fit of each degree. ``d``
+    (ncadence, npix) is the residual at the pixels ``where`` (NaN counts as 0).
+    Returns shape (3, ncadence); degrees above ``top`` are infinite.
+    """
+    d = np.nan_to_num(d)
+    row, col = np.divmod(where, ncol)
+    fold = ((row // 3) * 2 + (col // 3) * 3) % 4
+    tests = [fold == k for k in range(4) if np.any(fold == k)]
+    fits = [np.linalg.qr(design[where[~test]]) for test in tests]
+    top = min([top] + [_top_degree(r) for _, r in fits])
+    error = np.full((len(_TERMS), len(d)), np.inf)
+    error[: top + 1] = 0.0
+    p = _TERMS[top]
+    for test, (q, r) in zip(tests, fits, strict=True):
+        q, r = q[:, :p], r[:p, :p]
+        coef = d[:, ~test] @ q
+        g = design[where[test], :p] @ np.linalg.inv(r)
+        for deg in range(top + 1):
+            m = _TERMS[deg]
+            miss = d[:, test] - coef[:, :m] @ g[:, :m].T
+            error[deg] += np.einsum("ij,ij->i", miss, miss)
+    return error
+
+
+def _choose_degree(cv: np.ndarray, chunk_of: np.ndarray, size: int, span: int) -> np.ndarray:
+    """Per cadence, the surface degree its chunk's cross-validation chose.
+
+    A higher degree is taken only where it lowers the chunk's summed
+    cross-validated error by more than ``_CV_GAIN`` relative to the degree below
+    it chose, and where the chunk has at least 4 sampled cadences (a short last
+    chunk takes the degree of the one before).
+    """
+    nchunk = -(-size // span)
+    sums = np.array([np.bincount(chunk_of, weights=e, minlength=nchunk) for e in cv])
+    best = np.zeros(nchunk, dtype=np.int8)
+    for deg in range(1, len(_TERMS)):
+        with np.errstate(invalid="ignore"):
+            better = sums[deg] < (1 - _CV_GAIN) * sums[best, np.arange(nchunk)]
+        best[better] = deg
+    few = np.bincount(chunk_of, minlength=nchunk) < 4
+    best[few] = 0
+    if nchunk > 1 and few[-1]:  # a short last chunk: as the one before
+        best[-1] = best[-2]
+    return np.repeat(best, span)[:size]
+
+
+def _top_degree(r: np.ndarray) -> int:
+    """Highest degree whose terms a design's QR factor ``r`` constrains."""
+    diagonal = np.abs(np.diag(r))
+    constrained = diagonal > 1e-6 * diagonal[0]
+    return max(d for d, p in enumerate(_TERMS) if p <= diagonal.size and constrained[:p].all())
 
 
 def fuse(
@@ -306,17 +500,38 @@ def fuse(
         spread = (spread - np.nanmean(spread, axis=1, keepdims=True)).ravel()
     spread = spread[np.isfinite(spread)]
     sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
+    flat, flat_err = (np.ascontiguousarray(a).reshape(ntime, -1) for a in (residual, flux_err))
+    # The surface's degree, day by day, from a sample of cadences (position in `valid`).
+    span = chunk * max(window, 1)
+    design = _surface_design(median.shape)
+    basis, top = _surface_basis(design, where)
+    degree = np.zeros(valid.size, dtype=np.int8)
+    cv_spread = np.full(valid.size, np.nan)  # per pixel, at the sampled cadences
+    if top > 0:
+        step = max(span // _CV_PER_CHUNK, -(-valid.size // _CV_SAMPLE), 1)
+        picked = np.arange(0, valid.size, step)
+        cv = _cross_validate(
+            flat[valid[picked]][:, where] - level, design, where, median.shape[1], top
+        )
+        degree = _choose_degree(cv, picked // span, valid.size, span)
+        cv_spread[picked] = cv[np.minimum(degree[picked], top), np.arange(picked.size)]
+        cv_spread[picked] /= where.size
+    coef = np.zeros((valid.size, _TERMS[-1]))
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     stats = np.empty((4, valid.size))
-    flat, flat_err = (np.ascontiguousarray(a).reshape(ntime, -1) for a in (residual, flux_err))
     for first in range(0, valid.size, _BLOCK):
-        rows = valid[first : first + _BLOCK]
+        block = slice(first, first + _BLOCK)
+        rows = valid[block]
         rows = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == rows.size - 1 else rows
         # np.take on a contiguous array is several times faster than fancy indexing.
         d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
         err = np.take(flat_err[rows], where, axis=1).astype(np.float32, copy=False)
-        stats[:, first : first + _BLOCK] = _clipped_level(d, err, clip * max(sigma, 1e-12))
+        if degree[block].any():  # the surface, from every pixel (a ridge is no outlier)
+            coef[block] = np.nan_to_num(d) @ basis[where]
+        stats[:, block] = _clipped_level(d, err, clip * max(sigma, 1e-12))
     n, mean, scatter, err2 = stats
+    terms = np.asarray(_TERMS)[degree]
+    coef[np.arange(_TERMS[-1]) >= terms[:, None]] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         variance = np.maximum(scatter, err2 / np.maximum(n, 1)) / np.maximum(n, 1)
         enough = n >= min_pixels
@@ -324,21 +539,34 @@ def fuse(
         local_var = np.full(ntime, np.nan)
         local[valid[enough]] = mean[enough]
         local_var[valid[enough]] = variance[enough]
+        # The pixels' scatter about the level beyond their noise; about the surface, as
+        # cross-validated (out of sample: the surface is used where it was not fitted).
+        spread = np.where(degree > 0, cv_spread, scatter)
         shape = np.zeros(ntime)
-        shape[valid] = _excess(  # the pixels' scatter about the level beyond their noise
-            np.where(enough, scatter, np.nan),
+        shape[valid] = _excess(
+            np.where(enough, spread, np.nan),
             err2 / np.maximum(n, 1),
-            np.where(enough, n - 1, 0),
-            chunk * max(window, 1),
+            np.where(enough, n - terms, 0),
+            span,
         )
+        surface_coef = np.zeros((ntime, _TERMS[-1] - 1))
+        surface_coef[valid] = coef[:, 1:]
+        surface_var = np.zeros(ntime)
+        surface_var[valid] = np.where(degree > 0, err2 / np.maximum(n, 1), 0.0)
+        degrees = np.zeros(ntime, dtype=np.int8)
+        degrees[valid] = degree
         if window > 1:
             window |= 1  # odd: centred
             local, count = _running_mean(local, window)
             summed, _ = _running_mean(local_var, window)
             local_var = summed / np.maximum(count, 1)
+            if degree.any():
+                for k in range(surface_coef.shape[1]):
+                    surface_coef[:, k] = _running_mean(surface_coef[:, k], window)[0]
+                surface_var = _running_mean(surface_var, window)[0] / np.maximum(count, 1)
         # The model's level error: the local estimate's mean square (about the whole
         # series' level) beyond its own noise, one degree of freedom per cadence.
-        model_var = _excess(local**2, local_var, np.ones(ntime), chunk * max(window, 1))
+        model_var = _excess(local**2, local_var, np.ones(ntime), span, True)
         good = np.isfinite(local) & np.isfinite(local_var)
         weight = np.where(good, model_var / (model_var + local_var), 0.0)
         weight = np.where(np.isfinite(weight), weight, 0.0)
@@ -346,6 +574,7 @@ def fuse(
         # The fused level's error: what is left of the model's plus the local noise
         # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 = w s_L**2.
         added = np.where(good, weight * local_var, 0.0)
+    surface_coef[~np.isfinite(surface_coef)] = 0.0
     return Fusion(
         offset=offset,
         offset_var=added,
@@ -355,4 +584,8 @@ def fuse(
         shape_var=shape,
         weight=weight,
         pixels=pixels,
+        degree=degrees,
+        surface_coef=surface_coef,
+        surface_basis=basis[:, 1:].T.reshape((-1,) + median.shape),
+        surface_var=np.nan_to_num(surface_var),
     )

@@ -25,7 +25,7 @@ def _axes(ax, nrows: int, ncols: int, figsize):
     return axes.ravel()
 
 
-def plot_correction(original_lc, corrected_lc, model_lc, ax=None, fusion=None):
+def plot_correction(original_lc, corrected_lc, model_lc, ax=None, fusion=None, aperture=None):
     """Original vs corrected light curve, the aperture-summed model and the fusion.
 
     Parameters
@@ -35,6 +35,9 @@ def plot_correction(original_lc, corrected_lc, model_lc, ax=None, fusion=None):
         Two, or three with ``fusion``.
     fusion : `~lk_scatterlight.fusion.Fusion`, optional
         Per-cadence local estimate, model error and fused offset (third panel).
+    aperture : ndarray of bool, optional
+        The aperture: with a fitted surface, the fused correction averaged over it
+        is drawn too.
 
     Returns
     -------
@@ -65,6 +68,12 @@ def plot_correction(original_lc, corrected_lc, model_lc, ax=None, fusion=None):
                 t, fusion.offset, c=fusion.weight, s=4, cmap="viridis", vmin=0, vmax=1,
                 label="fused offset", zorder=3,
             )  # fmt: skip
+            if fusion.has_surface and aperture is not None:
+                n = max(int(np.sum(aperture)), 1)
+                ax3.plot(
+                    t, fusion.aperture_correction(aperture) / n, c="C1", lw=0.8, zorder=2,
+                    label="fused, with the surface (aperture mean)",
+                )  # fmt: skip
             plt.colorbar(points, ax=ax3, label="weight of the local estimate")
             ax3.set_ylabel("level [e$^-$/s/pixel]")
             ax3.set_xlabel("Time - 2457000 [BTJD days]")

@@ -176,7 +176,7 @@ def test_spoc_background_replaced(field, cube):
     np.testing.assert_allclose(  # the model's error, as the cutout's FLUX_BKG_ERR gets
         tpf.hdu[1].data["FLUX_BKG_ERR"],
         subtracted.correct_tpf().hdu[1].data["FLUX_BKG_ERR"],
-        rtol=1e-5,
+        rtol=1e-4,  # float32 sums of FLUX + FLUX_BKG
     )
     # Never twice: the result says it was corrected.
     assert detect_background_in_flux(tpf)[0] is False

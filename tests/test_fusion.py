@@ -40,6 +40,37 @@ def test_good_model_gets_no_weight():
     fusion = fuse(flux - model, err, aperture)
     assert np.median(fusion.weight) < 0.2
     assert np.sqrt(np.mean(fusion.offset**2)) < 0.05
+    # Noise alone never earns a surface: it predicts held-out pixels worse than a level.
+    assert not fusion.has_surface
+    assert not fusion.surface_coef.any() and not fusion.surface_var.any()
+
+
+def test_surface_follows_structure_a_level_cannot():
+    """A broad curved glow sweeping over the TPF that the model lacks: a quadratic per
+    cadence takes it out; the level alone could not; the quoted error follows what is left."""
+    yy, xx = np.mgrid[:N, :N] / (N - 1) * 2 - 1
+    phase = np.linspace(0, 2 * np.pi, NT)[:, None, None]
+    glow = 4 * np.exp(-((xx - np.cos(phase)) ** 2 + (yy - 0.5 * np.sin(phase)) ** 2) / 2)
+    flux, err, model, aperture, truth = scene(np.zeros(NT))
+    fusion = fuse(flux + glow - model, err, aperture)
+    assert np.all(fusion.degree > 0)
+    truth = truth + glow
+
+    def rms_error(estimate):
+        miss = estimate - truth
+        miss -= miss.mean(axis=0)
+        return np.sqrt(np.mean(miss**2))
+
+    level_only = model + fusion.offset[:, None, None]
+    fused = model + fusion.correction()
+    assert rms_error(fused) < 0.5 * rms_error(level_only)
+    # The aperture sum of the correction is the sum of its pixels.
+    np.testing.assert_allclose(
+        fusion.aperture_correction(aperture), fusion.correction()[:, aperture].sum(axis=1)
+    )
+    # Quoted per pixel (a model quoting 0.05 e-/s), against what is left, within 1.5x.
+    quoted = np.sqrt(np.mean(fusion.variance(np.full((NT, N, N), 0.05**2))))
+    assert 1 / 1.5 < rms_error(fused) / quoted < 1.5
 
 
 def test_missed_light_is_recovered_within_its_error():
@@ -67,7 +98,10 @@ def test_missed_light_is_recovered_within_its_error():
     strong = fusion.weight > 0.9  # the level error is measured per day: compare the means
     assert np.mean(fusion.variance(quoted)[strong]) < 0.5 * np.mean(quoted[strong])
     # For a sum of 9 pixels the level counts 81 times; per pixel as a cube, the same per pixel.
-    np.testing.assert_allclose(fusion.variance(81 * quoted, npix=9), 81 * fusion.variance(quoted))
+    nine = np.ones((3, 3), dtype=bool)
+    np.testing.assert_allclose(
+        fusion.variance(81 * quoted, aperture=nine), 81 * fusion.variance(quoted)
+    )
     cube = np.broadcast_to(quoted[:, None, None], (NT, 2, 3))
     np.testing.assert_allclose(fusion.variance(cube)[:, 1, 2], fusion.variance(quoted))
 
@@ -84,9 +118,9 @@ def test_structure_the_model_misses_sets_the_error_floor():
     assert np.all(good.shape_var == 0)
     assert fusion.shape_var.max() > 1
     # The model quotes 0.05 e-/s per pixel; after fusion the quoted error follows what is
-    # left: the ridge minus the fused level, per pixel, within 1.5x over the series.
+    # left: the ridge minus the fused level and surface, per pixel, within 1.5x over the series.
     quoted = np.sqrt(fusion.variance(np.full((NT, N, N), 0.05**2)))
-    left = ridge - fusion.offset[:, None, None]
+    left = ridge - fusion.correction()
     left -= left.mean(axis=0)
     ratio = np.sqrt(np.mean(left**2)) / np.sqrt(np.mean(quoted**2))
     assert 1 / 1.5 < ratio < 1.5
