@@ -420,9 +420,10 @@ def _choose_degree(cv: np.ndarray, chunk_of: np.ndarray, size: int, span: int) -
         with np.errstate(invalid="ignore"):
             better = sums[deg] < (1 - _CV_GAIN) * sums[best, np.arange(nchunk)]
         best[better] = deg
-    few = np.bincount(chunk_of, minlength=nchunk) < 4
+    sampled = np.bincount(chunk_of, minlength=nchunk)
+    few = sampled < 4
     best[few] = 0
-    if nchunk > 1 and few[-1]:  # a short last chunk: as the one before
+    if nchunk > 1 and few[-1] and sampled[-1]:  # a short last chunk: as the one before
         best[-1] = best[-2]
     return np.repeat(best, span)[:size]
 
@@ -432,6 +433,72 @@ def _top_degree(r: np.ndarray) -> int:
     diagonal = np.abs(np.diag(r))
     constrained = diagonal > 1e-6 * diagonal[0]
     return max(d for d, p in enumerate(_TERMS) if p <= diagonal.size and constrained[:p].all())
+
+
+def _rows(rows: np.ndarray) -> slice | np.ndarray:
+    """``rows`` (sorted indices) as a slice where they are consecutive (a view, no copy)."""
+    if rows.size and rows[-1] - rows[0] == rows.size - 1:
+        return slice(rows[0], rows[-1] + 1)
+    return rows
+
+
+def _fit_surface(
+    flat: np.ndarray,
+    valid: np.ndarray,
+    where: np.ndarray,
+    level: np.ndarray,
+    shape: tuple[int, int],
+    structured: np.ndarray,
+    span: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The surface's degree and coefficients per cadence (see `fuse`).
+
+    Parameters
+    ----------
+    flat : ndarray, shape (ntime, nrow * ncol)
+        The residual.
+    valid, where : ndarray of int
+        The cadences and the background pixels (flat indices) used.
+    level : ndarray, shape (where.size,)
+        Each background pixel's median residual.
+    shape : (int, int)
+        The TPF's image shape.
+    structured : ndarray of bool, shape (valid.size,)
+        Cadences whose day shows structure beyond a level; only those may get a surface.
+    span : int
+        Cadences per day (chunk).
+
+    Returns
+    -------
+    degree : ndarray of int8, shape (valid.size,)
+    coef : ndarray, shape (valid.size, 6)
+        The coefficients of the orthonormal terms (0 beyond the degree).
+    cv_spread : ndarray, shape (valid.size,)
+        Cross-validated squared error per pixel at the sampled cadences, NaN elsewhere.
+    basis : ndarray, shape (nrow * ncol, 6)
+    """
+    design = _surface_design(shape)
+    basis, top = _surface_basis(design, where)
+    degree = np.zeros(valid.size, dtype=np.int8)
+    coef = np.zeros((valid.size, _TERMS[-1]))
+    cv_spread = np.full(valid.size, np.nan)
+    if top == 0 or not structured.any():
+        return degree, coef, cv_spread, basis
+    step = max(span // _CV_PER_CHUNK, -(-int(structured.sum()) // _CV_SAMPLE), 1)
+    candidates = np.flatnonzero(structured)
+    picked = candidates[(candidates % step) == 0]
+    if picked.size == 0:
+        return degree, coef, cv_spread, basis
+    cv = _cross_validate(flat[valid[picked]][:, where] - level, design, where, shape[1], top)
+    degree = _choose_degree(cv, picked // span, valid.size, span)
+    cv_spread[picked] = cv[np.minimum(degree[picked], top), np.arange(picked.size)] / where.size
+    fitted = np.flatnonzero(degree)
+    for first in range(0, fitted.size, _BLOCK):  # from every pixel: a ridge is no outlier
+        block = fitted[first : first + _BLOCK]
+        d = np.subtract(np.take(flat[_rows(valid[block])], where, axis=1), level)
+        coef[block] = np.nan_to_num(d) @ basis[where]
+    coef[np.arange(_TERMS[-1]) >= np.asarray(_TERMS)[degree][:, None]] = 0.0
+    return degree, coef, cv_spread, basis
 
 
 def fuse(
@@ -501,40 +568,29 @@ def fuse(
     spread = spread[np.isfinite(spread)]
     sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
     flat, flat_err = (np.ascontiguousarray(a).reshape(ntime, -1) for a in (residual, flux_err))
-    # The surface's degree, day by day, from a sample of cadences (position in `valid`).
     span = chunk * max(window, 1)
-    design = _surface_design(median.shape)
-    basis, top = _surface_basis(design, where)
-    degree = np.zeros(valid.size, dtype=np.int8)
-    cv_spread = np.full(valid.size, np.nan)  # per pixel, at the sampled cadences
-    if top > 0:
-        step = max(span // _CV_PER_CHUNK, -(-valid.size // _CV_SAMPLE), 1)
-        picked = np.arange(0, valid.size, step)
-        cv = _cross_validate(
-            flat[valid[picked]][:, where] - level, design, where, median.shape[1], top
-        )
-        degree = _choose_degree(cv, picked // span, valid.size, span)
-        cv_spread[picked] = cv[np.minimum(degree[picked], top), np.arange(picked.size)]
-        cv_spread[picked] /= where.size
-    coef = np.zeros((valid.size, _TERMS[-1]))
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     stats = np.empty((4, valid.size))
     for first in range(0, valid.size, _BLOCK):
-        block = slice(first, first + _BLOCK)
-        rows = valid[block]
-        rows = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == rows.size - 1 else rows
+        rows = _rows(valid[first : first + _BLOCK])
         # np.take on a contiguous array is several times faster than fancy indexing.
         d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
         err = np.take(flat_err[rows], where, axis=1).astype(np.float32, copy=False)
-        if degree[block].any():  # the surface, from every pixel (a ridge is no outlier)
-            coef[block] = np.nan_to_num(d) @ basis[where]
-        stats[:, block] = _clipped_level(d, err, clip * max(sigma, 1e-12))
+        stats[:, first : first + _BLOCK] = _clipped_level(d, err, clip * max(sigma, 1e-12))
     n, mean, scatter, err2 = stats
-    terms = np.asarray(_TERMS)[degree]
-    coef[np.arange(_TERMS[-1]) >= terms[:, None]] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        variance = np.maximum(scatter, err2 / np.maximum(n, 1)) / np.maximum(n, 1)
+        noise = err2 / np.maximum(n, 1)
         enough = n >= min_pixels
+        # The pixels' scatter about the level beyond their noise, day by day: a surface
+        # is tried only where there is some.
+        dof = np.where(enough, n - 1, 0)
+        structured = _excess(np.where(enough, scatter, np.nan), noise, dof, span) > 0
+    degree, coef, cv_spread, basis = _fit_surface(
+        flat, valid, where, level, median.shape, structured, span
+    )
+    terms = np.asarray(_TERMS)[degree]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = np.maximum(scatter, noise) / np.maximum(n, 1)
         local = np.full(ntime, np.nan)
         local_var = np.full(ntime, np.nan)
         local[valid[enough]] = mean[enough]
@@ -544,15 +600,12 @@ def fuse(
         spread = np.where(degree > 0, cv_spread, scatter)
         shape = np.zeros(ntime)
         shape[valid] = _excess(
-            np.where(enough, spread, np.nan),
-            err2 / np.maximum(n, 1),
-            np.where(enough, n - terms, 0),
-            span,
+            np.where(enough, spread, np.nan), noise, np.where(enough, n - terms, 0), span
         )
         surface_coef = np.zeros((ntime, _TERMS[-1] - 1))
         surface_coef[valid] = coef[:, 1:]
         surface_var = np.zeros(ntime)
-        surface_var[valid] = np.where(degree > 0, err2 / np.maximum(n, 1), 0.0)
+        surface_var[valid] = np.where(degree > 0, noise, 0.0)
         degrees = np.zeros(ntime, dtype=np.int8)
         degrees[valid] = degree
         if window > 1:
