@@ -280,7 +280,9 @@ def _running_mean(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarr
 def _median(values: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
     """Median along ``axis``; numpy's fast path unless there are NaNs."""
     if np.isnan(values).any():
-        return np.nanmedian(values, axis=axis, keepdims=keepdims)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
+            return np.nanmedian(values, axis=axis, keepdims=keepdims)
     return np.median(values, axis=axis, keepdims=keepdims)
 
 

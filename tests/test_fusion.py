@@ -42,7 +42,8 @@ def test_good_model_gets_no_weight():
     assert np.sqrt(np.mean(fusion.offset**2)) < 0.05
     # Noise alone never earns a surface: it predicts held-out pixels worse than a level.
     assert not fusion.has_surface
-    assert not fusion.surface_coef.any() and not fusion.surface_var.any()
+    assert not fusion.surface_coef.any()
+    assert not fusion.surface_var.any()
 
 
 def test_surface_follows_structure_a_level_cannot():
@@ -200,3 +201,27 @@ def test_tiny_tpf_uses_the_model_alone(field):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         corrector.correct()  # said once
+
+
+def test_surface_with_nan_pixels_and_gaps():
+    """A dead column, NaN cadences and cadences the model does not cover: no warning, and
+    finite corrections and errors wherever the model is."""
+    yy, xx = np.mgrid[:N, :N] / (N - 1) * 2 - 1
+    glow = 4 * np.exp(-((xx - np.linspace(-1, 1, NT)[:, None, None]) ** 2 + yy**2) / 2)
+    flux, err, model, aperture, _ = scene(np.zeros(NT))
+    residual = flux + glow - model
+    residual[:, :, 0] = np.nan
+    residual[50:60] = np.nan
+    valid = np.ones(NT, dtype=bool)
+    valid[100:130] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fusion = fuse(residual, err, aperture, valid=valid)
+    assert np.all(fusion.degree[~valid] == 0)
+    assert fusion.has_surface
+    assert np.all(np.isfinite(fusion.correction()))
+    assert np.all(np.isfinite(fusion.variance(np.full((NT, N, N), 0.01))))
+    # Too few background pixels for a surface (two rows, the rest is aperture): a level only.
+    aperture = np.ones((N, N), dtype=bool)
+    aperture[:2] = False
+    assert not fuse(flux + glow - model, err, aperture).has_surface
