@@ -204,10 +204,9 @@ class Fusion:
         level, fused = scale * self.model_err**2, scale * self.offset_var
         if out is None:
             out = np.empty(model_var.shape, dtype=model_var.dtype)
-        # max(var - level, shape) + fused (+ the surface's noise).
-        per_row(np.subtract, model_var, level.astype(out.dtype), out)
-        per_row(np.maximum, out, (scale * self.shape_var).astype(out.dtype), out)
-        per_row(np.add, out, fused.astype(out.dtype), out)
+        # max(var - level, shape) + fused (+ the surface's noise), in two passes.
+        per_row(np.add, model_var, (fused - level).astype(out.dtype), out)
+        per_row(np.maximum, out, (fused + scale * self.shape_var).astype(out.dtype), out)
         rows = np.flatnonzero(self.surface_var)
         if rows.size:  # the surface's noise, on the cadences that have one
             extra = self._surface_variance(rows, aperture)
