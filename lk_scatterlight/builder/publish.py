@@ -1123,7 +1123,7 @@ def register_model(
     return line
 
 
-def _upload(client: ZenodoClient, deposition: dict, f: CubeFile) -> None:
+def _upload(client: ZenodoClient, deposition: dict, f: CubeFile | ModelFile) -> None:
     """Upload one file and compare Zenodo's MD5 checksum with the local one."""
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         if attempt > 1:  # take the damaged copy out before sending the file again
