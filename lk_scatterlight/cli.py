@@ -22,6 +22,11 @@ Usage examples
        lk-scatterlight publish cubes/ --sandbox
        lk-scatterlight publish cubes/ --sandbox --upload
 
+5. Publish a trained model under a name, then load it by that name::
+
+       lk-scatterlight publish-model model.npz s1-25 --sandbox --upload
+       lk-scatterlight fetch-model s1-25
+
 Exit codes: 0 success, 1 an error while running (one line on stderr; the
 traceback with ``--debug``), 2 a usage error (one line on stderr), 130
 interrupted (Ctrl-C; an interrupted build resumes when the same command is run
@@ -1063,8 +1068,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- publish
-def _publish_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="cube files or folders")
+def _record_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    """The options ``publish`` and ``publish-model`` share: mode, Zenodo record, metadata."""
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--dry-run",
@@ -1083,7 +1088,7 @@ def _publish_arguments(parser: argparse.ArgumentParser) -> None:
         help="registry file to update (default: lk_scatterlight/data/registry.txt of this "
         "source checkout)",
     )
-    parser.add_argument("--title", help="record title (default: '... cubes, sector S')")
+    parser.add_argument("--title", help=f"record title (default: {title!r})")
     parser.add_argument(
         "--creator",
         action="append",
@@ -1097,6 +1102,27 @@ def _publish_arguments(parser: argparse.ArgumentParser) -> None:
         "--keyword", action="append", dest="keywords", help="record keyword; repeat for several"
     )
     parser.add_argument("--record-version", help="record version label (default: package's)")
+
+
+def _record_options(args: argparse.Namespace, keywords) -> dict:
+    """The keyword arguments of `publish_cubes` and `publish_model` from `_record_arguments`."""
+    return {
+        "upload": args.upload,
+        "record": args.record,
+        "sandbox": args.sandbox,
+        "registry": args.registry,
+        "title": args.title,
+        "creators": args.creators,
+        "description": args.description,
+        "license": args.license,
+        "keywords": args.keywords or keywords,
+        "version": args.record_version,
+    }
+
+
+def _publish_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="cube files or folders")
+    _record_arguments(parser, "... cubes, sector S")
     parser.add_argument(
         "--rename", action="store_true", help="publish misnamed files under their standard names"
     )
@@ -1108,18 +1134,33 @@ def _publish(args: argparse.Namespace) -> int:
     from .builder.publish import DEFAULT_KEYWORDS, publish_cubes
 
     result = publish_cubes(
-        args.paths,
-        upload=args.upload,
-        record=args.record,
-        sandbox=args.sandbox,
-        registry=args.registry,
-        title=args.title,
-        creators=args.creators,
-        description=args.description,
-        license=args.license,
-        keywords=args.keywords or DEFAULT_KEYWORDS,
-        version=args.record_version,
-        rename=args.rename,
+        args.paths, rename=args.rename, **_record_options(args, DEFAULT_KEYWORDS)
+    )
+    sys.stdout.write(result.summary() + "\n")
+    return 0
+
+
+def _publish_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="model file (.npz) written by `lk-scatterlight train`")
+    parser.add_argument("name", help="name users load it by, e.g. s1-25")
+    _record_arguments(parser, "... scattered-light model 'NAME'")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the registry's entry of another file published under this name",
+    )
+
+
+@subcommand("publish-model", _publish_model_arguments)
+def _publish_model(args: argparse.Namespace) -> int:
+    """Publish a learned model on Zenodo and add it to the registry (dry run by default)."""
+    from .builder.publish import DEFAULT_MODEL_KEYWORDS, publish_model
+
+    result = publish_model(
+        args.path,
+        args.name,
+        replace=args.replace,
+        **_record_options(args, DEFAULT_MODEL_KEYWORDS),
     )
     sys.stdout.write(result.summary() + "\n")
     return 0

@@ -1222,11 +1222,16 @@ def fit_calibration(
     time : array, shape (ntime,)
         BTJD [d]; orbits are split at gaps longer than ``gap`` [d].
     relative_error : float
-        The model's own relative error, kept for `Calibration.apply`.
+        The model's own relative error, kept for `Calibration.apply` and used
+        by the clipping.
     gap : float
     clip : float
-        Cadences more than ``clip`` robust sigmas off the fit (flares,
-        asteroids, momentum dumps) are dropped; up to three passes.
+        Cadences more than ``clip`` sigmas off the fit (flares, asteroids,
+        momentum dumps) are dropped; up to three passes. Sigma combines the
+        residuals' robust scatter (MAD) with the model's own error,
+        ``relative_error * scale * (driver - its minimum in the orbit)``, so
+        that where the light is strong the model's expected misfit is not
+        taken for outliers.
 
     Returns
     -------
@@ -1265,11 +1270,15 @@ def fit_calibration(
             )
             raise ScatterLightError(msg)
         keep = use
+        rise = np.where(use, driver - driver[use].min(), 0.0)  # the model's light in this orbit
         for _ in range(3):
             coef = _lstsq(driver[keep], observed[keep])[0]
             resid = observed - (coef[0] * driver + coef[1])
             mad = np.median(np.abs(resid[keep] - np.median(resid[keep])))
-            new = use & (np.abs(resid) <= clip * max(1.4826 * mad, 1e-9))
+            # The model's own error grows with the light: a misfit there is expected, not an
+            # outlier (clipping it dropped whole perigees and skewed the scale).
+            sigma = np.hypot(max(1.4826 * mad, 1e-9), relative_error * abs(coef[0]) * rise)
+            new = use & (np.abs(resid) <= clip * sigma)
             if new.sum() < 3 or np.array_equal(new, keep):
                 break
             keep = new

@@ -11,7 +11,7 @@ that knows where the file is:
   the shipped one, writable in a source checkout.
 
 `registry_line` and `merge_registry` write lines (`lk_scatterlight.builder.publish`,
-`lk_scatterlight.demo`).
+`lk_scatterlight.demo`); `registry_entry` reads the line of one file.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "registry_file",
     "default_registry",
     "registry_line",
+    "registry_entry",
     "merge_registry",
 ]
 
@@ -89,6 +90,28 @@ def default_registry() -> tuple[Path, bool]:
 def registry_line(name: str, sha256: str, url: str) -> str:
     """One registry line, ``name sha256:HASH url`` (pooch's registry format)."""
     return f"{name} sha256:{sha256} {url}"
+
+
+def registry_entry(path: str | os.PathLike, name: str) -> str | None:
+    """The line of a registry file for the file ``name``, or None if it has none.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An existing registry file.
+    name : str
+        A published file name (the line's first field).
+
+    Returns
+    -------
+    line : str or None
+        The line, without surrounding white space.
+    """
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if fields and not fields[0].startswith("#") and fields[0] == name:
+            return line.strip()
+    return None
 
 
 def merge_registry(path: str | os.PathLike, lines: Sequence[str]) -> Path:

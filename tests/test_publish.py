@@ -44,7 +44,7 @@ from lk_scatterlight.builder.publish import (
     zenodo_url,
 )
 from lk_scatterlight.cli import main
-from lk_scatterlight.registry import CACHE_ENV, REGISTRY_ENV, cube_filename
+from lk_scatterlight.registry import CACHE_ENV, REGISTRY_ENV, RETRIES, cube_filename
 
 TOKEN = "test-token-123"
 NAME1 = cube_filename(2, 1, 1, 16)
@@ -666,3 +666,189 @@ def test_cli_upload(zenodo, cubes, registry, capsys, sleeps):
     assert "Registry lines written:" in out
     meta = zenodo.depositions[record]["metadata"]
     assert meta["creators"] == [{"name": "Doe, Jane"}, {"name": "Roe, Rich"}]
+
+
+# ---------------------------------------------------------------------- learned models
+MODEL_NAME = "sim-test"
+MODEL_FILE = "lk-scatterlight-model_sim-test_v1.npz"
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A small model really trained (5 trees), with the shipped model's TESS position table
+    (so it predicts offline) and validation numbers in its metadata."""
+    pytest.importorskip("sklearn")
+    from lk_scatterlight.builder.training import Samples, fit_model
+    from lk_scatterlight.model import FEATURES, ScatterLightModel
+
+    rng = np.random.default_rng(5)
+    X = rng.uniform(0, 180, (3000, len(FEATURES)))
+    y = X[:, 0] + X[:, 2]  # rises with the Earth's angle and distance
+    samples = Samples(X, y, np.ones(3000), np.zeros(3000, int), np.arange(3000.0), [{}])
+    trees = fit_model(samples, params={"max_iter": 5}, progress=False)
+    meta = {
+        "sectors": [1, 2],
+        "cameras": [1, 4],
+        "sources": [{"kind": "dataset"}] * 3,
+        "n_samples": 3000,
+        "seed": 0,
+        "validation": {
+            "method": "leave-one-sector-out, scale + offset per orbit",
+            "light_curves": [{}, {}],
+            "median_percent": 4.25,
+            "median_quadratic_percent": 11.5,
+            "relative_error": 0.125,
+        },
+    }
+    return ScatterLightModel(trees, meta, ScatterLightModel.load("default").ephemeris_table)
+
+
+@pytest.fixture
+def model_path(tmp_path, small_model) -> Path:
+    (tmp_path / "models").mkdir()
+    return small_model.save(tmp_path / "models" / "trained.npz")
+
+
+def test_model_dry_run_does_nothing(zenodo, model_path, registry, capsys, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV)
+    args = ["publish-model", str(model_path), MODEL_NAME, "--registry", str(registry)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Dry run: nothing is uploaded or written")
+    assert "Title:       lk_scatterlight scattered-light model 'sim-test'" in out
+    sha = publish.pooch.file_hash(str(model_path))
+    assert f"  {MODEL_FILE}  " in out
+    assert f"(local file {model_path})" in out
+    assert f"  {MODEL_FILE} sha256:{sha} {zenodo.url}/records/<record>/files/{MODEL_FILE}" in out
+    assert zenodo.log == []
+    assert registry.read_text().splitlines() == ["# my registry", "", OTHER]
+    assert sorted(p.name for p in model_path.parent.iterdir()) == ["trained.npz"]
+
+
+def test_publish_model_then_fetch_and_predict(
+    zenodo, model_path, small_model, registry, tmp_path, monkeypatch, sleeps
+):
+    pytest.importorskip("tesswcs", reason="predicting needs the CCD pointing from tesswcs")
+    from lk_scatterlight.exceptions import DownloadError
+    from lk_scatterlight.model import ScatterLightModel
+
+    result = publish.publish_model(
+        model_path, MODEL_NAME, upload=True, registry=registry, creators=["Doe, Jane"]
+    )
+    record = result.record_id
+    assert result.uploaded == [MODEL_FILE]
+    assert zenodo.publishes == 1
+    assert zenodo.depositions[record]["files"] == {MODEL_FILE: model_path.read_bytes()}
+    meta = zenodo.depositions[record]["metadata"]
+    assert meta["title"] == "lk_scatterlight scattered-light model 'sim-test'"
+    assert "machine learning" in meta["keywords"]
+    description = meta["description"]
+    assert "Training data: sectors 1, 2; cameras 1, 4; 3 cube training sets; 3,000 samples" in (
+        description
+    )
+    assert (
+        "(leave-one-sector-out, scale + offset per orbit, 2 light curves): median RMS 4.25 %"
+        in (description)
+    )
+    assert "quadratic in time: 11.50 %); relative error 0.125" in description
+    line = (
+        f"{MODEL_FILE} sha256:{publish.pooch.file_hash(str(model_path))} "
+        f"{zenodo.url}/records/{record}/files/{MODEL_FILE}?download=1"
+    )
+    assert registry.read_text().splitlines() == ["# my registry", "", OTHER, line]
+    state = json.loads(
+        (model_path.parent / ".lk-scatterlight-publish-model-sim-test.json").read_text()
+    )
+    assert state["complete"]
+    assert state["model"] == MODEL_NAME
+    # The user's side: the registry written, a fresh cache, the file from the server.
+    clear_registry_env(monkeypatch)
+    monkeypatch.setenv(REGISTRY_ENV, str(registry))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    time = np.linspace(1330.0, 1332.0, 7)
+    with conf.set_temp("cache_dir", ""), conf.set_temp("registry_url", ""):
+        fetched = ScatterLightModel.load(MODEL_NAME, progressbar=False)
+        assert fetched.path == tmp_path / "cache" / MODEL_FILE
+        assert fetched.path.read_bytes() == model_path.read_bytes()
+        expected = small_model.predict(1, 4, 3, [[100.0], [900.0]], [500.0, 1500.0], time)
+        got = fetched.predict(1, 4, 3, [[100.0], [900.0]], [500.0, 1500.0], time)
+        np.testing.assert_array_equal(got, expected)
+        assert expected.shape == (7, 2, 2)
+        assert np.ptp(expected) > 0
+        # A file changed on the server after publication fails the registry's hash.
+        zenodo.depositions[record]["files"][MODEL_FILE] = b"a different file"
+        with pytest.raises(DownloadError, match="does not match the known hash"):
+            ScatterLightModel.load(MODEL_NAME, cache_dir=tmp_path / "fresh", progressbar=False)
+    assert [p for m, p in zenodo.log if p.startswith("/records/")] == [
+        f"/records/{record}/files/{MODEL_FILE}"
+    ] * (2 + RETRIES)  # the first download, then the tampered one and its retries
+    # Publishing the same model again without --record is refused.
+    with pytest.raises(
+        PublishError, match=f"Model 'sim-test' was already published as record {record}"
+    ):
+        publish.publish_model(model_path, MODEL_NAME, upload=True, registry=registry)
+
+
+def test_model_bad_token(zenodo, model_path, registry, monkeypatch, capsys):
+    monkeypatch.setenv(TOKEN_ENV, "wrong")
+    args = ["publish-model", str(model_path), MODEL_NAME, "--upload", "--registry", str(registry)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "rejected the access token (HTTP 401" in err
+    assert zenodo.depositions == {}
+    assert registry.read_text().splitlines() == ["# my registry", "", OTHER]
+
+
+def test_model_server_error_then_resume(zenodo, model_path, registry, sleeps):
+    zenodo.fault(500, "PUT", MODEL_FILE + "$", times=MAX_RETRIES + 1)
+    with pytest.raises(PublishError, match=r"HTTP 500.* 5 times.*run the same command again"):
+        publish.publish_model(model_path, MODEL_NAME, upload=True, registry=registry)
+    assert zenodo.publishes == 0
+    assert MODEL_FILE not in registry.read_text()
+    result = publish.publish_model(model_path, MODEL_NAME, upload=True, registry=registry)
+    assert result.target.startswith("draft deposition")
+    assert zenodo.puts == {MODEL_FILE: 1}
+    assert zenodo.publishes == 1
+    assert registry.read_text().splitlines()[-1].startswith(f"{MODEL_FILE} sha256:")
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "match"),
+    [
+        (b"not a model", MODEL_NAME, "cannot be published: .*not a readable .npz model"),
+        (b"", MODEL_NAME, "is empty"),
+        (None, "default", "'default' is the shipped model"),
+        (None, "Bad_Name", "is not a model name"),
+    ],
+    ids=["junk", "empty", "reserved-name", "bad-name"],
+)
+def test_not_a_model_refused_before_network(
+    zenodo, tmp_path, model_path, registry, content, name, match
+):
+    path = model_path
+    if content is not None:
+        path = tmp_path / "junk.npz"
+        path.write_bytes(content)
+    with pytest.raises(PublishError, match=match):
+        publish.publish_model(path, name, upload=True, registry=registry)
+    assert zenodo.log == []
+    assert registry.read_text().splitlines() == ["# my registry", "", OTHER]
+
+
+def test_model_not_published_over_another_without_replace(
+    zenodo, model_path, registry, sleeps, capsys
+):
+    other = f"{MODEL_FILE} sha256:{'0' * 64} https://example.org/{MODEL_FILE}"
+    merge_registry(registry, [other])
+    args = ["publish-model", str(model_path), MODEL_NAME, "--upload", "--registry", str(registry)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "already lists model 'sim-test' as another file" in err
+    assert "(--replace)" in err
+    assert zenodo.log == []
+    assert main([*args, "--replace"]) == 0
+    lines = registry.read_text().splitlines()
+    assert lines[:3] == ["# my registry", "", OTHER]
+    assert lines[3].startswith(f"{MODEL_FILE} sha256:{publish.pooch.file_hash(str(model_path))} ")
+    assert len(lines) == 4  # replaced in place

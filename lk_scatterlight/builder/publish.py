@@ -33,10 +33,15 @@ The Zenodo token is read from the environment variable ``ZENODO_TOKEN``
 https://sandbox.zenodo.org; ``LK_SCATTERLIGHT_ZENODO_URL`` replaces the site
 URL altogether (tests, mirrors of the API).
 
-A learned model file (``lk-scatterlight train``) is published by uploading it,
-under the name `~lk_scatterlight.registry.model_filename` gives, to a Zenodo
-record, then `register_model` checks it and merges its registry line, so that
-``ScatterLightModel.load(name)`` fetches it.
+A learned model file (``lk-scatterlight train``) goes the same way with
+`publish_model` (``lk-scatterlight publish-model MODEL NAME``): it is checked
+(`verify_model`: read as a model, never unpickled), uploaded under the name
+`~lk_scatterlight.registry.model_filename` gives, with its training data and
+validation in the record's description, and its registry line is merged after
+the record is published, so that ``ScatterLightModel.load(name)`` fetches it.
+A registry entry of another file under the same name is replaced only with
+``replace=True``. A model uploaded by other means is added to the registry
+with `register_model`.
 
 The REST client is `lk_scatterlight.builder.zenodo` and the registry file
 (where it is, its lines, merging) `lk_scatterlight.registry_file`; their names
@@ -50,6 +55,7 @@ import json
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +66,7 @@ import pooch
 from ..cube import ScatterLightCube
 from ..exceptions import CubeFormatError, PublishError
 from ..registry import cube_filename, model_filename, parse_cube_filename
-from ..registry_file import default_registry, merge_registry, registry_line
+from ..registry_file import default_registry, merge_registry, registry_entry, registry_line
 from ..utils import write_text_atomic
 from .zenodo import (
     DEFAULT_TIMEOUT,
@@ -79,7 +85,11 @@ from .zenodo import (
 
 __all__ = [
     "publish_cubes",
+    "publish_model",
     "register_model",
+    "verify_model",
+    "model_state_file",
+    "ModelFile",
     "collect_cubes",
     "verify_cube",
     "merge_registry",
@@ -110,6 +120,8 @@ DEFAULT_LICENSE = "cc-by-4.0"
 DEFAULT_KEYWORDS = ("TESS", "scattered light", "lightkurve", "lk_scatterlight", "photometry")
 #: Default creator when none is given and none is inherited from a previous version.
 DEFAULT_CREATOR = "lk_scatterlight developers"
+#: Default keywords of a model's record.
+DEFAULT_MODEL_KEYWORDS = (*DEFAULT_KEYWORDS, "machine learning")
 
 _STATE_SCHEMA = 1
 _RECORD_PLACEHOLDER = "<record>"
@@ -348,7 +360,7 @@ def _load_state(path: Path, site: str, record: int | None) -> dict | None:
     if state.get("complete"):
         if record is None and state_site == site:
             raise PublishError(
-                f"Sector {state['sector']} was already published as record "
+                f"{_subject(state)} was already published as record "
                 f"{state['record_id']} on {site} ({path}). To publish a new version of it, "
                 f"pass --record {state['record_id']} (record={state['record_id']}); to create "
                 "an unrelated new record, delete the state file."
@@ -375,6 +387,11 @@ def _load_state(path: Path, site: str, record: int | None) -> dict | None:
     return state
 
 
+def _subject(state: dict) -> str:
+    """What a state file's publication holds, in words ("Sector 2", "Model 's1-25'")."""
+    return f"Model {state['model']!r}" if "model" in state else f"Sector {state['sector']}"
+
+
 def _save_state(path: Path, state: dict) -> None:
     write_text_atomic(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
@@ -382,11 +399,11 @@ def _save_state(path: Path, state: dict) -> None:
 # ---------------------------------------------------------------------- the publication
 @dataclass
 class PublishResult:
-    """What `publish_cubes` did, or with ``dry_run`` would do.
+    """What `publish_cubes` or `publish_model` did, or with ``dry_run`` would do.
 
     Attributes
     ----------
-    files : list of `CubeFile`
+    files : list of `CubeFile` or `ModelFile`
         The checked files.
     site : str
         Zenodo site (`zenodo_url`).
@@ -539,13 +556,70 @@ def publish_cubes(
     """
     from .. import __version__
 
-    if record is not None:
-        record = int(record)
     files = collect_cubes(paths, rename=rename)
     sector = files[0].sector
-    site = zenodo_url(sandbox, site)
+    metadata = _metadata(
+        title or f"lk_scatterlight scattered-light cubes, sector {sector}",
+        description or _description(files, __version__),
+        license,
+        keywords,
+        version or __version__,
+        creators,
+        record,
+    )
+    return _publish(
+        files,
+        metadata,
+        state_file(files),
+        {"sector": sector},
+        upload=upload,
+        record=record,
+        site=zenodo_url(sandbox, site),
+        registry=registry,
+        token=token,
+        timeout=timeout,
+    )
+
+
+def _metadata(title, description, license, keywords, version, creators, record) -> dict:
+    """Zenodo metadata of a record; creators default to the developers (new records only)."""
+    metadata = {
+        "upload_type": "dataset",
+        "title": title,
+        "description": description,
+        "license": license,
+        "keywords": list(keywords),
+        "version": version,
+        "publication_date": datetime.date.today().isoformat(),
+    }
+    if creators:
+        metadata["creators"] = [{"name": name} for name in creators]
+    elif record is None:
+        metadata["creators"] = [{"name": DEFAULT_CREATOR}]
+    return metadata
+
+
+def _publish(
+    files: Sequence[CubeFile | ModelFile],
+    metadata: dict,
+    state_path: Path,
+    subject: dict,
+    *,
+    upload: bool,
+    record: int | None,
+    site: str,
+    registry: str | os.PathLike | None,
+    token: str | None,
+    timeout: float,
+) -> PublishResult:
+    """The steps `publish_cubes` and `publish_model` share, once their files are checked.
+
+    ``subject`` (``{"sector": 2}`` or ``{"model": "s1-25"}``) is recorded in the
+    state file and names what was published in its messages.
+    """
+    if record is not None:
+        record = int(record)
     registry_path, note, writable = _registry_target(registry)
-    state_path = state_file(files)
     state = _load_state(state_path, site, record)
     if state is not None and sorted(state.get("files", {})) != [f.name for f in files]:
         raise PublishError(
@@ -553,19 +627,6 @@ def publish_cubes(
             f"not of {', '.join(f.name for f in files)}. Rerun with the same files to finish "
             "it, or delete the state file (and discard its draft on the website)."
         )
-    metadata = {
-        "upload_type": "dataset",
-        "title": title or f"lk_scatterlight scattered-light cubes, sector {sector}",
-        "description": description or _description(files, __version__),
-        "license": license,
-        "keywords": list(keywords),
-        "version": version or __version__,
-        "publication_date": datetime.date.today().isoformat(),
-    }
-    if creators:
-        metadata["creators"] = [{"name": name} for name in creators]
-    elif record is None:
-        metadata["creators"] = [{"name": DEFAULT_CREATOR}]
     if state is not None:
         target = f"draft deposition {state['deposition_id']} (resumed from {state_path.name})"
     elif record is not None:
@@ -574,7 +635,7 @@ def publish_cubes(
         target = "a new deposition"
     known = state.get("record_id") if state else None
     result = PublishResult(
-        files=files,
+        files=list(files),
         site=site,
         target=target,
         metadata=metadata,
@@ -607,7 +668,7 @@ def publish_cubes(
         )
     with ZenodoClient(site, token, timeout=timeout) as client:
         try:
-            _run(client, result, state, state_path, record)
+            _run(client, result, state, state_path, record, subject)
         except PublishError as err:
             if state_path.exists():
                 raise PublishError(
@@ -618,9 +679,14 @@ def publish_cubes(
 
 
 def _run(
-    client: ZenodoClient, result: PublishResult, state: dict | None, state_path: Path, record
+    client: ZenodoClient,
+    result: PublishResult,
+    state: dict | None,
+    state_path: Path,
+    record,
+    subject: dict,
 ) -> None:
-    """The network part of `publish_cubes`; updates ``result`` and the state file."""
+    """The network part of `_publish`; updates ``result`` and the state file."""
     files = result.files
     if state is not None:
         try:
@@ -648,7 +714,7 @@ def _run(
         state = {
             "schema": _STATE_SCHEMA,
             "site": result.site,
-            "sector": files[0].sector,
+            **subject,
             "record": record,
             "deposition_id": deposition["id"],
             "files": {
@@ -728,6 +794,258 @@ def _run(
     _save_state(state_path, state)
 
 
+# ---------------------------------------------------------------------- learned models
+@dataclass(frozen=True)
+class ModelFile:
+    """A checked learned-model file, ready to publish (`verify_model`).
+
+    Attributes
+    ----------
+    path : `~pathlib.Path`
+        The local file.
+    name : str
+        The published file name, ``model_filename(model_name, version)``.
+    model_name : str
+        The name users load it by (``ScatterLightModel.load(model_name)``).
+    version : int
+        Model format version (`~lk_scatterlight.model.MODEL_VERSION`).
+    meta : dict
+        The model's metadata: training data, validation (``docs/model.rst``).
+    size : int
+        File size [byte].
+    sha256, md5 : str
+        Hex digests of the file (`pooch.file_hash`).
+    """
+
+    path: Path
+    name: str
+    model_name: str
+    version: int
+    meta: dict
+    size: int
+    sha256: str
+    md5: str
+
+    @property
+    def renamed(self) -> bool:
+        """True if the file is published under another name than its local one."""
+        return self.path.name != self.name
+
+
+def verify_model(path: str | os.PathLike, name: str) -> ModelFile:
+    """Check that a learned model file can be published under ``name``, and hash it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` written by ``lk-scatterlight train`` (never unpickled).
+    name : str
+        The name users will load it by (`~lk_scatterlight.registry.is_model_name`).
+
+    Returns
+    -------
+    model_file : `ModelFile`
+
+    Raises
+    ------
+    PublishError
+        If the file is missing, empty or not a model of this package's format
+        version, or the name is invalid; the message says what to do.
+    """
+    from ..model import MODEL_VERSION, ModelFormatError, ScatterLightModel
+
+    try:
+        filename = model_filename(name, MODEL_VERSION)
+    except ValueError as err:
+        raise PublishError(str(err)) from err
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path} is not a file; give the .npz written by `lk-scatterlight train`."
+        raise PublishError(msg)
+    if path.stat().st_size == 0:
+        msg = f"{path} is empty; train the model again with `lk-scatterlight train`."
+        raise PublishError(msg)
+    try:
+        model = ScatterLightModel.load(path)  # a Path: read, never looked up as a name
+    except ModelFormatError as err:
+        raise PublishError(f"{path} cannot be published: {err}") from err
+    return ModelFile(
+        path=path,
+        name=filename,
+        model_name=name,
+        version=MODEL_VERSION,
+        meta=model.meta,
+        size=path.stat().st_size,
+        sha256=pooch.file_hash(str(path), alg="sha256"),
+        md5=pooch.file_hash(str(path), alg="md5"),
+    )
+
+
+def model_state_file(model_file: ModelFile) -> Path:
+    """The state file of a model's publication, next to the model file."""
+    folder = model_file.path.resolve().parent
+    return folder / f".lk-scatterlight-publish-model-{model_file.model_name}.json"
+
+
+def publish_model(
+    path: str | os.PathLike,
+    name: str,
+    *,
+    upload: bool = False,
+    record: int | None = None,
+    sandbox: bool = False,
+    registry: str | os.PathLike | None = None,
+    replace: bool = False,
+    title: str | None = None,
+    creators: Sequence[str] | None = None,
+    description: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    keywords: Sequence[str] = DEFAULT_MODEL_KEYWORDS,
+    version: str | None = None,
+    token: str | None = None,
+    site: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> PublishResult:
+    """Publish a learned model on Zenodo and add it to the registry (``publish-model``).
+
+    The cube publication's steps (`publish_cubes`): a dry run by default; with
+    ``upload`` a Zenodo deposition (or a new version of ``record``) receives
+    the file under ``model_filename(name, MODEL_VERSION)``, its MD5 is checked,
+    the record is published, and only then is the registry line merged
+    (atomically), after which ``ScatterLightModel.load(name)`` downloads it,
+    hash-checked. The record's description gives the model's training data and
+    validation from its metadata. A failed run resumes from the state file
+    `model_state_file`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The model file (``.npz`` written by ``lk-scatterlight train``).
+    name : str
+        The name users load it by, e.g. ``"s1-25"``; ``"default"`` is reserved.
+    upload : bool, optional
+        Really upload and publish (default False: dry run).
+    record : int, optional
+        Publish a new version of this Zenodo record.
+    sandbox : bool, optional
+        Publish on https://sandbox.zenodo.org.
+    registry : str or path-like, optional
+        Registry file to update; default the package's, in a source checkout only.
+    replace : bool, optional
+        Allow replacing a registry entry of the same name and format version
+        that points to another file (refused otherwise, before anything is sent).
+    title, creators, description, license, keywords, version : optional
+        Record metadata, as for `publish_cubes`; the title defaults to
+        "lk_scatterlight scattered-light model 'NAME'", the description to the
+        model's training data and validation.
+    token : str, optional
+        Zenodo token; default the environment variable ``ZENODO_TOKEN``.
+    site : str, optional
+        Zenodo site URL (see `zenodo_url`).
+    timeout : float, optional
+        Timeout of each request [s].
+
+    Returns
+    -------
+    result : `PublishResult`
+
+    Raises
+    ------
+    PublishError
+        If the file is not a model or the name is invalid, the registry already
+        lists another file under that name (without ``replace``), the token is
+        missing or rejected, or Zenodo refuses or keeps failing.
+
+    Examples
+    --------
+    >>> print(publish_model("model.npz", "s1-25", sandbox=True).summary())  # doctest: +SKIP
+    >>> publish_model("model.npz", "s1-25", sandbox=True, upload=True)  # doctest: +SKIP
+    """
+    from .. import __version__
+
+    model_file = verify_model(path, name)
+    registry_path = _registry_target(registry)[0]
+    existing = registry_entry(registry_path, model_file.name) if registry_path.is_file() else None
+    if (
+        existing is not None
+        and existing.split()[1] != f"sha256:{model_file.sha256}"
+        and not replace
+    ):
+        raise PublishError(
+            f"The registry {registry_path} already lists model {name!r} as another file "
+            f"({existing}); pass replace=True (--replace) to replace it with {model_file.path}, "
+            "or choose another name."
+        )
+    metadata = _metadata(
+        title or f"lk_scatterlight scattered-light model {name!r}",
+        description or _model_description(model_file, __version__),
+        license,
+        keywords,
+        version or __version__,
+        creators,
+        record,
+    )
+    return _publish(
+        [model_file],
+        metadata,
+        model_state_file(model_file),
+        {"model": name},
+        upload=upload,
+        record=record,
+        site=zenodo_url(sandbox, site),
+        registry=registry,
+        token=token,
+        timeout=timeout,
+    )
+
+
+def _model_description(model_file: ModelFile, package_version: str) -> str:
+    """The record description: what the model is, its training data and validation."""
+    meta = model_file.meta
+    kinds = Counter(s.get("kind", "?") for s in meta.get("sources", []))
+    sources = ", ".join(f"{n} {_KIND_WORDS.get(k, k)}" for k, n in sorted(kinds.items()))
+    parts = [
+        f"<p>A learned model of TESS scattered light for the lk_scatterlight lightkurve plugin "
+        f"(model format version {model_file.version}): the scattered light [e-/s per pixel] of "
+        "any pixel at any time from the Earth's and the Moon's geometry, as plain arrays of "
+        "regression trees in a .npz file (no pickles; numpy evaluates it).</p>"
+    ]
+    training = [
+        f"sectors {', '.join(map(str, meta['sectors']))}" if meta.get("sectors") else "",
+        f"cameras {', '.join(map(str, meta['cameras']))}" if meta.get("cameras") else "",
+        sources,
+        f"{meta['n_samples']:,} samples" if meta.get("n_samples") else "",
+        f"seed {meta['seed']}" if "seed" in meta else "",
+        str(meta.get("library", "")),
+    ]
+    if any(training):
+        parts.append(f"<p>Training data: {'; '.join(t for t in training if t)}.</p>")
+    validation = meta.get("validation")
+    if validation:
+        n = len(validation.get("light_curves", []))
+        parts.append(
+            f"<p>Validation ({validation.get('method', '')}, {n} light curves): median RMS "
+            f"{validation.get('median_percent', float('nan')):.2f} % of each light curve's "
+            "background range (per-orbit quadratic in time: "
+            f"{validation.get('median_quadratic_percent', float('nan')):.2f} %); relative "
+            f"error {validation.get('relative_error', float('nan')):.3f}.</p>"
+        )
+    else:
+        parts.append("<p>Validation: none stored in the file.</p>")
+    parts.append(
+        f"<p>Published with lk_scatterlight {package_version}. Use: "
+        f"<code>ScatterLightModel.load('{model_file.model_name}')</code> downloads and checks "
+        f"the file; <code>tpf.to_corrector('scatterlight', model='{model_file.model_name}')"
+        "</code> corrects a target pixel file. The file's <code>meta</code> array holds the "
+        "complete training record (JSON).</p>"
+    )
+    return "".join(parts)
+
+
+#: How `_model_description` names the kinds of training sources.
+_KIND_WORDS = {"lightcurve": "SPOC light curves", "dataset": "cube training sets"}
+
+
 def register_model(
     path: str | os.PathLike,
     name: str,
@@ -786,25 +1104,12 @@ def register_model(
     >>> register_model("model.npz", "s1-25", record=1234567)  # doctest: +SKIP
     'lk-scatterlight-model_s1-25_v1.npz sha256:... https://zenodo.org/records/1234567/...'
     """
-    from ..model import MODEL_VERSION, ModelFormatError, ScatterLightModel
-
     if (url is None) == (record is None):
         msg = "Give exactly one of url= (where the model file is published) and record= (Zenodo)."
         raise PublishError(msg)
-    try:
-        filename = model_filename(name, MODEL_VERSION)
-    except ValueError as err:
-        raise PublishError(str(err)) from err
-    path = Path(path)
-    if not path.is_file():
-        msg = f"{path} is not a file; give the .npz written by `lk-scatterlight train`."
-        raise PublishError(msg)
-    try:
-        ScatterLightModel.load(path)
-    except ModelFormatError as err:
-        raise PublishError(f"{path} cannot be published: {err}") from err
+    model_file = verify_model(path, name)
     if url is None:
-        url = record_file_url(zenodo_url(sandbox, site), int(record), filename)
+        url = record_file_url(zenodo_url(sandbox, site), int(record), model_file.name)
     registry_path, _, writable = _registry_target(registry)
     if not writable:
         raise PublishError(
@@ -812,13 +1117,13 @@ def register_model(
             "checkout: its registry would be overwritten by the next installation. Give the "
             "registry file to update with registry=PATH."
         )
-    line = registry_line(filename, pooch.file_hash(str(path), alg="sha256"), url)
+    line = registry_line(model_file.name, model_file.sha256, url)
     merge_registry(registry_path, [line])
     log.info("Wrote the registry line of model %r to %s", name, registry_path)
     return line
 
 
-def _upload(client: ZenodoClient, deposition: dict, f: CubeFile) -> None:
+def _upload(client: ZenodoClient, deposition: dict, f: CubeFile | ModelFile) -> None:
     """Upload one file and compare Zenodo's MD5 checksum with the local one."""
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         if attempt > 1:  # take the damaged copy out before sending the file again
