@@ -26,7 +26,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from .ccd import BTJD_OFFSET, FLUX_BUNITS, Region
 from .exceptions import CubeFormatError
 from .finelayer import FINE_EXTENSIONS, FineLayer
-from .lowrank import CompressionInfo, LowRank
+from .lowrank import PRECISION, CompressionInfo, LowRank
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cube import ScatterLightCube
@@ -103,10 +103,16 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
         raise CubeFormatError(f"{path} cannot be read as a FITS file: {err}") from err
 
 
-def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
+def to_hdulist(
+    cube: ScatterLightCube, compact: bool = False, precision: float | None = PRECISION
+) -> fits.HDUList:
     """The FITS file of ``cube`` (format `FORMAT_VERSION`), ``LOWRANK`` if ``compact``.
 
     A compact encoding needs a compact cube (`ScatterLightCube.compress`).
+    ``precision``: rounding of the low-rank factors and of the fine layer, in units
+    of their quoted errors (`~lk_scatterlight.lowrank.LowRank.quantum`,
+    `~lk_scatterlight.finelayer.FineLayer.quantum`); None stores them exactly as
+    float32, the layout of earlier files.
     """
     from . import __version__
 
@@ -142,7 +148,7 @@ def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
     image_header = fits.Header()
     image_header["BUNIT"] = ("electron/s", "per pixel")
     if compact:
-        data_hdus = _lowrank_hdus(cube._lowrank, h, image_header)
+        data_hdus = _lowrank_hdus(cube._lowrank, h, image_header, precision)
     else:
         data_hdus = [
             fits.ImageHDU(np.asarray(cube._flux, np.float32), image_header, name="FLUX"),
@@ -183,7 +189,7 @@ def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
         name="STRAPS",
     )
     straps.header["COMMENT"] = "scattered-light response of strap columns vs neighbours"
-    fine = cube.fine.to_hdus() if cube.fine is not None and len(cube.fine) else []
+    fine = cube.fine.to_hdus(precision) if cube.fine is not None and len(cube.fine) else []
     return fits.HDUList([primary, *data_hdus, time, row, col, npix, provenance, straps, *fine])
 
 
@@ -346,6 +352,7 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
             f"{(set(_PROJECTION_EXTENSIONS) - set(present)).pop()}; the file is damaged."
         )
     projection = [np.array(hdul[name].data) for name in _PROJECTION_EXTENSIONS if present]
+    _unscale_factors(arrays, hdul, path)
     try:
         return LowRank(
             arrays["FLUX_MEAN"],
@@ -358,6 +365,29 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
         )
     except CubeFormatError as err:
         raise CubeFormatError(f"{path}: {err}") from err
+
+
+def _unscale_factors(arrays: dict[str, np.ndarray], hdul: fits.HDUList, path: Path) -> None:
+    """Rounded ``FLUX_COMP`` and ``FLUX_COEF`` (integers) times their ``FLUX_SCALE`` steps."""
+    integer = [n for n in ("FLUX_COMP", "FLUX_COEF") if arrays[n].dtype.kind in "iu"]
+    if "FLUX_SCALE" not in hdul:
+        if integer:
+            raise CubeFormatError(
+                f"{path}: {integer[0]} holds integers but the file has no FLUX_SCALE "
+                "extension to scale them; the file is damaged."
+            )
+        return
+    table = hdul["FLUX_SCALE"].data
+    names = table.columns.names if table is not None else []
+    k = arrays["FLUX_COMP"].shape[0]
+    if any(c not in names for c in ("COMP", "COEF")) or len(table) != k:
+        raise CubeFormatError(
+            f"{path}: FLUX_SCALE must be a table with columns COMP and COEF and one row "
+            f"per component in FLUX_COMP ({k}); the file is damaged."
+        )
+    comp_step = np.asarray(table["COMP"], dtype=np.float64)
+    arrays["FLUX_COMP"] = arrays["FLUX_COMP"] * comp_step[:, None, None]
+    arrays["FLUX_COEF"] = arrays["FLUX_COEF"] * np.asarray(table["COEF"], dtype=np.float64)
 
 
 def _read_straps(hdul: fits.HDUList, names: list[str]) -> dict[str, np.ndarray]:
@@ -459,16 +489,24 @@ _COMPRESSION_CARDS = (
 
 
 def _lowrank_hdus(
-    lowrank: LowRank, primary: fits.Header, image_header: fits.Header
-) -> list[fits.ImageHDU]:
-    """The data extensions of a LOWRANK file; adds the compression cards to ``primary``."""
+    lowrank: LowRank,
+    primary: fits.Header,
+    image_header: fits.Header,
+    precision: float | None = PRECISION,
+) -> list[fits.hdu.base.ExtensionHDU]:
+    """The data extensions of a LOWRANK file; adds the compression cards to ``primary``.
+
+    ``precision``: rounding of the factors (`LowRank.quantum`); None writes them as
+    float32 (the layout of earlier files).
+    """
     for key, field, comment in _COMPRESSION_CARDS:
         value = getattr(lowrank.info, field)
         primary[key] = (int(value) if field in ("rank", "max_rank") else float(value), comment)
+    comp, coef, scale = _rounded_factors(lowrank, precision)
     hdus = [
         fits.ImageHDU(lowrank.mean, image_header, name="FLUX_MEAN"),
-        fits.ImageHDU(lowrank.components, name="FLUX_COMP"),
-        fits.ImageHDU(lowrank.coefficients, image_header, name="FLUX_COEF"),
+        comp,
+        coef,
         fits.ImageHDU(lowrank.err_image, image_header, name="ERR_IMAGE"),
         fits.ImageHDU(lowrank.err_scale, name="ERR_SCALE"),
     ]
@@ -493,4 +531,46 @@ def _lowrank_hdus(
     for hdu, comment in zip(hdus, comments, strict=True):
         hdu.header["COMMENT"] = comment
     hdus[0].header["COMMENT"] = "FLUX[t] = FLUX_MEAN + sum_i FLUX_COEF[t, i] FLUX_COMP[i]"
-    return hdus
+    return hdus if scale is None else [*hdus, scale]
+
+
+def _rounded_factors(lowrank: LowRank, precision: float | None):
+    """``FLUX_COMP``, ``FLUX_COEF`` and ``FLUX_SCALE`` (None when not rounded).
+
+    Rounded (`LowRank.quantum`), the factors are int32 multiples of per-component
+    steps, tile-compressed (``RICE_1``, which codes differences of neighbouring
+    values): each component image is one tile, and each component's coefficients,
+    a series smooth in time, another. ``precision=None`` or rank 0 write float32.
+    """
+    header = fits.Header([("BUNIT", "electron/s", "per pixel")])
+    if precision is None or lowrank.rank == 0:
+        return (
+            fits.ImageHDU(lowrank.components, name="FLUX_COMP"),
+            fits.ImageHDU(lowrank.coefficients, header, name="FLUX_COEF"),
+            None,
+        )
+    comp_step, coef_step = lowrank.quantum(precision)
+    comp = fits.CompImageHDU(
+        np.rint(lowrank.components / comp_step[:, None, None]).astype(np.int32),
+        name="FLUX_COMP",
+        compression_type="RICE_1",
+        tile_shape=(1, *lowrank.mean.shape),
+    )
+    header["BUNIT"] = ("electron/s", "per pixel, times FLUX_SCALE.COEF")
+    coef = fits.CompImageHDU(
+        np.rint(lowrank.coefficients / coef_step).astype(np.int32),
+        header,
+        name="FLUX_COEF",
+        compression_type="RICE_1",
+        tile_shape=(lowrank.coefficients.shape[0], 1),
+    )
+    scale = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("COMP", "D", array=comp_step),
+            fits.Column("COEF", "D", unit="electron/s", array=coef_step),
+        ],
+        name="FLUX_SCALE",
+    )
+    scale.header["FLUXPREC"] = (precision, "rounding RMS <= FLUXPREC * FLUX_ERR")
+    scale.header["COMMENT"] = "row i: steps of FLUX_COMP[i] and of FLUX_COEF[:, i]"
+    return comp, coef, scale
