@@ -75,21 +75,27 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
         raise FileNotFoundError(f"No scattered-light cube at {path}.")
     try:
         # astropy only *warns* about a truncated or corrupt file (and then drops the
-        # HDUs it could not read); catch that here and report it as such.
+        # HDUs it could not read) while it reads the headers; catch that here and
+        # report it as such. (The file is opened once: each compressed HDU's header
+        # costs milliseconds to read.)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AstropyUserWarning)
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+            try:
                 names = [h.name for h in hdul]
-        corrupt = [
-            str(w.message)
-            for w in caught
-            if "truncated" in str(w.message) or "Error validating header" in str(w.message)
-        ]
-        if corrupt:
-            raise CubeFormatError(f"{path} is truncated or corrupt: {corrupt[0]}")
-        for w in caught:  # anything else is passed on unchanged
-            warnings.warn(w.message, stacklevel=3)
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            except BaseException:
+                hdul.close()
+                raise
+        with hdul:
+            corrupt = [
+                str(w.message)
+                for w in caught
+                if "truncated" in str(w.message) or "Error validating header" in str(w.message)
+            ]
+            if corrupt:
+                raise CubeFormatError(f"{path} is truncated or corrupt: {corrupt[0]}")
+            for w in caught:  # anything else is passed on unchanged
+                warnings.warn(w.message, stacklevel=3)
             header = hdul[0].header
             if "SCATTER LIGHT CUBE" in names:
                 return _read_tess_backml(hdul, path)
