@@ -174,7 +174,10 @@ def to_hdulist(
     col = fits.ImageHDU(cube.column, name="COLUMN")
     for hdu in (row, col):
         hdu.header["COMMENT"] = "bin centres, 1-based CCD pixels incl. 44 collateral columns"
-    npix = fits.ImageHDU(cube.npix, name="NPIX")
+    # Small integers that repeat: compressed losslessly to a fraction of their size.
+    npix = fits.CompImageHDU(
+        np.asarray(cube.npix, np.int32), name="NPIX", compression_type="RICE_1"
+    )
     keys = sorted(cube.meta)
     provenance = fits.BinTableHDU.from_columns(
         [

@@ -53,6 +53,7 @@ FINE_EXTENSIONS = ("FINE", "FINE_INDEX", "FINE_COEF")
 _INT16_SPAN = 32000.0  # largest stored |integer| (int16 holds 32767)
 _COMPRESSION_IMAGES = 256  # basis images per compressed FITS tile
 _COMPRESSION_VALUES = 2**16  # values per compressed FITS tile of 1-D series
+_ERROR_BITS = 8  # ERROR rounded to 2**-8 of the smallest (relative change < 0.2 %)
 _SCIENCE = 2048
 _FIRST_ROW, _FIRST_COLUMN = 1, 45
 
@@ -351,10 +352,11 @@ class FineLayer:
         the largest that keeps the rounding error of every block using it below
         ``precision / sqrt(2 rank)`` of the block's ``error`` (RMS over the
         block), never finer than the int16 range needs (``max |basis_j| /
-        32000``); the coefficients of image ``j`` are rounded to a power of two
-        chosen the same way from the rounded image (so a coefficient of 1, as
-        raw blocks have, is stored exactly). All of a block's images and
-        coefficients together add at most ``precision * error``.
+        32000``); the coefficients of image ``j`` are rounded to the step chosen
+        the same way from the rounded image, or to the power of two below it for
+        the images of raw blocks, whose coefficients are all 1 (stored exactly
+        then). All of a block's images and coefficients together add at most
+        ``precision * error``.
 
         Parameters
         ----------
@@ -386,9 +388,12 @@ class FineLayer:
             rms = np.sqrt(np.mean(rounded**2, axis=1))
             top = np.zeros(nb)
             np.maximum.at(top, image, coef)
-            power = largest(share / rms[image], top / 2.0**30)
-            power = np.where(power > 0, power, 1.0)
-        return step, (2.0 ** np.floor(np.log2(power))).astype(np.float32)
+            coef_step = largest(share / rms[image], top / 2.0**30)
+            coef_step = np.where(coef_step > 0, coef_step, 1.0)
+        raw = np.ones(nb, dtype=bool)  # images whose coefficients are all 1
+        np.logical_and.at(raw, image, self.coef[position] == 1)
+        coef_step[raw] = 2.0 ** np.floor(np.log2(coef_step[raw]))
+        return step, coef_step.astype(np.float32)
 
     def to_hdus(self, precision: float | None = PRECISION) -> list[fits.hdu.base.ExtensionHDU]:
         """The ``FINE``, ``FINE_SCALE``, ``FINE_INDEX`` and ``FINE_COEF`` extensions.
@@ -472,11 +477,12 @@ class FineLayer:
         Within a tile the columns are constant or step by one plane, so each row,
         compressed as one series of differences (``RICE_1``), takes a few bits per
         block. ``ERROR`` is stored as a multiple of ``ERRSTEP``, a power of two at
-        most 2**-12 of the smallest positive error (relative rounding < 1.3e-4).
+        most 2**-8 of the smallest positive error: the quoted errors change by
+        less than 0.2 %.
         """
         error = self.error.astype(np.float64)
         positive = error[error > 0]
-        finest = positive.min() * 2.0**-12 if positive.size else 1.0
+        finest = positive.min() * 2.0**-_ERROR_BITS if positive.size else 1.0
         step = 2.0 ** np.floor(np.log2(max(finest, error.max(initial=0.0) / 2.0**30)))
         rows = {
             "TILE_ROW": self.tile_row,
