@@ -26,7 +26,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from .ccd import BTJD_OFFSET, FLUX_BUNITS, Region
 from .exceptions import CubeFormatError
 from .finelayer import FINE_EXTENSIONS, FineLayer
-from .lowrank import PRECISION, CompressionInfo, LowRank
+from .lowrank import PRECISION, CompressionInfo, LowRank, error_step
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cube import ScatterLightCube
@@ -175,8 +175,12 @@ def to_hdulist(
     for hdu in (row, col):
         hdu.header["COMMENT"] = "bin centres, 1-based CCD pixels incl. 44 collateral columns"
     # Small integers that repeat: compressed losslessly to a fraction of their size.
+    # (One compressed tile: each tile costs ~0.1 ms to read.)
     npix = fits.CompImageHDU(
-        np.asarray(cube.npix, np.int32), name="NPIX", compression_type="RICE_1"
+        np.asarray(cube.npix, np.int32),
+        name="NPIX",
+        compression_type="RICE_1",
+        tile_shape=np.shape(cube.npix),
     )
     keys = sorted(cube.meta)
     provenance = fits.BinTableHDU.from_columns(
@@ -351,8 +355,11 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
                 f"{path}: extension {name} has shape {shape}; the LOWRANK encoding needs "
                 f"{ndim} axes."
             )
-        # A rank-0 cube has empty component and coefficient arrays.
-        arrays[name] = np.zeros(shape, np.float32) if 0 in shape else np.array(hdu.data)
+        if 0 in shape:  # a rank-0 cube has empty component and coefficient arrays
+            arrays[name] = np.zeros(shape, np.float32)
+        else:
+            read = _read_error_image if name == "ERR_IMAGE" else lambda h, _: np.array(h.data)
+            arrays[name] = read(hdu, path)
     # The noise projection (version 3): both extensions or neither.
     present = [name for name in _PROJECTION_EXTENSIONS if name in hdul]
     if len(present) == 1:
@@ -360,7 +367,7 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
             f"{path}: the LOWRANK encoding has {present[0]} without "
             f"{(set(_PROJECTION_EXTENSIONS) - set(present)).pop()}; the file is damaged."
         )
-    projection = [np.array(hdul[name].data) for name in _PROJECTION_EXTENSIONS if present]
+    projection = [_read_error_image(hdul[name], path) for name in _PROJECTION_EXTENSIONS if present]
     _unscale_factors(arrays, hdul, path)
     try:
         return LowRank(
@@ -394,9 +401,11 @@ def _unscale_factors(arrays: dict[str, np.ndarray], hdul: fits.HDUList, path: Pa
             f"{path}: FLUX_SCALE must be a table with columns COMP and COEF and one row "
             f"per component in FLUX_COMP ({k}); the file is damaged."
         )
-    comp_step = np.asarray(table["COMP"], dtype=np.float64)
-    arrays["FLUX_COMP"] = arrays["FLUX_COMP"] * comp_step[:, None, None]
-    arrays["FLUX_COEF"] = arrays["FLUX_COEF"] * np.asarray(table["COEF"], dtype=np.float64)
+    # In float32, as the factors are held: a float64 product would double the read time.
+    comp_step = np.asarray(table["COMP"], dtype=np.float32)[:, None, None]
+    coef_step = np.asarray(table["COEF"], dtype=np.float32)
+    arrays["FLUX_COMP"] = np.multiply(arrays["FLUX_COMP"], comp_step, dtype=np.float32)
+    arrays["FLUX_COEF"] = np.multiply(arrays["FLUX_COEF"], coef_step, dtype=np.float32)
 
 
 def _read_straps(hdul: fits.HDUList, names: list[str]) -> dict[str, np.ndarray]:
@@ -516,7 +525,7 @@ def _lowrank_hdus(
         fits.ImageHDU(lowrank.mean, image_header, name="FLUX_MEAN"),
         comp,
         coef,
-        fits.ImageHDU(lowrank.err_image, image_header, name="ERR_IMAGE"),
+        _error_image(lowrank.err_image, "ERR_IMAGE", precision),
         fits.ImageHDU(lowrank.err_scale, name="ERR_SCALE"),
     ]
     comments = [
@@ -529,7 +538,7 @@ def _lowrank_hdus(
     if lowrank.err_time is not None:
         hdus += [
             fits.ImageHDU(lowrank.err_time, name="ERR_TIME"),
-            fits.ImageHDU(lowrank.err_space, image_header, name="ERR_SPACE"),
+            _error_image(lowrank.err_space, "ERR_SPACE", precision),
         ]
         comments += [
             "noise kept, dimensionless, (ntime, 2); see docs",
@@ -541,6 +550,38 @@ def _lowrank_hdus(
         hdu.header["COMMENT"] = comment
     hdus[0].header["COMMENT"] = "FLUX[t] = FLUX_MEAN + sum_i FLUX_COEF[t, i] FLUX_COMP[i]"
     return hdus if scale is None else [*hdus, scale]
+
+
+def _error_image(values: np.ndarray, name: str, precision: float | None):
+    """An error factor image [e-/s]: int32 multiples of ``ERRSTEP`` (`error_step`),
+    RICE-compressed; float32 when ``precision`` is None."""
+    header = fits.Header([("BUNIT", "electron/s", "per pixel")])
+    if precision is None:
+        return fits.ImageHDU(values, header, name=name)
+    step = error_step(values)
+    header["BUNIT"] = ("electron/s", "per pixel, times ERRSTEP")
+    header["ERRSTEP"] = (step, "[electron/s] value = stored integer * ERRSTEP")
+    return fits.CompImageHDU(
+        np.rint(values / step).astype(np.int32),
+        header,
+        name=name,
+        compression_type="RICE_1",
+        tile_shape=values.shape,  # one tile: each costs ~0.1 ms to read
+    )
+
+
+def _read_error_image(hdu, path: Path) -> np.ndarray:
+    """An error factor image as written by `_error_image` (or float32)."""
+    data = np.array(hdu.data)
+    if data.dtype.kind not in "iu":
+        return data
+    step = hdu.header.get("ERRSTEP")
+    if isinstance(step, bool) or not isinstance(step, int | float) or not step > 0:
+        raise CubeFormatError(
+            f"{path}: {hdu.name} holds integers but no positive ERRSTEP keyword to scale "
+            f"them (found {step!r}); the file is damaged."
+        )
+    return data * float(step)
 
 
 def _rounded_factors(lowrank: LowRank, precision: float | None):

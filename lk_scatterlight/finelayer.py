@@ -44,7 +44,7 @@ from astropy.io import fits
 
 from . import interpolate
 from .exceptions import CubeFormatError
-from .lowrank import PRECISION  # the rounding on writing, as for the low-rank factors
+from .lowrank import PRECISION, error_step  # rounding on writing, as for the factors
 
 __all__ = ["FineLayer", "FINE_EXTENSIONS"]
 
@@ -53,7 +53,6 @@ FINE_EXTENSIONS = ("FINE", "FINE_INDEX", "FINE_COEF")
 _INT16_SPAN = 32000.0  # largest stored |integer| (int16 holds 32767)
 _COMPRESSION_IMAGES = 256  # basis images per compressed FITS tile
 _COMPRESSION_VALUES = 2**16  # values per compressed FITS tile of 1-D series
-_ERROR_BITS = 8  # ERROR rounded to 2**-8 of the smallest (relative change < 0.2 %)
 _SCIENCE = 2048
 _FIRST_ROW, _FIRST_COLUMN = 1, 45
 
@@ -476,21 +475,18 @@ class FineLayer:
 
         Within a tile the columns are constant or step by one plane, so each row,
         compressed as one series of differences (``RICE_1``), takes a few bits per
-        block. ``ERROR`` is stored as a multiple of ``ERRSTEP``, a power of two at
-        most 2**-8 of the smallest positive error: the quoted errors change by
-        less than 0.2 %.
+        block. ``ERROR`` is stored as a multiple of ``ERRSTEP``
+        (`~lk_scatterlight.lowrank.error_step`: the quoted errors change by less
+        than 0.2 %).
         """
-        error = self.error.astype(np.float64)
-        positive = error[error > 0]
-        finest = positive.min() * 2.0**-_ERROR_BITS if positive.size else 1.0
-        step = 2.0 ** np.floor(np.log2(max(finest, error.max(initial=0.0) / 2.0**30)))
+        step = error_step(self.error)
         rows = {
             "TILE_ROW": self.tile_row,
             "TILE_COL": self.tile_col,
             "PLANE": self.plane,
             "BASIS": self.basis_start,
             "RANK": self.rank,
-            "ERROR": np.rint(error / step),
+            "ERROR": np.rint(self.error / step),
         }
         if not implied:
             rows["COEF"] = self.coef_start
@@ -543,8 +539,13 @@ class FineLayer:
                 "COEF index column) or 'BLOCK'. The file is damaged or from a newer "
                 "lk_scatterlight (pip install -U lk_scatterlight)."
             )
+        if order == "IMAGE" or "FINE_SCALE" in hdul:
+            # The order and the steps are looked up through the index: check it first.
+            problems = layer.validate(int(layer.plane.max(initial=0)) + 1)
+            if problems:
+                raise CubeFormatError(f"{path}: {problems[0]}.")
         if order == "IMAGE":
-            layer, coef = _block_order(layer, coef, path)
+            coef = _block_order(layer, coef, path)
         if "FINE_SCALE" in hdul:
             return _scaled(layer, coef, hdul["FINE_SCALE"].data, path)
         if not np.issubdtype(np.asarray(basis).dtype, np.floating):
@@ -552,7 +553,7 @@ class FineLayer:
                 f"{path}: FINE holds integers but the file has no FINE_SCALE extension "
                 "to scale them; the file is damaged."
             )
-        return layer
+        return layer if order == "BLOCK" else dataclasses.replace(layer, coef=coef)
 
 
 def _index_columns(hdu, path) -> dict[str, np.ndarray]:
@@ -576,12 +577,9 @@ def _index_columns(hdu, path) -> dict[str, np.ndarray]:
     return columns
 
 
-def _block_order(layer: FineLayer, coef: np.ndarray, path) -> tuple[FineLayer, np.ndarray]:
-    """``layer`` and its stored coefficients ``coef``, read in basis-image order
-    (``COEFORD = 'IMAGE'``), put back in block order."""
-    problems = layer.validate(int(layer.plane.max(initial=0)) + 1)
-    if problems:  # the order follows from the index: check it first
-        raise CubeFormatError(f"{path}: {problems[0]}.")
+def _block_order(layer: FineLayer, coef: np.ndarray, path) -> np.ndarray:
+    """The stored coefficients ``coef`` of ``layer`` (a valid index), read in basis-image
+    order (``COEFORD = 'IMAGE'``), put back in block order."""
     if int(layer.rank.sum()) != coef.size:
         raise CubeFormatError(
             f"{path}: FINE_COEF holds {coef.size} coefficients but the blocks' RANK add up "
@@ -589,14 +587,15 @@ def _block_order(layer: FineLayer, coef: np.ndarray, path) -> tuple[FineLayer, n
         )
     out = np.empty_like(coef)
     out[layer._image_order()] = coef
-    return dataclasses.replace(layer, coef=out), out
+    return out
 
 
 def _scaled(layer: FineLayer, coef: np.ndarray, table, path) -> FineLayer:
-    """``layer`` read as stored integers, times the steps of the ``FINE_SCALE`` table.
+    """``layer`` (a valid index) read as stored integers, times the steps of the
+    ``FINE_SCALE`` table.
 
-    ``coef`` holds the stored coefficients as read (int32: ``layer.coef`` is
-    float32 and may have rounded them).
+    ``coef`` holds the stored coefficients as read, in block order (int32:
+    ``layer.coef`` is float32 and may have rounded them).
     """
     nb = layer.basis.shape[0]
     names = table.columns.names if table is not None else []
@@ -605,9 +604,6 @@ def _scaled(layer: FineLayer, coef: np.ndarray, table, path) -> FineLayer:
             f"{path}: FINE_SCALE must be a table with columns FINE and COEF and one row "
             f"per basis image in FINE ({nb}); the file is damaged."
         )
-    problems = layer.validate(int(layer.plane.max(initial=0)) + 1)
-    if problems:  # the steps are looked up through the index: check it first
-        raise CubeFormatError(f"{path}: {problems[0]}.")
     step = np.asarray(table["FINE"], dtype=np.float32)
     owner = layer._coef_image()
     coef_step = np.asarray(table["COEF"], dtype=np.float64)

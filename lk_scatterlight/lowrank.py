@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "DEFAULT_MAX_RANK",
     "PRECISION",
+    "error_step",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ PRECISION = 0.05
 #: Largest stored |integer| of a rounded factor (int32 holds 2**31 - 1); a finer step than
 #: ``peak / 2**30`` would only resolve float32 rounding.
 _INT32_SPAN = 2.0**30
+#: Errors and error factors are stored as multiples of a power of two at most 2**-this
+#: of their smallest positive value (`error_step`): they change by less than 0.2 %.
+ERROR_BITS = 8
 #: Values per chunk when a whole cube is streamed through memory (16 MB of float32).
 CHUNK_VALUES = 2**22
 #: Oversampling and power iterations of the randomised SVD (Halko et al. 2011).
@@ -292,6 +296,18 @@ class LowRank:
                 problems.append(f"the truncation RMS must be finite and >= 0, found {trunc!r}")
         if problems:
             raise CubeFormatError("Invalid compact cube: " + "; ".join(problems) + ".")
+
+
+def error_step(values: np.ndarray) -> float:
+    """The step non-negative errors ``values`` are rounded to on writing [their unit].
+
+    A power of two at most ``2**-ERROR_BITS`` of the smallest positive value (so
+    every value changes by less than 0.2 %), and no finer than the int32 range needs.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    positive = values[values > 0]
+    finest = positive.min() * 2.0**-ERROR_BITS if positive.size else 1.0
+    return float(2.0 ** np.floor(np.log2(max(finest, values.max(initial=0.0) / _INT32_SPAN))))
 
 
 def check_values(flux: np.ndarray, flux_err: np.ndarray) -> None:

@@ -11,7 +11,7 @@ from cube_helpers import copy_of, edited, make_cube, peak_memory
 from lk_scatterlight import CubeFormatError, ScatterLightCorrector, ScatterLightCube, simulate
 from lk_scatterlight.cli import main
 from lk_scatterlight.cube import FORMAT_VERSION, CompressionInfo
-from lk_scatterlight.lowrank import PRECISION
+from lk_scatterlight.lowrank import ERROR_BITS, PRECISION
 
 ROWS = 1000 + np.arange(25)  # a 25 x 25 TPF grid, 1-based CCD pixels
 COLS = 1000 + np.arange(25)
@@ -277,12 +277,14 @@ def test_evaluate_does_not_reconstruct_the_cube(compact_file):
 
 # ---------------------------------------------------------------------- files
 def test_compact_file_round_trip(dense, compact, compact_file, tmp_path):
-    """The file keeps the error model exactly and the flux within the rounding of its
-    factors (`LowRank.quantum`: RMS <= 5 % of the quoted error at every bin)."""
+    """The file keeps the error model within its rounding (`error_step`: < 0.2 %) and
+    the flux within the rounding of its factors (`LowRank.quantum`: RMS <= 5 % of the
+    quoted error at every bin)."""
     back = ScatterLightCube.read(compact_file)
     assert back.is_compact
     assert same_info(back.compression, compact.compression)
-    np.testing.assert_array_equal(back.flux_err, compact.flux_err)
+    np.testing.assert_allclose(back.flux_err, compact.flux_err, rtol=2.0**-ERROR_BITS)
+    assert np.any(back.flux_err != compact.flux_err)  # really rounded
     ratio = (back.flux - compact.flux).value / compact.flux_err.value
     assert rms(ratio) <= PRECISION
     assert np.sqrt(np.mean(ratio**2, axis=0)).max() <= 1.5 * PRECISION
@@ -324,12 +326,16 @@ def test_rounding_bound(compact, precision):
 
 
 def test_float_factors_still_read(compact, compact_file, tmp_path):
-    """Files from before the rounded factors (float32 FLUX_COMP and FLUX_COEF, no
-    FLUX_SCALE) read exactly."""
+    """Files from before the rounded factors (float32 FLUX_COMP, FLUX_COEF, ERR_IMAGE
+    and ERR_SPACE, no FLUX_SCALE) read exactly."""
     lowrank = compact._lowrank
 
     def to_float(hdul):
         del hdul["FLUX_SCALE"]
+        for name in ("ERR_IMAGE", "ERR_SPACE"):
+            image = fits.ImageHDU(getattr(lowrank, name.lower()), name=name)
+            image.header["BUNIT"] = "electron/s"
+            hdul[name] = image
         hdul["FLUX_COMP"] = fits.ImageHDU(lowrank.components, name="FLUX_COMP")
         coef = fits.ImageHDU(lowrank.coefficients, name="FLUX_COEF")
         coef.header["BUNIT"] = "electron/s"
@@ -401,6 +407,7 @@ def test_tess_backml_file_still_reads(backml_cube_path, tmp_path):
     # Within the rounding of the stored factors (5 % of the quoted error, RMS).
     ratio = (ev.flux.value - compact.flux.value) / compact.flux_err.value
     assert rms(ratio) <= PRECISION
+    np.testing.assert_allclose(ev.flux_err.value, compact.flux_err.value, rtol=2.0**-ERROR_BITS)
 
 
 def _set(key, value):
@@ -426,6 +433,10 @@ def _delete_hdu(name):
 
 def _nan_component(h):
     h["FLUX_SCALE"].data["COMP"][0] = np.nan
+
+
+def _error_without_step(h):
+    del h["ERR_SPACE"].header["ERRSTEP"]
 
 
 def _integer_without_scale(h):
@@ -468,6 +479,7 @@ def _mean_unit(h):
         (_set("SLRANK", 99), "the rank is recorded as 99 but there are 2 components"),
         (_nan_component, "components has NaN"),
         (_integer_without_scale, "FLUX_COMP holds integers but the file has no FLUX_SCALE"),
+        (_error_without_step, "ERR_SPACE holds integers but no positive ERRSTEP"),
         (_short_scale, "FLUX_SCALE must be a table .* one row per component in FLUX_COMP \\(2\\)"),
         (_negative_error, "error factors must be non-negative"),
         (_delete_hdu("ERR_SPACE"), "has ERR_TIME without ERR_SPACE; the file is damaged"),

@@ -251,7 +251,7 @@ def test_evaluate_sum_with_layer(layer_data, strapped):
 @pytest.mark.parametrize("compact", [False, True], ids=["dense", "compact"])
 def test_fits_round_trip(cubes, tmp_path, compact):
     """Written and read back, a cube with a fine layer keeps its index exactly, its
-    errors within 2**-9 (``ERRSTEP``) and its blocks within the stated rounding (RMS <=
+    errors within 2**-8 (``ERRSTEP``) and its blocks within the stated rounding (RMS <=
     PRECISION x ERROR per block); evaluation differs by no more than that."""
     cube = cubes[0].compress() if compact else cubes[0]
     path = tmp_path / "cube.fits"
@@ -265,13 +265,13 @@ def test_fits_round_trip(cubes, tmp_path, compact):
     for name in ("tile_row", "tile_col", "plane", "basis_start", "rank", "coef_start"):
         np.testing.assert_array_equal(getattr(again.fine, name), getattr(cube.fine, name))
     error = again.fine.error
-    np.testing.assert_allclose(error, cube.fine.error, rtol=2.0**-9, atol=0)
+    np.testing.assert_allclose(error, cube.fine.error, rtol=2.0**-8, atol=0)
     assert np.any(error != cube.fine.error)  # really rounded
     assert_rounded(cube.fine, again.fine)
     rows, cols = np.arange(180, 215), np.arange(290, 340)
     a, b = cube.evaluate(cube_times(), rows, cols), again.evaluate(cube_times(), rows, cols)
     assert np.abs(b.flux - a.flux).max().value <= 3 * PRECISION * cube.fine.error.max()
-    np.testing.assert_allclose(a.flux_err, b.flux_err, rtol=2.0**-9)
+    np.testing.assert_allclose(a.flux_err, b.flux_err, rtol=2.0**-8)
 
 
 def assert_rounded(exact, read):
