@@ -1,29 +1,34 @@
-"""Benchmark the size of a cube's fine layer on disk, before and after rounding (issue 18).
+"""Benchmark the size of a structured-field cube on disk, exact and rounded (issue 18).
 
-Run: ``python benchmarks/bench_size_fine.py [--frames 60 120] [--keep DIR]``. Prints
-numbers; asserts nothing. About 3 minutes on a busy 2-core machine (two builds
-of ~1 minute; ``--keep DIR`` keeps the built cubes there and reuses them).
+Run: ``python benchmarks/bench_size_fine.py [--frames 120 240] [--cadence 1800 200]
+[--keep DIR]``. Prints numbers; asserts nothing. About 20 minutes on a busy 2-core
+machine (four builds of 1 to 5 minutes, then ~1 minute per cube; ``--keep DIR``
+keeps the built cubes there and reuses them).
 
-For each frame count ``N``, simulated sector-1 FFIs (30-min cadence) of the
-structured field ``ScatteredLightField(structured=True)`` (a ~12-px glint
-ridge and a ~6-px baffle shadow edge), frames chosen as in ``bench_build.py``
-(``select_times``), are built with the builder's defaults
-(``BuildConfig(pixel_bin=16)``: compact encoding, fine layer). The cube is
-written twice:
+For each FFI cadence (30 min and 200 s) and frame count ``N``, simulated sector-1
+FFIs of the structured field ``ScatteredLightField(structured=True)`` (a ~12-px
+glint ridge and a ~6-px baffle shadow edge), frames chosen as in
+``bench_build.py`` (``select_times``: most of them consecutive from the start of
+each orbit, where the light changes most), are built with the builder's
+defaults (``BuildConfig(pixel_bin=16)``: compact encoding, fine layer). The cube
+is written twice:
 
-* ``before``: the fine layer as files were written before rounding: float32
-  ``FINE`` and ``FINE_COEF``, index columns of 32/64-bit integers (the old
-  writer, reproduced here);
-* ``after``: ``cube.write`` (basis images and coefficients rounded to steps
-  tied to each block's quoted error, ``FineLayer.quantum``, and
-  RICE-compressed; narrow index columns; ``COEF`` implied by ``RANK``).
+* ``before``: every factor stored exactly, as float32 (``to_hdulist(...,
+  precision=None)``; the layout of earlier files, with narrow index columns);
+* ``after``: ``cube.write``: the low-rank factors ``FLUX_COMP`` and ``FLUX_COEF``
+  rounded to steps tied to the quoted ``flux_err`` (``LowRank.quantum``), the
+  fine layer's basis images and coefficients to steps tied to each block's
+  quoted error (``FineLayer.quantum``), both RICE-compressed (coefficients as
+  time series); ``FINE_INDEX`` a RICE-compressed integer image.
 
 Printed:
 
 * the size of every extension and of the file, before and after;
-* the rounding of the fine layer: RMS over each block of (after - before), in
-  units of the block's quoted ``ERROR`` (pooled, median and largest block;
-  the writer keeps the expected RMS below ``FINEPREC`` = 0.05);
+* the rounding: for the fine layer, RMS over each block of (after - before) in
+  units of the block's quoted ``ERROR`` (pooled, median and largest block); for
+  the low-rank flux, RMS over planes of (after - before) in units of the quoted
+  ``flux_err`` (pooled and largest bin). The writer keeps both expected RMS
+  below ``PRECISION`` = 0.05;
 * accuracy against the simulator's truth, as ``bench_build.py`` measures it:
   RMS of (model - truth) minus each pixel's time mean, on 15 x 15-px patches
   of every class, in % of the scattered-light range, from the file written
@@ -31,14 +36,16 @@ Printed:
 * the time to read each file and to evaluate a 25 x 25-px TPF at 2-min cadence
   over the cube's span (fastest of 7, the two files in turn);
 * an extrapolation to a sector: each extension's size grows linearly with the
-  number of frames between the two builds (blocks, coefficients and basis
-  images all grow with frames; the low-rank ``FLUX_COMP`` and ``FLUX_COEF``
-  only until the rank reaches its cap, 64 by default), extended to the frames of a 30-min sector
-  (sector 1) and of a 200-s sector (sector 60). The frames of these builds
-  are chosen where the light changes most, so the growth per frame is
-  probably an overestimate for the quieter rest of a sector; and a 200-s
-  sector's frames differ less from each other than 30-min ones, so its
-  estimate is an upper bound rather than a forecast.
+  number of frames between the two builds of a cadence (blocks, coefficients
+  and basis images all grow with frames; the low-rank ``FLUX_COMP`` only until
+  the rank reaches its cap, 64 by default, taken at the "before" size of a
+  full-rank float32 array, an upper bound for the rounded one), extended to the
+  frames of a 30-min sector (sector 1) from the 30-min builds and of a 200-s
+  sector (sector 60) from the 200-s builds. The frames of these builds are
+  chosen where the light changes most, so the growth per frame is probably an
+  overestimate for the quieter rest of a sector; and it falls with the number
+  of frames (the 30-min fine layer grew by 1.5 kB per frame from 60 to 120
+  frames, 1.1 kB from 120 to 240), so the longer builds by default.
 """
 
 from __future__ import annotations
@@ -56,40 +63,19 @@ from astropy.io import fits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 FINE_HDUS = ("FINE", "FINE_SCALE", "FINE_INDEX", "FINE_COEF")
+ROUNDED_HDUS = (*FINE_HDUS, "FLUX_COMP", "FLUX_COEF", "FLUX_SCALE")
+#: FFI cadences [s] measured, and the sector each extrapolates to.
+SECTORS = {1800.0: ("30-min sector (sector 1)", 1), 200.0: ("200-s sector (sector 60)", 60)}
 TPF = 1000 + np.arange(25)  # rows of the TPF; columns start at 1290 (on the shadow edge)
 
 
-def old_fine_hdus(layer) -> list:
-    """The fine layer's extensions as the writer made them before rounding."""
-    image = fits.ImageHDU(layer.basis, name="FINE")
-    image.header["BUNIT"] = ("electron/s", "per pixel")
-    image.header["FINEBIN"] = layer.pixel_bin
-    image.header["FINETILE"] = layer.tile
-    index = fits.BinTableHDU.from_columns(
-        [
-            fits.Column("TILE_ROW", "J", array=layer.tile_row),
-            fits.Column("TILE_COL", "J", array=layer.tile_col),
-            fits.Column("PLANE", "J", array=layer.plane),
-            fits.Column("ERROR", "E", unit="electron/s", array=layer.error),
-            fits.Column("BASIS", "K", array=layer.basis_start),
-            fits.Column("RANK", "K", array=layer.rank),
-            fits.Column("COEF", "K", array=layer.coef_start),
-        ],
-        name="FINE_INDEX",
-    )
-    return [image, index, fits.ImageHDU(layer.coef, name="FINE_COEF")]
-
-
 def write_before(cube, path: Path) -> Path:
-    """``cube`` written with the fine layer in the layout from before rounding."""
+    """``cube`` with its factors and fine layer stored exactly, as float32."""
     from lk_scatterlight.cubefile import to_hdulist
 
-    hdul = to_hdulist(cube, compact=cube.is_compact)
-    for name in FINE_HDUS:
-        if name in hdul:
-            hdul.pop(name)
-    hdul.extend(old_fine_hdus(cube.fine))
-    hdul.writeto(path, overwrite=True, checksum=True)
+    to_hdulist(cube, compact=cube.is_compact, precision=None).writeto(
+        path, overwrite=True, checksum=True
+    )
     return path
 
 
@@ -104,8 +90,9 @@ def extension_sizes(path: Path) -> dict[str, int]:
     return sizes
 
 
-def build(n_frames: int, keep: Path):
-    """The structured-field cube of ``n_frames`` frames (built, or read from ``keep``)."""
+def build(n_frames: int, keep: Path, cadence: float = 1800.0):
+    """The structured-field cube of ``n_frames`` frames at ``cadence`` [s] (built, or read
+    from ``keep``)."""
     import bench_build as bb
 
     from lk_scatterlight import ScatterLightCube
@@ -113,16 +100,16 @@ def build(n_frames: int, keep: Path):
     from lk_scatterlight.builder.sources import SimulatedFFISource
     from lk_scatterlight.simulate import FFISimulator, ScatteredLightField
 
-    times = bb.select_times(n_frames)
+    times = bb.select_times(n_frames, cadence=cadence)
     sim = FFISimulator(ScatteredLightField(structured=True), time=times, seed=bb.SIM_SEED)
-    saved = keep / f"structured_{n_frames}.fits"
-    if saved.exists():  # the float32 layout: exactly the built layer
+    saved = keep / f"structured_{cadence:g}s_{n_frames}.fits"
+    if saved.exists():  # the float32 layout: exactly the built cube
         return ScatterLightCube.read(saved), sim, 0.0
     start = time.perf_counter()
     cube = build_cube(
         SimulatedFFISource(sim),
         BuildConfig(pixel_bin=16),
-        work_dir=keep / f"work_{n_frames}",
+        work_dir=keep / f"work_{cadence:g}s_{n_frames}",
         progress=False,
     )
     seconds = time.perf_counter() - start
@@ -152,18 +139,20 @@ def timed(funcs: dict, repeat=7) -> dict[str, float]:
     return {key: min(values) for key, values in times.items()}
 
 
-def run(n_frames: int, keep: Path) -> dict:
+def run(n_frames: int, keep: Path, cadence: float) -> dict:
     from lk_scatterlight import ScatterLightCube
 
-    cube, sim, seconds = build(n_frames, keep)
+    cube, sim, seconds = build(n_frames, keep, cadence)
+    name = f"{cadence:g}s_{n_frames}"
     paths = {
-        "before": write_before(cube, keep / f"before_{n_frames}.fits"),
-        "after": cube.write(keep / f"after_{n_frames}.fits", overwrite=True),
+        "before": write_before(cube, keep / f"before_{name}.fits"),
+        "after": cube.write(keep / f"after_{name}.fits", overwrite=True),
     }
     fine = cube.fine
     built = f", built in {seconds:.0f} s" if seconds else ""
     print(
-        f"\n== {cube.shape[0]} planes ({n_frames} frames asked){built}: fine layer "
+        f"\n== {cadence:g}-s FFIs, {cube.shape[0]} planes ({n_frames} frames asked){built}: "
+        "fine layer "
         f"{len(fine)} blocks, {fine.basis.shape[0]} basis images, "
         f"{fine.coef.size} coefficients; low-rank rank {cube.rank}"
     )
@@ -180,8 +169,18 @@ def run(n_frames: int, keep: Path) -> dict:
     ratio = np.sqrt((diff**2).mean(axis=(1, 2))) / fine.error
     pooled = np.sqrt((diff**2).mean() / np.mean(fine.error.astype(float) ** 2))
     print(
-        f"  rounding RMS / quoted ERROR: pooled {pooled:.4f}, median block {np.median(ratio):.4f}, "
-        f"largest {ratio.max():.4f} (quoted ERROR RMS {np.sqrt(np.mean(fine.error**2)):.4f} e-/s)"
+        f"  fine rounding RMS / quoted ERROR: pooled {pooled:.4f}, median block "
+        f"{np.median(ratio):.4f}, largest {ratio.max():.4f} (quoted ERROR RMS "
+        f"{np.sqrt(np.mean(fine.error**2)):.4f} e-/s)"
+    )
+    flux = {k: c._lowrank.flux_coef @ c._lowrank.flux_comp.reshape(cube.rank + 1, -1)
+            for k, c in cubes.items()}  # fmt: skip
+    lowrank = cube._lowrank
+    sigma = np.sqrt(lowrank.var_coef @ lowrank.var_comp.reshape(len(lowrank.var_comp), -1))
+    per_bin = np.sqrt(np.mean(((flux["after"] - flux["before"]) / sigma) ** 2, axis=0))
+    print(
+        f"  low-rank rounding RMS / quoted flux_err: pooled {np.sqrt(np.mean(per_bin**2)):.4f}, "
+        f"largest bin {per_bin.max():.4f}"
     )
     kinds, before = accuracy(cubes["before"], sim)
     _, after = accuracy(cubes["after"], sim)
@@ -204,46 +203,49 @@ def run(n_frames: int, keep: Path) -> dict:
             f"cadences {ev[key] * 1e3:6.1f} ms (fastest of 7, interleaved)"
         )
     info = cube.compression
+    rounded = sizes["after"].get("FLUX_COMP", 0) / max(cube.rank, 1)  # per component
     cap = {  # the low-rank part at its cap on the rank, per frame where it grows with frames
-        "FLUX_COMP": (info.max_rank * cube.shape[1] * cube.shape[2] * 4, 0),
-        "FLUX_COEF": (0, info.max_rank * 4),
+        ("FLUX_COMP", "before"): (info.max_rank * cube.shape[1] * cube.shape[2] * 4, 0),
+        ("FLUX_COMP", "after"): (info.max_rank * rounded, 0),
+        ("FLUX_COEF", "before"): (0, info.max_rank * 4),
     }
     return {"frames": cube.shape[0], "sizes": sizes, "total": total, "cap": cap}
 
 
-def extrapolate(results: list[dict]) -> None:
-    """Linear growth with frames between the two builds, to whole sectors."""
+def extrapolate(results: list[dict], cadence: float) -> None:
+    """Linear growth with frames between the two builds, to a whole sector."""
     from lk_scatterlight.simulate import sector_times
 
     (r0, r1) = results[:2]
     n0, n1 = r0["frames"], r1["frames"]
-    for label, frames in (
-        ("30-min sector (sector 1)", sector_times(1, cadence=1800).size),
-        ("200-s sector (sector 60)", sector_times(60, cadence=200).size),
-    ):
-        print(f"\n== extrapolated to a {label}, {frames} frames [MB]")
-        print(f"  {'extension':12s} {'before':>9s} {'after':>9s}")
-        totals = {"before": 0.0, "after": 0.0}
-        names = dict.fromkeys([*r1["sizes"]["before"], *r1["sizes"]["after"]])
-        for name in names:
-            row = {}
-            for key in totals:
-                s0 = r0["sizes"][key].get(name, 0)
-                s1 = r1["sizes"][key].get(name, 0)
-                size = max(s1 + (s1 - s0) / (n1 - n0) * (frames - n1), s1)
-                if name in r1["cap"]:  # the rank stops growing at its cap
-                    fixed, per_frame = r1["cap"][name]
-                    size = min(size, fixed + per_frame * frames)
-                row[key] = size / 1e6
-                totals[key] += row[key]
-            if name in FINE_HDUS or max(row.values()) > 0.5:
-                print(f"  {name:12s} {row['before']:9.2f} {row['after']:9.2f}")
-        print(f"  {'file':12s} {totals['before']:9.2f} {totals['after']:9.2f}")
+    label, sector = SECTORS[cadence]
+    frames = sector_times(sector, cadence=cadence).size
+    print(f"\n== {cadence:g}-s builds extrapolated to a {label}, {frames} frames [MB]")
+    print(f"  {'extension':12s} {'before':>9s} {'after':>9s}")
+    totals = {"before": 0.0, "after": 0.0}
+    for name in dict.fromkeys([*r1["sizes"]["before"], *r1["sizes"]["after"]]):
+        row = {}
+        for key in totals:
+            s0 = r0["sizes"][key].get(name, 0)
+            s1 = r1["sizes"][key].get(name, 0)
+            size = max(s1 + (s1 - s0) / (n1 - n0) * (frames - n1), s1)
+            if (name, key) in r1["cap"]:  # the rank stops growing at its cap
+                fixed, per_frame = r1["cap"][name, key]
+                size = min(size, fixed + per_frame * frames)
+            row[key] = size / 1e6
+            totals[key] += row[key]
+        if name in ROUNDED_HDUS or max(row.values()) > 0.3:
+            print(f"  {name:12s} {row['before']:9.2f} {row['after']:9.2f}")
+    print(f"  {'file':12s} {totals['before']:9.2f} {totals['after']:9.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, nargs=2, default=[60, 120])
+    parser.add_argument("--frames", type=int, nargs=2, default=[120, 240])
+    parser.add_argument(
+        "--cadence", type=float, nargs="+", default=list(SECTORS), choices=list(SECTORS),
+        help="FFI cadences [s] to build (default both)",
+    )  # fmt: skip
     parser.add_argument("--keep", type=Path, help="keep (and reuse) the built cubes here")
     args = parser.parse_args()
     import lk_scatterlight
@@ -255,8 +257,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_size_fine_") as tmp:
         keep = args.keep or Path(tmp)
         keep.mkdir(parents=True, exist_ok=True)
-        results = [run(n, keep) for n in args.frames]
-    extrapolate(results)
+        for cadence in args.cadence:
+            extrapolate([run(n, keep, cadence) for n in args.frames], cadence)
 
 
 if __name__ == "__main__":

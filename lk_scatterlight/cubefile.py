@@ -26,7 +26,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from .ccd import BTJD_OFFSET, FLUX_BUNITS, Region
 from .exceptions import CubeFormatError
 from .finelayer import FINE_EXTENSIONS, FineLayer
-from .lowrank import CompressionInfo, LowRank
+from .lowrank import PRECISION, CompressionInfo, LowRank, error_step
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cube import ScatterLightCube
@@ -75,21 +75,27 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
         raise FileNotFoundError(f"No scattered-light cube at {path}.")
     try:
         # astropy only *warns* about a truncated or corrupt file (and then drops the
-        # HDUs it could not read); catch that here and report it as such.
+        # HDUs it could not read) while it reads the headers; catch that here and
+        # report it as such. (The file is opened once: each compressed HDU's header
+        # costs milliseconds to read.)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AstropyUserWarning)
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+            try:
                 names = [h.name for h in hdul]
-        corrupt = [
-            str(w.message)
-            for w in caught
-            if "truncated" in str(w.message) or "Error validating header" in str(w.message)
-        ]
-        if corrupt:
-            raise CubeFormatError(f"{path} is truncated or corrupt: {corrupt[0]}")
-        for w in caught:  # anything else is passed on unchanged
-            warnings.warn(w.message, stacklevel=3)
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            except BaseException:
+                hdul.close()
+                raise
+        with hdul:
+            corrupt = [
+                str(w.message)
+                for w in caught
+                if "truncated" in str(w.message) or "Error validating header" in str(w.message)
+            ]
+            if corrupt:
+                raise CubeFormatError(f"{path} is truncated or corrupt: {corrupt[0]}")
+            for w in caught:  # anything else is passed on unchanged
+                warnings.warn(w.message, stacklevel=3)
             header = hdul[0].header
             if "SCATTER LIGHT CUBE" in names:
                 return _read_tess_backml(hdul, path)
@@ -103,10 +109,16 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
         raise CubeFormatError(f"{path} cannot be read as a FITS file: {err}") from err
 
 
-def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
+def to_hdulist(
+    cube: ScatterLightCube, compact: bool = False, precision: float | None = PRECISION
+) -> fits.HDUList:
     """The FITS file of ``cube`` (format `FORMAT_VERSION`), ``LOWRANK`` if ``compact``.
 
     A compact encoding needs a compact cube (`ScatterLightCube.compress`).
+    ``precision``: rounding of the low-rank factors and of the fine layer, in units
+    of their quoted errors (`~lk_scatterlight.lowrank.LowRank.quantum`,
+    `~lk_scatterlight.finelayer.FineLayer.quantum`); None stores them exactly as
+    float32, the layout of earlier files.
     """
     from . import __version__
 
@@ -142,7 +154,7 @@ def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
     image_header = fits.Header()
     image_header["BUNIT"] = ("electron/s", "per pixel")
     if compact:
-        data_hdus = _lowrank_hdus(cube._lowrank, h, image_header)
+        data_hdus = _lowrank_hdus(cube._lowrank, h, image_header, precision)
     else:
         data_hdus = [
             fits.ImageHDU(np.asarray(cube._flux, np.float32), image_header, name="FLUX"),
@@ -162,7 +174,14 @@ def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
     col = fits.ImageHDU(cube.column, name="COLUMN")
     for hdu in (row, col):
         hdu.header["COMMENT"] = "bin centres, 1-based CCD pixels incl. 44 collateral columns"
-    npix = fits.ImageHDU(cube.npix, name="NPIX")
+    # Small integers that repeat: compressed losslessly to a fraction of their size.
+    # (One compressed tile: each tile costs ~0.1 ms to read.)
+    npix = fits.CompImageHDU(
+        np.asarray(cube.npix, np.int32),
+        name="NPIX",
+        compression_type="RICE_1",
+        tile_shape=np.shape(cube.npix),
+    )
     keys = sorted(cube.meta)
     provenance = fits.BinTableHDU.from_columns(
         [
@@ -183,7 +202,7 @@ def to_hdulist(cube: ScatterLightCube, compact: bool = False) -> fits.HDUList:
         name="STRAPS",
     )
     straps.header["COMMENT"] = "scattered-light response of strap columns vs neighbours"
-    fine = cube.fine.to_hdus() if cube.fine is not None and len(cube.fine) else []
+    fine = cube.fine.to_hdus(precision) if cube.fine is not None and len(cube.fine) else []
     return fits.HDUList([primary, *data_hdus, time, row, col, npix, provenance, straps, *fine])
 
 
@@ -336,8 +355,11 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
                 f"{path}: extension {name} has shape {shape}; the LOWRANK encoding needs "
                 f"{ndim} axes."
             )
-        # A rank-0 cube has empty component and coefficient arrays.
-        arrays[name] = np.zeros(shape, np.float32) if 0 in shape else np.array(hdu.data)
+        if 0 in shape:  # a rank-0 cube has empty component and coefficient arrays
+            arrays[name] = np.zeros(shape, np.float32)
+        else:
+            read = _read_error_image if name == "ERR_IMAGE" else lambda h, _: np.array(h.data)
+            arrays[name] = read(hdu, path)
     # The noise projection (version 3): both extensions or neither.
     present = [name for name in _PROJECTION_EXTENSIONS if name in hdul]
     if len(present) == 1:
@@ -345,7 +367,8 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
             f"{path}: the LOWRANK encoding has {present[0]} without "
             f"{(set(_PROJECTION_EXTENSIONS) - set(present)).pop()}; the file is damaged."
         )
-    projection = [np.array(hdul[name].data) for name in _PROJECTION_EXTENSIONS if present]
+    projection = [_read_error_image(hdul[name], path) for name in _PROJECTION_EXTENSIONS if present]
+    _unscale_factors(arrays, hdul, path)
     try:
         return LowRank(
             arrays["FLUX_MEAN"],
@@ -358,6 +381,31 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
         )
     except CubeFormatError as err:
         raise CubeFormatError(f"{path}: {err}") from err
+
+
+def _unscale_factors(arrays: dict[str, np.ndarray], hdul: fits.HDUList, path: Path) -> None:
+    """Rounded ``FLUX_COMP`` and ``FLUX_COEF`` (integers) times their ``FLUX_SCALE`` steps."""
+    integer = [n for n in ("FLUX_COMP", "FLUX_COEF") if arrays[n].dtype.kind in "iu"]
+    if "FLUX_SCALE" not in hdul:
+        if integer:
+            raise CubeFormatError(
+                f"{path}: {integer[0]} holds integers but the file has no FLUX_SCALE "
+                "extension to scale them; the file is damaged."
+            )
+        return
+    table = hdul["FLUX_SCALE"].data
+    names = table.columns.names if table is not None else []
+    k = arrays["FLUX_COMP"].shape[0]
+    if any(c not in names for c in ("COMP", "COEF")) or len(table) != k:
+        raise CubeFormatError(
+            f"{path}: FLUX_SCALE must be a table with columns COMP and COEF and one row "
+            f"per component in FLUX_COMP ({k}); the file is damaged."
+        )
+    # In float32, as the factors are held: a float64 product would double the read time.
+    comp_step = np.asarray(table["COMP"], dtype=np.float32)[:, None, None]
+    coef_step = np.asarray(table["COEF"], dtype=np.float32)
+    arrays["FLUX_COMP"] = np.multiply(arrays["FLUX_COMP"], comp_step, dtype=np.float32)
+    arrays["FLUX_COEF"] = np.multiply(arrays["FLUX_COEF"], coef_step, dtype=np.float32)
 
 
 def _read_straps(hdul: fits.HDUList, names: list[str]) -> dict[str, np.ndarray]:
@@ -459,17 +507,25 @@ _COMPRESSION_CARDS = (
 
 
 def _lowrank_hdus(
-    lowrank: LowRank, primary: fits.Header, image_header: fits.Header
-) -> list[fits.ImageHDU]:
-    """The data extensions of a LOWRANK file; adds the compression cards to ``primary``."""
+    lowrank: LowRank,
+    primary: fits.Header,
+    image_header: fits.Header,
+    precision: float | None = PRECISION,
+) -> list[fits.hdu.base.ExtensionHDU]:
+    """The data extensions of a LOWRANK file; adds the compression cards to ``primary``.
+
+    ``precision``: rounding of the factors (`LowRank.quantum`); None writes them as
+    float32 (the layout of earlier files).
+    """
     for key, field, comment in _COMPRESSION_CARDS:
         value = getattr(lowrank.info, field)
         primary[key] = (int(value) if field in ("rank", "max_rank") else float(value), comment)
+    comp, coef, scale = _rounded_factors(lowrank, precision)
     hdus = [
         fits.ImageHDU(lowrank.mean, image_header, name="FLUX_MEAN"),
-        fits.ImageHDU(lowrank.components, name="FLUX_COMP"),
-        fits.ImageHDU(lowrank.coefficients, image_header, name="FLUX_COEF"),
-        fits.ImageHDU(lowrank.err_image, image_header, name="ERR_IMAGE"),
+        comp,
+        coef,
+        _error_image(lowrank.err_image, "ERR_IMAGE", precision),
         fits.ImageHDU(lowrank.err_scale, name="ERR_SCALE"),
     ]
     comments = [
@@ -482,7 +538,7 @@ def _lowrank_hdus(
     if lowrank.err_time is not None:
         hdus += [
             fits.ImageHDU(lowrank.err_time, name="ERR_TIME"),
-            fits.ImageHDU(lowrank.err_space, image_header, name="ERR_SPACE"),
+            _error_image(lowrank.err_space, "ERR_SPACE", precision),
         ]
         comments += [
             "noise kept, dimensionless, (ntime, 2); see docs",
@@ -493,4 +549,78 @@ def _lowrank_hdus(
     for hdu, comment in zip(hdus, comments, strict=True):
         hdu.header["COMMENT"] = comment
     hdus[0].header["COMMENT"] = "FLUX[t] = FLUX_MEAN + sum_i FLUX_COEF[t, i] FLUX_COMP[i]"
-    return hdus
+    return hdus if scale is None else [*hdus, scale]
+
+
+def _error_image(values: np.ndarray, name: str, precision: float | None):
+    """An error factor image [e-/s]: int32 multiples of ``ERRSTEP`` (`error_step`),
+    RICE-compressed; float32 when ``precision`` is None."""
+    header = fits.Header([("BUNIT", "electron/s", "per pixel")])
+    if precision is None:
+        return fits.ImageHDU(values, header, name=name)
+    step = error_step(values)
+    header["BUNIT"] = ("electron/s", "per pixel, times ERRSTEP")
+    header["ERRSTEP"] = (step, "[electron/s] value = stored integer * ERRSTEP")
+    return fits.CompImageHDU(
+        np.rint(values / step).astype(np.int32),
+        header,
+        name=name,
+        compression_type="RICE_1",
+        tile_shape=values.shape,  # one tile: each costs ~0.1 ms to read
+    )
+
+
+def _read_error_image(hdu, path: Path) -> np.ndarray:
+    """An error factor image as written by `_error_image` (or float32)."""
+    data = np.array(hdu.data)
+    if data.dtype.kind not in "iu":
+        return data
+    step = hdu.header.get("ERRSTEP")
+    if isinstance(step, bool) or not isinstance(step, int | float) or not step > 0:
+        raise CubeFormatError(
+            f"{path}: {hdu.name} holds integers but no positive ERRSTEP keyword to scale "
+            f"them (found {step!r}); the file is damaged."
+        )
+    return data * float(step)
+
+
+def _rounded_factors(lowrank: LowRank, precision: float | None):
+    """``FLUX_COMP``, ``FLUX_COEF`` and ``FLUX_SCALE`` (None when not rounded).
+
+    Rounded (`LowRank.quantum`), the factors are int32 multiples of per-component
+    steps, tile-compressed (``RICE_1``, which codes differences of neighbouring
+    values): each component image is one tile, and each component's coefficients,
+    a series smooth in time, another. ``precision=None`` or rank 0 write float32.
+    """
+    header = fits.Header([("BUNIT", "electron/s", "per pixel")])
+    if precision is None or lowrank.rank == 0:
+        return (
+            fits.ImageHDU(lowrank.components, name="FLUX_COMP"),
+            fits.ImageHDU(lowrank.coefficients, header, name="FLUX_COEF"),
+            None,
+        )
+    comp_step, coef_step = lowrank.quantum(precision)
+    comp = fits.CompImageHDU(
+        np.rint(lowrank.components / comp_step[:, None, None]).astype(np.int32),
+        name="FLUX_COMP",
+        compression_type="RICE_1",
+        tile_shape=(1, *lowrank.mean.shape),
+    )
+    header["BUNIT"] = ("electron/s", "per pixel, times FLUX_SCALE.COEF")
+    coef = fits.CompImageHDU(
+        np.rint(lowrank.coefficients / coef_step).astype(np.int32),
+        header,
+        name="FLUX_COEF",
+        compression_type="RICE_1",
+        tile_shape=(lowrank.coefficients.shape[0], 1),
+    )
+    scale = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("COMP", "D", array=comp_step),
+            fits.Column("COEF", "D", unit="electron/s", array=coef_step),
+        ],
+        name="FLUX_SCALE",
+    )
+    scale.header["FLUXPREC"] = (precision, "rounding RMS <= FLUXPREC * FLUX_ERR")
+    scale.header["COMMENT"] = "row i: steps of FLUX_COMP[i] and of FLUX_COEF[:, i]"
+    return comp, coef, scale

@@ -44,16 +44,15 @@ from astropy.io import fits
 
 from . import interpolate
 from .exceptions import CubeFormatError
+from .lowrank import PRECISION, error_step  # rounding on writing, as for the factors
 
 __all__ = ["FineLayer", "FINE_EXTENSIONS"]
 
 #: FITS extensions of a fine layer: the blocks and their index table (all required).
 FINE_EXTENSIONS = ("FINE", "FINE_INDEX", "FINE_COEF")
-#: Default rounding of the basis images on writing: RMS error of a block at most
-#: this fraction of its quoted ``error`` (see `FineLayer.quantum`).
-PRECISION = 0.05
 _INT16_SPAN = 32000.0  # largest stored |integer| (int16 holds 32767)
 _COMPRESSION_IMAGES = 256  # basis images per compressed FITS tile
+_COMPRESSION_VALUES = 2**16  # values per compressed FITS tile of 1-D series
 _SCIENCE = 2048
 _FIRST_ROW, _FIRST_COLUMN = 1, 45
 
@@ -329,6 +328,15 @@ class FineLayer:
         within = np.arange(block.size) - np.repeat(np.cumsum(self.rank) - self.rank, self.rank)
         return block, self.basis_start[block] + within, self.coef_start[block] + within
 
+    def _image_order(self) -> np.ndarray:
+        """Positions in ``coef`` of the coefficients ordered by basis image, then block.
+
+        A factored tile's coefficients of one image are then a series over its
+        planes, smooth in time, which the compression codes as small differences.
+        """
+        block, image, position = self._pairs()
+        return position[np.lexsort((block, image))]
+
     def _coef_image(self) -> np.ndarray:
         """The basis image each coefficient multiplies (-1 where no block uses it)."""
         _, image, position = self._pairs()
@@ -343,10 +351,11 @@ class FineLayer:
         the largest that keeps the rounding error of every block using it below
         ``precision / sqrt(2 rank)`` of the block's ``error`` (RMS over the
         block), never finer than the int16 range needs (``max |basis_j| /
-        32000``); the coefficients of image ``j`` are rounded to a power of two
-        chosen the same way from the rounded image (so a coefficient of 1, as
-        raw blocks have, is stored exactly). All of a block's images and
-        coefficients together add at most ``precision * error``.
+        32000``); the coefficients of image ``j`` are rounded to the step chosen
+        the same way from the rounded image, or to the power of two below it for
+        the images of raw blocks, whose coefficients are all 1 (stored exactly
+        then). All of a block's images and coefficients together add at most
+        ``precision * error``.
 
         Parameters
         ----------
@@ -378,9 +387,12 @@ class FineLayer:
             rms = np.sqrt(np.mean(rounded**2, axis=1))
             top = np.zeros(nb)
             np.maximum.at(top, image, coef)
-            power = largest(share / rms[image], top / 2.0**30)
-            power = np.where(power > 0, power, 1.0)
-        return step, (2.0 ** np.floor(np.log2(power))).astype(np.float32)
+            coef_step = largest(share / rms[image], top / 2.0**30)
+            coef_step = np.where(coef_step > 0, coef_step, 1.0)
+        raw = np.ones(nb, dtype=bool)  # images whose coefficients are all 1
+        np.logical_and.at(raw, image, self.coef[position] == 1)
+        coef_step[raw] = 2.0 ** np.floor(np.log2(coef_step[raw]))
+        return step, coef_step.astype(np.float32)
 
     def to_hdus(self, precision: float | None = PRECISION) -> list[fits.hdu.base.ExtensionHDU]:
         """The ``FINE``, ``FINE_SCALE``, ``FINE_INDEX`` and ``FINE_COEF`` extensions.
@@ -400,18 +412,20 @@ class FineLayer:
             index column), 3 to 4 times larger.
         """
         nb, t = self.basis.shape[0], self.tile
-        columns = [
-            _integer_column("TILE_ROW", self.tile_row),
-            _integer_column("TILE_COL", self.tile_col),
-            _integer_column("PLANE", self.plane),
-            fits.Column("ERROR", "E", unit="electron/s", array=self.error),
-            _integer_column("BASIS", self.basis_start),
-            _integer_column("RANK", self.rank),
-        ]
         implied = np.array_equal(self.coef_start, np.cumsum(self.rank) - self.rank)
-        if precision is None or not implied:
-            columns.append(_integer_column("COEF", self.coef_start))
-        index = fits.BinTableHDU.from_columns(columns, name="FINE_INDEX")
+        if precision is None:
+            columns = [
+                _integer_column("TILE_ROW", self.tile_row),
+                _integer_column("TILE_COL", self.tile_col),
+                _integer_column("PLANE", self.plane),
+                fits.Column("ERROR", "E", unit="electron/s", array=self.error),
+                _integer_column("BASIS", self.basis_start),
+                _integer_column("RANK", self.rank),
+                _integer_column("COEF", self.coef_start),
+            ]
+            index = fits.BinTableHDU.from_columns(columns, name="FINE_INDEX")
+        else:
+            index = self._index_image(implied)
         if precision is None:
             image = fits.ImageHDU(self.basis, name="FINE")
             coef = fits.ImageHDU(self.coef, name="FINE_COEF")
@@ -435,12 +449,17 @@ class FineLayer:
             scale.header["COMMENT"] = "row i: steps of basis image i and of its coefficients"
             owner = self._coef_image()
             per_coef = np.where(owner >= 0, coef_step[owner.clip(0)], 1.0)
+            stored = np.rint(self.coef / per_coef).astype(np.int32)
+            if implied:  # by basis image, so that RICE codes each series' small steps
+                stored = stored[self._image_order()]
             coef = fits.CompImageHDU(
-                np.rint(self.coef / per_coef).astype(np.int32),
+                stored,
                 name="FINE_COEF",
                 compression_type="RICE_1",
-                tile_shape=(max(1, min(self.coef.size, 2**16)),),
+                tile_shape=(max(1, min(self.coef.size, _COMPRESSION_VALUES)),),
             )
+            if implied:
+                coef.header["COEFORD"] = ("IMAGE", "ordered by basis image, then block")
         image.header["BUNIT"] = (
             "electron/s",
             "per pixel" + (", times FINE_SCALE" if scale else ""),
@@ -451,6 +470,38 @@ class FineLayer:
         coef.header["COMMENT"] = "coefficients of the basis images, per block"
         return [image, index, coef] if scale is None else [image, scale, index, coef]
 
+    def _index_image(self, implied: bool) -> fits.CompImageHDU:
+        """``FINE_INDEX`` as a tile-compressed int32 image, one row per index column.
+
+        Within a tile the columns are constant or step by one plane, so each row,
+        compressed as one series of differences (``RICE_1``), takes a few bits per
+        block. ``ERROR`` is stored as a multiple of ``ERRSTEP``
+        (`~lk_scatterlight.lowrank.error_step`: the quoted errors change by less
+        than 0.2 %).
+        """
+        step = error_step(self.error)
+        rows = {
+            "TILE_ROW": self.tile_row,
+            "TILE_COL": self.tile_col,
+            "PLANE": self.plane,
+            "BASIS": self.basis_start,
+            "RANK": self.rank,
+            "ERROR": np.rint(self.error / step),
+        }
+        if not implied:
+            rows["COEF"] = self.coef_start
+        n = len(self)
+        index = fits.CompImageHDU(
+            np.array(list(rows.values()), dtype=np.int32),
+            name="FINE_INDEX",
+            compression_type="RICE_1",
+            tile_shape=(1, max(1, min(n, _COMPRESSION_VALUES))),
+        )
+        for i, name in enumerate(rows, start=1):
+            index.header[f"ROWNAME{i}"] = (name, f"row {i}: the block index column {name}")
+        index.header["ERRSTEP"] = (step, "[electron/s] ERROR = ERROR row * ERRSTEP")
+        return index
+
     @classmethod
     def from_hdul(cls, hdul: fits.HDUList, path) -> FineLayer:
         """Read the layer of an open cube file; raise `CubeFormatError` if malformed."""
@@ -458,10 +509,9 @@ class FineLayer:
         for key in ("FINEBIN", "FINETILE"):
             if key not in header:
                 raise CubeFormatError(f"{path}: FINE extension has no {key} keyword.")
-        table = hdul["FINE_INDEX"].data
-        names = table.columns.names if table is not None else []
+        table = _index_columns(hdul["FINE_INDEX"], path)
         wanted = ("TILE_ROW", "TILE_COL", "PLANE", "ERROR", "BASIS", "RANK")
-        missing = [c for c in wanted if c not in names]
+        missing = [c for c in wanted if c not in table]
         if missing:
             raise CubeFormatError(f"{path}: FINE_INDEX has no column(s) {', '.join(missing)}.")
         tile = int(header["FINETILE"])
@@ -480,8 +530,22 @@ class FineLayer:
             basis_start=np.array(table["BASIS"]),
             rank=np.array(table["RANK"]),
             coef=coef,
-            coef_start=np.array(table["COEF"]) if "COEF" in names else None,
+            coef_start=np.array(table["COEF"]) if "COEF" in table else None,
         )
+        order = hdul["FINE_COEF"].header.get("COEFORD", "BLOCK")
+        if order not in ("BLOCK", "IMAGE") or order == "IMAGE" and "COEF" in table:
+            raise CubeFormatError(
+                f"{path}: FINE_COEF has COEFORD = {order!r}; expected 'IMAGE' (without a "
+                "COEF index column) or 'BLOCK'. The file is damaged or from a newer "
+                "lk_scatterlight (pip install -U lk_scatterlight)."
+            )
+        if order == "IMAGE" or "FINE_SCALE" in hdul:
+            # The order and the steps are looked up through the index: check it first.
+            problems = layer.validate(int(layer.plane.max(initial=0)) + 1)
+            if problems:
+                raise CubeFormatError(f"{path}: {problems[0]}.")
+        if order == "IMAGE":
+            coef = _block_order(layer, coef, path)
         if "FINE_SCALE" in hdul:
             return _scaled(layer, coef, hdul["FINE_SCALE"].data, path)
         if not np.issubdtype(np.asarray(basis).dtype, np.floating):
@@ -489,14 +553,49 @@ class FineLayer:
                 f"{path}: FINE holds integers but the file has no FINE_SCALE extension "
                 "to scale them; the file is damaged."
             )
-        return layer
+        return layer if order == "BLOCK" else dataclasses.replace(layer, coef=coef)
+
+
+def _index_columns(hdu, path) -> dict[str, np.ndarray]:
+    """The columns of ``FINE_INDEX``: a binary table, or an integer image (one row each,
+    named by ``ROWNAMEi``; ``ERROR`` in units of ``ERRSTEP``)."""
+    if isinstance(hdu, fits.BinTableHDU):
+        table = hdu.data
+        names = table.columns.names if table is not None else []
+        return {name: np.array(table[name]) for name in names}
+    data = hdu.data
+    header = hdu.header
+    if data is None or data.ndim != 2 or data.dtype.kind not in "iu" or "ERRSTEP" not in header:
+        raise CubeFormatError(
+            f"{path}: FINE_INDEX must be a table or a 2-D integer image with an ERRSTEP "
+            "keyword; the file is damaged."
+        )
+    names = [header.get(f"ROWNAME{i + 1}") for i in range(data.shape[0])]
+    columns = {str(name): np.array(row) for name, row in zip(names, data, strict=True) if name}
+    if "ERROR" in columns:
+        columns["ERROR"] = (columns["ERROR"] * float(header["ERRSTEP"])).astype(np.float32)
+    return columns
+
+
+def _block_order(layer: FineLayer, coef: np.ndarray, path) -> np.ndarray:
+    """The stored coefficients ``coef`` of ``layer`` (a valid index), read in basis-image
+    order (``COEFORD = 'IMAGE'``), put back in block order."""
+    if int(layer.rank.sum()) != coef.size:
+        raise CubeFormatError(
+            f"{path}: FINE_COEF holds {coef.size} coefficients but the blocks' RANK add up "
+            f"to {int(layer.rank.sum())}; the file is damaged."
+        )
+    out = np.empty_like(coef)
+    out[layer._image_order()] = coef
+    return out
 
 
 def _scaled(layer: FineLayer, coef: np.ndarray, table, path) -> FineLayer:
-    """``layer`` read as stored integers, times the steps of the ``FINE_SCALE`` table.
+    """``layer`` (a valid index) read as stored integers, times the steps of the
+    ``FINE_SCALE`` table.
 
-    ``coef`` holds the stored coefficients as read (int32: ``layer.coef`` is
-    float32 and may have rounded them).
+    ``coef`` holds the stored coefficients as read, in block order (int32:
+    ``layer.coef`` is float32 and may have rounded them).
     """
     nb = layer.basis.shape[0]
     names = table.columns.names if table is not None else []
@@ -505,9 +604,6 @@ def _scaled(layer: FineLayer, coef: np.ndarray, table, path) -> FineLayer:
             f"{path}: FINE_SCALE must be a table with columns FINE and COEF and one row "
             f"per basis image in FINE ({nb}); the file is damaged."
         )
-    problems = layer.validate(int(layer.plane.max(initial=0)) + 1)
-    if problems:  # the steps are looked up through the index: check it first
-        raise CubeFormatError(f"{path}: {problems[0]}.")
     step = np.asarray(table["FINE"], dtype=np.float32)
     owner = layer._coef_image()
     coef_step = np.asarray(table["COEF"], dtype=np.float64)

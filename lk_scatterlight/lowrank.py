@@ -40,6 +40,8 @@ __all__ = [
     "CHUNK_VALUES",
     "DEFAULT_TOLERANCE",
     "DEFAULT_MAX_RANK",
+    "PRECISION",
+    "error_step",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,16 @@ log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 0.01
 #: Default cap on the number of components of `ScatterLightCube.compress`.
 DEFAULT_MAX_RANK = 64
+#: Default rounding of the factors on writing: expected RMS rounding error of the flux
+#: at most this fraction of its quoted ``flux_err``, at every bin and plane
+#: (`LowRank.quantum`).
+PRECISION = 0.05
+#: Largest stored |integer| of a rounded factor (int32 holds 2**31 - 1); a finer step than
+#: ``peak / 2**30`` would only resolve float32 rounding.
+_INT32_SPAN = 2.0**30
+#: Errors and error factors are stored as multiples of a power of two at most 2**-this
+#: of their smallest positive value (`error_step`): they change by less than 0.2 %.
+ERROR_BITS = 8
 #: Values per chunk when a whole cube is streamed through memory (16 MB of float32).
 CHUNK_VALUES = 2**22
 #: Oversampling and power iterations of the randomised SVD (Halko et al. 2011).
@@ -179,6 +191,59 @@ class LowRank:
     def rank(self) -> int:
         return self.components.shape[0]
 
+    def quantum(self, precision: float = PRECISION) -> tuple[np.ndarray, np.ndarray]:
+        """Rounding steps of the components and of their coefficients, for writing.
+
+        Rounding component ``i`` to a step ``q_i`` and its coefficients to
+        ``c_i`` adds to the flux at plane ``t`` and bin ``b`` an error of
+        expected variance ``sum_i (coef[t, i]**2 q_i**2 + comp[i, b]**2 c_i**2) / 12``.
+        Half of ``(precision * flux_err)**2`` goes to each sum, with ``flux_err``
+        bounded from below per plane (its smallest value over bins) and per bin
+        (over planes); within a sum, the step of each component is inversely
+        proportional to the largest value it multiplies, ``max |coef[:, i]|``
+        (``max |comp[i]|``), so every component adds the same worst-case error.
+        No step is finer than ``max |values| / 2**30`` (int32 range; far below
+        float32 resolution). Files keep the rounding's RMS below ``precision``
+        times the quoted error at every bin and plane: with the default 0.05,
+        it adds at most 0.13 % to the error in quadrature.
+
+        Parameters
+        ----------
+        precision : float
+            Allowed RMS rounding error, in units of the quoted ``flux_err``.
+
+        Returns
+        -------
+        comp_step, coef_step : ndarrays of float64, shape (rank,)
+            Components are multiples of ``comp_step`` (dimensionless);
+            coefficients ``coefficients[:, i]`` multiples of ``coef_step[i]`` [e-/s].
+        """
+        k = self.rank
+        comp = self.components.reshape(k, -1).astype(np.float64)
+        coef = self.coefficients.astype(np.float64)
+        var_comp = self.var_comp.reshape(len(self.var_comp), -1)
+        low_time = self.var_coef @ var_comp.min(axis=1)  # (ntime,): min over bins
+        low_bin = self.var_coef.min(axis=0) @ var_comp  # (npix,): min over planes
+        peak_coef = np.abs(coef).max(axis=0, initial=0.0)
+        peak_comp = np.abs(comp).max(axis=1, initial=0.0)
+
+        def scale(values, peak, low, axis):
+            """Common numerator of the steps: their RMS sum meets half the budget."""
+            with np.errstate(divide="ignore", invalid="ignore"):
+                load = np.sum(np.where(peak > 0, values / peak, 0.0) ** 2, axis=axis)
+                ratio = np.where(load > 0, low / load, np.inf)
+            return precision * np.sqrt(6.0 * ratio.min(initial=np.inf))
+
+        def steps(numerator, peak, values_peak):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = np.where(peak > 0, numerator / peak, np.inf)
+            step = np.maximum(np.nan_to_num(step, posinf=np.inf), values_peak / _INT32_SPAN)
+            return np.where(np.isfinite(step) & (step > 0), step, 1.0)
+
+        a = scale(coef, peak_coef[None], low_time, 1)
+        b = scale(comp, peak_comp[:, None], low_bin, 0)
+        return steps(a, peak_coef, peak_comp), steps(b, peak_comp, peak_coef)
+
     def _check(self) -> None:
         problems = []
         shape2d = self.mean.shape
@@ -231,6 +296,18 @@ class LowRank:
                 problems.append(f"the truncation RMS must be finite and >= 0, found {trunc!r}")
         if problems:
             raise CubeFormatError("Invalid compact cube: " + "; ".join(problems) + ".")
+
+
+def error_step(values: np.ndarray) -> float:
+    """The step non-negative errors ``values`` are rounded to on writing [their unit].
+
+    A power of two at most ``2**-ERROR_BITS`` of the smallest positive value (so
+    every value changes by less than 0.2 %), and no finer than the int32 range needs.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    positive = values[values > 0]
+    finest = positive.min() * 2.0**-ERROR_BITS if positive.size else 1.0
+    return float(2.0 ** np.floor(np.log2(max(finest, values.max(initial=0.0) / _INT32_SPAN))))
 
 
 def check_values(flux: np.ndarray, flux_err: np.ndarray) -> None:

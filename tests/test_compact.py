@@ -11,6 +11,7 @@ from cube_helpers import copy_of, edited, make_cube, peak_memory
 from lk_scatterlight import CubeFormatError, ScatterLightCorrector, ScatterLightCube, simulate
 from lk_scatterlight.cli import main
 from lk_scatterlight.cube import FORMAT_VERSION, CompressionInfo
+from lk_scatterlight.lowrank import ERROR_BITS, PRECISION
 
 ROWS = 1000 + np.arange(25)  # a 25 x 25 TPF grid, 1-based CCD pixels
 COLS = 1000 + np.arange(25)
@@ -276,11 +277,18 @@ def test_evaluate_does_not_reconstruct_the_cube(compact_file):
 
 # ---------------------------------------------------------------------- files
 def test_compact_file_round_trip(dense, compact, compact_file, tmp_path):
+    """The file keeps the error model within its rounding (`error_step`: < 0.2 %) and
+    the flux within the rounding of its factors (`LowRank.quantum`: RMS <= 5 % of the
+    quoted error at every bin)."""
     back = ScatterLightCube.read(compact_file)
     assert back.is_compact
     assert same_info(back.compression, compact.compression)
-    np.testing.assert_array_equal(back.flux, compact.flux)
-    np.testing.assert_array_equal(back.flux_err, compact.flux_err)
+    np.testing.assert_allclose(back.flux_err, compact.flux_err, rtol=2.0**-ERROR_BITS)
+    assert np.any(back.flux_err != compact.flux_err)  # really rounded
+    ratio = (back.flux - compact.flux).value / compact.flux_err.value
+    assert rms(ratio) <= PRECISION
+    assert np.sqrt(np.mean(ratio**2, axis=0)).max() <= 1.5 * PRECISION
+    assert rms(ratio) > 0  # really rounded
     for name in ("btjd", "row", "column", "npix", "nframes", "strap_column", "strap_response"):
         np.testing.assert_array_equal(getattr(back, name), getattr(dense, name))
     assert back.meta == dense.meta
@@ -294,8 +302,58 @@ def test_compact_file_round_trip(dense, compact, compact_file, tmp_path):
         assert "FLUX_ERR" not in hdul
         assert hdul["FLUX_COMP"].shape == (compact.rank, 32, 32)
         assert hdul["FLUX_COEF"].shape == (1267, compact.rank)
+        assert hdul["FLUX_COMP"].data.dtype == hdul["FLUX_COEF"].data.dtype == np.int32
+        assert len(hdul["FLUX_SCALE"].data) == compact.rank
     dense_file = dense.write(tmp_path / "dense.fits")
     assert compact_file.stat().st_size < 0.1 * dense_file.stat().st_size
+
+
+@pytest.mark.parametrize("precision", [0.05, 0.2])
+def test_rounding_bound(compact, precision):
+    """Factors rounded to the steps of ``quantum`` change the flux by less than
+    ``precision`` times the quoted error (RMS over planes, every bin; the bound is
+    on the expected RMS, which one rounding scatters a little)."""
+    lowrank = compact._lowrank
+    comp_step, coef_step = lowrank.quantum(precision)
+    comp = np.rint(lowrank.components / comp_step[:, None, None]) * comp_step[:, None, None]
+    coef = np.rint(lowrank.coefficients / coef_step) * coef_step
+    k = lowrank.rank
+    exact = lowrank.coefficients.astype(float) @ lowrank.components.reshape(k, -1)
+    diff = (coef @ comp.reshape(k, -1) - exact).reshape(compact.shape)
+    ratio = np.sqrt(np.mean((diff / compact.flux_err.value) ** 2, axis=0))
+    assert ratio.max() <= 1.5 * precision
+    assert ratio.max() >= 0.2 * precision  # the steps use the budget, not far finer
+
+
+def test_float_factors_still_read(compact, compact_file, tmp_path):
+    """Files from before the rounded factors (float32 FLUX_COMP, FLUX_COEF, ERR_IMAGE
+    and ERR_SPACE, no FLUX_SCALE) read exactly."""
+    lowrank = compact._lowrank
+
+    def to_float(hdul):
+        del hdul["FLUX_SCALE"]
+        for name in ("ERR_IMAGE", "ERR_SPACE"):
+            image = fits.ImageHDU(getattr(lowrank, name.lower()), name=name)
+            image.header["BUNIT"] = "electron/s"
+            hdul[name] = image
+        hdul["FLUX_COMP"] = fits.ImageHDU(lowrank.components, name="FLUX_COMP")
+        coef = fits.ImageHDU(lowrank.coefficients, name="FLUX_COEF")
+        coef.header["BUNIT"] = "electron/s"
+        hdul["FLUX_COEF"] = coef
+
+    back = ScatterLightCube.read(edited(compact_file, tmp_path / "float.fits", to_float))
+    np.testing.assert_array_equal(back.flux, compact.flux)
+    np.testing.assert_array_equal(back.flux_err, compact.flux_err)
+
+
+def test_truncated_compact_file(compact_file, tmp_path):
+    """A file cut inside its compressed factors: a format error, not a misread."""
+    with fits.open(compact_file) as hdul:
+        cut = hdul.fileinfo(hdul.index_of("FLUX_COMP"))["datLoc"] + 2000
+    bad = tmp_path / "cut.fits"
+    bad.write_bytes(compact_file.read_bytes()[:cut])
+    with pytest.raises(CubeFormatError, match="truncated or corrupt|cannot be read"):
+        ScatterLightCube.read(bad)
 
 
 def test_write_encoding_choice(dense, compact, tmp_path):
@@ -346,7 +404,10 @@ def test_tess_backml_file_still_reads(backml_cube_path, tmp_path):
     assert compact.compression.residual_rms <= 1.01 * compact.compression.noise_rms
     back = ScatterLightCube.read(compact.write(tmp_path / "backml.fits"))
     ev = back.evaluate(cube.btjd, cube.row, cube.column)
-    np.testing.assert_allclose(ev.flux.value, compact.flux.value, rtol=0, atol=1e-5)
+    # Within the rounding of the stored factors (5 % of the quoted error, RMS).
+    ratio = (ev.flux.value - compact.flux.value) / compact.flux_err.value
+    assert rms(ratio) <= PRECISION
+    np.testing.assert_allclose(ev.flux_err.value, compact.flux_err.value, rtol=2.0**-ERROR_BITS)
 
 
 def _set(key, value):
@@ -371,7 +432,22 @@ def _delete_hdu(name):
 
 
 def _nan_component(h):
-    h["FLUX_COMP"].data[0, 1, 1] = np.nan
+    h["FLUX_SCALE"].data["COMP"][0] = np.nan
+
+
+def _error_without_step(h):
+    del h["ERR_SPACE"].header["ERRSTEP"]
+
+
+def _integer_without_scale(h):
+    del h["FLUX_SCALE"]
+
+
+def _short_scale(h):
+    h["FLUX_SCALE"] = fits.BinTableHDU.from_columns(
+        [fits.Column("COMP", "D", array=[1.0]), fits.Column("COEF", "D", array=[1.0])],
+        name="FLUX_SCALE",
+    )
 
 
 def _negative_error(h):
@@ -402,6 +478,9 @@ def _mean_unit(h):
         (_set("SLRANK", 1.5), "needs the primary keyword SLRANK \\(an integer\\)"),
         (_set("SLRANK", 99), "the rank is recorded as 99 but there are 2 components"),
         (_nan_component, "components has NaN"),
+        (_integer_without_scale, "FLUX_COMP holds integers but the file has no FLUX_SCALE"),
+        (_error_without_step, "ERR_SPACE holds integers but no positive ERRSTEP"),
+        (_short_scale, "FLUX_SCALE must be a table .* one row per component in FLUX_COMP \\(2\\)"),
         (_negative_error, "error factors must be non-negative"),
         (_delete_hdu("ERR_SPACE"), "has ERR_TIME without ERR_SPACE; the file is damaged"),
         (_short_coefficients, r"error scale has shape \(200,\), expected \(199,\)"),

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("distributed")
 
 from astropy.table import Table  # noqa: E402
-from cube_asserts import assert_same_fine
+from cube_asserts import assert_same_fine, assert_stored_flux
 from distributed import Client, LocalCluster  # noqa: E402
 
 from lk_scatterlight import ScatterLightCube, simulate  # noqa: E402
@@ -87,11 +87,15 @@ def assert_same_cube(
     cube: ScatterLightCube, reference: ScatterLightCube, stored: bool = False
 ) -> None:
     """Equal planes, times and strap responses (up to float32 rounding; ``stored``: ``cube``
-    was read from a file, whose fine layer is rounded, see `assert_same_fine`)."""
+    was read from a file, whose factors and fine layer are rounded, see `assert_stored_flux`
+    and `assert_same_fine`)."""
     np.testing.assert_array_equal(cube.btjd, reference.btjd)
     np.testing.assert_array_equal(cube.nframes, reference.nframes)
-    np.testing.assert_allclose(cube.flux.value, reference.flux.value, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(cube.flux_err.value, reference.flux_err.value, rtol=1e-6)
+    if stored and reference.is_compact:  # its factors are rounded too
+        assert_stored_flux(cube, reference)
+    else:
+        np.testing.assert_allclose(cube.flux.value, reference.flux.value, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(cube.flux_err.value, reference.flux_err.value, rtol=1e-6)
     np.testing.assert_allclose(cube.strap_response, reference.strap_response, rtol=1e-6)
     np.testing.assert_array_equal(cube.strap_column, reference.strap_column)
     assert cube.meta["dark_frames"] == reference.meta["dark_frames"]

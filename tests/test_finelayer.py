@@ -250,9 +250,9 @@ def test_evaluate_sum_with_layer(layer_data, strapped):
 # ---------------------------------------------------------------------- FITS
 @pytest.mark.parametrize("compact", [False, True], ids=["dense", "compact"])
 def test_fits_round_trip(cubes, tmp_path, compact):
-    """Written and read back, a cube with a fine layer keeps its index exactly and its
-    blocks within the stated rounding (RMS <= PRECISION x ERROR per block); evaluation
-    differs by no more than that, and the quoted errors not at all."""
+    """Written and read back, a cube with a fine layer keeps its index exactly, its
+    errors within 2**-8 (``ERRSTEP``) and its blocks within the stated rounding (RMS <=
+    PRECISION x ERROR per block); evaluation differs by no more than that."""
     cube = cubes[0].compress() if compact else cubes[0]
     path = tmp_path / "cube.fits"
     cube.write(path)
@@ -262,13 +262,16 @@ def test_fits_round_trip(cubes, tmp_path, compact):
     assert {"FINE", "FINE_SCALE", "FINE_INDEX", "FINE_COEF"} <= set(names)
     again = ScatterLightCube.read(path)
     assert again.is_compact == compact
-    for name in ("tile_row", "tile_col", "plane", "error", "basis_start", "rank", "coef_start"):
+    for name in ("tile_row", "tile_col", "plane", "basis_start", "rank", "coef_start"):
         np.testing.assert_array_equal(getattr(again.fine, name), getattr(cube.fine, name))
+    error = again.fine.error
+    np.testing.assert_allclose(error, cube.fine.error, rtol=2.0**-8, atol=0)
+    assert np.any(error != cube.fine.error)  # really rounded
     assert_rounded(cube.fine, again.fine)
     rows, cols = np.arange(180, 215), np.arange(290, 340)
     a, b = cube.evaluate(cube_times(), rows, cols), again.evaluate(cube_times(), rows, cols)
     assert np.abs(b.flux - a.flux).max().value <= 3 * PRECISION * cube.fine.error.max()
-    np.testing.assert_array_equal(a.flux_err, b.flux_err)
+    np.testing.assert_allclose(a.flux_err, b.flux_err, rtol=2.0**-8)
 
 
 def assert_rounded(exact, read):
@@ -299,9 +302,19 @@ def test_factored_tile_round_trip(tmp_path):
     path = tmp_path / "cube.fits"
     coarse_cube(fine=layer).write(path)
     with fits.open(path) as hdul:
-        assert "COEF" not in hdul["FINE_INDEX"].columns.names  # implied by RANK
+        index = hdul["FINE_INDEX"]
+        names = [index.header[f"ROWNAME{i + 1}"] for i in range(index.data.shape[0])]
+        assert "COEF" not in names  # implied by RANK
         assert hdul["FINE_COEF"].data.dtype == np.int32
-    assert_rounded(layer, ScatterLightCube.read(path).fine)
+        assert hdul["FINE_COEF"].header["COEFORD"] == "IMAGE"
+        stored = hdul["FINE_COEF"].data
+    # By basis image: the 30 coefficients of image 0, then those of image 1, ...
+    coef_step = layer.quantum()[1]
+    expected = np.rint(coef.T / coef_step[:k, None]).ravel()
+    np.testing.assert_array_equal(stored, expected)
+    read = ScatterLightCube.read(path).fine
+    np.testing.assert_array_equal(read.coef_start, layer.coef_start)
+    assert_rounded(layer, read)
 
 
 def test_old_layout_read_exactly(cubes, tmp_path):
@@ -345,6 +358,54 @@ def test_damaged_scale_refused(cubes, tmp_path, edit, message):
     cubes[0].write(path)
     edited(path, broken, edit)
     with pytest.raises(CubeFormatError, match=message):
+        ScatterLightCube.read(broken)
+
+
+def _delete_key(extname, key):
+    def edit(hdul):
+        del hdul[extname].header[key]
+
+    return edit
+
+
+def _set_key(extname, key, value):
+    def edit(hdul):
+        hdul[extname].header[key] = value
+
+    return edit
+
+
+def _long_coef(hdul):
+    hdul["FINE_COEF"].data = np.append(hdul["FINE_COEF"].data, np.int32(0))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_delete_key("FINE_INDEX", "ERRSTEP"), "integer image with an ERRSTEP"),
+        (_delete_key("FINE_INDEX", "ROWNAME3"), r"FINE_INDEX has no column\(s\) PLANE"),
+        (_set_key("FINE_COEF", "COEFORD", "WAVELET"), "COEFORD = 'WAVELET'"),
+        (_long_coef, "FINE_COEF holds .* coefficients but the blocks' RANK add up to"),
+    ],
+    ids=["errstep", "rowname", "coeford", "long-coef"],
+)
+def test_damaged_index_refused(cubes, tmp_path, edit, message):
+    """A damaged compressed index or coefficient order: a format error naming it."""
+    path, broken = tmp_path / "cube.fits", tmp_path / "broken.fits"
+    cubes[0].write(path)
+    edited(path, broken, edit)
+    with pytest.raises(CubeFormatError, match=message):
+        ScatterLightCube.read(broken)
+
+
+def test_truncated_fine_layer_refused(cubes, tmp_path):
+    """A file cut inside its compressed fine layer: a format error, not a misread."""
+    path, broken = tmp_path / "cube.fits", tmp_path / "broken.fits"
+    cubes[0].write(path)
+    with fits.open(path) as hdul:
+        cut = hdul.fileinfo(hdul.index_of("FINE_COEF"))["datLoc"] + 100
+    broken.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(CubeFormatError, match="truncated or corrupt|cannot be read"):
         ScatterLightCube.read(broken)
 
 
