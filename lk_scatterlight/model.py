@@ -101,6 +101,9 @@ _DEFAULT_FILE = "scatterlight_model_v1.npz"
 TARGET_OFFSET = 10.0
 #: Gaps longer than this split a sector into orbits (segments) [d].
 ORBIT_GAP = 0.5
+#: Shortest stretch of time [d] the calibration fits a scale and an offset to; shorter
+#: stretches between gaps join a neighbour.
+MIN_ORBIT = 2.0
 #: Pixel grid step for spatial interpolation of predictions [px] (see `ScatterLightModel.predict`).
 GRID_STEP = 64.0
 
@@ -1220,7 +1223,9 @@ def fit_calibration(
     observed : array, shape (ntime,)
         Observed background [e-/s]; NaN cadences are ignored.
     time : array, shape (ntime,)
-        BTJD [d]; orbits are split at gaps longer than ``gap`` [d].
+        BTJD [d]; orbits are split at gaps longer than ``gap`` [d]; a stretch
+        shorter than `MIN_ORBIT` between gaps joins the neighbour across the
+        shorter gap.
     relative_error : float
         The model's own relative error, kept for `Calibration.apply` and used
         by the clipping.
@@ -1251,7 +1256,7 @@ def fit_calibration(
             "1-D arrays of the same length."
         )
         raise ScatterLightError(msg)
-    segment = segment_ids(time, gap)
+    segment = _merge_short_segments(segment_ids(time, gap), time, MIN_ORBIT)
     ids = np.unique(segment[segment >= 0])
     if ids.size == 0:
         msg = "No finite time to calibrate on."
@@ -1295,6 +1300,32 @@ def fit_calibration(
         scale[k], offset[k] = coef
         covariance[k], rms[k] = cov, np.sqrt(s2)
     return Calibration(scale, offset, covariance, rms, start, stop, float(relative_error))
+
+
+def _merge_short_segments(segment: np.ndarray, time: np.ndarray, min_span: float) -> np.ndarray:
+    """Join every segment shorter than ``min_span`` [d] to a neighbour, renumbered 0, 1, ...
+
+    A stretch of a few hours between two data gaps (a mid-orbit anomaly, dropped
+    frames) holds too few cadences for a scale and an offset of its own: it joins
+    the neighbour across the shorter gap, the shortest segment first.
+    """
+    segment = segment.copy()
+    while True:
+        ids = np.unique(segment[segment >= 0])
+        if ids.size < 2:
+            break
+        first = np.array([time[segment == s].min() for s in ids])
+        last = np.array([time[segment == s].max() for s in ids])
+        span = last - first
+        k = int(np.argmin(span))
+        if span[k] >= min_span:
+            break
+        before = first[k] - last[k - 1] if k > 0 else np.inf
+        after = first[k + 1] - last[k] if k + 1 < ids.size else np.inf
+        segment[segment == ids[k]] = ids[k - 1] if before <= after else ids[k + 1]
+    keep = segment >= 0
+    segment[keep] = np.unique(segment[keep], return_inverse=True)[1]
+    return segment
 
 
 def _lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -324,6 +324,20 @@ def test_calibration_keeps_the_model_misfit_where_the_light_is_strong():
     assert np.all(noise_only.scale < 0.95 * plain.scale)
 
 
+def test_calibration_joins_short_stretches_between_gaps():
+    """Two cadences between two data gaps (a mid-orbit anomaly) join the orbit across the
+    shorter gap instead of needing a scale of their own (which raised: too few cadences)."""
+    rng = np.random.default_rng(2)
+    time = np.r_[np.linspace(0, 10, 240), 11.0, 11.02, np.linspace(12.5, 26, 300)]
+    pred = 50 + 400 * np.exp(-((time % 13.5) / 2.0))
+    observed = 1.3 * pred + 80 + rng.normal(0, 1.0, time.size)
+    cal = fit_calibration(pred, observed, time)
+    assert cal.scale.size == 2
+    np.testing.assert_allclose(cal.start, [0, 12.5])
+    np.testing.assert_allclose(cal.stop, [11.02, 26])  # 1 d after the first orbit, 1.5 before
+    np.testing.assert_allclose(cal.scale, 1.3, rtol=0.01)
+
+
 def test_calibration_errors():
     with pytest.raises(ScatterLightError, match="same length"):
         fit_calibration(np.ones(5), np.ones(4), np.arange(5.0))
