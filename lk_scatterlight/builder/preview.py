@@ -238,6 +238,7 @@ def sparse_preview(
     side = int(np.ceil(np.sqrt(npix)))
     static_m = _mosaic(static, bins, b, side, np.nan)
     weights_m = _mosaic(context.weights, bins, b, side, 0.0)
+    residual_m = _mosaic(context.static_residual, bins, b, side, 0.0)  # per bin: exact
     cells = np.divmod(np.arange(npix), side)
     value = np.empty((good.size, npix), dtype=np.float32)
     error = np.empty_like(value)
@@ -247,7 +248,13 @@ def sparse_preview(
         diff = _mosaic(flux, bins, b, side, np.nan) - static_m
         err = _mosaic(flux_err, bins, b, side, np.nan)
         fit = bin_plane_fit(
-            diff, weights_m, b, clip=config.clip, uncertainty=err, min_fraction=context.min_fraction
+            diff,
+            weights_m,
+            b,
+            clip=config.clip,
+            uncertainty=err,
+            min_fraction=context.min_fraction,
+            static=residual_m,
         )
         value[k], error[k] = fit.value[cells], fit.error[cells]
     frames = [source.frames[i] for i in good]
