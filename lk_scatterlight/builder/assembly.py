@@ -153,6 +153,7 @@ def assemble(
             groups,
             context.fine,
             config.compact_tolerance,
+            np.asarray(work["fine_calibration"][used_index]),
         )
 
     straps = plan.straps

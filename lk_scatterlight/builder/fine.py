@@ -154,15 +154,22 @@ class FineFrame:
     blocks : ndarray of float32, shape (nkept, tile, tile)
         Their residuals [e-/s].
     sigma : ndarray of float32, shape (nkept,)
-        Typical 1-sigma error of one fine bin in each kept tile [e-/s].
+        Typical 1-sigma error of one fine bin in each kept tile [e-/s], as the
+        detection calibrated it on the frame (static scene's noise included).
     chi2 : ndarray of float32, shape (ntiles, ntiles)
         Every tile's mean ``(r / sigma)**2`` (diagnostics).
+    calibration : float
+        The factor (>= 1) by which the frame's calibration scaled the predicted
+        noise variance: ``sigma**2 / calibration`` is the frame's own noise, what
+        the stored layer quotes (the static scene's noise is the same in every
+        frame, a constant per bin, and no error of the light's variation).
     """
 
     tiles: np.ndarray
     blocks: np.ndarray
     sigma: np.ndarray
     chi2: np.ndarray
+    calibration: float = 1.0
 
 
 def make_fine_context(
@@ -324,7 +331,9 @@ def fine_residual(
     blocks = r.reshape(nt, t, nt, t).transpose(0, 2, 1, 3).reshape(nt * nt, t, t)[kept]
     # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept])
-    return FineFrame(kept, np.ascontiguousarray(blocks), sigma.astype(np.float32), chi2)
+    return FineFrame(
+        kept, np.ascontiguousarray(blocks), sigma.astype(np.float32), chi2, float(calibration)
+    )
 
 
 #: A tile whose statistic with the first fill of its holes is this fraction of the way
@@ -720,6 +729,7 @@ def assemble_fine(
     groups: Sequence[np.ndarray],
     context: FineContext,
     tolerance: float = 0.01,
+    calibration: np.ndarray | None = None,
 ) -> FineLayer | None:
     """Gather the kept tiles of the used frames into a factored `FineLayer`, tile by tile.
 
@@ -744,6 +754,10 @@ def assemble_fine(
     context : `FineContext`
     tolerance : float
         Factoring tolerance (see `~lk_scatterlight.finelayer.compress_tile`).
+    calibration : ndarray, shape (len(used_index),), optional
+        Each used frame's `FineFrame.calibration` (0 or absent: 1). The factoring
+        uses ``sigma`` (the noise the blocks hold); the layer quotes
+        ``sigma / sqrt(calibration)`` (the noise that varies from frame to frame).
 
     Returns
     -------
@@ -759,25 +773,31 @@ def assemble_fine(
     binned = bool(size.max() > 1) if size.size else False
     index = {name: [] for name in ("tile_row", "tile_col", "plane", "error", "rank")}
     basis, coef, nbasis, ncoef = [], [], 0, 0
+    scale = np.ones(len(used_index))
+    if calibration is not None:
+        calibration = np.asarray(calibration, dtype=float)
+        scale = 1 / np.sqrt(np.where(calibration > 0, calibration, 1.0))
     for tile in np.flatnonzero(kept.any(axis=0)):
         pos = np.flatnonzero(kept[:, tile])
         blocks = np.asarray(fine[used_index[pos], tile], dtype=np.float32)
         planes, where = np.unique(plane_of[pos], return_inverse=True)
+        frame_error = sigma[pos, tile].astype(float)
         if binned:  # time bins: average over each plane's frames (0 where not kept)
             total = np.zeros((planes.size, t, t), dtype=np.float32)
-            var = np.zeros(planes.size)
+            var, quoted = np.zeros(planes.size), np.zeros(planes.size)
             np.add.at(total, where, blocks)
-            np.add.at(var, where, sigma[pos, tile].astype(float) ** 2)
+            np.add.at(var, where, frame_error**2)
+            np.add.at(quoted, where, (frame_error * scale[pos]) ** 2)
             blocks = total / size[planes][:, None, None].astype(np.float32)
-            error = np.sqrt(var) / size[planes]
+            error, quoted = np.sqrt(var) / size[planes], np.sqrt(quoted) / size[planes]
         else:
-            error = sigma[pos, tile]
+            error, quoted = frame_error, frame_error * scale[pos]
         factors, images = compress_tile(blocks, error, tolerance)
         m = planes.size
         index["tile_row"].append(np.full(m, tile // nt))
         index["tile_col"].append(np.full(m, tile % nt))
         index["plane"].append(planes)
-        index["error"].append(error)
+        index["error"].append(quoted)
         if factors is None:  # each block its own basis image, coefficient 1
             index["rank"].append(np.ones(m, dtype=int))
             coef.append(np.ones(m, dtype=np.float32))

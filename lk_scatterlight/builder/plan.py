@@ -88,6 +88,7 @@ class WorkArea:
             shapes["fine"] = ((nframes, ntiles, side, side), np.float32)
             shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
+            shapes["fine_calibration"] = ((nframes,), np.float32)
         self.arrays = {}
         for name, (shape, dtype) in shapes.items():
             path = folder / f"{name}.npy"
@@ -119,6 +120,7 @@ class WorkArea:
         self.arrays["fine_kept"][index] = False
         self.arrays["fine_kept"][index, fine.tiles] = True
         self.arrays["fine_sigma"][index, fine.tiles] = fine.sigma
+        self.arrays["fine_calibration"][index] = fine.calibration
         self.arrays["fine"][index, fine.tiles] = fine.blocks  # only these pages are written
 
     def store_chunk(self, chunk: ChunkResult) -> None:
