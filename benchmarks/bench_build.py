@@ -643,13 +643,21 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
             diff = flux - c.static
             t.append(now())
             binned = binning.bin_plane_fit(
-                diff, c.weights, c.pixel_bin, clip=c.clip, uncertainty=flux_err, sums=c.mask_sums
+                diff,
+                c.weights,
+                c.pixel_bin,
+                clip=c.clip,
+                uncertainty=flux_err,
+                sums=c.mask_sums,
+                min_fraction=c.min_fraction,
+                static=c.static_residual,
             )
             t.append(now())
             value, error = binning.fill_empty_bins(binned.value, binned.error)
             t.append(now())
             if c.curvature_correction:
                 value = binning.curvature_correction(value, binned.moments, c.pixel_bin)
+                binning.curvature_error(error, binned.moments, c.pixel_bin)
             t.append(now())
             measured = strap_photometry.strap_sums(
                 diff, c.clean, c.strap_idx, c.ref_idx, c.strap_rows
