@@ -490,8 +490,13 @@ class ScatterLightCorrector(Corrector):
         if fusion is not None and fusion.changes_model:
             fusion.add_to(model_flux)  # a fresh array
             fusion.add_to(residual, sign=-1.0)
-            model_err = np.square(model_err)  # a fresh array, then in place
-            np.sqrt(fusion.variance(model_err, out=model_err), out=model_err)
+            changed = fusion.changed()  # the errors of these cadences (fresh arrays)
+            if changed.size == len(model_err):
+                np.square(model_err, out=model_err)
+                np.sqrt(fusion.variance(model_err, out=model_err), out=model_err)
+            elif changed.size:
+                var = np.square(model_err[changed])
+                model_err[changed] = np.sqrt(fusion.variance(var, out=var, rows=changed))
         flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan, dtype=model_flux.dtype)
         err_model = np.full_like(flux_model, np.nan)
         flux_model[finite] = model_flux

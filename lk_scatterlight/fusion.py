@@ -158,7 +158,12 @@ class Fusion:
         sign : float
             1 to add (the fused model), -1 to subtract (the corrected flux).
         """
-        per_row(np.add, array, (sign * self.offset).astype(array.dtype), array)
+        offset = (sign * self.offset).astype(array.dtype)
+        rows = np.flatnonzero(offset)
+        if rows.size > len(offset) // 2:  # most cadences: one pass over the array
+            per_row(np.add, array, offset, array)
+        elif rows.size:  # the days the local level took over
+            array[rows] += offset[rows].reshape((-1,) + (1,) * (array.ndim - 1))
         rows = np.flatnonzero(np.any(self.surface_coef != 0, axis=1))
         if rows.size:  # the surface, on the cadences that have one
             nterm = len(self.surface_basis)
@@ -172,8 +177,23 @@ class Fusion:
         summed = self.surface_basis[:, aperture].sum(axis=1)
         return aperture.sum() * self.offset + self.surface_coef @ summed
 
+    def changed(self) -> np.ndarray:
+        """Indices of the cadences whose model or variance the fusion changes."""
+        return np.flatnonzero(
+            (self.offset != 0)
+            | (self.offset_var > 0)
+            | (self.model_err > 0)
+            | (self.shape_var > 0)
+            | (self.surface_var > 0)
+            | np.any(self.surface_coef != 0, axis=1)
+        )
+
     def variance(
-        self, model_var, aperture: np.ndarray | None = None, out: np.ndarray | None = None
+        self,
+        model_var,
+        aperture: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
         """The fused background's variance, from the model's quoted variance.
 
@@ -194,25 +214,28 @@ class Fusion:
             The pixels summed in ``model_var``.
         out : ndarray, optional
             Where to write the result (may be ``model_var`` itself).
+        rows : ndarray of int, optional
+            The cadences ``model_var`` holds (e.g. `changed`); default all.
 
         Returns
         -------
         ndarray, the shape of ``model_var``
         """
         model_var = np.asarray(model_var)
+        take = slice(None) if rows is None else np.asarray(rows)
         scale = 1.0 if aperture is None else float(np.sum(aperture)) ** 2
-        level, fused = scale * self.model_err**2, scale * self.offset_var
+        level, fused = scale * self.model_err[take] ** 2, scale * self.offset_var[take]
         if out is None:
             out = np.empty(model_var.shape, dtype=model_var.dtype)
         # max(var - level, shape) + fused (+ the surface's noise), in two passes.
         per_row(np.add, model_var, (fused - level).astype(out.dtype), out)
-        per_row(np.maximum, out, (fused + scale * self.shape_var).astype(out.dtype), out)
-        rows = np.flatnonzero(self.surface_var)
-        if rows.size:  # the surface's noise, on the cadences that have one
-            extra = self._surface_variance(rows, aperture)
+        per_row(np.maximum, out, (fused + scale * self.shape_var[take]).astype(out.dtype), out)
+        local = np.flatnonzero(self.surface_var[take])
+        if local.size:  # the surface's noise, on the cadences that have one
+            extra = self._surface_variance(local if rows is None else take[local], aperture)
             if out.ndim == 1 and aperture is None:
                 extra = extra.mean(axis=1)  # a typical pixel
-            out[rows] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
+            out[local] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
         return out
 
     def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:
