@@ -163,6 +163,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- registry
+def _cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--cache-dir`` and ``--no-progress``, for the commands that download."""
+    parser.add_argument(
+        "--cache-dir",
+        help="cache folder (default: $LK_SCATTERLIGHT_CACHE, conf.cache_dir or the OS cache)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sector", type=sector_number, help=f"TESS sector (1-{LATEST_SECTOR})")
     parser.add_argument("camera", type=int, choices=CAMERAS, help="camera (1-4)")
@@ -170,11 +179,7 @@ def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bin", type=pixel_bin, help="pixel bin size (default: the finest published)"
     )
-    parser.add_argument(
-        "--cache-dir",
-        help="cache folder (default: $LK_SCATTERLIGHT_CACHE, conf.cache_dir or the OS cache)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _cache_arguments(parser)
 
 
 @subcommand("fetch", _fetch_arguments)
@@ -201,11 +206,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _fetch_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="published model name (see `lk-scatterlight list`)")
-    parser.add_argument(
-        "--cache-dir",
-        help="cache folder (default: $LK_SCATTERLIGHT_CACHE, conf.cache_dir or the OS cache)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _cache_arguments(parser)
 
 
 @subcommand("fetch-model", _fetch_model_arguments)
