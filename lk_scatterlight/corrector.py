@@ -487,14 +487,14 @@ class ScatterLightCorrector(Corrector):
         if self.fuse:
             fusion = self._fuse(time[rows], residual, flux_err[rows], model.valid)
         self.fusion_tpf = fusion
-        if fusion is not None and fusion.changes_model:
+        changed = fusion.changed() if fusion is not None else np.empty(0, dtype=int)
+        if changed.size:  # the cadences whose model and errors the fusion changes
             fusion.add_to(model_flux)  # a fresh array
             fusion.add_to(residual, sign=-1.0)
-            changed = fusion.changed()  # the errors of these cadences (fresh arrays)
             if changed.size == len(model_err):
                 np.square(model_err, out=model_err)
                 np.sqrt(fusion.variance(model_err, out=model_err), out=model_err)
-            elif changed.size:
+            else:
                 var = np.square(model_err[changed])
                 model_err[changed] = np.sqrt(fusion.variance(var, out=var, rows=changed))
         flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan, dtype=model_flux.dtype)

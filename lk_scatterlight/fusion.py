@@ -134,11 +134,6 @@ class Fusion:
         """Whether a plane or quadratic was fitted on any cadence."""
         return bool(self.degree.any())
 
-    @property
-    def changes_model(self) -> bool:
-        """Whether the fusion changes the model or its errors on any cadence."""
-        return bool(self.weight.any() or self.shape_var.any() or self.has_surface)
-
     def correction(self, dtype=np.float64) -> np.ndarray:
         """What the fusion adds to the model, per cadence and pixel [e-/s].
 
@@ -161,7 +156,7 @@ class Fusion:
         offset = (sign * self.offset).astype(array.dtype)
         rows = np.flatnonzero(offset)
         if rows.size > len(offset) // 2:  # most cadences: one pass over the array
-            per_row(np.add, array, offset, array)
+            _per_row(np.add, array, offset, array)
         elif rows.size:  # the days the local level took over
             array[rows] += offset[rows].reshape((-1,) + (1,) * (array.ndim - 1))
         rows = np.flatnonzero(np.any(self.surface_coef != 0, axis=1))
@@ -228,8 +223,8 @@ class Fusion:
         if out is None:
             out = np.empty(model_var.shape, dtype=model_var.dtype)
         # max(var - level, shape) + fused (+ the surface's noise), in two passes.
-        per_row(np.add, model_var, (fused - level).astype(out.dtype), out)
-        per_row(np.maximum, out, (fused + scale * self.shape_var[take]).astype(out.dtype), out)
+        _per_row(np.add, model_var, (fused - level).astype(out.dtype), out)
+        _per_row(np.maximum, out, (fused + scale * self.shape_var[take]).astype(out.dtype), out)
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
             extra = self._surface_variance(local if rows is None else take[local], aperture)
@@ -251,7 +246,7 @@ class Fusion:
         return self.surface_var[rows, None] * used[degree]
 
 
-def per_row(ufunc: np.ufunc, array: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
+def _per_row(ufunc: np.ufunc, array: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``ufunc(array, values)`` with one value per row (first axis), into ``out``.
 
     On (nrow, -1) views when both arrays are C-contiguous: numpy broadcasts a
