@@ -510,7 +510,7 @@ def _fit_surface(
         return degree, coef, cv_spread, basis
     cv = _cross_validate(flat[valid[picked]][:, where] - level, design, where, shape[1], top)
     degree = _choose_degree(cv, picked // span, valid.size, span)
-    cv_spread[picked] = cv[np.minimum(degree[picked], top), np.arange(picked.size)] / where.size
+    cv_spread[picked] = cv[degree[picked], np.arange(picked.size)] / where.size
     fitted = np.flatnonzero(degree)
     for first in range(0, fitted.size, _BLOCK):  # from every pixel: a ridge is no outlier
         block = fitted[first : first + _BLOCK]
