@@ -60,6 +60,13 @@ def read_tessvectors(path: str | os.PathLike, drop_invalid: bool = True):
     ``valid = False``. Note that ``Moon_Spacecraft_Azimuth`` repeats
     ``Earth_Spacecraft_Azimuth`` in these files (a bug of the producing code).
 
+    Files with a ``TimeCorr`` column (the repository's CSV files of July 2024,
+    commit 66185eb) give as ``MidTime`` the BTJD of the TPF their times came
+    from; the spacecraft time is ``MidTime - TimeCorr``, which is what the
+    later files give as ``MidTime`` (identical to 2e-8 s for sector 1). Such
+    files are returned with that spacecraft time as ``MidTime`` and their
+    original value as ``MidTime_BTJD``, so every layout means the same.
+
     Parameters
     ----------
     path : str or path-like
@@ -71,7 +78,8 @@ def read_tessvectors(path: str | os.PathLike, drop_invalid: bool = True):
     -------
     table : `~astropy.table.Table`
         One row per cadence; ``MidTime`` is the spacecraft time, TJD (TDB)
-        [d]; distances in Earth radii, angles in degrees. ``meta`` holds
+        [d]; distances in TESS Vectors' "Earth radii" (6394.6 km, see
+        ``docs/geometry.rst``), angles in degrees. ``meta`` holds
         ``sector``, ``camera`` and ``cadence`` from the comment header or the
         file name.
 
@@ -116,6 +124,9 @@ def read_tessvectors(path: str | os.PathLike, drop_invalid: bool = True):
         except ValueError:
             columns[name] = np.array(values)
     table = Table(columns, meta=meta)
+    if "TimeCorr" in table.colnames and "MidTime" in table.colnames:
+        table["MidTime_BTJD"] = table["MidTime"]
+        table["MidTime"] = table["MidTime"] - table["TimeCorr"]
     geometry_columns = [n for n in names if n.startswith(("Earth_", "Moon_"))]
     if not geometry_columns:
         msg = f"{path.name}: no Earth_* or Moon_* columns."

@@ -313,6 +313,26 @@ def test_read_tessvectors_repository_layout(tmp_path):
         tessvectors.read_tessvectors(broken)
 
 
+def test_read_tessvectors_timecorr_layout(tmp_path):
+    """The repository's CSV files of July 2024 give the TPF's BTJD as MidTime, with TimeCorr."""
+    # The first cadence of camera 1 in that layout (commit 66185eb); the later files give
+    # MidTime 1325.3234944783037, the spacecraft time.
+    text = (
+        "# TESS Quaternions downsampled to end-user cadences\n"
+        "# Sector: \t1\n# Camera: \t1\n# Cadence:\tFFI\n"
+        "Cadence,MidTime,TimeCorr,Earth_Distance,Earth_Camera_Angle\n"
+        "0.0,1325.328789628751,0.005295150447636843,20.3395949761793,115.913149725274\n"
+        "1.0,0.0,0.0,0.0,0.0\n"
+    )
+    path = tmp_path / "TessVectors_S001_C1_FFI.csv"
+    path.write_text(text)
+    table = tessvectors.read_tessvectors(path)
+    assert len(table) == 1
+    assert table["MidTime_BTJD"][0] == 1325.328789628751
+    assert table["MidTime"][0] == pytest.approx(1325.3234944783037, abs=1e-9)
+    assert table.meta["camera"] == 1
+
+
 def test_tessvectors_spacecraft_columns(vectors, horizons, pointings):
     """The spacecraft-boresight columns use the same spacecraft axes (from tesswcs' pointing)."""
     x_axis, y_axis, z_axis = pointings[1].axes
