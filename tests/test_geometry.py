@@ -344,7 +344,7 @@ def test_tessvectors_all_cameras(camera, real_file, real_horizons):
         assert np.abs(optical[f"{body}_azimuth"]).max() < 0.2
         # Distances: one scale factor for the Earth and the Moon on every camera (medians
         # 1.002585 and 1.002574; after it at most 0.0020 Earth radii left): TESS Vectors'
-        # "Earth radius" is 6394.6 km. The factor is already in the POC's Earth/Moon
+        # "Earth radius" is 6394.6 km. The factor is already in the mission's Earth/Moon
         # tables (not an ephemeris, origin, lag or light-time effect; docs/geometry.rst).
         found = np.asarray(vectors[f"{body.title()}_Distance"])
         ratio = (lagged[f"{body}_distance"] + found) / found
