@@ -2,7 +2,7 @@
 
 TESS Vectors (HEASARC; the tessgi/tessvectors repository) tabulate, per camera
 and cadence, the Earth's and the Moon's distance, angle and azimuth from the
-camera's nominal boresight. `read_tessvectors` reads both of their CSV layouts,
+camera's nominal boresight. `read_tessvectors` reads their CSV layouts,
 `tessvectors_geometry` computes the same quantities with their definitions from
 an ephemeris and a pointing (`lk_scatterlight.geometry`), and
 `tessvectors_residuals` compares the two; ``docs/geometry.rst`` explains the
