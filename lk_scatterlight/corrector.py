@@ -55,6 +55,19 @@ def _has_background(tpf: TessTargetPixelFile) -> bool:
     return bool(np.any(np.isfinite(bkg) & (bkg != 0)))
 
 
+def _native(column) -> np.ndarray:
+    """A C-contiguous copy of a table column in native byte order (FITS stores big-endian)."""
+    column = np.asarray(column)
+    return np.array(column, dtype=column.dtype.newbyteorder("="), order="C")
+
+
+def _finite_or_zero(column) -> np.ndarray:
+    """`_native` with NaN and infinities set to 0 (an absent background)."""
+    values = _native(column)
+    np.copyto(values, 0, where=~np.isfinite(values))
+    return values
+
+
 def detect_background_in_flux(tpf: TessTargetPixelFile) -> tuple[bool, str]:
     """Whether a TPF's FLUX still contains the sky background, and why we think so.
 
@@ -474,58 +487,52 @@ class ScatterLightCorrector(Corrector):
         finite = np.isfinite(time)
         model = self.cube.evaluate(time[finite], self.rows, self.columns, bounds="nan")
         model_flux = model.flux.to_value(u.electron / u.s)
-        model_err = model.flux_err.to_value(u.electron / u.s)
-        # FLUX and FLUX_ERR read once, contiguous (a table column is strided by its rows).
-        flux, flux_err = (np.array(table[name], order="C") for name in ("FLUX", "FLUX_ERR"))
+        model_var = np.square(model.flux_err.to_value(u.electron / u.s))
+        flux, flux_err = _native(table["FLUX"]), _native(table["FLUX_ERR"])
         if self.replace_background:  # the pixels as observed: SPOC's background restored
-            spoc_bkg = np.nan_to_num(np.array(table["FLUX_BKG"], order="C"))
+            spoc_bkg = _finite_or_zero(table["FLUX_BKG"])
             flux += spoc_bkg
-        rows = slice(None) if finite.all() else finite
-        # What the model leaves in FLUX (the fusion's input, then the corrected FLUX).
-        residual = np.subtract(flux[rows], model_flux, dtype=model_flux.dtype)
+        finite_rows = slice(None) if finite.all() else finite
         fusion = None
-        if self.fuse:
-            fusion = self._fuse(time[rows], residual, flux_err[rows], model.valid)
+        if self.fuse:  # on what the model leaves in FLUX
+            residual = np.subtract(flux[finite_rows], model_flux, dtype=model_flux.dtype)
+            fusion = self._fuse(time[finite_rows], residual, flux_err[finite_rows], model.valid)
+            del residual
         self.fusion_tpf = fusion
         changed = fusion.changed() if fusion is not None else np.empty(0, dtype=int)
         if changed.size:  # the cadences whose model and errors the fusion changes
             fusion.add_to(model_flux)  # a fresh array
-            fusion.add_to(residual, sign=-1.0)
-            if changed.size == len(model_err):
-                np.square(model_err, out=model_err)
-                np.sqrt(fusion.variance(model_err, out=model_err), out=model_err)
+            if changed.size > len(model_var) // 2:  # unchanged cadences stay as they are
+                fusion.variance(model_var, out=model_var)
             else:
-                var = np.square(model_err[changed])
-                model_err[changed] = np.sqrt(fusion.variance(var, out=var, rows=changed))
-        flux_model = np.full((time.size,) + self.tpf.shape[1:], np.nan, dtype=model_flux.dtype)
-        err_model = np.full_like(flux_model, np.nan)
-        flux_model[finite] = model_flux
-        err_model[finite] = model_err
-        ok = np.zeros(time.size, dtype=bool)
+                model_var[changed] = fusion.variance(model_var[changed], rows=changed)
+        ok = np.zeros(time.size, dtype=bool)  # the file's cadences the model covers
         ok[finite] = model.valid
+        rows = slice(None) if ok.all() else ok
+        if not model.valid.all():
+            model_flux, model_var = model_flux[model.valid], model_var[model.valid]
         strong_level = np.zeros(time.size)  # the scattered light itself (`QUALITY_STRONG_SL`)
-        strong_level[ok] = np.median(flux_model[ok][:, self.aperture_mask], axis=1)
-        corrected = residual[model.valid] if not model.valid.all() else residual
+        strong_level[ok] = np.median(model_flux[:, self.aperture_mask], axis=1)
+        flux_var = np.square(flux_err[rows])
         if self.replace_background:
             # SPOC's level under the model's variation, per pixel (the model has no static sky).
-            level = np.nanmedian(spoc_bkg[ok] - flux_model[ok], axis=0)
-            flux_model[ok] += level
-            corrected = corrected - level
-            spoc_var = np.nan_to_num(np.asarray(table["FLUX_BKG_ERR"], dtype=float)) ** 2
-            flux_err = np.sqrt(np.clip(flux_err**2 - spoc_var, 0, None))  # without SPOC's bkg
-        table["FLUX"][ok] = corrected
+            model_flux += np.nanmedian(spoc_bkg[rows] - model_flux, axis=0)
+            flux_var -= np.square(_finite_or_zero(table["FLUX_BKG_ERR"][rows]))  # SPOC's bkg
+            np.maximum(flux_var, 0, out=flux_var)
+        table["FLUX"][rows] = flux[rows] - model_flux
         table["FLUX"][~ok] = np.nan
-        table["FLUX_ERR"][ok] = np.hypot(flux_err[ok], err_model[ok])
+        flux_var += model_var
+        table["FLUX_ERR"][rows] = np.sqrt(flux_var, out=flux_var)
         if self.replace_background:
-            table["FLUX_BKG"][ok] = flux_model[ok]
-            table["FLUX_BKG_ERR"][ok] = err_model[ok]
+            table["FLUX_BKG"][rows] = model_flux
+            table["FLUX_BKG_ERR"][rows] = np.sqrt(model_var)
         else:
             if "FLUX_BKG" in table.columns.names:
-                table["FLUX_BKG"][ok] = np.nan_to_num(table["FLUX_BKG"][ok]) + flux_model[ok]
+                table["FLUX_BKG"][rows] = _finite_or_zero(table["FLUX_BKG"][rows]) + model_flux
             if "FLUX_BKG_ERR" in table.columns.names:
-                table["FLUX_BKG_ERR"][ok] = np.hypot(
-                    np.nan_to_num(table["FLUX_BKG_ERR"][ok]), err_model[ok]
-                )
+                bkg_var = np.square(_finite_or_zero(table["FLUX_BKG_ERR"][rows]))
+                bkg_var += model_var
+                table["FLUX_BKG_ERR"][rows] = np.sqrt(bkg_var, out=bkg_var)
         table["QUALITY"][~ok] |= QUALITY_NO_MODEL
         table["QUALITY"][ok & (strong_level > self.flag_level)] |= QUALITY_STRONG_SL
         from . import __version__

@@ -14,7 +14,7 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    series), clipped across pixels at 3 robust standard deviations around the
    cadence's mean, and averaged per cadence.
    Its variance ``s_L^2(t)`` is the larger of the clipped scatter over the
-   number of pixels and the mean ``FLUX_ERR**2`` over the number of pixels.
+   number of pixels and the pixels' mean ``FLUX_ERR**2`` over that number.
    When the TPF's cadence is shorter than the model's time resolution, ``L``
    and ``s_L^2`` are averaged over one model interval (``window`` cadences):
    the model cannot vary faster, and the noise drops.
@@ -55,6 +55,7 @@ own signal (transits, variability) is not touched.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -334,13 +335,13 @@ def _excess(
     return np.repeat(np.where(excess, value, 0.0), chunk)[: spread.size]
 
 
-def _clipped_level(d: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
-    """Per cadence (row): pixels kept, mean, scatter and sum of squared errors, clipped.
+def _clipped_level(d: np.ndarray, limit: float) -> np.ndarray:
+    """Per cadence (row): pixels kept, mean and scatter, clipped.
 
     ``d`` is each pixel's residual about its own level; pixels further than ``limit``
-    from the row's mean, or not finite, are dropped. ``d`` and ``err`` are overwritten.
-    Returns an array of shape (4, nrow): ``n``, ``mean``, ``scatter`` (the sample
-    variance of the kept pixels) and ``sum(err**2)`` over the kept pixels.
+    from the row's mean, or not finite, are dropped; ``d`` is overwritten. Returns an
+    array of shape (3, nrow): ``n``, ``mean`` and ``scatter`` (the sample variance of
+    the kept pixels).
     """
     finite = np.isfinite(d)
     if finite.all():
@@ -355,24 +356,36 @@ def _clipped_level(d: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
         keep = np.abs(distance, out=distance) <= limit
         keep &= finite
         n = np.add.reduce(keep, axis=1, dtype=np.int32)  # faster than count_nonzero
-        clipped = ~keep
-        d[clipped] = 0.0
-        err[clipped] = 0.0
+        d *= keep
         mean = (d @ ones).astype(float) / np.maximum(n, 1)
         squares = np.einsum("ij,ij->i", d, d).astype(float)
         scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
-        err2 = np.einsum("ij,ij->i", err, err).astype(float)
-    return np.array([n, mean, scatter, err2])
+    return np.array([n, mean, scatter])
 
 
+def _mean_square(err: np.ndarray) -> np.ndarray:
+    """Per row, the mean of ``err**2`` over its finite values (NaN if there are none)."""
+    mean = np.einsum("ij,ij->i", err, err).astype(float) / err.shape[1]
+    rows = np.flatnonzero(~np.isfinite(mean))
+    if rows.size:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
+            mean[rows] = np.nanmean(err[rows].astype(float) ** 2, axis=1)
+    return mean
+
+
+@functools.lru_cache(maxsize=8)
 def _surface_design(shape: tuple[int, int]) -> np.ndarray:
     """Terms of a quadratic surface over a (nrow, ncol) image: 1, y, x, y**2, x**2, x*y.
 
-    Coordinates run from -1 to 1 across the image. Returns shape (nrow * ncol, 6).
+    Coordinates run from -1 to 1 across the image. Returns shape (nrow * ncol, 6),
+    read-only (cached per shape).
     """
     y, x = (np.linspace(-1, 1, size) for size in shape)
     y, x = (a.ravel() for a in np.meshgrid(y, x, indexing="ij"))
-    return np.column_stack([np.ones_like(y), y, x, y**2, x**2, x * y])
+    design = np.column_stack([np.ones_like(y), y, x, y**2, x**2, x * y])
+    design.flags.writeable = False
+    return design
 
 
 def _surface_basis(design: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, int]:
@@ -594,11 +607,11 @@ def fuse(
         rows = _rows(valid[first : first + _BLOCK])
         # np.take on a contiguous array is several times faster than fancy indexing.
         d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
+        stats[:3, first : first + _BLOCK] = _clipped_level(d, clip * max(sigma, 1e-12))
         err = np.take(flat_err[rows], where, axis=1).astype(np.float32, copy=False)
-        stats[:, first : first + _BLOCK] = _clipped_level(d, err, clip * max(sigma, 1e-12))
-    n, mean, scatter, err2 = stats
+        stats[3, first : first + _BLOCK] = _mean_square(err)
+    n, mean, scatter, noise = stats
     with np.errstate(invalid="ignore", divide="ignore"):
-        noise = err2 / np.maximum(n, 1)
         enough = n >= min_pixels
         # The pixels' scatter about the level beyond their noise, day by day: a surface
         # is tried only where there is some.

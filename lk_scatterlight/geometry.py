@@ -1354,7 +1354,3 @@ def cube_geometry(
         raise ScatterLightError(msg)
     row, column = np.meshgrid(cube.row, cube.column, indexing="ij")
     return compute_geometry(cube.btjd, row, column, pointing, ephemeris, dtype=dtype)
-
-
-# ---------------------------------------------------------------------- TESS Vectors
-#: ``TessVectors_S001_C4_FFI`` in a TESS Vectors file name: sector, camera, cadence.

@@ -135,6 +135,40 @@ def test_correct_tpf(tpf, cube):
         ScatterLightCorrector(corrected, cube=cube, background_in_flux=True)
 
 
+def test_correct_tpf_from_file_fused(field, cube, tmp_path):
+    """A TPF read from disk (big-endian columns) with a NaN time and NaN background
+    entries: every column of the fused correction, as the corrector documents it."""
+    tpf = simulate.make_tpf(field, row=700, column=1200, shape=(11, 11), seed=5)
+    data = tpf.hdu[1].data
+    data["TIME"][3] = np.nan
+    data["FLUX_BKG"][:, 0, 0] = np.nan
+    data["FLUX_BKG_ERR"][:, 0, 0] = np.nan
+    path = tmp_path / "tpf.fits"
+    tpf.hdu.writeto(path)
+    tpf = lk.read(path)
+    assert tpf.hdu[1].data["FLUX"].dtype.byteorder == ">"
+    corrector = ScatterLightCorrector(tpf, cube=cube, aperture_mask="default")
+    corrected = corrector.correct_tpf()
+    fusion = corrector.fusion_tpf
+    assert fusion is not None
+    old, new = tpf.hdu[1].data, corrected.hdu[1].data
+    ok = np.isfinite(old["TIME"])
+    model = cube.evaluate(old["TIME"][ok], corrector.rows, corrector.columns)
+    fused = model.flux.value + fusion.correction()
+    variance = fusion.variance(model.flux_err.value**2)
+    np.testing.assert_allclose(new["FLUX"][ok], old["FLUX"][ok] - fused, rtol=1e-5, atol=1e-3)
+    assert np.all(np.isnan(new["FLUX"][~ok]))
+    assert np.all(new["QUALITY"][~ok] & QUALITY_NO_MODEL)
+    np.testing.assert_allclose(
+        new["FLUX_ERR"][ok] ** 2, old["FLUX_ERR"][ok] ** 2 + variance, rtol=1e-4
+    )
+    bkg = np.nan_to_num(old["FLUX_BKG"][ok]) + fused  # a NaN background counts as none
+    np.testing.assert_allclose(new["FLUX_BKG"][ok], bkg, rtol=1e-5, atol=1e-3)
+    bkg_var = np.nan_to_num(old["FLUX_BKG_ERR"][ok]) ** 2 + variance
+    np.testing.assert_allclose(new["FLUX_BKG_ERR"][ok] ** 2, bkg_var, rtol=1e-4)
+    tpf.hdu.close()
+
+
 def test_spoc_tpf_is_not_double_corrected(field, cube):
     spoc = simulate.make_tpf(field, row=700, column=1200, kind="spoc", seed=3)
     assert detect_background_in_flux(spoc)[0] is False
