@@ -363,14 +363,20 @@ def _clipped_level(d: np.ndarray, limit: float) -> np.ndarray:
     return np.array([n, mean, scatter])
 
 
-def _mean_square(err: np.ndarray) -> np.ndarray:
-    """Per row, the mean of ``err**2`` over its finite values (NaN if there are none)."""
-    mean = np.einsum("ij,ij->i", err, err).astype(float) / err.shape[1]
+def _mean_square(err: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Per row of ``err`` (nrow, npix), the mean of ``err**2`` over the pixels ``where``
+    (bool) whose value is finite (NaN if none is).
+
+    One product over every pixel (a non-finite value anywhere poisons a row's sum); the
+    rows that it poisons are summed again over ``where`` alone.
+    """
+    weights = where.astype(np.float32) / max(int(where.sum()), 1)
+    mean = (np.square(err, dtype=np.float32) @ weights).astype(float)
     rows = np.flatnonzero(~np.isfinite(mean))
     if rows.size:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
-            mean[rows] = np.nanmean(err[rows].astype(float) ** 2, axis=1)
+            mean[rows] = np.nanmean(err[rows][:, where].astype(float) ** 2, axis=1)
     return mean
 
 
@@ -608,8 +614,7 @@ def fuse(
         # np.take on a contiguous array is several times faster than fancy indexing.
         d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
         stats[:3, first : first + _BLOCK] = _clipped_level(d, clip * max(sigma, 1e-12))
-        err = np.take(flat_err[rows], where, axis=1).astype(np.float32, copy=False)
-        stats[3, first : first + _BLOCK] = _mean_square(err)
+        stats[3, first : first + _BLOCK] = _mean_square(flat_err[rows], pixels.ravel())
     n, mean, scatter, noise = stats
     with np.errstate(invalid="ignore", divide="ignore"):
         enough = n >= min_pixels
