@@ -274,3 +274,16 @@ def test_corrector_fits_a_surface_the_cube_misses(field):
     axes = corrector.diagnose()
     labels = [line.get_label() for line in axes[2].get_lines()]
     assert any("with the surface" in label for label in labels)
+
+
+def test_noise_ignores_non_finite_errors():
+    """A NaN FLUX_ERR in the aperture, or in one background pixel, leaves the local
+    estimate's error as it was (the mean FLUX_ERR**2 of the finite background pixels)."""
+    flux, err, model, aperture, _ = scene(np.zeros(NT))
+    reference = fuse(flux - model, err, aperture)
+    row, col = np.argwhere(reference.pixels)[0]
+    broken = err.copy()
+    broken[:, 7, 7] = np.nan  # the target
+    broken[::2, row, col] = np.nan  # a background pixel, every other cadence
+    fusion = fuse(flux - model, broken, aperture)
+    np.testing.assert_allclose(fusion.local_err, reference.local_err, rtol=1e-6)
