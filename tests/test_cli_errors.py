@@ -173,12 +173,12 @@ def test_demo_out_under_a_file(tmp_path, capsys):
 
 
 def test_missing_optional_package(capsys, monkeypatch):
-    from lk_scatterlight import cli
+    from lk_scatterlight.cli import build
 
     def missing(*args):
         raise ModuleNotFoundError("No module named 'tesscube'", name="tesscube")
 
-    monkeypatch.setattr(cli, "make_source", missing)
+    monkeypatch.setattr(build, "make_source", missing)
     assert main(BUILD) == 1
     err = one_line(capsys)
     assert "needs the optional package tesscube" in err
