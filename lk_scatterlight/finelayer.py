@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from . import interpolate
+from . import fastfits, interpolate
 from .exceptions import CubeFormatError
 from .lowrank import PRECISION, error_step  # rounding on writing, as for the factors
 
@@ -334,8 +334,10 @@ class FineLayer:
         A factored tile's coefficients of one image are then a series over its
         planes, smooth in time, which the compression codes as small differences.
         """
-        block, image, position = self._pairs()
-        return position[np.lexsort((block, image))]
+        _, image, position = self._pairs()  # in block order: a stable sort by image will do
+        if self.basis.shape[0] <= 2**16:  # 16-bit keys: numpy's radix sort, 5x faster
+            image = image.astype(np.uint16)
+        return position[np.argsort(image, kind="stable")]
 
     def _coef_image(self) -> np.ndarray:
         """The basis image each coefficient multiplies (-1 where no block uses it)."""
@@ -503,21 +505,26 @@ class FineLayer:
         return index
 
     @classmethod
-    def from_hdul(cls, hdul: fits.HDUList, path) -> FineLayer:
-        """Read the layer of an open cube file; raise `CubeFormatError` if malformed."""
-        header = hdul["FINE"].header
+    def from_hdul(cls, hdul, path) -> FineLayer:
+        """Read the layer of an open cube file; raise `CubeFormatError` if malformed.
+
+        ``hdul``: the `~astropy.io.fits.HDUList`, or a dict of its HDUs by name.
+        """
+        fine = fastfits.image(hdul, "FINE")
+        header = fine.header
         for key in ("FINEBIN", "FINETILE"):
             if key not in header:
                 raise CubeFormatError(f"{path}: FINE extension has no {key} keyword.")
-        table = _index_columns(hdul["FINE_INDEX"], path)
+        table = _index_columns(fastfits.image(hdul, "FINE_INDEX"), path)
         wanted = ("TILE_ROW", "TILE_COL", "PLANE", "ERROR", "BASIS", "RANK")
         missing = [c for c in wanted if c not in table]
         if missing:
             raise CubeFormatError(f"{path}: FINE_INDEX has no column(s) {', '.join(missing)}.")
         tile = int(header["FINETILE"])
-        basis = hdul["FINE"].data
+        basis = fine.data
         basis = np.zeros((0, tile, tile), np.float32) if basis is None else np.array(basis)
-        coef = hdul["FINE_COEF"].data
+        coef_hdu = fastfits.image(hdul, "FINE_COEF")
+        coef = coef_hdu.data
         coef = np.zeros(0) if coef is None else np.array(coef).ravel()
         layer = cls(
             pixel_bin=int(header["FINEBIN"]),
@@ -532,7 +539,7 @@ class FineLayer:
             coef=coef,
             coef_start=np.array(table["COEF"]) if "COEF" in table else None,
         )
-        order = hdul["FINE_COEF"].header.get("COEFORD", "BLOCK")
+        order = coef_hdu.header.get("COEFORD", "BLOCK")
         if order not in ("BLOCK", "IMAGE") or order == "IMAGE" and "COEF" in table:
             raise CubeFormatError(
                 f"{path}: FINE_COEF has COEFORD = {order!r}; expected 'IMAGE' (without a "
@@ -547,7 +554,7 @@ class FineLayer:
         if order == "IMAGE":
             coef = _block_order(layer, coef, path)
         if "FINE_SCALE" in hdul:
-            return _scaled(layer, coef, hdul["FINE_SCALE"].data, path)
+            return _scaled(layer, coef, fastfits.table(hdul, "FINE_SCALE"), path)
         if not np.issubdtype(np.asarray(basis).dtype, np.floating):
             raise CubeFormatError(
                 f"{path}: FINE holds integers but the file has no FINE_SCALE extension "
@@ -590,7 +597,7 @@ def _block_order(layer: FineLayer, coef: np.ndarray, path) -> np.ndarray:
     return out
 
 
-def _scaled(layer: FineLayer, coef: np.ndarray, table, path) -> FineLayer:
+def _scaled(layer: FineLayer, coef: np.ndarray, table: fastfits.Table, path) -> FineLayer:
     """``layer`` (a valid index) read as stored integers, times the steps of the
     ``FINE_SCALE`` table.
 
@@ -598,8 +605,7 @@ def _scaled(layer: FineLayer, coef: np.ndarray, table, path) -> FineLayer:
     ``layer.coef`` is float32 and may have rounded them).
     """
     nb = layer.basis.shape[0]
-    names = table.columns.names if table is not None else []
-    if any(c not in names for c in ("FINE", "COEF")) or len(table) != nb:
+    if any(c not in table.names for c in ("FINE", "COEF")) or len(table) != nb:
         raise CubeFormatError(
             f"{path}: FINE_SCALE must be a table with columns FINE and COEF and one row "
             f"per basis image in FINE ({nb}); the file is damaged."
