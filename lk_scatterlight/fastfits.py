@@ -85,14 +85,15 @@ class TiledImage:
             )
         try:
             fits_shape = [int(h[f"ZNAXIS{i}"]) for i in range(1, naxis + 1)]
+            # Without ZTILEn cards the tiles are whole rows (the convention's default).
             self._tile = [int(h.get(f"ZTILE{i}", 1)) for i in range(1, naxis + 1)]
+            if naxis and "ZTILE1" not in h:
+                self._tile[0] = fits_shape[0]
         except (KeyError, TypeError, ValueError) as err:
             raise CubeFormatError(
                 f"{self._path}: extension {self.name} lacks a valid ZNAXISn or ZTILEn card "
                 f"({err}); the file is damaged."
             ) from err
-        if fits_shape and not self._tile[0]:  # astropy's default tiles: whole rows
-            self._tile = [fits_shape[0]] + [1] * (naxis - 1)
         self._fits_shape = fits_shape
         self.shape = tuple(reversed(fits_shape))
 
@@ -138,7 +139,7 @@ class TiledImage:
         heap_start = int(h.get("THEAP", 8 * max(rows, 0)))
         heap_size = int(h.get("PCOUNT", 0))
         if rows != ntiles:
-            raise self._damaged(f"{rows} compressed tiles where its shape needs {ntiles}")
+            raise self._damaged(what=f"{rows} compressed tiles where its shape needs {ntiles}")
         with open(self._path, "rb") as f:
             f.seek(self._offset)
             raw = f.read(heap_start + heap_size)
@@ -161,7 +162,7 @@ class TiledImage:
                     raw[begin : begin + nbytes], blocksize, bytepix, math.prod(shape)
                 )
             except (CfitsioException, ValueError) as err:
-                raise self._damaged(f"tile {n + 1}: {err}") from err
+                raise self._damaged(what=f"tile {n + 1}: {err}") from err
             out[where] = np.frombuffer(values, dtype=out.dtype).reshape(shape)
         return out
 

@@ -328,20 +328,23 @@ class FineLayer:
         within = np.arange(block.size) - np.repeat(np.cumsum(self.rank) - self.rank, self.rank)
         return block, self.basis_start[block] + within, self.coef_start[block] + within
 
-    def _image_order(self) -> np.ndarray:
+    def _image_order(self, pairs=None) -> np.ndarray:
         """Positions in ``coef`` of the coefficients ordered by basis image, then block.
 
         A factored tile's coefficients of one image are then a series over its
         planes, smooth in time, which the compression codes as small differences.
+        ``pairs``: `_pairs`, if already computed.
         """
-        _, image, position = self._pairs()  # in block order: a stable sort by image will do
+        _, image, position = pairs or self._pairs()  # in block order: sort stably by image
         if self.basis.shape[0] <= 2**16:  # 16-bit keys: numpy's radix sort, 5x faster
             image = image.astype(np.uint16)
         return position[np.argsort(image, kind="stable")]
 
-    def _coef_image(self) -> np.ndarray:
-        """The basis image each coefficient multiplies (-1 where no block uses it)."""
-        _, image, position = self._pairs()
+    def _coef_image(self, pairs=None) -> np.ndarray:
+        """The basis image each coefficient multiplies (-1 where no block uses it).
+
+        ``pairs``: `_pairs`, if already computed."""
+        _, image, position = pairs or self._pairs()
         out = np.full(self.coef.size, -1)
         out[position] = image
         return out
@@ -551,10 +554,11 @@ class FineLayer:
             problems = layer.validate(int(layer.plane.max(initial=0)) + 1)
             if problems:
                 raise CubeFormatError(f"{path}: {problems[0]}.")
+            pairs = layer._pairs()
         if order == "IMAGE":
-            coef = _block_order(layer, coef, path)
+            coef = _block_order(layer, coef, path, pairs)
         if "FINE_SCALE" in hdul:
-            return _scaled(layer, coef, fastfits.table(hdul, "FINE_SCALE"), path)
+            return _scaled(layer, coef, fastfits.table(hdul, "FINE_SCALE"), path, pairs)
         if not np.issubdtype(np.asarray(basis).dtype, np.floating):
             raise CubeFormatError(
                 f"{path}: FINE holds integers but the file has no FINE_SCALE extension "
@@ -584,22 +588,22 @@ def _index_columns(hdu, path) -> dict[str, np.ndarray]:
     return columns
 
 
-def _block_order(layer: FineLayer, coef: np.ndarray, path) -> np.ndarray:
-    """The stored coefficients ``coef`` of ``layer`` (a valid index), read in basis-image
-    order (``COEFORD = 'IMAGE'``), put back in block order."""
+def _block_order(layer: FineLayer, coef: np.ndarray, path, pairs) -> np.ndarray:
+    """The stored coefficients ``coef`` of ``layer`` (a valid index, whose `_pairs` are
+    ``pairs``), read in basis-image order (``COEFORD = 'IMAGE'``), put back in block order."""
     if int(layer.rank.sum()) != coef.size:
         raise CubeFormatError(
             f"{path}: FINE_COEF holds {coef.size} coefficients but the blocks' RANK add up "
             f"to {int(layer.rank.sum())}; the file is damaged."
         )
     out = np.empty_like(coef)
-    out[layer._image_order()] = coef
+    out[layer._image_order(pairs)] = coef
     return out
 
 
-def _scaled(layer: FineLayer, coef: np.ndarray, table: fastfits.Table, path) -> FineLayer:
-    """``layer`` (a valid index) read as stored integers, times the steps of the
-    ``FINE_SCALE`` table.
+def _scaled(layer: FineLayer, coef: np.ndarray, table: fastfits.Table, path, pairs) -> FineLayer:
+    """``layer`` (a valid index, whose `_pairs` are ``pairs``) read as stored integers,
+    times the steps of the ``FINE_SCALE`` table.
 
     ``coef`` holds the stored coefficients as read, in block order (int32:
     ``layer.coef`` is float32 and may have rounded them).
@@ -611,7 +615,7 @@ def _scaled(layer: FineLayer, coef: np.ndarray, table: fastfits.Table, path) -> 
             f"per basis image in FINE ({nb}); the file is damaged."
         )
     step = np.asarray(table["FINE"], dtype=np.float32)
-    owner = layer._coef_image()
+    owner = layer._coef_image(pairs)
     coef_step = np.asarray(table["COEF"], dtype=np.float64)
     per_coef = np.where(owner >= 0, coef_step[owner.clip(0)] if nb else 1.0, 1.0)
     return dataclasses.replace(layer, basis=layer.basis * step[:, None, None], coef=coef * per_coef)
