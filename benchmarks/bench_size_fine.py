@@ -235,7 +235,7 @@ def run(n_frames: int, keep: Path, cadence: float) -> dict:
         f"{np.median(ratio):.4f}, largest {ratio.max():.4f} (quoted ERROR RMS "
         f"{np.sqrt(np.mean(fine.error**2)):.4f} e-/s)"
     )
-    flux = {k: c._lowrank.flux_coef @ c._lowrank.flux_comp.reshape(cube.rank + 1, -1)
+    flux = {k: c._lowrank.flux_coef @ np.asarray(c._lowrank.flux_comp).reshape(cube.rank + 1, -1)
             for k, c in cubes.items()}  # fmt: skip
     lowrank = cube._lowrank
     sigma = np.sqrt(lowrank.var_coef @ lowrank.var_comp.reshape(len(lowrank.var_comp), -1))

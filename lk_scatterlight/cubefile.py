@@ -368,6 +368,8 @@ def _read_lowrank(hdul: Hdus, path: Path) -> LowRank:
             )
         if 0 in shape:  # a rank-0 cube has empty component and coefficient arrays
             arrays[name] = np.zeros(shape, np.float32)
+        elif name == "FLUX_COMP" and isinstance(hdu, fastfits.TiledImage) and hdu.simple:
+            arrays[name] = hdu  # decoded by region as evaluation needs it (_unscale_factors)
         else:
             read = _read_error_image if name == "ERR_IMAGE" else lambda h, _: np.array(h.data)
             arrays[name] = read(hdu, path)
@@ -400,7 +402,12 @@ def _read_lowrank(hdul: Hdus, path: Path) -> LowRank:
 
 def _unscale_factors(arrays: dict[str, np.ndarray], hdul: Hdus, path: Path) -> None:
     """Rounded ``FLUX_COMP`` and ``FLUX_COEF`` (integers) times their ``FLUX_SCALE`` steps."""
-    integer = [n for n in ("FLUX_COMP", "FLUX_COEF") if arrays[n].dtype.kind in "iu"]
+    lazy = isinstance(arrays["FLUX_COMP"], fastfits.TiledImage)  # integers, still coded
+    integer = [
+        n
+        for n in ("FLUX_COMP", "FLUX_COEF")
+        if n == "FLUX_COMP" and lazy or arrays[n].dtype.kind in "iu"
+    ]
     if "FLUX_SCALE" not in hdul:
         if integer:
             raise CubeFormatError(
@@ -418,7 +425,14 @@ def _unscale_factors(arrays: dict[str, np.ndarray], hdul: Hdus, path: Path) -> N
     # In float32, as the factors are held: a float64 product would double the read time.
     comp_step = np.asarray(steps["COMP"], dtype=np.float32)[:, None, None]
     coef_step = np.asarray(steps["COEF"], dtype=np.float32)
-    arrays["FLUX_COMP"] = np.multiply(arrays["FLUX_COMP"], comp_step, dtype=np.float32)
+    if lazy:  # LowRank cannot look for NaN in components it does not decode: check here
+        if not np.all(np.isfinite(comp_step)):
+            raise CubeFormatError(
+                f"{path}: the components have NaN or infinite values (a FLUX_SCALE step)."
+            )
+        arrays["FLUX_COMP"] = fastfits.ScaledImage(arrays["FLUX_COMP"], comp_step[:, 0, 0])
+    else:
+        arrays["FLUX_COMP"] = np.multiply(arrays["FLUX_COMP"], comp_step, dtype=np.float32)
     arrays["FLUX_COEF"] = np.multiply(arrays["FLUX_COEF"], coef_step, dtype=np.float32)
 
 
@@ -504,6 +518,10 @@ _LOWRANK_EXTENSIONS = {
     "ERR_IMAGE": 2,
     "ERR_SCALE": 1,
 }
+#: Bins per side of a ``FLUX_COMP`` tile (all components in each): a TPF's evaluation
+#: decodes the few tiles around it (`fastfits.ScaledImage`), and RICE codes these
+#: tiles as compactly as whole component images.
+COMPONENT_TILE = 16
 #: Optional extensions (version 3): how much of the noise the factors keep.
 _PROJECTION_EXTENSIONS = ("ERR_TIME", "ERR_SPACE")
 #: Primary-header cards of a LOWRANK file: keyword, `CompressionInfo` field, comment.
@@ -603,8 +621,9 @@ def _rounded_factors(lowrank: LowRank, precision: float | None):
 
     Rounded (`LowRank.quantum`), the factors are int32 multiples of per-component
     steps, tile-compressed (``RICE_1``, which codes differences of neighbouring
-    values): each component image is one tile, and each component's coefficients,
-    a series smooth in time, another. ``precision=None`` or rank 0 write float32.
+    values): the components in tiles of `COMPONENT_TILE` x `COMPONENT_TILE` bins
+    (all components in each), each component's coefficients, a series smooth in
+    time, in a tile of its own. ``precision=None`` or rank 0 write float32.
     """
     header = fits.Header([("BUNIT", "electron/s", "per pixel")])
     if precision is None or lowrank.rank == 0:
@@ -618,7 +637,7 @@ def _rounded_factors(lowrank: LowRank, precision: float | None):
         np.rint(lowrank.components / comp_step[:, None, None]).astype(np.int32),
         name="FLUX_COMP",
         compression_type="RICE_1",
-        tile_shape=(1, *lowrank.mean.shape),
+        tile_shape=(lowrank.rank, *np.minimum(lowrank.mean.shape, COMPONENT_TILE)),
     )
     header["BUNIT"] = ("electron/s", "per pixel, times FLUX_SCALE.COEF")
     coef = fits.CompImageHDU(

@@ -9,7 +9,9 @@ this module reads straight from the file's bytes:
 
 * `image`: integer images tile-compressed with ``RICE_1`` in one
   ``COMPRESSED_DATA`` column, without scaling or blank values, decoded with
-  astropy's own RICE decoder;
+  astropy's own RICE decoder, whole or only the tiles a region touches
+  (`TiledImage.section`; `ScaledImage` decodes a compact cube's components
+  so, as evaluation needs them);
 * `table`: binary tables of fixed-width numeric and character columns, without
   scaling or a heap.
 
@@ -22,6 +24,7 @@ cheaply.
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import cached_property
 
@@ -38,7 +41,7 @@ try:  # astropy's RICE decoder (private module, present since astropy 5.3)
 except ImportError:  # pragma: no cover  (then every image goes through CompImageHDU)
     decompress_rice_1_c = None
 
-__all__ = ["image", "table", "TiledImage", "Table"]
+__all__ = ["image", "table", "TiledImage", "ScaledImage", "Table"]
 
 #: FITS table column codes read here -> numpy type (big-endian); "A" is characters.
 _COLUMN_TYPES = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "A": "S"}
@@ -129,12 +132,12 @@ class TiledImage:
             "fetch or write the file again."
         )
 
-    def _decode(self) -> np.ndarray:
+    @cached_property
+    def _heap(self) -> tuple[bytes, np.ndarray, int]:
+        """The bytes of the table (read once), each tile's (nbytes, start) in them, and
+        the values per block of the code; checked against the image's shape."""
         h = self.header
-        bytepix = _BYTEPIX[h["ZBITPIX"]]
-        blocksize = h.get("ZVAL1", 32) if h.get("ZNAME1") == "BLOCKSIZE" else 32
-        counts = [math.ceil(n / t) for n, t in zip(self._fits_shape, self._tile, strict=True)]
-        ntiles = math.prod(counts)
+        ntiles = math.prod(self._counts)
         rows = int(h.get("NAXIS2", -1))
         heap_start = int(h.get("THEAP", 8 * max(rows, 0)))
         heap_size = int(h.get("PCOUNT", 0))
@@ -148,23 +151,123 @@ class TiledImage:
         pointers = np.frombuffer(raw, ">i4", count=2 * ntiles).reshape(ntiles, 2)
         if pointers.min(initial=0) < 0 or (pointers.sum(axis=1) > heap_size).any():
             raise self._damaged(what="a tile lies outside its data")
-        out = np.empty(self.shape, dtype=f"i{bytepix}")
-        for n, (nbytes, start) in enumerate(pointers.tolist()):
-            first = np.unravel_index(n, counts[::-1])[::-1]  # FITS order: axis 1 fastest
-            where = tuple(
-                slice(i * t, min((i + 1) * t, size))
-                for i, t, size in zip(first, self._tile, self._fits_shape, strict=True)
-            )[::-1]
-            shape = tuple(s.stop - s.start for s in where)
-            begin = heap_start + start
-            try:
-                values = decompress_rice_1_c(
-                    raw[begin : begin + nbytes], blocksize, bytepix, math.prod(shape)
-                )
-            except (CfitsioException, ValueError) as err:
-                raise self._damaged(what=f"tile {n + 1}: {err}") from err
-            out[where] = np.frombuffer(values, dtype=out.dtype).reshape(shape)
+        pointers = pointers + np.array([0, heap_start])
+        blocksize = h.get("ZVAL1", 32) if h.get("ZNAME1") == "BLOCKSIZE" else 32
+        return raw, pointers, blocksize
+
+    @property
+    def _counts(self) -> list[int]:
+        """Tiles along each FITS axis."""
+        return [math.ceil(n / t) for n, t in zip(self._fits_shape, self._tile, strict=True)]
+
+    def _decode(self) -> np.ndarray:
+        return self.section(tuple(slice(0, n) for n in self.shape), keep=False)
+
+    def section(self, box: tuple[slice, ...], keep: bool = True) -> np.ndarray:
+        """The stored integers in ``box`` (numpy-order slices, step 1, within the image),
+        decoding only the tiles it touches (kept for later calls if ``keep``)."""
+        raw, pointers, blocksize = self._heap
+        bytepix = _BYTEPIX[self.header["ZBITPIX"]]
+        fits_box = [(b.start, b.stop) for b in reversed(box)]
+        out = np.empty([b - a for a, b in reversed(fits_box)], dtype=f"i{bytepix}")
+        counts = self._counts
+        ranges = [
+            range(a // t, (b - 1) // t + 1) if b > a else range(0)
+            for (a, b), t in zip(fits_box, self._tile, strict=True)
+        ]
+        strides = np.cumprod([1, *counts[:-1]])
+        for index in itertools.product(*ranges):
+            n = int(np.dot(index, strides))
+            tile = self._tiles.get(n)
+            if tile is None:
+                tile = self._decode_tile(n, index, raw, pointers[n], blocksize, bytepix)
+                if keep:
+                    self._tiles[n] = tile
+            # The tile's and the box's overlap, in FITS order, then numpy order.
+            lows = [i * t for i, t in zip(index, self._tile, strict=True)]
+            part = [
+                (max(a, lo), min(b, lo + t))
+                for (a, b), lo, t in zip(fits_box, lows, self._tile, strict=True)
+            ]
+            src = tuple(slice(p - lo, q - lo) for (p, q), lo in zip(part, lows, strict=True))
+            dst = tuple(slice(p - a, q - a) for (p, q), (a, _) in zip(part, fits_box, strict=True))
+            out[dst[::-1]] = tile[src[::-1]]
         return out
+
+    @cached_property
+    def _tiles(self) -> dict[int, np.ndarray]:
+        return {}
+
+    def _decode_tile(self, n, index, raw, pointer, blocksize, bytepix) -> np.ndarray:
+        """Tile ``n`` (at tile ``index`` along the FITS axes), as a numpy-order array."""
+        shape = [
+            min(t, size - i * t)
+            for i, t, size in zip(index, self._tile, self._fits_shape, strict=True)
+        ][::-1]
+        nbytes, begin = (int(v) for v in pointer)
+        try:
+            values = decompress_rice_1_c(
+                raw[begin : begin + nbytes], blocksize, bytepix, math.prod(shape)
+            )
+        except (CfitsioException, ValueError) as err:
+            raise self._damaged(what=f"tile {n + 1}: {err}") from err
+        return np.frombuffer(values, dtype=f"i{bytepix}").reshape(shape)
+
+
+class ScaledImage:
+    """A 3-D `TiledImage` of integers times a step per plane, as float32, decoded by
+    region when indexed with slices and integers (so evaluating a few pixels decodes
+    only the tiles around them), whole by `numpy.asarray`.
+
+    Parameters
+    ----------
+    image : `TiledImage`
+        A simple one (`TiledImage.simple`), shape (nplane, nrow, ncol).
+    step : array of float, shape (nplane,)
+        Finite step of each plane.
+    """
+
+    def __init__(self, image: TiledImage, step: np.ndarray):
+        self.image, self.step = image, np.asarray(step, dtype=np.float32)
+        self.shape, self.ndim, self.dtype = image.shape, 3, np.dtype(np.float32)
+        image._heap  # read the bytes now and check where the tiles lie  # noqa: B018
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        box, squeeze = _basic_box(key, self.shape)
+        if box is None:
+            return np.asarray(self)[key]
+        values = self.image.section(box)
+        out = np.multiply(values, self.step[box[0], None, None], dtype=np.float32)
+        return out[squeeze]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self.image.section(tuple(slice(0, n) for n in self.shape), keep=False)
+        return np.multiply(whole, self.step[:, None, None], dtype=dtype or np.float32)
+
+
+def _basic_box(key, shape) -> tuple[tuple[slice, ...] | None, tuple]:
+    """``key`` (integers, slices with step 1) as a box of slices within ``shape`` and the
+    index that then drops the integer axes; (None, ()) for any other key."""
+    key = key if isinstance(key, tuple) else (key,)
+    if len(key) > len(shape):
+        return None, ()
+    key = key + (slice(None),) * (len(shape) - len(key))
+    box, squeeze = [], []
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, int | np.integer) and -n <= k < n:
+            k = int(k) % n
+            box.append(slice(k, k + 1))
+            squeeze.append(0)
+        elif isinstance(k, slice) and k.step in (None, 1):
+            start, stop, _ = k.indices(n)
+            box.append(slice(start, max(start, stop)))
+            squeeze.append(slice(None))
+        else:
+            return None, ()
+    return tuple(box), tuple(squeeze)
 
 
 class Table:

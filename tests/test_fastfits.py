@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from astropy.io import fits
-from cube_helpers import make_cube
+from cube_helpers import edited, make_cube
 
 from lk_scatterlight import ScatterLightCube, fastfits
 from lk_scatterlight.exceptions import CubeFormatError
@@ -103,13 +103,20 @@ def test_image_is_not_a_table(tmp_path):
         fastfits.table(hdul, "IMG")
 
 
+def _compact(nt=40, nrow=8, ncol=9, rank=3):
+    """A compact cube of ``rank`` components plus a little noise."""
+    rng = np.random.default_rng(2)
+    series, images = rng.normal(size=(nt, rank)), rng.normal(size=(rank, nrow, ncol))
+    flux = 50 + np.einsum("ti,irc->trc", series, images) + rng.normal(0, 0.01, (nt, nrow, ncol))
+    cube = make_cube(
+        nt, nrow, ncol, flux=flux.astype(np.float32), flux_err=np.full(flux.shape, 0.01)
+    )
+    return cube.compress()
+
+
 @pytest.fixture
 def compact_file(tmp_path):
-    rng = np.random.default_rng(2)
-    series, images = rng.normal(size=(40, 3)), rng.normal(size=(3, 8, 9))
-    flux = 50 + np.einsum("ti,irc->trc", series, images) + rng.normal(0, 0.01, (40, 8, 9))
-    cube = make_cube(40, 8, 9, flux=flux.astype(np.float32), flux_err=np.full(flux.shape, 0.01))
-    return cube.compress().write(tmp_path / "compact.fits")
+    return _compact().write(tmp_path / "compact.fits")
 
 
 def _pointers(path, name):
@@ -118,32 +125,107 @@ def _pointers(path, name):
         return hdul[name].fileinfo()["datLoc"]
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (lambda p: (p[0] + 10**6, p[1]), "a tile lies outside its data"),
-        (lambda p: (4, p[1]), "tile 1: decompression error"),
-    ],
-)
-def test_damaged_compressed_extension(compact_file, tmp_path, change, message):
-    """A compressed image whose tile pointer or bytes are wrong: an error naming it."""
-    raw = bytearray(compact_file.read_bytes())
-    at = _pointers(compact_file, "FLUX_COMP")
+def _damage(path, tmp_path, name, change):
+    """A copy of ``path`` whose first tile pointer of ``name`` is ``change(pointer)``."""
+    raw = bytearray(path.read_bytes())
+    at = _pointers(path, name)
     pointer = np.frombuffer(bytes(raw[at : at + 8]), ">i4")
     raw[at : at + 8] = np.array(change(pointer), ">i4").tobytes()
     bad = tmp_path / "bad.fits"
     bad.write_bytes(bytes(raw))
+    return bad
+
+
+@pytest.mark.parametrize("name", ["FLUX_COMP", "FLUX_COEF", "ERR_IMAGE"])
+def test_tile_outside_its_data(compact_file, tmp_path, name):
+    """A tile pointer past the compressed data: reading fails, naming the extension."""
+    bad = _damage(compact_file, tmp_path, name, lambda p: (p[0] + 10**6, p[1]))
     with pytest.raises(
-        CubeFormatError, match=f"compressed extension FLUX_COMP is damaged.*{message}"
+        CubeFormatError, match=f"compressed extension {name} is damaged.*a tile lies outside"
     ):
         ScatterLightCube.read(bad)
+
+
+def test_damaged_tile(compact_file, tmp_path):
+    """A tile whose code ends early: an error naming the extension, on reading or, for
+    the components (decoded where evaluation needs them), on their first use."""
+    message = "compressed extension {} is damaged.*tile 1: decompression error"
+    cut = lambda p: (4, p[1])  # noqa: E731
+    with pytest.raises(CubeFormatError, match=message.format("FLUX_COEF")):
+        ScatterLightCube.read(_damage(compact_file, tmp_path, "FLUX_COEF", cut))
+    cube = ScatterLightCube.read(_damage(compact_file, tmp_path, "FLUX_COMP", cut))
+    with pytest.raises(CubeFormatError, match=message.format("FLUX_COMP")):
+        cube.evaluate(cube.btjd[:3], [10.0], [60.0])
 
 
 def test_compact_file_reads_as_through_astropy(compact_file, monkeypatch):
     """The direct decoder and astropy's give the same cube."""
     fast = ScatterLightCube.read(compact_file)
+    flux, flux_err = fast.flux, fast.flux_err  # decoded now
     monkeypatch.setattr(fastfits, "decompress_rice_1_c", None)  # every image via astropy
     slow = ScatterLightCube.read(compact_file)
-    np.testing.assert_array_equal(fast.flux, slow.flux)
-    np.testing.assert_array_equal(fast.flux_err, slow.flux_err)
+    np.testing.assert_array_equal(flux, slow.flux)
+    np.testing.assert_array_equal(flux_err, slow.flux_err)
     np.testing.assert_array_equal(fast.npix, slow.npix)
+
+
+@pytest.fixture
+def large(tmp_path):
+    """A compact cube of 40 x 36 bins (3 x 3 component tiles) and its file."""
+    cube = _compact(nt=30, nrow=40, ncol=36, rank=4)
+    return cube, cube.write(tmp_path / "large.fits")
+
+
+def test_components_in_spatial_tiles(large):
+    """FLUX_COMP is written in tiles of all components x 16 x 16 bins."""
+    cube, path = large
+    with fits.open(path, disable_image_compression=True) as hdul:
+        header = hdul["FLUX_COMP"].header
+    assert [header[f"ZTILE{i}"] for i in (1, 2, 3)] == [16, 16, cube.rank]
+
+
+def test_evaluation_decodes_only_the_tiles_it_needs(large, monkeypatch):
+    """A TPF's evaluation decodes the component tiles around it, and gives what the
+    whole decoded file gives."""
+    cube, path = large
+    back = ScatterLightCube.read(path)
+    tiles = back._lowrank._components.image._tiles
+    assert not tiles  # nothing decoded on reading
+    rows, columns = 20 + np.arange(10), 60 + np.arange(10)  # within the first 16 x 16 bins
+    got = back.evaluate(back.btjd, rows, columns)
+    assert sorted(tiles) == [0]
+    total = back.evaluate_sum(back.btjd, rows, columns)
+    part = back.flux[:, 30:40, 20:36]
+    monkeypatch.setattr(fastfits, "decompress_rice_1_c", None)  # all decoded, by astropy
+    whole = ScatterLightCube.read(path)
+    assert isinstance(whole._lowrank.flux_comp, np.ndarray)
+    want = whole.evaluate(whole.btjd, rows, columns)
+    np.testing.assert_array_equal(got.flux, want.flux)
+    np.testing.assert_array_equal(got.flux_err, want.flux_err)
+    np.testing.assert_array_equal(total.flux, whole.evaluate_sum(whole.btjd, rows, columns).flux)
+    np.testing.assert_array_equal(part, whole.flux[:, 30:40, 20:36])
+    memory = cube.evaluate(cube.btjd, rows, columns)  # before rounding on writing
+    np.testing.assert_allclose(got.flux, memory.flux, rtol=0, atol=1e-3)
+
+
+def test_components_in_one_tile_each_still_read(large, tmp_path):
+    """Files from before the spatial tiles (one tile per component image) read the same."""
+    _, path = large
+
+    def per_component(hdul):
+        old = hdul["FLUX_COMP"]
+        hdul["FLUX_COMP"] = fits.CompImageHDU(
+            old.data, old.header, name="FLUX_COMP", compression_type="RICE_1",
+            tile_shape=(1, *old.data.shape[1:]),
+        )  # fmt: skip
+
+    old = ScatterLightCube.read(edited(path, tmp_path / "old.fits", per_component))
+    new = ScatterLightCube.read(path)
+    with fits.open(tmp_path / "old.fits", disable_image_compression=True) as hdul:
+        assert hdul["FLUX_COMP"].header["ZTILE3"] == 1
+    np.testing.assert_array_equal(old.flux, new.flux)
+    times = new.btjd[::3]
+    np.testing.assert_array_equal(
+        old.evaluate(times, [100.0, 300.5], [200.0]).flux,
+        new.evaluate(times, [100.0, 300.5], [200.0]).flux,
+    )
