@@ -63,8 +63,8 @@ Printed:
   noise of a frame; the simulator gives 200-s and 30-min frames the same
   noise, so it is 1 for now; real 200-s frames are noisier and keep fewer
   basis images). Extrapolated linearly in frames instead, as before, the
-  200-s builds, whose consecutive frames cover 2 to 4 hours, would put ~39,000
-  basis images in a sector (~110 per tile kept, where a tile of 16 x 16 fine
+  200-s builds, whose consecutive frames cover 2 to 4 hours, would put ~43,000
+  basis images in a sector (~120 per tile kept, where a tile of 16 x 16 fine
   bins has 256 dimensions and the 30-min sector needs ~16); that figure is
   printed too. The coefficients and the index still grow with frames (one
   entry per block and basis image).
@@ -281,10 +281,10 @@ def matched_ratio(n_frames: int, keep: Path, r30: dict) -> dict[tuple[str, str],
     for key, path in paths.items():
         sizes = extension_sizes(path)
         for name in COVERAGE_HDUS:
-            ratio[name, key] = sizes.get(name, 0) / max(r30["sizes"][key].get(name, 0), 1)
-            print(
-                f"  {name:12s} {key:6s} {sizes.get(name, 0) / 1e6:7.3f} MB, x{ratio[name, key]:.2f}"
-            )
+            size, size30 = sizes.get(name, 0), r30["sizes"][key].get(name, 0)
+            ratio[name, key] = size / size30 if size30 else 1.0  # both absent: no change
+            if size30:
+                print(f"  {name:12s} {key:6s} {size / 1e6:7.3f} MB, x{ratio[name, key]:.2f}")
     return ratio
 
 
