@@ -26,7 +26,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from . import fastfits
 from .ccd import BTJD_OFFSET, FLUX_BUNITS, Region
 from .exceptions import CubeFormatError
-from .finelayer import FINE_EXTENSIONS, FineLayer
+from .finelayer import FINE_EXTENSIONS, FINE_PRECISION, FineLayer
 from .lowrank import PRECISION, CompressionInfo, LowRank, error_step
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,15 +121,19 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
 
 
 def to_hdulist(
-    cube: ScatterLightCube, compact: bool = False, precision: float | None = PRECISION
+    cube: ScatterLightCube,
+    compact: bool = False,
+    precision: float | None = PRECISION,
+    fine_precision: float = FINE_PRECISION,
 ) -> fits.HDUList:
     """The FITS file of ``cube`` (format `FORMAT_VERSION`), ``LOWRANK`` if ``compact``.
 
     A compact encoding needs a compact cube (`ScatterLightCube.compress`).
-    ``precision``: rounding of the low-rank factors and of the fine layer, in units
-    of their quoted errors (`~lk_scatterlight.lowrank.LowRank.quantum`,
-    `~lk_scatterlight.finelayer.FineLayer.quantum`); None stores them exactly as
-    float32, the layout of earlier files.
+    ``precision``: rounding of the low-rank factors, ``fine_precision`` of the
+    fine layer, in units of their quoted errors
+    (`~lk_scatterlight.lowrank.LowRank.quantum`,
+    `~lk_scatterlight.finelayer.FineLayer.quantum`); ``precision=None`` stores
+    both exactly as float32, the layout of earlier files.
     """
     from . import __version__
 
@@ -213,7 +217,9 @@ def to_hdulist(
         name="STRAPS",
     )
     straps.header["COMMENT"] = "scattered-light response of strap columns vs neighbours"
-    fine = cube.fine.to_hdus(precision) if cube.fine is not None and len(cube.fine) else []
+    fine = []
+    if cube.fine is not None and len(cube.fine):
+        fine = cube.fine.to_hdus(None if precision is None else fine_precision)
     return fits.HDUList([primary, *data_hdus, time, row, col, npix, provenance, straps, *fine])
 
 
