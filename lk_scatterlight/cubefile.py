@@ -23,9 +23,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
+from . import fastfits
 from .ccd import BTJD_OFFSET, FLUX_BUNITS, Region
 from .exceptions import CubeFormatError
-from .finelayer import FINE_EXTENSIONS, FineLayer
+from .finelayer import FINE_EXTENSIONS, FINE_PRECISION, FineLayer
 from .lowrank import PRECISION, CompressionInfo, LowRank, error_step
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +39,8 @@ FORMAT_VERSION = 2
 #: Encodings of flux and uncertainty in a version 2 file (primary keyword ``SLENCODE``).
 ENCODINGS = ("DENSE", "LOWRANK")
 _ACCEPTED_BUNITS = FLUX_BUNITS
+#: The HDUs of an open file by name (the first of each name), and the primary HDU as 0.
+Hdus = dict[str | int, Any]
 
 
 class CubeFields(NamedTuple):
@@ -76,13 +79,21 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
     try:
         # astropy only *warns* about a truncated or corrupt file (and then drops the
         # HDUs it could not read) while it reads the headers; catch that here and
-        # report it as such. (The file is opened once: each compressed HDU's header
-        # costs milliseconds to read.)
+        # report it as such. (The file is opened once, its compressed images as the
+        # tables they are stored in: `fastfits.image` decodes them, faster than
+        # astropy's CompImageHDU.)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AstropyUserWarning)
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+            hdul = fits.open(
+                path, memmap=False, lazy_load_hdus=True, disable_image_compression=True
+            )
             try:
-                names = [h.name for h in hdul]
+                # Extensions by name, looked up once: each lookup in an HDUList reads
+                # the name card of every HDU before it.
+                hdus = {0: hdul[0]}
+                for hdu in hdul:
+                    hdus.setdefault(hdu.name, hdu)
+                names = [name for name in hdus if name != 0]
             except BaseException:
                 hdul.close()
                 raise
@@ -98,27 +109,31 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
                 warnings.warn(w.message, stacklevel=3)
             header = hdul[0].header
             if "SCATTER LIGHT CUBE" in names:
-                return _read_tess_backml(hdul, path)
+                return _read_tess_backml(hdus, path)
             if "SLFORMAT" not in header:
                 raise CubeFormatError(
                     f"{path} is not a scattered-light cube: its primary header has no "
                     "SLFORMAT keyword and it has no 'SCATTER LIGHT CUBE' extension."
                 )
-            return _read_lk(hdul, path, names)
+            return _read_lk(hdus, path, names)
     except (OSError, TypeError) as err:  # astropy's errors for truncated/non-FITS files
         raise CubeFormatError(f"{path} cannot be read as a FITS file: {err}") from err
 
 
 def to_hdulist(
-    cube: ScatterLightCube, compact: bool = False, precision: float | None = PRECISION
+    cube: ScatterLightCube,
+    compact: bool = False,
+    precision: float | None = PRECISION,
+    fine_precision: float = FINE_PRECISION,
 ) -> fits.HDUList:
     """The FITS file of ``cube`` (format `FORMAT_VERSION`), ``LOWRANK`` if ``compact``.
 
     A compact encoding needs a compact cube (`ScatterLightCube.compress`).
-    ``precision``: rounding of the low-rank factors and of the fine layer, in units
-    of their quoted errors (`~lk_scatterlight.lowrank.LowRank.quantum`,
-    `~lk_scatterlight.finelayer.FineLayer.quantum`); None stores them exactly as
-    float32, the layout of earlier files.
+    ``precision``: rounding of the low-rank factors, ``fine_precision`` of the
+    fine layer, in units of their quoted errors
+    (`~lk_scatterlight.lowrank.LowRank.quantum`,
+    `~lk_scatterlight.finelayer.FineLayer.quantum`); ``precision=None`` stores
+    both exactly as float32, the layout of earlier files.
     """
     from . import __version__
 
@@ -202,7 +217,9 @@ def to_hdulist(
         name="STRAPS",
     )
     straps.header["COMMENT"] = "scattered-light response of strap columns vs neighbours"
-    fine = cube.fine.to_hdus(precision) if cube.fine is not None and len(cube.fine) else []
+    fine = []
+    if cube.fine is not None and len(cube.fine):
+        fine = cube.fine.to_hdus(None if precision is None else fine_precision)
     return fits.HDUList([primary, *data_hdus, time, row, col, npix, provenance, straps, *fine])
 
 
@@ -243,7 +260,7 @@ def _header_unit_ok(header: fits.Header, extname: str) -> None:
         )
 
 
-def _read_lk(hdul: fits.HDUList, path: Path, names: list[str]) -> CubeFields:
+def _read_lk(hdul: Hdus, path: Path, names: list[str]) -> CubeFields:
     """Read an lk_scatterlight cube file, format version 1 or 2 (either encoding)."""
     header = hdul[0].header
     version = header["SLFORMAT"]
@@ -271,17 +288,17 @@ def _read_lk(hdul: fits.HDUList, path: Path, names: list[str]) -> CubeFields:
             raise CubeFormatError(f"{path}: primary header has no {key} keyword.")
     for ext in data:
         if ext not in ("FLUX_COMP", "ERR_SCALE"):  # those two are dimensionless
-            _header_unit_ok(hdul[ext].header, ext)
-    table = hdul["TIME"].data
+            _header_unit_ok(fastfits.image(hdul, ext).header, ext)
+    times = fastfits.table(hdul, "TIME")
     for colname in ("TIME", "TSTART", "TSTOP", "NFRAMES"):
-        if colname not in table.columns.names:
+        if colname not in times.names:
             raise CubeFormatError(f"{path}: TIME table has no {colname} column.")
-    unit = str(hdul["TIME"].columns["TIME"].unit or "").strip()
+    unit = times.units["TIME"].strip()
     if unit != "d":
         raise CubeFormatError(f"{path}: TIME column unit is {unit!r}, expected 'd' (BTJD days).")
     meta = {}
     if "PROVENANCE" in names:
-        prov = hdul["PROVENANCE"].data
+        prov = fastfits.table(hdul, "PROVENANCE")
         try:
             meta = {
                 str(k).strip(): json.loads(v)
@@ -295,9 +312,9 @@ def _read_lk(hdul: fits.HDUList, path: Path, names: list[str]) -> CubeFields:
         header["SECTOR"],
         header["CAMERA"],
         header["CCD"],
-        np.array(table["TIME"], dtype=float),
-        np.array(table["TSTART"], dtype=float),
-        np.array(table["TSTOP"], dtype=float),
+        np.array(times["TIME"], dtype=float),
+        np.array(times["TSTART"], dtype=float),
+        np.array(times["TSTOP"], dtype=float),
         np.array(hdul["ROW"].data, dtype=float),
         np.array(hdul["COLUMN"].data, dtype=float),
     )
@@ -307,8 +324,8 @@ def _read_lk(hdul: fits.HDUList, path: Path, names: list[str]) -> CubeFields:
         raise CubeFormatError(f"{path}: {err}") from err
     kwargs = {
         "region": region,
-        "npix": np.array(hdul["NPIX"].data),
-        "nframes": np.array(table["NFRAMES"]),
+        "npix": np.array(fastfits.image(hdul, "NPIX").data),
+        "nframes": np.array(times["NFRAMES"]),
         "meta": meta,
         **_read_straps(hdul, names),
     }
@@ -333,7 +350,7 @@ def _read_lk(hdul: fits.HDUList, path: Path, names: list[str]) -> CubeFields:
     return CubeFields(args, kwargs, flux, flux_err, None)
 
 
-def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
+def _read_lowrank(hdul: Hdus, path: Path) -> LowRank:
     """The factors and compression keywords of a ``LOWRANK`` file."""
     header = hdul[0].header
     values = {}
@@ -348,7 +365,7 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
         values[field] = value
     arrays = {}
     for name, ndim in _LOWRANK_EXTENSIONS.items():
-        hdu = hdul[name]
+        hdu = fastfits.image(hdul, name)
         shape = tuple(hdu.shape)
         if len(shape) != ndim:
             raise CubeFormatError(
@@ -357,6 +374,8 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
             )
         if 0 in shape:  # a rank-0 cube has empty component and coefficient arrays
             arrays[name] = np.zeros(shape, np.float32)
+        elif name == "FLUX_COMP" and isinstance(hdu, fastfits.TiledImage) and hdu.simple:
+            arrays[name] = hdu  # decoded by region as evaluation needs it (_unscale_factors)
         else:
             read = _read_error_image if name == "ERR_IMAGE" else lambda h, _: np.array(h.data)
             arrays[name] = read(hdu, path)
@@ -367,7 +386,11 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
             f"{path}: the LOWRANK encoding has {present[0]} without "
             f"{(set(_PROJECTION_EXTENSIONS) - set(present)).pop()}; the file is damaged."
         )
-    projection = [_read_error_image(hdul[name], path) for name in _PROJECTION_EXTENSIONS if present]
+    projection = [
+        _read_error_image(fastfits.image(hdul, name), path)
+        for name in _PROJECTION_EXTENSIONS
+        if present
+    ]
     _unscale_factors(arrays, hdul, path)
     try:
         return LowRank(
@@ -383,9 +406,14 @@ def _read_lowrank(hdul: fits.HDUList, path: Path) -> LowRank:
         raise CubeFormatError(f"{path}: {err}") from err
 
 
-def _unscale_factors(arrays: dict[str, np.ndarray], hdul: fits.HDUList, path: Path) -> None:
+def _unscale_factors(arrays: dict[str, np.ndarray], hdul: Hdus, path: Path) -> None:
     """Rounded ``FLUX_COMP`` and ``FLUX_COEF`` (integers) times their ``FLUX_SCALE`` steps."""
-    integer = [n for n in ("FLUX_COMP", "FLUX_COEF") if arrays[n].dtype.kind in "iu"]
+    lazy = isinstance(arrays["FLUX_COMP"], fastfits.TiledImage)  # integers, still coded
+    integer = [
+        n
+        for n in ("FLUX_COMP", "FLUX_COEF")
+        if n == "FLUX_COMP" and lazy or arrays[n].dtype.kind in "iu"
+    ]
     if "FLUX_SCALE" not in hdul:
         if integer:
             raise CubeFormatError(
@@ -393,33 +421,39 @@ def _unscale_factors(arrays: dict[str, np.ndarray], hdul: fits.HDUList, path: Pa
                 "extension to scale them; the file is damaged."
             )
         return
-    table = hdul["FLUX_SCALE"].data
-    names = table.columns.names if table is not None else []
+    steps = fastfits.table(hdul, "FLUX_SCALE")
     k = arrays["FLUX_COMP"].shape[0]
-    if any(c not in names for c in ("COMP", "COEF")) or len(table) != k:
+    if any(c not in steps.names for c in ("COMP", "COEF")) or len(steps) != k:
         raise CubeFormatError(
             f"{path}: FLUX_SCALE must be a table with columns COMP and COEF and one row "
             f"per component in FLUX_COMP ({k}); the file is damaged."
         )
     # In float32, as the factors are held: a float64 product would double the read time.
-    comp_step = np.asarray(table["COMP"], dtype=np.float32)[:, None, None]
-    coef_step = np.asarray(table["COEF"], dtype=np.float32)
-    arrays["FLUX_COMP"] = np.multiply(arrays["FLUX_COMP"], comp_step, dtype=np.float32)
+    comp_step = np.asarray(steps["COMP"], dtype=np.float32)[:, None, None]
+    coef_step = np.asarray(steps["COEF"], dtype=np.float32)
+    if lazy:  # LowRank cannot look for NaN in components it does not decode: check here
+        if not np.all(np.isfinite(comp_step)):
+            raise CubeFormatError(
+                f"{path}: the components have NaN or infinite values (a FLUX_SCALE step)."
+            )
+        arrays["FLUX_COMP"] = fastfits.ScaledImage(arrays["FLUX_COMP"], comp_step[:, 0, 0])
+    else:
+        arrays["FLUX_COMP"] = np.multiply(arrays["FLUX_COMP"], comp_step, dtype=np.float32)
     arrays["FLUX_COEF"] = np.multiply(arrays["FLUX_COEF"], coef_step, dtype=np.float32)
 
 
-def _read_straps(hdul: fits.HDUList, names: list[str]) -> dict[str, np.ndarray]:
+def _read_straps(hdul: Hdus, names: list[str]) -> dict[str, np.ndarray]:
     """The optional STRAPS table as keyword arguments of `ScatterLightCube`."""
     if "STRAPS" not in names:
         return {}
-    table = hdul["STRAPS"].data
+    straps = fastfits.table(hdul, "STRAPS")
     return {
-        "strap_column": np.array(table["COLUMN"], dtype=int),
-        "strap_response": np.array(table["RESPONSE"], dtype=float),
+        "strap_column": np.array(straps["COLUMN"], dtype=int),
+        "strap_response": np.array(straps["RESPONSE"], dtype=float),
     }
 
 
-def _read_tess_backml(hdul: fits.HDUList, path: Path) -> CubeFields:
+def _read_tess_backml(hdul: Hdus, path: Path) -> CubeFields:
     """Convert a tess-backml 0.2/0.3 cube to our conventions.
 
     Conversions (see docs/format.rst):
@@ -441,9 +475,9 @@ def _read_tess_backml(hdul: fits.HDUList, path: Path) -> CubeFields:
     for key in ("SECTOR", "CAMERA", "CCD", "PIXBIN"):
         if key not in header:
             raise CubeFormatError(f"{path}: tess-backml cube has no {key} keyword.")
-    if "TIME" not in [h.name for h in hdul]:
+    if "TIME" not in hdul:
         raise CubeFormatError(f"{path}: tess-backml cube has no TIME extension.")
-    data = np.asarray(hdul["SCATTER LIGHT CUBE"].data, dtype=np.float32)
+    data = np.asarray(fastfits.image(hdul, "SCATTER LIGHT CUBE").data, dtype=np.float32)
     if data.ndim != 4 or data.shape[-1] != 2:
         raise CubeFormatError(
             f"{path}: 'SCATTER LIGHT CUBE' has numpy shape {data.shape}; tess-backml writes "
@@ -464,7 +498,7 @@ def _read_tess_backml(hdul: fits.HDUList, path: Path) -> CubeFields:
     ny, nx = flux.shape[1:]
     row = b * np.arange(ny) + (b + 1) / 2
     column = 45 + b * np.arange(nx) + (b + 1) / 2
-    npix = np.asarray(hdul["PIXEL COUNTS"].data) if "PIXEL COUNTS" in hdul else None
+    npix = np.asarray(fastfits.image(hdul, "PIXEL COUNTS").data) if "PIXEL COUNTS" in hdul else None
     # Frames per plane are not recorded: 1 when unbinned, 0 ("unknown") when binned.
     nframes = np.full(btjd.size, 0 if width > 0 else 1)
     meta = {
@@ -490,6 +524,10 @@ _LOWRANK_EXTENSIONS = {
     "ERR_IMAGE": 2,
     "ERR_SCALE": 1,
 }
+#: Bins per side of a ``FLUX_COMP`` tile (all components in each): a TPF's evaluation
+#: decodes the few tiles around it (`fastfits.ScaledImage`), and RICE codes these
+#: tiles as compactly as whole component images.
+COMPONENT_TILE = 16
 #: Optional extensions (version 3): how much of the noise the factors keep.
 _PROJECTION_EXTENSIONS = ("ERR_TIME", "ERR_SPACE")
 #: Primary-header cards of a LOWRANK file: keyword, `CompressionInfo` field, comment.
@@ -589,8 +627,9 @@ def _rounded_factors(lowrank: LowRank, precision: float | None):
 
     Rounded (`LowRank.quantum`), the factors are int32 multiples of per-component
     steps, tile-compressed (``RICE_1``, which codes differences of neighbouring
-    values): each component image is one tile, and each component's coefficients,
-    a series smooth in time, another. ``precision=None`` or rank 0 write float32.
+    values): the components in tiles of `COMPONENT_TILE` x `COMPONENT_TILE` bins
+    (all components in each), each component's coefficients, a series smooth in
+    time, in a tile of its own. ``precision=None`` or rank 0 write float32.
     """
     header = fits.Header([("BUNIT", "electron/s", "per pixel")])
     if precision is None or lowrank.rank == 0:
@@ -604,7 +643,7 @@ def _rounded_factors(lowrank: LowRank, precision: float | None):
         np.rint(lowrank.components / comp_step[:, None, None]).astype(np.int32),
         name="FLUX_COMP",
         compression_type="RICE_1",
-        tile_shape=(1, *lowrank.mean.shape),
+        tile_shape=(lowrank.rank, *np.minimum(lowrank.mean.shape, COMPONENT_TILE)),
     )
     header["BUNIT"] = ("electron/s", "per pixel, times FLUX_SCALE.COEF")
     coef = fits.CompImageHDU(

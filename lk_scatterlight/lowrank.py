@@ -25,6 +25,7 @@ import numpy as np
 
 from . import interpolate
 from .exceptions import CubeFormatError
+from .fastfits import ScaledImage
 
 __all__ = [
     "CompressionInfo",
@@ -133,6 +134,32 @@ class Factored:
         return np.asarray(self[...], dtype=dtype)
 
 
+class _Stacked:
+    """``concatenate([mean[None], components])`` without decoding ``components`` (a
+    `~lk_scatterlight.fastfits.ScaledImage`) beyond the bins asked for: indexing with
+    ``[:, rows, columns]`` (slices or integers) decodes only those bins."""
+
+    def __init__(self, mean: np.ndarray, components: ScaledImage):
+        self.mean, self.components = mean, components
+        self.shape = (components.shape[0] + 1, *mean.shape)
+        self.ndim, self.dtype = 3, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) == 3 and isinstance(key[0], slice) and key[0] == slice(None):
+            space = key[1:]
+            return np.concatenate([self.mean[None][(slice(None), *space)], self.components[key]])
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.concatenate([self.mean[None], np.asarray(self.components)]).astype(
+            dtype or np.float32, copy=False
+        )
+
+
 class LowRank:
     """The factors of a compact cube (see ``docs/format.rst``, encoding ``LOWRANK``).
 
@@ -160,7 +187,10 @@ class LowRank:
         err_space: np.ndarray | None = None,
     ):
         self.mean = np.asarray(mean, dtype=np.float32)
-        self.components = np.asarray(components, dtype=np.float32)
+        # A file's components may come as a `~lk_scatterlight.fastfits.ScaledImage`,
+        # decoded by region as evaluation needs them (`components` decodes them all).
+        lazy = isinstance(components, ScaledImage)
+        self._components = components if lazy else np.asarray(components, dtype=np.float32)
         self.coefficients = np.asarray(coefficients, dtype=np.float32)
         self.err_scale = np.asarray(err_scale, dtype=np.float32)
         self.err_image = np.asarray(err_image, dtype=np.float32)
@@ -175,7 +205,11 @@ class LowRank:
         # and bins (space), and so combine linearly in the standard deviation, or are
         # independent, and combine in quadrature (see `evaluate_factors`).
         self.flux_coef = np.hstack([np.ones((nt, 1), np.float32), self.coefficients])
-        self.flux_comp = np.concatenate([self.mean[None], self.components])
+        self.flux_comp = (
+            _Stacked(self.mean, self._components)
+            if lazy
+            else np.concatenate([self.mean[None], self._components])
+        )
         truncation = np.full(self.mean.shape, float(info.truncation_rms) ** 2)
         image2 = self.err_image.astype(float) ** 2
         if self.err_time is None:  # the dense cube's noise, and the dropped signal
@@ -189,7 +223,14 @@ class LowRank:
 
     @property
     def rank(self) -> int:
-        return self.components.shape[0]
+        return self._components.shape[0]
+
+    @property
+    def components(self) -> np.ndarray:
+        """The spatial components, shape (rank, nrow, ncol), float32."""
+        if not isinstance(self._components, np.ndarray):
+            self._components = np.asarray(self._components, dtype=np.float32)
+        return self._components
 
     def quantum(self, precision: float = PRECISION) -> tuple[np.ndarray, np.ndarray]:
         """Rounding steps of the components and of their coefficients, for writing.
@@ -249,9 +290,9 @@ class LowRank:
         shape2d = self.mean.shape
         if self.mean.ndim != 2:
             problems.append(f"the mean image has shape {shape2d}, expected (nrow, ncol)")
-        elif self.components.ndim != 3 or self.components.shape[1:] != shape2d:
+        elif self._components.ndim != 3 or self._components.shape[1:] != shape2d:
             problems.append(
-                f"the components have shape {self.components.shape}, expected (k, *{shape2d})"
+                f"the components have shape {self._components.shape}, expected (k, *{shape2d})"
             )
         elif self.coefficients.ndim != 2 or self.coefficients.shape[1] != self.rank:
             problems.append(
@@ -281,7 +322,9 @@ class LowRank:
                 f"the noise projection's image has shape {self.err_space.shape}, expected {shape2d}"
             )
         if not problems:
-            names = ["mean", "components", "coefficients", "err_scale", "err_image"]
+            names = ["mean", "coefficients", "err_scale", "err_image"]
+            if isinstance(self._components, np.ndarray):  # else integers times steps
+                names.append("components")
             errors = [self.err_scale, self.err_image]
             if self.err_time is not None:
                 names += ["err_time", "err_space"]

@@ -477,7 +477,7 @@ def _mean_unit(h):
         (_delete_card("SLTRUNC"), "needs the primary keyword SLTRUNC"),
         (_set("SLRANK", 1.5), "needs the primary keyword SLRANK \\(an integer\\)"),
         (_set("SLRANK", 99), "the rank is recorded as 99 but there are 2 components"),
-        (_nan_component, "components has NaN"),
+        (_nan_component, "components (has|have) NaN"),
         (_integer_without_scale, "FLUX_COMP holds integers but the file has no FLUX_SCALE"),
         (_error_without_step, "ERR_SPACE holds integers but no positive ERRSTEP"),
         (_short_scale, "FLUX_SCALE must be a table .* one row per component in FLUX_COMP \\(2\\)"),

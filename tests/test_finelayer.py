@@ -11,7 +11,7 @@ from astropy.io import fits
 from cube_helpers import edited, make_cube
 
 from lk_scatterlight import CubeFormatError, ScatterLightCube
-from lk_scatterlight.finelayer import PRECISION, FineLayer, compress_tile
+from lk_scatterlight.finelayer import FINE_PRECISION, FineLayer, compress_tile
 
 PB, TILE = 4, 16  # fine bin [px], fine bins per tile side
 SIDE = PB * TILE  # tile side [px]
@@ -252,7 +252,7 @@ def test_evaluate_sum_with_layer(layer_data, strapped):
 def test_fits_round_trip(cubes, tmp_path, compact):
     """Written and read back, a cube with a fine layer keeps its index exactly, its
     errors within 2**-8 (``ERRSTEP``) and its blocks within the stated rounding (RMS <=
-    PRECISION x ERROR per block); evaluation differs by no more than that."""
+    FINE_PRECISION x ERROR per block); evaluation differs by no more than that."""
     cube = cubes[0].compress() if compact else cubes[0]
     path = tmp_path / "cube.fits"
     cube.write(path)
@@ -270,7 +270,7 @@ def test_fits_round_trip(cubes, tmp_path, compact):
     assert_rounded(cube.fine, again.fine)
     rows, cols = np.arange(180, 215), np.arange(290, 340)
     a, b = cube.evaluate(cube_times(), rows, cols), again.evaluate(cube_times(), rows, cols)
-    assert np.abs(b.flux - a.flux).max().value <= 3 * PRECISION * cube.fine.error.max()
+    assert np.abs(b.flux - a.flux).max().value <= 3 * FINE_PRECISION * cube.fine.error.max()
     np.testing.assert_allclose(a.flux_err, b.flux_err, rtol=2.0**-8)
 
 
@@ -279,8 +279,8 @@ def assert_rounded(exact, read):
     diff = (read.blocks() - exact.blocks()).astype(float)
     ratio = np.sqrt((diff**2).mean(axis=(1, 2))) / exact.error
     # The bound holds for the expected RMS of uniform rounding; 256 bins scatter it.
-    assert ratio.max() <= 1.3 * PRECISION
-    assert ratio.mean() <= PRECISION
+    assert ratio.max() <= 1.3 * FINE_PRECISION
+    assert ratio.mean() <= FINE_PRECISION
     assert ratio.max() > 0  # really rounded: the bound is not met by storing float32
 
 
