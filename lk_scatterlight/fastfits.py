@@ -9,7 +9,8 @@ this module reads straight from the file's bytes:
 
 * `image`: integer images tile-compressed with ``RICE_1`` in one
   ``COMPRESSED_DATA`` column, without scaling or blank values, decoded with
-  astropy's own RICE decoder, whole or only the tiles a region touches
+  astropy's own RICE decoder (a private function, used only after it decoded a known
+  tile right), whole or only the tiles a region touches
   (`TiledImage.section`; `ScaledImage` decodes a compact cube's components
   so, as evaluation needs them);
 * `table`: binary tables of fixed-width numeric and character columns, without
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 from astropy.io import fits
@@ -48,6 +49,31 @@ _COLUMN_TYPES = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D":
 _BYTEPIX = {16: 2, 32: 4}  # ZBITPIX -> bytes per value, for the kinds decoded here
 #: Keywords whose presence means a kind of compressed image not decoded here.
 _UNHANDLED = ("ZBLANK", "ZSCALE", "ZZERO", "BSCALE", "BZERO", "ZQUANTIZ", "ZDITHER0")
+
+
+#: A RICE_1 tile of 24 int32 values ``(k * k * 37) % 1001 - 500``, k = 0..23, as astropy
+#: writes it (block size 32): what `_decoder_works` decodes.
+_RICE_SAMPLE = bytes.fromhex(
+    "fffffe0c5401255bdb9206534546f09bd975253eff2ba5e03a4324ee126178b74792538a84"
+)
+
+
+@cache
+def _decoder_works() -> bool:
+    """Whether astropy's private RICE decoder is there and decodes as this module expects.
+
+    Checked once per process on a known tile, so an astropy whose private function
+    changed sends every image through `~astropy.io.fits.CompImageHDU` (slower) instead
+    of reading wrong values.
+    """
+    if decompress_rice_1_c is None:
+        return False
+    k = np.arange(24, dtype=np.int32)
+    try:
+        values = np.frombuffer(decompress_rice_1_c(_RICE_SAMPLE, 32, 4, k.size), dtype="i4")
+    except Exception:  # noqa: BLE001  (any failure: astropy's public path)
+        return False
+    return bool(np.array_equal(values, (k * k * 37) % 1001 - 500))
 
 
 def image(hdul: fits.HDUList, name: str):
@@ -105,7 +131,7 @@ class TiledImage:
         """Whether this image is of the kind decoded here (else astropy decodes it)."""
         h = self.header
         return (
-            decompress_rice_1_c is not None
+            _decoder_works()
             and h.get("ZCMPTYPE") == "RICE_1"
             and h.get("ZBITPIX") in _BYTEPIX
             and h.get("TFIELDS") == 1

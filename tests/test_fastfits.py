@@ -162,11 +162,24 @@ def test_compact_file_reads_as_through_astropy(compact_file, monkeypatch):
     """The direct decoder and astropy's give the same cube."""
     fast = ScatterLightCube.read(compact_file)
     flux, flux_err = fast.flux, fast.flux_err  # decoded now
-    monkeypatch.setattr(fastfits, "decompress_rice_1_c", None)  # every image via astropy
+    monkeypatch.setattr(fastfits, "_decoder_works", lambda: False)  # all via astropy
     slow = ScatterLightCube.read(compact_file)
     np.testing.assert_array_equal(flux, slow.flux)
     np.testing.assert_array_equal(flux_err, slow.flux_err)
     np.testing.assert_array_equal(fast.npix, slow.npix)
+
+
+def test_decoder_checked_before_use(monkeypatch):
+    """astropy's private RICE decoder is used only if it decodes a known tile right: a
+    changed or missing one sends every image through astropy's public reader."""
+    assert fastfits._decoder_works.__wrapped__()
+    for changed in (
+        lambda data, blocksize, bytepix, n: bytes(4 * n),  # wrong values
+        lambda data, blocksize, n: b"",  # another signature
+        None,  # gone
+    ):
+        monkeypatch.setattr(fastfits, "decompress_rice_1_c", changed)
+        assert not fastfits._decoder_works.__wrapped__()
 
 
 @pytest.fixture
@@ -196,7 +209,7 @@ def test_evaluation_decodes_only_the_tiles_it_needs(large, monkeypatch):
     assert sorted(tiles) == [0]
     total = back.evaluate_sum(back.btjd, rows, columns)
     part = back.flux[:, 30:40, 20:36]
-    monkeypatch.setattr(fastfits, "decompress_rice_1_c", None)  # all decoded, by astropy
+    monkeypatch.setattr(fastfits, "_decoder_works", lambda: False)  # all by astropy
     whole = ScatterLightCube.read(path)
     assert isinstance(whole._lowrank.flux_comp, np.ndarray)
     want = whole.evaluate(whole.btjd, rows, columns)
