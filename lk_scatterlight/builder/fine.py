@@ -163,12 +163,12 @@ class FineFrame:
         noise variance: ``sigma**2 / calibration`` is the frame's own noise, what
         the stored layer quotes (the static scene's noise is the same in every
         frame, a constant per bin, and no error of the light's variation).
-    misfit : ndarray of float32, shape (nkept,), optional
+    misfit : ndarray of float32, shape (nkept, 2), optional
         Per kept tile, the structure the model (coarse plane plus kept tiles)
-        misses at the tile's pixels: the mean of their squared residual beyond
-        what their noise explains [(e-/s)**2 per pixel] (`_tile_misfit`). An
-        unbiased estimate, so it is negative as often as positive where the
-        model misses nothing. None: not measured.
+        misses at the tile's pixels, measured along rows and along columns
+        [(e-/s)**2 per pixel] (`_tile_misfit`). Unbiased estimates, so they
+        are negative as often as positive where the model misses nothing.
+        None: not measured.
     """
 
     tiles: np.ndarray
@@ -432,27 +432,26 @@ def _tile_misfit(
     uncertainty: np.ndarray | None,
     tile_sigma: np.ndarray,
 ) -> np.ndarray:
-    """Per kept tile, the mean squared residual of its pixels beyond their noise.
+    """Per kept tile, the structure the model misses at its pixels, along rows and columns.
 
     The model a cube evaluates, the coarse plane plus the kept tiles of ``r``
     (Keys kernel on the bin centres), is subtracted from the static-subtracted
     frame at the tile's valid pixels (strap columns left out: their response is
     measured apart). What the fine bins cannot hold stays in that residual: an
     edge sharper than a bin, a ridge's profile between bin centres, a fill
-    across a hole seen from the pixels next to it. Its noise part is
-    ``k var_p (1 - 2 h_p) + k v_p``: the pixel's variance ``var_p`` (FFI
-    uncertainty, or the tile's ``tile_sigma``) less twice its own weight in the
-    model ``h_p`` (its share of its bin's mean, through the curvature correction
-    and the bin's interpolation weight), plus the variance the model takes from
-    the kept bin means (``v_p``, at the tile's mean pixel variance). ``k``
-    calibrates the predicted pixel variance on the frame (static scene's noise,
-    faint stars), as the median over the tiles without a block of their mean
-    squared residual against the coarse plane over the prediction, on every
-    `_MISFIT_ROWS`-th row (at least 1). The mean over the valid pixels of the
-    squared residual less its noise part is returned [(e-/s)**2 per pixel],
-    unbiased: negative as often as positive where nothing is missed.
+    across a hole seen from the pixels next to it. The noise stays in it too,
+    the frame's and the static scene's, whose level the uncertainty image does
+    not give; but it is independent from pixel to pixel, so the covariance of
+    neighbouring pixels' residuals less the part of the noise the model shares
+    between them (`_lag_covariance`) measures the missed structure alone. That
+    part is predicted with the pixels' variance: the FFI uncertainty (or the
+    tile's ``tile_sigma``) times ``k``, the median over the tiles without a
+    block of their mean squared residual against the coarse plane over the
+    uncertainty's prediction, on every `_MISFIT_ROWS`-th row. Returns, per kept
+    tile, the estimates from row neighbours and from column neighbours
+    [(e-/s)**2 per pixel], each unbiased.
     """
-    out = np.zeros(kept.size, dtype=np.float32)
+    out = np.zeros((kept.size, 2), dtype=np.float32)
     if not kept.size:
         return out
     fb, t, nt = context.pixel_bin, context.tile, context.ntiles
@@ -517,27 +516,26 @@ def _tile_misfit(
     return out
 
 
-def _lag_covariance(res, use, var, weights, bins, own, spread) -> float:
-    """Mean covariance of the residuals of neighbouring pixels, less that of their noise.
+def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
+    """Covariance of the residuals of neighbouring pixels, less that of their noise.
 
     Missed structure is smooth over a few pixels and the noise (the frame's and
     the static scene's) independent from pixel to pixel, so the products of
     neighbours' residuals keep the structure's variance and only the part of
     the noise the model shares between them: pixel ``p``'s noise enters
     ``q``'s model through ``p``'s bin mean (weight ``wr[q, bin(p)] wc[q,
-    bin(p)] own[bin(p)]``) and both models share every bin mean. The larger
-    of the row and the column neighbours' is returned (the one along an edge
-    or ridge that follows rows or columns; taking the larger biases it up by
-    about half its scatter, ~1 % of the pixel variance per tile and frame).
-    Across a ridge, and for the part of an interpolation error that repeats
-    with the bins' period, neighbours differ, so this is a lower bound there.
+    bin(p)] own[bin(p)]``) and both models share every bin mean. Returns the
+    estimates from row neighbours and from column neighbours: the one along
+    an edge or a ridge keeps its misfit. Across a ridge, and for the part of
+    an interpolation error that repeats with the bins' period, neighbours
+    differ, so the estimate is a lower bound there.
     """
     (wr, wc), (bin_row, bin_col) = weights, bins
     mean_var = float(var[use].mean())
     o = own[np.ix_(bin_row, bin_col)]
     a_r, a_c = wr[:, bin_row], wc[:, bin_col]  # a_r[y', y]: row y' on the bin of row y
     d_r, d_c = np.diagonal(a_r), np.diagonal(a_c)
-    estimates = []
+    estimates = np.zeros(2)
     for axis in (0, 1):
         if axis == 0:  # p = (y, x), q = (y + 1, x)
             pair = use[:-1] & use[1:]
@@ -554,8 +552,8 @@ def _lag_covariance(res, use, var, weights, bins, own, spread) -> float:
             prod = res[:, :-1] * res[:, 1:]
             noise = -var[:, :-1] * into_q * o[:, :-1] - var[:, 1:] * into_p * o[:, 1:]
         if pair.any():
-            estimates.append(float(np.mean((prod - noise - shared * mean_var)[pair])))
-    return float(np.max(estimates)) if estimates else 0.0
+            estimates[axis] = float(np.mean((prod - noise - shared * mean_var)[pair]))
+    return estimates
 
 
 #: Every this many rows, the pixels that calibrate `_tile_misfit`'s noise on a frame.
@@ -942,14 +940,16 @@ def assemble_fine(
         Each used frame's `FineFrame.calibration` (0 or absent: 1). The factoring
         uses ``sigma`` (the noise the blocks hold); the layer quotes
         ``sigma / sqrt(calibration)`` (the noise that varies from frame to frame).
-    misfit : ndarray, shape (len(used_index), ntiles**2), optional
+    misfit : ndarray, shape (len(used_index), ntiles**2, 2), optional
         Each used frame's `FineFrame.misfit` of its kept tiles (the structure
-        the model misses, per pixel). Each block quotes it (floored at 0) as
-        more variance, divided by the mean over a bin of the squared
-        interpolation weights, so that the evaluated variance of a pixel gets
-        it; a plane of several frames, the square of the mean of their misfits'
-        square roots (the structure missed is alike from frame to frame, it
-        does not average out).
+        the model misses, per pixel, along rows and columns). Per tile, each
+        direction's estimates are summed over the frames that kept the tile
+        (so their noise averages out before the larger is taken) and the
+        larger, floored at 0, is divided by the blocks' summed mean square:
+        each block quotes that fraction ``gamma`` of its own mean square as
+        more variance (the missed structure grows with the structure it
+        holds), divided by the mean over a bin of the squared interpolation
+        weights so that the evaluated variance of a pixel gets it.
 
     Returns
     -------
@@ -973,9 +973,11 @@ def assemble_fine(
     for tile in np.flatnonzero(kept.any(axis=0)):
         pos = np.flatnonzero(kept[:, tile])
         blocks = np.asarray(fine[used_index[pos], tile], dtype=np.float32)
-        missed = np.zeros(pos.size)
-        if misfit is not None:  # the structure each frame misses, as a bin variance
-            missed = np.clip(misfit[pos, tile], 0, None) / per_pixel
+        gamma = 0.0
+        if misfit is not None:  # pooled over frames, then the direction that keeps most
+            power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
+            pooled = np.sum(misfit[pos, tile], axis=0, dtype=float).max()
+            gamma = max(0.0, pooled) / power if power > 0 else 0.0
         planes, where = np.unique(plane_of[pos], return_inverse=True)
         frame_error = sigma[pos, tile].astype(float)
         if binned:  # time bins: average over each plane's frames (0 where not kept)
@@ -986,11 +988,9 @@ def assemble_fine(
             np.add.at(quoted, where, (frame_error * scale[pos]) ** 2)
             blocks = total / size[planes][:, None, None].astype(np.float32)
             error, quoted = np.sqrt(var) / size[planes], np.sqrt(quoted) / size[planes]
-            deviation = np.zeros(planes.size)  # missed structure is alike in a plane's frames
-            np.add.at(deviation, where, np.sqrt(missed))
-            missed = (deviation / size[planes]) ** 2
         else:
             error, quoted = frame_error, frame_error * scale[pos]
+        missed = gamma * np.mean(np.square(blocks, dtype=float), axis=(1, 2)) / per_pixel
         quoted = np.sqrt(quoted**2 + missed)
         factors, images = compress_tile(blocks, error, tolerance)
         m = planes.size
