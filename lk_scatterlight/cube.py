@@ -587,13 +587,11 @@ class ScatterLightCube:
             if not valid.all():
                 flux, var = _expand(flux, valid), _expand(var, valid)
         if self.fine is not None:
-            times = (left[valid], right[valid], w_right[valid])
-            fine = self.fine.evaluate(*times, row, column, factor)
+            fine = self.fine.evaluate(
+                left[valid], right[valid], w_right[valid], row, column, factor
+            )
             if fine is not None:
-                # The binned model's error cancels where the layer has blocks (it is
-                # the residual against it): what is left of it, plus the layer's.
                 flux[valid] += fine[0]
-                var[valid] *= np.square(1 - self.fine.coverage(*times, row, column))
                 var[valid] += fine[1]
         np.sqrt(var, out=var)
         return CubeEvaluation(flux << _FLUX_UNIT, var << _FLUX_UNIT, valid)
@@ -668,14 +666,11 @@ class ScatterLightCube:
                 var[valid] += (1 - w) * smooth[li] + w * smooth[ri]
             fine = None
             if self.fine is not None:
-                times = (left[valid], right[valid], w_right[valid])
-                fine = self.fine.evaluate_sum(*times, row, column, mask)
+                fine = self.fine.evaluate_sum(
+                    left[valid], right[valid], w_right[valid], row, column, mask
+                )
             if fine is not None:
-                # As in `evaluate`, with the aperture's mean coverage.
-                cover = self.fine.coverage(*times, row, column)
-                share = np.einsum("trc,rc->t", cover, mask) / max(float(mask.sum()), 1e-30)
                 flux[valid] += fine[0]
-                var[valid] *= np.square(1 - share)
                 var[valid] += fine[1]
         elif valid.any():
             flux[valid], var[valid] = 0.0, 0.0

@@ -296,36 +296,6 @@ class FineLayer:
         variance = interpolate.blend(v_sp, li, ri, w_right, squared=True)
         return flux, variance
 
-    def coverage(
-        self,
-        left: np.ndarray,
-        right: np.ndarray,
-        w_right: np.ndarray,
-        row: np.ndarray,
-        column: np.ndarray,
-    ) -> np.ndarray | None:
-        """The share of each pixel's interpolation weight on blocks, clipped to 0..1.
-
-        Where the layer has blocks, it re-measures the field from the frames'
-        pixels against the binned model, so the binned model's own error cancels
-        there (``1 - coverage`` of it remains). Arguments as for `evaluate`.
-
-        Returns
-        -------
-        coverage : ndarray of float32, shape (n, nrow, ncol), or None
-            None when no block touches these pixels and times.
-        """
-        window = self._window(row, column, left, right)
-        if window is None:
-            return None
-        wr, wc, slot, _, var = window
-        present = np.zeros_like(var)
-        present[:-1] = 1.0  # a grid cell of a plane with blocks: 1 where a block is
-        present[:-1][var[:-1] == 0] = 0.0
-        c_sp = interpolate.apply_weights(present, wr, wc).astype(np.float32)
-        cover = interpolate.blend(c_sp, slot[left], slot[right], w_right)
-        return np.clip(cover, 0, 1, out=cover)
-
     def evaluate_sum(
         self,
         left: np.ndarray,
