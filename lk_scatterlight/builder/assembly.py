@@ -154,6 +154,7 @@ def assemble(
             context.fine,
             config.compact_tolerance,
             np.asarray(work["fine_calibration"][used_index]),
+            np.asarray(work["fine_misfit"][used_index]),
         )
 
     straps = plan.straps

@@ -163,6 +163,12 @@ class FineFrame:
         noise variance: ``sigma**2 / calibration`` is the frame's own noise, what
         the stored layer quotes (the static scene's noise is the same in every
         frame, a constant per bin, and no error of the light's variation).
+    misfit : ndarray of float32, shape (nkept, 2), optional
+        Per kept tile, the structure the model (coarse plane plus kept tiles)
+        misses at the tile's pixels, measured along rows and along columns
+        [(e-/s)**2 per pixel] (`_tile_misfit`). Unbiased estimates, so they
+        are negative as often as positive where the model misses nothing.
+        None: not measured.
     """
 
     tiles: np.ndarray
@@ -170,6 +176,7 @@ class FineFrame:
     sigma: np.ndarray
     chi2: np.ndarray
     calibration: float = 1.0
+    misfit: np.ndarray | None = None
 
 
 def make_fine_context(
@@ -331,8 +338,14 @@ def fine_residual(
     blocks = r.reshape(nt, t, nt, t).transpose(0, 2, 1, 3).reshape(nt * nt, t, t)[kept]
     # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept])
+    misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma)
     return FineFrame(
-        kept, np.ascontiguousarray(blocks), sigma.astype(np.float32), chi2, float(calibration)
+        kept,
+        np.ascontiguousarray(blocks),
+        sigma.astype(np.float32),
+        chi2,
+        float(calibration),
+        misfit,
     )
 
 
@@ -408,6 +421,165 @@ def _masked_bin_sums(diff: np.ndarray, context: FineContext, response: np.ndarra
         for k in range(1, fb):
             sums += columns[..., k]
     return out
+
+
+def _tile_misfit(
+    diff: np.ndarray,
+    coarse_value: np.ndarray,
+    r: np.ndarray,
+    kept: np.ndarray,
+    context: FineContext,
+    uncertainty: np.ndarray | None,
+    tile_sigma: np.ndarray,
+) -> np.ndarray:
+    """Per kept tile, the structure the model misses at its pixels, along rows and columns.
+
+    The model a cube evaluates, the coarse plane plus the kept tiles of ``r``
+    (Keys kernel on the bin centres), is subtracted from the static-subtracted
+    frame at the tile's valid pixels (strap columns left out: their response is
+    measured apart). What the fine bins cannot hold stays in that residual: an
+    edge sharper than a bin, a ridge's profile between bin centres, a fill
+    across a hole seen from the pixels next to it. The noise stays in it too,
+    the frame's and the static scene's, whose level the uncertainty image does
+    not give; but it is independent from pixel to pixel, so the covariance of
+    neighbouring pixels' residuals less the part of the noise the model shares
+    between them (`_lag_covariance`) measures the missed structure alone. That
+    part is predicted with the pixels' variance: the FFI uncertainty (or the
+    tile's ``tile_sigma``) times ``k``, the median over the tiles without a
+    block of their mean squared residual against the coarse plane over the
+    uncertainty's prediction, on every `_MISFIT_ROWS`-th row. Returns, per kept
+    tile, the estimates from row neighbours and from column neighbours
+    [(e-/s)**2 per pixel], each unbiased.
+    """
+    out = np.zeros((kept.size, 2), dtype=np.float32)
+    if not kept.size:
+        return out
+    fb, t, nt = context.pixel_bin, context.tile, context.ntiles
+    n, side = diff.shape[0], fb * t
+    cb = context.coarse_bin
+    coarse = np.nan_to_num(coarse_value).astype(float)
+    coarse_centres = cb * np.arange(n // cb) + (cb - 1) / 2
+    usable = context.weights > 0
+    if context.strap_idx.size:
+        usable = usable.copy()
+        usable[:, context.strap_idx] = False
+
+    def variance(rows, cols):
+        if uncertainty is None:
+            return np.full((rows.stop - rows.start, cols.stop - cols.start), 1.0)
+        return np.nan_to_num(np.square(uncertainty[rows, cols], dtype=float))
+
+    # The pixel-level calibration, from the tiles without a block (coarse model only).
+    is_kept = np.zeros(nt * nt, dtype=bool)
+    is_kept[kept] = True
+    rows = np.arange(_MISFIT_ROWS // 2, n, _MISFIT_ROWS)
+    res = diff[rows].astype(float) - _keys_product(rows, np.arange(n), coarse_centres, coarse)
+    use = usable[rows] & np.isfinite(res)
+    if uncertainty is None:
+        pred = tile_sigma.repeat(side, 0).repeat(side, 1)[rows].astype(float) ** 2
+    else:
+        pred = np.nan_to_num(np.square(uncertainty[rows], dtype=float))
+    pred[~use] = 0
+    got = np.where(use, res, 0.0) ** 2
+    per_row = rows.size // nt
+    sums = [x.reshape(nt, per_row, nt, side).sum(axis=(1, 3)).ravel() for x in (got, pred)]
+    free = ~is_kept & (sums[1] > 0)
+    k = float(np.median(sums[0][free] / sums[1][free])) if free.any() else 1.0
+
+    kept_bins = is_kept.reshape(nt, nt).repeat(t, 0).repeat(t, 1)
+    layer = np.where(kept_bins, r, 0).astype(float)
+    # A bin's own weight after the curvature correction (1 + 4c times its mean) and the
+    # variance of its value (the neighbours' share c**2 each; covariances neglected).
+    curvature = context.curvature.astype(float)
+    own = (1 + 4 * curvature) * context.inv_count
+    spread = np.where(kept_bins, ((1 + 4 * curvature) ** 2 + 4 * curvature**2), 0.0)
+    spread *= context.inv_count
+    within = np.arange(side)
+    for m, tile in enumerate(kept.tolist()):
+        i, j = divmod(tile, nt)
+        rows, cols = slice(i * side, (i + 1) * side), slice(j * side, (j + 1) * side)
+        pixels = diff[rows, cols].astype(float)
+        use = usable[rows, cols] & np.isfinite(pixels)
+        if not use.any():
+            continue
+        (ar, r0c), (ac, c0c) = (_tile_weights(x * side, side, cb, n) for x in (i, j))
+        model = ar @ coarse[r0c : r0c + ar.shape[1], c0c : c0c + ac.shape[1]] @ ac.T
+        (wr, r0), (wc, c0) = (_tile_weights(x * side, side, fb, n) for x in (i, j))
+        model += wr @ layer[r0 : r0 + wr.shape[1], c0 : c0 + wc.shape[1]] @ wc.T
+        var = k * variance(rows, cols)
+        if uncertainty is None:
+            var *= float(tile_sigma[i, j]) ** 2
+        res = pixels - model
+        window = (slice(r0, r0 + wr.shape[1]), slice(c0, c0 + wc.shape[1]))
+        bins = ((i * side + within) // fb - r0, (j * side + within) // fb - c0)
+        out[m] = _lag_covariance(res, use, var, (wr, wc), bins, own[window], spread[window])
+    return out
+
+
+def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
+    """Covariance of the residuals of neighbouring pixels, less that of their noise.
+
+    Missed structure is smooth over a few pixels and the noise (the frame's and
+    the static scene's) independent from pixel to pixel, so the products of
+    neighbours' residuals keep the structure's variance and only the part of
+    the noise the model shares between them: pixel ``p``'s noise enters
+    ``q``'s model through ``p``'s bin mean (weight ``wr[q, bin(p)] wc[q,
+    bin(p)] own[bin(p)]``) and both models share every bin mean. Returns the
+    estimates from row neighbours and from column neighbours: the one along
+    an edge or a ridge keeps its misfit. Across a ridge, and for the part of
+    an interpolation error that repeats with the bins' period, neighbours
+    differ, so the estimate is a lower bound there.
+    """
+    (wr, wc), (bin_row, bin_col) = weights, bins
+    mean_var = float(var[use].mean())
+    o = own[np.ix_(bin_row, bin_col)]
+    a_r, a_c = wr[:, bin_row], wc[:, bin_col]  # a_r[y', y]: row y' on the bin of row y
+    d_r, d_c = np.diagonal(a_r), np.diagonal(a_c)
+    estimates = np.zeros(2)
+    for axis in (0, 1):
+        if axis == 0:  # p = (y, x), q = (y + 1, x)
+            pair = use[:-1] & use[1:]
+            shared = (wr[:-1] * wr[1:]) @ spread @ (wc**2).T
+            into_q = np.diagonal(a_r, -1)[:, None] * d_c[None, :]  # p's bin at q
+            into_p = np.diagonal(a_r, 1)[:, None] * d_c[None, :]  # q's bin at p
+            prod = res[:-1] * res[1:]
+            noise = -var[:-1] * into_q * o[:-1] - var[1:] * into_p * o[1:]
+        else:
+            pair = use[:, :-1] & use[:, 1:]
+            shared = (wr**2) @ spread @ (wc[:-1] * wc[1:]).T
+            into_q = d_r[:, None] * np.diagonal(a_c, -1)[None, :]
+            into_p = d_r[:, None] * np.diagonal(a_c, 1)[None, :]
+            prod = res[:, :-1] * res[:, 1:]
+            noise = -var[:, :-1] * into_q * o[:, :-1] - var[:, 1:] * into_p * o[:, 1:]
+        if pair.any():
+            estimates[axis] = float(np.mean((prod - noise - shared * mean_var)[pair]))
+    return estimates
+
+
+#: Every this many rows, the pixels that calibrate `_tile_misfit`'s noise on a frame.
+_MISFIT_ROWS = 8
+
+
+@functools.lru_cache(maxsize=512)
+def _tile_weights(start: int, side: int, spacing: int, n: int) -> tuple[np.ndarray, int]:
+    """Keys weights of the pixels ``start .. start + side - 1`` (0-based) on the centres
+    of ``spacing``-px bins of an ``n``-px axis, on their support, and its first bin.
+    Cached (every frame asks for the same tiles): the array is read-only."""
+    centres = spacing * np.arange(n // spacing) + (spacing - 1) / 2
+    weights = interpolate.spatial_weights(np.arange(start, start + side, dtype=float), centres)
+    lo, hi = interpolate.support(weights)
+    weights = np.ascontiguousarray(weights[:, lo:hi])
+    weights.flags.writeable = False
+    return weights, lo
+
+
+def _keys_product(rows, cols, centres, grid):
+    """``grid`` (values at ``centres`` in both axes) interpolated to pixels ``rows x cols``
+    with the Keys kernel."""
+    wr = interpolate.spatial_weights(rows, centres)
+    wc = interpolate.spatial_weights(cols, centres)
+    (r0, r1), (c0, c1) = interpolate.support(wr), interpolate.support(wc)
+    return wr[:, r0:r1] @ grid[r0:r1, c0:c1] @ wc[:, c0:c1].T
 
 
 def _tile_chi2(r: np.ndarray, context: FineContext, tile_sigma: np.ndarray) -> np.ndarray:
@@ -721,6 +893,15 @@ def _tile_pixel_sigma(coarse_error, coarse_npix, context: FineContext, uncertain
     return np.median(per_pixel.reshape(nt, k, nt, k), axis=(1, 3)).astype(np.float32)
 
 
+def _mean_squared_weight(pixel_bin: int) -> float:
+    """Mean over a bin's pixels of the sum of their squared Keys weights on the bins
+    (2-D): the factor from a bin's variance to the variance it gives a pixel."""
+    centres = pixel_bin * np.arange(16) + (pixel_bin - 1) / 2
+    pixels = np.arange(6 * pixel_bin, 7 * pixel_bin, dtype=float)
+    weights = interpolate.spatial_weights(pixels, centres)
+    return float(np.mean(np.sum(weights**2, axis=1)) ** 2)
+
+
 def assemble_fine(
     fine: np.ndarray,
     kept: np.ndarray,
@@ -730,6 +911,7 @@ def assemble_fine(
     context: FineContext,
     tolerance: float = 0.01,
     calibration: np.ndarray | None = None,
+    misfit: np.ndarray | None = None,
 ) -> FineLayer | None:
     """Gather the kept tiles of the used frames into a factored `FineLayer`, tile by tile.
 
@@ -758,6 +940,16 @@ def assemble_fine(
         Each used frame's `FineFrame.calibration` (0 or absent: 1). The factoring
         uses ``sigma`` (the noise the blocks hold); the layer quotes
         ``sigma / sqrt(calibration)`` (the noise that varies from frame to frame).
+    misfit : ndarray, shape (len(used_index), ntiles**2, 2), optional
+        Each used frame's `FineFrame.misfit` of its kept tiles (the structure
+        the model misses, per pixel, along rows and columns). Per tile, each
+        direction's estimates are summed over the frames that kept the tile
+        (so their noise averages out before the larger is taken) and the
+        larger, floored at 0, is divided by the blocks' summed mean square:
+        each block quotes that fraction ``gamma`` of its own mean square as
+        more variance (the missed structure grows with the structure it
+        holds), divided by the mean over a bin of the squared interpolation
+        weights so that the evaluated variance of a pixel gets it.
 
     Returns
     -------
@@ -777,9 +969,15 @@ def assemble_fine(
     if calibration is not None:
         calibration = np.asarray(calibration, dtype=float)
         scale = 1 / np.sqrt(np.where(calibration > 0, calibration, 1.0))
+    per_pixel = _mean_squared_weight(context.pixel_bin)
     for tile in np.flatnonzero(kept.any(axis=0)):
         pos = np.flatnonzero(kept[:, tile])
         blocks = np.asarray(fine[used_index[pos], tile], dtype=np.float32)
+        gamma = 0.0
+        if misfit is not None:  # pooled over frames, then the direction that keeps most
+            power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
+            pooled = np.sum(misfit[pos, tile], axis=0, dtype=float).max()
+            gamma = max(0.0, pooled) / power if power > 0 else 0.0
         planes, where = np.unique(plane_of[pos], return_inverse=True)
         frame_error = sigma[pos, tile].astype(float)
         if binned:  # time bins: average over each plane's frames (0 where not kept)
@@ -792,6 +990,8 @@ def assemble_fine(
             error, quoted = np.sqrt(var) / size[planes], np.sqrt(quoted) / size[planes]
         else:
             error, quoted = frame_error, frame_error * scale[pos]
+        missed = gamma * np.mean(np.square(blocks, dtype=float), axis=(1, 2)) / per_pixel
+        quoted = np.sqrt(quoted**2 + missed)
         factors, images = compress_tile(blocks, error, tolerance)
         m = planes.size
         index["tile_row"].append(np.full(m, tile // nt))

@@ -89,6 +89,7 @@ class WorkArea:
             shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
             shapes["fine_calibration"] = ((nframes,), np.float32)
+            shapes["fine_misfit"] = ((nframes, ntiles, 2), np.float32)
         self.arrays = {}
         for name, (shape, dtype) in shapes.items():
             path = folder / f"{name}.npy"
@@ -121,6 +122,8 @@ class WorkArea:
         self.arrays["fine_kept"][index, fine.tiles] = True
         self.arrays["fine_sigma"][index, fine.tiles] = fine.sigma
         self.arrays["fine_calibration"][index] = fine.calibration
+        if fine.misfit is not None:
+            self.arrays["fine_misfit"][index, fine.tiles] = fine.misfit
         self.arrays["fine"][index, fine.tiles] = fine.blocks  # only these pages are written
 
     def store_chunk(self, chunk: ChunkResult) -> None:

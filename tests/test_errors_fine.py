@@ -1,0 +1,128 @@
+"""Honest errors where the fine layer works (issue 19): the misfit it measures per tile
+and the errors a cube built from a structured field quotes against the truth."""
+
+import numpy as np
+import pytest
+
+from lk_scatterlight.builder.fine import (
+    _bin_sums,
+    _tile_misfit,
+    fine_residual,
+    make_fine_context,
+)
+from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
+from lk_scatterlight.builder.sources import SimulatedFFISource
+from lk_scatterlight.simulate import FFISimulator, ScatteredLightField, sector_times
+
+N, SIGMA = 2048, 2.0
+
+
+@pytest.fixture(scope="module")
+def context():
+    """Every tile kept (threshold below any statistic): tests choose the tiles."""
+    weights = np.ones((N, N), np.float32)
+    return make_fine_context(weights, coarse_bin=16, pixel_bin=4, tile=16, threshold=-1.0)
+
+
+def misfit(frame, context, kept, sigma=SIGMA):
+    """`_tile_misfit` of the ``kept`` tiles, the frame's coarse plane its 16-px bin means
+    and its fine grid what `fine_residual` measures."""
+    plane = _bin_sums(frame, 16) / 256
+    err = np.full((128, 128), sigma / 16, np.float32)
+    unc = np.full((N, N), sigma, np.float32)
+    fine = fine_residual(frame, plane, err, np.full((128, 128), 256), context, uncertainty=unc)
+    r = fine.blocks.reshape(32, 32, 16, 16).transpose(0, 2, 1, 3).reshape(512, 512)
+    tile_sigma = np.full((32, 32), sigma * np.sqrt(fine.calibration), np.float32)
+    return _tile_misfit(frame, plane, r, kept, context, unc, tile_sigma)
+
+
+def shadow_edge(scale=1.36):
+    """A 40 e-/s logistic step along column 1000.3 (~6 px wide, as the simulator's)."""
+    column = np.arange(N, dtype=float)
+    step = 20 * (1 + np.tanh((column - 1000.3) / (2 * scale)))  # 40 / (1 + exp(-x / scale))
+    return np.broadcast_to(step, (N, N)).astype(np.float32)
+
+
+def test_misfit_is_zero_on_noise_beyond_the_uncertainty(context):
+    """White noise 1.3x larger than the uncertainty image says (as the static scene's own
+    noise makes it) on a smooth field: the misfit of a third of the tiles is ~0 (the
+    excess noise would give 0.69 sigma**2)."""
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[:N, :N].astype(np.float32)
+    field = 30 * np.sin(rows / 400) + 20 * np.cos(cols / 300)
+    frame = field + rng.normal(0, 1.3 * SIGMA, (N, N)).astype(np.float32)
+    got = misfit(frame, context, np.arange(0, 1024, 3, dtype=np.int32))
+    assert got.shape == (342, 2)  # along rows, along columns
+    np.testing.assert_array_less(np.abs(np.mean(got, axis=0)), 0.01 * SIGMA**2)
+    np.testing.assert_array_less(np.std(got, axis=0), 0.05 * SIGMA**2)
+
+
+def test_misfit_finds_an_edge_sharper_than_a_bin(context):
+    """A step ~6 px wide, which 4-px bins cannot hold: on the tiles it crosses, the misfit
+    with noise is that of the same model without noise (noise removed, structure kept),
+    well above the noise; the next tiles show none."""
+    edge = shadow_edge()
+    kept = (32 * np.arange(32) + 15).astype(np.int32)  # the column of tiles at 960..1023
+    kept = np.concatenate([kept, kept + 2])  # and one at 1088..1151, 90 px from the edge
+    noise = np.random.default_rng(6).normal(0, SIGMA, (N, N)).astype(np.float32)
+    noisy = misfit(edge + noise, context, kept)
+    clean = misfit(edge, context, kept, sigma=1e-3)
+    on, off = slice(0, 32), slice(32, None)
+    # The edge follows the rows: row neighbours share all its misfit, column ones less.
+    assert np.mean(clean[on, 0]) > 0.04 * SIGMA**2  # what the layer misses (measured 0.05)
+    assert np.mean(clean[on, 1]) < 0.9 * np.mean(clean[on, 0])  # measured 0.73
+    assert np.mean(noisy[on, 0]) == pytest.approx(np.mean(clean[on, 0]), rel=0.25)
+    np.testing.assert_array_less(np.abs(np.mean(noisy[off], axis=0)), 0.01 * SIGMA**2)
+
+
+# ---------------------------------------------------------------------- end to end
+PATCH = 15
+
+
+@pytest.fixture(scope="module")
+def structured(tmp_path_factory):
+    """12 frames after perigee of the structured field (ridge and shadow edge)."""
+    sim = FFISimulator(
+        ScatteredLightField(structured=True),
+        time=sector_times(1)[:12],
+        seed=3,
+        n_stars=4000,
+        defects={},
+    )
+    config = BuildConfig(pixel_bin=16, n_candidates=8, n_dark=3, compact=False)
+    work = tmp_path_factory.mktemp("work")
+    cube = build_cube(SimulatedFFISource(sim), config, work_dir=work, progress=False)
+    truth = np.stack([sim.truth(i) for i in range(len(sim))])
+    return sim, cube, truth
+
+
+def honesty(cube, truth, corners):
+    """RMS actual error (each pixel's time mean removed) over RMS quoted error, pooled."""
+    actual, quoted = [], []
+    for row, column in corners:
+        rows, cols = row + np.arange(PATCH), column + np.arange(PATCH)
+        ev = cube.evaluate(cube.btjd, rows, cols)
+        miss = ev.flux.value.astype(float) - truth[:, rows - 1][:, :, cols - 45]
+        actual.append(miss - miss.mean(axis=0))
+        quoted.append(ev.flux_err.value.astype(float))
+    return float(np.sqrt(np.mean(np.square(actual)) / np.mean(np.square(quoted))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "corners"),
+    [
+        ("shadow edge", [(300, 1311), (1000, 1311), (1700, 1311)]),
+        ("sky", [(523, 1387), (1404, 603), (341, 322)]),
+    ],
+)
+@pytest.mark.parametrize("compact", [False, True], ids=["dense", "compact"])
+def test_quoted_errors_match_the_actual_ones(structured, kind, corners, compact):
+    """Where the fine layer keeps a shadow edge and in ordinary sky, dense and compact:
+    the actual error over the quoted one is within 1/1.6 .. 1.6, so a 2x error either
+    way fails. Measured on these 12 bright frames: shadow edge 1.51 (dense), 1.55
+    (compact); sky 0.87, 0.71. Before the layer quoted what it misses, the compact
+    shadow edge was 1.73 (dense 1.36: the plane fits' scatter covered part of it)."""
+    _, cube, truth = structured
+    cube = cube.compress() if compact else cube
+    assert 1 / 1.6 < honesty(cube, truth, corners) < 1.6
