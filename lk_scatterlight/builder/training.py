@@ -15,7 +15,9 @@ Two kinds of training data are read into one table of samples (`Samples`):
 
 `fit_model` fits scikit-learn's histogram gradient boosting to the features of
 `lk_scatterlight.model.geometry_features` and exports the trees to plain
-arrays (`export_trees`), so the model file is evaluated with numpy alone.
+arrays (`export_trees`); `fit_network` fits a small neural network to the same
+target and exports its weights. The model averages the two, and its file is
+evaluated with numpy alone.
 
 scikit-learn is needed here only (``pip install 'lk_scatterlight[train]'``).
 """
