@@ -11,11 +11,14 @@ Usage (from the repository root; needs scikit-learn, tesswcs and ../shared/data)
    that sector's light curves: RMS of SPOC's background minus the model
    calibrated with a scale and an offset per orbit, in % of the light curve's
    background range (99th - 1st percentile). Beside it, a per-orbit quadratic
-   and a per-orbit constant in time. Prints every light curve, the median and
-   the worst cases with the Moon's and the Earth's closest approach to the
-   aperture's line of sight in that sector.
-2. **Training cost** of the full model (reading + fitting, one thread) and
-   the size of the model file.
+   and a per-orbit constant in time, and the observed background's own RMS
+   about its one-day running mean (``1-day %``: the Earth's daily brightening
+   and dimming as it turns, and noise; what a smooth calibrated shape cannot
+   follow). Prints every light curve, the median and the worst cases with the
+   Moon's and the Earth's closest approach to the aperture's line of sight in
+   that sector.
+2. **Training cost** of the full model (reading + fitting the trees and the
+   network, one thread) and the size of the model file.
 3. **Prediction speed**: ``model.predict`` on a 25 x 25-pixel TPF x 12,000
    cadences (embedded TESS position table, tesswcs pointing cached after a
    first call), and with the grid interpolation switched off.
@@ -51,6 +54,22 @@ CUTOUTS = [
 ]
 
 
+def daily_percent(time, observed) -> float:
+    """RMS of the observed background about its 1-day running mean, % of its p1..p99 range."""
+    from scipy.ndimage import uniform_filter1d
+
+    from lk_scatterlight.model import segment_ids
+
+    seg = segment_ids(time)
+    smooth = np.empty_like(observed)
+    for s in np.unique(seg):
+        m = seg == s
+        width = max(1, int(round(1.0 / np.median(np.diff(time[m])))))  # bins in one day
+        smooth[m] = uniform_filter1d(observed[m], width, mode="nearest")
+    span = np.percentile(observed, 99) - np.percentile(observed, 1)
+    return float(100 * np.sqrt(np.mean((observed - smooth) ** 2)) / span)
+
+
 def accuracy(samples, quick: bool) -> list[dict]:
     from lk_scatterlight.builder.training import validate
     from lk_scatterlight.model import FEATURES
@@ -66,25 +85,29 @@ def accuracy(samples, quick: bool) -> list[dict]:
         r["moon_min"] = float(samples.X[m, moon].min())
         r["earth_min"] = float(samples.X[m, earth].min())
         r["perigee"] = float(samples.X[m, perigee].min())
+        raw = np.asarray(samples.sources[k]["raw"], dtype=float)
+        r["daily"] = daily_percent(samples.time[m], raw)
     print(f"\nleave-one-sector-out validation: {elapsed:.0f} s CPU")
     header = (
         f"{'light curve':44s} {'cam-ccd':>7s} {'model %':>8s} {'quad %':>7s} {'const %':>8s}"
-        f" {'min Moon':>9s} {'min Earth':>10s} {'perigee':>8s}"
+        f" {'1-day %':>8s} {'min Moon':>9s} {'min Earth':>10s} {'perigee':>8s}"
     )
     print(header)
     for r in results:
         print(
             f"{r['name']:44s} {r['camera']}-{r['ccd']:<5d} {r['model_percent']:8.2f} "
-            f"{r['quadratic_percent']:7.2f} {r['constant_percent']:8.2f} "
+            f"{r['quadratic_percent']:7.2f} {r['constant_percent']:8.2f} {r['daily']:8.2f} "
             f"{r['moon_min']:8.1f}d {r['earth_min']:9.1f}d {r['perigee']:6.1f}Re"
         )
     model = np.array([r["model_percent"] for r in results])
     quad = np.array([r["quadratic_percent"] for r in results])
     const = np.array([r["constant_percent"] for r in results])
+    daily = np.array([r["daily"] for r in results])
     print(
         f"median: model {np.median(model):.2f} %, per-orbit quadratic {np.median(quad):.2f} %, "
         f"per-orbit constant {np.median(const):.2f} % (mean model {model.mean():.2f} %); "
-        f"model better than the quadratic on {int((model < quad).sum())} of {model.size}"
+        f"model better than the quadratic on {int((model < quad).sum())} of {model.size}; "
+        f"the backgrounds' own RMS about a 1-day running mean: median {np.median(daily):.2f} %"
     )
     print("worst cases:")
     for r in sorted(results, key=lambda r: -r["model_percent"])[:4]:
@@ -96,15 +119,17 @@ def accuracy(samples, quick: bool) -> list[dict]:
     return results
 
 
-def in_sample(samples, trees) -> None:
+def in_sample(samples, trees, network) -> None:
     """The same score for the model trained on every sector: a floor for the validation."""
     from lk_scatterlight.builder.training import calibrated_rms
+    from lk_scatterlight.model import blend
 
     scores = []
     for k, source in enumerate(samples.sources):
         m = samples.group == k
         raw = np.asarray(source["raw"], dtype=float)
-        scores.append(calibrated_rms(samples.time[m], raw, trees.predict(samples.X[m]))[0])
+        predicted = blend(trees, network, samples.X[m])
+        scores.append(calibrated_rms(samples.time[m], raw, predicted)[0])
     print(
         f"in-sample (trained on every sector, scored on its own training data): median "
         f"{np.median(scores):.2f} %, worst {max(scores):.2f} %"
@@ -163,7 +188,12 @@ def main() -> None:
     parser.add_argument("--no-accuracy", action="store_true", help="skip the validation")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from lk_scatterlight.builder.training import fit_model, load_samples, read_ephemerides
+    from lk_scatterlight.builder.training import (
+        fit_model,
+        fit_network,
+        load_samples,
+        read_ephemerides,
+    )
     from lk_scatterlight.model import ScatterLightModel, default_model_path
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
@@ -174,18 +204,21 @@ def main() -> None:
     start = time.process_time()
     trees = fit_model(samples, progress=False)
     fit = time.process_time() - start
+    start = time.process_time()
+    network = fit_network(samples)
+    fit_net = time.process_time() - start
     print(
         f"training on {len(samples.sources)} light curves ({len(samples)} samples): reading + "
-        f"geometry {read:.1f} s, fit {fit:.1f} s CPU (one thread); {trees.n_trees} trees of depth "
-        f"<= {trees.depth()}"
+        f"geometry {read:.1f} s, trees {fit:.1f} s, network {fit_net:.1f} s CPU (one thread); "
+        f"{trees.n_trees} trees of depth <= {trees.depth()}, network {network.sizes.tolist()}"
     )
-    in_sample(samples, trees)
+    in_sample(samples, trees, network)
     default = ScatterLightModel.load("default")
     with tempfile.TemporaryDirectory() as tmp:
-        bare = ScatterLightModel(trees, {}, None).save(Path(tmp) / "trees.npz").stat().st_size
+        bare = ScatterLightModel(trees, {}, None, network).save(Path(tmp) / "m.npz").stat().st_size
     print(
         f"default model file: {default_model_path().stat().st_size / 1e3:.0f} kB "
-        f"(trees alone {bare / 1e3:.0f} kB, the rest the TESS position table)"
+        f"(trees and network {bare / 1e3:.0f} kB, the rest the TESS position table)"
     )
     speed(default)
     if not args.no_accuracy:

@@ -3,14 +3,15 @@
 `ScatterLightModel` predicts the scattered light [e-/s] of any pixel of any
 CCD at any time from geometry alone: for each pixel's line of sight, the angle,
 azimuth and distance of the Earth and of the Moon, the angle to the Earth's
-limb, the Earth's lit fraction over its squared distance and the Earth's
-position seen from the camera's boresight (`FEATURES`). The model is an
-ensemble of regression trees (gradient boosting, fitted with scikit-learn by
-``lk-scatterlight train``) stored as plain arrays, so predicting needs numpy
-only; the geometry needs the CCD's pointing (tesswcs' archival WCS, offline)
-and TESS's position, which the model file carries as a compact table (TESS
-relative to the Earth every 3 hours over the sectors of the training
-ephemeris) unless ``ephemeris=`` is given.
+limb, the Earth's lit fraction over its squared distance, the Earth's
+position seen from the camera's boresight and the longitude of the Earth's
+lit face TESS sees (`FEATURES`). The model is an ensemble of regression trees
+(gradient boosting) averaged with a small neural network, both fitted with
+scikit-learn by ``lk-scatterlight train`` and stored as plain arrays, so
+predicting needs numpy only; the geometry needs the CCD's pointing (tesswcs'
+archival WCS, offline) and TESS's position, which the model file carries as
+a compact table (TESS relative to the Earth every 3 hours over the sectors of
+the training ephemeris) unless ``ephemeris=`` is given.
 
 The model predicts the *shape* of the scattered light; its level and scale
 in one target pixel file are fitted to that file's own background pixels,
@@ -52,6 +53,8 @@ __all__ = [
     "ModelFormatError",
     "ModelNotFoundError",
     "TreeEnsemble",
+    "Network",
+    "network_inputs",
     "ScatterLightModel",
     "ModelField",
     "TableEphemeris",
@@ -67,6 +70,7 @@ __all__ = [
     "geometry_features",
     "earth_brightness",
     "earth_illuminated_fraction",
+    "earth_lit_longitude",
     "segment_ids",
 ]
 
@@ -75,8 +79,10 @@ log = logging.getLogger(__name__)
 #: The model's input features, in order (angles [deg], distances [Earth radii]).
 #: Azimuths are in the camera frame (`camera_azimuth`). ``earth_limb_angle`` is the
 #: angle from the line of sight to the Earth's limb, ``earth_brightness`` the log10 of
-#: the Earth's illuminated fraction over its squared distance (`earth_brightness`), and
-#: the boresight pair the Earth's angle and azimuth from the camera's boresight.
+#: the Earth's illuminated fraction over its squared distance (`earth_brightness`), the
+#: boresight pair the Earth's angle and azimuth from the camera's boresight, and
+#: ``earth_lit_longitude`` the geographic longitude of the Earth's face lit and seen by TESS
+#: (`earth_lit_longitude`).
 FEATURES = (
     "earth_angle",
     "earth_azimuth",
@@ -89,6 +95,7 @@ FEATURES = (
     "earth_brightness",
     "earth_boresight_angle",
     "earth_boresight_azimuth",
+    "earth_lit_longitude",
 )
 #: Version of the model file layout (key ``format_version``).
 MODEL_VERSION = 1
@@ -156,6 +163,19 @@ def earth_brightness(distance, illuminated_fraction) -> np.ndarray:
     return np.log10(np.asarray(illuminated_fraction, dtype=float) / d**2 + 1e-6)
 
 
+def _sun_from_earth(jd: np.ndarray, step: float) -> np.ndarray:
+    """The Sun's geocentric position [km], shape (n, 3), interpolated from ``step``-day samples.
+
+    From astropy's built-in ephemeris (offline); the Sun moves 1 deg a day, so
+    linear interpolation over a few hours is exact to well below 0.01 deg.
+    """
+    from .geometry import _builtin_body
+
+    grid = np.arange(np.floor(jd.min() / step) - 1, np.ceil(jd.max() / step) + 2) * step
+    sun = _builtin_body("sun", grid, "builtin") - _builtin_body("earth", grid, "builtin")
+    return np.stack([np.interp(jd, grid, sun[:, k]) for k in range(3)], axis=1)
+
+
 def earth_illuminated_fraction(earth_vectors, jd_tdb, step: float = 0.25) -> np.ndarray:
     """Fraction of the Earth's disc lit by the Sun as seen from TESS.
 
@@ -178,17 +198,51 @@ def earth_illuminated_fraction(earth_vectors, jd_tdb, step: float = 0.25) -> np.
     fraction : ndarray, shape (ntime,)
         0 (new Earth) .. 1 (full Earth).
     """
-    from .geometry import _builtin_body
-
     jd = np.atleast_1d(np.asarray(jd_tdb, dtype=float))
-    grid = np.arange(np.floor(jd.min() / step) - 1, np.ceil(jd.max() / step) + 2) * step
-    sun = _builtin_body("sun", grid, "builtin") - _builtin_body("earth", grid, "builtin")
-    sun = np.stack([np.interp(jd, grid, sun[:, k]) for k in range(3)], axis=1)
+    sun = _sun_from_earth(jd, step)
     to_tess = -np.asarray(earth_vectors, dtype=float).reshape(-1, 3)
     cos = np.sum(sun * to_tess, axis=1) / (
         np.linalg.norm(sun, axis=1) * np.linalg.norm(to_tess, axis=1)
     )
     return 0.5 * (1.0 + np.clip(cos, -1.0, 1.0))
+
+
+#: TT - UTC [s]; UT1 is within 0.9 s of UTC, so UT1 = TDB - this is good to 0.004 deg of spin.
+_TT_MINUS_UT1 = 69.184
+
+
+def earth_lit_longitude(earth_vectors, jd_tdb, step: float = 0.25) -> np.ndarray:
+    """East longitude on the Earth of the centre of its face both lit and seen by TESS [deg].
+
+    The Earth's glow brightens and dims once a day as land and ocean turn
+    through the sunlit face TESS sees (bright deserts and vegetation, dark
+    seas, in TESS's red band). That face is centred, roughly, halfway between
+    the sub-solar and the sub-TESS points: this is the geographic longitude
+    of the direction halfway between the Sun and TESS seen from the Earth's
+    centre. The Earth's rotation angle (IAU 2000) uses UT1 = TDB - 69.184 s.
+
+    Parameters
+    ----------
+    earth_vectors : array of float, shape (ntime, 3)
+        TESS-to-Earth vectors, ICRF [km].
+    jd_tdb : array of float, shape (ntime,)
+        Julian dates, TDB [d].
+    step : float
+        Sampling of the Sun's position [d] (`earth_illuminated_fraction`).
+
+    Returns
+    -------
+    longitude : ndarray, shape (ntime,)
+        In [0, 360) [deg].
+    """
+    jd = np.atleast_1d(np.asarray(jd_tdb, dtype=float))
+    sun = _sun_from_earth(jd, step)
+    to_tess = -np.asarray(earth_vectors, dtype=float).reshape(-1, 3)
+    middle = sun / np.linalg.norm(sun, axis=1)[:, None]
+    middle = middle + to_tess / np.linalg.norm(to_tess, axis=1)[:, None]
+    ut1 = jd - _TT_MINUS_UT1 / 86400.0 - 2451545.0
+    rotation = 360.0 * (0.7790572732640 + 1.00273781191135448 * ut1)
+    return (np.rad2deg(np.arctan2(middle[:, 1], middle[:, 0])) - rotation) % 360.0
 
 
 def geometry_features(
@@ -202,6 +256,7 @@ def geometry_features(
     earth_boresight_angle,
     earth_boresight_azimuth,
     earth_fraction,
+    earth_longitude,
 ) -> np.ndarray:
     """The feature matrix of the model (columns in the order of `FEATURES`).
 
@@ -219,6 +274,9 @@ def geometry_features(
     earth_fraction : array of float
         Illuminated fraction of the Earth seen from TESS, 0..1
         (`earth_illuminated_fraction`).
+    earth_longitude : array of float
+        Longitude of the Earth's face lit and seen by TESS [deg]
+        (`earth_lit_longitude`).
 
     Returns
     -------
@@ -228,12 +286,19 @@ def geometry_features(
         `earth_brightness` are derived here.
     """
     sight = (earth_angle, earth_azimuth, earth_distance, moon_angle, moon_azimuth, moon_distance)
-    camera_level = (camera, earth_boresight_angle, earth_boresight_azimuth, earth_fraction)
+    camera_level = (
+        camera,
+        earth_boresight_angle,
+        earth_boresight_azimuth,
+        earth_fraction,
+        earth_longitude,
+    )
     arrays = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (*sight, *camera_level)))
     cols = [a.reshape(-1) for a in arrays]
     angle, distance, fraction = cols[0], cols[2], cols[9]
     limb = angle - np.rad2deg(np.arcsin(np.clip(1.0 / distance, 0.0, 1.0)))
-    return np.stack([*cols[:7], limb, earth_brightness(distance, fraction), *cols[7:9]], axis=1)
+    bright = earth_brightness(distance, fraction)
+    return np.stack([*cols[:7], limb, bright, *cols[7:9], cols[10]], axis=1)
 
 
 def segment_ids(time, gap: float = ORBIT_GAP) -> np.ndarray:
@@ -462,6 +527,135 @@ class TreeEnsemble:
         )
 
 
+# ---------------------------------------------------------------------- network
+def network_inputs(X) -> np.ndarray:
+    """The inputs of the network part, from the feature matrix (`FEATURES` columns).
+
+    The angles, the limb angle and the brightness as they are; azimuths and the
+    lit longitude as their cosine and sine (they wrap at 360 deg); distances as
+    their natural log; the camera as four 0/1 columns.
+
+    Parameters
+    ----------
+    X : array, shape (n, len(FEATURES))
+
+    Returns
+    -------
+    Z : ndarray, shape (n, `NETWORK_INPUTS`)
+    """
+    X = np.asarray(X, dtype=float)
+    col = {name: X[:, k] for k, name in enumerate(FEATURES)}
+    cols = []
+    for name in FEATURES:
+        v = col[name]
+        if name.endswith(("azimuth", "longitude")):
+            cols += [np.cos(np.deg2rad(v)), np.sin(np.deg2rad(v))]
+        elif name.endswith("distance"):
+            cols.append(np.log(v))
+        elif name == "camera":
+            cols += [(v == c).astype(float) for c in (1, 2, 3, 4)]
+        else:
+            cols.append(v)
+    return np.stack(cols, axis=1)
+
+
+#: Number of columns of `network_inputs`.
+NETWORK_INPUTS = len(FEATURES) + 3 + sum(f.endswith(("azimuth", "longitude")) for f in FEATURES)
+
+
+@dataclass
+class Network:
+    """A small fully connected network (ReLU hidden layers), evaluated with numpy.
+
+    ``raw(X)`` is ``offset`` plus the network's output for the standardised
+    inputs ``(network_inputs(X) - mean) / scale``; layer ``i`` maps ``sizes[i]``
+    values to ``sizes[i + 1]`` with a weight matrix and a bias stored one after
+    the other, row-major, in ``params``.
+    """
+
+    sizes: np.ndarray
+    params: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    offset: float
+
+    def layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(weights (n_in, n_out), bias (n_out,)) of every layer."""
+        out, start = [], 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            w = self.params[start : start + n_in * n_out].reshape(n_in, n_out)
+            start += n_in * n_out
+            out.append((w, self.params[start : start + n_out]))
+            start += n_out
+        return out
+
+    def validate(self) -> None:
+        """Check the arrays describe a network on `network_inputs`; raise `ModelFormatError`."""
+        sizes = self.sizes
+        if sizes.ndim != 1 or sizes.size < 2 or sizes[0] != NETWORK_INPUTS or sizes[-1] != 1:
+            msg = f"net_sizes must run from {NETWORK_INPUTS} inputs to 1 output, not {sizes}"
+            raise ModelFormatError(msg)
+        if np.any(sizes < 1):
+            msg = "net_sizes must be positive"
+            raise ModelFormatError(msg)
+        expected = int(np.sum(sizes[:-1] * sizes[1:] + sizes[1:]))
+        if self.params.shape != (expected,):
+            msg = f"net_params holds {self.params.size} values; net_sizes {sizes} need {expected}"
+            raise ModelFormatError(msg)
+        if self.mean.shape != (NETWORK_INPUTS,) or self.scale.shape != (NETWORK_INPUTS,):
+            msg = f"net_mean and net_scale must have {NETWORK_INPUTS} values"
+            raise ModelFormatError(msg)
+        values = (self.params, self.mean, self.scale, self.offset)
+        if not all(np.all(np.isfinite(v)) for v in values) or np.any(self.scale <= 0):
+            msg = "network values must be finite, its scales positive"
+            raise ModelFormatError(msg)
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """The network's output for each row of ``X`` (shape (n, len(FEATURES))) -> (n,)."""
+        z = (network_inputs(X) - self.mean) / self.scale
+        layers = self.layers()
+        for w, b in layers[:-1]:
+            z = np.maximum(z @ w + b, 0.0)
+        w, b = layers[-1]
+        return (z @ w + b)[:, 0] + self.offset
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays written to a model file (keys ``net_*``)."""
+        return {
+            "net_sizes": self.sizes.astype(np.int64),
+            "net_params": self.params.astype(np.float64),
+            "net_mean": self.mean.astype(np.float64),
+            "net_scale": self.scale.astype(np.float64),
+            "net_offset": np.array(float(self.offset)),
+        }
+
+    @classmethod
+    def from_arrays(cls, data: dict) -> Network:
+        """The network of a model file's arrays (see `to_arrays`)."""
+        return cls(
+            sizes=np.asarray(data["net_sizes"]).astype(np.int64),
+            params=np.asarray(data["net_params"], dtype=float),
+            mean=np.asarray(data["net_mean"], dtype=float),
+            scale=np.asarray(data["net_scale"], dtype=float),
+            offset=float(data["net_offset"]),
+        )
+
+
+def blend(trees: TreeEnsemble, network: Network | None, X: np.ndarray) -> np.ndarray:
+    """Scattered light [e-/s] of trees and an optional network for each row of ``X``.
+
+    With a network, the two log-target predictions are averaged (equal
+    weights) before ``exp(raw) - TARGET_OFFSET``; never negative.
+    """
+    if network is None:
+        return trees.predict(X)
+    if not trees.log_target:
+        msg = "a network is only blended with trees fitted to the log target"
+        raise ModelFormatError(msg)
+    raw = 0.5 * (trees.raw(X) + network.raw(X))
+    return np.clip(np.exp(raw) - TARGET_OFFSET, 0.0, None)
+
+
 # ---------------------------------------------------------------------- file format
 #: Every key of a model file: key -> (dtype kind, number of dimensions or None).
 MODEL_KEYS: dict[str, tuple[str, int | None]] = {
@@ -478,6 +672,14 @@ MODEL_KEYS: dict[str, tuple[str, int | None]] = {
     "tree_offsets": ("i", 1),
     "tree_baseline": ("f", 0),
     "tree_log_target": ("b", 0),
+}
+#: Optional keys: the network part (`Network`), all or none.
+NETWORK_KEYS: dict[str, tuple[str, int | None]] = {
+    "net_sizes": ("i", 1),
+    "net_params": ("f", 1),
+    "net_mean": ("f", 1),
+    "net_scale": ("f", 1),
+    "net_offset": ("f", 0),
 }
 #: Optional keys: the embedded TESS position table.
 EPHEMERIS_KEYS: dict[str, tuple[str, int | None]] = {
@@ -502,13 +704,13 @@ def _check_keys(data: dict, where: str) -> None:
             f"{MODEL_VERSION}. Update lk_scatterlight or retrain with `lk-scatterlight train`."
         )
         raise ModelFormatError(msg)
-    present = {k: v for k, v in EPHEMERIS_KEYS.items() if k in data}
-    if present and len(present) != len(EPHEMERIS_KEYS):
-        msg = (
-            f"{where}: partial ephemeris table ({sorted(present)}); need all of "
-            f"{sorted(EPHEMERIS_KEYS)}."
-        )
-        raise ModelFormatError(msg)
+    present = {}
+    for label, keys in (("ephemeris table", EPHEMERIS_KEYS), ("network", NETWORK_KEYS)):
+        part = {k: v for k, v in keys.items() if k in data}
+        if part and len(part) != len(keys):
+            msg = f"{where}: partial {label} ({sorted(part)}); need all of {sorted(keys)}."
+            raise ModelFormatError(msg)
+        present.update(part)
     for key, (kind, ndim) in {**MODEL_KEYS, **present}.items():
         array = np.asarray(data[key])
         if array.dtype.kind != kind and not (kind == "f" and array.dtype.kind == "i"):
@@ -523,7 +725,7 @@ def _check_keys(data: dict, where: str) -> None:
             f"{list(FEATURES)}."
         )
         raise ModelFormatError(msg)
-    if present:
+    if "ephemeris_xyz" in present:
         xyz = np.asarray(data["ephemeris_xyz"])
         if xyz.shape[1] != 3 or xyz.shape[0] < 4 or not np.all(np.isfinite(xyz)):
             msg = f"{where}: ephemeris_xyz must be (n >= 4, 3) finite positions."
@@ -628,7 +830,7 @@ class TableEphemeris:
 
 # ---------------------------------------------------------------------- the model
 class ScatterLightModel:
-    """A learned scattered-light model: trees, the training domain and TESS's positions.
+    """A learned scattered-light model: trees, a network, the training domain, TESS's positions.
 
     Load one with `ScatterLightModel.load` (``"default"`` is the model shipped
     with the package); make one with ``lk-scatterlight train`` or
@@ -643,6 +845,8 @@ class ScatterLightModel:
     ephemeris_table : dict, optional
         ``ephemeris_jd0``, ``ephemeris_step``, ``ephemeris_xyz`` (see
         `lk_scatterlight.builder.training.ephemeris_table`).
+    network : `Network`, optional
+        Averaged with the trees in log space (`blend`).
 
     Examples
     --------
@@ -656,9 +860,13 @@ class ScatterLightModel:
         trees: TreeEnsemble,
         meta: dict[str, Any] | None = None,
         ephemeris_table: dict[str, np.ndarray] | None = None,
+        network: Network | None = None,
     ) -> None:
         trees.validate(len(FEATURES))
+        if network is not None:
+            network.validate()
         self.trees = trees
+        self.network = network
         self.meta = dict(meta or {})
         self.ephemeris_table = ephemeris_table
         self.path: Path | None = None
@@ -669,7 +877,8 @@ class ScatterLightModel:
         where = f", {self.path.name}" if self.path else ""
         sectors = self.meta.get("sectors")
         trained = f", trained on sectors {_ranges(sectors)}" if sectors else ""
-        return f"ScatterLightModel({self.trees.n_trees} trees{trained}{where})"
+        net = "" if self.network is None else " + a network"
+        return f"ScatterLightModel({self.trees.n_trees} trees{net}{trained}{where})"
 
     # -------------------------------------------------------------- files
     @classmethod
@@ -749,8 +958,9 @@ class ScatterLightModel:
             raise ModelFormatError(msg) from err
         trees = TreeEnsemble.from_arrays(data)
         table = {k: data[k] for k in EPHEMERIS_KEYS if k in data} or None
+        network = Network.from_arrays(data) if "net_params" in data else None
         try:
-            model = cls(trees, meta, table)
+            model = cls(trees, meta, table, network)
         except ModelFormatError as err:
             raise ModelFormatError(f"{path}: {err}") from err
         model.path = path
@@ -782,6 +992,7 @@ class ScatterLightModel:
             "features": np.array(FEATURES),
             "meta": np.array(json.dumps(self.meta, sort_keys=True)),
             **self.trees.to_arrays(),
+            **({} if self.network is None else self.network.to_arrays()),
         }
         if self.ephemeris_table is not None:
             arrays["ephemeris_jd0"] = np.array(float(self.ephemeris_table["ephemeris_jd0"]))
@@ -889,7 +1100,7 @@ class ScatterLightModel:
         ephemeris = self._resolve_ephemeris(ephemeris)
         geo = compute_geometry(time, row, column, pointing, ephemeris)
         jd = geo.spacecraft_time + BTJD_OFFSET
-        fraction = earth_illuminated_fraction(ephemeris.body_vectors(jd)["earth"], jd)
+        earth = ephemeris.body_vectors(jd)["earth"]
         return geometry_features(
             geo.earth.angle,
             camera_azimuth(geo.earth.azimuth, ccd),
@@ -900,7 +1111,8 @@ class ScatterLightModel:
             camera,
             geo.earth.boresight_angle[:, None],
             camera_azimuth(geo.earth.boresight_azimuth, ccd)[:, None],
-            fraction[:, None],
+            earth_illuminated_fraction(earth, jd)[:, None],
+            earth_lit_longitude(earth, jd)[:, None],
         )
 
     def check_domain(self, X: np.ndarray, camera: int | None = None) -> list[str]:
@@ -937,6 +1149,10 @@ class ScatterLightModel:
                 stacklevel=3,
             )
         return problems
+
+    def predict_features(self, X: np.ndarray) -> np.ndarray:
+        """Scattered light [e-/s] for each row of a feature matrix (`features`), >= 0."""
+        return blend(self.trees, self.network, X)
 
     def predict(
         self,
@@ -1014,7 +1230,7 @@ class ScatterLightModel:
         else:
             X = self.features(sector, camera, ccd, r, c, t, ephemeris, pointing)
         self.check_domain(X, camera)
-        values = self.trees.predict(X)
+        values = self.predict_features(X)
         if use_grid:
             values = _bilinear(
                 values.reshape(t.size, nodes_r.size, nodes_c.size), nodes_r, nodes_c, r, c

@@ -53,7 +53,9 @@ def shipped():
 def published(tmp_path, server, env, shipped, monkeypatch):
     """A model and a cube side by side on the server and in one registry."""
     files = publish(server.directory, [CUBE])
-    marked = ScatterLightModel(shipped.trees, {**shipped.meta, "note": "published"})
+    marked = ScatterLightModel(
+        shipped.trees, {**shipped.meta, "note": "published"}, network=shipped.network
+    )
     marked.ephemeris_table = shipped.ephemeris_table
     files[MODEL] = marked.save(server.directory / MODEL)
     (server.directory / FUTURE).write_bytes(b"a model format from the future")

@@ -15,7 +15,9 @@ Two kinds of training data are read into one table of samples (`Samples`):
 
 `fit_model` fits scikit-learn's histogram gradient boosting to the features of
 `lk_scatterlight.model.geometry_features` and exports the trees to plain
-arrays (`export_trees`), so the model file is evaluated with numpy alone.
+arrays (`export_trees`); `fit_network` fits a small neural network to the same
+target and exports its weights. The model averages the two, and its file is
+evaluated with numpy alone.
 
 scikit-learn is needed here only (``pip install 'lk_scatterlight[train]'``).
 """
@@ -44,10 +46,13 @@ from ..geometry import (
 from ..model import (
     FEATURES,
     TARGET_OFFSET,
+    Network,
     ScatterLightModel,
     TreeEnsemble,
+    blend,
     camera_azimuth,
     earth_illuminated_fraction,
+    earth_lit_longitude,
     fit_calibration,
     geometry_features,
     segment_ids,
@@ -61,7 +66,10 @@ __all__ = [
     "load_samples",
     "floor_per_orbit",
     "fit_model",
+    "fit_network",
     "export_trees",
+    "NETWORK_PARAMS",
+    "INTERACTIONS",
     "ephemeris_table",
     "EPHEMERIS_STEP_HOURS",
     "DEFAULT_PARAMS",
@@ -310,6 +318,7 @@ def lightcurve_samples(
         pointing = CCDPointing.from_sector(lc["sector"], lc["camera"], lc["ccd"])
     geo = compute_geometry(lc["time"], lc["row"], lc["column"], pointing, ephemeris)
     jd = geo.spacecraft_time + BTJD_OFFSET
+    earth = ephemeris.body_vectors(jd)["earth"]
     X = geometry_features(
         geo.earth.angle,
         camera_azimuth(geo.earth.azimuth, lc["ccd"]),
@@ -320,7 +329,8 @@ def lightcurve_samples(
         lc["camera"],
         geo.earth.boresight_angle,
         camera_azimuth(geo.earth.boresight_azimuth, lc["ccd"]),
-        earth_illuminated_fraction(ephemeris.body_vectors(jd)["earth"], jd),
+        earth_illuminated_fraction(earth, jd),
+        earth_lit_longitude(earth, jd),
     )
     y = floor_per_orbit(lc["time"], lc["background"])
     n = y.size
@@ -383,8 +393,10 @@ def dataset_samples(
     time = np.asarray(data["time"], dtype=float)
     plane_time = np.unique(it)
     jd = time[plane_time] + BTJD_OFFSET  # BTJD, within minutes of the spacecraft's time
-    fraction = np.zeros(time.size)
-    fraction[plane_time] = earth_illuminated_fraction(ephemeris.body_vectors(jd)["earth"], jd)
+    fraction, longitude = np.zeros(time.size), np.zeros(time.size)
+    earth = ephemeris.body_vectors(jd)["earth"]
+    fraction[plane_time] = earth_illuminated_fraction(earth, jd)
+    longitude[plane_time] = earth_lit_longitude(earth, jd)
     X = geometry_features(
         take("earth_alt_map"),
         camera_azimuth(take("earth_az_map"), ccd),
@@ -396,6 +408,7 @@ def dataset_samples(
         np.asarray(data["earth_alt"], dtype=float)[it],
         camera_azimuth(np.asarray(data["earth_az"], dtype=float)[it], ccd),
         fraction[it],
+        longitude[it],
     )
     n = pick.size
     source = {
@@ -484,6 +497,24 @@ def load_samples(
 
 
 # ---------------------------------------------------------------------- fitting
+#: Features each tree may combine (`FEATURES` names): the Earth's with the camera, the
+#: Moon's with the camera, the Earth's brightness with its lit longitude. The log target is
+#: then a sum of an Earth term, a Moon term and a rotation term: the light is their product.
+INTERACTIONS = (
+    (
+        "earth_angle",
+        "earth_azimuth",
+        "earth_distance",
+        "camera",
+        "earth_limb_angle",
+        "earth_brightness",
+        "earth_boresight_angle",
+        "earth_boresight_azimuth",
+    ),
+    ("moon_angle", "moon_azimuth", "moon_distance", "camera"),
+    ("earth_brightness", "earth_lit_longitude"),
+)
+
 #: Default hyper-parameters of the gradient boosting.
 DEFAULT_PARAMS = {
     "max_iter": 100,
@@ -492,6 +523,7 @@ DEFAULT_PARAMS = {
     "max_depth": 6,
     "min_samples_leaf": 40,
     "l2_regularization": 1.0,
+    "interaction_cst": [[FEATURES.index(f) for f in group] for group in INTERACTIONS],
 }
 
 
@@ -551,6 +583,77 @@ def fit_model(
         estimator.fit(samples.X, target, sample_weight=samples.weight)
         bar.update(n_iter)
     return export_trees(estimator, log_target=log_target)
+
+
+#: Default settings of the network part (scikit-learn's ``MLPRegressor`` arguments).
+NETWORK_PARAMS = {
+    "hidden_layer_sizes": (32, 32),
+    "alpha": 1e-3,
+    "batch_size": 256,
+    "learning_rate_init": 1e-3,
+    "max_iter": 300,
+    "tol": 1e-6,
+    "n_iter_no_change": 30,
+}
+
+
+def fit_network(
+    samples: Samples, seed: int = 0, params: dict | None = None, threads: int = 1
+) -> Network:
+    """Fit a small neural network to ``log(y + TARGET_OFFSET)`` and export its weights.
+
+    The smooth counterpart of the trees (`fit_model`): it extrapolates the
+    ramps of close approaches and perigees where the trees stay constant, and
+    the two are averaged (`lk_scatterlight.model.blend`).
+
+    Parameters
+    ----------
+    samples : `Samples`
+    seed : int
+        Random state of the initial weights and of the batches (deterministic).
+    params : dict, optional
+        Overrides of `NETWORK_PARAMS`.
+    threads : int
+        BLAS threads (default 1).
+
+    Returns
+    -------
+    network : `~lk_scatterlight.model.Network`
+
+    Raises
+    ------
+    ScatterLightError
+        scikit-learn is not installed.
+    """
+    try:
+        from sklearn.neural_network import MLPRegressor
+    except ImportError as err:
+        msg = "Training needs scikit-learn: pip install 'lk_scatterlight[train]'."
+        raise ScatterLightError(msg) from err
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
+    from ..model import network_inputs
+
+    Z = network_inputs(samples.X)
+    mean, scale = Z.mean(axis=0), Z.std(axis=0)
+    scale[scale == 0] = 1.0  # a camera never seen: its column stays 0
+    target = np.log(np.clip(np.asarray(samples.y, dtype=float), 0.0, None) + TARGET_OFFSET)
+    offset = float(np.average(target, weights=samples.weight))
+    settings = dict(NETWORK_PARAMS, **(params or {}))
+    net = MLPRegressor(random_state=seed, early_stopping=False, **settings)
+    # weights rescaled to mean 1: the L2 penalty keeps its meaning whatever the sample count
+    weight = samples.weight * (samples.weight.size / samples.weight.sum())
+    with threadpool_limits(limits=threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed budget of epochs
+        net.fit((Z - mean) / scale, target - offset, sample_weight=weight)
+    sizes = [Z.shape[1], *[w.shape[1] for w in net.coefs_]]
+    params_flat = np.concatenate(
+        [np.r_[w.ravel(), b] for w, b in zip(net.coefs_, net.intercepts_, strict=True)]
+    )
+    return Network(np.asarray(sizes), params_flat, mean, scale, offset)
 
 
 def export_trees(estimator, log_target: bool) -> TreeEnsemble:
@@ -650,13 +753,16 @@ def validate(
     log_target: bool = True,
     progress: bool = True,
     sectors: Sequence[int] | None = None,
+    network: bool = True,
 ) -> list[dict]:
     """Leave-one-sector-out validation on the light-curve sources.
 
     For each sector, a model is trained on every other sector's samples and
     scored on that sector's light curves (`calibrated_rms`); the per-orbit
     quadratic and constant in time are scored beside it. ``sectors`` limits
-    the sectors held out (default: every sector with a light curve).
+    the sectors held out (default: every sector with a light curve);
+    ``network`` adds the network part (`fit_network`) to the trees, as
+    `train_model` does.
 
     Returns
     -------
@@ -673,14 +779,16 @@ def validate(
         sectors = sorted({samples.sources[k]["sector"] for k in lc_groups})
     results = []
     for held in tqdm(sectors, desc="leave-one-sector-out", unit="sector", disable=not progress):
-        trees = fit_model(samples.subset(sector != held), seed, params, log_target, progress=False)
+        train = samples.subset(sector != held)
+        trees = fit_model(train, seed, params, log_target, progress=False)
+        net = fit_network(train, seed) if network else None
         for k in lc_groups:
             source = samples.sources[k]
             if source["sector"] != held:
                 continue
             m = samples.group == k
             t, obs = samples.time[m], np.asarray(source["raw"], dtype=float)
-            percent, relative = calibrated_rms(t, obs, trees.predict(samples.X[m]))
+            percent, relative = calibrated_rms(t, obs, blend(trees, net, samples.X[m]))
             results.append(
                 {
                     "name": source["name"],
@@ -707,6 +815,7 @@ def train_model(
     run_validation: bool = False,
     embed_ephemeris: bool = True,
     progress: bool = True,
+    network: bool = True,
 ) -> ScatterLightModel:
     """Train a `~lk_scatterlight.model.ScatterLightModel` (``lk-scatterlight train``).
 
@@ -729,6 +838,8 @@ def train_model(
         and record it in the model (``meta["validation"]``).
     embed_ephemeris : bool
     progress : bool
+    network : bool
+        Fit the network part too (`fit_network`), averaged with the trees.
 
     Returns
     -------
@@ -744,6 +855,7 @@ def train_model(
         paths, ephemeris, bin_minutes, max_dataset_samples, seed=seed, progress=progress
     )
     trees = fit_model(samples, seed, params, progress=progress)
+    net = fit_network(samples, seed) if network else None
     fit_seconds = _time.perf_counter() - start
     meta: dict = {
         "creator": "lk_scatterlight",
@@ -751,6 +863,7 @@ def train_model(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "library": _library_version(),
         "params": dict(DEFAULT_PARAMS, **(params or {})),
+        "network_params": NETWORK_PARAMS if network else None,
         "seed": int(seed),
         "target": f"log(scattered light + {TARGET_OFFSET:g} e-/s), per pixel",
         "bin_minutes": float(bin_minutes),
@@ -766,7 +879,7 @@ def train_model(
         "ephemeris": None if ephemeris is None else ephemeris.description,
     }
     if run_validation:
-        results = validate(samples, seed, params, progress=progress)
+        results = validate(samples, seed, params, progress=progress, network=network)
         if results:
             meta["validation"] = {
                 "method": "leave-one-sector-out, scale + offset per orbit",
@@ -787,10 +900,10 @@ def train_model(
             "step_hours": EPHEMERIS_STEP_HOURS,
             "centre": "Earth (astropy built-in ephemeris)",
         }
-    return ScatterLightModel(trees, meta, table)
+    return ScatterLightModel(trees, meta, table, net)
 
 
 def _library_version() -> str:
     import sklearn
 
-    return f"scikit-learn {sklearn.__version__} HistGradientBoostingRegressor"
+    return f"scikit-learn {sklearn.__version__} HistGradientBoostingRegressor + MLPRegressor"
