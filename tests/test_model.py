@@ -550,6 +550,9 @@ def test_train_command(tmp_path, shared_data, capsys):
     assert main(args) == 1  # exists
     assert "exists" in capsys.readouterr().err
     assert len(first) > 0
+    assert model.network is not None  # trees and the network, by default
+    assert main([*args, "--overwrite", "--no-network"]) == 0
+    assert ScatterLightModel.load(out).network is None
     with pytest.raises(SystemExit):
         main(["train", str(lc1), "--out", str(out), "--ephemeris", "horizons", "--bogus"])
 

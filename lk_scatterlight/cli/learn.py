@@ -181,6 +181,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave-one-sector-out validation on the light curves, recorded in the model",
     )
+    parser.add_argument(
+        "--no-network",
+        action="store_true",
+        help="gradient-boosted trees only, without the small network averaged with them "
+        "(faster to train; less accurate, see docs/model.rst)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -215,6 +221,7 @@ def _train(args: argparse.Namespace) -> int:
         max_dataset_samples=args.max_samples,
         params=params,
         run_validation=args.validate,
+        network=not args.no_network,
         progress=not args.no_progress,
     )
     model.save(out, overwrite=args.overwrite)
