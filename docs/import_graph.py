@@ -161,7 +161,7 @@ def layer(name: str) -> str:
     parts = name.split(".")
     if len(parts) > 1 and parts[1] == "builder":
         return "builder"
-    if len(parts) == 2 and parts[1] in DRIVERS:
+    if len(parts) > 1 and parts[1] in DRIVERS:  # also the modules of the cli package
         return "driver"
     return "core"
 
