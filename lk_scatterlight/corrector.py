@@ -288,8 +288,9 @@ class ScatterLightCorrector(Corrector):
         detected, reason = detect_background_in_flux(tpf)
         self.background_in_flux = detected if background_in_flux is None else background_in_flux
         self.background_reason = reason if background_in_flux is None else "set by the caller"
-        #: Whether FLUX_BKG holds a background that was subtracted from FLUX (SPOC).
-        self.spoc_background = not tpf.get_header().get("SLCORR") and _has_background(tpf)
+        #: Whether FLUX_BKG holds a background that was subtracted from FLUX (SPOC): what
+        #: the detection found unless the file says lk_scatterlight corrected it.
+        self.spoc_background = not tpf.get_header().get("SLCORR") and not detected
         self.replace_background = bool(replace_background)
         if self.replace_background and (self.background_in_flux or not self.spoc_background):
             msg = (

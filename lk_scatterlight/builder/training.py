@@ -515,6 +515,9 @@ INTERACTIONS = (
     ("earth_brightness", "earth_lit_longitude"),
 )
 
+#: The error when scikit-learn, which training needs, is not installed.
+_NO_SKLEARN = "Training needs scikit-learn: pip install 'lk_scatterlight[train]'."
+
 #: Default hyper-parameters of the gradient boosting.
 DEFAULT_PARAMS = {
     "max_iter": 100,
@@ -565,8 +568,7 @@ def fit_model(
     try:
         from sklearn.ensemble import HistGradientBoostingRegressor
     except ImportError as err:
-        msg = "Training needs scikit-learn: pip install 'lk_scatterlight[train]'."
-        raise ScatterLightError(msg) from err
+        raise ScatterLightError(_NO_SKLEARN) from err
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
@@ -628,8 +630,7 @@ def fit_network(
     try:
         from sklearn.neural_network import MLPRegressor
     except ImportError as err:
-        msg = "Training needs scikit-learn: pip install 'lk_scatterlight[train]'."
-        raise ScatterLightError(msg) from err
+        raise ScatterLightError(_NO_SKLEARN) from err
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
