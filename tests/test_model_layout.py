@@ -19,7 +19,9 @@ HOMES = {
         "FEATURES ORBIT_GAP camera_azimuth earth_brightness earth_illuminated_fraction "
         "earth_lit_longitude geometry_features segment_ids"
     ),
-    "ensemble": "TARGET_OFFSET NETWORK_INPUTS TreeEnsemble Network network_inputs blend",
+    "ensemble": (
+        "TARGET_OFFSET NETWORK_INPUTS TreeEnsemble Network network_inputs stack_networks blend"
+    ),
     "fileformat": (
         "MODEL_VERSION MODEL_KIND DEFAULT_MODEL MODEL_KEYS NETWORK_KEYS EPHEMERIS_KEYS "
         "ModelFormatError default_model_path"

@@ -6,8 +6,9 @@ azimuth and distance of the Earth and of the Moon, the angle to the Earth's
 limb, the Earth's lit fraction over its squared distance, the Earth's
 position seen from the camera's boresight and the longitude of the Earth's
 lit face TESS sees (`FEATURES`). The model is an ensemble of regression trees
-(gradient boosting) averaged with a small neural network, both fitted with
-scikit-learn by ``lk-scatterlight train`` and stored as plain arrays, so
+(gradient boosting) averaged with a small neural network (itself the mean
+of networks fitted with several seeds), both fitted with scikit-learn by
+``lk-scatterlight train`` and stored as plain arrays, so
 predicting needs numpy only; the geometry needs the CCD's pointing (tesswcs'
 archival WCS, offline) and TESS's position, which the model file carries as
 a compact table (TESS relative to the Earth every 3 hours over the sectors of
@@ -58,6 +59,7 @@ from .ensemble import (
     TreeEnsemble,
     blend,
     network_inputs,
+    stack_networks,
 )
 from .ephemeris import TableEphemeris
 from .features import (
@@ -94,6 +96,7 @@ __all__ = [
     "TreeEnsemble",
     "Network",
     "network_inputs",
+    "stack_networks",
     "ScatterLightModel",
     "ModelField",
     "TableEphemeris",

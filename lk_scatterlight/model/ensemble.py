@@ -7,6 +7,7 @@ averages them in log space.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,15 @@ import numpy as np
 from .features import FEATURES
 from .fileformat import ModelFormatError
 
-__all__ = ["TARGET_OFFSET", "TreeEnsemble", "NETWORK_INPUTS", "Network", "network_inputs", "blend"]
+__all__ = [
+    "TARGET_OFFSET",
+    "TreeEnsemble",
+    "NETWORK_INPUTS",
+    "Network",
+    "network_inputs",
+    "stack_networks",
+    "blend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +343,65 @@ class Network:
             scale=np.asarray(data["net_scale"], dtype=float),
             offset=float(data["net_offset"]),
         )
+
+
+def stack_networks(networks: Sequence[Network]) -> Network:
+    """The mean of several networks' outputs, as one network with block-diagonal weights.
+
+    The networks must share their depth and input standardisation (fitted on
+    the same samples with different seeds, say). Layer by layer, the members'
+    hidden units are placed side by side, with zero weights between members;
+    the output layer carries each member's weights over their number. The
+    result equals the members' mean exactly, is stored like any network (no
+    change to the model file).
+
+    Parameters
+    ----------
+    networks : sequence of `Network`
+
+    Returns
+    -------
+    network : `Network`
+
+    Raises
+    ------
+    ValueError
+        The networks differ in depth or input standardisation.
+    """
+    first = networks[0]
+    if len(networks) == 1:
+        return first
+    for net in networks[1:]:
+        same = net.sizes.size == first.sizes.size and net.sizes[0] == first.sizes[0]
+        if not same or not (
+            np.array_equal(net.mean, first.mean) and np.array_equal(net.scale, first.scale)
+        ):
+            msg = "Only networks of the same depth and input standardisation can be stacked."
+            raise ValueError(msg)
+    n = len(networks)
+    per_layer = list(zip(*(net.layers() for net in networks), strict=True))
+    last = len(per_layer) - 1
+    params = []
+    for k, members in enumerate(per_layer):
+        weights, biases = [w for w, _ in members], [b for _, b in members]
+        if k == last:  # the output: the mean of the members'
+            w = np.mean(weights, axis=0) if k == 0 else np.concatenate(weights, axis=0) / n
+            params += [w.ravel(), np.mean(biases, axis=0)]
+        else:  # hidden units side by side, no weight between members
+            w = np.concatenate(weights, axis=1) if k == 0 else _block_diagonal(weights)
+            params += [w.ravel(), np.concatenate(biases)]
+    sizes = np.array([first.sizes[0], *(sum(w.shape[1] for w, _ in m) for m in per_layer[:-1]), 1])
+    offset = float(np.mean([net.offset for net in networks]))
+    return Network(sizes, np.concatenate(params), first.mean.copy(), first.scale.copy(), offset)
+
+
+def _block_diagonal(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.zeros((sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)))
+    r = c = 0
+    for block in blocks:
+        out[r : r + block.shape[0], c : c + block.shape[1]] = block
+        r, c = r + block.shape[0], c + block.shape[1]
+    return out
 
 
 def blend(trees: TreeEnsemble, network: Network | None, X: np.ndarray) -> np.ndarray:
