@@ -313,3 +313,24 @@ def test_interrupted_structured_build_resumes_with_its_fine_layer(structured_bui
     assert len(resumed.reads) == n_good - 5
     np.testing.assert_array_equal(cube.flux, reference.flux)
     assert_same_fine(cube, reference, atol=0)
+
+
+@pytest.mark.slow
+def test_work_area_of_an_older_builder_is_redone(structured_build, tmp_path, caplog):
+    """A work area lacking an array the builder now keeps (here the fine layer's misfit,
+    added after format 2 was out) cannot finish its frames: the build starts over, says so, and
+    gives the uninterrupted build's cube."""
+    reference, _, sim = structured_build
+    work = tmp_path / "work"
+    cfg = BuildConfig(pixel_bin=16, n_candidates=16, n_dark=4, prefetch=1, chunk=2)
+    n_good = len(used_frames(sim))
+    with pytest.raises(OSError, match="network went away"):
+        build_cube(FailingSource(sim, fail_after=n_good + 5), cfg, work_dir=work, progress=False)
+    (work / "fine_misfit.npy").unlink()
+    resumed = FailingSource(sim)
+    with caplog.at_level("WARNING", logger="lk_scatterlight.builder.plan"):
+        cube = build_cube(resumed, cfg, work_dir=work, progress=False)
+    assert "has no fine_misfit" in caplog.text
+    assert len(resumed.reads) == 2 * n_good  # the static scene and every frame, again
+    np.testing.assert_array_equal(cube.flux, reference.flux)
+    assert_same_fine(cube, reference, atol=0)

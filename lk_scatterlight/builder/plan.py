@@ -72,9 +72,6 @@ class WorkArea:
                 fresh = False
             else:
                 log.warning("Work folder %s belongs to another build; starting over.", folder)
-        if fresh:
-            for f in folder.glob("*.npy"):
-                f.unlink()
         dtypes = ChunkResult.DTYPES
         shapes = {
             "value": ((nframes, nbins, nbins), dtypes["value"]),
@@ -90,6 +87,19 @@ class WorkArea:
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
             shapes["fine_calibration"] = ((nframes,), np.float32)
             shapes["fine_misfit"] = ((nframes, ntiles, 2), np.float32)
+        missing = sorted(name for name in shapes if not (folder / f"{name}.npy").exists())
+        if not fresh and missing:
+            # A work area from an older version of the builder: the frames it finished
+            # lack these arrays, so its results cannot be completed, only redone.
+            log.warning(
+                "Work folder %s has no %s (made by an older lk-scatterlight); starting over.",
+                folder,
+                ", ".join(missing),
+            )
+            fresh = True
+        if fresh:
+            for f in folder.glob("*.npy"):
+                f.unlink()
         self.arrays = {}
         for name, (shape, dtype) in shapes.items():
             path = folder / f"{name}.npy"
