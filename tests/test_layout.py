@@ -90,6 +90,16 @@ def test_no_import_cycles(import_graph, graph):
             "_strap_sums",
             "lk_scatterlight.builder.strap_photometry.strap_sums",
         ),
+        (
+            "lk_scatterlight.builder.publish",
+            "_publish",
+            "lk_scatterlight.builder.publish.workflow._publish",
+        ),
+        (
+            "lk_scatterlight.builder.publish",
+            "_load_state",
+            "lk_scatterlight.builder.publish.state._load_state",
+        ),
     ],
 )
 def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
@@ -109,6 +119,11 @@ def test_public_names_stay_where_they_were():
 
     assert publish.ZenodoClient.__module__ == "lk_scatterlight.builder.zenodo"
     assert publish.merge_registry.__module__ == "lk_scatterlight.registry_file"
+    assert publish.publish_cubes.__module__ == "lk_scatterlight.builder.publish.cubes"
+    assert publish.publish_model.__module__ == "lk_scatterlight.builder.publish.models"
+    assert publish.PublishResult.__module__ == "lk_scatterlight.builder.publish.workflow"
+    assert publish.state_file.__module__ == "lk_scatterlight.builder.publish.state"
+    assert publish.UPLOAD_ATTEMPTS == 2
     assert straps.strap_groups.__module__ == "lk_scatterlight.straps"
     assert BuildConfig.__module__ == "lk_scatterlight.builder.config"
     assert REGISTRY_ENV == "LK_SCATTERLIGHT_REGISTRY"
