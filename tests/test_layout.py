@@ -100,6 +100,8 @@ def test_no_import_cycles(import_graph, graph):
             "_load_state",
             "lk_scatterlight.builder.publish.state._load_state",
         ),
+        ("lk_scatterlight.geometry", "_wcs_los", "lk_scatterlight.geometry.pointing._wcs_los"),
+        ("lk_scatterlight.geometry", "_angles", "lk_scatterlight.geometry.angles._angles"),
     ],
 )
 def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
@@ -112,6 +114,7 @@ def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
 
 
 def test_public_names_stay_where_they_were():
+    from lk_scatterlight import geometry
     from lk_scatterlight.builder import publish, straps
     from lk_scatterlight.builder.pipeline import BuildConfig
     from lk_scatterlight.cube import ENCODINGS, FORMAT_VERSION, CompressionInfo  # noqa: F401
@@ -124,6 +127,12 @@ def test_public_names_stay_where_they_were():
     assert publish.PublishResult.__module__ == "lk_scatterlight.builder.publish.workflow"
     assert publish.state_file.__module__ == "lk_scatterlight.builder.publish.state"
     assert publish.UPLOAD_ATTEMPTS == 2
+    assert geometry.CCDPointing.__module__ == "lk_scatterlight.geometry.pointing"
+    assert geometry.HorizonsEphemeris.__module__ == "lk_scatterlight.geometry.ephemeris"
+    assert geometry.compute_geometry.__module__ == "lk_scatterlight.geometry.angles"
+    # private names that model.py, tessvectors.py and tests import from the old path
+    assert geometry._builtin_body.__module__ == "lk_scatterlight.geometry.ephemeris"
+    assert geometry._as_jd_tdb.__module__ == "lk_scatterlight.geometry.ephemeris"
     assert straps.strap_groups.__module__ == "lk_scatterlight.straps"
     assert BuildConfig.__module__ == "lk_scatterlight.builder.config"
     assert REGISTRY_ENV == "LK_SCATTERLIGHT_REGISTRY"
