@@ -102,6 +102,8 @@ def test_no_import_cycles(import_graph, graph):
         ),
         ("lk_scatterlight.geometry", "_wcs_los", "lk_scatterlight.geometry.pointing._wcs_los"),
         ("lk_scatterlight.geometry", "_angles", "lk_scatterlight.geometry.angles._angles"),
+        ("lk_scatterlight.simulate", "_barycorr", "lk_scatterlight.simulate.spoc._barycorr"),
+        ("lk_scatterlight.simulate", "_spill", "lk_scatterlight.simulate.render._spill"),
     ],
 )
 def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
@@ -114,7 +116,7 @@ def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
 
 
 def test_public_names_stay_where_they_were():
-    from lk_scatterlight import geometry
+    from lk_scatterlight import geometry, simulate
     from lk_scatterlight.builder import publish, straps
     from lk_scatterlight.builder.pipeline import BuildConfig
     from lk_scatterlight.cube import ENCODINGS, FORMAT_VERSION, CompressionInfo  # noqa: F401
@@ -133,6 +135,10 @@ def test_public_names_stay_where_they_were():
     # private names that model.py, tessvectors.py and tests import from the old path
     assert geometry._builtin_body.__module__ == "lk_scatterlight.geometry.ephemeris"
     assert geometry._as_jd_tdb.__module__ == "lk_scatterlight.geometry.ephemeris"
+    assert simulate.FFISimulator.__module__ == "lk_scatterlight.simulate.ffi"
+    assert simulate.ScatteredLightField.__module__ == "lk_scatterlight.simulate.field"
+    assert simulate.make_tpf.__module__ == "lk_scatterlight.simulate.tpf"
+    assert simulate._render_stars.__module__ == "lk_scatterlight.simulate.render"  # benchmarks
     assert straps.strap_groups.__module__ == "lk_scatterlight.straps"
     assert BuildConfig.__module__ == "lk_scatterlight.builder.config"
     assert REGISTRY_ENV == "LK_SCATTERLIGHT_REGISTRY"
