@@ -70,6 +70,23 @@ def test_drivers_import_the_builder_only_inside_functions(import_graph):
     assert eager == []
 
 
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("lk_scatterlight.geometry", "core"),
+        ("lk_scatterlight.geometry.pointing", "core"),
+        ("lk_scatterlight.simulate.ffi", "core"),
+        ("lk_scatterlight.builder.publish", "builder"),
+        ("lk_scatterlight.builder.publish.cubes", "builder"),
+        ("lk_scatterlight.cli.build", "driver"),
+        ("lk_scatterlight.demo", "driver"),
+    ],
+)
+def test_modules_of_a_subpackage_share_its_layer(import_graph, graph, module, expected):
+    assert module in graph  # the module exists, so the check below is about a real file
+    assert import_graph.layer(module) == expected
+
+
 def test_no_import_cycles(import_graph, graph):
     found = import_graph.cycles(graph)
     assert [c for c in found if c not in KNOWN_CYCLES] == []
