@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lk_scatterlight import ScatterLightWarning, simulate
-from lk_scatterlight.fusion import background_pixels, fuse
+from lk_scatterlight.fusion import _add_per_row, _clipped_level, background_pixels, fuse
 
 RNG = np.random.default_rng(4)
 NT, N = 300, 15
@@ -287,3 +287,50 @@ def test_noise_ignores_non_finite_errors():
     broken[::2, row, col] = np.nan  # a background pixel, every other cadence
     fusion = fuse(flux - model, broken, aperture)
     np.testing.assert_allclose(fusion.local_err, reference.local_err, rtol=1e-6)
+
+
+def test_clipped_level_matches_a_plain_masked_computation():
+    """The per-cadence clipped statistics (outliers and NaNs dropped by index) equal
+    those of an explicit mask: rows with NaNs, with outliers, with every pixel dropped."""
+    d = RNG.normal(0, 0.3, (40, 30)).astype(np.float32)
+    d[3, 5] = 50.0  # an outlier
+    d[7, :2] = -40.0  # two
+    d[11, 2] = np.nan  # a NaN: the slow path for the block
+    d[12] = np.nan  # no pixel left
+    limit = 3.0
+    finite = np.isfinite(d)
+    first = np.where(finite, d, 0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+    with np.errstate(invalid="ignore"):
+        keep = finite & (np.abs(d - first[:, None]) <= limit)
+    kept = np.where(keep, d, 0).astype(float)
+    n = keep.sum(axis=1)
+    mean = kept.sum(axis=1) / np.maximum(n, 1)
+    scatter = np.maximum((kept**2).sum(axis=1) - n * mean**2, 0) / np.maximum(n - 1, 1)
+    got = _clipped_level(d.copy(), limit)
+    np.testing.assert_array_equal(got[0], n)
+    assert list(n[[3, 11, 12]]) == [29, 29, 0]
+    np.testing.assert_allclose(got[1], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[2], scatter, rtol=1e-4, atol=1e-6)
+    # Without the NaNs (the fast path), the same rows give the same numbers (to float32
+    # rounding: BLAS sums the last rows of a block in another order).
+    clean = _clipped_level(np.delete(d, [11, 12], axis=0), limit)
+    np.testing.assert_array_equal(clean[0], np.delete(n, [11, 12]))
+    np.testing.assert_allclose(clean, np.delete(got, [11, 12], axis=1), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "contiguous"),
+    [((50, 4, 5), np.float32, True), ((50, 7), np.float64, True), ((50, 4, 5), np.float32, False)],
+)
+def test_add_per_row_equals_numpy_broadcasting(shape, dtype, contiguous):
+    """BLAS's rank-one update gives exactly numpy's per-row sums, NaN included, in place."""
+    array = RNG.normal(0, 100, shape).astype(dtype)
+    array[3, 0] = np.nan
+    if not contiguous:
+        array = np.swapaxes(array, 1, 2)
+    values = RNG.normal(0, 1, shape[0])
+    values[5] = 0.0
+    expected = array + values.astype(dtype).reshape((-1,) + (1,) * (array.ndim - 1))
+    result = _add_per_row(array, values)
+    assert result is array
+    np.testing.assert_array_equal(array, expected)
