@@ -160,7 +160,7 @@ class Fusion:
             _add_per_row(array, offset)
         elif rows.size:  # the days the local level took over
             array[rows] += offset[rows].reshape((-1,) + (1,) * (array.ndim - 1))
-        rows = np.flatnonzero(np.any(self.surface_coef != 0, axis=1))
+        rows = np.flatnonzero(self._with_surface())
         if rows.size:  # the surface, on the cadences that have one
             nterm = len(self.surface_basis)
             surface = self.surface_coef[rows] @ self.surface_basis.reshape(nterm, -1)
@@ -181,8 +181,13 @@ class Fusion:
             | (self.model_err > 0)
             | (self.shape_var > 0)
             | (self.surface_var > 0)
-            | np.any(self.surface_coef != 0, axis=1)
+            | self._with_surface()
         )
+
+    def _with_surface(self) -> np.ndarray:
+        """Whether each cadence has a surface (a coefficient not 0), shape (ntime,)."""
+        # Column by column: numpy reduces a long axis much faster than many short rows.
+        return np.logical_or.reduce([column != 0 for column in self.surface_coef.T])
 
     def variance(
         self,
@@ -566,7 +571,7 @@ def _fit_surface(
         block = fitted[first : first + _BLOCK]
         d = np.subtract(np.take(flat[_rows(valid[block])], where, axis=1), level)
         coef[block] = np.nan_to_num(d) @ basis[where]
-    coef[np.arange(_TERMS[-1]) >= np.asarray(_TERMS)[degree][:, None]] = 0.0
+    coef[degree == 1, _TERMS[1] :] = 0.0  # a plane's days keep the plane's terms only
     return degree, coef, cv_spread, basis
 
 
@@ -636,7 +641,8 @@ def fuse(
         spread = (spread - np.nanmean(spread, axis=1, keepdims=True)).ravel()
     spread = spread[np.isfinite(spread)]
     sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
-    flat, flat_err = (np.ascontiguousarray(a).reshape(ntime, -1) for a in (residual, flux_err))
+    # Views where the pixels of a cadence are contiguous (a FITS table column is one).
+    flat, flat_err = (np.reshape(a, (ntime, -1)) for a in (residual, flux_err))
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     stats = np.empty((4, valid.size))
