@@ -363,13 +363,13 @@ def _excess(
     return np.repeat(np.where(excess, value, 0.0), chunk)[: spread.size]
 
 
-def _clipped_level(d: np.ndarray, limit: float) -> np.ndarray:
-    """Per cadence (row): pixels kept, mean and scatter, clipped.
+def _clipped_sums(d: np.ndarray, limit: float) -> np.ndarray:
+    """Per cadence (row): pixels kept, their sum and their sum of squares, clipped.
 
-    ``d`` is each pixel's residual about its own level; pixels further
-    than ``limit`` from the row's mean, or not finite, are dropped (set to 0: ``d`` is
-    overwritten). Returns an array of shape (3, nrow): ``n``, ``mean`` and ``scatter``
-    (the sample variance of the kept pixels).
+    ``d`` is each pixel's residual about its own level; pixels further than ``limit``
+    from the row's mean, or not finite, are dropped (set to 0: ``d`` is overwritten).
+    Returns an array of shape (3, nrow) (`_clipped_level` turns it into the mean and
+    the scatter).
 
     Row sums are matrix-vector products (fast), and the pixels dropped are few, so
     they are handled by index: no mask over the whole block. A row sum that is not
@@ -386,34 +386,41 @@ def _clipped_level(d: np.ndarray, limit: float) -> np.ndarray:
         total = d @ ones
     with np.errstate(invalid="ignore", divide="ignore"):
         first = total / np.maximum(count, 1)
-        distance = np.subtract(d, first[:, None].astype(d.dtype))
-        dropped = np.abs(distance, out=distance) > limit
-        if finite is not None:
-            dropped |= ~finite
-        drop = np.flatnonzero(dropped)
-        np.put(d, drop, 0.0)
-        n = d.shape[1] - np.bincount(drop // d.shape[1], minlength=len(d))
-        mean = (d @ ones).astype(float) / np.maximum(n, 1)
-        squares = np.einsum("ij,ij->i", d, d).astype(float)
-        scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
-    return np.array([n, mean, scatter])
+    distance = np.subtract(d, first[:, None].astype(d.dtype))
+    dropped = np.abs(distance, out=distance) > limit
+    if finite is not None:
+        dropped |= ~finite
+    drop = np.flatnonzero(dropped)
+    np.put(d, drop, 0.0)
+    n = d.shape[1] - np.bincount(drop // d.shape[1], minlength=len(d))
+    return np.array([n, d @ ones, np.einsum("ij,ij->i", d, d)])
 
 
-def _mean_square(err: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """Per row of ``err`` (nrow, npix), the mean of ``err**2`` over the pixels ``where``
-    (bool) whose value is finite (NaN if none is).
+def _clipped_level(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels kept, mean and scatter (the kept pixels' sample variance) per cadence,
+    from `_clipped_sums`."""
+    n, total, squares = sums
+    mean = total / np.maximum(n, 1)
+    scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
+    return n, mean, scatter
 
-    One product over every pixel (a non-finite value anywhere poisons a row's sum); the
-    rows that it poisons are summed again over ``where`` alone.
+
+def _mean_square(err: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per row of ``err`` (nrow, npix), the mean of ``err**2`` with ``weights`` (float32:
+    ``1 / n`` on the ``n`` pixels averaged, 0 elsewhere).
+
+    One product over every pixel; a value that is not finite anywhere in a row makes
+    the row's mean NaN (`_finite_mean_square` redoes those rows).
     """
-    weights = where.astype(np.float32) / max(int(where.sum()), 1)
-    mean = (np.square(err, dtype=np.float32) @ weights).astype(float)
-    rows = np.flatnonzero(~np.isfinite(mean))
-    if rows.size:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
-            mean[rows] = np.nanmean(err[rows][:, where].astype(float) ** 2, axis=1)
-    return mean
+    return (np.square(err, dtype=np.float32) @ weights).astype(float)
+
+
+def _finite_mean_square(err: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Per row of ``err`` (nrow, npix), the mean of ``err**2`` over the pixels ``where``
+    (bool) whose value is finite (NaN if none is)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
+        return np.nanmean(err[:, where].astype(float) ** 2, axis=1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -645,14 +652,19 @@ def fuse(
     flat, flat_err = (np.reshape(a, (ntime, -1)) for a in (residual, flux_err))
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
-    stats = np.empty((4, valid.size))
+    sums, noise = np.empty((3, valid.size)), np.empty(valid.size)
+    weights = pixels.ravel().astype(np.float32) / where.size
     for first in range(0, valid.size, _BLOCK):
         rows = _rows(valid[first : first + _BLOCK])
         # np.take on a contiguous array is several times faster than fancy indexing.
         d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
-        stats[:3, first : first + _BLOCK] = _clipped_level(d, clip * max(sigma, 1e-12))
-        stats[3, first : first + _BLOCK] = _mean_square(flat_err[rows], pixels.ravel())
-    n, mean, scatter, noise = stats
+        sums[:, first : first + _BLOCK] = _clipped_sums(d, clip * max(sigma, 1e-12))
+        noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
+    bad = np.flatnonzero(~np.isfinite(noise))
+    if bad.size:  # a FLUX_ERR that is not finite: the mean over the finite ones
+        noise[bad] = _finite_mean_square(flat_err[valid[bad]], pixels.ravel())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n, mean, scatter = _clipped_level(sums)
     with np.errstate(invalid="ignore", divide="ignore"):
         enough = n >= min_pixels
         # The pixels' scatter about the level beyond their noise, day by day: a surface
