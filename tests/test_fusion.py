@@ -340,3 +340,34 @@ def test_add_per_row_equals_numpy_broadcasting(shape, dtype, contiguous):
     result = _add_per_row(array, values)
     assert result is array
     np.testing.assert_array_equal(array, expected)
+
+
+def test_variance_and_correction_in_place_or_not():
+    """``variance`` gives the same values into a fresh array, in place, into another
+    buffer and on the changed cadences alone; the model's variance is left alone unless
+    it is ``out``. ``add_to`` in place equals ``correction()`` added, level and surface
+    (float32 arrays, as the corrector's)."""
+    yy, xx = np.mgrid[:N, :N] / (N - 1) * 2 - 1
+    glow = 4 * np.exp(-((xx - np.linspace(-1, 1, NT)[:, None, None]) ** 2 + yy**2) / 2)
+    flux, err, model, aperture, _ = scene(3 * np.sin(np.linspace(0, 9, NT)))
+    fusion = fuse(flux + glow - model, err, aperture)
+    assert fusion.has_surface
+    assert np.mean(fusion.weight > 0) > 0.5
+    model_var = RNG.uniform(0.5, 2, (NT, N, N)).astype(np.float32)
+    kept = model_var.copy()
+    expected = fusion.variance(model_var)
+    np.testing.assert_array_equal(model_var, kept)
+    buffer = np.empty_like(model_var)
+    np.testing.assert_array_equal(fusion.variance(model_var, out=buffer), expected)
+    np.testing.assert_array_equal(model_var, kept)
+    changed = fusion.changed()
+    part = fusion.variance(model_var[changed], rows=changed)
+    np.testing.assert_array_equal(part, expected[changed])
+    assert fusion.variance(model_var, out=model_var) is model_var
+    np.testing.assert_array_equal(model_var, expected)
+    # The level's error was replaced by the fused one: not just the quoted variance again.
+    assert not np.allclose(expected, kept)
+    fused = model.astype(np.float32)
+    np.testing.assert_allclose(
+        fusion.add_to(fused), model + fusion.correction(), rtol=1e-6, atol=1e-4
+    )
