@@ -439,7 +439,10 @@ def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
     table = tpf.hdu[1].data
     times = np.asarray(table["TIME"], float)
     model = cube.evaluate(times, corr.rows, corr.columns, bounds="nan")
-    flux, flux_err = (np.asarray(table[name], np.float32) for name in ("FLUX", "FLUX_ERR"))
+    # Contiguous native copies, as correct_tpf() reads them (a table column is strided).
+    flux, flux_err = (
+        np.ascontiguousarray(table[name], dtype=np.float32) for name in ("FLUX", "FLUX_ERR")
+    )
     model_flux, model_err = model.flux.value, model.flux_err.value
     residual = np.subtract(flux, model_flux, dtype=np.float32)
     out = np.empty((repeats, 2))
