@@ -665,7 +665,6 @@ def fuse(
         noise[bad] = _finite_mean_square(flat_err[valid[bad]], pixels.ravel())
     with np.errstate(invalid="ignore", divide="ignore"):
         n, mean, scatter = _clipped_level(sums)
-    with np.errstate(invalid="ignore", divide="ignore"):
         enough = n >= min_pixels
         # The pixels' scatter about the level beyond their noise, day by day: a surface
         # is tried only where there is some.
