@@ -262,7 +262,11 @@ def _add_per_row(array: np.ndarray, values: np.ndarray) -> np.ndarray:
     numpy's broadcasting over short rows (`_per_row`).
     """
     values = np.asarray(values, dtype=array.dtype)
-    if array.ndim < 2 or not array.flags.c_contiguous or array.dtype.kind != "f":
+    if (
+        array.ndim < 2
+        or not array.flags.c_contiguous
+        or array.dtype not in (np.float32, np.float64)
+    ):
         return _per_row(np.add, array, values, array)
     from scipy.linalg import get_blas_funcs  # lightkurve imports scipy.linalg already
 
