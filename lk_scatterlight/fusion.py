@@ -262,11 +262,8 @@ def _add_per_row(array: np.ndarray, values: np.ndarray) -> np.ndarray:
     numpy's broadcasting over short rows (`_per_row`).
     """
     values = np.asarray(values, dtype=array.dtype)
-    if (
-        array.ndim < 2
-        or not array.flags.c_contiguous
-        or array.dtype not in (np.float32, np.float64)
-    ):
+    native = array.dtype in (np.float32, np.float64)  # not big-endian, not float16
+    if array.ndim < 2 or not array.flags.c_contiguous or not native:
         return _per_row(np.add, array, values, array)
     from scipy.linalg import get_blas_funcs  # lightkurve imports scipy.linalg already
 
