@@ -238,8 +238,11 @@ def test_strap_sums_equal_plain_computation():
     sums = strap_photometry.strap_sums(diff, clean, strap_idx, ref_idx)
     expected = []
     for s, refs in zip(strap_idx, ref_idx, strict=True):
-        ref = diff[:, refs].astype(float).mean(axis=1)
+        ref = diff[:, refs].astype(float).mean(axis=1)  # symmetric references: the line is the mean
         ok = clean[:, s] & clean[:, refs].all(axis=1) & np.isfinite(diff[:, s]) & np.isfinite(ref)
+        _, bend = strap_photometry.reference_weights(np.array([s]), refs[None])
+        curve = diff[:, refs].astype(float) @ bend[0]
+        ok &= ~strap_photometry.curved_rows(curve[None], ok[None])[0]
         expected.append([np.sum(diff[ok, s] * ref[ok]), np.sum(ref[ok] ** 2)])
     np.testing.assert_allclose(sums, expected, rtol=1e-6)
     rows = strap_photometry.strap_rows(clean, strap_idx, ref_idx)
