@@ -89,7 +89,7 @@ class WorkArea:
             shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
             shapes["fine_calibration"] = ((nframes,), np.float32)
-            shapes["fine_misfit"] = ((nframes, ntiles, 2), np.float32)
+            shapes["fine_misfit"] = ((nframes, ntiles, 3), np.float32)  # rows, columns, fill
         self.arrays = {}
         for name, (shape, dtype) in shapes.items():
             path = folder / f"{name}.npy"
