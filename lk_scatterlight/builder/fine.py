@@ -118,6 +118,10 @@ class FineContext:
     pieces : ndarray of int, shape (npieces, 5)
         The pieces of the holes that `_fill_profiles` refits: label, first and
         one-past-last fine bin row, first and one-past-last column.
+    ring : ndarray of bool, shape (nfine, nfine)
+        The measured bins `_fill_misfit` hides around the holes (`_hole_ring`).
+    ring_holes : tuple of two ndarray
+        ``(labels, pieces)`` of `_profile_pieces` for the holes with the ring hidden.
     """
 
     pixel_bin: int
@@ -137,6 +141,8 @@ class FineContext:
     curvature: np.ndarray
     labels: np.ndarray
     pieces: np.ndarray
+    ring: np.ndarray | None = None
+    ring_holes: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def ntiles(self) -> int:
@@ -229,6 +235,7 @@ def make_fine_context(
     to_fine = pixels.reshape(nf, pixel_bin, -1).mean(axis=1).astype(np.float32)
     straps = np.zeros(0, int) if strap_idx is None else np.asarray(strap_idx, int)
     labels, pieces = _profile_pieces(~enough)
+    ring = _hole_ring(enough)
     return FineContext(
         pixel_bin,
         tile,
@@ -247,6 +254,8 @@ def make_fine_context(
         np.where(enough, (pixel_bin**2 - 1) / (24 * pixel_bin**2), 0).astype(np.float32),
         labels,
         pieces,
+        ring,
+        _profile_pieces(~(enough & ~ring)),
     )
 
 
@@ -568,10 +577,12 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
     bins, with the same steps as the holes (isotropic first guess, along the
     structure, profiles across it): they are the hole's edge, one bin deeper,
     so their fill sees structure crossing the hole as the hole's own fill does.
-    Per tile, the mean over those bins of ``(fill - value)**2`` less the
-    value's noise variance (``noise`` times ``calibration``: the frame's
-    variance of each bin) estimates a filled bin's squared error [(e-/s)**2], unbiased (0 for
-    tiles without a hole; the fill's own noise stays in it).
+    Per kept tile, the mean over those bins of ``(fill - value)**2``
+    less the value's noise variance (``noise`` times ``calibration``: the frame's
+    variance of each bin) estimates a filled bin's squared error [(e-/s)**2],
+    unbiased (0 for the other tiles; the fill's own noise stays in it). The
+    ring and its holes' pieces are the context's (`make_fine_context`) unless
+    the frame has holes of its own (NaN pixels).
 
     ``filled``: the frame's residual with its holes filled (before the curvature
     step); ``ok``: its measured bins; ``model``: the coarse model's bin means;
@@ -582,7 +593,9 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
     is_kept = np.zeros(nt * nt, dtype=bool)
     is_kept[kept] = True
     in_kept = is_kept.reshape(nt, nt).repeat(t, 0).repeat(t, 1)
-    probe = _hole_ring(ok) & in_kept
+    static = ok is context.ok and context.ring is not None  # no NaN holes in this frame
+    ring = context.ring if static else _hole_ring(ok)
+    probe = ring & in_kept
     if not probe.any():
         return out
     hidden = ok & ~probe
@@ -590,7 +603,7 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
     rows, cols = np.nonzero(probe)
     _fill_isotropic(trial, hidden, (rows, cols), copy=False)
     _fill_along_structure(trial, hidden, model, rows, cols)
-    labels, pieces = _profile_pieces(~hidden)
+    labels, pieces = context.ring_holes if static else _profile_pieces(~(ok & ~ring))
     touch = [probe[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
     if any(touch):
         _fill_profiles(trial, hidden, model, noise, context.threshold, (labels, pieces[touch]))
