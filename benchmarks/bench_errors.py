@@ -32,7 +32,9 @@ keeps, ``ERR_TIME``/``ERR_SPACE``) and ``compact, old`` (the same factors with
 the error model of files that lack those extensions: the dense noise plus the
 truncation term). Also the actual RMS error itself [e-/s], so that an honest
 ratio is not mistaken for a small error. Aim (issue 19): every ratio within
-1/1.2 .. 1.2.
+1/1.2 .. 1.2. Each field's header gives the build's wall time and its CPU time
+(``time.process_time`` of this process: the builder's own cost, less sensitive
+to the other jobs on a shared machine).
 
 **Noise floor** (issue 19, item 1): the error an ideal estimator would reach
 from the same pixels with the same low-rank model. Per frame and bin, the
