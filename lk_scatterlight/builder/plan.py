@@ -86,15 +86,16 @@ class WorkArea:
             shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
             shapes["fine_calibration"] = ((nframes,), np.float32)
-            shapes["fine_misfit"] = ((nframes, ntiles, 2), np.float32)
-        missing = sorted(name for name in shapes if not (folder / f"{name}.npy").exists())
-        if not fresh and missing:
+            shapes["fine_misfit"] = ((nframes, ntiles, 3), np.float32)  # rows, columns, fill
+        stale = _stale_arrays(folder, shapes)
+        if not fresh and stale:
             # A work area from an older version of the builder: the frames it finished
-            # lack these arrays, so its results cannot be completed, only redone.
+            # lack these arrays (or have them in another layout), so it can only be redone.
             log.warning(
-                "Work folder %s has no %s (made by an older lk-scatterlight); starting over.",
+                "Work folder %s lacks %s in this version's layout (made by an older "
+                "lk-scatterlight); starting over.",
                 folder,
-                ", ".join(missing),
+                ", ".join(stale),
             )
             fresh = True
         if fresh:
@@ -170,6 +171,21 @@ class WorkArea:
     def remove(self) -> None:
         self.arrays.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stale_arrays(folder: Path, shapes: dict) -> list[str]:
+    """The work arrays missing from ``folder`` or stored there with another shape or dtype."""
+    stale = []
+    for name, (shape, dtype) in shapes.items():
+        path = folder / f"{name}.npy"
+        if not path.exists():
+            stale.append(name)
+            continue
+        stored = np.load(path, mmap_mode="r")
+        if stored.shape != shape or stored.dtype != np.dtype(dtype):
+            stale.append(name)
+        del stored
+    return sorted(stale)
 
 
 def _release_pages(array: np.ndarray) -> None:
