@@ -6,7 +6,8 @@ to change; the script restarts itself with ``OPENBLAS_NUM_THREADS`` etc. set, as
 ``bench_regional.py`` does). About 1.5-3 minutes on a busy 2-core machine by
 default (most of it generating the 2 x 24 simulated FFIs and building the two
 whole-CCD cubes), about 1 with ``--quick`` (fewer frames and TPFs, 4,000
-cadences and one timing run in part 3).
+cadences and 3 timing runs in part 3). ``--parts 3`` runs part 3 only (any of
+1234).
 
 ``ScatterLightCorrector(fuse=True)`` (`lk_scatterlight.fusion.fuse`) adds to the
 cube's model a per-cadence level estimated from the TPF's faint pixels away
@@ -64,8 +65,11 @@ from the aperture, weighted by the model's and the local estimate's variances.
    (so the fusion averages over a 2-cadence model interval): ``fuse=True``
    vs ``fuse=False``, median CPU time (one BLAS thread) of 9 interleaved runs
    each (``--quick``: 3), a fresh corrector per run; then the same for that
-   TPF on the smooth field, which the cube models (the fusion finds nothing to
-   add). Aim: fusion adds < 10 %.
+   TPF on the smooth field, which the cube models (the fusion adds little: a
+   small weight on some days). Aim: fusion adds < 10 %. Then the fusion's own
+   steps on each TPF (median of 3 x as many runs): ``fuse()`` on the residual
+   ``correct_tpf()`` forms, and ``Fusion.add_to`` + ``Fusion.variance`` over the
+   TPF; and ``correct()`` (the light curve) without and with fusion.
 
 4. **Error honesty per kind.** Part 1's honesty over 21 frames is good to about
    +-15 % per TPF, and its frames (consecutive, after perigees) share much of
@@ -410,8 +414,9 @@ def run_signal(tpf, cube, star, times) -> list[dict]:
     return out
 
 
-def run_cost(tpf, cube, repeats: int) -> dict:
-    """CPU seconds of ``correct_tpf()`` without and with fusion, runs interleaved."""
+def run_cost(tpf, cube, repeats: int, method: str = "correct_tpf") -> dict:
+    """CPU seconds of ``correct_tpf()`` (or ``correct()``) without and with fusion, runs
+    interleaved."""
     aperture = brightest_aperture(np.median(tpf.hdu[1].data["FLUX"], axis=0))
     out = {False: [], True: []}
     for _ in range(repeats):
@@ -420,9 +425,70 @@ def run_cost(tpf, cube, repeats: int) -> dict:
             t0 = time.process_time()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                corr.correct_tpf()
+                getattr(corr, method)()
             out[fuse].append(time.process_time() - t0)
     return out
+
+
+def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
+    """CPU seconds of the fusion step alone, as ``correct_tpf()`` runs it: ``fuse()`` on
+    the residual (FLUX minus the model, given), then its correction added to the model
+    and its variance (``Fusion.add_to``, ``Fusion.variance``)."""
+    aperture = brightest_aperture(np.median(tpf.hdu[1].data["FLUX"], axis=0))
+    corr = corrector(tpf, cube, aperture, True)
+    table = tpf.hdu[1].data
+    times = np.asarray(table["TIME"], float)
+    model = cube.evaluate(times, corr.rows, corr.columns, bounds="nan")
+    # Contiguous native copies, as correct_tpf() reads them (a table column is strided).
+    flux, flux_err = (
+        np.ascontiguousarray(table[name], dtype=np.float32) for name in ("FLUX", "FLUX_ERR")
+    )
+    model_flux, model_err = model.flux.value, model.flux_err.value
+    residual = np.subtract(flux, model_flux, dtype=np.float32)
+    out = np.empty((repeats, 2))
+    for k in range(repeats):
+        fused_flux, fused_var = model_flux.copy(), np.square(model_err)
+        t0 = time.process_time()
+        fusion = corr._fuse(times, residual, flux_err, model.valid)
+        t1 = time.process_time()
+        fusion.add_to(fused_flux)
+        fusion.variance(fused_var, out=fused_var)
+        out[k] = t1 - t0, time.process_time() - t1
+    return out
+
+
+def print_cost(tpf, cube, ncad: int, repeats: int) -> None:
+    """Part 3: the cost of fusion in ``correct_tpf()``, of its steps, and in ``correct()``."""
+    print(
+        f"\n3. Cost of correct_tpf() for the {TPF}x{TPF} TPF, {ncad} cadences, cube of "
+        f"{cube.shape[0]} planes: median of {repeats} interleaved runs, CPU [s]; the TPF of "
+        "part 2 (the model misses the ridge: level and surface fused on every day), and the "
+        "same TPF on the smooth field the cube models (little to fuse)"
+    )
+    print(f"   {'TPF':10s} {'fuse':5s} {'median':>7s}  runs")
+    tpfs = (("structured", tpf), ("smooth", synthetic_setup(ncad, structured=False)[0]))
+    for label, which in tpfs:
+        cost = run_cost(which, cube, repeats)
+        for fuse, cpu in cost.items():
+            runs = ", ".join(f"{w:.3f}" for w in cpu)
+            print(f"   {label:10s} {fuse!s:5s} {np.median(cpu):7.3f}  {runs}")
+        ratio = np.median(np.array(cost[True]) / np.array(cost[False]))
+        print(
+            f"   {label:10s} fused / model alone (median of paired runs): {ratio:.3f} (aim < 1.10)"
+        )
+    print(
+        f"   the fusion's steps, median of {3 * repeats} runs, CPU [ms]: fuse() on the "
+        "residual; add_to() and variance() over the TPF; and correct() (the light curve) "
+        "without -> with fusion, medians and median of paired runs"
+    )
+    for label, which in tpfs:
+        step = 1e3 * np.median(run_fuse_alone(which, cube, 3 * repeats), axis=0)
+        lc = {key: np.array(cpu) for key, cpu in run_cost(which, cube, repeats, "correct").items()}
+        print(
+            f"   {label:10s} fuse() {step[0]:5.1f}, add_to + variance {step[1]:4.1f}; "
+            f"correct() {1e3 * np.median(lc[False]):5.1f} -> {1e3 * np.median(lc[True]):5.1f} "
+            f"(fused / alone {np.median(lc[True] / lc[False]):.2f})"
+        )
 
 
 # ============================================================================ main
@@ -430,6 +496,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, TPFs, cadences")
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS/OpenMP threads")
+    parser.add_argument("--parts", default="1234", help="the parts to run, e.g. 3 (default 1234)")
     args = parser.parse_args()
     import bench_regional as br
 
@@ -465,67 +532,55 @@ def main() -> None:
         ("smooth", ScatteredLightField(seed=2)),
         ("structured", ScatteredLightField(structured=True)),
     )
-    with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
-        for name, field in fields:
-            print_field(run_field(name, field, frames, args.quick, Path(tmp)))
-    print(f"   [accuracy section: {time.perf_counter() - start:.0f} s]")
+    if "1" in args.parts:
+        with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
+            for name, field in fields:
+                print_field(run_field(name, field, frames, args.quick, Path(tmp)))
+        print(f"   [accuracy section: {time.perf_counter() - start:.0f} s]")
 
     t0 = time.perf_counter()
     ncad = 4000 if args.quick else 12000
-    tpf, cube, star, times = synthetic_setup(ncad)
-    print(
-        f"\n2. Signal preservation: make_tpf {TPF}x{TPF}, {ncad} 2-min cadences (BTJD "
-        f"{times[0]:.2f}..{times[-1]:.2f}), structured field at row 1000, column 1100, target "
-        f"Tmag 10; cube: make_cube of the smooth field, 64-px bins, 200 s"
-    )
-    print(
-        "   injected: 1% box transits (0.2 d, every 3.7 d) + 10% sinusoid (3 d); recovered / "
-        "injected from the fused corrected LC minus the unsignalled one (aim 0.98..1.02)"
-    )
-    print(
-        f"   {'injected into':17s} {'transits':>8s} {'star flux out/in ap':>19s} "
-        f"{'mean w':>6s} {'depth':>6s} {'amplitude':>9s}"
-    )
-    for r in run_signal(tpf, cube, star, times):
+    if "2" in args.parts or "3" in args.parts:
+        tpf, cube, star, times = synthetic_setup(ncad)
+    if "2" in args.parts:
         print(
-            f"   {r['label']:17s} {r['ntransit']:8d} {r['wing']:19.3f} {r['weight']:6.2f} "
-            f"{r['depth']:6.3f} {r['amp']:9.3f}"
+            f"\n2. Signal preservation: make_tpf {TPF}x{TPF}, {ncad} 2-min cadences (BTJD "
+            f"{times[0]:.2f}..{times[-1]:.2f}), structured field at row 1000, column 1100, target "
+            f"Tmag 10; cube: make_cube of the smooth field, 64-px bins, 200 s"
         )
-    print(f"   [signal section: {time.perf_counter() - t0:.0f} s]")
+        print(
+            "   injected: 1% box transits (0.2 d, every 3.7 d) + 10% sinusoid (3 d); recovered / "
+            "injected from the fused corrected LC minus the unsignalled one (aim 0.98..1.02)"
+        )
+        print(
+            f"   {'injected into':17s} {'transits':>8s} {'star flux out/in ap':>19s} "
+            f"{'mean w':>6s} {'depth':>6s} {'amplitude':>9s}"
+        )
+        for r in run_signal(tpf, cube, star, times):
+            print(
+                f"   {r['label']:17s} {r['ntransit']:8d} {r['wing']:19.3f} {r['weight']:6.2f} "
+                f"{r['depth']:6.3f} {r['amp']:9.3f}"
+            )
+        print(f"   [signal section: {time.perf_counter() - t0:.0f} s]")
 
-    t0 = time.perf_counter()
-    repeats = 3 if args.quick else 9
-    print(
-        f"\n3. Cost of correct_tpf() for the {TPF}x{TPF} TPF, {ncad} cadences, cube of "
-        f"{cube.shape[0]} planes: median of {repeats} interleaved runs, CPU [s]; the TPF of "
-        "part 2 (the model misses the ridge: level and surface fused on every day), and the "
-        "same TPF on the smooth field the cube models (nothing to fuse)"
-    )
-    print(f"   {'TPF':10s} {'fuse':5s} {'median':>7s}  runs")
-    smooth_tpf = synthetic_setup(ncad, structured=False)[0]
-    for label, which in (("structured", tpf), ("smooth", smooth_tpf)):
-        cost = run_cost(which, cube, repeats)
-        for fuse, cpu in cost.items():
-            runs = ", ".join(f"{w:.3f}" for w in cpu)
-            print(f"   {label:10s} {fuse!s:5s} {np.median(cpu):7.3f}  {runs}")
-        ratio = np.median(np.array(cost[True]) / np.array(cost[False]))
+    if "3" in args.parts:
+        t0 = time.perf_counter()
+        print_cost(tpf, cube, ncad, 3 if args.quick else 9)
+        print(f"   [cost section: {time.perf_counter() - t0:.0f} s]")
+    if "4" in args.parts:
+        t0 = time.perf_counter()
+        nhonest = 32 if args.quick else 96
+        spread = np.linspace(0, all_t.size - 1, nhonest).round().astype(int)
         print(
-            f"   {label:10s} fused / model alone (median of paired runs): {ratio:.3f} (aim < 1.10)"
+            f"\n4. Error honesty per kind over a longer sequence: {nhonest} frames spread over "
+            "the sector (one every ~7 h), the TPFs and cubes as in part 1; act/q: RMS of "
+            "model_lc - truth over the aperture (time mean removed) / RMS of its flux_err, pooled "
+            f"over the kind's TPFs (aim {HONEST[0]}..{HONEST[1]}); fused and fuse=False"
         )
-    print(f"   [cost section: {time.perf_counter() - t0:.0f} s]")
-    t0 = time.perf_counter()
-    nhonest = 32 if args.quick else 96
-    spread = np.linspace(0, all_t.size - 1, nhonest).round().astype(int)
-    print(
-        f"\n4. Error honesty per kind over a longer sequence: {nhonest} frames spread over "
-        "the sector (one every ~7 h), the TPFs and cubes as in part 1; act/q: RMS of "
-        "model_lc - truth over the aperture (time mean removed) / RMS of its flux_err, pooled "
-        f"over the kind's TPFs (aim {HONEST[0]}..{HONEST[1]}); fused and fuse=False"
-    )
-    with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
-        for name, field in fields:
-            print_honesty(run_field(name, field, spread, args.quick, Path(tmp)))
-    print(f"   [honesty section: {time.perf_counter() - t0:.0f} s]")
+        with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
+            for name, field in fields:
+                print_honesty(run_field(name, field, spread, args.quick, Path(tmp)))
+        print(f"   [honesty section: {time.perf_counter() - t0:.0f} s]")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

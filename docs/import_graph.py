@@ -13,8 +13,11 @@ Every import inside the package counts, including those inside functions
 (reading, evaluating and applying cubes; blue), the **builder**
 (``lk_scatterlight.builder``, making cubes from FFIs; orange) and the
 **drivers** (`DRIVERS`: the command line, the demo and the on-demand build,
-which run the builder for a user; grey). Edges in a cycle and edges from the
-core into the builder are drawn in red. Columns go from modules that import
+which run the builder for a user; grey). A module of a subpackage belongs to
+the layer of its top-level name: ``geometry.pointing`` and ``simulate.ffi``
+to the core, ``builder.publish.cubes`` to the builder, ``cli.build`` to the
+drivers. Edges in a cycle and edges from the core into the builder are drawn
+in red. Columns go from modules that import
 nothing of the package (left) to those that stand on the most layers (right).
 The same functions back ``tests/test_layout.py``.
 """
@@ -157,7 +160,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def layer(name: str) -> str:
-    """``"builder"``, ``"driver"`` (`DRIVERS`) or ``"core"``: the layer of a dotted module name."""
+    """``"builder"``, ``"driver"`` (`DRIVERS`) or ``"core"``: the layer of a dotted module name.
+
+    Decided by the name below the package's, so the modules of a subpackage
+    share its layer (``builder.publish.cubes``: builder; ``cli.build``: driver;
+    ``geometry.pointing``, ``simulate.ffi``: core).
+    """
     parts = name.split(".")
     if len(parts) > 1 and parts[1] == "builder":
         return "builder"

@@ -61,6 +61,16 @@ def _native(column) -> np.ndarray:
     return np.array(column, dtype=column.dtype.newbyteorder("="), order="C")
 
 
+def _good_cadences(tpf: TessTargetPixelFile, name: str) -> np.ndarray:
+    """A table column at the TPF's good-quality cadences, as ``tpf.flux`` etc. give it.
+
+    Without their copy (and byte swap) when every cadence is good: a view of the table.
+    """
+    column = tpf.hdu[1].data[name]
+    mask = tpf.quality_mask
+    return column if mask.all() else column[mask]
+
+
 def _finite_or_zero(column) -> np.ndarray:
     """`_native` with NaN and infinities set to 0 (an absent background)."""
     values = _native(column)
@@ -376,12 +386,15 @@ class ScatterLightCorrector(Corrector):
         model_flux = total.flux.to(unit)
         model_err = total.flux_err.to(unit)
         if self.fuse:
-            flux = self.tpf.flux.value
+            flux = _good_cadences(self.tpf, "FLUX")
             if self.spoc_background:  # the pixels as observed, background restored
-                flux = flux + np.nan_to_num(self.tpf.flux_bkg.value)
+                flux = flux + np.nan_to_num(_good_cadences(self.tpf, "FLUX_BKG"))
             residual = np.subtract(flux, model.flux.value, dtype=np.float32)
             self.fusion = self._fuse(
-                self.tpf.time.value, residual, self.tpf.flux_err.value, model.valid
+                _good_cadences(self.tpf, "TIME"),
+                residual,
+                _good_cadences(self.tpf, "FLUX_ERR"),
+                model.valid,
             )
         if self.fusion is not None:
             ap = self.aperture_mask

@@ -76,12 +76,12 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No scattered-light cube at {path}.")
+    # astropy only *warns* about a truncated or corrupt file (and then drops the
+    # HDUs it could not read) while it reads the headers; catch that here and
+    # report it as such. (The file is opened once, its compressed images as the
+    # tables they are stored in: `fastfits.image` decodes them, faster than
+    # astropy's CompImageHDU.)
     try:
-        # astropy only *warns* about a truncated or corrupt file (and then drops the
-        # HDUs it could not read) while it reads the headers; catch that here and
-        # report it as such. (The file is opened once, its compressed images as the
-        # tables they are stored in: `fastfits.image` decodes them, faster than
-        # astropy's CompImageHDU.)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AstropyUserWarning)
             hdul = fits.open(
@@ -97,6 +97,9 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
             except BaseException:
                 hdul.close()
                 raise
+    except (OSError, TypeError) as err:  # astropy's errors for truncated/non-FITS files
+        raise CubeFormatError(f"{path} cannot be read as a FITS file: {err}") from err
+    try:
         with hdul:
             corrupt = [
                 str(w.message)
@@ -116,7 +119,7 @@ def read_fields(path: str | os.PathLike) -> CubeFields:
                     "SLFORMAT keyword and it has no 'SCATTER LIGHT CUBE' extension."
                 )
             return _read_lk(hdus, path, names)
-    except (OSError, TypeError) as err:  # astropy's errors for truncated/non-FITS files
+    except OSError as err:  # data cut short after the headers
         raise CubeFormatError(f"{path} cannot be read as a FITS file: {err}") from err
 
 

@@ -92,6 +92,14 @@ class FineLayer:
     coef_start : ndarray of int, shape (nblocks,), or None
         None: the coefficients follow each other in block order, ``coef_start``
         is the sum of the ranks of the blocks before.
+    fill_error : ndarray of float32, shape (nblocks,), optional
+        1-sigma error of the block's filled bins (its tile's holes, under
+        masked stars and bleed columns) on top of ``error`` [e-/s].
+    hole_index : ndarray of int, shape (nblocks,), optional
+        The block's hole image in ``holes``; -1: no filled bin is quoted.
+    holes : ndarray of bool, shape (nholes, tile, tile), optional
+        Hole images: True on the fine bins that were filled, not measured.
+        The three are given together or not at all (files without them).
     """
 
     pixel_bin: int
@@ -105,6 +113,9 @@ class FineLayer:
     rank: np.ndarray
     coef: np.ndarray
     coef_start: np.ndarray | None
+    fill_error: np.ndarray | None = None
+    hole_index: np.ndarray | None = None
+    holes: np.ndarray | None = None
 
     def __post_init__(self):
         if self.coef_start is None:  # coefficients in block order (files may omit COEF)
@@ -114,6 +125,20 @@ class FineLayer:
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64))
         for name in ("error", "basis", "coef"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float32))
+        given = [x is not None for x in (self.fill_error, self.hole_index, self.holes)]
+        if any(given) and not all(given):
+            msg = "fill_error, hole_index and holes go together: give all three or none."
+            raise ValueError(msg)
+        if all(given):
+            t = self.tile
+            object.__setattr__(self, "fill_error", np.asarray(self.fill_error, dtype=np.float32))
+            object.__setattr__(self, "hole_index", np.asarray(self.hole_index, dtype=np.int64))
+            object.__setattr__(self, "holes", np.asarray(self.holes, dtype=bool).reshape(-1, t, t))
+
+    @property
+    def has_holes(self) -> bool:
+        """Whether some block quotes a fill error on its holes."""
+        return self.holes is not None and bool(np.any(self.hole_index >= 0))
 
     @classmethod
     def from_blocks(cls, pixel_bin, tile, tile_row, tile_col, plane, data, error) -> FineLayer:
@@ -165,7 +190,8 @@ class FineLayer:
     def nbytes(self) -> int:
         """Size of the stored arrays [bytes]."""
         arrays = (self.tile_row, self.tile_col, self.plane, self.error, self.basis, self.coef)
-        return int(sum(a.nbytes for a in arrays) + 3 * 4 * len(self))
+        extra = (self.fill_error, self.hole_index, self.holes) if self.holes is not None else ()
+        return int(sum(a.nbytes for a in (*arrays, *extra)) + 3 * 4 * len(self))
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -220,7 +246,19 @@ class FineLayer:
             problems.append("fine layer holds NaN or infinite values")
         elif n and self.error.min() < 0:
             problems.append("fine layer errors must be non-negative")
+        if self.holes is not None:
+            problems.extend(self._validate_holes())
         return problems
+
+    def _validate_holes(self) -> list[str]:
+        n, nholes = len(self), self.holes.shape[0]
+        if self.fill_error.shape != (n,) or self.hole_index.shape != (n,):
+            return ["fine layer fill errors and hole indices must have one value per block"]
+        if n and (self.hole_index.min() < -1 or self.hole_index.max() >= nholes):
+            return [f"fine layer hole indices must lie in -1..{nholes - 1}"]
+        if not np.all(np.isfinite(self.fill_error)) or np.any(self.fill_error < 0):
+            return ["fine layer fill errors must be finite and non-negative"]
+        return []
 
     # ------------------------------------------------------------------ evaluation
     def _window(self, row: np.ndarray, column: np.ndarray, left: np.ndarray, right: np.ndarray):
@@ -260,7 +298,12 @@ class FineLayer:
         grid = (present.size + 1, tr1 - tr0 + 1, t, tc1 - tc0 + 1, t)
         rows, cols = self.tile_row[chosen] - tr0, self.tile_col[chosen] - tc0
         data.reshape(grid)[where, rows, :, cols, :] = self.blocks(chosen)
-        var.reshape(grid)[where, rows, :, cols, :] = (self.error[chosen] ** 2)[:, None, None]
+        block_var = np.broadcast_to((self.error[chosen] ** 2)[:, None, None], (chosen.size, t, t))
+        if self.has_holes:  # filled bins: plus the fill's error
+            hole = self.hole_index[chosen]
+            filled = np.where(hole[:, None, None] >= 0, self.holes[hole.clip(0)], False)
+            block_var = block_var + filled * (self.fill_error[chosen] ** 2)[:, None, None]
+        var.reshape(grid)[where, rows, :, cols, :] = block_var
         lr, lc = tr0 * t, tc0 * t
         wr = wr[:, lr : lr + shape[1]]
         wc = wc[:, lc : lc + shape[2]]
@@ -437,6 +480,11 @@ class FineLayer:
                 _integer_column("RANK", self.rank),
                 _integer_column("COEF", self.coef_start),
             ]
+            if self.has_holes:
+                columns += [
+                    fits.Column("FILLERR", "E", unit="electron/s", array=self.fill_error),
+                    _integer_column("HOLES", self.hole_index),
+                ]
             index = fits.BinTableHDU.from_columns(columns, name="FINE_INDEX")
         else:
             index = self._index_image(implied)
@@ -482,18 +530,28 @@ class FineLayer:
         image.header["FINETILE"] = (self.tile, "fine bins per tile side")
         image.header["COMMENT"] = "basis images of the residual vs the coarse cube, per tile"
         coef.header["COMMENT"] = "coefficients of the basis images, per block"
-        return [image, index, coef] if scale is None else [image, scale, index, coef]
+        hdus = [image, index, coef] if scale is None else [image, scale, index, coef]
+        if self.has_holes:
+            holes = fits.CompImageHDU(
+                self.holes.astype(np.uint8),
+                name="FINE_HOLES",
+                compression_type="RICE_1",
+                tile_shape=(max(1, min(len(self.holes), _COMPRESSION_IMAGES)), t, t),
+            )
+            holes.header["COMMENT"] = "1 on the fine bins of a tile that were filled, not measured"
+            hdus.append(holes)
+        return hdus
 
     def _index_image(self, implied: bool) -> fits.CompImageHDU:
         """``FINE_INDEX`` as a tile-compressed int32 image, one row per index column.
 
         Within a tile the columns are constant or step by one plane, so each row,
         compressed as one series of differences (``RICE_1``), takes a few bits per
-        block. ``ERROR`` is stored as a multiple of ``ERRSTEP``
+        block. ``ERROR`` (and ``FILLERR``) is stored as a multiple of ``ERRSTEP``
         (`~lk_scatterlight.lowrank.error_step`: the quoted errors change by less
         than 0.2 %).
         """
-        step = error_step(self.error)
+        step = error_step(np.r_[self.error, self.fill_error if self.has_holes else []])
         rows = {
             "TILE_ROW": self.tile_row,
             "TILE_COL": self.tile_col,
@@ -504,6 +562,9 @@ class FineLayer:
         }
         if not implied:
             rows["COEF"] = self.coef_start
+        if self.has_holes:
+            rows["FILLERR"] = np.rint(self.fill_error / step)
+            rows["HOLES"] = self.hole_index
         n = len(self)
         index = fits.CompImageHDU(
             np.array(list(rows.values()), dtype=np.int32),
@@ -550,6 +611,7 @@ class FineLayer:
             rank=np.array(table["RANK"]),
             coef=coef,
             coef_start=np.array(table["COEF"]) if "COEF" in table else None,
+            **_holes(hdul, table, tile, path),
         )
         order = coef_hdu.header.get("COEFORD", "BLOCK")
         if order not in ("BLOCK", "IMAGE") or order == "IMAGE" and "COEF" in table:
@@ -592,9 +654,30 @@ def _index_columns(hdu, path) -> dict[str, np.ndarray]:
         )
     names = [header.get(f"ROWNAME{i + 1}") for i in range(data.shape[0])]
     columns = {str(name): np.array(row) for name, row in zip(names, data, strict=True) if name}
-    if "ERROR" in columns:
-        columns["ERROR"] = (columns["ERROR"] * float(header["ERRSTEP"])).astype(np.float32)
+    for name in ("ERROR", "FILLERR"):
+        if name in columns:
+            columns[name] = (columns[name] * float(header["ERRSTEP"])).astype(np.float32)
     return columns
+
+
+def _holes(hdul, table: dict, tile: int, path) -> dict:
+    """``fill_error``, ``hole_index`` and ``holes`` of a file that has them (else none):
+    the ``FINE_HOLES`` extension and the ``FILLERR`` and ``HOLES`` index columns."""
+    present = ["FINE_HOLES" in hdul, "FILLERR" in table, "HOLES" in table]
+    if not any(present):
+        return {}
+    if not all(present):
+        raise CubeFormatError(
+            f"{path}: a fine layer with filled bins needs the FINE_HOLES extension and the "
+            "FILLERR and HOLES index columns together; the file is damaged."
+        )
+    data = fastfits.image(hdul, "FINE_HOLES").data
+    holes = np.zeros((0, tile, tile), bool) if data is None else np.asarray(data) > 0
+    if holes.ndim != 3 or holes.shape[1:] != (tile, tile):
+        raise CubeFormatError(
+            f"{path}: FINE_HOLES must be (nholes, {tile}, {tile}); found {holes.shape}."
+        )
+    return {"fill_error": table["FILLERR"], "hole_index": table["HOLES"], "holes": holes}
 
 
 def _block_order(layer: FineLayer, coef: np.ndarray, path, pairs) -> np.ndarray:

@@ -157,10 +157,10 @@ class Fusion:
         offset = (sign * self.offset).astype(array.dtype)
         rows = np.flatnonzero(offset)
         if rows.size > len(offset) // 2:  # most cadences: one pass over the array
-            _per_row(np.add, array, offset, array)
+            _add_per_row(array, offset)
         elif rows.size:  # the days the local level took over
             array[rows] += offset[rows].reshape((-1,) + (1,) * (array.ndim - 1))
-        rows = np.flatnonzero(np.any(self.surface_coef != 0, axis=1))
+        rows = np.flatnonzero(self._with_surface())
         if rows.size:  # the surface, on the cadences that have one
             nterm = len(self.surface_basis)
             surface = self.surface_coef[rows] @ self.surface_basis.reshape(nterm, -1)
@@ -181,8 +181,13 @@ class Fusion:
             | (self.model_err > 0)
             | (self.shape_var > 0)
             | (self.surface_var > 0)
-            | np.any(self.surface_coef != 0, axis=1)
+            | self._with_surface()
         )
+
+    def _with_surface(self) -> np.ndarray:
+        """Whether each cadence has a surface (a coefficient not 0), shape (ntime,)."""
+        # Column by column: numpy reduces a long axis much faster than many short rows.
+        return np.logical_or.reduce([column != 0 for column in self.surface_coef.T])
 
     def variance(
         self,
@@ -222,9 +227,11 @@ class Fusion:
         scale = 1.0 if aperture is None else float(np.sum(aperture)) ** 2
         level, fused = scale * self.model_err[take] ** 2, scale * self.offset_var[take]
         if out is None:
-            out = np.empty(model_var.shape, dtype=model_var.dtype)
+            out = model_var.copy()
+        elif out is not model_var:
+            np.copyto(out, model_var)
         # max(var - level, shape) + fused (+ the surface's noise), in two passes.
-        _per_row(np.add, model_var, (fused - level).astype(out.dtype), out)
+        _add_per_row(out, (fused - level).astype(out.dtype))
         _per_row(np.maximum, out, (fused + scale * self.shape_var[take]).astype(out.dtype), out)
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
@@ -245,6 +252,28 @@ class Fusion:
         used[0] = 0.0
         degree = np.where(np.any(self.surface_coef[rows, 2:], axis=1), 2, 1)
         return self.surface_var[rows, None] * used[degree]
+
+
+def _add_per_row(array: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``array += values`` with one value per row (first axis), in place.
+
+    A C-contiguous float array gets a rank-one update from BLAS (``ger``: ``array``
+    plus ``values`` times a row of ones), the same sums several times faster than
+    numpy's broadcasting over short rows (`_per_row`).
+    """
+    values = np.asarray(values, dtype=array.dtype)
+    native = array.dtype in (np.float32, np.float64)  # not big-endian, not float16
+    if array.ndim < 2 or not array.flags.c_contiguous or not native:
+        return _per_row(np.add, array, values, array)
+    from scipy.linalg import get_blas_funcs  # lightkurve imports scipy.linalg already
+
+    flat = array.reshape(len(array), -1)
+    ger = get_blas_funcs("ger", (flat,))
+    # BLAS is column-major: the transposed view is a (npix, nrow) matrix, updated in place.
+    updated = ger(1.0, np.ones(flat.shape[1], dtype=flat.dtype), values, a=flat.T, overwrite_a=True)
+    if not np.shares_memory(updated, flat):  # a copy was made (never for these arrays)
+        flat[...] = updated.T
+    return array
 
 
 def _per_row(ufunc: np.ufunc, array: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -335,49 +364,64 @@ def _excess(
     return np.repeat(np.where(excess, value, 0.0), chunk)[: spread.size]
 
 
-def _clipped_level(d: np.ndarray, limit: float) -> np.ndarray:
-    """Per cadence (row): pixels kept, mean and scatter, clipped.
+def _clipped_sums(d: np.ndarray, limit: float) -> np.ndarray:
+    """Per cadence (row): pixels kept, their sum and their sum of squares, clipped.
 
     ``d`` is each pixel's residual about its own level; pixels further than ``limit``
-    from the row's mean, or not finite, are dropped; ``d`` is overwritten. Returns an
-    array of shape (3, nrow): ``n``, ``mean`` and ``scatter`` (the sample variance of
-    the kept pixels).
+    from the row's mean, or not finite, are dropped (set to 0: ``d`` is overwritten).
+    Returns an array of shape (3, nrow) (`_clipped_level` turns it into the mean and
+    the scatter).
+
+    Row sums are matrix-vector products (fast), and the pixels dropped are few, so
+    they are handled by index: no mask over the whole block. A row sum that is not
+    finite shows a NaN in the row; only then is every value checked.
     """
-    finite = np.isfinite(d)
-    if finite.all():
-        count = np.full(len(d), d.shape[1])
-    else:
+    ones = np.ones(d.shape[1], dtype=d.dtype)
+    total = d @ ones
+    count = np.full(len(d), d.shape[1])
+    finite = None
+    if not np.isfinite(total).all():
+        finite = np.isfinite(d)
         d[~finite] = 0.0
         count = np.add.reduce(finite, axis=1, dtype=np.int32)
-    ones = np.ones(d.shape[1], dtype=d.dtype)  # row sums as a matrix-vector product: fast
+        total = d @ ones
     with np.errstate(invalid="ignore", divide="ignore"):
-        first = (d @ ones) / np.maximum(count, 1)
-        distance = np.subtract(d, first[:, None].astype(d.dtype))
-        keep = np.abs(distance, out=distance) <= limit
-        keep &= finite
-        n = np.add.reduce(keep, axis=1, dtype=np.int32)  # faster than count_nonzero
-        d *= keep
-        mean = (d @ ones).astype(float) / np.maximum(n, 1)
-        squares = np.einsum("ij,ij->i", d, d).astype(float)
-        scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
-    return np.array([n, mean, scatter])
+        first = total / np.maximum(count, 1)
+    distance = np.subtract(d, first[:, None].astype(d.dtype))
+    dropped = np.abs(distance, out=distance) > limit
+    if finite is not None:
+        dropped |= ~finite
+    drop = np.flatnonzero(dropped)
+    np.put(d, drop, 0.0)
+    n = d.shape[1] - np.bincount(drop // d.shape[1], minlength=len(d))
+    return np.array([n, d @ ones, np.einsum("ij,ij->i", d, d)])
 
 
-def _mean_square(err: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """Per row of ``err`` (nrow, npix), the mean of ``err**2`` over the pixels ``where``
-    (bool) whose value is finite (NaN if none is).
+def _clipped_level(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels kept, mean and scatter (the kept pixels' sample variance) per cadence,
+    from `_clipped_sums`."""
+    n, total, squares = sums
+    mean = total / np.maximum(n, 1)
+    scatter = np.maximum(squares - n * mean**2, 0) / np.maximum(n - 1, 1)
+    return n, mean, scatter
 
-    One product over every pixel (a non-finite value anywhere poisons a row's sum); the
-    rows that it poisons are summed again over ``where`` alone.
+
+def _mean_square(err: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per row of ``err`` (nrow, npix), the mean of ``err**2`` with ``weights`` (float32:
+    ``1 / n`` on the ``n`` pixels averaged, 0 elsewhere).
+
+    One product over every pixel; a value that is not finite anywhere in a row makes
+    the row's mean NaN (`_finite_mean_square` redoes those rows).
     """
-    weights = where.astype(np.float32) / max(int(where.sum()), 1)
-    mean = (np.square(err, dtype=np.float32) @ weights).astype(float)
-    rows = np.flatnonzero(~np.isfinite(mean))
-    if rows.size:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
-            mean[rows] = np.nanmean(err[rows][:, where].astype(float) ** 2, axis=1)
-    return mean
+    return (np.square(err, dtype=np.float32) @ weights).astype(float)
+
+
+def _finite_mean_square(err: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Per row of ``err`` (nrow, npix), the mean of ``err**2`` over the pixels ``where``
+    (bool) whose value is finite (NaN if none is)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
+        return np.nanmean(err[:, where].astype(float) ** 2, axis=1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -535,7 +579,7 @@ def _fit_surface(
         block = fitted[first : first + _BLOCK]
         d = np.subtract(np.take(flat[_rows(valid[block])], where, axis=1), level)
         coef[block] = np.nan_to_num(d) @ basis[where]
-    coef[np.arange(_TERMS[-1]) >= np.asarray(_TERMS)[degree][:, None]] = 0.0
+    coef[degree == 1, _TERMS[1] :] = 0.0  # a plane's days keep the plane's terms only
     return degree, coef, cv_spread, basis
 
 
@@ -605,18 +649,23 @@ def fuse(
         spread = (spread - np.nanmean(spread, axis=1, keepdims=True)).ravel()
     spread = spread[np.isfinite(spread)]
     sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
-    flat, flat_err = (np.ascontiguousarray(a).reshape(ntime, -1) for a in (residual, flux_err))
+    # Views where the pixels of a cadence are contiguous (a FITS table column is one).
+    flat, flat_err = (np.reshape(a, (ntime, -1)) for a in (residual, flux_err))
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
-    stats = np.empty((4, valid.size))
+    sums, noise = np.empty((3, valid.size)), np.empty(valid.size)
+    weights = pixels.ravel().astype(np.float32) / where.size
     for first in range(0, valid.size, _BLOCK):
         rows = _rows(valid[first : first + _BLOCK])
         # np.take on a contiguous array is several times faster than fancy indexing.
         d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
-        stats[:3, first : first + _BLOCK] = _clipped_level(d, clip * max(sigma, 1e-12))
-        stats[3, first : first + _BLOCK] = _mean_square(flat_err[rows], pixels.ravel())
-    n, mean, scatter, noise = stats
+        sums[:, first : first + _BLOCK] = _clipped_sums(d, clip * max(sigma, 1e-12))
+        noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
+    bad = np.flatnonzero(~np.isfinite(noise))
+    if bad.size:  # a FLUX_ERR that is not finite: the mean over the finite ones
+        noise[bad] = _finite_mean_square(flat_err[valid[bad]], pixels.ravel())
     with np.errstate(invalid="ignore", divide="ignore"):
+        n, mean, scatter = _clipped_level(sums)
         enough = n >= min_pixels
         # The pixels' scatter about the level beyond their noise, day by day: a surface
         # is tried only where there is some.

@@ -19,6 +19,7 @@ from lk_scatterlight import (
     simulate,
 )
 from lk_scatterlight.corrector import QUALITY_NO_MODEL, detect_background_in_flux
+from lk_scatterlight.fusion import fuse
 
 SHARED = Path(__file__).parents[1].parent / "shared" / "data"
 
@@ -166,6 +167,26 @@ def test_correct_tpf_from_file_fused(field, cube, tmp_path):
     np.testing.assert_allclose(new["FLUX_BKG"][ok], bkg, rtol=1e-5, atol=1e-3)
     bkg_var = np.nan_to_num(old["FLUX_BKG_ERR"][ok]) ** 2 + variance
     np.testing.assert_allclose(new["FLUX_BKG_ERR"][ok] ** 2, bkg_var, rtol=1e-4)
+    tpf.hdu.close()
+
+
+def test_correct_fuses_the_good_cadences_of_a_file(field, cube, tmp_path):
+    """``correct()`` reads FLUX and FLUX_ERR straight from a file's table (big-endian,
+    some cadences flagged): its fusion is the one of lightkurve's ``tpf.flux`` and
+    ``tpf.flux_err`` at the good-quality cadences."""
+    tpf = simulate.make_tpf(field, row=700, column=1200, shape=(11, 11), seed=6)
+    tpf.hdu[1].data["QUALITY"][10:40] = 1  # bit 1 (attitude tweak): in the default bitmask
+    path = tmp_path / "tpf.fits"
+    tpf.hdu.writeto(path)
+    tpf = lk.read(path)
+    assert tpf.quality_mask.sum() == len(tpf.hdu[1].data) - 30
+    corrector = ScatterLightCorrector(tpf, cube=cube, aperture_mask="default")
+    corrector.correct()
+    model = cube.evaluate(tpf.time, corrector.rows, corrector.columns, bounds="nan")
+    residual = np.subtract(tpf.flux.value, model.flux.value, dtype=np.float32)
+    expected = fuse(residual, tpf.flux_err.value, corrector.aperture_mask, valid=model.valid)
+    for name in ("offset", "offset_var", "local", "weight", "shape_var", "surface_coef"):
+        np.testing.assert_array_equal(getattr(corrector.fusion, name), getattr(expected, name))
     tpf.hdu.close()
 
 

@@ -191,6 +191,19 @@ def test_not_fits(tmp_path):
         ScatterLightCube.read(path)
 
 
+def test_a_bug_in_reading_is_not_called_a_bad_file(cube_file, monkeypatch):
+    """A TypeError raised after astropy has read the headers is a programming error of
+    ours: it surfaces as itself, not as "cannot be read as a FITS file"."""
+    from lk_scatterlight import cubefile
+
+    def broken(*args):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(cubefile, "_read_lk", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        ScatterLightCube.read(cube_file)
+
+
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.5, 0.8])
 def test_truncated_file(cube_file, fraction):
     data = cube_file.read_bytes()

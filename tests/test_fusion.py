@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from lk_scatterlight import ScatterLightWarning, simulate
-from lk_scatterlight.fusion import background_pixels, fuse
+from lk_scatterlight.fusion import (
+    _add_per_row,
+    _clipped_level,
+    _clipped_sums,
+    background_pixels,
+    fuse,
+)
 
 RNG = np.random.default_rng(4)
 NT, N = 300, 15
@@ -287,3 +293,81 @@ def test_noise_ignores_non_finite_errors():
     broken[::2, row, col] = np.nan  # a background pixel, every other cadence
     fusion = fuse(flux - model, broken, aperture)
     np.testing.assert_allclose(fusion.local_err, reference.local_err, rtol=1e-6)
+
+
+def test_clipped_level_matches_a_plain_masked_computation():
+    """The per-cadence clipped statistics (outliers and NaNs dropped by index) equal
+    those of an explicit mask: rows with NaNs, with outliers, with every pixel dropped."""
+    d = RNG.normal(0, 0.3, (40, 30)).astype(np.float32)
+    d[3, 5] = 50.0  # an outlier
+    d[7, :2] = -40.0  # two
+    d[11, 2] = np.nan  # a NaN: the slow path for the block
+    d[12] = np.nan  # no pixel left
+    limit = 3.0
+    finite = np.isfinite(d)
+    first = np.where(finite, d, 0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+    with np.errstate(invalid="ignore"):
+        keep = finite & (np.abs(d - first[:, None]) <= limit)
+    kept = np.where(keep, d, 0).astype(float)
+    n = keep.sum(axis=1)
+    mean = kept.sum(axis=1) / np.maximum(n, 1)
+    scatter = np.maximum((kept**2).sum(axis=1) - n * mean**2, 0) / np.maximum(n - 1, 1)
+    got = np.array(_clipped_level(_clipped_sums(d.copy(), limit)))
+    np.testing.assert_array_equal(got[0], n)
+    assert list(n[[3, 11, 12]]) == [29, 29, 0]
+    np.testing.assert_allclose(got[1], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[2], scatter, rtol=1e-4, atol=1e-6)
+    # Without the NaNs (the fast path), the same rows give the same numbers (to float32
+    # rounding: BLAS sums the last rows of a block in another order).
+    clean = np.array(_clipped_level(_clipped_sums(np.delete(d, [11, 12], axis=0), limit)))
+    np.testing.assert_array_equal(clean[0], np.delete(n, [11, 12]))
+    np.testing.assert_allclose(clean, np.delete(got, [11, 12], axis=1), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "contiguous"),
+    [((50, 4, 5), np.float32, True), ((50, 7), np.float64, True), ((50, 4, 5), np.float32, False)],
+)
+def test_add_per_row_equals_numpy_broadcasting(shape, dtype, contiguous):
+    """BLAS's rank-one update gives exactly numpy's per-row sums, NaN included, in place."""
+    array = RNG.normal(0, 100, shape).astype(dtype)
+    array[3, 0] = np.nan
+    if not contiguous:
+        array = np.swapaxes(array, 1, 2)
+    values = RNG.normal(0, 1, shape[0])
+    values[5] = 0.0
+    expected = array + values.astype(dtype).reshape((-1,) + (1,) * (array.ndim - 1))
+    result = _add_per_row(array, values)
+    assert result is array
+    np.testing.assert_array_equal(array, expected)
+
+
+def test_variance_and_correction_in_place_or_not():
+    """``variance`` gives the same values into a fresh array, in place, into another
+    buffer and on the changed cadences alone; the model's variance is left alone unless
+    it is ``out``. ``add_to`` in place equals ``correction()`` added, level and surface
+    (float32 arrays, as the corrector's)."""
+    yy, xx = np.mgrid[:N, :N] / (N - 1) * 2 - 1
+    glow = 4 * np.exp(-((xx - np.linspace(-1, 1, NT)[:, None, None]) ** 2 + yy**2) / 2)
+    flux, err, model, aperture, _ = scene(3 * np.sin(np.linspace(0, 9, NT)))
+    fusion = fuse(flux + glow - model, err, aperture)
+    assert fusion.has_surface
+    assert np.mean(fusion.weight > 0) > 0.5
+    model_var = RNG.uniform(0.5, 2, (NT, N, N)).astype(np.float32)
+    kept = model_var.copy()
+    expected = fusion.variance(model_var)
+    np.testing.assert_array_equal(model_var, kept)
+    buffer = np.empty_like(model_var)
+    np.testing.assert_array_equal(fusion.variance(model_var, out=buffer), expected)
+    np.testing.assert_array_equal(model_var, kept)
+    changed = fusion.changed()
+    part = fusion.variance(model_var[changed], rows=changed)
+    np.testing.assert_array_equal(part, expected[changed])
+    assert fusion.variance(model_var, out=model_var) is model_var
+    np.testing.assert_array_equal(model_var, expected)
+    # The level's error was replaced by the fused one: not just the quoted variance again.
+    assert not np.allclose(expected, kept)
+    fused = model.astype(np.float32)
+    np.testing.assert_allclose(
+        fusion.add_to(fused), model + fusion.correction(), rtol=1e-6, atol=1e-4
+    )

@@ -238,8 +238,11 @@ def test_strap_sums_equal_plain_computation():
     sums = strap_photometry.strap_sums(diff, clean, strap_idx, ref_idx)
     expected = []
     for s, refs in zip(strap_idx, ref_idx, strict=True):
-        ref = diff[:, refs].astype(float).mean(axis=1)
+        ref = diff[:, refs].astype(float).mean(axis=1)  # symmetric references: the line is the mean
         ok = clean[:, s] & clean[:, refs].all(axis=1) & np.isfinite(diff[:, s]) & np.isfinite(ref)
+        _, bend = strap_photometry.reference_weights(np.array([s]), refs[None])
+        curve = diff[:, refs].astype(float) @ bend[0]
+        ok &= ~strap_photometry.curved_rows(curve[None], ok[None])[0]
         expected.append([np.sum(diff[ok, s] * ref[ok]), np.sum(ref[ok] ** 2)])
     np.testing.assert_allclose(sums, expected, rtol=1e-6)
     rows = strap_photometry.strap_rows(clean, strap_idx, ref_idx)
@@ -311,5 +314,32 @@ def test_interrupted_structured_build_resumes_with_its_fine_layer(structured_bui
     resumed = FailingSource(sim)
     cube = build_cube(resumed, cfg, work_dir=work, progress=False)
     assert len(resumed.reads) == n_good - 5
+    np.testing.assert_array_equal(cube.flux, reference.flux)
+    assert_same_fine(cube, reference, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["missing", "two columns"])
+def test_work_area_of_an_older_builder_is_redone(structured_build, tmp_path, caplog, layout):
+    """A work area lacking an array the builder now keeps, or keeping it in another shape
+    (here the fine layer's misfit, added after format 2 was out and then given a third
+    column), cannot finish its frames: the build starts over, says so, and gives the
+    uninterrupted build's cube."""
+    reference, _, sim = structured_build
+    work = tmp_path / "work"
+    cfg = BuildConfig(pixel_bin=16, n_candidates=16, n_dark=4, prefetch=1, chunk=2)
+    n_good = len(used_frames(sim))
+    with pytest.raises(OSError, match="network went away"):
+        build_cube(FailingSource(sim, fail_after=n_good + 5), cfg, work_dir=work, progress=False)
+    misfit = work / "fine_misfit.npy"
+    if layout == "missing":
+        misfit.unlink()
+    else:
+        np.save(misfit, np.load(misfit)[..., :2])
+    resumed = FailingSource(sim)
+    with caplog.at_level("WARNING", logger="lk_scatterlight.builder.plan"):
+        cube = build_cube(resumed, cfg, work_dir=work, progress=False)
+    assert "lacks fine_misfit in this version's layout" in caplog.text
+    assert len(resumed.reads) == 2 * n_good  # the static scene and every frame, again
     np.testing.assert_array_equal(cube.flux, reference.flux)
     assert_same_fine(cube, reference, atol=0)

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
+import pooch
 import pytest
 from registry_helpers import LocalHTTPServer, clear_registry_env, make_cube
 
@@ -347,7 +348,7 @@ def test_dry_run_does_nothing(zenodo, cubes, registry, capsys, monkeypatch):
     assert "lk_scatterlight scattered-light cubes, sector 2" in out
     for name in (NAME1, NAME2):
         path = cubes / name
-        sha = publish.pooch.file_hash(str(path))
+        sha = pooch.file_hash(str(path))
         assert f"  {name}  {path.stat().st_size / 1000:.1f} kB  sha256:{sha}" in out
         assert f"  {name} sha256:{sha} {zenodo.url}/records/<record>/files/{name}?download=1" in out
     assert f"Registry:    {registry} (given with --registry)" in out
@@ -479,7 +480,7 @@ def test_publish_then_users_load_the_cubes(zenodo, cubes, registry, tmp_path, mo
     lines = registry.read_text().splitlines()
     assert lines[:3] == ["# my registry", "", OTHER]
     assert lines[3:] == [
-        f"{n} sha256:{publish.pooch.file_hash(str(cubes / n))} "
+        f"{n} sha256:{pooch.file_hash(str(cubes / n))} "
         f"{zenodo.url}/records/{record}/files/{n}?download=1"
         for n in (NAME1, NAME2)
     ]
@@ -716,7 +717,7 @@ def test_model_dry_run_does_nothing(zenodo, model_path, registry, capsys, monkey
     out = capsys.readouterr().out
     assert out.startswith("Dry run: nothing is uploaded or written")
     assert "Title:       lk_scatterlight scattered-light model 'sim-test'" in out
-    sha = publish.pooch.file_hash(str(model_path))
+    sha = pooch.file_hash(str(model_path))
     assert f"  {MODEL_FILE}  " in out
     assert f"(local file {model_path})" in out
     assert f"  {MODEL_FILE} sha256:{sha} {zenodo.url}/records/<record>/files/{MODEL_FILE}" in out
@@ -752,7 +753,7 @@ def test_publish_model_then_fetch_and_predict(
     )
     assert "quadratic in time: 11.50 %); relative error 0.125" in description
     line = (
-        f"{MODEL_FILE} sha256:{publish.pooch.file_hash(str(model_path))} "
+        f"{MODEL_FILE} sha256:{pooch.file_hash(str(model_path))} "
         f"{zenodo.url}/records/{record}/files/{MODEL_FILE}?download=1"
     )
     assert registry.read_text().splitlines() == ["# my registry", "", OTHER, line]
@@ -850,5 +851,5 @@ def test_model_not_published_over_another_without_replace(
     assert main([*args, "--replace"]) == 0
     lines = registry.read_text().splitlines()
     assert lines[:3] == ["# my registry", "", OTHER]
-    assert lines[3].startswith(f"{MODEL_FILE} sha256:{publish.pooch.file_hash(str(model_path))} ")
+    assert lines[3].startswith(f"{MODEL_FILE} sha256:{pooch.file_hash(str(model_path))} ")
     assert len(lines) == 4  # replaced in place

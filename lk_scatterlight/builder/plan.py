@@ -72,9 +72,6 @@ class WorkArea:
                 fresh = False
             else:
                 log.warning("Work folder %s belongs to another build; starting over.", folder)
-        if fresh:
-            for f in folder.glob("*.npy"):
-                f.unlink()
         dtypes = ChunkResult.DTYPES
         shapes = {
             "value": ((nframes, nbins, nbins), dtypes["value"]),
@@ -89,7 +86,21 @@ class WorkArea:
             shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
             shapes["fine_calibration"] = ((nframes,), np.float32)
-            shapes["fine_misfit"] = ((nframes, ntiles, 2), np.float32)
+            shapes["fine_misfit"] = ((nframes, ntiles, 3), np.float32)  # rows, columns, fill
+        stale = _stale_arrays(folder, shapes)
+        if not fresh and stale:
+            # A work area from an older version of the builder: the frames it finished
+            # lack these arrays (or have them in another layout), so it can only be redone.
+            log.warning(
+                "Work folder %s lacks %s in this version's layout (made by an older "
+                "lk-scatterlight); starting over.",
+                folder,
+                ", ".join(stale),
+            )
+            fresh = True
+        if fresh:
+            for f in folder.glob("*.npy"):
+                f.unlink()
         self.arrays = {}
         for name, (shape, dtype) in shapes.items():
             path = folder / f"{name}.npy"
@@ -160,6 +171,21 @@ class WorkArea:
     def remove(self) -> None:
         self.arrays.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stale_arrays(folder: Path, shapes: dict) -> list[str]:
+    """The work arrays missing from ``folder`` or stored there with another shape or dtype."""
+    stale = []
+    for name, (shape, dtype) in shapes.items():
+        path = folder / f"{name}.npy"
+        if not path.exists():
+            stale.append(name)
+            continue
+        stored = np.load(path, mmap_mode="r")
+        if stored.shape != shape or stored.dtype != np.dtype(dtype):
+            stale.append(name)
+        del stored
+    return sorted(stale)
 
 
 def _release_pages(array: np.ndarray) -> None:

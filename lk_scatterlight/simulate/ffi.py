@@ -1,39 +1,18 @@
-"""Synthetic TESS scattered light with known truth.
-
-`ScatteredLightField` is an analytic model of the time-variable background of
-one CCD over one sector, with the structure real Full Frame Images show:
-
-* an Earth glow strongest near perigee (the start and end of each ~13.7-day
-  orbit) that decays over a day or so, with a daily ripple (Earth rotation);
-* a glow front that sweeps across the CCD as the Earth angle changes;
-* a Moon glow that drifts across the CCD;
-* optionally (``structured=True``) fine structure that smooth models blur: a
-  narrow glint ridge (~12 px wide) and a sharp baffle shadow edge (~6 px wide).
-
-`make_cube` samples a field on a bin grid as a `ScatterLightCube`, and
-`make_tpf` cuts a TESSCut-like or SPOC-like target pixel file (stars + static
-sky + scattered light + noise) from the same field, with the injected
-scattered light stored in an extra ``SL_TRUTH`` extension. `FFISimulator`
-makes full-size SPOC-like calibrated FFIs (stars with saturation and bleed
-columns, strap columns, collateral pixels, noise, quality-flagged defects) from
-a field, with the injected scattered light available as truth. Everything is
-deterministic for a given seed.
-"""
+"""`FFISimulator`: full-size SPOC-like calibrated FFIs with known scattered light."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
-from . import ccd as _ccd
-from .ccd import (
+from .. import ccd as _ccd
+from ..ccd import (
     BTJD_OFFSET,
     N_SCIENCE,
     SCIENCE_COLUMNS,
@@ -42,387 +21,23 @@ from .ccd import (
     Region,
     ffi_cadence_seconds,
 )
-from .cube import ScatterLightCube
-from .utils import atomic_write, refuse_overwrite
+from ..utils import atomic_write, refuse_overwrite
+from .field import _SECTOR1_START, _SECTOR_DAYS, ScatteredLightField, sector_times
+from .render import _STAR_MARGIN, _bleed, _render_stars, _smear_shift
+from .spoc import _barycorr, btjd_to_utc, ffi_filename
 
 __all__ = [
-    "ScatteredLightField",
-    "sector_times",
-    "make_cube",
-    "make_tpf",
-    "tpf_from_arrays",
     "FFISimulator",
     "FFI_SHAPE",
+    "SCIENCE_SLICES",
     "SATURATION",
-    "btjd_to_utc",
-    "ffi_filename",
+    "DEFECT_FLAGS",
+    "STRAYLIGHT_FLAG",
+    "TMAG_ZEROPOINT_FLUX",
 ]
 
 log = logging.getLogger(__name__)
 
-ORBIT_DAYS = 13.7
-#: Approximate start of sector 1 [BTJD] and mean sector length [d], for synthetic times.
-_SECTOR1_START, _SECTOR_DAYS = 1325.30, 27.4
-
-
-def sector_times(sector: int, cadence: float | None = None, gap_days: float = 1.0):
-    """Synthetic FFI mid-times of a sector with an orbit gap in the middle.
-
-    Parameters
-    ----------
-    sector : int
-    cadence : float, optional
-        Cadence [s]; default the FFI cadence of the sector's era.
-    gap_days : float
-        Length of the orbit gap (downlink) [d].
-
-    Returns
-    -------
-    time : ndarray, BTJD [d]
-        Frame mid-times; frames abut (``TSTOP`` of one is ``TSTART`` of the next).
-    """
-    step = (cadence or ffi_cadence_seconds(sector)) / 86400.0
-    start = _SECTOR1_START + (sector - 1) * _SECTOR_DAYS
-    t = start + step * (np.arange(int(_SECTOR_DAYS / step)) + 0.5)
-    middle = start + _SECTOR_DAYS / 2
-    return t[np.abs(t - middle) > gap_days / 2]
-
-
-@dataclass
-class ScatteredLightField:
-    """Analytic scattered light of one CCD over a sector [e-/s per pixel].
-
-    Parameters
-    ----------
-    t0 : float
-        Perigee time [BTJD] at the start of the first orbit.
-    earth_peak : float
-        Earth-glow amplitude at perigee [e-/s].
-    moon_peak : float
-        Moon-glow amplitude [e-/s].
-    structured : bool
-        Add a narrow glint ridge and a sharp baffle shadow edge.
-    seed : int
-        Varies the geometry (directions, Moon track) deterministically.
-    """
-
-    t0: float = _SECTOR1_START - 0.2
-    earth_peak: float = 300.0
-    moon_peak: float = 40.0
-    structured: bool = False
-    seed: int = 0
-
-    def __post_init__(self):
-        rng = np.random.default_rng(self.seed)
-        self._angle0 = rng.uniform(0, 2 * np.pi)
-        self._moon_start = rng.uniform([200, 200], [1800, 1800])
-        self._moon_velocity = rng.uniform(-120, 120, size=2)  # [px/d]
-
-    def earth_amplitude(self, time: np.ndarray) -> np.ndarray:
-        """Earth glow amplitude [e-/s]: rises towards perigee, decays after it, daily ripple."""
-        phase = np.mod(np.asarray(time) - self.t0, ORBIT_DAYS)
-        decay = np.exp(-phase / 1.2) + np.exp(-(ORBIT_DAYS - phase) / 1.5)
-        ripple = 1 + 0.15 * np.sin(2 * np.pi * (np.asarray(time) - self.t0))
-        return self.earth_peak * decay * ripple
-
-    def __call__(self, time, row, column) -> np.ndarray:
-        """Evaluate on a grid.
-
-        Parameters
-        ----------
-        time : array of float, shape (nt,)
-            BTJD [d].
-        row, column : array of float, shapes (nrow,), (ncol,)
-            1-based CCD pixel coordinates.
-
-        Returns
-        -------
-        flux : ndarray, shape (nt, nrow, ncol) [e-/s per pixel]
-        """
-        t = np.asarray(time, dtype=float)[:, None, None]
-        r = (np.asarray(row, dtype=float)[None, :, None] - 1024.5) / 1024
-        c = (np.asarray(column, dtype=float)[None, None, :] - 1068.5) / 1024
-        phase = np.mod(t - self.t0, ORBIT_DAYS) / ORBIT_DAYS
-        # Earth: a glow from a slowly turning direction whose front sweeps the CCD.
-        # Periodic in the orbit phase, so the field is continuous through perigee.
-        sweep = 0.5 - 0.5 * np.cos(2 * np.pi * phase)
-        angle = self._angle0 + 0.8 * sweep
-        u = r * np.cos(angle) + c * np.sin(angle)
-        front = -1.2 + 2.8 * sweep
-        glow = np.exp(0.9 * u) / (1 + np.exp((u - front) / 0.35))
-        earth = self.earth_amplitude(t) * (0.35 + glow) * (1 + 0.1 * r - 0.05 * c**2)
-        # Moon: a broad blob drifting across the CCD.
-        days = t - self.t0
-        mr = (self._moon_start[0] + self._moon_velocity[0] * days - 1024.5) / 1024
-        mc = (self._moon_start[1] + self._moon_velocity[1] * days - 1068.5) / 1024
-        moon_amp = self.moon_peak * (0.6 + 0.4 * np.cos(2 * np.pi * days / 27.3))
-        moon = moon_amp * np.exp(-((r - mr) ** 2 + (c - mc) ** 2) / (2 * 0.6**2))
-        flux = earth + moon
-        if self.structured:
-            rr, cc = r * 1024, c * 1024  # pixels from the CCD centre
-            ridge_pos = 0.6 * rr + 0.8 * cc - 300 + 400 * sweep
-            ridge = 0.25 * np.exp(-0.5 * (ridge_pos / (12 / 2.355)) ** 2)
-            shadow = 0.85 + 0.15 / (1 + np.exp(-(cc - 250) / (6 / 4.4)))
-            flux = flux * shadow + self.earth_amplitude(t) * ridge
-        return flux
-
-
-def make_cube(
-    field: ScatteredLightField,
-    sector: int = 1,
-    camera: int = 1,
-    ccd: int = 1,
-    pixel_bin: int = 64,
-    time: np.ndarray | None = None,
-    noise: float = 0.05,
-    seed: int = 0,
-) -> ScatterLightCube:
-    """Sample a field on a bin grid covering the science area, one plane per FFI.
-
-    Parameters
-    ----------
-    field : `ScatteredLightField`
-    sector, camera, ccd : int
-    pixel_bin : int
-        Bin size [px]; must divide 2048.
-    time : array of float, optional
-        Plane centres [BTJD]; default `sector_times` of the sector.
-    noise : float
-        Gaussian noise added to every bin, also stored as ``flux_err`` [e-/s].
-    seed : int
-
-    Returns
-    -------
-    cube : `ScatterLightCube`
-    """
-    if N_SCIENCE % pixel_bin:
-        raise ValueError(f"pixel_bin must divide {N_SCIENCE}, got {pixel_bin}.")
-    time = sector_times(sector) if time is None else np.asarray(time, dtype=float)
-    row = SCIENCE_ROWS[0] + pixel_bin * np.arange(N_SCIENCE // pixel_bin) + (pixel_bin - 1) / 2
-    column = (
-        SCIENCE_COLUMNS[0] + pixel_bin * np.arange(N_SCIENCE // pixel_bin) + (pixel_bin - 1) / 2
-    )
-    flux = field(time, row, column)
-    rng = np.random.default_rng(seed)
-    flux += rng.normal(0, noise, flux.shape)
-    half = np.median(np.diff(time)) / 2
-    return ScatterLightCube.from_arrays(
-        sector,
-        camera,
-        ccd,
-        time,
-        row,
-        column,
-        flux,
-        np.full(flux.shape, noise),
-        time_start=time - half,
-        time_stop=time + half,
-        npix=np.full((row.size, column.size), pixel_bin**2),
-        meta={"creator": "lk_scatterlight.simulate", "pixel_bin": pixel_bin, "seed": seed},
-    )
-
-
-def _stars(shape, rng, n_field, target_flux):
-    """Star images: a target at the centre plus random field stars, Gaussian PSF."""
-    nr, nc = shape
-    rows = np.concatenate([[(nr - 1) / 2], rng.uniform(-1, nr, n_field)])
-    cols = np.concatenate([[(nc - 1) / 2], rng.uniform(-1, nc, n_field)])
-    tmag = rng.uniform(11, 16, n_field)
-    flux = np.concatenate([[target_flux], 15000 * 10 ** (-0.4 * (tmag - 10))])
-    yy, xx = np.mgrid[0:nr, 0:nc]
-    sigma = 0.9
-    image = np.zeros(shape)
-    for r, c, f in zip(rows, cols, flux, strict=True):
-        image += (
-            f * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
-        )
-    return image
-
-
-def make_tpf(
-    field: ScatteredLightField,
-    row: int,
-    column: int,
-    shape: tuple[int, int] = (11, 11),
-    sector: int = 1,
-    camera: int = 1,
-    ccd: int = 1,
-    time: np.ndarray | None = None,
-    kind: str = "tesscut",
-    sky: float = 30.0,
-    target_flux: float = 15000.0,
-    n_field_stars: int = 6,
-    seed: int = 0,
-    static: np.ndarray | None = None,
-    quality: np.ndarray | None = None,
-):
-    """Cut a synthetic TESS target pixel file from a scattered-light field.
-
-    Parameters
-    ----------
-    field : `ScatteredLightField` or callable
-        ``field(time, rows, columns) -> (ntime, nrow, ncol)`` scattered light [e-/s].
-    row, column : int
-        1-based CCD position of the lower-left pixel (``tpf.row``, ``tpf.column``).
-    shape : (int, int)
-        (nrow, ncol) of the cutout.
-    sector, camera, ccd : int
-    time : array of float, optional
-        Cadence mid-times [BTJD]; default the sector's FFI times.
-    kind : {"tesscut", "spoc"}
-        ``"tesscut"``: background left in FLUX and FLUX_BKG zero, as TESSCut and
-        tesscube cutouts. ``"spoc"``: SPOC-like, background (sky + scattered
-        light) already subtracted from FLUX and stored in FLUX_BKG.
-    sky : float
-        Static sky level [e-/s per pixel].
-    target_flux : float
-        Total flux of the central star [e-/s].
-    n_field_stars : int
-    seed : int
-    static : ndarray, shape ``shape``, optional
-        Static scene (stars + sky) [e-/s] to use instead of synthetic stars and
-        ``sky``, e.g. a cut of `FFISimulator.static_scene` so the TPF shows the
-        same stars as the simulated FFIs.
-    quality : array of int, shape (ntime,), optional
-        QUALITY flags of the cadences (default 0).
-
-    Returns
-    -------
-    tpf : `lightkurve.TessTargetPixelFile`
-        With the injected scattered light in extension ``SL_TRUTH``,
-        shape (ntime, nrow, ncol) [e-/s].
-    """
-
-    if kind not in ("tesscut", "spoc"):
-        raise ValueError(f"kind must be 'tesscut' or 'spoc', not {kind!r}.")
-    rng = np.random.default_rng(seed)
-    time = sector_times(sector) if time is None else np.asarray(time, dtype=float)
-    nr, nc = shape
-    truth = field(time, row + np.arange(nr), column + np.arange(nc))
-    if static is None:
-        static = _stars(shape, rng, n_field_stars, target_flux) + sky
-    elif np.shape(static) != tuple(shape):
-        raise ValueError(f"static has shape {np.shape(static)}, expected {tuple(shape)}.")
-    exposure = 0.8 * 0.99 * np.median(np.diff(time)) * 86400  # [s] after cosmic-ray mitigation
-    total = static[None] + truth
-    read_var = (exposure / 2) * 10.0**2  # 2-s frames, 10 e- read noise each
-    flux_err = np.sqrt(np.clip(total, 0, None) * exposure + read_var) / exposure
-    flux = total + rng.normal(size=total.shape) * flux_err
-    background = None
-    if kind == "spoc":
-        background = sky + truth
-        flux = flux - background
-    return tpf_from_arrays(
-        time, flux, flux_err, row, column, sector, camera, ccd, background, quality, truth
-    )
-
-
-def tpf_from_arrays(
-    time: np.ndarray,
-    flux: np.ndarray,
-    flux_err: np.ndarray,
-    row: int,
-    column: int,
-    sector: int = 1,
-    camera: int = 1,
-    ccd: int = 1,
-    background: np.ndarray | None = None,
-    quality: np.ndarray | None = None,
-    truth: np.ndarray | None = None,
-):
-    """A TESS target pixel file with these pixels, in the layout of SPOC and TESSCut files.
-
-    Parameters
-    ----------
-    time : array of float, shape (ntime,)
-        Cadence mid-times [BTJD].
-    flux, flux_err : ndarray, shape (ntime, nrow, ncol)
-        FLUX and FLUX_ERR [e-/s].
-    row, column : int
-        1-based CCD position of the lower-left pixel.
-    sector, camera, ccd : int
-    background : ndarray, shape (ntime, nrow, ncol), optional
-        FLUX_BKG, a background already subtracted from ``flux`` (a SPOC-like
-        file); None: zero, the background is in FLUX (a TESSCut-like cutout).
-    quality : array of int, shape (ntime,), optional
-        QUALITY flags (default 0).
-    truth : ndarray, shape (ntime, nrow, ncol), optional
-        Injected scattered light, stored in extension ``SL_TRUTH``.
-
-    Returns
-    -------
-    tpf : `lightkurve.TessTargetPixelFile`
-    """
-    import lightkurve as lk
-
-    time = np.asarray(time, dtype=float)
-    ncad, nr, nc = np.shape(flux)
-    if background is None:
-        background = np.zeros_like(flux)
-        creator, origin = "astrocut", "STScI/MAST"
-    else:
-        creator, origin = "20617 TargetPixelExporterPipelineModule", "NASA/Ames"
-
-    primary = fits.PrimaryHDU()
-    for key, value in {
-        "ORIGIN": origin,
-        "CREATOR": creator,
-        "TELESCOP": "TESS",
-        "INSTRUME": "TESS Photometer",
-        "OBJECT": "Synthetic target",
-        "TICID": 0,
-        "SECTOR": sector,
-        "CAMERA": camera,
-        "CCD": ccd,
-        "RA_OBJ": 0.0,
-        "DEC_OBJ": 0.0,
-        "SIMDATA": True,
-    }.items():
-        primary.header[key] = value
-    npx = f"{nr * nc}E"
-    dim = f"({nc},{nr})"
-    zeros = np.zeros((ncad, nr, nc), dtype=np.float32)
-    columns = [
-        fits.Column("TIME", "D", unit="BJD - 2457000, days", array=time),
-        fits.Column("TIMECORR", "E", unit="d", array=np.zeros(ncad)),
-        fits.Column("CADENCENO", "J", array=np.arange(ncad)),
-        fits.Column("FLUX", npx, unit="e-/s", dim=dim, array=flux.astype(np.float32)),
-        fits.Column("FLUX_ERR", npx, unit="e-/s", dim=dim, array=flux_err.astype(np.float32)),
-        fits.Column("FLUX_BKG", npx, unit="e-/s", dim=dim, array=background.astype(np.float32)),
-        fits.Column("FLUX_BKG_ERR", npx, unit="e-/s", dim=dim, array=zeros),
-        fits.Column("QUALITY", "J", array=np.zeros(ncad, np.int32) if quality is None else quality),
-        fits.Column("POS_CORR1", "E", unit="pixel", array=np.zeros(ncad)),
-        fits.Column("POS_CORR2", "E", unit="pixel", array=np.zeros(ncad)),
-    ]
-    pixels = fits.BinTableHDU.from_columns(columns, name="PIXELS")
-    step = np.median(np.diff(time))
-    for key, value in {
-        "1CRV5P": column,
-        "2CRV5P": row,
-        "1CRV4P": column,
-        "2CRV4P": row,
-        "TIMEREF": "SOLARSYSTEM",
-        "TIMESYS": "TDB",
-        "BJDREFI": int(BTJD_OFFSET),
-        "BJDREFF": 0.0,
-        "TIMEUNIT": "d",
-        "TSTART": time[0] - step / 2,
-        "TSTOP": time[-1] + step / 2,
-        "TIMEDEL": step,
-    }.items():
-        pixels.header[key] = value
-    hdulist = fits.HDUList(
-        [primary, pixels, fits.ImageHDU(np.ones((nr, nc), dtype=np.int32), name="APERTURE")]
-    )
-    if truth is not None:
-        truth_hdu = fits.ImageHDU(np.asarray(truth, dtype=np.float32), name="SL_TRUTH")
-        truth_hdu.header["BUNIT"] = "electron/s"
-        truth_hdu.header["COMMENT"] = "scattered light injected into this synthetic TPF"
-        hdulist.append(truth_hdu)
-    return lk.TessTargetPixelFile(hdulist)
-
-
-# ============================================================================ synthetic FFIs
 #: Shape (rows, columns) of a full SPOC FFI image, collateral pixels included.
 FFI_SHAPE = _ccd.FFI_SHAPE
 #: 0-based (row, column) slices of the science pixels in a full FFI array.
@@ -436,173 +51,15 @@ SATURATION = 1.5e5
 DEFECT_FLAGS = {"desat": 32, "coarse": 4, "glint": 16}
 #: SPOC DQUALITY bit for scattered light from the Earth or Moon (Straylight).
 STRAYLIGHT_FLAG = 2048
-#: PSF: a pixel-integrated sum of two circular Gaussians [px] and the wing's flux fraction.
-PSF_CORE_SIGMA, PSF_WING_SIGMA, PSF_WING_FRACTION = 0.9, 3.0, 0.2
 #: TESS magnitude zero point: a Tmag 10 star gives 15000 e-/s.
 TMAG_ZEROPOINT_FLUX = 15000.0
 
-_TT_MINUS_UTC = 69.184  # [s] 37 leap seconds + 32.184 s; valid since 2017-01-01
-_BTJD_EPOCH = datetime(2014, 12, 8, 12, 0, 0)  # JD 2457000.0 (TT; TDB - TT < 2 ms)
 _INT_TIME, _READ_TIME = 1.98, 0.02  # [s] photon integration and readout per 2-s frame
 _CR_KEEP = 0.8  # on-board cosmic-ray mitigation keeps 8 of every 10 frames
 _DEADC = _CR_KEEP * _INT_TIME / (_INT_TIME + _READ_TIME)  # 0.792, as in SPOC headers
-_STAMP_RADII = (4, 8, 16, 32, 64)  # [px] stamp half-widths used to render stars
-_PSF_FLOOR = 0.01  # [e-/s] stamps reach where the PSF wing falls below this
-_STAR_MARGIN = 8  # [px] stars are placed up to this far outside the science area
 _SMEAR_PAD = 4  # [px] margin around a region when smearing its stars (shifts <= 2 px)
 _SCIENCE_ROW_COORDS = np.arange(SCIENCE_ROWS[0], SCIENCE_ROWS[1] + 1, dtype=float)  # 1-based
 _SCIENCE_COLUMN_COORDS = np.arange(SCIENCE_COLUMNS[0], SCIENCE_COLUMNS[1] + 1, dtype=float)
-
-
-def btjd_to_utc(btjd: float) -> datetime:
-    """Convert a BTJD time to a UTC calendar date, as SPOC's DATE-OBS cards do.
-
-    Uses the fixed TT - UTC = 69.184 s valid since 2017-01-01 (no leap second
-    since) and neglects TDB - TT (< 2 ms). No barycentric correction is undone:
-    pass ``btjd - BARYCORR`` for the spacecraft clock.
-
-    Parameters
-    ----------
-    btjd : float
-        BTJD [d] (BJD - 2457000, TDB).
-
-    Returns
-    -------
-    utc : `datetime.datetime`
-        Naive datetime in UTC.
-    """
-    return _BTJD_EPOCH + timedelta(days=float(btjd), seconds=-_TT_MINUS_UTC)
-
-
-def ffi_filename(start_utc: datetime, sector: int, camera: int, ccd: int) -> str:
-    """SPOC calibrated-FFI file name.
-
-    Parameters
-    ----------
-    start_utc : `datetime.datetime`
-        Start of the exposure in UTC (the primary header's DATE-OBS).
-    sector, camera, ccd : int
-
-    Returns
-    -------
-    name : str
-        ``tess{YYYYDDDHHMMSS}-s{sector:04d}-{camera}-{ccd}-0120-s_ffic.fits``, e.g.
-        ``tess2018206192942-s0001-1-4-0120-s_ffic.fits``.
-    """
-    return f"tess{start_utc:%Y%j%H%M%S}-s{sector:04d}-{camera}-{ccd}-0120-s_ffic.fits"
-
-
-def _barycorr(btjd: float) -> float:
-    """Synthetic barycentric correction [d]: a smooth annual term of SPOC's magnitude."""
-    return 0.0057 * np.cos(2 * np.pi * (btjd - 1325.3) / 365.25)
-
-
-def _pixel_gauss(offset: np.ndarray, sigma: float) -> np.ndarray:
-    """A unit 1-D Gaussian integrated over pixels whose centres are ``offset`` [px] away."""
-    from scipy.special import erf
-
-    s = np.sqrt(2.0) * sigma
-    return 0.5 * (erf((offset + 0.5) / s) - erf((offset - 0.5) / s))
-
-
-def _render_stars(row: np.ndarray, column: np.ndarray, flux: np.ndarray, shape) -> np.ndarray:
-    """Render stars with the two-Gaussian PSF.
-
-    Parameters
-    ----------
-    row, column : ndarray of float, shape (nstar,)
-        0-based array coordinates of the star centres (pixel ``i`` spans i-0.5..i+0.5).
-    flux : ndarray of float, shape (nstar,)
-        Total flux [e-/s].
-    shape : (int, int)
-
-    Returns
-    -------
-    image : ndarray of float64, shape ``shape`` [e-/s per pixel]
-    """
-    pad = _STAMP_RADII[-1] + _STAR_MARGIN + 1
-    nr, nc = shape[0] + 2 * pad, shape[1] + 2 * pad
-    canvas = np.zeros(nr * nc)
-    # Stamp size: out to where the wing drops below _PSF_FLOOR (at least 3 core sigmas).
-    wing_peak = flux * PSF_WING_FRACTION / (2 * np.pi * PSF_WING_SIGMA**2)
-    need = PSF_WING_SIGMA * np.sqrt(2 * np.log(np.maximum(wing_peak / _PSF_FLOOR, 1.0)))
-    need = np.maximum(need, 3 * PSF_CORE_SIGMA)
-    size_class = np.minimum(np.searchsorted(_STAMP_RADII, need), len(_STAMP_RADII) - 1)
-    for k, radius in enumerate(_STAMP_RADII):
-        members = np.nonzero(size_class == k)[0]
-        offsets = np.arange(-radius, radius + 1)
-        chunk = max(1, 4_000_000 // offsets.size**2)
-        for start in range(0, members.size, chunk):
-            sel = members[start : start + chunk]
-            r0, c0 = np.rint(row[sel]).astype(np.int64), np.rint(column[sel]).astype(np.int64)
-            pr, pc = r0[:, None] + offsets, c0[:, None] + offsets  # (n, m) pixel indices
-            dr, dc = pr - row[sel, None], pc - column[sel, None]
-            core = np.einsum(
-                "ni,nj->nij", _pixel_gauss(dr, PSF_CORE_SIGMA), _pixel_gauss(dc, PSF_CORE_SIGMA)
-            )
-            wing = np.einsum(
-                "ni,nj->nij", _pixel_gauss(dr, PSF_WING_SIGMA), _pixel_gauss(dc, PSF_WING_SIGMA)
-            )
-            stamp = flux[sel, None, None] * (
-                (1 - PSF_WING_FRACTION) * core + PSF_WING_FRACTION * wing
-            )
-            flat = (pr + pad)[:, :, None] * nc + (pc + pad)[:, None, :]
-            canvas += np.bincount(flat.ravel(), weights=stamp.ravel(), minlength=canvas.size)
-    return canvas.reshape(nr, nc)[pad:-pad, pad:-pad]
-
-
-def _spill(column: np.ndarray, start: int, step: int, charge: float, level: float) -> float:
-    """Move ``charge`` into pixels from ``start`` in direction ``step``, filling each to
-    ``level``; return what fell off the end of the column."""
-    k = start
-    while charge > 0 and 0 <= k < column.size:
-        room = level - column[k]
-        if room > 0:
-            if room <= charge:
-                column[k] = level
-                charge -= room
-            else:
-                column[k] += charge
-                charge = 0.0
-        k += step
-    return charge
-
-
-def _bleed(image: np.ndarray, level: float) -> np.ndarray:
-    """Clip ``image`` at ``level`` and spread the excess charge up and down each column.
-
-    Charge-conserving (except what bleeds off the edge of the array): the excess
-    of each contiguous saturated run is split equally between the pixels above
-    and below it, each filled to ``level`` in turn. Modifies ``image`` in place.
-
-    Returns
-    -------
-    saturated : tuple of ndarray
-        ``np.nonzero`` indices (rows, columns) of the pixels at ``level``.
-    """
-    for c in np.nonzero((image > level).any(axis=0))[0]:
-        col = image[:, c].astype(np.float64)
-        over = np.nonzero(col > level)[0]
-        for run in np.split(over, np.nonzero(np.diff(over) > 1)[0] + 1):
-            excess = float((col[run] - level).sum())
-            col[run] = level
-            left = _spill(col, run[0] - 1, -1, excess / 2, level)
-            left = _spill(col, run[-1] + 1, +1, excess / 2 + left, level)
-            _spill(col, run[0] - 1, -1, left, level)
-        image[:, c] = col
-    return np.nonzero(image >= level)
-
-
-def _smear_shift(image: np.ndarray, start, stop, nstep: int) -> np.ndarray:
-    """Average of ``image`` shifted along the line from ``start`` to ``stop`` [px (row, col)]."""
-    from scipy import ndimage
-
-    out = np.zeros_like(image)
-    for f in np.linspace(0.0, 1.0, nstep):
-        shift = (1 - f) * np.asarray(start, float) + f * np.asarray(stop, float)
-        out += ndimage.shift(image, shift, order=1, mode="constant", cval=0.0)
-    out /= nstep
-    return out
 
 
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
@@ -753,7 +210,7 @@ class FFISimulator:
         glint_amplitude: float = 50.0,
         collateral_level: float = 0.5,
     ):
-        from .straps import strap_groups
+        from ..straps import strap_groups
 
         self.field = ScatteredLightField(seed=seed) if field is None else field
         self.sector, self.camera, self.ccd = int(sector), int(camera), int(ccd)
