@@ -826,11 +826,8 @@ def _correlated_sum(misfit: np.ndarray, wr: np.ndarray, wc: np.ndarray, mask: np
     dy = np.abs(np.subtract.outer(np.arange(ny), np.arange(ny)))
     dx = np.abs(np.subtract.outer(np.arange(nx), np.arange(nx)))
     dy, dx = dy**2 / 3, dx**2 / 3  # Gaussian: f(2) / f(1) = g**(4/3 - 1/3) = g
-    out = np.empty(s.shape[0])
-    for k in range(s.shape[0]):
-        rho_r, rho_c = corr[0][k] ** dy, corr[1][k] ** dx
-        out[k] = np.sum(s[k] * (rho_r @ s[k] @ rho_c))
-    return out
+    rho_r, rho_c = corr[0][:, None, None] ** dy, corr[1][:, None, None] ** dx
+    return np.sum(s * (rho_r @ s @ rho_c), axis=(1, 2))
 
 
 def _integer_column(name: str, values: np.ndarray) -> fits.Column:
