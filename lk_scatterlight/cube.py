@@ -612,6 +612,11 @@ class ScatterLightCube:
         underestimate the error of the sum. Here the sum is written as one set
         of weights on the bins, ``A = Wr.T @ mask @ Wc``, and its variance is
         ``sum(A**2 * var)`` per plane, then combined in time as in `evaluate`.
+        The fine layer's error adds the same way, except the part that is
+        structure it cannot follow (``FineLayer.misfit``, in files that have
+        it): that changes sign within a few pixels, so it adds with the
+        correlation between pixels the builder measured
+        (`~lk_scatterlight.finelayer.FineLayer.evaluate_sum`).
 
         Parameters
         ----------

@@ -63,6 +63,7 @@ _INT16_SPAN = 32000.0  # largest stored |integer| (int16 holds 32767)
 _COMPRESSION_IMAGES = 256  # basis images per compressed FITS tile
 _COMPRESSION_VALUES = 2**16  # values per compressed FITS tile of 1-D series
 _SCIENCE = 2048
+_CORR_UNIT = 1000  # the misfit correlations are stored in thousandths
 _FIRST_ROW, _FIRST_COLUMN = 1, 45
 
 
@@ -100,6 +101,17 @@ class FineLayer:
     holes : ndarray of bool, shape (nholes, tile, tile), optional
         Hole images: True on the fine bins that were filled, not measured.
         The three are given together or not at all (files without them).
+    misfit : ndarray of float32, shape (nblocks,), optional
+        The part of ``error`` that is structure the fine bins cannot follow
+        (misfit varying from pixel to pixel, not noise of the bin values) [e-/s].
+    misfit_corr : ndarray of float32, shape (nblocks, 2), optional
+        How fast that misfit decorrelates along rows and along columns (0..1):
+        the builder's covariance of pixels two apart over that of neighbours,
+        ``g``. With a Gaussian correlation, pixels ``d`` apart correlate by
+        ``g**(d**2 / 3)``; `evaluate_sum` adds the misfit over an aperture so
+        (the rest of ``error`` as fully shared by the pixels of a bin). Given
+        together with ``misfit`` or not at all (files without them: all of
+        ``error`` is shared).
     """
 
     pixel_bin: int
@@ -116,6 +128,8 @@ class FineLayer:
     fill_error: np.ndarray | None = None
     hole_index: np.ndarray | None = None
     holes: np.ndarray | None = None
+    misfit: np.ndarray | None = None
+    misfit_corr: np.ndarray | None = None
 
     def __post_init__(self):
         if self.coef_start is None:  # coefficients in block order (files may omit COEF)
@@ -134,6 +148,13 @@ class FineLayer:
             object.__setattr__(self, "fill_error", np.asarray(self.fill_error, dtype=np.float32))
             object.__setattr__(self, "hole_index", np.asarray(self.hole_index, dtype=np.int64))
             object.__setattr__(self, "holes", np.asarray(self.holes, dtype=bool).reshape(-1, t, t))
+        if (self.misfit is None) != (self.misfit_corr is None):
+            msg = "misfit and misfit_corr go together: give both or neither."
+            raise ValueError(msg)
+        if self.misfit is not None:
+            object.__setattr__(self, "misfit", np.asarray(self.misfit, dtype=np.float32))
+            corr = np.asarray(self.misfit_corr, dtype=np.float32).reshape(-1, 2)
+            object.__setattr__(self, "misfit_corr", corr)
 
     @property
     def has_holes(self) -> bool:
@@ -191,6 +212,8 @@ class FineLayer:
         """Size of the stored arrays [bytes]."""
         arrays = (self.tile_row, self.tile_col, self.plane, self.error, self.basis, self.coef)
         extra = (self.fill_error, self.hole_index, self.holes) if self.holes is not None else ()
+        if self.misfit is not None:
+            extra = (*extra, self.misfit, self.misfit_corr)
         return int(sum(a.nbytes for a in (*arrays, *extra)) + 3 * 4 * len(self))
 
     # ------------------------------------------------------------------ geometry
@@ -248,7 +271,20 @@ class FineLayer:
             problems.append("fine layer errors must be non-negative")
         if self.holes is not None:
             problems.extend(self._validate_holes())
+        if self.misfit is not None:
+            problems.extend(self._validate_misfit())
         return problems
+
+    def _validate_misfit(self) -> list[str]:
+        n = len(self)
+        if self.misfit.shape != (n,) or self.misfit_corr.shape != (n, 2):
+            return ["fine layer misfits and their correlations must have one value per block"]
+        if not np.all(np.isfinite(self.misfit)) or np.any(self.misfit < 0):
+            return ["fine layer misfits must be finite and non-negative"]
+        corr = self.misfit_corr
+        if not np.all(np.isfinite(corr)) or np.any(corr < 0) or np.any(corr > 1):
+            return ["fine layer misfit correlations must lie in 0..1"]
+        return []
 
     def _validate_holes(self) -> list[str]:
         n, nholes = len(self), self.holes.shape[0]
@@ -261,13 +297,22 @@ class FineLayer:
         return []
 
     # ------------------------------------------------------------------ evaluation
-    def _window(self, row: np.ndarray, column: np.ndarray, left: np.ndarray, right: np.ndarray):
+    def _window(
+        self,
+        row: np.ndarray,
+        column: np.ndarray,
+        left: np.ndarray,
+        right: np.ndarray,
+        split: bool = False,
+    ):
         """Blocks near the pixels in the planes ``left`` and ``right``, as a dense local grid.
 
-        Returns None when no block is near, else ``(wr, wc, slot, data, var)``:
-        spatial weights on the local fine bins, the position of each cube plane
-        in ``data`` (planes without a block point at a last, zero plane), and
-        the local value and variance grids.
+        Returns None when no block is near, else ``(wr, wc, slot, data, var,
+        misfit)``: spatial weights on the local fine bins, the position of each
+        cube plane in ``data`` (planes without a block point at a last, zero
+        plane), the local value and variance grids, and with ``split`` (and a
+        layer that has them) the grids of the misfit's variance and of that
+        variance times its correlation along rows and along columns (else None).
         """
         if not len(self):
             return None
@@ -304,10 +349,17 @@ class FineLayer:
             filled = np.where(hole[:, None, None] >= 0, self.holes[hole.clip(0)], False)
             block_var = block_var + filled * (self.fill_error[chosen] ** 2)[:, None, None]
         var.reshape(grid)[where, rows, :, cols, :] = block_var
+        misfit = None
+        if split and self.misfit is not None:
+            misfit = np.zeros((3, *shape), dtype=np.float32)
+            m2 = self.misfit[chosen] ** 2
+            corr = self.misfit_corr[chosen]
+            for k, value in enumerate((m2, m2 * corr[:, 0], m2 * corr[:, 1])):
+                misfit[k].reshape(grid)[where, rows, :, cols, :] = value[:, None, None]
         lr, lc = tr0 * t, tc0 * t
         wr = wr[:, lr : lr + shape[1]]
         wc = wc[:, lc : lc + shape[2]]
-        return wr, wc, slot, data, var
+        return wr, wc, slot, data, var, misfit
 
     def evaluate(
         self,
@@ -338,7 +390,7 @@ class FineLayer:
         window = self._window(row, column, left, right)
         if window is None:
             return None
-        wr, wc, slot, data, var = window
+        wr, wc, slot, data, var, _ = window
         if column_factor is not None:
             wc = wc * np.asarray(column_factor)[:, None]
         f_sp = interpolate.apply_weights(data, wr, wc).astype(np.float32)
@@ -359,17 +411,32 @@ class FineLayer:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The layer summed over ``mask`` (already times the column response).
 
+        A bin's noise is shared by every pixel interpolated from it, so it adds
+        through the summed weights, ``sum(A**2 var)`` with ``A = wr.T @ mask @
+        wc``. The misfit (structure the bins cannot follow) changes from pixel to
+        pixel: its standard deviation at each pixel, ``s``, is what `evaluate`
+        quotes for it, and pixels ``(dy, dx)`` apart correlate by ``f_r(dy)
+        f_c(dx)``, a Gaussian ``f(d) = g**(d**2 / 3)`` through the measured
+        ratio ``g`` of the covariances at lags 2 and 1 (the layer's
+        ``misfit_corr``, its misfit-weighted mean over the aperture): it adds as
+        ``sum_pq s_p s_q f_r f_c``. A layer without misfits (older files) adds
+        all of its error as shared.
+
         Returns
         -------
         (flux, var) : ndarrays, shape (n,), or None when no block is near.
         """
-        window = self._window(row, column, left, right)
+        window = self._window(row, column, left, right, split=True)
         if window is None:
             return None
-        wr, wc, slot, data, var = window
+        wr, wc, slot, data, var, misfit = window
         weights = wr.T @ mask @ wc  # (local rows, local cols)
         f_pl = np.einsum("trc,rc->t", data, weights)
-        v_pl = np.einsum("trc,rc->t", var, weights**2)
+        if misfit is None:
+            v_pl = np.einsum("trc,rc->t", var, weights**2)
+        else:
+            v_pl = np.einsum("trc,rc->t", np.maximum(var - misfit[0], 0), weights**2)
+            v_pl += _correlated_sum(misfit, wr, wc, mask)
         li, ri, w = slot[left], slot[right], np.asarray(w_right, float)
         return (1 - w) * f_pl[li] + w * f_pl[ri], (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
 
@@ -485,6 +552,12 @@ class FineLayer:
                     fits.Column("FILLERR", "E", unit="electron/s", array=self.fill_error),
                     _integer_column("HOLES", self.hole_index),
                 ]
+            if self.misfit is not None:
+                columns += [
+                    fits.Column("MISFIT", "E", unit="electron/s", array=self.misfit),
+                    fits.Column("CORR_ROW", "E", array=self.misfit_corr[:, 0]),
+                    fits.Column("CORR_COL", "E", array=self.misfit_corr[:, 1]),
+                ]
             index = fits.BinTableHDU.from_columns(columns, name="FINE_INDEX")
         else:
             index = self._index_image(implied)
@@ -547,11 +620,14 @@ class FineLayer:
 
         Within a tile the columns are constant or step by one plane, so each row,
         compressed as one series of differences (``RICE_1``), takes a few bits per
-        block. ``ERROR`` (and ``FILLERR``) is stored as a multiple of ``ERRSTEP``
-        (`~lk_scatterlight.lowrank.error_step`: the quoted errors change by less
-        than 0.2 %).
+        block. ``ERROR`` (and ``FILLERR``, ``MISFIT``) is stored as a multiple of
+        ``ERRSTEP`` (`~lk_scatterlight.lowrank.error_step`: the quoted errors
+        change by less than 0.2 %), ``CORR_ROW`` and ``CORR_COL`` in thousandths.
         """
-        step = error_step(np.r_[self.error, self.fill_error if self.has_holes else []])
+        errors = [self.error]
+        errors += [self.fill_error] if self.has_holes else []
+        errors += [self.misfit] if self.misfit is not None else []
+        step = error_step(np.concatenate(errors))
         rows = {
             "TILE_ROW": self.tile_row,
             "TILE_COL": self.tile_col,
@@ -565,6 +641,10 @@ class FineLayer:
         if self.has_holes:
             rows["FILLERR"] = np.rint(self.fill_error / step)
             rows["HOLES"] = self.hole_index
+        if self.misfit is not None:
+            rows["MISFIT"] = np.rint(self.misfit / step)
+            rows["CORR_ROW"] = np.rint(self.misfit_corr[:, 0] * _CORR_UNIT)
+            rows["CORR_COL"] = np.rint(self.misfit_corr[:, 1] * _CORR_UNIT)
         n = len(self)
         index = fits.CompImageHDU(
             np.array(list(rows.values()), dtype=np.int32),
@@ -612,6 +692,7 @@ class FineLayer:
             coef=coef,
             coef_start=np.array(table["COEF"]) if "COEF" in table else None,
             **_holes(hdul, table, tile, path),
+            **_misfit(table, path),
         )
         order = coef_hdu.header.get("COEFORD", "BLOCK")
         if order not in ("BLOCK", "IMAGE") or order == "IMAGE" and "COEF" in table:
@@ -654,10 +735,28 @@ def _index_columns(hdu, path) -> dict[str, np.ndarray]:
         )
     names = [header.get(f"ROWNAME{i + 1}") for i in range(data.shape[0])]
     columns = {str(name): np.array(row) for name, row in zip(names, data, strict=True) if name}
-    for name in ("ERROR", "FILLERR"):
+    for name in ("ERROR", "FILLERR", "MISFIT"):
         if name in columns:
             columns[name] = (columns[name] * float(header["ERRSTEP"])).astype(np.float32)
+    for name in ("CORR_ROW", "CORR_COL"):
+        if name in columns:
+            columns[name] = (columns[name] / _CORR_UNIT).astype(np.float32)
     return columns
+
+
+def _misfit(table: dict, path) -> dict:
+    """``misfit`` and ``misfit_corr`` of a file that has them (else none): the
+    ``MISFIT``, ``CORR_ROW`` and ``CORR_COL`` index columns."""
+    present = [name in table for name in ("MISFIT", "CORR_ROW", "CORR_COL")]
+    if not any(present):
+        return {}
+    if not all(present):
+        raise CubeFormatError(
+            f"{path}: a fine layer with misfits needs the MISFIT, CORR_ROW and CORR_COL "
+            "index columns together; the file is damaged."
+        )
+    corr = np.column_stack([table["CORR_ROW"], table["CORR_COL"]])
+    return {"misfit": table["MISFIT"], "misfit_corr": corr}
 
 
 def _holes(hdul, table: dict, tile: int, path) -> dict:
@@ -711,6 +810,24 @@ def _scaled(layer: FineLayer, coef: np.ndarray, table: fastfits.Table, path, pai
     coef_step = np.asarray(table["COEF"], dtype=np.float64)
     per_coef = np.where(owner >= 0, coef_step[owner.clip(0)] if nb else 1.0, 1.0)
     return dataclasses.replace(layer, basis=layer.basis * step[:, None, None], coef=coef * per_coef)
+
+
+def _correlated_sum(misfit: np.ndarray, wr: np.ndarray, wc: np.ndarray, mask: np.ndarray):
+    """Per plane, the variance of the misfit summed over ``mask`` (see `evaluate_sum`).
+
+    ``misfit``: grids of the misfit variance and of it times the correlation along
+    rows and along columns, shape (3, nplanes, local rows, local cols).
+    """
+    pixel = interpolate.apply_weights(misfit, wr**2, wc**2).astype(float)  # (3, n, y, x)
+    total = (pixel * mask**2).sum(axis=(2, 3))  # (3, n)
+    corr = [np.clip(total[k] / np.where(total[0] > 0, total[0], 1.0), 0, 1) for k in (1, 2)]
+    s = np.sqrt(np.clip(pixel[0], 0, None)) * mask  # (n, y, x)
+    ny, nx = mask.shape
+    dy = np.abs(np.subtract.outer(np.arange(ny), np.arange(ny)))
+    dx = np.abs(np.subtract.outer(np.arange(nx), np.arange(nx)))
+    dy, dx = dy**2 / 3, dx**2 / 3  # Gaussian: f(2) / f(1) = g**(4/3 - 1/3) = g
+    rho_r, rho_c = corr[0][:, None, None] ** dy, corr[1][:, None, None] ** dx
+    return np.sum(s * (rho_r @ s @ rho_c), axis=(1, 2))
 
 
 def _integer_column(name: str, values: np.ndarray) -> fits.Column:

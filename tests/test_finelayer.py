@@ -5,6 +5,8 @@ factors of `compress_tile` assembled into a layer) and added to small coarse
 cubes covering the whole CCD with 64-px bins.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -245,6 +247,65 @@ def test_evaluate_sum_with_layer(layer_data, strapped):
     np.testing.assert_allclose(total.flux_err.value[8:], plain.flux_err.value[8:], rtol=1e-12)
     assert np.all(total.flux_err.value >= plain.flux_err.value)
     assert np.any(total.flux_err.value > 1.01 * plain.flux_err.value)
+
+
+def with_misfit(layer, corr=0.3):
+    """``layer`` with 80 % of each block's error quoted as misfit, correlation ``corr``."""
+    n = len(layer)
+    return dataclasses.replace(layer, misfit=0.8 * layer.error, misfit_corr=np.full((n, 2), corr))
+
+
+def test_misfit_changes_only_aperture_sums(layer_data):
+    """A layer that splits its error into noise and misfit quotes the same single-pixel
+    errors; an aperture sum's error is smaller (the misfit decorrelates) but never below
+    what the noise part alone gives, and grows with the correlation."""
+    layer, _ = layer_data
+    shared, split = coarse_cube(fine=layer), coarse_cube(fine=with_misfit(layer))
+    rows, cols = np.arange(200, 212), np.arange(300, 310)  # in tile (3, 4)
+    t = cube_times()
+    np.testing.assert_array_equal(
+        split.evaluate(t, rows, cols).flux_err, shared.evaluate(t, rows, cols).flux_err
+    )
+    plain = coarse_cube().evaluate_sum(t, rows, cols).flux_err.value
+    err = {}  # the layer's share of the sum's error
+    for name, cube in {
+        "shared": shared,
+        "split": split,
+        "longer": coarse_cube(fine=with_misfit(layer, corr=0.9)),
+        "noise": coarse_cube(fine=dataclasses.replace(layer, error=0.6 * layer.error)),
+    }.items():
+        err[name] = np.sqrt(cube.evaluate_sum(t, rows, cols).flux_err.value ** 2 - plain**2)
+    blocks = err["shared"] > 0.01 * plain  # times the blocks of tile (3, 4) touch
+    assert blocks.sum() >= 6
+    assert np.all(err["split"][blocks] < 0.8 * err["shared"][blocks])
+    assert np.all(err["split"][blocks] > err["noise"][blocks])
+    assert np.all(err["longer"][blocks] > 1.2 * err["split"][blocks])
+
+
+def test_misfit_round_trip(layer_data, tmp_path):
+    """The misfit and its correlations are written (rounded: errors to ``ERRSTEP``,
+    correlations to thousandths) and read back; a layer without them stays without."""
+    layer = with_misfit(layer_data[0], corr=0.3456)
+    path = tmp_path / "cube.fits"
+    coarse_cube(fine=layer).write(path)
+    read = ScatterLightCube.read(path).fine
+    np.testing.assert_allclose(read.misfit, layer.misfit, rtol=2.0**-8)
+    np.testing.assert_allclose(read.misfit_corr, 0.346, atol=1e-6)
+    table = FineLayer.from_hdul({h.name: h for h in layer.to_hdus(precision=None)}, path)
+    np.testing.assert_array_equal(table.misfit, layer.misfit)
+    np.testing.assert_array_equal(table.misfit_corr, layer.misfit_corr)
+    coarse_cube(fine=layer_data[0]).write(path, overwrite=True)
+    assert ScatterLightCube.read(path).fine.misfit is None
+
+
+def test_misfit_needs_its_correlation(layer_data):
+    """``misfit`` without ``misfit_corr`` is refused, and so are invalid values."""
+    layer = layer_data[0]
+    with pytest.raises(ValueError, match="misfit and misfit_corr go together"):
+        dataclasses.replace(layer, misfit=layer.error)
+    bad = with_misfit(layer, corr=1.5)
+    with pytest.raises(CubeFormatError, match="correlations must lie in 0..1"):
+        coarse_cube(fine=bad)
 
 
 # ---------------------------------------------------------------------- FITS

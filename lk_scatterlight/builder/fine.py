@@ -169,11 +169,12 @@ class FineFrame:
         noise variance: ``sigma**2 / calibration`` is the frame's own noise, what
         the stored layer quotes (the static scene's noise is the same in every
         frame, a constant per bin, and no error of the light's variation).
-    misfit : ndarray of float32, shape (nkept, 3), optional
+    misfit : ndarray of float32, shape (nkept, 5), optional
         Per kept tile, the structure the model (coarse plane plus kept tiles)
         misses at the tile's pixels, measured along rows and along columns
-        [(e-/s)**2 per pixel] (`_tile_misfit`), and the error of filling its
-        holes [(e-/s)**2 per fine bin] (`_fill_misfit`). Unbiased estimates,
+        [(e-/s)**2 per pixel] (`_tile_misfit`), the error of filling its
+        holes [(e-/s)**2 per fine bin] (`_fill_misfit`), and the first two
+        measured between pixels two apart. Unbiased estimates,
         so they are negative as often as positive where the model misses
         nothing. None: not measured.
     """
@@ -351,7 +352,7 @@ def fine_residual(
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept])
     misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma)
     fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration)
-    misfit = np.column_stack([misfit, fill]).astype(np.float32)
+    misfit = np.column_stack([misfit[:, :2], fill, misfit[:, 2:]]).astype(np.float32)
     return FineFrame(
         kept,
         np.ascontiguousarray(blocks),
@@ -461,10 +462,12 @@ def _tile_misfit(
     tile's ``tile_sigma``) times ``k``, the median over the tiles without a
     block of their mean squared residual against the coarse plane over the
     uncertainty's prediction, on every `_MISFIT_ROWS`-th row. Returns, per kept
-    tile, the estimates from row neighbours and from column neighbours
-    [(e-/s)**2 per pixel], each unbiased.
+    tile, the estimates from row neighbours and from column neighbours, then
+    the same from pixels two apart (how fast the missed structure decorrelates:
+    an aperture sum adds it with that correlation) [(e-/s)**2 per pixel], each
+    unbiased.
     """
-    out = np.zeros((kept.size, 2), dtype=np.float32)
+    out = np.zeros((kept.size, 4), dtype=np.float32)
     if not kept.size:
         return out
     fb, t, nt = context.pixel_bin, context.tile, context.ntiles
@@ -541,31 +544,35 @@ def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
     estimates from row neighbours and from column neighbours: the one along
     an edge or a ridge keeps its misfit. Across a ridge, and for the part of
     an interpolation error that repeats with the bins' period, neighbours
-    differ, so the estimate is a lower bound there.
+    differ, so the estimate is a lower bound there. Then the same two at a lag
+    of two pixels (their ratio to the first two is the misfit's correlation
+    between neighbours).
     """
     (wr, wc), (bin_row, bin_col) = weights, bins
     mean_var = float(var[use].mean())
     o = own[np.ix_(bin_row, bin_col)]
     a_r, a_c = wr[:, bin_row], wc[:, bin_col]  # a_r[y', y]: row y' on the bin of row y
     d_r, d_c = np.diagonal(a_r), np.diagonal(a_c)
-    estimates = np.zeros(2)
-    for axis in (0, 1):
-        if axis == 0:  # p = (y, x), q = (y + 1, x)
-            pair = use[:-1] & use[1:]
-            shared = (wr[:-1] * wr[1:]) @ spread @ (wc**2).T
-            into_q = np.diagonal(a_r, -1)[:, None] * d_c[None, :]  # p's bin at q
-            into_p = np.diagonal(a_r, 1)[:, None] * d_c[None, :]  # q's bin at p
-            prod = res[:-1] * res[1:]
-            noise = -var[:-1] * into_q * o[:-1] - var[1:] * into_p * o[1:]
-        else:
-            pair = use[:, :-1] & use[:, 1:]
-            shared = (wr**2) @ spread @ (wc[:-1] * wc[1:]).T
-            into_q = d_r[:, None] * np.diagonal(a_c, -1)[None, :]
-            into_p = d_r[:, None] * np.diagonal(a_c, 1)[None, :]
-            prod = res[:, :-1] * res[:, 1:]
-            noise = -var[:, :-1] * into_q * o[:, :-1] - var[:, 1:] * into_p * o[:, 1:]
-        if pair.any():
-            estimates[axis] = float(np.mean((prod - noise - shared * mean_var)[pair]))
+    estimates = np.zeros(4)
+    for lag in (1, 2):
+        for axis in (0, 1):
+            if axis == 0:  # p = (y, x), q = (y + lag, x)
+                pair = use[:-lag] & use[lag:]
+                shared = (wr[:-lag] * wr[lag:]) @ spread @ (wc**2).T
+                into_q = np.diagonal(a_r, -lag)[:, None] * d_c[None, :]  # p's bin at q
+                into_p = np.diagonal(a_r, lag)[:, None] * d_c[None, :]  # q's bin at p
+                prod = res[:-lag] * res[lag:]
+                noise = -var[:-lag] * into_q * o[:-lag] - var[lag:] * into_p * o[lag:]
+            else:
+                pair = use[:, :-lag] & use[:, lag:]
+                shared = (wr**2) @ spread @ (wc[:-lag] * wc[lag:]).T
+                into_q = d_r[:, None] * np.diagonal(a_c, -lag)[None, :]
+                into_p = d_r[:, None] * np.diagonal(a_c, lag)[None, :]
+                prod = res[:, :-lag] * res[:, lag:]
+                noise = -var[:, :-lag] * into_q * o[:, :-lag] - var[:, lag:] * into_p * o[:, lag:]
+            if pair.any():
+                estimate = np.mean((prod - noise - shared * mean_var)[pair])
+                estimates[2 * (lag - 1) + axis] = float(estimate)
     return estimates
 
 
@@ -1021,10 +1028,10 @@ def assemble_fine(
         Each used frame's `FineFrame.calibration` (0 or absent: 1). The factoring
         uses ``sigma`` (the noise the blocks hold); the layer quotes
         ``sigma / sqrt(calibration)`` (the noise that varies from frame to frame).
-    misfit : ndarray, shape (len(used_index), ntiles**2, 2 or 3), optional
+    misfit : ndarray, shape (len(used_index), ntiles**2, 2, 3 or 5), optional
         Each used frame's `FineFrame.misfit` of its kept tiles (the structure
-        the model misses, per pixel, along rows and columns, and the error of
-        a filled bin). Per tile, each
+        the model misses, per pixel, along rows and columns, the error of
+        a filled bin, and the first two at a lag of 2 px). Per tile, each
         direction's estimates are summed over the frames that kept the tile
         (so their noise averages out before the larger is taken) and the
         larger, floored at 0, is divided by the blocks' summed mean square:
@@ -1036,7 +1043,10 @@ def assemble_fine(
         over the blocks' power) into each block's ``fill_error``, quoted on the
         tile's holes (the bins with fewer than `MIN_PIXELS` valid pixels) on
         top of ``error``: a fill's error is smooth over the hole, so it too is
-        divided by that mean squared weight.
+        divided by that mean squared weight. The layer keeps the missed
+        structure's share of each block's error apart (``misfit``) with its
+        correlation ratios (`_misfit_correlation` of the pooled lag-1 and
+        lag-2 estimates), for aperture sums.
 
     Returns
     -------
@@ -1058,16 +1068,20 @@ def assemble_fine(
         scale = 1 / np.sqrt(np.where(calibration > 0, calibration, 1.0))
     per_pixel = _mean_squared_weight(context.pixel_bin)
     holes, fill_error, hole_index = [], [], []
+    misfit_error, misfit_corr = [], []
     for tile in np.flatnonzero(kept.any(axis=0)):
         pos = np.flatnonzero(kept[:, tile])
         blocks = np.asarray(fine[used_index[pos], tile], dtype=np.float32)
         gamma = fill = 0.0
+        corr = np.zeros(2)
         if misfit is not None:  # pooled over frames, then the direction that keeps most
             power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
-            pooled = np.sum(misfit[pos, tile, :2], axis=0, dtype=float).max()
-            gamma = max(0.0, pooled) / power if power > 0 else 0.0
+            pooled = np.sum(misfit[pos, tile, :2], axis=0, dtype=float)
+            gamma = max(0.0, pooled.max()) / power if power > 0 else 0.0
             if misfit.shape[-1] > 2 and power > 0:
                 fill = max(0.0, float(np.sum(misfit[pos, tile, 2], dtype=float))) / power
+            if misfit.shape[-1] > 3:
+                corr = _misfit_correlation(pooled, np.sum(misfit[pos, tile, 3:5], axis=0))
         i, j = divmod(int(tile), nt)
         hole = ~context.ok[i * t : (i + 1) * t, j * t : (j + 1) * t]
         if fill > 0 and hole.any():  # the tile's holes, quoted with the fill error
@@ -1086,6 +1100,8 @@ def assemble_fine(
             error, quoted = frame_error, frame_error * scale[pos]
         power = np.mean(np.square(blocks, dtype=float), axis=(1, 2)) / per_pixel
         quoted = np.sqrt(quoted**2 + gamma * power)
+        misfit_error.append(np.sqrt(gamma * power))
+        misfit_corr.append(np.broadcast_to(corr, (planes.size, 2)))
         has_fill = fill > 0 and hole.any()
         fill_error.append(np.sqrt(fill * power) if has_fill else np.zeros(planes.size))
         hole_index.append(np.full(planes.size, len(holes) - 1 if has_fill else -1))
@@ -1120,4 +1136,21 @@ def assemble_fine(
         fill_error=np.concatenate(fill_error),
         hole_index=np.concatenate(hole_index),
         holes=np.array(holes, dtype=bool).reshape(-1, t, t),
+        misfit=np.concatenate(misfit_error) if misfit is not None else None,
+        misfit_corr=np.concatenate(misfit_corr) if misfit is not None else None,
     )
+
+
+def _misfit_correlation(lag1: np.ndarray, lag2: np.ndarray) -> np.ndarray:
+    """How fast the missed structure decorrelates, along rows and along columns.
+
+    The covariance of pixels two apart over that of neighbours, from pooled
+    estimates ``lag1`` and ``lag2`` (shape (2,): between row neighbours, between
+    column neighbours), within 0..1; 0 where the first is not positive. For a
+    Gaussian correlation ``rho(d) = g**(d**2 / 3)`` this ratio is ``g`` itself,
+    and `~lk_scatterlight.finelayer.FineLayer.evaluate_sum` correlates the
+    misfits of an aperture's pixels so.
+    """
+    lag1, lag2 = np.asarray(lag1, dtype=float), np.asarray(lag2, dtype=float)
+    ratio = np.divide(lag2, lag1, out=np.zeros(2), where=lag1 > 0)
+    return np.clip(ratio, 0.0, 1.0)

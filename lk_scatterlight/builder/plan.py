@@ -86,7 +86,8 @@ class WorkArea:
             shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
             shapes["fine_calibration"] = ((nframes,), np.float32)
-            shapes["fine_misfit"] = ((nframes, ntiles, 3), np.float32)  # rows, columns, fill
+            # rows, columns, fill; rows and columns at a lag of 2 px
+            shapes["fine_misfit"] = ((nframes, ntiles, 5), np.float32)
         stale = _stale_arrays(folder, shapes)
         if not fresh and stale:
             # A work area from an older version of the builder: the frames it finished
