@@ -43,10 +43,12 @@ from the aperture, weighted by the model's and the local estimate's variances.
    the RMS of ``model_lc.flux_err``; aim 0.83..1.2 (also shown for
    ``fuse=False``, to tell the model's honesty from the fusion's).
    Diagnostics of the weight: ``sM used``, the model's level error at the
-   fusion's background pixels as `fuse` uses it (``Fusion.model_err``: the
-   quoted per-pixel error, or the data's excess scatter), ``sM true``, that
-   error as it is (RMS over cadences of truth - model averaged over the same
-   pixels, time mean removed), and ``sL``, the local estimate's error.
+   fusion's background pixels as `fuse` measured it for the errors
+   (``Fusion.model_err``: the day's excess scatter of the local estimate,
+   spread as the model's quoted error runs; the weight uses it shrunk and
+   constant over the day), ``sM true``, that error as it is (RMS over cadences
+   of truth - model averaged over the same pixels, time mean removed), and
+   ``sL``, the local estimate's error.
 
 2. **Signal preservation.** A 15 x 15 TPF (``simulate.make_tpf``, 2-min
    cadence, the part-3 TPF) on the structured field crossed by the moving
@@ -521,7 +523,7 @@ def main() -> None:
         "   RMS of (background removed - truth) minus each pixel's time mean, % of the truth's "
         "p1..p99 range; (a) model alone, (b) TPF-local median, (c) fused;\n"
         "   w: mean fusion weight; sM used, sM true, sL: the model's level error at the fusion's "
-        "background pixels as fusion.py uses it (quoted or from the data) and as it is\n"
+        "background pixels as fusion.py measured it (for the errors) and as it is\n"
         "   (RMS over cadences of truth - model averaged over those pixels, time mean removed), "
         "and the local estimate's error [e-/s per pixel];\n"
         "   err act / quoted: RMS of the fused model_lc - truth over the aperture (time mean "
