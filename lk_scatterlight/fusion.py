@@ -247,22 +247,20 @@ class Fusion:
         level = scale * self.model_err[take] ** 2
         kept = (1 - self.weight[take]) ** 2
         # The fused level's variance: the local noise that came in, and what is kept of
-        # the model's level error, no more than the model quoted at that cadence.
+        # the model's level error, no more than the model quoted (var) at that cadence:
+        # max(var - level, shape) + noise + kept min(var, level), written with
+        # D = var - level as max(D, shape) + kept min(D, 0) + (noise + kept level).
         noise = np.maximum(scale * self.offset_var[take] - kept * level, 0)
-        some = np.flatnonzero(level * kept)
-        left = None
-        if some.size:
-            left = np.minimum(model_var[some], _per_row_shape(level[some], model_var.ndim))
-            left *= _per_row_shape(kept[some], model_var.ndim)
         if out is None:
             out = model_var.copy()
         elif out is not model_var:
             np.copyto(out, model_var)
-        # max(var - level, shape) + noise (+ what is kept, + the surface's noise).
-        _add_per_row(out, (noise - level).astype(out.dtype))
-        _per_row(np.maximum, out, (noise + scale * self.shape_var[take]).astype(out.dtype), out)
-        if left is not None:
-            out[some] += left.astype(out.dtype)
+        _add_per_row(out, (-level).astype(out.dtype))  # D
+        capped = self._kept_below(out, kept * (level > 0))
+        _per_row(np.maximum, out, (scale * self.shape_var[take]).astype(out.dtype), out)
+        if capped is not None:
+            out[capped[0]] += capped[1]
+        _add_per_row(out, (noise + kept * level).astype(out.dtype))
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
             extra = self._surface_variance(local if rows is None else take[local], aperture)
@@ -270,6 +268,20 @@ class Fusion:
                 extra = extra.mean(axis=1)  # a typical pixel
             out[local] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
         return out
+
+    @staticmethod
+    def _kept_below(d: np.ndarray, kept: np.ndarray) -> tuple | None:
+        """``kept * min(d, 0)`` on the rows where ``kept`` is not 0, and those rows
+        (a slice where most rows are), or None if there are none."""
+        rows = np.flatnonzero(kept)
+        if not rows.size:
+            return None
+        if rows.size > len(d) // 2:
+            rows, kept = slice(None), np.asarray(kept)
+        else:
+            kept = np.asarray(kept)[rows]
+        below = np.minimum(d[rows], 0)
+        return rows, _per_row(np.multiply, below, kept.astype(below.dtype), below)
 
     def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:
         """Variance the surface adds at cadences ``rows``, per pixel (or of the aperture sum)."""
@@ -282,11 +294,6 @@ class Fusion:
         used[0] = 0.0
         degree = np.where(np.any(self.surface_coef[rows, 2:], axis=1), 2, 1)
         return self.surface_var[rows, None] * used[degree]
-
-
-def _per_row_shape(values: np.ndarray, ndim: int) -> np.ndarray:
-    """``values`` (one per row) shaped to broadcast over an array of ``ndim`` dimensions."""
-    return values.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def _add_per_row(array: np.ndarray, values: np.ndarray) -> np.ndarray:
