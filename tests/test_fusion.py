@@ -263,6 +263,30 @@ def test_corrector_fuses_and_keeps_the_transit(field):
     fused.diagnose()
 
 
+def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypatch):
+    """``correct()`` and ``correct_tpf()`` give `fuse` the cube's quoted per-pixel error, so
+    the fusion's level error follows it over each day."""
+    import lk_scatterlight.corrector as corrector_module
+
+    time = simulate.sector_times(1)[:100]
+    cube = simulate.make_cube(field, pixel_bin=64, time=time)
+    tpf = simulate.make_tpf(field, 700, 1200, shape=(15, 15), time=time, seed=2)
+    given = []
+
+    def spy(*args, **kwargs):
+        given.append(kwargs["model_err"])
+        return fuse(*args, **kwargs)
+
+    monkeypatch.setattr(corrector_module, "fuse_model", spy)
+    corrector = tpf.to_corrector("scatterlight", cube=cube, aperture_mask="threshold")
+    corrector.correct()
+    corrector.correct_tpf()
+    model = cube.evaluate(time, corrector.rows, corrector.columns)
+    assert len(given) == 2
+    for model_err in given:
+        np.testing.assert_allclose(model_err, model.flux_err.value)
+
+
 def test_tiny_tpf_uses_the_model_alone(field):
     time = simulate.sector_times(1)[:50]
     cube = simulate.make_cube(field, pixel_bin=64, time=time)
