@@ -51,10 +51,10 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    cross-validated error: the surface is used at pixels it was not fitted to)
    beyond their noise, day by day, where significant; or, if larger, the same
    over the background pixels within two pixels of the grown aperture, about
-   the local level and surface. Structure that changes across the TPF (a
-   shadow edge) is larger near the aperture than the faint half's mean shows;
-   the ring takes no pixel the background estimate excludes, so a variable
-   target's wing does not enter it either. The fused variance is never below
+   the local level, on cadences without a surface. Structure that changes
+   across the TPF (a shadow edge) is larger near the aperture than the faint
+   half's mean shows; the ring takes no pixel the background estimate
+   excludes, so a variable target's wing does not enter it either. The fused variance is never below
    ``s_S^2`` plus the fused level's variance (`Fusion.variance`).
 
 Where the model is good (``s_M`` small) the weight goes to zero and the
@@ -373,27 +373,23 @@ def _near_structure(
     median: np.ndarray,
     local: np.ndarray,
     local_var: np.ndarray,
-    surface_coef: np.ndarray,
-    basis: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per cadence, the ring's mean square residual about the local level and surface,
-    and the noise expected in it (the pixels' ``FLUX_ERR**2`` and the level's variance).
+    """Per cadence, the ring's mean square residual about the local level, and the noise
+    expected in it (the pixels' ``FLUX_ERR**2`` and the level's variance).
 
     ``flat`` and ``flat_err`` are (ntime, npix), ``median`` each pixel's median
-    residual, ``basis`` the surface's terms (npix, 6); NaN where a cadence is not used.
+    residual; NaN where a cadence is not used.
     """
     ntime = len(flat)
     spread, noise = np.full(ntime, np.nan), np.full(ntime, np.nan)
-    terms = basis[ring, 1:]
     for first in range(0, valid.size, _BLOCK):
         block = valid[first : first + _BLOCK]
         rows = _rows(block)
         d = np.take(flat[rows], ring, axis=1) - median[ring] - local[block, None]
-        d -= surface_coef[block] @ terms.T
+        err = np.take(flat_err[rows], ring, axis=1).astype(float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cadences stay NaN
             spread[block] = np.nanmean(d**2, axis=1)
-            err = np.take(flat_err[rows], ring, axis=1).astype(float)
             noise[block] = np.nanmean(err**2, axis=1) + local_var[block]
     return spread, noise
 
@@ -832,14 +828,14 @@ def fuse(
         added = np.where(good, weight**2 * local_var + (1 - weight) ** 2 * model_var, 0.0)
     surface_coef[~np.isfinite(surface_coef)] = 0.0
     # The structure next to the aperture, where the background pixels may not reach (a
-    # shadow edge's bright side): what the level and the surface leave at the ring of
-    # pixels around the grown aperture, beyond their noise.
+    # shadow edge's bright side): what the level leaves at the background pixels around
+    # the grown aperture, beyond their noise. Not where a surface was fitted: there the
+    # structure is its cross-validated error, which tests pixels all over the TPF.
     ring = np.intersect1d(_ring(aperture, median), where)
-    if ring.size >= min_pixels:
-        near = _near_structure(
-            flat, flat_err, valid, ring, median.ravel(), local, local_var, surface_coef, basis
-        )
-        shape = np.maximum(shape, _excess(near[0], near[1], np.full(ntime, ring.size), span))
+    if ring.size >= min_pixels and not degrees.all():
+        near = _near_structure(flat, flat_err, valid, ring, median.ravel(), local, local_var)
+        near = _excess(near[0], near[1], np.full(ntime, ring.size), span)
+        shape = np.where(degrees > 0, shape, np.maximum(shape, near))
     return Fusion(
         offset=offset,
         offset_var=added,
