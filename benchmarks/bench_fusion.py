@@ -43,10 +43,12 @@ from the aperture, weighted by the model's and the local estimate's variances.
    the RMS of ``model_lc.flux_err``; aim 0.83..1.2 (also shown for
    ``fuse=False``, to tell the model's honesty from the fusion's).
    Diagnostics of the weight: ``sM used``, the model's level error at the
-   fusion's background pixels as `fuse` uses it (``Fusion.model_err``: the
-   quoted per-pixel error, or the data's excess scatter), ``sM true``, that
-   error as it is (RMS over cadences of truth - model averaged over the same
-   pixels, time mean removed), and ``sL``, the local estimate's error.
+   fusion's background pixels as `fuse` measured it for the errors
+   (``Fusion.model_err``: the day's excess scatter of the local estimate,
+   spread as the model's quoted error runs; the weight uses it shrunk and
+   constant over the day), ``sM true``, that error as it is (RMS over cadences
+   of truth - model averaged over the same pixels, time mean removed), and
+   ``sL``, the local estimate's error.
 
 2. **Signal preservation.** A 15 x 15 TPF (``simulate.make_tpf``, 2-min
    cadence, the part-3 TPF) on the structured field crossed by the moving
@@ -77,7 +79,15 @@ from the aperture, weighted by the model's and the local estimate's variances.
    is repeated on 96 frames spread evenly over the sector (``--quick``: 32),
    and the aperture sums' act/quoted is pooled per kind of TPF (RMS actual over
    RMS quoted across the kind's TPFs), fused and with ``fuse=False``. Aim
-   0.83..1.2 for every kind. Needs ~3.5 GB of memory for the frames (96 frames
+   0.83..1.2 for every kind. ``pixel act/q``: the cube's own, per pixel of the
+   aperture (``cube.evaluate``, no sum): where it equals ``model act/q`` the
+   aperture sum propagates the cube's errors as they are, and the ratio is the
+   cube's. One or two TPFs per kind sample one or two bins, whose errors over
+   these frames are a few components' series (the compact cube's rank), so a
+   per-kind ratio is a small sample: the last line gives the spread of act/q
+   over the CCD's interior bins (`bin_honesty`), at bin centres and midway
+   between them (there the interpolation mixes four bins as independent), and
+   how neighbouring bins' errors correlate. Needs ~3.5 GB of memory for the frames (96 frames
    at 2048 x 2048, flux and error), and about 2 more minutes.
 """
 
@@ -248,6 +258,12 @@ def run_field(name, field, frames, quick: bool, work: Path) -> dict:
             r[key + "actual"], r[key + "quoted"] = float(np.sqrt(np.mean(actual**2))), float(quoted)
             if fuse:
                 fusion = corr.fusion  # correct_tpf() does not keep its fusion; correct() does
+            else:  # the cube's own honesty per pixel of the aperture, before any sum
+                miss = (corr.model.flux.value - truth)[good][:, aperture]
+                miss -= miss.mean(axis=0)
+                quoted = corr.model.flux_err.value[good][:, aperture]
+                r["pixel actual"] = float(np.sqrt(np.mean(miss**2)))
+                r["pixel quoted"] = float(np.sqrt(np.mean(quoted**2)))
         r["w"] = r["sm_q"] = r["sm_true"] = r["sl"] = float("nan")
         if fusion is not None:
             # The fusion's inputs: the model's level error at the background pixels, quoted
@@ -261,12 +277,55 @@ def run_field(name, field, frames, quick: bool, work: Path) -> dict:
     return {
         "name": name,
         "field": repr(field),
+        "bins": bin_honesty(sim, cube, used),
         "rows": rows,
         "scale": scale,
         "used": used.size,
         "frames": n,
         "t_frames": t_frames,
         "t_build": t_build,
+    }
+
+
+def bin_honesty(sim, cube, used: np.ndarray) -> dict:
+    """The cube's honesty at its bin centres and midpoints, and how its bins' errors correlate.
+
+    Evaluated at the pixels nearest the bin centres (where the interpolation reads one
+    bin) and midway between them (where it mixes four, as ``sum w**2 var`` assuming
+    independent bins), against the truth, each pixel's time mean removed; interior bins
+    (at least 4 from the CCD's edges). Returns the per-bin act/q's median and 10-90 %
+    range, its pooled values at centres and midpoints, and the median correlation over
+    time of neighbouring bins' errors (along rows and columns).
+    """
+    import bench_regional as br
+
+    def miss_and_err(rows, cols):
+        ev = cube.evaluate(cube.btjd, rows, cols)
+        miss = ev.flux.value - br.truth_at(sim, used, rows, cols)
+        return miss - miss.mean(axis=0), ev.flux_err.value
+
+    centre_rows, centre_cols = np.round(cube.row).astype(int), np.round(cube.column).astype(int)
+    miss, err = miss_and_err(centre_rows, centre_cols)
+    inner = (slice(None), slice(4, -4), slice(4, -4))
+    miss, err = miss[inner], err[inner]
+    per_bin = np.sqrt(np.mean(miss**2, axis=0) / np.mean(err**2, axis=0)).ravel()
+    mid_miss, mid_err = miss_and_err(
+        np.round((cube.row[1:] + cube.row[:-1]) / 2).astype(int),
+        np.round((cube.column[1:] + cube.column[:-1]) / 2).astype(int),
+    )
+    mid_miss, mid_err = mid_miss[inner], mid_err[inner]
+
+    def correlation(a, b):
+        return np.median(np.sum(a * b, 0) / np.sqrt(np.sum(a * a, 0) * np.sum(b * b, 0)))
+
+    return {
+        "median": float(np.median(per_bin)),
+        "p10": float(np.percentile(per_bin, 10)),
+        "p90": float(np.percentile(per_bin, 90)),
+        "centres": float(np.sqrt(np.mean(miss**2) / np.mean(err**2))),
+        "midpoints": float(np.sqrt(np.mean(mid_miss**2) / np.mean(mid_err**2))),
+        "rows": float(correlation(miss[:, 1:], miss[:, :-1])),
+        "columns": float(correlation(miss[:, :, 1:], miss[:, :, :-1])),
     }
 
 
@@ -327,7 +386,10 @@ def print_field(info: dict) -> None:
 def print_honesty(info: dict) -> None:
     """Error honesty of the fused background per kind of TPF, pooled over its TPFs."""
     print(f"\n  {info['name']} field: {info['used']} of {info['frames']} frames in the cube")
-    print(f"    {'kind':11s} {'TPFs':>4s} {'fused act/q':>11s} {'model act/q':>11s}  per TPF")
+    print(
+        f"    {'kind':11s} {'TPFs':>4s} {'fused act/q':>11s} {'model act/q':>11s} "
+        f"{'pixel act/q':>11s}  per TPF"
+    )
     kinds = dict.fromkeys(r["tpf"].kind for r in info["rows"])
     inside = 0
     for kind in kinds:
@@ -337,12 +399,22 @@ def print_honesty(info: dict) -> None:
                 np.mean([r[key + "actual"] ** 2 for r in rows])
                 / np.mean([r[key + "quoted"] ** 2 for r in rows])
             )
-            for key in ("", "model ")
+            for key in ("", "model ", "pixel ")
         }
         inside += HONEST[0] <= ratio[""] <= HONEST[1]
         each = ", ".join(f"{r['actual'] / r['quoted']:.2f}" for r in rows)
-        print(f"    {kind:11s} {len(rows):4d} {ratio['']:11.2f} {ratio['model ']:11.2f}  {each}")
+        print(
+            f"    {kind:11s} {len(rows):4d} {ratio['']:11.2f} {ratio['model ']:11.2f} "
+            f"{ratio['pixel ']:11.2f}  {each}"
+        )
     print(f"    fused act/q in {HONEST[0]}..{HONEST[1]}: {inside} of {len(kinds)} kinds")
+    b = info["bins"]
+    print(
+        f"    the cube per interior bin: act/q median {b['median']:.2f}, 10-90 % "
+        f"{b['p10']:.2f}..{b['p90']:.2f}; pooled at bin centres {b['centres']:.2f}, midway "
+        f"between bins {b['midpoints']:.2f}; neighbouring bins' errors correlate "
+        f"{b['rows']:.2f} (rows), {b['columns']:.2f} (columns)"
+    )
 
 
 # ============================================================================ parts 2 and 3
@@ -521,7 +593,7 @@ def main() -> None:
         "   RMS of (background removed - truth) minus each pixel's time mean, % of the truth's "
         "p1..p99 range; (a) model alone, (b) TPF-local median, (c) fused;\n"
         "   w: mean fusion weight; sM used, sM true, sL: the model's level error at the fusion's "
-        "background pixels as fusion.py uses it (quoted or from the data) and as it is\n"
+        "background pixels as fusion.py measured it (for the errors) and as it is\n"
         "   (RMS over cadences of truth - model averaged over those pixels, time mean removed), "
         "and the local estimate's error [e-/s per pixel];\n"
         "   err act / quoted: RMS of the fused model_lc - truth over the aperture (time mean "

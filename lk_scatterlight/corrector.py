@@ -337,11 +337,11 @@ class ScatterLightCorrector(Corrector):
             self.model = model
         return self.model
 
-    def _fuse(self, time, residual, flux_err, valid) -> Fusion | None:
+    def _fuse(self, time, residual, flux_err, valid, model_err=None) -> Fusion | None:
         """Fuse the model with the TPF's faint pixels (None without fusion).
 
         ``residual`` is the TPF's flux (background in it) minus the model, ``valid``
-        the cadences the model covers.
+        the cadences the model covers, ``model_err`` the model's quoted error per pixel.
         """
         if not self.fuse:
             return None
@@ -350,7 +350,9 @@ class ScatterLightCorrector(Corrector):
         if isinstance(self.cube, ScatterLightCube) and np.isfinite(step) and step > 0:
             width = self.cube.plane_width
             window = max(1, int(round(width / step)))
-        fusion = fuse_model(residual, flux_err, self.aperture_mask, valid=valid, window=window)
+        fusion = fuse_model(
+            residual, flux_err, self.aperture_mask, valid=valid, window=window, model_err=model_err
+        )
         if fusion is None:
             warnings.warn(
                 "The TPF has too few background pixels outside the aperture to check the "
@@ -395,6 +397,7 @@ class ScatterLightCorrector(Corrector):
                 residual,
                 _good_cadences(self.tpf, "FLUX_ERR"),
                 model.valid,
+                model.flux_err.value,
             )
         if self.fusion is not None:
             ap = self.aperture_mask
@@ -510,7 +513,13 @@ class ScatterLightCorrector(Corrector):
         fusion = None
         if self.fuse:  # on what the model leaves in FLUX
             residual = np.subtract(flux[finite_rows], model_flux, dtype=model_flux.dtype)
-            fusion = self._fuse(time[finite_rows], residual, flux_err[finite_rows], model.valid)
+            fusion = self._fuse(
+                time[finite_rows],
+                residual,
+                flux_err[finite_rows],
+                model.valid,
+                model.flux_err.to_value(u.electron / u.s),
+            )
             del residual
         self.fusion_tpf = fusion
         changed = fusion.changed() if fusion is not None else np.empty(0, dtype=int)

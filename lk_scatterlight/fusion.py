@@ -22,12 +22,17 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    level is, day by day (``chunk`` model intervals): the mean square of ``L``
    beyond its own noise, where that excess is significant, else zero. The
    model's quoted errors describe its error per pixel, not how much of it is
-   a level common to the TPF; the data measure that directly.
+   a level common to the TPF; the data measure that directly. For the weight
+   (step 4) the excess is shrunk (soft-thresholded: noise alone earns little
+   weight) and constant over the day; for the errors it is the unbiased
+   excess, spread over the day's cadences as the model's quoted variance at
+   the background pixels runs (``model_err``), so that a cadence where the
+   model quotes little is not charged the day's mean level error.
 4. **Fused offset** ``w L`` with ``w = s_M^2 / (s_M^2 + s_L^2)``, added to the
    model at every pixel of the cadence. The fused level's error is
-   ``w^2 s_L^2 + (1 - w)^2 s_M^2 = w s_L^2`` where the model's was ``s_M^2``:
-   the corrector replaces ``s_M^2`` of the model's quoted variance by
-   ``w s_L^2`` (`Fusion.variance`), never going below ``w s_L^2``.
+   ``w^2 s_L^2 + (1 - w)^2 s_M^2`` where the model's was ``s_M^2``: the
+   corrector replaces ``s_M^2`` of the model's quoted variance by it
+   (`Fusion.variance`), never going below it.
 
 5. **A surface** where the model misses structure across the TPF (a glint
    ridge crossing it): day by day, a plane or a quadratic in row and column
@@ -44,8 +49,13 @@ per-cadence level of what the model missed, with an uncertainty of its own.
 6. **Structure the model misses** ``s_S^2(t)``: the background pixels'
    scatter about the cadence's level (or, with a surface, their
    cross-validated error: the surface is used at pixels it was not fitted to)
-   beyond their noise, day by day, where significant. The fused variance is
-   never below ``s_S^2 + w s_L^2`` (`Fusion.variance`).
+   beyond their noise, day by day, where significant; or, if larger, the same
+   over the background pixels within two pixels of the grown aperture, about
+   the local level, on cadences without a surface. Structure that changes
+   across the TPF (a shadow edge) is larger near the aperture than the faint
+   half's mean shows; the ring takes no pixel the background estimate
+   excludes, so a variable target's wing does not enter it either. The fused variance is never below
+   ``s_S^2`` plus the fused level's variance (`Fusion.variance`).
 
 Where the model is good (``s_M`` small) the weight goes to zero and the
 local noise is not added; where it misses structure the local level and
@@ -77,6 +87,8 @@ _TERMS = (1, 3, 6)
 _CV_PER_CHUNK, _CV_SAMPLE = 8, 2048
 #: Relative drop of the cross-validated error that a higher degree must bring.
 _CV_GAIN = 0.1
+#: Width [px] of the ring around the grown aperture whose structure the errors must cover.
+_RING = 2
 
 
 @dataclass
@@ -88,18 +100,21 @@ class Fusion:
     offset : ndarray, shape (ntime,)
         ``w * local``: the level added to the model at every pixel.
     offset_var : ndarray, shape (ntime,)
-        Variance of the fused level, ``w * local_err**2`` (the model's measured
-        level error that remains and the local noise that came in).
+        Variance of the fused level, ``w**2 local_err**2 + (1 - w)**2
+        model_err**2`` (the local noise that came in and the model's measured
+        level error that remains).
     local, local_err : ndarray, shape (ntime,)
         The local estimate ``L`` and its 1-sigma error.
     model_err : ndarray, shape (ntime,)
-        The model's error of the level at this TPF, measured from the data; the
-        fusion removes the part ``weight * model_err**2`` of the model's variance.
+        The model's error of the level at this TPF, measured from the data per
+        chunk and spread over its cadences as the model's quoted error runs; the
+        fusion replaces ``model_err**2`` of the model's variance by ``offset_var``.
     shape_var : ndarray, shape (ntime,)
         The model's error variance across the TPF beyond the level (and beyond
         the surface, where one was fitted), per pixel, measured from the data (0
         where it is not significant): structure the model misses (a glint ridge,
-        a shadow edge). The fused variance is never below it (`variance`).
+        a shadow edge), over the background pixels or, if larger, over those next
+        to the aperture. The fused variance is never below it (`variance`).
     weight : ndarray, shape (ntime,)
         ``w``: 0 where the model drove the cadence, 1 where the local estimate did.
     pixels : ndarray of bool, shape (nrow, ncol)
@@ -198,13 +213,17 @@ class Fusion:
     ) -> np.ndarray:
         """The fused background's variance, from the model's quoted variance.
 
-        The model's level error the data measured, ``model_err**2``, is replaced
-        by the fused level's, ``offset_var``, and the surface's noise is added; a
-        level is common to all pixels, so for a sum over an aperture of ``n``
-        pixels both count ``n**2`` times. The result is never below
-        ``shape_var + offset_var`` (plus the surface's noise): what the data say
-        is left of the model's error after fusion (the structure it misses is
-        taken as correlated over an aperture, ``n**2`` times as well).
+        The model's level error the data measured, ``model_err**2`` (at most
+        what the model quotes at that cadence and pixel), is replaced by the
+        fused level's: the local noise that came in, ``weight**2 local_err**2``,
+        and the part ``(1 - weight)**2`` of the level error that is kept (so
+        ``offset_var`` where the model quotes at least ``model_err**2``); the
+        surface's noise is added. A level is common to all pixels, so for a sum
+        over an aperture of ``n`` pixels it counts ``n**2`` times. The result is
+        never below ``shape_var`` plus the fused level's variance (plus the
+        surface's noise): what the data say is left of the model's error after
+        fusion (the structure it misses is taken as correlated over an
+        aperture, ``n**2`` times as well).
 
         Parameters
         ----------
@@ -225,14 +244,23 @@ class Fusion:
         model_var = np.asarray(model_var)
         take = slice(None) if rows is None else np.asarray(rows)
         scale = 1.0 if aperture is None else float(np.sum(aperture)) ** 2
-        level, fused = scale * self.model_err[take] ** 2, scale * self.offset_var[take]
+        level = scale * self.model_err[take] ** 2
+        kept = (1 - self.weight[take]) ** 2
+        # The fused level's variance: the local noise that came in, and what is kept of
+        # the model's level error, no more than the model quoted (var) at that cadence:
+        # max(var - level, shape) + noise + kept min(var, level), written with
+        # D = var - level as max(D, shape) + kept min(D, 0) + (noise + kept level).
+        noise = np.maximum(scale * self.offset_var[take] - kept * level, 0)
         if out is None:
             out = model_var.copy()
         elif out is not model_var:
             np.copyto(out, model_var)
-        # max(var - level, shape) + fused (+ the surface's noise), in two passes.
-        _add_per_row(out, (fused - level).astype(out.dtype))
-        _per_row(np.maximum, out, (fused + scale * self.shape_var[take]).astype(out.dtype), out)
+        _add_per_row(out, (-level).astype(out.dtype))  # D
+        capped = self._kept_below(out, kept * (level > 0))
+        _per_row(np.maximum, out, (scale * self.shape_var[take]).astype(out.dtype), out)
+        if capped is not None:
+            out[capped[0]] += capped[1]
+        _add_per_row(out, (noise + kept * level).astype(out.dtype))
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
             extra = self._surface_variance(local if rows is None else take[local], aperture)
@@ -240,6 +268,20 @@ class Fusion:
                 extra = extra.mean(axis=1)  # a typical pixel
             out[local] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
         return out
+
+    @staticmethod
+    def _kept_below(d: np.ndarray, kept: np.ndarray) -> tuple | None:
+        """``kept * min(d, 0)`` on the rows where ``kept`` is not 0, and those rows
+        (a slice where most rows are), or None if there are none."""
+        rows = np.flatnonzero(kept)
+        if not rows.size:
+            return None
+        if rows.size > len(d) // 2:
+            rows, kept = slice(None), np.asarray(kept)
+        else:
+            kept = np.asarray(kept)[rows]
+        below = np.minimum(d[rows], 0)
+        return rows, _per_row(np.multiply, below, kept.astype(below.dtype), below)
 
     def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:
         """Variance the surface adds at cadences ``rows``, per pixel (or of the aperture sum)."""
@@ -314,6 +356,44 @@ def background_pixels(
     return outside & (residual_median <= limit)
 
 
+def _ring(aperture: np.ndarray, median: np.ndarray, width: int = _RING) -> np.ndarray:
+    """Flat indices of the pixels within ``width`` of the grown aperture (as in
+    `background_pixels`), bright or faint, whose median residual is finite."""
+    aperture = np.asarray(aperture, dtype=bool)
+    grown = ndimage.binary_dilation(aperture, iterations=1)
+    ring = ndimage.binary_dilation(aperture, iterations=1 + width) & ~grown
+    return np.flatnonzero(ring & np.isfinite(median))
+
+
+def _near_structure(
+    flat: np.ndarray,
+    flat_err: np.ndarray,
+    valid: np.ndarray,
+    ring: np.ndarray,
+    median: np.ndarray,
+    local: np.ndarray,
+    local_var: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per cadence, the ring's mean square residual about the local level, and the noise
+    expected in it (the pixels' ``FLUX_ERR**2`` and the level's variance).
+
+    ``flat`` and ``flat_err`` are (ntime, npix), ``median`` each pixel's median
+    residual; NaN where a cadence is not used.
+    """
+    ntime = len(flat)
+    spread, noise = np.full(ntime, np.nan), np.full(ntime, np.nan)
+    for first in range(0, valid.size, _BLOCK):
+        block = valid[first : first + _BLOCK]
+        rows = _rows(block)
+        d = np.take(flat[rows], ring, axis=1) - median[ring] - local[block, None]
+        err = np.take(flat_err[rows], ring, axis=1).astype(float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cadences stay NaN
+            spread[block] = np.nanmean(d**2, axis=1)
+            noise[block] = np.nanmean(err**2, axis=1) + local_var[block]
+    return spread, noise
+
+
 def _running_mean(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Centred running mean over ``window`` (odd) samples, NaN-aware, and the samples used."""
     finite = np.isfinite(values)
@@ -362,6 +442,24 @@ def _excess(
         excess = (cadences >= 4) & (mean_spread > limit)
         value = mean_spread - (limit if shrink else mean_noise)
     return np.repeat(np.where(excess, value, 0.0), chunk)[: spread.size]
+
+
+def _relative(values: np.ndarray, use: np.ndarray, chunk: int) -> np.ndarray:
+    """Per cadence, ``values`` over their mean over the chunk's cadences ``use``.
+
+    In chunks of ``chunk`` cadences, as `_excess`; 1 where the value is not finite or
+    the mean is not finite and positive (no course to follow).
+    """
+    nchunk = -(-values.size // chunk)
+    ok = use & np.isfinite(values) & (values >= 0)
+    padded = np.zeros(nchunk * chunk)
+    padded[: values.size] = np.where(ok, values, 0.0)
+    count = np.zeros(nchunk * chunk)
+    count[: values.size] = ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = padded.reshape(nchunk, chunk).sum(1) / count.reshape(nchunk, chunk).sum(1)
+        ratio = values / np.repeat(mean, chunk)[: values.size]
+    return np.where(ok & np.isfinite(ratio), ratio, 1.0)
 
 
 def _clipped_sums(d: np.ndarray, limit: float) -> np.ndarray:
@@ -592,6 +690,7 @@ def fuse(
     min_pixels: int = MIN_PIXELS,
     clip: float = 3.0,
     chunk: int = 48,
+    model_err: np.ndarray | None = None,
 ) -> Fusion | None:
     """Combine a model with the TPF's faint pixels by their uncertainties.
 
@@ -615,6 +714,10 @@ def fuse(
     chunk : int
         Model intervals per chunk in which the model's error is measured
         (48: a day of 30-min FFIs).
+    model_err : ndarray, shape (ntime, nrow, ncol), optional
+        The model's quoted error per pixel [e-/s]. Its mean square over the
+        background pixels gives the level error's course within a chunk (the
+        data give its size); without it the level error is constant over a chunk.
 
     Returns
     -------
@@ -654,6 +757,8 @@ def fuse(
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     sums, noise = np.empty((3, valid.size)), np.empty(valid.size)
+    quoted = None if model_err is None else np.full(ntime, np.nan)
+    flat_model = None if model_err is None else np.reshape(model_err, (ntime, -1))
     weights = pixels.ravel().astype(np.float32) / where.size
     for first in range(0, valid.size, _BLOCK):
         rows = _rows(valid[first : first + _BLOCK])
@@ -661,6 +766,8 @@ def fuse(
         d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
         sums[:, first : first + _BLOCK] = _clipped_sums(d, clip * max(sigma, 1e-12))
         noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
+        if quoted is not None:
+            quoted[valid[first : first + _BLOCK]] = _mean_square(flat_model[rows], weights)
     bad = np.flatnonzero(~np.isfinite(noise))
     if bad.size:  # a FLUX_ERR that is not finite: the mean over the finite ones
         noise[bad] = _finite_mean_square(flat_err[valid[bad]], pixels.ravel())
@@ -710,10 +817,25 @@ def fuse(
         weight = np.where(good, model_var / (model_var + local_var), 0.0)
         weight = np.where(np.isfinite(weight), weight, 0.0)
         offset = np.where(good, weight * local, 0.0)
+        # The level error per cadence: the chunk's, spread as the model's quoted error
+        # runs (its sum over the chunk is what the data measured). Not in the weight:
+        # how the error runs within a chunk is the model's guess, not a measurement.
+        model_var = _excess(local**2, local_var, np.ones(ntime), span)
+        if quoted is not None:
+            model_var = model_var * _relative(quoted, good, span)
         # The fused level's error: what is left of the model's plus the local noise
-        # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 = w s_L**2.
-        added = np.where(good, weight * local_var, 0.0)
+        # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 (= w s_L**2 where s_M is constant).
+        added = np.where(good, weight**2 * local_var + (1 - weight) ** 2 * model_var, 0.0)
     surface_coef[~np.isfinite(surface_coef)] = 0.0
+    # The structure next to the aperture, where the background pixels may not reach (a
+    # shadow edge's bright side): what the level leaves at the background pixels around
+    # the grown aperture, beyond their noise. Not where a surface was fitted: there the
+    # structure is its cross-validated error, which tests pixels all over the TPF.
+    ring = np.intersect1d(_ring(aperture, median), where)
+    if ring.size >= min_pixels and not degrees.all():
+        near = _near_structure(flat, flat_err, valid, ring, median.ravel(), local, local_var)
+        near = _excess(near[0], near[1], np.full(ntime, ring.size), span)
+        shape = np.where(degrees > 0, shape, np.maximum(shape, near))
     return Fusion(
         offset=offset,
         offset_var=added,

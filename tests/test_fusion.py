@@ -18,13 +18,13 @@ RNG = np.random.default_rng(4)
 NT, N = 300, 15
 
 
-def scene(extra_level: np.ndarray, noise: float = 1.0):
+def scene(extra_level: np.ndarray, noise: float = 1.0, rng: np.random.Generator = RNG):
     """A 15x15 TPF: static stars + sky, a model, and the light the model misses per cadence."""
     yy, xx = np.mgrid[:N, :N]
     static = 30 + 5000 * np.exp(-((yy - 7) ** 2 + (xx - 7) ** 2) / 2.0)
     light = 20 + 10 * np.sin(np.linspace(0, 3, NT))[:, None, None] + 0.2 * xx
     model = light.copy()
-    flux = static + light + extra_level[:, None, None] + RNG.normal(0, noise, (NT, N, N))
+    flux = static + light + extra_level[:, None, None] + rng.normal(0, noise, (NT, N, N))
     aperture = (yy - 7) ** 2 + (xx - 7) ** 2 <= 4
     err = np.full(flux.shape, noise)
     return flux, err, model, aperture, light + extra_level[:, None, None]
@@ -104,9 +104,13 @@ def test_missed_light_is_recovered_within_its_error():
     # shape error) ends with its shape error and the fused level's.
     quoted = (missed - missed.mean()) ** 2 + 0.2**2
     level = fusion.model_err**2
-    assert np.all(fusion.variance(quoted) >= fusion.offset_var)
+    kept = (1 - fusion.weight) ** 2  # of the level error, at most what the model quoted
+    noise = fusion.offset_var - kept * level  # the local noise that came in
+    assert np.all(fusion.variance(quoted) >= noise)
     np.testing.assert_allclose(
-        fusion.variance(quoted), np.maximum(quoted - level, 0) + fusion.offset_var
+        fusion.variance(quoted),
+        np.maximum(quoted - level, 0) + noise + kept * np.minimum(quoted, level),
+        atol=1e-12,
     )
     strong = fusion.weight > 0.9  # the level error is measured per day: compare the means
     assert np.mean(fusion.variance(quoted)[strong]) < 0.5 * np.mean(quoted[strong])
@@ -138,6 +142,63 @@ def test_structure_the_model_misses_sets_the_error_floor():
     ratio = np.sqrt(np.mean(left**2)) / np.sqrt(np.mean(quoted**2))
     assert 1 / 1.5 < ratio < 1.5
     assert np.median(np.sqrt(good.variance(np.full(NT, 0.05**2)))) == pytest.approx(0.05)
+
+
+def test_level_error_follows_the_models_quoted_error():
+    """A model whose level error is large on the first cadences of each day (as after a
+    perigee) and quotes it so: the day's measured level error is spread over its cadences
+    as the quote runs, so the fused errors stay honest on the noisy and the quiet cadences
+    alike; the weight (the fused values) does not depend on it."""
+    rng = np.random.default_rng(11)
+    noisy = np.arange(NT) % 48 < 8
+    missed = rng.normal(0, 1, NT) * np.where(noisy, 0.5, 0.05)
+    flux, err, model, aperture, truth = scene(missed, rng=rng)
+    quoted = np.broadcast_to(np.abs(missed)[:, None, None], flux.shape)  # honest per cadence
+    fusion = fuse(flux - model, err, aperture, model_err=quoted)
+    flat = fuse(flux - model, err, aperture)
+    np.testing.assert_array_equal(fusion.offset, flat.offset)
+    left = (model + fusion.correction() - truth)[:, 7, 7]
+    left -= left.mean()
+    variance = fusion.variance(missed**2)
+    for cadences in (noisy, ~noisy):
+        ratio = np.sqrt(np.mean(left[cadences] ** 2) / np.mean(variance[cadences]))
+        assert 1 / 1.5 < ratio < 1.5
+    # A day's mean level error taken off every cadence over-quotes the noisy ones ~3x.
+    ratio = np.sqrt(np.mean(left[noisy] ** 2) / np.mean(flat.variance(missed**2)[noisy]))
+    assert ratio < 0.5
+
+
+def test_no_more_level_error_kept_than_the_model_quoted():
+    """The background pixels show a level error the model does not quote at the aperture
+    (a strap the aperture is not on): the fused variance keeps at most what the model
+    quoted, plus the local noise the fusion brought in."""
+    missed = np.random.default_rng(12).normal(0, 0.15, NT)
+    flux, err, model, aperture, _ = scene(missed, rng=np.random.default_rng(13))
+    fusion = fuse(flux - model, err, aperture)
+    assert 0.2 < np.median(fusion.weight) < 0.9
+    quoted = np.full(NT, 0.01**2)
+    noise = fusion.weight**2 * fusion.local_err**2
+    assert np.all(fusion.variance(quoted) <= quoted + noise + 1e-12)
+
+
+def test_structure_next_to_the_aperture_sets_the_floor():
+    """A shadow edge the model misses, its bright side under the aperture and the faint
+    half of the pixels on its dark side: the background pixels next to the aperture show
+    more of the structure than the whole faint half, and their excess is a floor of the
+    quoted error. It covers most of the error, not all (the aperture lies further into
+    the bright side than its neighbours): act/quoted is ~7 from the faint half alone, ~2.2
+    with them."""
+    rng = np.random.default_rng(14)
+    xx = np.mgrid[:N, :N][1]
+    edge = 1 / (1 + np.exp(-(xx - 9.0)))
+    flux, err, model, aperture, truth = scene(np.zeros(NT), rng=rng)
+    change = 3 * np.sin(np.linspace(0, 6, NT))[:, None, None] * edge
+    flux, truth = flux + 5 * edge + change, truth + change
+    fusion = fuse(flux - model, err, aperture)
+    left = (model + fusion.correction() - truth)[:, aperture].sum(axis=1)
+    left -= left.mean()
+    quoted = fusion.variance(np.full(NT, (0.05 * aperture.sum()) ** 2), aperture=aperture)
+    assert 1 < np.sqrt(np.mean(left**2) / np.mean(quoted)) < 2.5
 
 
 def test_too_few_background_pixels():
@@ -200,6 +261,30 @@ def test_corrector_fuses_and_keeps_the_transit(field):
     quoted = np.sqrt(np.mean(fused.model_lc.flux_err.value**2))
     assert 1 / 1.5 < errors[0] / quoted < 1.5
     fused.diagnose()
+
+
+def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypatch):
+    """``correct()`` and ``correct_tpf()`` give `fuse` the cube's quoted per-pixel error, so
+    the fusion's level error follows it over each day."""
+    import lk_scatterlight.corrector as corrector_module
+
+    time = simulate.sector_times(1)[:100]
+    cube = simulate.make_cube(field, pixel_bin=64, time=time)
+    tpf = simulate.make_tpf(field, 700, 1200, shape=(15, 15), time=time, seed=2)
+    given = []
+
+    def spy(*args, **kwargs):
+        given.append(kwargs["model_err"])
+        return fuse(*args, **kwargs)
+
+    monkeypatch.setattr(corrector_module, "fuse_model", spy)
+    corrector = tpf.to_corrector("scatterlight", cube=cube, aperture_mask="threshold")
+    corrector.correct()
+    corrector.correct_tpf()
+    model = cube.evaluate(time, corrector.rows, corrector.columns)
+    assert len(given) == 2
+    for model_err in given:
+        np.testing.assert_allclose(model_err, model.flux_err.value)
 
 
 def test_tiny_tpf_uses_the_model_alone(field):
