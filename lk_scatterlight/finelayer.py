@@ -652,8 +652,8 @@ class FineLayer:
             compression_type="RICE_1",
             tile_shape=(1, max(1, min(n, _COMPRESSION_VALUES))),
         )
-        for i, name in enumerate(rows, start=1):
-            index.header[f"ROWNAME{i}"] = (name, f"row {i}: the block index column {name}")
+        for i, name in enumerate(rows, start=1):  # RNAMEi: 8 characters up to row 999
+            index.header[f"RNAME{i}"] = (name, f"row {i}: the block index column {name}")
         index.header["ERRSTEP"] = (step, "[electron/s] ERROR = ERROR row * ERRSTEP")
         return index
 
@@ -721,7 +721,8 @@ class FineLayer:
 
 def _index_columns(hdu, path) -> dict[str, np.ndarray]:
     """The columns of ``FINE_INDEX``: a binary table, or an integer image (one row each,
-    named by ``ROWNAMEi``; ``ERROR`` in units of ``ERRSTEP``)."""
+    named by ``RNAMEi``, or ``ROWNAMEi`` in files written before there could be ten
+    rows; ``ERROR`` in units of ``ERRSTEP``)."""
     if isinstance(hdu, fits.BinTableHDU):
         table = hdu.data
         names = table.columns.names if table is not None else []
@@ -733,7 +734,9 @@ def _index_columns(hdu, path) -> dict[str, np.ndarray]:
             f"{path}: FINE_INDEX must be a table or a 2-D integer image with an ERRSTEP "
             "keyword; the file is damaged."
         )
-    names = [header.get(f"ROWNAME{i + 1}") for i in range(data.shape[0])]
+    names = [
+        header.get(f"RNAME{i}", header.get(f"ROWNAME{i}")) for i in range(1, data.shape[0] + 1)
+    ]
     columns = {str(name): np.array(row) for name, row in zip(names, data, strict=True) if name}
     for name in ("ERROR", "FILLERR", "MISFIT"):
         if name in columns:

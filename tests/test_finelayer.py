@@ -6,6 +6,7 @@ cubes covering the whole CCD with 64-px bins.
 """
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -298,6 +299,43 @@ def test_misfit_round_trip(layer_data, tmp_path):
     assert ScatterLightCube.read(path).fine.misfit is None
 
 
+def test_index_with_every_optional_row(layer_data, tmp_path):
+    """Holes and misfit give the index ten or more rows: their names are standard FITS
+    keywords (``RNAMEi``, no HIERARCH warning), and a file that names them ``ROWNAMEi``,
+    as files did before there could be ten, reads the same."""
+    layer = with_misfit(layer_data[0])
+    n, tile = len(layer), layer.tile
+    holes = np.zeros((1, tile, tile), bool)
+    holes[0, :2] = True
+    layer = dataclasses.replace(
+        layer, fill_error=np.full(n, 0.5), hole_index=np.zeros(n, int), holes=holes
+    )
+    path = tmp_path / "cube.fits"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        coarse_cube(fine=layer).write(path)
+    with fits.open(path) as hdul:
+        header = hdul["FINE_INDEX"].header
+        nrows = hdul["FINE_INDEX"].data.shape[0]
+    assert nrows >= 10
+    assert [header[f"RNAME{i}"] for i in (1, nrows)] == ["TILE_ROW", "CORR_COL"]
+    read = ScatterLightCube.read(path).fine
+
+    def old_names(hdul):
+        index = hdul["FINE_INDEX"].header
+        for i in range(1, nrows + 1):
+            index.set(f"ROWNAME{i}" if i < 10 else f"HIERARCH ROWNAME{i}", index[f"RNAME{i}"])
+            del index[f"RNAME{i}"]
+
+    old = edited(path, tmp_path / "old.fits", old_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        before = ScatterLightCube.read(old).fine
+    np.testing.assert_array_equal(before.misfit_corr, read.misfit_corr)
+    np.testing.assert_array_equal(before.fill_error, read.fill_error)
+    np.testing.assert_array_equal(before.error, read.error)
+
+
 def test_misfit_needs_its_correlation(layer_data):
     """``misfit`` without ``misfit_corr`` is refused, and so are invalid values."""
     layer = layer_data[0]
@@ -364,7 +402,7 @@ def test_factored_tile_round_trip(tmp_path):
     coarse_cube(fine=layer).write(path)
     with fits.open(path) as hdul:
         index = hdul["FINE_INDEX"]
-        names = [index.header[f"ROWNAME{i + 1}"] for i in range(index.data.shape[0])]
+        names = [index.header[f"RNAME{i + 1}"] for i in range(index.data.shape[0])]
         assert "COEF" not in names  # implied by RANK
         assert hdul["FINE_COEF"].data.dtype == np.int32
         assert hdul["FINE_COEF"].header["COEFORD"] == "IMAGE"
@@ -444,7 +482,7 @@ def _long_coef(hdul):
     ("edit", "message"),
     [
         (_delete_key("FINE_INDEX", "ERRSTEP"), "integer image with an ERRSTEP"),
-        (_delete_key("FINE_INDEX", "ROWNAME3"), r"FINE_INDEX has no column\(s\) PLANE"),
+        (_delete_key("FINE_INDEX", "RNAME3"), r"FINE_INDEX has no column\(s\) PLANE"),
         (_set_key("FINE_COEF", "COEFORD", "WAVELET"), "COEFORD = 'WAVELET'"),
         (_long_coef, "FINE_COEF holds .* coefficients but the blocks' RANK add up to"),
     ],
