@@ -22,12 +22,16 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    value at the fine bin centres instead would leave the coarse model's own
    curvature in the bin means, ~1 % of a ridge's amplitude, which step 4 does
    not remove);
-3. fine bins without enough valid pixels (under a star or bleed mask) are
-   filled in three steps: a first guess by normalised Gaussian convolution of
-   their valid neighbours (widening until every hole is filled); then, on the
-   total field (coarse model + residual), linear interpolation between the
-   nearest valid bins along the local structure (the structure tensor's
-   direction), so a ridge that crosses a star continues through it; and for
+3. fine bins without enough valid pixels (under a star or bleed mask), or
+   whose valid pixels lie to one side (their centroid more than `MAX_OFFSET`
+   from the bin centre, at the edge of a star's halo: on a ridge's flank their
+   mean is the field there, not at the centre, off by over 10 % of the
+   ridge), are holes, filled in three steps: a first guess by normalised
+   Gaussian convolution of their valid neighbours (widening until every hole
+   is filled); then, on the total field (coarse model + residual), linear
+   interpolation between the nearest valid bins along the local structure
+   (the structure tensor's direction), so a ridge that crosses a star
+   continues through it; and for
    holes of 4 bins or more where the residual around them is significant, a
    fit of the field's profile across the local structure from every valid bin
    in a window around the hole (`_fill_profiles`). Most tiles hold only noise
@@ -71,6 +75,9 @@ __all__ = ["FineContext", "FineFrame", "make_fine_context", "fine_residual", "as
 
 #: Fine bins with fewer valid pixels than this are left to the coarse model.
 MIN_PIXELS = 4
+#: Fine bins whose valid pixels' centroid lies farther than this from the bin centre [px]
+#: are holes too: their mean is the field there, not at the centre (see `make_fine_context`).
+MAX_OFFSET = 0.5
 #: Fewest tiles with data whose median chi-square calibrates a frame's noise.
 _CALIBRATION_TILES = 64
 
@@ -96,9 +103,10 @@ class FineContext:
         (rows and columns alike): ``to_fine @ plane @ to_fine.T`` is the coarse
         model's bin means.
     inv_count : ndarray of float32, shape (nfine, nfine)
-        1 / valid pixels per fine bin; 0 where fewer than `MIN_PIXELS`.
+        1 / valid pixels per fine bin; 0 on holes (fewer than `MIN_PIXELS`, or
+        their centroid farther than `MAX_OFFSET` from the bin centre).
     count : ndarray of float32, shape (nfine, nfine)
-        Valid pixels per fine bin; 0 where fewer than `MIN_PIXELS`.
+        Valid pixels per fine bin; 0 on holes.
     tile_bins : ndarray of int, shape (ntiles, ntiles)
         Fine bins with enough pixels per tile.
     tile_inv_count : ndarray of float32, shape (ntiles * ntiles,)
@@ -222,7 +230,7 @@ def make_fine_context(
         )
     nf, nt = n // pixel_bin, n // (pixel_bin * tile)
     count = _bin_sums(weights, pixel_bin)
-    enough = count >= MIN_PIXELS
+    enough = (count >= MIN_PIXELS) & (_centroid_offset(weights, pixel_bin, count) <= MAX_OFFSET)
     inv_count = np.where(enough, 1 / np.maximum(count, 1), 0).astype(np.float32)
     count = np.where(enough, count, 0).astype(np.float32)
     tile_bins = enough.reshape(nt, tile, nt, tile).sum(axis=(1, 3))
@@ -258,6 +266,15 @@ def make_fine_context(
         ring,
         _profile_pieces(~(enough & ~ring)),
     )
+
+
+def _centroid_offset(weights: np.ndarray, pixel_bin: int, count: np.ndarray) -> np.ndarray:
+    """Distance [px] from each fine bin's centre to the centroid of its valid pixels."""
+    n = weights.shape[0]
+    offset = np.tile(np.arange(pixel_bin, dtype=np.float32) - (pixel_bin - 1) / 2, n // pixel_bin)
+    d_row = _bin_sums(weights * offset[:, None], pixel_bin)
+    d_col = _bin_sums(weights * offset[None, :], pixel_bin)
+    return np.hypot(d_row, d_col) / np.maximum(count, 1)
 
 
 def _bin_sums(image: np.ndarray, pixel_bin: int) -> np.ndarray:
@@ -1041,7 +1058,7 @@ def assemble_fine(
         weights so that the evaluated variance of a pixel gets it. The fill
         errors are pooled the same way (summed over the frames, floored at 0,
         over the blocks' power) into each block's ``fill_error``, quoted on the
-        tile's holes (the bins with fewer than `MIN_PIXELS` valid pixels) on
+        tile's holes (the bins `make_fine_context` marks as holes) on
         top of ``error``: a fill's error is smooth over the hole, so it too is
         divided by that mean squared weight. The layer keeps the missed
         structure's share of each block's error apart (``misfit``) with its
