@@ -26,7 +26,7 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    (step 4) the excess is shrunk (soft-thresholded: noise alone earns little
    weight) and constant over the day; for the errors it is the unbiased
    excess, spread over the day's cadences as the model's quoted variance at
-   the background pixels runs (``model_err``), so that a cadence where the
+   the background pixels runs (``model_var``), so that a cadence where the
    model quotes little is not charged the day's mean level error.
 4. **Fused offset** ``w L`` with ``w = s_M^2 / (s_M^2 + s_L^2)``, added to the
    model at every pixel of the cadence. The fused level's error is
@@ -718,7 +718,7 @@ def fuse(
     min_pixels: int = MIN_PIXELS,
     clip: float = 3.0,
     chunk: int = 48,
-    model_err: np.ndarray | None = None,
+    model_var: np.ndarray | None = None,
 ) -> Fusion | None:
     """Combine a model with the TPF's faint pixels by their uncertainties.
 
@@ -742,8 +742,8 @@ def fuse(
     chunk : int
         Model intervals per chunk in which the model's error is measured
         (48: a day of 30-min FFIs).
-    model_err : ndarray, shape (ntime, nrow, ncol), optional
-        The model's quoted error per pixel [e-/s]. Its mean square over the
+    model_var : ndarray, shape (ntime, nrow, ncol), optional
+        The model's quoted variance per pixel [(e-/s)**2]. Its mean over the
         background pixels gives the level error's course within a chunk (the
         data give its size); without it the level error is constant over a chunk.
 
@@ -785,8 +785,8 @@ def fuse(
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     sums, noise = np.empty((3, valid.size)), np.empty(valid.size)
-    quoted = None if model_err is None else np.full(ntime, np.nan)
-    flat_model = None if model_err is None else np.reshape(model_err, (ntime, -1))
+    quoted = None if model_var is None else np.full(ntime, np.nan)
+    flat_model = None if model_var is None else np.reshape(model_var, (ntime, -1))
     weights = pixels.ravel().astype(np.float32) / where.size
     for first in range(0, valid.size, _BLOCK):
         rows = _rows(valid[first : first + _BLOCK])
@@ -795,7 +795,8 @@ def fuse(
         sums[:, first : first + _BLOCK] = _clipped_sums(d, clip * max(sigma, 1e-12))
         noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
         if quoted is not None:
-            quoted[valid[first : first + _BLOCK]] = _mean_square(flat_model[rows], weights)
+            block = flat_model[rows].astype(np.float32, copy=False)
+            quoted[valid[first : first + _BLOCK]] = (block @ weights).astype(float)
     bad = np.flatnonzero(~np.isfinite(noise))
     if bad.size:  # a FLUX_ERR that is not finite: the mean over the finite ones
         noise[bad] = _finite_mean_square(flat_err[valid[bad]], pixels.ravel())
@@ -840,20 +841,20 @@ def fuse(
                 surface_var = _running_mean(surface_var, window)[0] / np.maximum(count, 1)
         # The model's level error: the local estimate's mean square (about the whole
         # series' level) beyond its own noise, one degree of freedom per cadence.
-        model_var = _excess(local**2, local_var, np.ones(ntime), span, True)
+        level_var = _excess(local**2, local_var, np.ones(ntime), span, True)
         good = np.isfinite(local) & np.isfinite(local_var)
-        weight = np.where(good, model_var / (model_var + local_var), 0.0)
+        weight = np.where(good, level_var / (level_var + local_var), 0.0)
         weight = np.where(np.isfinite(weight), weight, 0.0)
         offset = np.where(good, weight * local, 0.0)
         # The level error per cadence: the chunk's, spread as the model's quoted error
         # runs (its sum over the chunk is what the data measured). Not in the weight:
         # how the error runs within a chunk is the model's guess, not a measurement.
-        model_var = _excess(local**2, local_var, np.ones(ntime), span)
+        level_var = _excess(local**2, local_var, np.ones(ntime), span)
         if quoted is not None:
-            model_var = model_var * _relative(quoted, good, span)
+            level_var = level_var * _relative(quoted, good, span)
         # The fused level's error: what is left of the model's plus the local noise
         # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 (= w s_L**2 where s_M is constant).
-        added = np.where(good, weight**2 * local_var + (1 - weight) ** 2 * model_var, 0.0)
+        added = np.where(good, weight**2 * local_var + (1 - weight) ** 2 * level_var, 0.0)
     surface_coef[~np.isfinite(surface_coef)] = 0.0
     # The structure next to the aperture, where the background pixels may not reach (a
     # shadow edge's bright side): what the level leaves at the background pixels around
@@ -869,7 +870,7 @@ def fuse(
         offset_var=added,
         local=local,
         local_err=np.sqrt(local_var),
-        model_err=np.sqrt(model_var),
+        model_err=np.sqrt(level_var),
         shape_var=shape,
         weight=weight,
         pixels=pixels,

@@ -154,7 +154,7 @@ def test_level_error_follows_the_models_quoted_error():
     missed = rng.normal(0, 1, NT) * np.where(noisy, 0.5, 0.05)
     flux, err, model, aperture, truth = scene(missed, rng=rng)
     quoted = np.broadcast_to(np.abs(missed)[:, None, None], flux.shape)  # honest per cadence
-    fusion = fuse(flux - model, err, aperture, model_err=quoted)
+    fusion = fuse(flux - model, err, aperture, model_var=quoted**2)
     flat = fuse(flux - model, err, aperture)
     np.testing.assert_array_equal(fusion.offset, flat.offset)
     left = (model + fusion.correction() - truth)[:, 7, 7]
@@ -264,7 +264,7 @@ def test_corrector_fuses_and_keeps_the_transit(field):
 
 
 def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypatch):
-    """``correct()`` and ``correct_tpf()`` give `fuse` the cube's quoted per-pixel error, so
+    """``correct()`` and ``correct_tpf()`` give `fuse` the cube's quoted per-pixel variance, so
     the fusion's level error follows it over each day."""
     import lk_scatterlight.corrector as corrector_module
 
@@ -274,7 +274,7 @@ def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypa
     given = []
 
     def spy(*args, **kwargs):
-        given.append(kwargs["model_err"])
+        given.append(np.array(kwargs["model_var"]))  # as given (correct_tpf reuses it)
         return fuse(*args, **kwargs)
 
     monkeypatch.setattr(corrector_module, "fuse_model", spy)
@@ -283,8 +283,8 @@ def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypa
     corrector.correct_tpf()
     model = cube.evaluate(time, corrector.rows, corrector.columns)
     assert len(given) == 2
-    for model_err in given:
-        np.testing.assert_allclose(model_err, model.flux_err.value)
+    for model_var in given:
+        np.testing.assert_allclose(model_var, model.flux_err.value**2, rtol=1e-6)
 
 
 def test_tiny_tpf_uses_the_model_alone(field):
