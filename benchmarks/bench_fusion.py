@@ -70,7 +70,8 @@ from the aperture, weighted by the model's and the local estimate's variances.
    TPF on the smooth field, which the cube models (the fusion adds little: a
    small weight on some days). Aim: fusion adds < 10 %. Then the fusion's own
    steps on each TPF (median of 3 x as many runs): ``fuse()`` on the residual
-   ``correct_tpf()`` forms, and ``Fusion.add_to`` + ``Fusion.variance`` over the
+   ``correct_tpf()`` forms (with the model's quoted variance, as there), and
+   ``Fusion.add_to`` + ``Fusion.variance`` over the
    TPF; and ``correct()`` (the light curve) without and with fusion.
 
 4. **Error honesty per kind.** Part 1's honesty over 21 frames is good to about
@@ -504,8 +505,9 @@ def run_cost(tpf, cube, repeats: int, method: str = "correct_tpf") -> dict:
 
 def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
     """CPU seconds of the fusion step alone, as ``correct_tpf()`` runs it: ``fuse()`` on
-    the residual (FLUX minus the model, given), then its correction added to the model
-    and its variance (``Fusion.add_to``, ``Fusion.variance``)."""
+    the residual (FLUX minus the model, given) with the model's quoted variance, then its
+    correction added to the model and its variance (``Fusion.add_to``,
+    ``Fusion.variance``)."""
     aperture = brightest_aperture(np.median(tpf.hdu[1].data["FLUX"], axis=0))
     corr = corrector(tpf, cube, aperture, True)
     table = tpf.hdu[1].data
@@ -521,7 +523,7 @@ def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
     for k in range(repeats):
         fused_flux, fused_var = model_flux.copy(), np.square(model_err)
         t0 = time.process_time()
-        fusion = corr._fuse(times, residual, flux_err, model.valid)
+        fusion = corr._fuse(times, residual, flux_err, model.valid, fused_var)
         t1 = time.process_time()
         fusion.add_to(fused_flux)
         fusion.variance(fused_var, out=fused_var)

@@ -337,11 +337,11 @@ class ScatterLightCorrector(Corrector):
             self.model = model
         return self.model
 
-    def _fuse(self, time, residual, flux_err, valid, model_err=None) -> Fusion | None:
+    def _fuse(self, time, residual, flux_err, valid, model_var=None) -> Fusion | None:
         """Fuse the model with the TPF's faint pixels (None without fusion).
 
         ``residual`` is the TPF's flux (background in it) minus the model, ``valid``
-        the cadences the model covers, ``model_err`` the model's quoted error per pixel.
+        the cadences the model covers, ``model_var`` the model's quoted variance per pixel.
         """
         if not self.fuse:
             return None
@@ -351,7 +351,7 @@ class ScatterLightCorrector(Corrector):
             width = self.cube.plane_width
             window = max(1, int(round(width / step)))
         fusion = fuse_model(
-            residual, flux_err, self.aperture_mask, valid=valid, window=window, model_err=model_err
+            residual, flux_err, self.aperture_mask, valid=valid, window=window, model_var=model_var
         )
         if fusion is None:
             warnings.warn(
@@ -397,7 +397,7 @@ class ScatterLightCorrector(Corrector):
                 residual,
                 _good_cadences(self.tpf, "FLUX_ERR"),
                 model.valid,
-                model.flux_err.value,
+                np.square(model.flux_err.value),
             )
         if self.fusion is not None:
             ap = self.aperture_mask
@@ -518,7 +518,7 @@ class ScatterLightCorrector(Corrector):
                 residual,
                 flux_err[finite_rows],
                 model.valid,
-                model.flux_err.to_value(u.electron / u.s),
+                model_var,  # fuse() reads it before variance() changes it
             )
             del residual
         self.fusion_tpf = fusion

@@ -26,7 +26,7 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    (step 4) the excess is shrunk (soft-thresholded: noise alone earns little
    weight) and constant over the day; for the errors it is the unbiased
    excess, spread over the day's cadences as the model's quoted variance at
-   the background pixels runs (``model_err``), so that a cadence where the
+   the background pixels runs (``model_var``), so that a cadence where the
    model quotes little is not charged the day's mean level error.
 4. **Fused offset** ``w L`` with ``w = s_M^2 / (s_M^2 + s_L^2)``, added to the
    model at every pixel of the cadence. The fused level's error is
@@ -244,23 +244,31 @@ class Fusion:
         model_var = np.asarray(model_var)
         take = slice(None) if rows is None else np.asarray(rows)
         scale = 1.0 if aperture is None else float(np.sum(aperture)) ** 2
-        level = scale * self.model_err[take] ** 2
-        kept = (1 - self.weight[take]) ** 2
-        # The fused level's variance: the local noise that came in, and what is kept of
-        # the model's level error, no more than the model quoted (var) at that cadence:
-        # max(var - level, shape) + noise + kept min(var, level), written with
-        # D = var - level as max(D, shape) + kept min(D, 0) + (noise + kept level).
-        noise = np.maximum(scale * self.offset_var[take] - kept * level, 0)
         if out is None:
             out = model_var.copy()
         elif out is not model_var:
             np.copyto(out, model_var)
-        _add_per_row(out, (-level).astype(out.dtype))  # D
-        capped = self._kept_below(out, kept * (level > 0))
-        _per_row(np.maximum, out, (scale * self.shape_var[take]).astype(out.dtype), out)
-        if capped is not None:
-            out[capped[0]] += capped[1]
-        _add_per_row(out, (noise + kept * level).astype(out.dtype))
+        level = scale * self.model_err[take] ** 2
+        kept = (1 - self.weight[take]) ** 2
+        shape = scale * self.shape_var[take]
+        # The fused level's variance: the local noise that came in, and what is kept of
+        # the model's level error, no more than the model quoted (var) at that cadence:
+        # max(var - level, shape) + kept min(var, level) + noise.
+        noise = np.maximum(scale * self.offset_var[take] - kept * level, 0)
+        # Per cadence, a line in var where var is at most the level error at every pixel
+        # (kept var + shape + noise), or at least the level error plus the structure
+        # (var - level + kept level + noise; so var + noise where both are 0: a variance
+        # is not negative); the formula itself on the cadences between.
+        flat = out.reshape(len(out), -1)
+        check = np.flatnonzero((level > 0) | (shape > 0))
+        below = np.zeros(len(flat), dtype=bool)
+        below[check] = _row_reduce(np.maximum, flat, check) <= level[check]
+        rest = check[~below[check]]
+        mixed = rest[_row_reduce(np.minimum, flat, rest) - level[rest] < shape[rest]]
+        fixed = _capped(flat[mixed], level[mixed], kept[mixed], shape[mixed], noise[mixed])
+        _scale_rows(out, kept, np.flatnonzero(below & (kept != 1)))
+        _add_per_row(out, np.where(below, shape + noise, noise - (1 - kept) * level))
+        out[mixed] = fixed.reshape((-1,) + out.shape[1:])
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
             extra = self._surface_variance(local if rows is None else take[local], aperture)
@@ -268,20 +276,6 @@ class Fusion:
                 extra = extra.mean(axis=1)  # a typical pixel
             out[local] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
         return out
-
-    @staticmethod
-    def _kept_below(d: np.ndarray, kept: np.ndarray) -> tuple | None:
-        """``kept * min(d, 0)`` on the rows where ``kept`` is not 0, and those rows
-        (a slice where most rows are), or None if there are none."""
-        rows = np.flatnonzero(kept)
-        if not rows.size:
-            return None
-        if rows.size > len(d) // 2:
-            rows, kept = slice(None), np.asarray(kept)
-        else:
-            kept = np.asarray(kept)[rows]
-        below = np.minimum(d[rows], 0)
-        return rows, _per_row(np.multiply, below, kept.astype(below.dtype), below)
 
     def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:
         """Variance the surface adds at cadences ``rows``, per pixel (or of the aperture sum)."""
@@ -294,6 +288,40 @@ class Fusion:
         used[0] = 0.0
         degree = np.where(np.any(self.surface_coef[rows, 2:], axis=1), 2, 1)
         return self.surface_var[rows, None] * used[degree]
+
+
+def _row_reduce(ufunc: np.ufunc, flat: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``ufunc`` reduced over each of ``flat``'s rows ``rows`` (over all rows, then
+    taken, where they are most: no copy)."""
+    if 2 * rows.size > len(flat):
+        return ufunc.reduce(flat, axis=1)[rows]
+    return ufunc.reduce(flat[rows], axis=1)
+
+
+def _scale_rows(array: np.ndarray, factors: np.ndarray, rows: np.ndarray) -> None:
+    """``array[rows] *= factors[rows]`` (one factor per row), in place; one pass over
+    every row where ``rows`` are most."""
+    if 2 * rows.size > len(array):
+        every = np.ones(len(array), dtype=array.dtype)
+        every[rows] = factors[rows]
+        _per_row(np.multiply, array, every, array)
+    elif rows.size:
+        array[rows] *= factors[rows].astype(array.dtype).reshape((-1,) + (1,) * (array.ndim - 1))
+
+
+def _capped(
+    var: np.ndarray, level: np.ndarray, kept: np.ndarray, shape: np.ndarray, noise: np.ndarray
+) -> np.ndarray:
+    """``max(var - level, shape) + kept min(var, level) + noise`` with one ``level``,
+    ``kept``, ``shape`` and ``noise`` per row of ``var`` (nrow, npix), in its dtype."""
+    added = noise + kept * level
+    level, kept, shape, added = (a.astype(var.dtype)[:, None] for a in (level, kept, shape, added))
+    d = var - level
+    below = np.minimum(d, 0)
+    np.maximum(d, shape, out=d)
+    d += np.multiply(kept, below, out=below)
+    d += added
+    return d
 
 
 def _add_per_row(array: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -690,7 +718,7 @@ def fuse(
     min_pixels: int = MIN_PIXELS,
     clip: float = 3.0,
     chunk: int = 48,
-    model_err: np.ndarray | None = None,
+    model_var: np.ndarray | None = None,
 ) -> Fusion | None:
     """Combine a model with the TPF's faint pixels by their uncertainties.
 
@@ -714,8 +742,8 @@ def fuse(
     chunk : int
         Model intervals per chunk in which the model's error is measured
         (48: a day of 30-min FFIs).
-    model_err : ndarray, shape (ntime, nrow, ncol), optional
-        The model's quoted error per pixel [e-/s]. Its mean square over the
+    model_var : ndarray, shape (ntime, nrow, ncol), optional
+        The model's quoted variance per pixel [(e-/s)**2]. Its mean over the
         background pixels gives the level error's course within a chunk (the
         data give its size); without it the level error is constant over a chunk.
 
@@ -757,8 +785,8 @@ def fuse(
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     sums, noise = np.empty((3, valid.size)), np.empty(valid.size)
-    quoted = None if model_err is None else np.full(ntime, np.nan)
-    flat_model = None if model_err is None else np.reshape(model_err, (ntime, -1))
+    quoted = None if model_var is None else np.full(ntime, np.nan)
+    flat_model = None if model_var is None else np.reshape(model_var, (ntime, -1))
     weights = pixels.ravel().astype(np.float32) / where.size
     for first in range(0, valid.size, _BLOCK):
         rows = _rows(valid[first : first + _BLOCK])
@@ -767,7 +795,8 @@ def fuse(
         sums[:, first : first + _BLOCK] = _clipped_sums(d, clip * max(sigma, 1e-12))
         noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
         if quoted is not None:
-            quoted[valid[first : first + _BLOCK]] = _mean_square(flat_model[rows], weights)
+            block = flat_model[rows].astype(np.float32, copy=False)
+            quoted[valid[first : first + _BLOCK]] = (block @ weights).astype(float)
     bad = np.flatnonzero(~np.isfinite(noise))
     if bad.size:  # a FLUX_ERR that is not finite: the mean over the finite ones
         noise[bad] = _finite_mean_square(flat_err[valid[bad]], pixels.ravel())
@@ -812,20 +841,20 @@ def fuse(
                 surface_var = _running_mean(surface_var, window)[0] / np.maximum(count, 1)
         # The model's level error: the local estimate's mean square (about the whole
         # series' level) beyond its own noise, one degree of freedom per cadence.
-        model_var = _excess(local**2, local_var, np.ones(ntime), span, True)
+        level_var = _excess(local**2, local_var, np.ones(ntime), span, True)
         good = np.isfinite(local) & np.isfinite(local_var)
-        weight = np.where(good, model_var / (model_var + local_var), 0.0)
+        weight = np.where(good, level_var / (level_var + local_var), 0.0)
         weight = np.where(np.isfinite(weight), weight, 0.0)
         offset = np.where(good, weight * local, 0.0)
         # The level error per cadence: the chunk's, spread as the model's quoted error
         # runs (its sum over the chunk is what the data measured). Not in the weight:
         # how the error runs within a chunk is the model's guess, not a measurement.
-        model_var = _excess(local**2, local_var, np.ones(ntime), span)
+        level_var = _excess(local**2, local_var, np.ones(ntime), span)
         if quoted is not None:
-            model_var = model_var * _relative(quoted, good, span)
+            level_var = level_var * _relative(quoted, good, span)
         # The fused level's error: what is left of the model's plus the local noise
         # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 (= w s_L**2 where s_M is constant).
-        added = np.where(good, weight**2 * local_var + (1 - weight) ** 2 * model_var, 0.0)
+        added = np.where(good, weight**2 * local_var + (1 - weight) ** 2 * level_var, 0.0)
     surface_coef[~np.isfinite(surface_coef)] = 0.0
     # The structure next to the aperture, where the background pixels may not reach (a
     # shadow edge's bright side): what the level leaves at the background pixels around
@@ -841,7 +870,7 @@ def fuse(
         offset_var=added,
         local=local,
         local_err=np.sqrt(local_var),
-        model_err=np.sqrt(model_var),
+        model_err=np.sqrt(level_var),
         shape_var=shape,
         weight=weight,
         pixels=pixels,

@@ -154,7 +154,7 @@ def test_level_error_follows_the_models_quoted_error():
     missed = rng.normal(0, 1, NT) * np.where(noisy, 0.5, 0.05)
     flux, err, model, aperture, truth = scene(missed, rng=rng)
     quoted = np.broadcast_to(np.abs(missed)[:, None, None], flux.shape)  # honest per cadence
-    fusion = fuse(flux - model, err, aperture, model_err=quoted)
+    fusion = fuse(flux - model, err, aperture, model_var=quoted**2)
     flat = fuse(flux - model, err, aperture)
     np.testing.assert_array_equal(fusion.offset, flat.offset)
     left = (model + fusion.correction() - truth)[:, 7, 7]
@@ -264,7 +264,7 @@ def test_corrector_fuses_and_keeps_the_transit(field):
 
 
 def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypatch):
-    """``correct()`` and ``correct_tpf()`` give `fuse` the cube's quoted per-pixel error, so
+    """``correct()`` and ``correct_tpf()`` give `fuse` the cube's quoted per-pixel variance, so
     the fusion's level error follows it over each day."""
     import lk_scatterlight.corrector as corrector_module
 
@@ -274,7 +274,7 @@ def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypa
     given = []
 
     def spy(*args, **kwargs):
-        given.append(kwargs["model_err"])
+        given.append(np.array(kwargs["model_var"]))  # as given (correct_tpf reuses it)
         return fuse(*args, **kwargs)
 
     monkeypatch.setattr(corrector_module, "fuse_model", spy)
@@ -283,8 +283,8 @@ def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypa
     corrector.correct_tpf()
     model = cube.evaluate(time, corrector.rows, corrector.columns)
     assert len(given) == 2
-    for model_err in given:
-        np.testing.assert_allclose(model_err, model.flux_err.value)
+    for model_var in given:
+        np.testing.assert_allclose(model_var, model.flux_err.value**2, rtol=1e-6)
 
 
 def test_tiny_tpf_uses_the_model_alone(field):
@@ -456,3 +456,31 @@ def test_variance_and_correction_in_place_or_not():
     np.testing.assert_allclose(
         fusion.add_to(fused), model + fusion.correction(), rtol=1e-6, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_variance_per_pixel_keeps_the_formula_on_every_kind_of_cadence(dtype):
+    """Per pixel, the fused variance is ``max(var - level, shape) + kept min(var, level) +
+    noise`` whether the model quotes less than the level error at every pixel of a
+    cadence, more at every pixel, or both, and with a few or most cadences of one kind."""
+    flux, err, model, aperture, _ = scene(np.random.default_rng(14).normal(0, 0.3, NT))
+    fusion = fuse(flux - model, err, aperture)
+    level = fusion.model_err**2
+    assert np.mean(fusion.weight > 0) > 0.5
+    assert np.mean(level > 0) > 0.5
+    fusion.shape_var[::3] = 0.5 * np.median(level[level > 0])
+    kept = (1 - fusion.weight) ** 2
+    noise = np.maximum(fusion.offset_var - kept * level, 0)
+    typical = np.median(level[level > 0])
+    for lowest, highest in ((0.0, 0.2), (5.0, 9.0), (0.0, 9.0)):  # below, above, across
+        for share in (0.1, 0.9):  # the cadences whose quote spans that range
+            quoted = RNG.uniform(0.5, 1.5, (NT, N, N)) * typical
+            some = RNG.random(NT) < share
+            quoted[some] = RNG.uniform(lowest, highest, (some.sum(), N, N)) * typical
+            quoted = quoted.astype(dtype)
+            lv, kp, sh, ns = (a[:, None, None] for a in (level, kept, fusion.shape_var, noise))
+            expected = np.maximum(quoted - lv, sh) + kp * np.minimum(quoted, lv) + ns
+            rtol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(
+                fusion.variance(quoted), expected, rtol=rtol, atol=rtol * typical
+            )
