@@ -49,13 +49,13 @@ per-cadence level of what the model missed, with an uncertainty of its own.
 6. **Structure the model misses** ``s_S^2(t)``: the background pixels'
    scatter about the cadence's level (or, with a surface, their
    cross-validated error: the surface is used at pixels it was not fitted to)
-   beyond their noise, day by day, where significant; or, if larger, the same
-   over the background pixels within two pixels of the grown aperture, about
-   the local level, on cadences without a surface. Structure that changes
-   across the TPF (a shadow edge) is larger near the aperture than the faint
-   half's mean shows; the ring takes no pixel the background estimate
-   excludes, so a variable target's wing does not enter it either. The fused variance is never below
-   ``s_S^2`` plus the fused level's variance (`Fusion.variance`).
+   beyond their noise, day by day, where significant. The fused variance is
+   never below ``s_S^2`` plus the fused level's variance (`Fusion.variance`).
+   Structure that changes across the TPF (a shadow edge's bright side under
+   the aperture) can be larger at the aperture than the faint half shows. The
+   scatter of the few pixels next to the aperture is not used for it: a small
+   excess of their noise over their ``FLUX_ERR`` (a faint wing, a hot pixel)
+   passes for structure there and becomes a floor far above the model's error.
 
 Where the model is good (``s_M`` small) the weight goes to zero and the
 local noise is not added; where it misses structure the local level and
@@ -87,8 +87,6 @@ _TERMS = (1, 3, 6)
 _CV_PER_CHUNK, _CV_SAMPLE = 8, 2048
 #: Relative drop of the cross-validated error that a higher degree must bring.
 _CV_GAIN = 0.1
-#: Width [px] of the ring around the grown aperture whose structure the errors must cover.
-_RING = 2
 
 
 @dataclass
@@ -113,8 +111,8 @@ class Fusion:
         The model's error variance across the TPF beyond the level (and beyond
         the surface, where one was fitted), per pixel, measured from the data (0
         where it is not significant): structure the model misses (a glint ridge,
-        a shadow edge), over the background pixels or, if larger, over those next
-        to the aperture. The fused variance is never below it (`variance`).
+        a shadow edge), over the background pixels. The fused variance is never
+        below it (`variance`).
     weight : ndarray, shape (ntime,)
         ``w``: 0 where the model drove the cadence, 1 where the local estimate did.
     pixels : ndarray of bool, shape (nrow, ncol)
@@ -382,44 +380,6 @@ def background_pixels(
         return outside
     limit = np.percentile(residual_median[outside], 100 * fraction)
     return outside & (residual_median <= limit)
-
-
-def _ring(aperture: np.ndarray, median: np.ndarray, width: int = _RING) -> np.ndarray:
-    """Flat indices of the pixels within ``width`` of the grown aperture (as in
-    `background_pixels`), bright or faint, whose median residual is finite."""
-    aperture = np.asarray(aperture, dtype=bool)
-    grown = ndimage.binary_dilation(aperture, iterations=1)
-    ring = ndimage.binary_dilation(aperture, iterations=1 + width) & ~grown
-    return np.flatnonzero(ring & np.isfinite(median))
-
-
-def _near_structure(
-    flat: np.ndarray,
-    flat_err: np.ndarray,
-    valid: np.ndarray,
-    ring: np.ndarray,
-    median: np.ndarray,
-    local: np.ndarray,
-    local_var: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per cadence, the ring's mean square residual about the local level, and the noise
-    expected in it (the pixels' ``FLUX_ERR**2`` and the level's variance).
-
-    ``flat`` and ``flat_err`` are (ntime, npix), ``median`` each pixel's median
-    residual; NaN where a cadence is not used.
-    """
-    ntime = len(flat)
-    spread, noise = np.full(ntime, np.nan), np.full(ntime, np.nan)
-    for first in range(0, valid.size, _BLOCK):
-        block = valid[first : first + _BLOCK]
-        rows = _rows(block)
-        d = np.take(flat[rows], ring, axis=1) - median[ring] - local[block, None]
-        err = np.take(flat_err[rows], ring, axis=1).astype(float)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cadences stay NaN
-            spread[block] = np.nanmean(d**2, axis=1)
-            noise[block] = np.nanmean(err**2, axis=1) + local_var[block]
-    return spread, noise
 
 
 def _running_mean(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -856,15 +816,6 @@ def fuse(
         # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 (= w s_L**2 where s_M is constant).
         added = np.where(good, weight**2 * local_var + (1 - weight) ** 2 * level_var, 0.0)
     surface_coef[~np.isfinite(surface_coef)] = 0.0
-    # The structure next to the aperture, where the background pixels may not reach (a
-    # shadow edge's bright side): what the level leaves at the background pixels around
-    # the grown aperture, beyond their noise. Not where a surface was fitted: there the
-    # structure is its cross-validated error, which tests pixels all over the TPF.
-    ring = np.intersect1d(_ring(aperture, median), where)
-    if ring.size >= min_pixels and not degrees.all():
-        near = _near_structure(flat, flat_err, valid, ring, median.ravel(), local, local_var)
-        near = _excess(near[0], near[1], np.full(ntime, ring.size), span)
-        shape = np.where(degrees > 0, shape, np.maximum(shape, near))
     return Fusion(
         offset=offset,
         offset_var=added,

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lk_scatterlight import ScatterLightWarning, simulate
 from lk_scatterlight.fusion import (
@@ -181,24 +182,22 @@ def test_no_more_level_error_kept_than_the_model_quoted():
     assert np.all(fusion.variance(quoted) <= quoted + noise + 1e-12)
 
 
-def test_structure_next_to_the_aperture_sets_the_floor():
-    """A shadow edge the model misses, its bright side under the aperture and the faint
-    half of the pixels on its dark side: the background pixels next to the aperture show
-    more of the structure than the whole faint half, and their excess is a floor of the
-    quoted error. It covers most of the error, not all (the aperture lies further into
-    the bright side than its neighbours): act/quoted is ~7 from the faint half alone, ~2.2
-    with them."""
-    rng = np.random.default_rng(14)
-    xx = np.mgrid[:N, :N][1]
-    edge = 1 / (1 + np.exp(-(xx - 9.0)))
-    flux, err, model, aperture, truth = scene(np.zeros(NT), rng=rng)
-    change = 3 * np.sin(np.linspace(0, 6, NT))[:, None, None] * edge
-    flux, truth = flux + 5 * edge + change, truth + change
+def test_noisier_pixels_next_to_the_aperture_are_not_structure():
+    """The model is right; the faint pixels around the aperture scatter 1.3x more than
+    their FLUX_ERR says (a faint wing, a noise model a little off): an excess variance of
+    0.69 there. That is no error of the model. The structure floor, measured over all
+    the background pixels, takes their share of it (~0.1), not all of it (a floor from
+    the pixels next to the aperture alone did: 0.6-0.8 here, 45x the model's variance on
+    a simulated CCD-edge TPF)."""
+    rng = np.random.default_rng(21)
+    yy, xx = np.mgrid[:N, :N]
+    flux, err, model, aperture, _ = scene(np.zeros(NT), rng=rng)
+    flux -= 5000 * np.exp(-((yy - 7) ** 2 + (xx - 7) ** 2) / 2.0)  # a faint target
+    grown = ndimage.binary_dilation(aperture, iterations=1)
+    near = ndimage.binary_dilation(aperture, iterations=3) & ~grown
+    flux[:, near] += rng.normal(0, np.sqrt(1.3**2 - 1), (NT, near.sum()))
     fusion = fuse(flux - model, err, aperture)
-    left = (model + fusion.correction() - truth)[:, aperture].sum(axis=1)
-    left -= left.mean()
-    quoted = fusion.variance(np.full(NT, (0.05 * aperture.sum()) ** 2), aperture=aperture)
-    assert 1 < np.sqrt(np.mean(left**2) / np.mean(quoted)) < 2.5
+    assert fusion.shape_var.max() < 0.3
 
 
 def test_too_few_background_pixels():
