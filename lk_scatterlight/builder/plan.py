@@ -88,8 +88,8 @@ class WorkArea:
             shapes["fine_calibration"] = ((nframes,), np.float32)
             # rows, columns, fill; rows and columns at a lag of 2 px
             shapes["fine_misfit"] = ((nframes, ntiles, 5), np.float32)
-        stale = _stale_arrays(folder, shapes)
-        if not fresh and stale:
+        stale = [] if fresh else _stale_arrays(folder, shapes)
+        if stale:
             # A work area from an older version of the builder: the frames it finished
             # lack these arrays (or have them in another layout), so it can only be redone.
             log.warning(
