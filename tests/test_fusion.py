@@ -286,6 +286,30 @@ def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypa
         np.testing.assert_allclose(model_var, model.flux_err.value**2, rtol=1e-6)
 
 
+def test_flux_and_model_fuse_as_their_residual():
+    """``fuse(flux, ..., model=model)`` forms flux minus model only where it reads it: the
+    same result, to the bit, as ``fuse(flux - model, ...)``, also with NaN pixels and
+    cadences, cadences outside the model, a surface on some days and a model in float64."""
+    yy, xx = np.mgrid[:N, :N] / (N - 1) * 2 - 1
+    glow = 4 * np.exp(-((xx - np.linspace(-1, 1, NT)[:, None, None]) ** 2 + yy**2) / 2)
+    flux, err, model, aperture, _ = scene(np.zeros(NT))
+    flux = (flux + glow).astype(np.float32)
+    flux[:, 3, 0] = np.nan
+    flux[50:60] = np.nan
+    err = err.astype(np.float32)
+    valid = np.ones(NT, dtype=bool)
+    valid[100:130] = False
+    quoted = np.full(flux.shape, 0.04, dtype=np.float32)
+    for model_dtype in (np.float32, np.float64):
+        m = model.astype(model_dtype)
+        for given in (valid, None):
+            expected = fuse(np.subtract(flux, m), err, aperture, given, 2, model_var=quoted)
+            fusion = fuse(flux, err, aperture, given, 2, model_var=quoted, model=m)
+            assert fusion.has_surface
+            for name, value in vars(expected).items():
+                np.testing.assert_array_equal(getattr(fusion, name), value, err_msg=name)
+
+
 def test_tiny_tpf_uses_the_model_alone(field):
     time = simulate.sector_times(1)[:50]
     cube = simulate.make_cube(field, pixel_bin=64, time=time)
