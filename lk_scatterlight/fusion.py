@@ -52,10 +52,15 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    beyond their noise, day by day, where significant. The fused variance is
    never below ``s_S^2`` plus the fused level's variance (`Fusion.variance`).
    Structure that changes across the TPF (a shadow edge's bright side under
-   the aperture) can be larger at the aperture than the faint half shows. The
-   scatter of the few pixels next to the aperture is not used for it: a small
+   the aperture) can be larger at the aperture than the faint half shows: on
+   cadences without a surface, ``s_S^2`` is at least what the background
+   pixels within two pixels of the grown aperture show about the level as the
+   mean product of each pixel's residual at one cadence and the next, day by
+   day, where above 3 sigma of its noise. Structure the model misses changes
+   slowly and stays in that product; noise, white in time, drops out however
+   well ``FLUX_ERR`` describes it. Their scatter itself is not used: a small
    excess of their noise over their ``FLUX_ERR`` (a faint wing, a hot pixel)
-   passes for structure there and becomes a floor far above the model's error.
+   would pass for structure and become a floor far above the model's error.
 
 Where the model is good (``s_M`` small) the weight goes to zero and the
 local noise is not added; where it misses structure the local level and
@@ -87,6 +92,8 @@ _TERMS = (1, 3, 6)
 _CV_PER_CHUNK, _CV_SAMPLE = 8, 2048
 #: Relative drop of the cross-validated error that a higher degree must bring.
 _CV_GAIN = 0.1
+#: Width [px] of the ring around the grown aperture whose shared structure the errors cover.
+_RING = 2
 
 
 @dataclass
@@ -111,8 +118,9 @@ class Fusion:
         The model's error variance across the TPF beyond the level (and beyond
         the surface, where one was fitted), per pixel, measured from the data (0
         where it is not significant): structure the model misses (a glint ridge,
-        a shadow edge), over the background pixels. The fused variance is never
-        below it (`variance`).
+        a shadow edge), over the background pixels, or if larger, from one cadence to
+        the next over those next to the aperture. The fused variance is never below
+        it (`variance`).
     weight : ndarray, shape (ntime,)
         ``w``: 0 where the model drove the cadence, 1 where the local estimate did.
     pixels : ndarray of bool, shape (nrow, ncol)
@@ -382,6 +390,14 @@ def background_pixels(
     return outside & (residual_median <= limit)
 
 
+def _ring(aperture: np.ndarray, width: int = _RING) -> np.ndarray:
+    """The pixels within ``width`` of the aperture grown by one (as in
+    `background_pixels`), shape (nrow, ncol), bool."""
+    aperture = np.asarray(aperture, dtype=bool)
+    grown = ndimage.binary_dilation(aperture, iterations=1)
+    return ndimage.binary_dilation(aperture, iterations=1 + width) & ~grown
+
+
 def _running_mean(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Centred running mean over ``window`` (odd) samples, NaN-aware, and the samples used."""
     finite = np.isfinite(values)
@@ -414,12 +430,7 @@ def _excess(
     excess barely above the noise, as noise alone gives in a few chunks in a
     hundred, counts for little; a large one is hardly changed).
     """
-    nchunk = -(-spread.size // chunk)
-    pad = nchunk * chunk - spread.size
-
-    def chunk_sums(values: np.ndarray) -> np.ndarray:
-        return np.concatenate([values, np.zeros(pad)]).reshape(nchunk, chunk).sum(axis=1)
-
+    chunk_sums = functools.partial(_chunk_sums, chunk=chunk)
     ok = np.isfinite(spread) & np.isfinite(noise) & (dof > 0)
     cadences = chunk_sums(ok.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -430,6 +441,47 @@ def _excess(
         excess = (cadences >= 4) & (mean_spread > limit)
         value = mean_spread - (limit if shrink else mean_noise)
     return np.repeat(np.where(excess, value, 0.0), chunk)[: spread.size]
+
+
+def _chunk_sums(values: np.ndarray, chunk: int) -> np.ndarray:
+    """Sums of ``values`` over consecutive chunks of ``chunk`` (the last one may be short)."""
+    nchunk = -(-values.size // chunk)
+    padded = np.concatenate([values, np.zeros(nchunk * chunk - values.size)])
+    return padded.reshape(nchunk, chunk).sum(axis=1)
+
+
+def _lagged_excess(residual: np.ndarray, chunk: int) -> np.ndarray:
+    """Per cadence, the chunk's mean product of ``residual`` at consecutive cadences,
+    where significant.
+
+    ``residual`` (ncadence, npix) is each pixel's residual about the cadence's level
+    (NaN where unused). Structure the model misses changes slowly and survives the
+    product of one cadence with the next; noise, white in time, averages to zero in
+    it however well or badly ``FLUX_ERR`` describes it. Significant: above 3 sigma
+    of that mean for white noise of the observed scatter, in a chunk of at least 4
+    cadences; zero elsewhere.
+    """
+    finite = np.isfinite(residual)
+    if finite.all():  # the sums over the pixels of a cadence and the next
+        n = np.full(len(residual) - 1, residual.shape[1])
+        squares = np.einsum("ij,ij->i", residual, residual)
+        square = (squares[1:] + squares[:-1]).astype(float)
+    else:  # over the pixels finite at both
+        residual = np.where(finite, residual, 0.0)
+        both = finite[1:] & finite[:-1]
+        n = both.sum(axis=1)
+        square = np.einsum("ij,ij->i", residual[1:] ** 2 + residual[:-1] ** 2, both)
+    product = np.einsum("ij,ij->i", residual[1:], residual[:-1]).astype(float)
+    ok = np.append(n > 0, False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        product, square = product / n, square / (2 * n)
+        # A product of two white values of variance s2 has variance s2**2.
+        noise = np.append(np.where(n > 0, square**2 / np.maximum(n, 1), 0.0), 0.0)
+        cadences = _chunk_sums(ok.astype(float), chunk)
+        mean = _chunk_sums(np.where(ok, np.append(product, 0.0), 0.0), chunk) / cadences
+        sigma = np.sqrt(_chunk_sums(np.where(ok, noise, 0.0), chunk)) / cadences
+        lagged = (cadences >= 4) & (mean > 3 * sigma)
+    return np.repeat(np.where(lagged, mean, 0.0), chunk)[: len(residual)]
 
 
 def _relative(values: np.ndarray, use: np.ndarray, chunk: int) -> np.ndarray:
@@ -831,6 +883,18 @@ def fuse(
         shape[valid] = _excess(
             np.where(enough, spread, np.nan), noise, np.where(enough, n - terms, 0), span
         )
+        # Structure next to the aperture that the faint half's scatter misses (a shadow
+        # edge's bright side): the background pixels around the aperture, about the
+        # level, from one cadence to the next (white noise, however mis-quoted, drops
+        # out). Not where a surface was fitted: there the structure is its
+        # cross-validated error, which tests pixels all over the TPF.
+        ring = np.flatnonzero(_ring(aperture).ravel()[where])
+        if ring.size >= min_pixels and not degree.all():
+            near = np.take(background, ring, axis=1, mode="clip") - level[ring]
+            near -= mean[:, None].astype(np.float32)
+            near[~enough] = np.nan
+            near = _lagged_excess(near, span)
+            shape[valid] = np.where(degree > 0, shape[valid], np.maximum(shape[valid], near))
         surface_coef = np.zeros((ntime, _TERMS[-1] - 1))
         surface_coef[valid] = coef[:, 1:]
         surface_var = np.zeros(ntime)
