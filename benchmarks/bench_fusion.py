@@ -69,8 +69,8 @@ from the aperture, weighted by the model's and the local estimate's variances.
    each (``--quick``: 3), a fresh corrector per run; then the same for that
    TPF on the smooth field, which the cube models (the fusion adds little: a
    small weight on some days). Aim: fusion adds < 10 %. Then the fusion's own
-   steps on each TPF (median of 3 x as many runs): ``fuse()`` on the residual
-   ``correct_tpf()`` forms (with the model's quoted variance, as there), and
+   steps on each TPF (median of 3 x as many runs): ``fuse()`` on FLUX and the model
+   as ``correct_tpf()`` calls it (with the model's quoted variance), and
    ``Fusion.add_to`` + ``Fusion.variance`` over the
    TPF; and ``correct()`` (the light curve) without and with fusion.
 
@@ -505,9 +505,9 @@ def run_cost(tpf, cube, repeats: int, method: str = "correct_tpf") -> dict:
 
 def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
     """CPU seconds of the fusion step alone, as ``correct_tpf()`` runs it: ``fuse()`` on
-    the residual (FLUX minus the model, given) with the model's quoted variance, then its
-    correction added to the model and its variance (``Fusion.add_to``,
-    ``Fusion.variance``)."""
+    FLUX and the model (given; it forms flux minus model only where it reads it) with the
+    model's quoted variance, then its correction added to the model and its variance
+    (``Fusion.add_to``, ``Fusion.variance``)."""
     aperture = brightest_aperture(np.median(tpf.hdu[1].data["FLUX"], axis=0))
     corr = corrector(tpf, cube, aperture, True)
     table = tpf.hdu[1].data
@@ -518,12 +518,11 @@ def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
         np.ascontiguousarray(table[name], dtype=np.float32) for name in ("FLUX", "FLUX_ERR")
     )
     model_flux, model_err = model.flux.value, model.flux_err.value
-    residual = np.subtract(flux, model_flux, dtype=np.float32)
     out = np.empty((repeats, 2))
     for k in range(repeats):
         fused_flux, fused_var = model_flux.copy(), np.square(model_err)
         t0 = time.process_time()
-        fusion = corr._fuse(times, residual, flux_err, model.valid, fused_var)
+        fusion = corr._fuse(times, flux, flux_err, model.valid, fused_flux, fused_var)
         t1 = time.process_time()
         fusion.add_to(fused_flux)
         fusion.variance(fused_var, out=fused_var)
@@ -551,8 +550,8 @@ def print_cost(tpf, cube, ncad: int, repeats: int) -> None:
             f"   {label:10s} fused / model alone (median of paired runs): {ratio:.3f} (aim < 1.10)"
         )
     print(
-        f"   the fusion's steps, median of {3 * repeats} runs, CPU [ms]: fuse() on the "
-        "residual; add_to() and variance() over the TPF; and correct() (the light curve) "
+        f"   the fusion's steps, median of {3 * repeats} runs, CPU [ms]: fuse() on FLUX "
+        "and the model; add_to() and variance() over the TPF; and correct() (the light curve) "
         "without -> with fusion, medians and median of paired runs"
     )
     for label, which in tpfs:

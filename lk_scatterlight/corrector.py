@@ -337,11 +337,11 @@ class ScatterLightCorrector(Corrector):
             self.model = model
         return self.model
 
-    def _fuse(self, time, residual, flux_err, valid, model_var=None) -> Fusion | None:
+    def _fuse(self, time, flux, flux_err, valid, model, model_var=None) -> Fusion | None:
         """Fuse the model with the TPF's faint pixels (None without fusion).
 
-        ``residual`` is the TPF's flux (background in it) minus the model, ``valid``
-        the cadences the model covers, ``model_var`` the model's quoted variance per pixel.
+        ``flux`` is the TPF's flux (background in it), ``valid`` the cadences the model
+        covers, ``model`` the model and ``model_var`` its quoted variance per pixel.
         """
         if not self.fuse:
             return None
@@ -351,7 +351,13 @@ class ScatterLightCorrector(Corrector):
             width = self.cube.plane_width
             window = max(1, int(round(width / step)))
         fusion = fuse_model(
-            residual, flux_err, self.aperture_mask, valid=valid, window=window, model_var=model_var
+            flux,
+            flux_err,
+            self.aperture_mask,
+            valid=valid,
+            window=window,
+            model_var=model_var,
+            model=model,
         )
         if fusion is None:
             warnings.warn(
@@ -391,12 +397,12 @@ class ScatterLightCorrector(Corrector):
             flux = _good_cadences(self.tpf, "FLUX")
             if self.spoc_background:  # the pixels as observed, background restored
                 flux = flux + np.nan_to_num(_good_cadences(self.tpf, "FLUX_BKG"))
-            residual = np.subtract(flux, model.flux.value, dtype=np.float32)
             self.fusion = self._fuse(
                 _good_cadences(self.tpf, "TIME"),
-                residual,
+                flux,
                 _good_cadences(self.tpf, "FLUX_ERR"),
                 model.valid,
+                model.flux.value,
                 np.square(model.flux_err.value),
             )
         if self.fusion is not None:
@@ -512,15 +518,14 @@ class ScatterLightCorrector(Corrector):
         finite_rows = slice(None) if finite.all() else finite
         fusion = None
         if self.fuse:  # on what the model leaves in FLUX
-            residual = np.subtract(flux[finite_rows], model_flux, dtype=model_flux.dtype)
             fusion = self._fuse(
                 time[finite_rows],
-                residual,
+                flux[finite_rows],
                 flux_err[finite_rows],
                 model.valid,
-                model_var,  # fuse() reads it before variance() changes it
+                model_flux,  # fuse() reads them before add_to() and variance() change them
+                model_var,
             )
-            del residual
         self.fusion_tpf = fusion
         changed = fusion.changed() if fusion is not None else np.empty(0, dtype=int)
         if changed.size:  # the cadences whose model and errors the fusion changes

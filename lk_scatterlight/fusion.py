@@ -52,10 +52,15 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    beyond their noise, day by day, where significant. The fused variance is
    never below ``s_S^2`` plus the fused level's variance (`Fusion.variance`).
    Structure that changes across the TPF (a shadow edge's bright side under
-   the aperture) can be larger at the aperture than the faint half shows. The
-   scatter of the few pixels next to the aperture is not used for it: a small
+   the aperture) can be larger at the aperture than the faint half shows: on
+   cadences without a surface, ``s_S^2`` is at least what the background
+   pixels within two pixels of the grown aperture show about the level as the
+   mean product of each pixel's residual at one cadence and the next, day by
+   day, where above 3 sigma of its noise. Structure the model misses changes
+   slowly and stays in that product; noise, white in time, drops out however
+   well ``FLUX_ERR`` describes it. Their scatter itself is not used: a small
    excess of their noise over their ``FLUX_ERR`` (a faint wing, a hot pixel)
-   passes for structure there and becomes a floor far above the model's error.
+   would pass for structure and become a floor far above the model's error.
 
 Where the model is good (``s_M`` small) the weight goes to zero and the
 local noise is not added; where it misses structure the local level and
@@ -87,6 +92,8 @@ _TERMS = (1, 3, 6)
 _CV_PER_CHUNK, _CV_SAMPLE = 8, 2048
 #: Relative drop of the cross-validated error that a higher degree must bring.
 _CV_GAIN = 0.1
+#: Width [px] of the ring around the grown aperture whose shared structure the errors cover.
+_RING = 2
 
 
 @dataclass
@@ -111,8 +118,9 @@ class Fusion:
         The model's error variance across the TPF beyond the level (and beyond
         the surface, where one was fitted), per pixel, measured from the data (0
         where it is not significant): structure the model misses (a glint ridge,
-        a shadow edge), over the background pixels. The fused variance is never
-        below it (`variance`).
+        a shadow edge), over the background pixels, or if larger, from one cadence to
+        the next over those next to the aperture. The fused variance is never below
+        it (`variance`).
     weight : ndarray, shape (ntime,)
         ``w``: 0 where the model drove the cadence, 1 where the local estimate did.
     pixels : ndarray of bool, shape (nrow, ncol)
@@ -382,6 +390,14 @@ def background_pixels(
     return outside & (residual_median <= limit)
 
 
+def _ring(aperture: np.ndarray, width: int = _RING) -> np.ndarray:
+    """The pixels within ``width`` of the aperture grown by one (as in
+    `background_pixels`), shape (nrow, ncol), bool."""
+    aperture = np.asarray(aperture, dtype=bool)
+    grown = ndimage.binary_dilation(aperture, iterations=1)
+    return ndimage.binary_dilation(aperture, iterations=1 + width) & ~grown
+
+
 def _running_mean(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Centred running mean over ``window`` (odd) samples, NaN-aware, and the samples used."""
     finite = np.isfinite(values)
@@ -414,12 +430,7 @@ def _excess(
     excess barely above the noise, as noise alone gives in a few chunks in a
     hundred, counts for little; a large one is hardly changed).
     """
-    nchunk = -(-spread.size // chunk)
-    pad = nchunk * chunk - spread.size
-
-    def chunk_sums(values: np.ndarray) -> np.ndarray:
-        return np.concatenate([values, np.zeros(pad)]).reshape(nchunk, chunk).sum(axis=1)
-
+    chunk_sums = functools.partial(_chunk_sums, chunk=chunk)
     ok = np.isfinite(spread) & np.isfinite(noise) & (dof > 0)
     cadences = chunk_sums(ok.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -430,6 +441,47 @@ def _excess(
         excess = (cadences >= 4) & (mean_spread > limit)
         value = mean_spread - (limit if shrink else mean_noise)
     return np.repeat(np.where(excess, value, 0.0), chunk)[: spread.size]
+
+
+def _chunk_sums(values: np.ndarray, chunk: int) -> np.ndarray:
+    """Sums of ``values`` over consecutive chunks of ``chunk`` (the last one may be short)."""
+    nchunk = -(-values.size // chunk)
+    padded = np.concatenate([values, np.zeros(nchunk * chunk - values.size)])
+    return padded.reshape(nchunk, chunk).sum(axis=1)
+
+
+def _lagged_excess(residual: np.ndarray, chunk: int) -> np.ndarray:
+    """Per cadence, the chunk's mean product of ``residual`` at consecutive cadences,
+    where significant.
+
+    ``residual`` (ncadence, npix) is each pixel's residual about the cadence's level
+    (NaN where unused). Structure the model misses changes slowly and survives the
+    product of one cadence with the next; noise, white in time, averages to zero in
+    it however well or badly ``FLUX_ERR`` describes it. Significant: above 3 sigma
+    of that mean for white noise of the observed scatter, in a chunk of at least 4
+    cadences; zero elsewhere.
+    """
+    finite = np.isfinite(residual)
+    if finite.all():  # the sums over the pixels of a cadence and the next
+        n = np.full(len(residual) - 1, residual.shape[1])
+        squares = np.einsum("ij,ij->i", residual, residual)
+        square = (squares[1:] + squares[:-1]).astype(float)
+    else:  # over the pixels finite at both
+        residual = np.where(finite, residual, 0.0)
+        both = finite[1:] & finite[:-1]
+        n = both.sum(axis=1)
+        square = np.einsum("ij,ij->i", residual[1:] ** 2 + residual[:-1] ** 2, both)
+    product = np.einsum("ij,ij->i", residual[1:], residual[:-1]).astype(float)
+    ok = np.append(n > 0, False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        product, square = product / n, square / (2 * n)
+        # A product of two white values of variance s2 has variance s2**2.
+        noise = np.append(np.where(n > 0, square**2 / np.maximum(n, 1), 0.0), 0.0)
+        cadences = _chunk_sums(ok.astype(float), chunk)
+        mean = _chunk_sums(np.where(ok, np.append(product, 0.0), 0.0), chunk) / cadences
+        sigma = np.sqrt(_chunk_sums(np.where(ok, noise, 0.0), chunk)) / cadences
+        lagged = (cadences >= 4) & (mean > 3 * sigma)
+    return np.repeat(np.where(lagged, mean, 0.0), chunk)[: len(residual)]
 
 
 def _relative(values: np.ndarray, use: np.ndarray, chunk: int) -> np.ndarray:
@@ -603,6 +655,45 @@ def _top_degree(r: np.ndarray) -> int:
     return max(d for d, p in enumerate(_TERMS) if p <= diagonal.size and constrained[:p].all())
 
 
+class _Residual:
+    """The TPF's flux minus the model, formed only at the cadences and pixels read.
+
+    ``data`` is the residual itself, or with ``model`` the flux; both of shape
+    (ntime, nrow, ncol). Values come out as float32 (the difference taken in the
+    inputs' precision, then rounded).
+    """
+
+    def __init__(self, data: np.ndarray, model: np.ndarray | None = None) -> None:
+        data = np.asarray(data)
+        self.ntime, self.image_shape = data.shape[0], data.shape[1:]
+        # Views where the pixels of a cadence are contiguous (a FITS table column is one).
+        self.data = np.reshape(data, (self.ntime, -1))
+        self.model = None if model is None else np.reshape(model, (self.ntime, -1))
+        self._scratch = None  # a block's flux minus model, reused (stays in the CPU's cache)
+
+    def rows(self, rows) -> np.ndarray:
+        """The residual at cadences ``rows``, shape (n, npix), float32."""
+        if self.model is None:
+            return self.data[rows].astype(np.float32, copy=False)
+        return np.subtract(self.data[rows], self.model[rows]).astype(np.float32, copy=False)
+
+    def take(self, rows, where: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The residual at cadences ``rows`` and pixels ``where`` (flat indices), into
+        ``out`` (float32, shape (n, where.size)); returns ``out``."""
+        data = self.data[rows]
+        if self.model is not None:  # whole rows, then the pixels: faster than two takes
+            if self._scratch is None or len(self._scratch) < len(data):
+                dtype = np.result_type(data, self.model).newbyteorder("=")
+                self._scratch = np.empty(data.shape, dtype=dtype)
+            data = np.subtract(data, self.model[rows], out=self._scratch[: len(data)])
+        # np.take on a contiguous array is several times faster than fancy indexing, and
+        # without its bounds check ("clip": the indices are valid) faster still.
+        if data.dtype == out.dtype:
+            return np.take(data, where, axis=1, out=out, mode="clip")
+        np.copyto(out, np.take(data, where, axis=1, mode="clip"), casting="same_kind")
+        return out
+
+
 def _rows(rows: np.ndarray) -> slice | np.ndarray:
     """``rows`` (sorted indices) as a slice where they are consecutive (a view, no copy)."""
     if rows.size and rows[-1] - rows[0] == rows.size - 1:
@@ -611,8 +702,7 @@ def _rows(rows: np.ndarray) -> slice | np.ndarray:
 
 
 def _fit_surface(
-    flat: np.ndarray,
-    valid: np.ndarray,
+    background: np.ndarray,
     where: np.ndarray,
     level: np.ndarray,
     shape: tuple[int, int],
@@ -623,33 +713,34 @@ def _fit_surface(
 
     Parameters
     ----------
-    flat : ndarray, shape (ntime, nrow * ncol)
-        The residual.
-    valid, where : ndarray of int
-        The cadences and the background pixels (flat indices) used.
+    background : ndarray, shape (ncadence, where.size)
+        The residual at the background pixels, on the cadences used.
+    where : ndarray of int
+        The background pixels (flat indices).
     level : ndarray, shape (where.size,)
         Each background pixel's median residual.
     shape : (int, int)
         The TPF's image shape.
-    structured : ndarray of bool, shape (valid.size,)
+    structured : ndarray of bool, shape (ncadence,)
         Cadences whose day shows structure beyond a level; only those may get a surface.
     span : int
         Cadences per day (chunk).
 
     Returns
     -------
-    degree : ndarray of int8, shape (valid.size,)
-    coef : ndarray, shape (valid.size, 6)
+    degree : ndarray of int8, shape (ncadence,)
+    coef : ndarray, shape (ncadence, 6)
         The coefficients of the orthonormal terms (0 beyond the degree).
-    cv_spread : ndarray, shape (valid.size,)
+    cv_spread : ndarray, shape (ncadence,)
         Cross-validated squared error per pixel at the sampled cadences, NaN elsewhere.
     basis : ndarray, shape (nrow * ncol, 6)
     """
     design = _surface_design(shape)
     basis, top = _surface_basis(design, where)
-    degree = np.zeros(valid.size, dtype=np.int8)
-    coef = np.zeros((valid.size, _TERMS[-1]))
-    cv_spread = np.full(valid.size, np.nan)
+    ncadence = len(background)
+    degree = np.zeros(ncadence, dtype=np.int8)
+    coef = np.zeros((ncadence, _TERMS[-1]))
+    cv_spread = np.full(ncadence, np.nan)
     if top == 0 or not structured.any():
         return degree, coef, cv_spread, basis
     step = max(span // _CV_PER_CHUNK, -(-int(structured.sum()) // _CV_SAMPLE), 1)
@@ -657,13 +748,13 @@ def _fit_surface(
     picked = candidates[(candidates % step) == 0]
     if picked.size == 0:
         return degree, coef, cv_spread, basis
-    cv = _cross_validate(flat[valid[picked]][:, where] - level, design, where, shape[1], top)
-    degree = _choose_degree(cv, picked // span, valid.size, span)
+    cv = _cross_validate(background[picked] - level, design, where, shape[1], top)
+    degree = _choose_degree(cv, picked // span, ncadence, span)
     cv_spread[picked] = cv[degree[picked], np.arange(picked.size)] / where.size
     fitted = np.flatnonzero(degree)
     for first in range(0, fitted.size, _BLOCK):  # from every pixel: a ridge is no outlier
         block = fitted[first : first + _BLOCK]
-        d = np.subtract(np.take(flat[_rows(valid[block])], where, axis=1), level)
+        d = np.subtract(background[_rows(block)], level)
         coef[block] = np.nan_to_num(d) @ basis[where]
     coef[degree == 1, _TERMS[1] :] = 0.0  # a plane's days keep the plane's terms only
     return degree, coef, cv_spread, basis
@@ -679,6 +770,7 @@ def fuse(
     clip: float = 3.0,
     chunk: int = 48,
     model_var: np.ndarray | None = None,
+    model: np.ndarray | None = None,
 ) -> Fusion | None:
     """Combine a model with the TPF's faint pixels by their uncertainties.
 
@@ -686,7 +778,8 @@ def fuse(
     ----------
     residual : ndarray, shape (ntime, nrow, ncol)
         The TPF's flux (background still in it) minus the scattered-light
-        model [e-/s]; NaN where either is unavailable.
+        model [e-/s]; NaN where either is unavailable. With ``model``: the
+        flux itself.
     flux_err : ndarray, shape (ntime, nrow, ncol)
         The flux's error [e-/s].
     aperture : ndarray of bool, shape (nrow, ncol)
@@ -706,18 +799,22 @@ def fuse(
         The model's quoted variance per pixel [(e-/s)**2]. Its mean over the
         background pixels gives the level error's course within a chunk (the
         data give its size); without it the level error is constant over a chunk.
+    model : ndarray, shape (ntime, nrow, ncol), optional
+        The scattered-light model [e-/s]. Given, the first argument is the flux
+        and flux minus model is formed only where the fusion reads it (the
+        background pixels, a sample of cadences): no full residual is made.
 
     Returns
     -------
     fusion : `Fusion` or None
         None when the TPF has too few background pixels.
     """
-    residual = np.asarray(residual)
-    ntime = residual.shape[0]
+    residual = _Residual(residual, model)
+    ntime = residual.ntime
     # Cadences the model covers; cadences without finite flux drop out below (too few
     # pixels).
     if valid is None:
-        valid = np.isfinite(residual).any(axis=(1, 2))
+        valid = np.isfinite(residual.rows(slice(None))).any(axis=1)
     valid = np.flatnonzero(valid)
     if valid.size < 2:
         return None
@@ -725,8 +822,8 @@ def fuse(
     # float32 throughout: the values are e-/s levels and their noise, and sums run over at
     # most a few hundred pixels.
     sample = valid[np.linspace(0, valid.size - 1, min(valid.size, _SAMPLE)).astype(int)]
-    sampled = residual[sample].astype(np.float32, copy=False)
-    median = _median(sampled, axis=0)
+    sampled = residual.rows(sample)
+    median = _median(sampled, axis=0).reshape(residual.image_shape)
     pixels = background_pixels(median, aperture)
     if pixels.sum() < min_pixels:
         return None
@@ -734,24 +831,26 @@ def fuse(
     level = median.ravel()[where]
     # The clipping scale: a robust scatter across pixels about each cadence's mean, from
     # a quarter of the sample.
-    spread = sampled[::4].reshape(-1, median.size)[:, where] - level
+    spread = sampled[::4][:, where] - level
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cadences
         spread = (spread - np.nanmean(spread, axis=1, keepdims=True)).ravel()
     spread = spread[np.isfinite(spread)]
     sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
     # Views where the pixels of a cadence are contiguous (a FITS table column is one).
-    flat, flat_err = (np.reshape(a, (ntime, -1)) for a in (residual, flux_err))
+    flat_err = np.reshape(flux_err, (ntime, -1))
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     sums, noise = np.empty((3, valid.size)), np.empty(valid.size)
     quoted = None if model_var is None else np.full(ntime, np.nan)
     flat_model = None if model_var is None else np.reshape(model_var, (ntime, -1))
     weights = pixels.ravel().astype(np.float32) / where.size
+    # The residual at the background pixels, kept for the surface's fits.
+    background = np.empty((valid.size, where.size), dtype=np.float32)
     for first in range(0, valid.size, _BLOCK):
         rows = _rows(valid[first : first + _BLOCK])
-        # np.take on a contiguous array is several times faster than fancy indexing.
-        d = np.subtract(np.take(flat[rows], where, axis=1), level, dtype=np.float32)
+        block = residual.take(rows, where, out=background[first : first + _BLOCK])
+        d = np.subtract(block, level, dtype=np.float32)
         sums[:, first : first + _BLOCK] = _clipped_sums(d, clip * max(sigma, 1e-12))
         noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
         if quoted is not None:
@@ -768,7 +867,7 @@ def fuse(
         dof = np.where(enough, n - 1, 0)
         structured = _excess(np.where(enough, scatter, np.nan), noise, dof, span) > 0
     degree, coef, cv_spread, basis = _fit_surface(
-        flat, valid, where, level, median.shape, structured, span
+        background, where, level, median.shape, structured, span
     )
     terms = np.asarray(_TERMS)[degree]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -784,6 +883,18 @@ def fuse(
         shape[valid] = _excess(
             np.where(enough, spread, np.nan), noise, np.where(enough, n - terms, 0), span
         )
+        # Structure next to the aperture that the faint half's scatter misses (a shadow
+        # edge's bright side): the background pixels around the aperture, about the
+        # level, from one cadence to the next (white noise, however mis-quoted, drops
+        # out). Not where a surface was fitted: there the structure is its
+        # cross-validated error, which tests pixels all over the TPF.
+        ring = np.flatnonzero(_ring(aperture).ravel()[where])
+        if ring.size >= min_pixels and not degree.all():
+            near = np.take(background, ring, axis=1, mode="clip") - level[ring]
+            near -= mean[:, None].astype(np.float32)
+            near[~enough] = np.nan
+            near = _lagged_excess(near, span)
+            shape[valid] = np.where(degree > 0, shape[valid], np.maximum(shape[valid], near))
         surface_coef = np.zeros((ntime, _TERMS[-1] - 1))
         surface_coef[valid] = coef[:, 1:]
         surface_var = np.zeros(ntime)
