@@ -2,12 +2,12 @@
 
 Run: ``python benchmarks/bench_fusion.py [--quick]`` (from the repository root).
 Prints numbers; asserts nothing. Runs with one BLAS thread (``--blas-threads N``
-to change; the script restarts itself with ``OPENBLAS_NUM_THREADS`` etc. set, as
-``bench_regional.py`` does). About 1.5-3 minutes on a busy 2-core machine by
-default (most of it generating the 2 x 24 simulated FFIs and building the two
-whole-CCD cubes), about 1 with ``--quick`` (fewer frames and TPFs, 4,000
-cadences and 3 timing runs in part 3). ``--parts 3`` runs part 3 only (any of
-1234).
+to change, 0 for the libraries' default as users run it; the script restarts
+itself with ``OPENBLAS_NUM_THREADS`` etc. set, as ``bench_regional.py`` does).
+About 1.5-3 minutes on a busy 2-core machine by default (most of it generating
+the 2 x 24 simulated FFIs and building the two whole-CCD cubes), about 1 with
+``--quick`` (fewer frames and TPFs, 4,000 cadences and 3 timing runs in part 3).
+``--parts 3`` runs part 3 only (any of 1234).
 
 ``ScatterLightCorrector(fuse=True)`` (`lk_scatterlight.fusion.fuse`) adds to the
 cube's model a per-cadence level estimated from the TPF's faint pixels away
@@ -568,12 +568,15 @@ def print_cost(tpf, cube, ncad: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, TPFs, cadences")
-    parser.add_argument("--blas-threads", type=int, default=1, help="BLAS/OpenMP threads")
+    parser.add_argument(
+        "--blas-threads", type=int, default=1, help="BLAS threads (0: the libraries' default)"
+    )
     parser.add_argument("--parts", default="1234", help="the parts to run, e.g. 3 (default 1234)")
     args = parser.parse_args()
     import bench_regional as br
 
-    br.restart_with_blas_threads(args.blas_threads, __file__)
+    if args.blas_threads > 0:
+        br.restart_with_blas_threads(args.blas_threads, __file__)
 
     import lk_scatterlight
     from lk_scatterlight.simulate import ScatteredLightField, sector_times
@@ -583,7 +586,7 @@ def main() -> None:
     gap, n_start, n_after, frames = br.perigee_frames(all_t, args.quick)
     print(
         f"bench_fusion: lk_scatterlight {lk_scatterlight.__version__}, numpy {np.__version__}, "
-        f"{os.cpu_count()} CPUs, {args.blas_threads} BLAS thread(s), load average "
+        f"{os.cpu_count()} CPUs, {args.blas_threads or 'default'} BLAS thread(s), load average "
         + ", ".join(f"{x:.1f}" for x in os.getloadavg())
     )
     print(

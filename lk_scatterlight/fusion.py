@@ -96,6 +96,32 @@ _CV_GAIN = 0.1
 _RING = 2
 
 
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries (made once: ~13 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread(func):
+    """Run ``func`` with BLAS limited to one thread.
+
+    Fusion's matrix products are small (a block of cadences by ~100 pixels):
+    BLAS's default threads do not speed them up, and on a busy machine their
+    waiting threads made fusion cost 3-5x more CPU (`correct_tpf` of a 15 x 15
+    TPF x 12,000 cadences, fused / model alone: 1.88 with default threads, 1.18
+    with one; ``benchmarks/bench_fusion.py``).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 @dataclass
 class Fusion:
     """Per-cadence result of `fuse` [e-/s per pixel].
@@ -166,6 +192,7 @@ class Fusion:
         out = np.zeros((len(self.offset),) + self.pixels.shape, dtype=dtype)
         return self.add_to(out)
 
+    @_one_blas_thread
     def add_to(self, array: np.ndarray, sign: float = 1.0) -> np.ndarray:
         """Add ``sign`` times the fusion's correction to ``array`` in place, and return it.
 
@@ -210,6 +237,7 @@ class Fusion:
         # Column by column: numpy reduces a long axis much faster than many short rows.
         return np.logical_or.reduce([column != 0 for column in self.surface_coef.T])
 
+    @_one_blas_thread
     def variance(
         self,
         model_var,
@@ -760,6 +788,7 @@ def _fit_surface(
     return degree, coef, cv_spread, basis
 
 
+@_one_blas_thread
 def fuse(
     residual: np.ndarray,
     flux_err: np.ndarray,

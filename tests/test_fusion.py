@@ -526,3 +526,31 @@ def test_variance_per_pixel_keeps_the_formula_on_every_kind_of_cadence(dtype):
             np.testing.assert_allclose(
                 fusion.variance(quoted), expected, rtol=rtol, atol=rtol * typical
             )
+
+
+def test_fusion_runs_with_one_blas_thread(monkeypatch):
+    """fuse(), add_to() and variance() limit BLAS to one thread (its default threads
+    made fusion 3-5x more expensive on a busy machine) and restore it afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import lk_scatterlight.fusion as fusion_module
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    seen = []
+    original = fusion_module._clipped_sums
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fusion_module, "_clipped_sums", spy)
+    flux, err, model, aperture, _ = scene(3 * np.sin(np.linspace(0, 9, NT)))
+    with threadpool_limits(limits=2, user_api="blas"):  # as on a 2-core machine
+        assert blas_threads() == {2}
+        fusion = fuse(flux - model, err, aperture)
+        assert blas_threads() == {2}
+    assert seen
+    assert all(threads == {1} for threads in seen)
+    assert fusion is not None
