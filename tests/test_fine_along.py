@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lk_scatterlight.builder.fine import _along_scale, _smooth_along_structure
+from lk_scatterlight.builder.fine import _along_scale, _least_squares, _smooth_along_structure
 
 TILE = 32  # 2-px bins: a 64-px tile
 N = 4 * TILE
@@ -85,3 +85,16 @@ def test_a_residual_modulated_along_the_ridge_is_kept():
     model = truth * (0.7 + 0.3 * np.cos(2 * np.pi * along / 8))  # 16-px period
     out, _ = smoothed(truth - model, model=model)
     np.testing.assert_allclose(inner(out), inner(truth - model), atol=0.005)
+
+
+def test_profile_least_squares_match_lstsq():
+    """The profiles' normal-equation solve gives lstsq's answer, on a regularised tall
+    system and on a singular one (two equal columns: lstsq's minimum-norm answer)."""
+    rng = np.random.default_rng(4)
+    lhs = np.vstack([rng.normal(size=(300, 30)), 0.3 * np.diff(np.eye(30), 2, axis=0)])
+    rhs = rng.normal(size=lhs.shape[0])
+    expected = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    np.testing.assert_allclose(_least_squares(lhs, rhs), expected, rtol=1e-8, atol=1e-10)
+    singular = np.hstack([lhs[:, :1], lhs])
+    expected = np.linalg.lstsq(singular, rhs, rcond=None)[0]
+    np.testing.assert_allclose(_least_squares(singular, rhs), expected, rtol=1e-6, atol=1e-8)

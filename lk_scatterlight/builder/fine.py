@@ -70,7 +70,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import linalg, ndimage
 
 from .. import interpolate
 from ..finelayer import FineLayer, compress_tile
@@ -454,15 +454,10 @@ def _smooth_along_structure(
         )
         u_row, u_col = -np.sin(theta[inner]), np.cos(theta[inner])
         rows, cols = np.mgrid[inner]
-        spline = ndimage.spline_filter(window, order=3, mode="nearest")
-        total = np.zeros(u_row.shape)
-        for step, w in zip(steps, weights, strict=True):
-            at = [rows + step * u_row, cols + step * u_col]
-            total += w * ndimage.map_coordinates(
-                spline, at, order=3, mode="nearest", prefilter=False
-            )
+        at = [rows + steps[:, None, None] * u_row, cols + steps[:, None, None] * u_col]
+        samples = ndimage.map_coordinates(window, at, order=3, mode="nearest")
         block = (slice(i * tile, (i + 1) * tile), slice(j * tile, (j + 1) * tile))
-        r[block] = total - model[block]
+        r[block] = np.tensordot(weights, samples, axes=1) - model[block]
     return float(np.sqrt(np.sum(weights**2)))
 
 
@@ -951,8 +946,23 @@ def _fit_profile(r, ok, model, noise, threshold, component, piece, n) -> None:
     penalty = np.hstack([smooth, np.zeros((smooth.shape[0], 1))]) * 0.3
     lhs = np.vstack([design[valid], penalty])
     rhs = np.concatenate([total[valid], np.zeros(penalty.shape[0])])
-    coef = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    coef = _least_squares(lhs, rhs)
     res[hole] = design[hole] @ coef - model[r0:r1, c0:c1][hole]
+
+
+def _least_squares(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``lstsq(lhs, rhs)`` through the normal equations (Cholesky), ~10x faster for the
+    profiles' tall, well-conditioned systems; SVD (`numpy.linalg.lstsq`) when they are
+    singular or badly conditioned."""
+    normal = lhs.T @ lhs
+    try:
+        factor = linalg.cho_factor(normal, check_finite=False)
+    except linalg.LinAlgError:
+        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    diagonal = np.diag(factor[0])
+    if diagonal.min() <= 1e-6 * diagonal.max():  # condition number over ~1e12
+        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    return linalg.cho_solve(factor, lhs.T @ rhs, check_finite=False)
 
 
 def _fill_isotropic(r: np.ndarray, ok: np.ndarray, holes=None, copy: bool = True) -> np.ndarray:
