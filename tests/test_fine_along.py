@@ -21,7 +21,7 @@ def smoothed(image: np.ndarray, kept=(5,), model=None) -> tuple[np.ndarray, floa
     """``image`` (a residual against ``model``, 0 by default) smoothed in the ``kept`` tiles."""
     out = image.copy()
     model = np.zeros_like(image) if model is None else model
-    gain = _smooth_along_structure(out, model, np.array(kept), TILE, _along_scale(2))
+    _, gain = _smooth_along_structure(out, model, np.array(kept), TILE, _along_scale(2))
     return out, gain
 
 

@@ -369,11 +369,12 @@ def fine_residual(
     tile_sigma = tile_sigma * np.float32(np.sqrt(calibration))
     kept = np.flatnonzero(chi2.ravel() > context.threshold).astype(np.int32)
     along = _along_scale(context.pixel_bin)
-    gain = _smooth_along_structure(r, model, kept, context.tile, along) if along else 1.0
+    smoothing = _smooth_along_structure(r, model, kept, context.tile, along) if along else None
+    gain = 1.0 if smoothing is None else smoothing[1]
     blocks = r.reshape(nt, t, nt, t).transpose(0, 2, 1, 3).reshape(nt * nt, t, t)[kept]
     # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept]) * gain
-    misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma)
+    misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma, smoothing)
     fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration)
     misfit = np.column_stack([misfit[:, :2], fill, misfit[:, 2:]]).astype(np.float32)
     return FineFrame(
@@ -424,12 +425,14 @@ def _smooth_along_structure(
 
     Returns
     -------
-    gain : float
-        Factor on a bin's noise (``sqrt(sum(w**2)) / sum(w)`` of the weights):
-        the smoothed bins' typical error over the unsmoothed ones'.
+    own, gain : float
+        The weight a bin's own mean keeps in its smoothed value, and the factor
+        on a bin's noise (``sqrt(sum(w**2)) / sum(w)`` of the weights): the
+        smoothed bins' typical error over the unsmoothed ones'. (1, 1) if
+        nothing is kept.
     """
     if kept.size == 0:
-        return 1.0
+        return 1.0, 1.0
     n = r.shape[0]
     reach = int(np.ceil(2.5 * scale))
     steps = np.arange(-reach, reach + 1)
@@ -458,7 +461,7 @@ def _smooth_along_structure(
         samples = ndimage.map_coordinates(window, at, order=3, mode="nearest")
         block = (slice(i * tile, (i + 1) * tile), slice(j * tile, (j + 1) * tile))
         r[block] = np.tensordot(weights, samples, axes=1) - model[block]
-    return float(np.sqrt(np.sum(weights**2)))
+    return float(weights[reach]), float(np.sqrt(np.sum(weights**2)))
 
 
 #: A tile whose statistic with the first fill of its holes is this fraction of the way
@@ -543,6 +546,7 @@ def _tile_misfit(
     context: FineContext,
     uncertainty: np.ndarray | None,
     tile_sigma: np.ndarray,
+    smoothing: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Per kept tile, the structure the model misses at its pixels, along rows and columns.
 
@@ -563,7 +567,9 @@ def _tile_misfit(
     tile, the estimates from row neighbours and from column neighbours, then
     the same from pixels two apart (how fast the missed structure decorrelates:
     an aperture sum adds it with that correlation) [(e-/s)**2 per pixel], each
-    unbiased.
+    unbiased. ``smoothing``: the ``(own, gain)`` of `_smooth_along_structure` when
+    the kept tiles were smoothed (a bin keeps ``own`` of its mean, and its
+    value's variance is ``gain**2`` of the mean's).
     """
     out = np.zeros((kept.size, 4), dtype=np.float32)
     if not kept.size:
@@ -608,6 +614,8 @@ def _tile_misfit(
     own = (1 + 4 * curvature) * context.inv_count
     spread = np.where(kept_bins, ((1 + 4 * curvature) ** 2 + 4 * curvature**2), 0.0)
     spread *= context.inv_count
+    if smoothing is not None:
+        own, spread = own * smoothing[0], spread * smoothing[1] ** 2
     within = np.arange(side)
     for m, tile in enumerate(kept.tolist()):
         i, j = divmod(tile, nt)
