@@ -62,6 +62,11 @@ corrected TPF subtracted (FLUX before - after) against the truth, each
 pixel's time mean removed, over the error it added (``sqrt(FLUX_ERR_after**2 -
 FLUX_ERR_before**2)``); ``light curve``: ``model_lc`` against the truth summed
 over the aperture, over ``model_lc.flux_err``.
+
+**Bins' share** (issue 19): of the quoted variance of each class's 3 x 3 sums,
+the part from the binned model (the same cube without its fine layer); the
+rest is the fine layer's. It says which of the two an over- or under-quoted
+sum comes from.
 """
 
 from __future__ import annotations
@@ -130,6 +135,13 @@ def floor_cube(compact, sim, frames):
     )
     floor.fine = None
     return floor
+
+
+def without_fine(cube):
+    """The same cube without its fine layer: the binned model alone."""
+    bins = copy.copy(cube)
+    bins.fine = None
+    return bins
 
 
 def honesty(cube, patches, times, truth) -> dict:
@@ -231,10 +243,15 @@ def run_field(name, field, times, work: Path) -> dict:
     cubes = {"dense": dense, "compact": compact, "compact, old": old_error_model(compact)}
     results = {key: honesty(cube, patches, sim.time[frames], truth) for key, cube in cubes.items()}
     floor = honesty(floor_cube(compact, sim, frames), patches, sim.time[frames], truth)
+    bins = {
+        key: honesty(without_fine(cubes[key]), patches, sim.time[frames], truth)
+        for key in ("dense", "compact")
+    }
     return {
         "name": name,
         "results": results,
         "floor": floor,
+        "bins": bins,
         "corrector": corrector_honesty(compact, sim, patches, frames, truth),
         "frames": frames.size,
         "rank": compact.rank,
@@ -280,6 +297,12 @@ def print_field(info: dict) -> None:
             f"    {key}: {inside} of {ratios.size} ratios within 1/{AIM}..{AIM} "
             f"(range {ratios.min():.2f}..{ratios.max():.2f})"
         )
+    print(
+        "    3x3 sum, the bins' share of the quoted variance (the rest: fine layer): dense, compact"
+    )
+    for kind in kinds:
+        shares = [info["bins"][key][kind][4] / results[key][kind][4] for key in info["bins"]]
+        print(f"    {kind:12s}" + "".join(f"{share:14.2f}" for share in shares))
     print("    corrector (compact cube, fusion on), actual/quoted: TPF pixel | light curve")
     ratios = []
     for kind, (a2, q2, _, s2, qs2, _) in info["corrector"].items():
