@@ -65,6 +65,7 @@ __all__ = [
     "curvature_error",
     "fill_empty_bins",
     "mask_sums",
+    "significant_noise",
     "static_residual",
 ]
 
@@ -102,6 +103,42 @@ class BinnedFrame:
     moments: np.ndarray
     noise: np.ndarray | None = None
     structure_corr: np.ndarray | None = None
+
+
+def significant_noise(binned: BinnedFrame, nsigma: float = 3.0) -> np.ndarray:
+    """A bin error's noise part, leaving a structure part only where one is measured.
+
+    In a bin of pure noise the residual variance still scatters about the
+    uncertainty image's, by ``sqrt(2 / (npix - 3))`` of it (a chi-square with
+    ``npix - 3`` degrees of freedom). Only an excess above ``nsigma`` times that
+    is taken as structure; below it the whole error is noise, so that noise
+    never passes for structure a fine layer would model (issue 19).
+
+    Parameters
+    ----------
+    binned : `BinnedFrame`
+        From `bin_plane_fit` with an uncertainty image.
+    nsigma : float
+        Significance of the excess variance that counts as structure.
+
+    Returns
+    -------
+    noise : ndarray, shape (nb, nb)
+        ``binned.noise`` where the bin holds significant structure, else
+        ``binned.error`` [e-/s] (NaN where ``binned.value`` is).
+
+    Raises
+    ------
+    ValueError
+        If ``binned`` has no noise part (no uncertainty image).
+    """
+    if binned.noise is None:
+        msg = "bin_plane_fit was run without an uncertainty image: there is no noise part"
+        raise ValueError(msg)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        excess = (binned.error / binned.noise) ** 2 - 1
+    scatter = np.sqrt(2 / np.maximum(binned.npix - 3, 1))
+    return np.where(excess > nsigma * scatter, binned.noise, binned.error)  # NaN: False
 
 
 def _offsets(pixel_bin: int) -> np.ndarray:
