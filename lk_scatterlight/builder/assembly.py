@@ -305,8 +305,9 @@ def _noise_share(
 ) -> np.ndarray | None:
     """The noise share of the bin errors where the fine layer covers them (`binsplit`).
 
-    Read from the work area a block of frames at a time; None when no frame has
-    a noise part (a source without uncertainty images).
+    Read from the work area, and the coverage found, a block of frames at a time
+    (a 200-s sector's coverage of every plane would take ~200 MB); None when no
+    frame has a noise part (a source without uncertainty images).
 
     Parameters
     ----------
@@ -323,15 +324,16 @@ def _noise_share(
     plane = np.empty(used_index.size, dtype=int)
     for k, members in enumerate(groups):
         plane[members] = k
-    covered = fine_coverage(fine, row, column, slice(0, len(groups)))
-    sums = SplitSums(covered.shape[1:])
+    sums = SplitSums((row.size, column.size))
     known = False
-    step = max(1, CHUNK_VALUES // covered[0].size)
+    step = max(1, CHUNK_VALUES // (row.size * column.size))
     for start in range(0, used_index.size, step):
-        index = used_index[start : start + step]
+        index, planes = used_index[start : start + step], plane[start : start + step]
         noise = np.asarray(work["noise"][index])
         known |= bool(np.isfinite(noise).any())
-        sums.add(work["error"][index], noise, covered[plane[start : start + step]])
+        first = planes.min()
+        covered = fine_coverage(fine, row, column, slice(first, planes.max() + 1))
+        sums.add(work["error"][index], noise, covered[planes - first])
     return sums.share() if known else None
 
 
