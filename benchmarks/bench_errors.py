@@ -64,8 +64,8 @@ FLUX_ERR_before**2)``); ``light curve``: ``model_lc`` against the truth summed
 over the aperture, over ``model_lc.flux_err``.
 
 **Bins' share** (issue 19): of the quoted variance of each class's 3 x 3 sums,
-the part from the binned model (the same cube without its fine layer); the
-rest is the fine layer's. It says which of the two an over- or under-quoted
+the part from the binned model (the same cube with its fine layer quoting no
+error); the rest is the fine layer's. It says which of the two an over- or under-quoted
 sum comes from.
 """
 
@@ -137,10 +137,20 @@ def floor_cube(compact, sim, frames):
     return floor
 
 
-def without_fine(cube):
-    """The same cube without its fine layer: the binned model alone."""
+def without_fine_errors(cube):
+    """The same cube with its fine layer quoting no error: the binned model's share alone
+    (what the binned model quotes where the fine layer covers a bin included)."""
+    import dataclasses
+
+    fine = cube.fine
     bins = copy.copy(cube)
-    bins.fine = None
+    if fine is not None:
+        zero = {
+            name: np.zeros_like(getattr(fine, name))
+            for name in ("error", "fill_error", "misfit")
+            if getattr(fine, name) is not None
+        }
+        bins.fine = dataclasses.replace(fine, **zero)
     return bins
 
 
@@ -244,7 +254,7 @@ def run_field(name, field, times, work: Path) -> dict:
     results = {key: honesty(cube, patches, sim.time[frames], truth) for key, cube in cubes.items()}
     floor = honesty(floor_cube(compact, sim, frames), patches, sim.time[frames], truth)
     bins = {
-        key: honesty(without_fine(cubes[key]), patches, sim.time[frames], truth)
+        key: honesty(without_fine_errors(cubes[key]), patches, sim.time[frames], truth)
         for key in ("dense", "compact")
     }
     return {

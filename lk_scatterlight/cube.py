@@ -32,7 +32,7 @@ import numpy as np
 from astropy import units as u
 from astropy.time import Time
 
-from . import interpolate
+from . import binsplit, interpolate
 from .ccd import CAMERAS, CCDS, SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
 from .cubefile import ENCODINGS, FORMAT_VERSION, default_extents, read_fields, to_hdulist
 from .exceptions import CubeFormatError, OutsideCubeError
@@ -131,6 +131,12 @@ class ScatterLightCube:
         science area. A regional cube, built from part of a CCD, covers only
         the pixels whose interpolation never reaches the edge of what it was
         built from; evaluating outside raises `OutsideCubeError`.
+    noise_share : array of float, shape (nrow, ncol), optional
+        The noise's share of each bin's error variance in the planes where a
+        fine-layer block covers the bin (`lk_scatterlight.binsplit`): there
+        `evaluate_sum` adds only that share of the bin's variance, the fine
+        layer modelling the structure inside the bin. Without it (older files)
+        the whole bin error is added.
     """
 
     def __init__(
@@ -152,6 +158,7 @@ class ScatterLightCube:
         strap_response: np.ndarray | None = None,
         fine: FineLayer | None = None,
         region: Region | None = None,
+        noise_share: np.ndarray | None = None,
     ):
         self.sector, self.camera, self.ccd = int(sector), int(camera), int(ccd)
         self.region = Region.full() if region is None else region
@@ -178,6 +185,7 @@ class ScatterLightCube:
             [] if strap_response is None else strap_response, dtype=float
         )
         self.fine = fine
+        self.noise_share = None if noise_share is None else np.asarray(noise_share, np.float32)
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -201,6 +209,7 @@ class ScatterLightCube:
         strap_response=None,
         fine: FineLayer | None = None,
         region: Region | None = None,
+        noise_share: np.ndarray | None = None,
     ) -> ScatterLightCube:
         """Make a cube from arrays, validating them.
 
@@ -219,7 +228,7 @@ class ScatterLightCube:
             neighbours but never further than half the median plane spacing, so
             the planes next to an orbit gap (and the outer planes) extend by half
             a typical plane and the gap stays a gap.
-        npix, nframes, meta, strap_column, strap_response, fine, region
+        npix, nframes, meta, strap_column, strap_response, fine, region, noise_share
             See the class docstring.
 
         Returns
@@ -251,6 +260,7 @@ class ScatterLightCube:
             strap_response=strap_response,
             fine=fine,
             region=region,
+            noise_share=noise_share,
         )
 
     @classmethod
@@ -513,6 +523,7 @@ class ScatterLightCube:
             strap_response=self.strap_response,
             fine=self.fine,
             region=self.region,
+            noise_share=self.noise_share,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -612,6 +623,9 @@ class ScatterLightCube:
         underestimate the error of the sum. Here the sum is written as one set
         of weights on the bins, ``A = Wr.T @ mask @ Wc``, and its variance is
         ``sum(A**2 * var)`` per plane, then combined in time as in `evaluate`.
+        Where a fine-layer block covers a bin, only the noise share of the bin's
+        variance is added (``noise_share``, in files that have it): the layer
+        models the structure inside the bin and quotes its own error.
         The fine layer's error adds the same way, except the part that is
         structure it cannot follow (``FineLayer.misfit``, in files that have
         it): that changes sign within a few pixels, so it adds with the
@@ -664,11 +678,15 @@ class ScatterLightCube:
                 f_pl = np.einsum("trc,rc->t", block, weights)
                 err = self._block(self._flux_err, p0, p1, r0, r1, c0, c1)
                 v_pl = np.einsum("trc,rc->t", err**2, weights**2)
+            dropped = self._dropped_variance(p0, p1, r0, r1, c0, c1)
+            if dropped is not None:  # the structure part of covered bins: the fine layer's
+                v_pl = v_pl - np.einsum("trc,rc->t", dropped, weights**2)
             li, ri, w = left[valid] - p0, right[valid] - p0, w_right[valid]
             flux[valid] = (1 - w) * f_pl[li] + w * f_pl[ri]
             var[valid] = (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
             if self._lowrank is not None:
                 var[valid] += (1 - w) * smooth[li] + w * smooth[ri]
+            var[valid] = np.maximum(var[valid], 0)
             fine = None
             if self.fine is not None:
                 fine = self.fine.evaluate_sum(
@@ -724,6 +742,23 @@ class ScatterLightCube:
                 "instead, or use a cube covering these times."
             )
         return t, left, right, w_right, valid
+
+    def _dropped_variance(self, p0, p1, r0, r1, c0, c1) -> np.ndarray | None:
+        """The structure part of the bins' error variance that the fine layer quotes
+        instead, planes ``p0:p1`` and bins ``r0:r1, c0:c1`` (None: nothing dropped)."""
+        if self.noise_share is None or self.fine is None:
+            return None
+        covered = binsplit.fine_coverage(
+            self.fine, self.row[r0:r1], self.column[c0:c1], slice(p0, p1)
+        )
+        if not covered.any():
+            return None
+        if self._lowrank is None:
+            var = self._block(self._flux_err, p0, p1, r0, r1, c0, c1) ** 2
+        else:  # the noise terms, not the truncation (the last term)
+            lr = self._lowrank
+            var = np.tensordot(lr.var_coef[p0:p1, :-1], lr.var_comp[:-1, r0:r1, c0:c1], axes=1)
+        return binsplit.dropped_variance(self.noise_share[r0:r1, c0:c1], covered, var)
 
     @staticmethod
     def _block(array, p0, p1, r0, r1, c0, c1) -> np.ndarray:
@@ -807,6 +842,8 @@ class ScatterLightCube:
             problems.append(f"nframes has shape {self.nframes.shape}, expected ({nt},)")
         if self.fine is not None:
             problems.extend(self.fine.validate(nt))
+        if self.noise_share is not None:
+            problems.extend(binsplit.validate(self.noise_share, expected[1:]))
         if problems:
             raise CubeFormatError("Invalid scattered-light cube: " + "; ".join(problems) + ".")
         if isinstance(self._flux, np.ndarray):  # in-memory arrays are cheap to check fully

@@ -23,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from . import fastfits
+from . import binsplit, fastfits
 from .ccd import BTJD_OFFSET, FLUX_BUNITS, Region
 from .exceptions import CubeFormatError
 from .finelayer import FINE_EXTENSIONS, FINE_PRECISION, FineLayer
@@ -223,6 +223,8 @@ def to_hdulist(
     fine = []
     if cube.fine is not None and len(cube.fine):
         fine = cube.fine.to_hdus(None if precision is None else fine_precision)
+    if cube.noise_share is not None:
+        fine.append(binsplit.to_hdu(cube.noise_share))
     return fits.HDUList([primary, *data_hdus, time, row, col, npix, provenance, straps, *fine])
 
 
@@ -337,6 +339,8 @@ def _read_lk(hdul: Hdus, path: Path, names: list[str]) -> CubeFields:
         if missing:
             raise CubeFormatError(f"{path} has a fine layer without extension {missing[0]}.")
         kwargs["fine"] = FineLayer.from_hdul(hdul, path)
+    if binsplit.EXTNAME in names:
+        kwargs["noise_share"] = binsplit.from_hdu(hdul[binsplit.EXTNAME], path)
     if encoding == "LOWRANK":
         return CubeFields(args, kwargs, None, None, _read_lowrank(hdul, path))
     shape, shape_err = tuple(hdul["FLUX"].shape), tuple(hdul["FLUX_ERR"].shape)  # from headers

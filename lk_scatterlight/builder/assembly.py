@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..binsplit import SplitSums, fine_coverage
 from ..ccd import SCIENCE_COLUMNS, SCIENCE_ROWS
 from ..cube import GAP_FACTOR, ScatterLightCube, compact_cube
 from ..lowrank import CHUNK_VALUES, DEFAULT_MAX_RANK, Planes, compress_planes
@@ -216,7 +217,13 @@ def assemble(
             else None
         ),
     }
+    noise_share = None
+    if fine is not None:
+        noise_share = _noise_share(
+            work, used_index, groups, fine, region.row + centres, region.column + centres
+        )
     planes = dict(
+        noise_share=noise_share,
         time=plane_time,
         time_start=plane_start,
         time_stop=plane_stop,
@@ -286,6 +293,48 @@ def _assemble_compact(
     kwargs = dict(planes)
     axes = [kwargs.pop(name) for name in ("time", "time_start", "time_stop", "row", "column")]
     return compact_cube(lowrank, plan.sector, plan.camera, plan.ccd, *axes, **kwargs)
+
+
+def _noise_share(
+    work: WorkArea,
+    used_index: np.ndarray,
+    groups: Sequence[np.ndarray],
+    fine,
+    row: np.ndarray,
+    column: np.ndarray,
+) -> np.ndarray | None:
+    """The noise share of the bin errors where the fine layer covers them (`binsplit`).
+
+    Read from the work area, and the coverage found, a block of frames at a time
+    (a 200-s sector's coverage of every plane would take ~200 MB); None when no
+    frame has a noise part (a source without uncertainty images).
+
+    Parameters
+    ----------
+    work : work area
+    used_index : ndarray of int
+        Frames (positions in the work area) that enter the cube.
+    groups : sequence of ndarray of int
+        Positions among the used frames of each plane's frames.
+    fine : `~lk_scatterlight.finelayer.FineLayer`
+        With tiles numbered on the whole CCD.
+    row, column : ndarray of float
+        Bin centres, 1-based CCD pixels.
+    """
+    plane = np.empty(used_index.size, dtype=int)
+    for k, members in enumerate(groups):
+        plane[members] = k
+    sums = SplitSums((row.size, column.size))
+    known = False
+    step = max(1, CHUNK_VALUES // (row.size * column.size))
+    for start in range(0, used_index.size, step):
+        index, planes = used_index[start : start + step], plane[start : start + step]
+        noise = np.asarray(work["noise"][index])
+        known |= bool(np.isfinite(noise).any())
+        first = planes.min()
+        covered = fine_coverage(fine, row, column, slice(first, planes.max() + 1))
+        sums.add(work["error"][index], noise, covered[planes - first])
+    return sums.share() if known else None
 
 
 def _median_over_frames(array: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -57,6 +57,10 @@ class FrameResult:
         (zero for straps without references).
     fine : `~lk_scatterlight.builder.fine.FineFrame` or None
         The frame's kept fine-layer tiles (None without a fine layer).
+    noise : ndarray, shape (nb, nb), or None
+        The noise part of ``error`` (`~lk_scatterlight.builder.binning.significant_noise`;
+        ``error`` where a bin holds no significant structure or was filled) [e-/s];
+        None without the FFI's uncertainty image.
     """
 
     value: np.ndarray
@@ -64,6 +68,7 @@ class FrameResult:
     npix: np.ndarray
     strap: np.ndarray
     fine: FineFrame | None = None
+    noise: np.ndarray | None = None
 
 
 @dataclass
@@ -80,6 +85,8 @@ class ChunkResult:
     value, error : ndarray of float32, shape (n, nb, nb)
     npix : ndarray of int16, shape (n, nb, nb)
     strap : ndarray of float64, shape (n, nstraps, 2)
+    noise : ndarray of float32, shape (n, nb, nb)
+        NaN for frames without a noise part.
     fine : list of `~lk_scatterlight.builder.fine.FineFrame` or None
         Each frame's kept fine-layer tiles.
     """
@@ -89,29 +96,53 @@ class ChunkResult:
     error: np.ndarray
     npix: np.ndarray
     strap: np.ndarray
+    noise: np.ndarray
     fine: list = field(default_factory=list)
 
     #: dtypes of the work-area arrays (and of a chunk's arrays).
-    DTYPES = {"value": np.float32, "error": np.float32, "npix": np.int16, "strap": np.float64}
+    DTYPES = {
+        "value": np.float32,
+        "error": np.float32,
+        "npix": np.int16,
+        "strap": np.float64,
+        "noise": np.float32,
+    }
+
+    @staticmethod
+    def shapes(n: int, nbins: int, nstraps: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the arrays of ``n`` frames (of the work area: all frames)."""
+        planes = (n, nbins, nbins)
+        return {
+            "value": planes,
+            "error": planes,
+            "npix": planes,
+            "strap": (n, nstraps, 2),
+            "noise": planes,
+        }
 
     @classmethod
     def from_frames(
         cls, indices: Sequence[int], results: Sequence[FrameResult], nbins: int, nstraps: int
     ) -> ChunkResult:
         """Stack `FrameResult` objects (cast as the work area stores them)."""
-        n = len(results)
+        shapes = cls.shapes(len(results), nbins, nstraps)
         arrays = {}
         for name, dtype in cls.DTYPES.items():
-            shape = (n, nstraps, 2) if name == "strap" else (n, nbins, nbins)
-            out = np.empty(shape, dtype=dtype)
+            out = np.empty(shapes[name], dtype=dtype)
             for k, result in enumerate(results):
-                out[k] = getattr(result, name)
+                out[k] = stored(result, name)
             arrays[name] = out
         fine = [r.fine for r in results]
         return cls(index=np.asarray(indices, dtype=np.int64), fine=fine, **arrays)
 
     def __len__(self) -> int:
         return int(self.index.size)
+
+
+def stored(result: FrameResult, name: str):
+    """What the work area stores of ``result``'s ``name`` (NaN for an unknown noise part)."""
+    value = getattr(result, name)
+    return np.nan if value is None else value
 
 
 @dataclass
@@ -320,9 +351,17 @@ def process_frame(
     )
     value, filled_error = binning.fill_empty_bins(binned.value, binned.error)
     error = filled_error
+    noise = None
+    if binned.noise is not None:
+        noise = binning.significant_noise(binned)
+        noise = np.where(np.isnan(noise), filled_error, noise)  # filled bins: all noise
     if context.curvature_correction:
         value = binning.curvature_correction(value, binned.moments, context.pixel_bin)
         error = binning.curvature_error(error, binned.moments, context.pixel_bin)
+        if noise is not None:  # propagated alike (variances add linearly): still <= error
+            noise = np.minimum(
+                binning.curvature_error(noise, binned.moments, context.pixel_bin), error
+            )
     measured = strap_sums(
         diff, context.clean, context.strap_idx, context.ref_idx, context.strap_rows
     )
@@ -334,7 +373,14 @@ def process_frame(
         fine = fine_residual(
             diff, value, filled_error, binned.npix, context.fine, flux_err, measured
         )
-    return FrameResult(value=value, error=error, npix=binned.npix, strap=sums, fine=fine)
+    return FrameResult(
+        value=value,
+        error=error,
+        npix=binned.npix,
+        strap=sums,
+        fine=fine,
+        noise=noise,
+    )
 
 
 def process_chunk(

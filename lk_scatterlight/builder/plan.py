@@ -28,7 +28,7 @@ from ..utils import atomic_write, refuse_overwrite
 from . import masks
 from .config import BuildConfig
 from .fine import FineFrame
-from .framepass import ChunkResult, FrameResult
+from .framepass import ChunkResult, FrameResult, stored
 from .strap_photometry import strap_columns
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,12 +74,10 @@ class WorkArea:
                 log.warning("Work folder %s belongs to another build; starting over.", folder)
         dtypes = ChunkResult.DTYPES
         shapes = {
-            "value": ((nframes, nbins, nbins), dtypes["value"]),
-            "error": ((nframes, nbins, nbins), dtypes["error"]),
-            "npix": ((nframes, nbins, nbins), dtypes["npix"]),
-            "strap": ((nframes, nstraps, 2), dtypes["strap"]),
-            "done": ((nframes,), np.bool_),
+            name: (shape, dtypes[name])
+            for name, shape in ChunkResult.shapes(nframes, nbins, nstraps).items()
         }
+        shapes["done"] = ((nframes,), np.bool_)
         if fine_shape is not None:  # (tiles, tile side): a sparse file, kept tiles written
             ntiles, side = fine_shape
             shapes["fine"] = ((nframes, ntiles, side, side), np.float32)
@@ -123,7 +121,7 @@ class WorkArea:
     def store(self, index: int, result: FrameResult) -> None:
         """Record one frame's results (its ``done`` flag last)."""
         for name in ChunkResult.DTYPES:
-            self.arrays[name][index] = getattr(result, name)
+            self.arrays[name][index] = stored(result, name)
         self._store_fine(index, result.fine)
         self.arrays["done"][index] = True
 

@@ -1,0 +1,161 @@
+"""How much of a cube's bin error is noise where the fine layer models the rest (issue 19).
+
+A bin's error is the spread of its pixels about the fitted plane. In open sky
+that spread is the pixels' noise; where a glint ridge, a shadow edge or a
+bleed's wings cross the bin it is mostly that structure. Where a fine-layer
+block covers the bin, the layer is the residual against the binned model: it
+takes up both the structure and the bin's error from it, and quotes its own
+errors. Adding the bin's whole error as well counts the structure twice, and
+in an aperture sum the binned model's error is shared by every pixel of the
+bin, so the double count grows with the aperture.
+
+The builder measures, per bin, the noise's share of the bin error variance
+over the planes where a block covers the bin (`SplitSums`, from
+`~lk_scatterlight.builder.binning.significant_noise`: structure only where the
+scatter exceeds the noise significantly). `ScatterLightCube.evaluate_sum`
+then adds only that share of the covered bins' variance (`dropped_variance`:
+the rest, left out). Single pixels keep the whole bin error: the fine layer
+does not yet quote all of its own error across a ridge at a pixel, and the
+bin's structure part covers it (on the structured simulation, dropping it
+there quotes ridge pixels 1.5x too small; see ``docs/format.rst``).
+
+Files without the ``NOISE_SHARE`` extension evaluate as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+
+from .exceptions import CubeFormatError
+from .finelayer import FineLayer
+
+__all__ = [
+    "EXTNAME",
+    "SplitSums",
+    "dropped_variance",
+    "fine_coverage",
+    "from_hdu",
+    "to_hdu",
+    "validate",
+]
+
+#: FITS extension of the noise share.
+EXTNAME = "NOISE_SHARE"
+_FIRST_ROW, _FIRST_COLUMN = 1, 45  # 1-based CCD coordinates of science pixel (0, 0)
+
+
+def validate(share: np.ndarray, shape2d: tuple[int, int]) -> list[str]:
+    """Problems of a noise share for a cube of ``shape2d`` bins (empty list: none)."""
+    if share.shape != shape2d:
+        return [f"noise_share has shape {share.shape}, expected {shape2d}"]
+    if not np.all((share >= 0) & (share <= 1)):
+        return ["noise_share must lie in 0..1"]
+    return []
+
+
+def to_hdu(share: np.ndarray) -> fits.ImageHDU:
+    """The ``NOISE_SHARE`` extension: float32, shape (nrow, ncol)."""
+    hdu = fits.ImageHDU(np.asarray(share, dtype=np.float32), name=EXTNAME)
+    hdu.header["COMMENT"] = "noise share of the bin error variance where a fine block covers"
+    return hdu
+
+
+def from_hdu(hdu, path) -> np.ndarray:
+    """Read a ``NOISE_SHARE`` extension (its shape is checked by the cube)."""
+    share = np.asarray(hdu.data, dtype=np.float32)
+    if share.ndim != 2:
+        msg = f"{path}: {EXTNAME} has shape {share.shape}, expected (nrow, ncol)."
+        raise CubeFormatError(msg)
+    return share
+
+
+def fine_coverage(
+    fine: FineLayer, row: np.ndarray, column: np.ndarray, planes: slice
+) -> np.ndarray:
+    """Which bins a fine-layer block covers, per plane.
+
+    Parameters
+    ----------
+    fine : `~lk_scatterlight.finelayer.FineLayer`
+    row, column : ndarray of float, shapes (nrow,), (ncol,)
+        Bin centres, 1-based CCD pixels.
+    planes : slice
+        Cube planes ``start:stop``.
+
+    Returns
+    -------
+    covered : ndarray of bool, shape (nplanes, nrow, ncol)
+        True where the bin's centre lies in a tile that has a block in the plane.
+    """
+    side = fine.pixel_bin * fine.tile
+    tile_row = np.floor((np.asarray(row) - _FIRST_ROW) / side).astype(int)
+    tile_col = np.floor((np.asarray(column) - _FIRST_COLUMN) / side).astype(int)
+    p0, p1 = planes.start, planes.stop
+    covered = np.zeros((p1 - p0, tile_row.size, tile_col.size), dtype=bool)
+    near = (fine.plane >= p0) & (fine.plane < p1)
+    near &= np.isin(fine.tile_row, tile_row) & np.isin(fine.tile_col, tile_col)
+    if not near.any():
+        return covered
+    tr0, tc0 = tile_row.min(), tile_col.min()
+    present = np.zeros((p1 - p0, tile_row.max() - tr0 + 1, tile_col.max() - tc0 + 1), bool)
+    present[fine.plane[near] - p0, fine.tile_row[near] - tr0, fine.tile_col[near] - tc0] = True
+    return present[:, (tile_row - tr0)[:, None], (tile_col - tc0)[None, :]]
+
+
+def dropped_variance(share: np.ndarray, covered: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """The structure part of the bins' error variances where a block covers the bin (else 0).
+
+    Parameters
+    ----------
+    share : ndarray, shape (nrow, ncol)
+        The noise share at these bins.
+    covered : ndarray of bool, shape (nplanes, nrow, ncol)
+        `fine_coverage`.
+    variance : ndarray, shape (nplanes, nrow, ncol)
+        The bins' error variances [(e-/s)^2].
+
+    Returns
+    -------
+    dropped : ndarray, shape (nplanes, nrow, ncol)
+        ``variance * (1 - share)`` where covered: what the fine layer models.
+    """
+    return np.where(covered, variance * (1 - share), 0.0)
+
+
+class SplitSums:
+    """Running sums over frames that make the noise share (`add`, then `share`).
+
+    Parameters
+    ----------
+    shape2d : (int, int)
+        Bins per row and column.
+    """
+
+    def __init__(self, shape2d: tuple[int, int]):
+        self.noise = np.zeros(shape2d)  # noise variance summed over covered frames
+        self.total = np.zeros(shape2d)  # bin error variance, likewise
+
+    def add(self, error: np.ndarray, noise: np.ndarray, covered: np.ndarray) -> None:
+        """Add frames.
+
+        Parameters
+        ----------
+        error, noise : ndarray, shape (nframes, nrow, ncol)
+            The frames' bin errors and their noise parts [e-/s] (``noise <= error``;
+            NaN: unknown, taken as all noise).
+        covered : ndarray of bool, shape (nframes, nrow, ncol)
+            Whether a fine-layer block covers the bin in the frame's plane.
+        """
+        var = np.asarray(error, dtype=float) ** 2
+        noise2 = np.fmin(np.asarray(noise, dtype=float) ** 2, var)  # fmin: NaN -> var
+        covered = np.asarray(covered, dtype=bool)
+        self.noise += np.sum(noise2, axis=0, where=covered)
+        self.total += np.sum(var, axis=0, where=covered)
+
+    def share(self) -> np.ndarray:
+        """The noise share, float32, shape (nrow, ncol): a ratio of summed variances (a
+        plane's variance is the sum of its frames'); 1 where no frame is covered."""
+        positive = self.total > 0
+        share = np.where(positive, self.noise / np.where(positive, self.total, 1), 1)
+        return np.clip(share, 0, 1).astype(np.float32)
