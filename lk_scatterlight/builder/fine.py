@@ -631,7 +631,7 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
     the frame has holes of its own (NaN pixels).
 
     The error grows with a bin's depth in its hole (on a ridge crossing a star
-    halo, ~25x in variance from the bins next to a measured one to those 8
+    halo, ~20x in variance from the bins next to a measured one to those 5-8
     bins in), so the hidden bins' squared errors are also summed per
     `depth_class` of their depth once hidden (distance to the nearest bin
     still measured), with the number of bins summed.
