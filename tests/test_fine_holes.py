@@ -269,25 +269,29 @@ def test_quoted_fill_error_follows_the_depth(holed_context):
     shallow, deep = classes == 1, classes >= 3
     act_shallow, act_deep = actual[:, shallow].mean(), actual[:, deep].mean()
     assert act_deep > 8 * act_shallow  # the error really grows with the depth
-    assert 0.5 < quoted[shallow].mean() / act_shallow < 2.0  # measured 0.78
-    assert 0.5 < quoted[deep].mean() / act_deep < 2.0  # measured 0.67
+    assert 0.5 < quoted[shallow].mean() / act_shallow < 2.0  # measured 0.81
+    assert 0.5 < quoted[deep].mean() / act_deep < 2.0  # measured 0.60
     one_number = np.sum(probe[..., 1 : 1 + FILL_CLASSES]) / np.sum(probe[..., 1 + FILL_CLASSES :])
     assert one_number / act_shallow > 3.0  # what the tile-wide error quoted there
 
 
-def test_fill_scale_extrapolates_unprobed_classes():
-    """Measured classes give their mean over the pooled mean; deeper ones continue the last
-    growth (at most 4x per class), and shallower ones take the first measured value."""
-    by_class = np.zeros(2 * FILL_CLASSES)
-    by_class[1:4] = [100.0, 200.0, 1600.0]  # sums of classes 2..4 over 100 bins each
-    by_class[FILL_CLASSES + 1 : FILL_CLASSES + 4] = 100
-    mean = 1900.0 / 300
-    expected = np.array([1, 1, 2, 16, 64, 256]) / mean
-    np.testing.assert_allclose(_fill_scale(by_class), expected, rtol=1e-6)
-    by_class[3] = 100.0  # no growth after class 3: deeper classes stay flat
-    np.testing.assert_allclose(_fill_scale(by_class)[3:], 1 / (400 / 300), rtol=1e-6)
-    by_class[:FILL_CLASSES] *= -1  # nothing to quote
-    assert _fill_scale(by_class) is None
+def test_fill_scale_compares_classes_within_the_same_holes():
+    """The growth from one class to the next is measured over the rows (tiles) that probe
+    both, never below 1, and continues past the deepest measured class (at most 4x); the
+    scale's mean over the probe bins is 1."""
+    rows = np.zeros((2, 2 * FILL_CLASSES))
+    rows[0, :3] = [100.0, 200.0, 1600.0]  # a star halo: classes 1..3, 100 bins each
+    rows[0, FILL_CLASSES : FILL_CLASSES + 3] = 100
+    rows[1, 0], rows[1, FILL_CLASSES] = 5000.0, 100  # a bleed column: class 1 only, larger
+    shape = np.array([1, 2, 16, 64, 256, 1024], float)
+    counts = np.array([200, 100, 100, 0, 0, 0])
+    expected = shape * counts.sum() / (counts @ shape)
+    np.testing.assert_allclose(_fill_scale(rows), expected, rtol=1e-6)
+    rows[0, 2] = 100.0  # class 3 no worse than class 1: deeper ones stay at class 2's
+    got = _fill_scale(rows)
+    np.testing.assert_allclose(got[2:] / got[1], 1.0, rtol=1e-6)
+    rows[:, :FILL_CLASSES] *= -1  # nothing to quote
+    assert _fill_scale(rows) is None
 
 
 def test_assemble_fine_quotes_depth_classes(holed_context):

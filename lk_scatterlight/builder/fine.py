@@ -1207,41 +1207,49 @@ def assemble_fine(
     )
 
 
-#: Fewest probe bins (summed over tiles and frames) that measure a depth class's fill error.
+#: Fewest probe bins (summed over tiles and frames) that measure the growth of the fill
+#: error from one depth class to the next.
 _FILL_MIN_BINS = 32
 #: Largest growth of the fill error's variance from one depth class to the next (depth
-#: doubled) where it is extrapolated: an error growing linearly with the depth.
-_FILL_MAX_GROWTH = 4.0
+#: doubled): measured (a bias growing with the square of the depth) ...
+_FILL_MAX_GROWTH = 16.0
+#: ... and where it is extrapolated past the probe's depth (an error growing linearly).
+_FILL_MAX_EXTRAPOLATED = 4.0
 
 
 def _fill_scale(by_class: np.ndarray) -> np.ndarray | None:
     """The fill error's variance per depth class, relative to its mean over the probe bins.
 
-    ``by_class``: rows of `_fill_misfit`'s per-class sums and bin counts (any
-    leading shape: tiles and frames, pooled). A class with fewer than
-    `_FILL_MIN_BINS` bins takes the previous class's value times the growth
-    between the two classes before it (between 1 and `_FILL_MAX_GROWTH`): the
-    probe reaches half as deep as the holes, so the deepest bins are always
-    extrapolated. Floored at 0; None when no class is measured or the mean is
-    not positive (nothing to quote).
+    ``by_class``: rows of `_fill_misfit`'s per-class sums and bin counts, one per
+    tile and frame. The growth from class ``k - 1`` to ``k`` is the ratio of the
+    two classes' mean squared errors over the rows that probe both (the same
+    holes: a bleed column's ring holds only class 1, a star halo's several, and
+    their errors differ), within 1 (a bin farther from the data is filled no
+    better; below 1 is the fill's own noise, averaged over more bins, or the
+    probe's) and `_FILL_MAX_GROWTH`. With fewer than `_FILL_MIN_BINS` bins of
+    either class the previous growth continues (at most `_FILL_MAX_EXTRAPOLATED`,
+    1 if none was measured): the probe reaches half as deep as the holes, so the
+    deepest classes are extrapolated. None when the pooled error is not
+    positive (nothing to quote).
     """
     by_class = np.asarray(by_class, dtype=float).reshape(-1, 2 * FILL_CLASSES)
-    sums = by_class[:, :FILL_CLASSES].sum(axis=0)
-    count = by_class[:, FILL_CLASSES:].sum(axis=0)
+    sums, count = by_class[:, :FILL_CLASSES], by_class[:, FILL_CLASSES:]
     if count.sum() == 0 or sums.sum() <= 0:
         return None
-    mean = sums.sum() / count.sum()
-    measured = count >= _FILL_MIN_BINS
-    if not measured.any():
-        return np.ones(FILL_CLASSES, dtype=np.float32)
-    scale = np.where(measured, sums / np.maximum(count, 1) / mean, np.nan)
-    first = int(np.argmax(measured))
-    scale[:first] = scale[first]
-    for k in range(first + 1, FILL_CLASSES):
-        if not measured[k]:
-            before = scale[k - 1] / scale[k - 2] if k >= 2 and scale[k - 2] > 0 else 1.0
-            scale[k] = scale[k - 1] * np.clip(before, 1.0, _FILL_MAX_GROWTH)
-    return np.maximum(scale, 0.0).astype(np.float32)
+    scale, growth = np.ones(FILL_CLASSES), 1.0
+    for k in range(1, FILL_CLASSES):
+        both = (count[:, k - 1] > 0) & (count[:, k] > 0)
+        shallow, deep = count[both, k - 1].sum(), count[both, k].sum()
+        if min(shallow, deep) >= _FILL_MIN_BINS:
+            before = sums[both, k - 1].sum() / shallow
+            after = sums[both, k].sum() / deep
+            ratio = after / before if before > 0 else 1.0
+            scale[k] = scale[k - 1] * np.clip(ratio, 1.0, _FILL_MAX_GROWTH)
+            growth = min(float(np.clip(ratio, 1.0, _FILL_MAX_GROWTH)), _FILL_MAX_EXTRAPOLATED)
+        else:
+            scale[k] = scale[k - 1] * growth
+    total = count.sum(axis=0)
+    return (scale * total.sum() / (total @ scale)).astype(np.float32)
 
 
 def _fill_amplitude(by_class: np.ndarray, scale: np.ndarray) -> float:
