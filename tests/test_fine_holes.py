@@ -296,27 +296,28 @@ def test_fill_scale_compares_classes_within_the_same_holes():
 
 def test_assemble_fine_quotes_depth_classes(holed_context):
     """With per-class probes the hole image holds each bin's depth class, the layer the
-    measured scale, and FILLERR the tile's amplitude over its probe bins' scales."""
+    measured scale, and FILLERR the tile's error per frame and unit of scale over the
+    blocks' mean square per frame."""
     context = holed_context
     nt, t = context.ntiles, context.tile
     tile = 4 * nt + 5  # rows 256..319, columns 320..383: the star halo's corner
-    fine = np.ones((1, nt * nt, t, t), np.float32)
-    kept = np.zeros((1, nt * nt), bool)
+    fine = np.ones((2, nt * nt, t, t), np.float32)
+    kept = np.zeros((2, nt * nt), bool)
     kept[:, tile] = True
-    misfit = np.zeros((1, nt * nt, MISFIT_COLUMNS), np.float32)
-    misfit[0, tile, 5 : 5 + 3] = [40.0, 80.0, 320.0]  # classes 1..3, 40 bins each
-    misfit[0, tile, 5 + FILL_CLASSES : 5 + FILL_CLASSES + 3] = 40
-    layer = assemble_fine(
-        fine, kept, np.ones((1, nt * nt)), np.arange(1), [[0]], context, 0.01, None, misfit
-    )
+    misfit = np.zeros((2, nt * nt, MISFIT_COLUMNS), np.float32)
+    misfit[:, tile, 5 : 5 + 3] = [40.0, 80.0, 320.0]  # classes 1..3, 40 bins each, per frame
+    misfit[:, tile, 5 + FILL_CLASSES : 5 + FILL_CLASSES + 3] = 40
+    groups = [np.array([0]), np.array([1])]
+    sigma = np.ones((2, nt * nt))
+    layer = assemble_fine(fine, kept, sigma, np.arange(2), groups, context, 0.01, None, misfit)
     depth = context.hole_class[4 * t : 5 * t, 5 * t : 6 * t]
     assert depth.max() >= 3
     np.testing.assert_array_equal(layer.holes, [depth])
     mean = 440.0 / 120
     np.testing.assert_allclose(layer.fill_scale[:4], np.array([1, 2, 8, 32]) / mean, rtol=1e-6)
-    # amplitude 440 / (40 * (1 + 2 + 8) / mean) = mean; power of an all-ones block: 1
+    # per frame 440 / (40 * (1 + 2 + 8) / mean) = mean, over an all-ones block's power of 1
     expected = np.sqrt(mean / _mean_squared_weight(PB))
-    np.testing.assert_allclose(layer.fill_error, [expected], rtol=1e-5)
+    np.testing.assert_allclose(layer.fill_error, [expected, expected], rtol=1e-5)
 
 
 def depth_layer():

@@ -1140,8 +1140,9 @@ def assemble_fine(
             power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
             pooled = np.sum(misfit[pos, tile, :2], axis=0, dtype=float)
             gamma = max(0.0, pooled.max()) / power if power > 0 else 0.0
-            if fill_scale is not None and power > 0:  # the error of a bin of relative scale 1
-                fill = _fill_amplitude(misfit[pos, tile, 5:MISFIT_COLUMNS], fill_scale) / power
+            if fill_scale is not None and power > 0:  # a bin of relative scale 1, per frame
+                amplitude = _fill_amplitude(misfit[pos, tile, 5:MISFIT_COLUMNS], fill_scale)
+                fill = amplitude * pos.size / power  # summed over the frames, as power is
             elif misfit.shape[-1] > 2 and power > 0:
                 fill = max(0.0, float(np.sum(misfit[pos, tile, 2], dtype=float))) / power
             if misfit.shape[-1] > 3:
