@@ -11,7 +11,6 @@ from lk_scatterlight import CubeFormatError, ScatterLightCube
 from lk_scatterlight.builder.fine import (
     FILL_CLASSES,
     MISFIT_COLUMNS,
-    _bin_sums,
     _fill_along_structure,
     _fill_amplitude,
     _fill_isotropic,
@@ -375,36 +374,3 @@ def test_invalid_depth_classes_refused():
     fields = {**plain(layer).__dict__, "fill_scale": [1.0]}
     with pytest.raises(ValueError, match="fill_scale needs holes"):
         FineLayer(**fields)
-
-
-def test_fill_probe_takes_each_bins_own_noise():
-    """Pure noise, 10x larger on the pixels around a star halo (its wings): with the
-    uncertainty image the probe subtracts each hidden bin's own noise and finds the fills'
-    noise, as the holes have it; with the tile's typical noise it takes the wings' noise for
-    fill error, 10x too much. (No profile refits: a threshold nothing reaches.)"""
-    weights = np.ones((512, 512), np.float32)
-    weights[260:340, 340:420] = 0
-    context = make_fine_context(weights, coarse_bin=16, pixel_bin=4, tile=16, threshold=1e9)
-    ok = context.ok
-    unc = np.ones((512, 512), np.float32)
-    unc[240:360, 320:440] = 10.0  # the halo (rows 260..339, columns 340..419) and 20 px round
-    var = _bin_sums(unc**2 * context.weights, PB) * context.inv_count**2
-    typical = np.full(ok.shape, 1.0 / PB**2, np.float32)
-    model = np.zeros(ok.shape, np.float32)
-    kept = np.arange(context.ntiles**2, dtype=np.int32)
-    rows, cols = np.nonzero(~ok)
-    rng = np.random.default_rng(3)
-    own = tile_wide = actual = 0.0
-    for _ in range(4):
-        r = (rng.standard_normal(ok.shape) * np.sqrt(var)).astype(np.float32)
-        r[~ok] = 0
-        _fill_isotropic(r, ok, copy=False)
-        _fill_along_structure(r, ok, model, rows, cols)
-        actual += np.mean(r[rows, cols] ** 2) / 4  # the truth is 0
-        args = (r, ok, model, kept, context, typical, 1.0)
-        probe = _fill_misfit(*args, unc)
-        own += probe[:, 1 : 1 + FILL_CLASSES].sum() / probe[:, 1 + FILL_CLASSES :].sum() / 4
-        probe = _fill_misfit(*args)
-        tile_wide += probe[:, 1 : 1 + FILL_CLASSES].sum() / probe[:, 1 + FILL_CLASSES :].sum() / 4
-    assert 0.5 < own / actual < 2.0  # measured 0.65
-    assert tile_wide / actual > 5.0  # measured 8.5

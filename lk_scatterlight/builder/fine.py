@@ -389,7 +389,7 @@ def fine_residual(
     # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept])
     misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma)
-    fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration, uncertainty)
+    fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration)
     misfit = np.column_stack([misfit[:, :2], fill[:, 0], misfit[:, 2:], fill[:, 1:]])
     misfit = misfit.astype(np.float32)
     return FineFrame(
@@ -615,9 +615,7 @@ def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
     return estimates
 
 
-def _fill_misfit(
-    filled, ok, model, kept, context: FineContext, noise, calibration, uncertainty=None
-) -> np.ndarray:
+def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibration) -> np.ndarray:
     """Per kept tile, the error of its filled bins, measured by filling known bins.
 
     The valid bins next to the holes of the kept tiles (those one bin up, down,
@@ -640,10 +638,7 @@ def _fill_misfit(
 
     ``filled``: the frame's residual with its holes filled (before the curvature
     step); ``ok``: its measured bins; ``model``: the coarse model's bin means;
-    ``noise``: the predicted variance of each bin (`_Noise.image`, the tile's
-    typical pixel); ``uncertainty``: the FFI uncertainty image, if any, which
-    gives each hidden bin its own noise instead (`_bin_noise`): the bins around a
-    saturated star carry its wings' photon noise, several times the tile's.
+    ``noise``: the predicted variance of each bin (`_Noise.image`).
 
     Returns
     -------
@@ -670,8 +665,7 @@ def _fill_misfit(
     if any(touch):
         _fill_profiles(trial, hidden, model, noise, context.threshold, (labels, pieces[touch]))
     excess = (trial[rows, cols] - filled[rows, cols]).astype(float) ** 2
-    own = noise[rows, cols] if uncertainty is None else _bin_noise(uncertainty, context, rows, cols)
-    excess -= calibration * own
+    excess -= calibration * noise[rows, cols]
     tile = (rows // t) * nt + cols // t
     sums = np.bincount(tile, excess, minlength=nt * nt)[kept]
     count = np.bincount(tile, minlength=nt * nt)[kept]
@@ -682,16 +676,6 @@ def _fill_misfit(
     out[:, 1 : 1 + FILL_CLASSES] = by_class[kept]
     out[:, 1 + FILL_CLASSES :] = np.bincount(at[0], minlength=at[1]).reshape(nt * nt, -1)[kept]
     return out
-
-
-def _bin_noise(uncertainty: np.ndarray, context: FineContext, rows, cols) -> np.ndarray:
-    """Variance of the mean of fine bins ``rows, cols`` from the uncertainty of their valid
-    pixels [(e-/s)**2] (NaN or infinite uncertainties count as 0)."""
-    b, nf = context.pixel_bin, context.inv_count.shape[0]
-    blocks = np.asarray(uncertainty, dtype=np.float32).reshape(nf, b, nf, b)[rows, :, cols, :]
-    weights = context.weights.reshape(nf, b, nf, b)[rows, :, cols, :]
-    total = np.sum(np.nan_to_num(blocks, posinf=0.0) ** 2 * weights, axis=(1, 2), dtype=float)
-    return total * context.inv_count[rows, cols].astype(float) ** 2
 
 
 def _hole_ring(ok: np.ndarray) -> np.ndarray:
