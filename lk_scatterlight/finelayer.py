@@ -95,12 +95,20 @@ class FineLayer:
         is the sum of the ranks of the blocks before.
     fill_error : ndarray of float32, shape (nblocks,), optional
         1-sigma error of the block's filled bins (its tile's holes, under
-        masked stars and bleed columns) on top of ``error`` [e-/s].
+        masked stars and bleed columns) on top of ``error`` [e-/s], for a
+        bin of relative fill variance 1 (see ``fill_scale``).
     hole_index : ndarray of int, shape (nblocks,), optional
         The block's hole image in ``holes``; -1: no filled bin is quoted.
-    holes : ndarray of bool, shape (nholes, tile, tile), optional
-        Hole images: True on the fine bins that were filled, not measured.
-        The three are given together or not at all (files without them).
+    holes : ndarray of uint8, shape (nholes, tile, tile), optional
+        Hole images: on the fine bins that were filled, not measured, their
+        depth class (1, 2, ...: `~lk_scatterlight.builder.fine.depth_class`
+        of their distance to the nearest measured bin; 1 on every filled bin
+        of older files); 0 elsewhere. The three are given together or not at
+        all (files without them).
+    fill_scale : ndarray of float32, shape (nclasses,), optional
+        The fill variance of a bin of depth class ``k`` (1-based) is
+        ``fill_error**2 * fill_scale[k - 1]``. None (older files): 1 for
+        every class. Only with ``holes``.
     misfit : ndarray of float32, shape (nblocks,), optional
         The part of ``error`` that is structure the fine bins cannot follow
         (misfit varying from pixel to pixel, not noise of the bin values) [e-/s].
@@ -130,6 +138,7 @@ class FineLayer:
     holes: np.ndarray | None = None
     misfit: np.ndarray | None = None
     misfit_corr: np.ndarray | None = None
+    fill_scale: np.ndarray | None = None
 
     def __post_init__(self):
         if self.coef_start is None:  # coefficients in block order (files may omit COEF)
@@ -147,7 +156,14 @@ class FineLayer:
             t = self.tile
             object.__setattr__(self, "fill_error", np.asarray(self.fill_error, dtype=np.float32))
             object.__setattr__(self, "hole_index", np.asarray(self.hole_index, dtype=np.int64))
-            object.__setattr__(self, "holes", np.asarray(self.holes, dtype=bool).reshape(-1, t, t))
+            holes = np.asarray(self.holes).astype(np.uint8).reshape(-1, t, t)
+            object.__setattr__(self, "holes", holes)
+        if self.fill_scale is not None:
+            if self.holes is None:
+                msg = "fill_scale needs holes: give fill_error, hole_index and holes too."
+                raise ValueError(msg)
+            scale = np.asarray(self.fill_scale, dtype=np.float32).ravel()
+            object.__setattr__(self, "fill_scale", scale)
         if (self.misfit is None) != (self.misfit_corr is None):
             msg = "misfit and misfit_corr go together: give both or neither."
             raise ValueError(msg)
@@ -212,6 +228,7 @@ class FineLayer:
         """Size of the stored arrays [bytes]."""
         arrays = (self.tile_row, self.tile_col, self.plane, self.error, self.basis, self.coef)
         extra = (self.fill_error, self.hole_index, self.holes) if self.holes is not None else ()
+        extra = (*extra, self.fill_scale) if self.fill_scale is not None else extra
         if self.misfit is not None:
             extra = (*extra, self.misfit, self.misfit_corr)
         return int(sum(a.nbytes for a in (*arrays, *extra)) + 3 * 4 * len(self))
@@ -294,7 +311,19 @@ class FineLayer:
             return [f"fine layer hole indices must lie in -1..{nholes - 1}"]
         if not np.all(np.isfinite(self.fill_error)) or np.any(self.fill_error < 0):
             return ["fine layer fill errors must be finite and non-negative"]
+        scale = self.fill_scale
+        if scale is not None and (not np.all(np.isfinite(scale)) or np.any(scale < 0)):
+            return ["fine layer fill variance factors must be finite and non-negative"]
+        if scale is not None and self.holes.size and self.holes.max() > scale.size:
+            return [f"fine layer hole depth classes must lie in 0..{scale.size}"]
         return []
+
+    def _fill_variance(self, hole: np.ndarray) -> np.ndarray:
+        """Relative fill variance of every bin of hole images ``hole`` (-1: none), 0 elsewhere."""
+        classes = int(self.holes.max()) if self.holes.size else 0
+        scale = np.ones(classes) if self.fill_scale is None else self.fill_scale
+        table = np.concatenate([[0.0], scale]).astype(np.float32)
+        return np.where(hole[:, None, None] >= 0, table[self.holes[hole.clip(0)]], 0)
 
     # ------------------------------------------------------------------ evaluation
     def _window(
@@ -345,8 +374,7 @@ class FineLayer:
         data.reshape(grid)[where, rows, :, cols, :] = self.blocks(chosen)
         block_var = np.broadcast_to((self.error[chosen] ** 2)[:, None, None], (chosen.size, t, t))
         if self.has_holes:  # filled bins: plus the fill's error
-            hole = self.hole_index[chosen]
-            filled = np.where(hole[:, None, None] >= 0, self.holes[hole.clip(0)], False)
+            filled = self._fill_variance(self.hole_index[chosen])
             block_var = block_var + filled * (self.fill_error[chosen] ** 2)[:, None, None]
         var.reshape(grid)[where, rows, :, cols, :] = block_var
         misfit = None
@@ -611,7 +639,9 @@ class FineLayer:
                 compression_type="RICE_1",
                 tile_shape=(max(1, min(len(self.holes), _COMPRESSION_IMAGES)), t, t),
             )
-            holes.header["COMMENT"] = "1 on the fine bins of a tile that were filled, not measured"
+            holes.header["COMMENT"] = "depth class (1, 2, ...) of the fine bins that were filled"
+            for k, value in enumerate(() if self.fill_scale is None else self.fill_scale, 1):
+                holes.header[f"FILLVAR{k}"] = (float(value), f"fill variance of depth class {k}")
             hdus.append(holes)
         return hdus
 
@@ -773,13 +803,27 @@ def _holes(hdul, table: dict, tile: int, path) -> dict:
             f"{path}: a fine layer with filled bins needs the FINE_HOLES extension and the "
             "FILLERR and HOLES index columns together; the file is damaged."
         )
-    data = fastfits.image(hdul, "FINE_HOLES").data
-    holes = np.zeros((0, tile, tile), bool) if data is None else np.asarray(data) > 0
+    hdu = fastfits.image(hdul, "FINE_HOLES")
+    data = hdu.data
+    holes = np.zeros((0, tile, tile), np.uint8) if data is None else np.asarray(data)
     if holes.ndim != 3 or holes.shape[1:] != (tile, tile):
         raise CubeFormatError(
             f"{path}: FINE_HOLES must be (nholes, {tile}, {tile}); found {holes.shape}."
         )
-    return {"fill_error": table["FILLERR"], "hole_index": table["HOLES"], "holes": holes}
+    scale = []
+    while f"FILLVAR{len(scale) + 1}" in hdu.header:
+        scale.append(hdu.header[f"FILLVAR{len(scale) + 1}"])
+    try:
+        scale = np.array(scale, dtype=np.float32) if scale else None
+    except (TypeError, ValueError):
+        msg = f"{path}: the FILLVARn keywords of FINE_HOLES must be numbers; the file is damaged."
+        raise CubeFormatError(msg) from None
+    return {
+        "fill_error": table["FILLERR"],
+        "hole_index": table["HOLES"],
+        "holes": holes,
+        "fill_scale": scale,
+    }
 
 
 def _block_order(layer: FineLayer, coef: np.ndarray, path, pairs) -> np.ndarray:

@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from lk_scatterlight.builder.fine import (
+    MISFIT_COLUMNS,
     _bin_sums,
     _tile_misfit,
     assemble_fine,
@@ -102,7 +103,7 @@ def speckle_cube(context):
     kept[0, fine.tiles] = (fine.tiles % context.ntiles >= 14) & (fine.tiles % context.ntiles < 18)
     sigmas = np.zeros((1, ntiles), np.float32)
     sigmas[0, fine.tiles] = fine.sigma
-    misfits = np.zeros((1, ntiles, 5), np.float32)
+    misfits = np.zeros((1, ntiles, MISFIT_COLUMNS), np.float32)
     misfits[0, fine.tiles] = fine.misfit
     one = [np.array([0])]
     layer = assemble_fine(blocks, kept, sigmas, one[0], one, context, misfit=misfits)

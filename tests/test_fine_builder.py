@@ -304,7 +304,8 @@ def test_fine_residual_refines_only_near_tiles(holed_context, noise, monkeypatch
 
     monkeypatch.setattr(fine, "_fill_along_structure", counted)
     # The fill-error probe (`_fill_misfit`) refills known bins of the kept tiles: not counted.
-    monkeypatch.setattr(fine, "_fill_misfit", lambda *args: np.zeros(args[3].size, np.float32))
+    columns = 1 + 2 * fine.FILL_CLASSES  # its mean, per-class sums and bins
+    monkeypatch.setattr(fine, "_fill_misfit", lambda *a: np.zeros((a[3].size, columns), np.float32))
     got = residual(frame, np.zeros((128, 128), np.float32), holed_context)
     nholes = holed_context.holes[0].size
     if not with_ridge:

@@ -9,12 +9,17 @@ from cube_helpers import make_cube
 
 from lk_scatterlight import CubeFormatError, ScatterLightCube
 from lk_scatterlight.builder.fine import (
+    FILL_CLASSES,
+    MISFIT_COLUMNS,
     _fill_along_structure,
+    _fill_amplitude,
     _fill_isotropic,
     _fill_misfit,
     _fill_profiles,
+    _fill_scale,
     _mean_squared_weight,
     assemble_fine,
+    depth_class,
     make_fine_context,
 )
 from lk_scatterlight.finelayer import FineLayer
@@ -22,6 +27,7 @@ from lk_scatterlight.finelayer import FineLayer
 PB, TILE = 4, 16
 SIDE = PB * TILE
 NT = 3
+NT_HOLED = 512 // SIDE  # tiles per side of `holed_context`
 
 
 def holed_layer(fill=2.0):
@@ -163,19 +169,19 @@ def holed_context():
     return make_fine_context(weights, coarse_bin=16, pixel_bin=4, tile=16, threshold=2.0)
 
 
-def fill_errors(context, amplitude, width=3.0, frames=8):
-    """Estimated (`_fill_misfit`) and actual mean squared fill error per hole bin, pooled
-    over ``frames`` fine-grid residuals: an arc-shaped ridge (``width`` bins) crossing both
-    holes, moving by 4 bins a frame, plus unit noise."""
+def ridge_fills(context, amplitude, width=3.0, frames=8):
+    """`_fill_misfit` of every tile and the actual squared fill error of every hole bin, over
+    ``frames`` fine-grid residuals: an arc-shaped ridge (``width`` bins) crossing both holes,
+    moving by 4 bins a frame, plus unit noise. Returns the probe, shape (frames, ntiles**2,
+    1 + 2 * FILL_CLASSES), and the actual errors, shape (frames, nholes)."""
     ok = context.ok
     i, j = np.mgrid[: ok.shape[0], : ok.shape[1]].astype(float)
     model = np.zeros(ok.shape, np.float32)
     noise = np.ones(ok.shape, np.float32)
     kept = np.arange(context.ntiles**2, dtype=np.int32)
     rows, cols = np.nonzero(~ok)
-    per_tile = np.bincount((rows // TILE) * context.ntiles + cols // TILE, minlength=kept.size)
     rng = np.random.default_rng(1)
-    estimated = actual = 0.0
+    probe, actual = [], []
     for k in range(frames):
         truth = amplitude * np.exp(-0.5 * ((np.hypot(i - 40 - 4 * k, j - 30) - 60) / width) ** 2)
         r = (truth + rng.standard_normal(truth.shape)).astype(np.float32)
@@ -183,9 +189,18 @@ def fill_errors(context, amplitude, width=3.0, frames=8):
         _fill_isotropic(r, ok, copy=False)
         _fill_along_structure(r, ok, model, rows, cols)
         _fill_profiles(r, ok, model, noise, context.threshold)
-        estimated += np.sum(_fill_misfit(r, ok, model, kept, context, noise, 1.0) * per_tile)
-        actual += np.sum((r - truth)[rows, cols] ** 2)
-    return estimated / (frames * rows.size), actual / (frames * rows.size)
+        probe.append(_fill_misfit(r, ok, model, kept, context, noise, 1.0))
+        actual.append((r - truth)[rows, cols] ** 2)
+    return np.array(probe), np.array(actual)
+
+
+def fill_errors(context, amplitude, width=3.0, frames=8):
+    """Estimated (`_fill_misfit`'s tile means) and actual mean squared fill error per hole
+    bin, pooled over the frames of `ridge_fills`."""
+    probe, actual = ridge_fills(context, amplitude, width, frames)
+    rows, cols = np.nonzero(~context.ok)
+    per_tile = np.bincount((rows // TILE) * context.ntiles + cols // TILE, minlength=NT_HOLED**2)
+    return np.sum(probe[:, :, 0] * per_tile) / actual.size, actual.mean()
 
 
 def test_fill_misfit_measures_the_fill_error(holed_context):
@@ -231,3 +246,131 @@ def test_assemble_fine_quotes_the_fill_error_on_the_holes(holed_context):
     misfit[:, tile, 2] = [0.5, -0.5]  # pooled 0: nothing quoted
     layer = assemble_fine(fine, kept, sigma, used, groups, context, misfit=misfit)
     np.testing.assert_array_equal(layer.hole_index, [-1, -1])
+
+
+# ---------------------------------------------------------------------- depth of a bin
+def test_depth_classes():
+    """1 next to a measured bin, then by doubling depth up to the last class."""
+    depth = [1, 1.4, 2, 2.2, 4, 5, 8, 16, 17, 100]
+    np.testing.assert_array_equal(depth_class(depth), [1, 2, 2, 3, 3, 4, 4, 5, 6, 6])
+    assert FILL_CLASSES == 6
+
+
+def test_quoted_fill_error_follows_the_depth(holed_context):
+    """A ridge 20 x the noise crossing a bleed column and a star halo 20 bins wide: the
+    fills next to a measured bin miss it by less than the noise, those 4+ bins in by
+    several times more (measured 0.31 and 6.1 (e-/s)**2). The error quoted per depth
+    class (the probe's shape times its amplitude) matches both within 2x in variance,
+    where one number for every filled bin (the pooled mean) is 4x off next to the edge."""
+    probe, actual = ridge_fills(holed_context, amplitude=20.0)
+    classes = holed_context.hole_class[~holed_context.ok]
+    scale = _fill_scale(probe[..., 1:])
+    quoted = _fill_amplitude(probe[..., 1:], scale) * scale[classes - 1]
+    shallow, deep = classes == 1, classes >= 3
+    act_shallow, act_deep = actual[:, shallow].mean(), actual[:, deep].mean()
+    assert act_deep > 8 * act_shallow  # the error really grows with the depth
+    assert 0.5 < quoted[shallow].mean() / act_shallow < 2.0  # measured 0.81
+    assert 0.5 < quoted[deep].mean() / act_deep < 2.0  # measured 0.60
+    one_number = np.sum(probe[..., 1 : 1 + FILL_CLASSES]) / np.sum(probe[..., 1 + FILL_CLASSES :])
+    assert one_number / act_shallow > 3.0  # what the tile-wide error quoted there
+
+
+def test_fill_scale_compares_classes_within_the_same_holes():
+    """The growth from one class to the next is measured over the rows (tiles) that probe
+    both, never below 1, and continues past the deepest measured class (at most 4x); the
+    scale's mean over the probe bins is 1."""
+    rows = np.zeros((2, 2 * FILL_CLASSES))
+    rows[0, :3] = [100.0, 200.0, 1600.0]  # a star halo: classes 1..3, 100 bins each
+    rows[0, FILL_CLASSES : FILL_CLASSES + 3] = 100
+    rows[1, 0], rows[1, FILL_CLASSES] = 5000.0, 100  # a bleed column: class 1 only, larger
+    shape = np.array([1, 2, 16, 64, 256, 1024], float)
+    counts = np.array([200, 100, 100, 0, 0, 0])
+    expected = shape * counts.sum() / (counts @ shape)
+    np.testing.assert_allclose(_fill_scale(rows), expected, rtol=1e-6)
+    rows[0, 2] = 100.0  # class 3 no worse than class 1: deeper ones stay at class 2's
+    got = _fill_scale(rows)
+    np.testing.assert_allclose(got[2:] / got[1], 1.0, rtol=1e-6)
+    rows[:, :FILL_CLASSES] *= -1  # nothing to quote
+    assert _fill_scale(rows) is None
+
+
+def test_assemble_fine_quotes_depth_classes(holed_context):
+    """With per-class probes the hole image holds each bin's depth class, the layer the
+    measured scale, and FILLERR the tile's error per frame and unit of scale over the
+    blocks' mean square per frame."""
+    context = holed_context
+    nt, t = context.ntiles, context.tile
+    tile = 4 * nt + 5  # rows 256..319, columns 320..383: the star halo's corner
+    fine = np.ones((2, nt * nt, t, t), np.float32)
+    kept = np.zeros((2, nt * nt), bool)
+    kept[:, tile] = True
+    misfit = np.zeros((2, nt * nt, MISFIT_COLUMNS), np.float32)
+    misfit[:, tile, 5 : 5 + 3] = [40.0, 80.0, 320.0]  # classes 1..3, 40 bins each, per frame
+    misfit[:, tile, 5 + FILL_CLASSES : 5 + FILL_CLASSES + 3] = 40
+    groups = [np.array([0]), np.array([1])]
+    sigma = np.ones((2, nt * nt))
+    layer = assemble_fine(fine, kept, sigma, np.arange(2), groups, context, 0.01, None, misfit)
+    depth = context.hole_class[4 * t : 5 * t, 5 * t : 6 * t]
+    assert depth.max() >= 3
+    np.testing.assert_array_equal(layer.holes, [depth])
+    mean = 440.0 / 120
+    np.testing.assert_allclose(layer.fill_scale[:4], np.array([1, 2, 8, 32]) / mean, rtol=1e-6)
+    # per frame 440 / (40 * (1 + 2 + 8) / mean) = mean, over an all-ones block's power of 1
+    expected = np.sqrt(mean / _mean_squared_weight(PB))
+    np.testing.assert_allclose(layer.fill_error, [expected, expected], rtol=1e-5)
+
+
+def depth_layer():
+    """`holed_layer` whose hole has depth classes 1 (its rim) and 2, with a scale per class."""
+    layer = holed_layer(fill=2.0)
+    holes = layer.holes.astype(np.uint8)
+    holes[0, 6:8, 7:9] = 2
+    return FineLayer(**{**layer.__dict__, "holes": holes, "fill_scale": [0.25, 4.0]})
+
+
+def test_depth_classes_scale_the_quoted_fill_error(tmp_path):
+    """At the bin centres the fill variance is ``FILLERR**2`` times the bin's class scale;
+    a file keeps the classes and the scales (FILLVARn), and evaluates alike."""
+    layer = depth_layer()
+    var = at_centres(layer, 1)[1][0] - at_centres(plain(layer), 1)[1][0]
+    expected = np.zeros((TILE, 2 * TILE))
+    expected[5:9, 6:10] = 4.0 * 0.25
+    expected[6:8, 7:9] = 4.0 * 4.0
+    np.testing.assert_allclose(var, expected, atol=1e-5)
+    path = tmp_path / "cube.fits"
+    cube_with(layer).write(path)
+    with fits.open(path) as hdul:
+        assert hdul["FINE_HOLES"].header["FILLVAR2"] == 4.0
+    again = ScatterLightCube.read(path).fine
+    np.testing.assert_array_equal(again.holes, layer.holes)
+    np.testing.assert_array_equal(again.fill_scale, layer.fill_scale)
+    var_again = at_centres(again, 1)[1][0] - at_centres(plain(again), 1)[1][0]
+    np.testing.assert_allclose(var_again, expected, rtol=2.0**-7, atol=1e-5)
+
+
+def test_files_without_depth_classes_evaluate_as_before(tmp_path):
+    """A file written before the depth classes (hole images of 1, no FILLVARn) quotes
+    ``FILLERR`` on every filled bin, exactly as it did."""
+    layer = holed_layer(fill=2.0)
+    path = tmp_path / "cube.fits"
+    cube_with(layer).write(path)
+    with fits.open(path) as hdul:
+        assert "FILLVAR1" not in hdul["FINE_HOLES"].header
+        assert set(np.unique(hdul["FINE_HOLES"].data)) == {0, 1}
+    again = ScatterLightCube.read(path).fine
+    assert again.fill_scale is None
+    var = at_centres(again, 1)[1][0] - at_centres(plain(again), 1)[1][0]
+    expected = np.zeros((TILE, 2 * TILE))
+    expected[5:9, 6:10] = float(again.fill_error[1]) ** 2
+    np.testing.assert_array_equal(var, expected.astype(np.float32))
+
+
+def test_invalid_depth_classes_refused():
+    layer = depth_layer()
+    bad = FineLayer(**{**layer.__dict__, "fill_scale": [0.25]})
+    assert bad.validate(NT) == ["fine layer hole depth classes must lie in 0..1"]
+    bad = FineLayer(**{**layer.__dict__, "fill_scale": [0.25, -1.0]})
+    assert bad.validate(NT) == ["fine layer fill variance factors must be finite and non-negative"]
+    fields = {**plain(layer).__dict__, "fill_scale": [1.0]}
+    with pytest.raises(ValueError, match="fill_scale needs holes"):
+        FineLayer(**fields)

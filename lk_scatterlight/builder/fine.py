@@ -84,6 +84,11 @@ MIN_PIXELS = 4
 MAX_OFFSET = 0.5
 #: Fewest tiles with data whose median chi-square calibrates a frame's noise.
 _CALIBRATION_TILES = 64
+#: Depth classes of filled bins (`depth_class`): 1, <= 2, <= 4, <= 8, <= 16 and > 16 bins.
+FILL_CLASSES = 6
+#: Columns of `FineFrame.misfit`: rows, columns, fill, rows and columns at a lag of 2 px,
+#: then the fill's squared error summed per depth class and the bins it was summed over.
+MISFIT_COLUMNS = 5 + 2 * FILL_CLASSES
 
 
 @dataclass
@@ -134,6 +139,9 @@ class FineContext:
         The measured bins `_fill_misfit` hides around the holes (`_hole_ring`).
     ring_holes : tuple of two ndarray
         ``(labels, pieces)`` of `_profile_pieces` for the holes with the ring hidden.
+    hole_class : ndarray of uint8, shape (nfine, nfine)
+        `depth_class` of each hole's bins (their distance to the nearest measured
+        bin), 0 on measured bins.
     """
 
     pixel_bin: int
@@ -155,6 +163,7 @@ class FineContext:
     pieces: np.ndarray
     ring: np.ndarray | None = None
     ring_holes: tuple[np.ndarray, np.ndarray] | None = None
+    hole_class: np.ndarray | None = None
 
     @property
     def ntiles(self) -> int:
@@ -181,14 +190,15 @@ class FineFrame:
         noise variance: ``sigma**2 / calibration`` is the frame's own noise, what
         the stored layer quotes (the static scene's noise is the same in every
         frame, a constant per bin, and no error of the light's variation).
-    misfit : ndarray of float32, shape (nkept, 5), optional
+    misfit : ndarray of float32, shape (nkept, MISFIT_COLUMNS), optional
         Per kept tile, the structure the model (coarse plane plus kept tiles)
         misses at the tile's pixels, measured along rows and along columns
         [(e-/s)**2 per pixel] (`_tile_misfit`), the error of filling its
         holes [(e-/s)**2 per fine bin] (`_fill_misfit`), and the first two
-        measured between pixels two apart. Unbiased estimates,
-        so they are negative as often as positive where the model misses
-        nothing. None: not measured.
+        measured between pixels two apart; then (`MISFIT_COLUMNS` in all) the
+        fill's squared error summed per depth class and the bins summed.
+        Unbiased estimates, so they are negative as often as positive where the
+        model misses nothing. None: not measured.
     """
 
     tiles: np.ndarray
@@ -269,7 +279,18 @@ def make_fine_context(
         pieces,
         ring,
         _profile_pieces(~(enough & ~ring)),
+        np.where(enough, 0, depth_class(ndimage.distance_transform_edt(~enough))).astype(np.uint8),
     )
+
+
+def depth_class(depth: np.ndarray) -> np.ndarray:
+    """Class of a filled bin's depth (distance [fine bins] to the nearest measured bin).
+
+    1 for a bin next to a measured one (depth 1), then ``1 + ceil(log2(depth))``:
+    2 up to 2 bins, 3 up to 4, 4 up to 8, 5 up to 16, and `FILL_CLASSES` (6) beyond.
+    """
+    depth = np.maximum(np.asarray(depth, dtype=float), 1.0)
+    return np.minimum(1 + np.ceil(np.log2(depth) - 1e-9).astype(int), FILL_CLASSES)
 
 
 def _centroid_offset(weights: np.ndarray, pixel_bin: int, count: np.ndarray) -> np.ndarray:
@@ -376,7 +397,8 @@ def fine_residual(
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept]) * gain
     misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma, smoothing)
     fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration)
-    misfit = np.column_stack([misfit[:, :2], fill, misfit[:, 2:]]).astype(np.float32)
+    misfit = np.column_stack([misfit[:, :2], fill[:, 0], misfit[:, 2:], fill[:, 1:]])
+    misfit = misfit.astype(np.float32)
     return FineFrame(
         kept,
         np.ascontiguousarray(blocks),
@@ -697,11 +719,22 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
     ring and its holes' pieces are the context's (`make_fine_context`) unless
     the frame has holes of its own (NaN pixels).
 
+    The error grows with a bin's depth in its hole (on a ridge crossing a star
+    halo, ~20x in variance from the bins next to a measured one to those 5-8
+    bins in), so the hidden bins' squared errors are also summed per
+    `depth_class` of their depth once hidden (distance to the nearest bin
+    still measured), with the number of bins summed.
+
     ``filled``: the frame's residual with its holes filled (before the curvature
     step); ``ok``: its measured bins; ``model``: the coarse model's bin means;
     ``noise``: the predicted variance of each bin (`_Noise.image`).
+
+    Returns
+    -------
+    fill : ndarray of float32, shape (len(kept), 1 + 2 * FILL_CLASSES)
+        Per kept tile, the mean, the sums per depth class and the bins per class.
     """
-    out = np.zeros(kept.size, dtype=np.float32)
+    out = np.zeros((kept.size, 1 + 2 * FILL_CLASSES), dtype=np.float32)
     t, nt = context.tile, context.ntiles
     is_kept = np.zeros(nt * nt, dtype=bool)
     is_kept[kept] = True
@@ -725,7 +758,12 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
     tile = (rows // t) * nt + cols // t
     sums = np.bincount(tile, excess, minlength=nt * nt)[kept]
     count = np.bincount(tile, minlength=nt * nt)[kept]
-    out[count > 0] = sums[count > 0] / count[count > 0]
+    out[count > 0, 0] = sums[count > 0] / count[count > 0]
+    depth = depth_class(ndimage.distance_transform_edt(~hidden)[rows, cols])
+    at = (tile * FILL_CLASSES + depth - 1, nt * nt * FILL_CLASSES)
+    by_class = np.bincount(at[0], excess, minlength=at[1]).reshape(nt * nt, -1)
+    out[:, 1 : 1 + FILL_CLASSES] = by_class[kept]
+    out[:, 1 + FILL_CLASSES :] = np.bincount(at[0], minlength=at[1]).reshape(nt * nt, -1)[kept]
     return out
 
 
@@ -1149,10 +1187,11 @@ def assemble_fine(
         Each used frame's `FineFrame.calibration` (0 or absent: 1). The factoring
         uses ``sigma`` (the noise the blocks hold); the layer quotes
         ``sigma / sqrt(calibration)`` (the noise that varies from frame to frame).
-    misfit : ndarray, shape (len(used_index), ntiles**2, 2, 3 or 5), optional
+    misfit : ndarray, shape (len(used_index), ntiles**2, 3, 5 or MISFIT_COLUMNS), optional
         Each used frame's `FineFrame.misfit` of its kept tiles (the structure
         the model misses, per pixel, along rows and columns, the error of
-        a filled bin, and the first two at a lag of 2 px). Per tile, each
+        a filled bin, the first two at a lag of 2 px, and the fill's error
+        per depth class). Per tile, each
         direction's estimates are summed over the frames that kept the tile
         (so their noise averages out before the larger is taken) and the
         larger, floored at 0, is divided by the blocks' summed mean square:
@@ -1164,7 +1203,11 @@ def assemble_fine(
         over the blocks' power) into each block's ``fill_error``, quoted on the
         tile's holes (the bins `make_fine_context` marks as holes) on
         top of ``error``: a fill's error is smooth over the hole, so it too is
-        divided by that mean squared weight. The layer keeps the missed
+        divided by that mean squared weight. With the per-class columns, the
+        layer's ``fill_scale`` (`_fill_scale`, pooled over every kept tile and
+        frame) says how the error grows with a bin's depth in its hole, a
+        tile's pooled error is taken per unit of that scale (`_fill_amplitude`),
+        and the hole images hold each bin's `depth_class`. The layer keeps the missed
         structure's share of each block's error apart (``misfit``) with its
         correlation ratios (`_misfit_correlation` of the pooled lag-1 and
         lag-2 estimates), for aperture sums.
@@ -1188,6 +1231,8 @@ def assemble_fine(
         calibration = np.asarray(calibration, dtype=float)
         scale = 1 / np.sqrt(np.where(calibration > 0, calibration, 1.0))
     per_pixel = _mean_squared_weight(context.pixel_bin)
+    by_depth = misfit is not None and misfit.shape[-1] >= MISFIT_COLUMNS
+    fill_scale = _fill_scale(misfit[..., 5:MISFIT_COLUMNS][kept]) if by_depth else None
     holes, fill_error, hole_index = [], [], []
     misfit_error, misfit_corr = [], []
     for tile in np.flatnonzero(kept.any(axis=0)):
@@ -1199,14 +1244,18 @@ def assemble_fine(
             power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
             pooled = np.sum(misfit[pos, tile, :2], axis=0, dtype=float)
             gamma = max(0.0, pooled.max()) / power if power > 0 else 0.0
-            if misfit.shape[-1] > 2 and power > 0:
+            if fill_scale is not None and power > 0:  # a bin of relative scale 1, per frame
+                amplitude = _fill_amplitude(misfit[pos, tile, 5:MISFIT_COLUMNS], fill_scale)
+                fill = amplitude * pos.size / power  # summed over the frames, as power is
+            elif misfit.shape[-1] > 2 and power > 0:
                 fill = max(0.0, float(np.sum(misfit[pos, tile, 2], dtype=float))) / power
             if misfit.shape[-1] > 3:
                 corr = _misfit_correlation(pooled, np.sum(misfit[pos, tile, 3:5], axis=0))
         i, j = divmod(int(tile), nt)
         hole = ~context.ok[i * t : (i + 1) * t, j * t : (j + 1) * t]
-        if fill > 0 and hole.any():  # the tile's holes, quoted with the fill error
-            holes.append(hole)
+        if fill > 0 and hole.any():  # the tile's holes (their depth classes), quoted
+            depth = context.hole_class[i * t : (i + 1) * t, j * t : (j + 1) * t]
+            holes.append(depth if fill_scale is not None else hole)
         planes, where = np.unique(plane_of[pos], return_inverse=True)
         frame_error = sigma[pos, tile].astype(float)
         if binned:  # time bins: average over each plane's frames (0 where not kept)
@@ -1256,10 +1305,68 @@ def assemble_fine(
         **{name: np.concatenate(values) for name, values in index.items()},
         fill_error=np.concatenate(fill_error),
         hole_index=np.concatenate(hole_index),
-        holes=np.array(holes, dtype=bool).reshape(-1, t, t),
+        holes=np.array(holes, dtype=np.uint8).reshape(-1, t, t),
+        fill_scale=fill_scale if holes else None,
         misfit=np.concatenate(misfit_error) if misfit is not None else None,
         misfit_corr=np.concatenate(misfit_corr) if misfit is not None else None,
     )
+
+
+#: Fewest probe bins (summed over tiles and frames) that measure the growth of the fill
+#: error from one depth class to the next.
+_FILL_MIN_BINS = 32
+#: Largest growth of the fill error's variance from one depth class to the next (depth
+#: doubled): measured (a bias growing with the square of the depth) ...
+_FILL_MAX_GROWTH = 16.0
+#: ... and where it is extrapolated past the probe's depth (an error growing linearly).
+_FILL_MAX_EXTRAPOLATED = 4.0
+
+
+def _fill_scale(by_class: np.ndarray) -> np.ndarray | None:
+    """The fill error's variance per depth class, relative to its mean over the probe bins.
+
+    ``by_class``: rows of `_fill_misfit`'s per-class sums and bin counts, one per
+    tile and frame. The growth from class ``k - 1`` to ``k`` is the ratio of the
+    two classes' mean squared errors over the rows that probe both (the same
+    holes: a bleed column's ring holds only class 1, a star halo's several, and
+    their errors differ), within 1 (a bin farther from the data is filled no
+    better; below 1 is the fill's own noise, averaged over more bins, or the
+    probe's) and `_FILL_MAX_GROWTH`. With fewer than `_FILL_MIN_BINS` bins of
+    either class the previous growth continues (at most `_FILL_MAX_EXTRAPOLATED`,
+    1 if none was measured): the probe reaches half as deep as the holes, so the
+    deepest classes are extrapolated. None when the pooled error is not
+    positive (nothing to quote).
+    """
+    by_class = np.asarray(by_class, dtype=float).reshape(-1, 2 * FILL_CLASSES)
+    sums, count = by_class[:, :FILL_CLASSES], by_class[:, FILL_CLASSES:]
+    if count.sum() == 0 or sums.sum() <= 0:
+        return None
+    scale, growth = np.ones(FILL_CLASSES), 1.0
+    for k in range(1, FILL_CLASSES):
+        both = (count[:, k - 1] > 0) & (count[:, k] > 0)
+        shallow, deep = count[both, k - 1].sum(), count[both, k].sum()
+        if min(shallow, deep) >= _FILL_MIN_BINS:
+            before = sums[both, k - 1].sum() / shallow
+            after = sums[both, k].sum() / deep
+            ratio = after / before if before > 0 else 1.0
+            scale[k] = scale[k - 1] * np.clip(ratio, 1.0, _FILL_MAX_GROWTH)
+            growth = min(float(np.clip(ratio, 1.0, _FILL_MAX_GROWTH)), _FILL_MAX_EXTRAPOLATED)
+        else:
+            scale[k] = scale[k - 1] * growth
+    total = count.sum(axis=0)
+    return (scale * total.sum() / (total @ scale)).astype(np.float32)
+
+
+def _fill_amplitude(by_class: np.ndarray, scale: np.ndarray) -> float:
+    """A tile's pooled fill variance at relative scale 1 (`_fill_scale`) [(e-/s)**2].
+
+    The squared errors summed over its probe bins and frames, floored at 0, over the
+    sum of the scales of those bins' classes: their mean, had every bin the scale 1.
+    """
+    by_class = np.asarray(by_class, dtype=float).reshape(-1, 2 * FILL_CLASSES)
+    total = max(0.0, float(by_class[:, :FILL_CLASSES].sum()))
+    weight = float(by_class[:, FILL_CLASSES:].sum(axis=0) @ scale)
+    return total / weight if weight > 0 else 0.0
 
 
 def _misfit_correlation(lag1: np.ndarray, lag2: np.ndarray) -> np.ndarray:
