@@ -122,6 +122,10 @@ class ScatterLightCube:
     strap_response : array of float, optional
         Scattered-light response of each strap column relative to its
         neighbours (e.g. 1.04); `evaluate` multiplies the model by it there.
+    strap_response_err : array of float, optional
+        1-sigma statistical error of each ``strap_response`` (default 0);
+        `evaluate` adds ``strap_response_err / strap_response`` times the
+        model there to the error in quadrature.
     fine : `~lk_scatterlight.finelayer.FineLayer`, optional
         Structure finer than the bins (glint ridges, shadow edges) on a finer
         grid, stored only in the tiles and planes where the builder found it;
@@ -159,6 +163,7 @@ class ScatterLightCube:
         fine: FineLayer | None = None,
         region: Region | None = None,
         noise_share: np.ndarray | None = None,
+        strap_response_err: np.ndarray | None = None,
     ):
         self.sector, self.camera, self.ccd = int(sector), int(camera), int(ccd)
         self.region = Region.full() if region is None else region
@@ -183,6 +188,11 @@ class ScatterLightCube:
         self.strap_column = np.asarray([] if strap_column is None else strap_column, dtype=int)
         self.strap_response = np.asarray(
             [] if strap_response is None else strap_response, dtype=float
+        )
+        self.strap_response_err = (
+            np.zeros(self.strap_response.shape)
+            if strap_response_err is None
+            else np.asarray(strap_response_err, dtype=float)
         )
         self.fine = fine
         self.noise_share = None if noise_share is None else np.asarray(noise_share, np.float32)
@@ -210,6 +220,7 @@ class ScatterLightCube:
         fine: FineLayer | None = None,
         region: Region | None = None,
         noise_share: np.ndarray | None = None,
+        strap_response_err=None,
     ) -> ScatterLightCube:
         """Make a cube from arrays, validating them.
 
@@ -229,6 +240,7 @@ class ScatterLightCube:
             the planes next to an orbit gap (and the outer planes) extend by half
             a typical plane and the gap stays a gap.
         npix, nframes, meta, strap_column, strap_response, fine, region, noise_share
+        strap_response_err
             See the class docstring.
 
         Returns
@@ -261,6 +273,7 @@ class ScatterLightCube:
             fine=fine,
             region=region,
             noise_share=noise_share,
+            strap_response_err=strap_response_err,
         )
 
     @classmethod
@@ -524,6 +537,7 @@ class ScatterLightCube:
             fine=self.fine,
             region=self.region,
             noise_share=self.noise_share,
+            strap_response_err=self.strap_response_err,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -604,6 +618,9 @@ class ScatterLightCube:
             if fine is not None:
                 flux[valid] += fine[0]
                 var[valid] += fine[1]
+        relative = self._strap_relative_error(column)
+        if relative.any():  # the light times the response's error, on strap columns
+            var += (flux * relative.astype(np.float32)) ** 2
         np.sqrt(var, out=var)
         return CubeEvaluation(flux << _FLUX_UNIT, var << _FLUX_UNIT, valid)
 
@@ -649,7 +666,7 @@ class ScatterLightCube:
         mask = np.ones((row.size, column.size)) if mask is None else np.asarray(mask, float)
         if mask.shape != (row.size, column.size):
             raise ValueError(f"mask has shape {mask.shape}, expected {(row.size, column.size)}.")
-        mask = mask * self.column_response(column)  # strap columns respond more
+        aperture, mask = mask, mask * self.column_response(column)  # straps respond more
         weights = interpolate.spatial_weights(row, self.row).T @ mask
         weights = weights @ interpolate.spatial_weights(column, self.column)
         flux = np.full(t.size, np.nan)
@@ -695,6 +712,7 @@ class ScatterLightCube:
             if fine is not None:
                 flux[valid] += fine[0]
                 var[valid] += fine[1]
+            var[valid] += self._strap_sum_variance(t[valid], row, column, aperture, max_gap)
         elif valid.any():
             flux[valid], var[valid] = 0.0, 0.0
         return CubeEvaluation(flux * _FLUX_UNIT, np.sqrt(var) * _FLUX_UNIT, valid)
@@ -711,16 +729,38 @@ class ScatterLightCube:
         -------
         factor : ndarray, shape (ncol,)
         """
+        return self._strap_lookup(column, self.strap_response, 1.0)
+
+    def _strap_lookup(self, column, values: np.ndarray, default: float) -> np.ndarray:
+        """``values`` (one per strap column) at each column, ``default`` elsewhere."""
         column = np.atleast_1d(np.asarray(column, dtype=float))
-        factor = np.ones(column.size)
+        out = np.full(column.size, default)
         if self.strap_column.size:
-            lookup = dict(
-                zip(self.strap_column.tolist(), self.strap_response.tolist(), strict=True)
-            )
+            lookup = dict(zip(self.strap_column.tolist(), np.asarray(values).tolist(), strict=True))
             for i, c in enumerate(column):
                 if c == int(c) and int(c) in lookup:
-                    factor[i] = lookup[int(c)]
-        return factor
+                    out[i] = lookup[int(c)]
+        return out
+
+    def _strap_relative_error(self, column) -> np.ndarray:
+        """``strap_response_err / strap_response`` of each column (0 off the straps)."""
+        if not np.any(self.strap_response_err > 0):
+            return np.zeros(np.size(column))
+        return self._strap_lookup(column, self.strap_response_err / self.strap_response, 0.0)
+
+    def _strap_sum_variance(self, btjd, row, column, mask, max_gap) -> np.ndarray:
+        """Variance of an aperture sum from the straps' response errors, shape (ntime,).
+
+        A strap's response error scales the whole column alike, so it adds
+        coherently over the column's pixels and independently between columns.
+        """
+        relative = self._strap_relative_error(column)
+        use = np.flatnonzero(relative * mask.any(axis=0))
+        if use.size == 0:
+            return np.zeros(np.size(btjd))
+        flux = self.evaluate(btjd, row, column[use], bounds="nan", max_gap=max_gap).flux.value
+        light = np.einsum("trc,rc->tc", flux.astype(float), mask[:, use]) * relative[use]
+        return np.sum(light**2, axis=1)
 
     def _time_weights(self, time, bounds: str, max_gap: float | None):
         """Times as BTJD floats, their plane indices and weights; raises per ``bounds``."""
@@ -838,6 +878,10 @@ class ScatterLightCube:
             problems.append("strap_column and strap_response must be 1-D arrays of equal length")
         elif np.any(~np.isfinite(self.strap_response)) or np.any(self.strap_response <= 0):
             problems.append("strap_response must be finite and positive")
+        elif self.strap_response_err.shape != self.strap_response.shape:
+            problems.append("strap_response_err must have one value per strap_response")
+        elif not np.all(np.isfinite(self.strap_response_err) & (self.strap_response_err >= 0)):
+            problems.append("strap_response_err must be finite and non-negative")
         if self.nframes.shape != (nt,):
             problems.append(f"nframes has shape {self.nframes.shape}, expected ({nt},)")
         if self.fine is not None:

@@ -212,13 +212,13 @@ def to_hdulist(
         ],
         name="PROVENANCE",
     )
-    straps = fits.BinTableHDU.from_columns(
-        [
-            fits.Column("COLUMN", "J", array=cube.strap_column),
-            fits.Column("RESPONSE", "D", array=cube.strap_response),
-        ],
-        name="STRAPS",
-    )
+    strap_columns = [
+        fits.Column("COLUMN", "J", array=cube.strap_column),
+        fits.Column("RESPONSE", "D", array=cube.strap_response),
+    ]
+    if np.any(cube.strap_response_err > 0):
+        strap_columns.append(fits.Column("RESPONSE_ERR", "D", array=cube.strap_response_err))
+    straps = fits.BinTableHDU.from_columns(strap_columns, name="STRAPS")
     straps.header["COMMENT"] = "scattered-light response of strap columns vs neighbours"
     fine = []
     if cube.fine is not None and len(cube.fine):
@@ -454,10 +454,13 @@ def _read_straps(hdul: Hdus, names: list[str]) -> dict[str, np.ndarray]:
     if "STRAPS" not in names:
         return {}
     straps = fastfits.table(hdul, "STRAPS")
-    return {
+    kwargs = {
         "strap_column": np.array(straps["COLUMN"], dtype=int),
         "strap_response": np.array(straps["RESPONSE"], dtype=float),
     }
+    if "RESPONSE_ERR" in straps.names:
+        kwargs["strap_response_err"] = np.array(straps["RESPONSE_ERR"], dtype=float)
+    return kwargs
 
 
 def _read_tess_backml(hdul: Hdus, path: Path) -> CubeFields:

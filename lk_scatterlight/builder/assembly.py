@@ -26,6 +26,7 @@ from .config import BuildConfig, PlaneBinner
 from .fine import assemble_fine
 from .framepass import FrameContext
 from .plan import BuildPlan, WorkArea, regional_margin
+from .strap_photometry import strap_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import FrameInfo
@@ -159,10 +160,7 @@ def assemble(
         )
 
     straps = plan.straps
-    strap_sums = np.asarray(work["strap"])[used_index].sum(axis=0)
-    measured = strap_sums[:, 1] > 0
-    response = np.where(measured, strap_sums[:, 0] / np.where(measured, strap_sums[:, 1], 1), 1)
-    measured &= np.isfinite(response) & (response > 0)
+    response, response_err, measured = strap_response(np.asarray(work["strap"])[used_index])
 
     b = config.pixel_bin
     nb = plan.nbins
@@ -234,6 +232,7 @@ def assemble(
         meta=meta,
         strap_column=straps[measured],
         strap_response=response[measured],
+        strap_response_err=response_err[measured],
         fine=fine,
         region=None if region.is_full else region.shrunk(regional_margin(config)),
     )

@@ -39,6 +39,7 @@ __all__ = [
     "strap_rows",
     "strap_sums",
     "curved_rows",
+    "strap_response",
 ]
 
 log = logging.getLogger(__name__)
@@ -196,3 +197,43 @@ def curved_rows(curve: np.ndarray, ok: np.ndarray) -> np.ndarray:
         curved[k] = ok[k] & (np.abs(curve[k] - centre) > CURVATURE_CLIP * spread)
     width = 2 * CURVATURE_GROW + 1
     return ndimage.maximum_filter1d(curved.view(np.uint8), width, axis=1).view(bool)
+
+
+def strap_response(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each strap's response and its 1-sigma statistical error from per-frame sums.
+
+    The response is the least-squares slope of strap against reference over
+    all frames, ``sum(strap * ref) / sum(ref**2)``. Its error is the sandwich
+    (frame-clustered) estimate: frame ``f`` moves the slope by its score
+    ``s_f = sum_f(strap * ref) - response * sum_f(ref**2)``, so the variance is
+    ``n / (n - 1) * sum(s_f**2) / sum(ref**2)**2`` over the ``n`` frames that
+    measured the strap. It holds the frames' noise and any change of the
+    response from frame to frame, not what all frames share (the noise of the
+    static scene subtracted from each frame).
+
+    Parameters
+    ----------
+    sums : ndarray, shape (nframes, nstraps, 2)
+        `strap_sums` of each frame.
+
+    Returns
+    -------
+    response, error : ndarray of float, shape (nstraps,)
+        1 and 0 where unmeasured.
+    measured : ndarray of bool, shape (nstraps,)
+        Straps with a positive, finite response.
+    """
+    sums = np.asarray(sums, dtype=float)
+    sr, rr = sums[..., 0], sums[..., 1]
+    total = rr.sum(axis=0)
+    measured = total > 0
+    safe = np.where(measured, total, 1)
+    response = np.where(measured, sr.sum(axis=0) / safe, 1)
+    measured &= np.isfinite(response) & (response > 0)
+    response = np.where(measured, response, 1)
+    score = sr - response * rr
+    frames = (rr > 0).sum(axis=0)
+    factor = frames / np.maximum(frames - 1, 1)
+    error = np.sqrt(factor * np.sum(score**2, axis=0)) / safe
+    error = np.where(measured & (frames > 1), error, 0)
+    return response, error, measured
