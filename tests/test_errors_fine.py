@@ -9,11 +9,15 @@ from scipy import ndimage
 
 from lk_scatterlight.builder.fine import (
     MISFIT_COLUMNS,
-    _bin_sums,
-    _tile_misfit,
     assemble_fine,
     fine_residual,
     make_fine_context,
+)
+from lk_scatterlight.builder.fine.context import (
+    _bin_sums,
+)
+from lk_scatterlight.builder.fine.misfit import (
+    _tile_misfit,
 )
 from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
 from lk_scatterlight.builder.sources import SimulatedFFISource

@@ -5,11 +5,15 @@ import pytest
 
 from lk_scatterlight import interpolate
 from lk_scatterlight.builder.fine import (
-    _along_scale,
-    _least_squares,
-    _smooth_along_structure,
     fine_residual,
     make_fine_context,
+)
+from lk_scatterlight.builder.fine.fill import (
+    _least_squares,
+)
+from lk_scatterlight.builder.fine.residual import (
+    _along_scale,
+    _smooth_along_structure,
 )
 
 TILE = 32  # 2-px bins: a 64-px tile

@@ -6,14 +6,20 @@ import pytest
 
 from lk_scatterlight import interpolate
 from lk_scatterlight.builder.fine import (
-    _bin_sums,
-    _fill_holes,
-    _fill_isotropic,
-    _fill_profiles,
-    _masked_bin_sums,
     assemble_fine,
     fine_residual,
     make_fine_context,
+)
+from lk_scatterlight.builder.fine.context import (
+    _bin_sums,
+)
+from lk_scatterlight.builder.fine.fill import (
+    _fill_holes,
+    _fill_isotropic,
+    _fill_profiles,
+)
+from lk_scatterlight.builder.fine.residual import (
+    _masked_bin_sums,
 )
 from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
 from lk_scatterlight.builder.sources import SimulatedFFISource
@@ -289,7 +295,8 @@ def test_fine_residual_refines_only_near_tiles(holed_context, noise, monkeypatch
     """The fills along the structure run only on the holes of tiles near the threshold
     (none for pure noise), and the kept tiles are the same, with the same blocks, as when
     every hole is refilled."""
-    from lk_scatterlight.builder import fine
+    from lk_scatterlight.builder.fine import FILL_CLASSES
+    from lk_scatterlight.builder.fine import residual as fine  # where fine_residual looks them up
 
     frame = noise.copy()
     if with_ridge:
@@ -304,7 +311,7 @@ def test_fine_residual_refines_only_near_tiles(holed_context, noise, monkeypatch
 
     monkeypatch.setattr(fine, "_fill_along_structure", counted)
     # The fill-error probe (`_fill_misfit`) refills known bins of the kept tiles: not counted.
-    columns = 1 + 2 * fine.FILL_CLASSES  # its mean, per-class sums and bins
+    columns = 1 + 2 * FILL_CLASSES  # its mean, per-class sums and bins
     monkeypatch.setattr(fine, "_fill_misfit", lambda *a: np.zeros((a[3].size, columns), np.float32))
     got = residual(frame, np.zeros((128, 128), np.float32), holed_context)
     nholes = holed_context.holes[0].size

@@ -11,16 +11,22 @@ from lk_scatterlight import CubeFormatError, ScatterLightCube
 from lk_scatterlight.builder.fine import (
     FILL_CLASSES,
     MISFIT_COLUMNS,
-    _fill_along_structure,
-    _fill_amplitude,
-    _fill_isotropic,
-    _fill_misfit,
-    _fill_profiles,
-    _fill_scale,
-    _mean_squared_weight,
     assemble_fine,
     depth_class,
     make_fine_context,
+)
+from lk_scatterlight.builder.fine.assemble import (
+    _mean_squared_weight,
+)
+from lk_scatterlight.builder.fine.fill import (
+    _fill_along_structure,
+    _fill_isotropic,
+    _fill_profiles,
+)
+from lk_scatterlight.builder.fine.misfit import (
+    _fill_amplitude,
+    _fill_misfit,
+    _fill_scale,
 )
 from lk_scatterlight.finelayer import FineLayer
 

@@ -1,0 +1,187 @@
+"""The fine layer from every frame's residual (`assemble_fine`).
+
+The kept blocks are compressed over time and stored with their errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ... import interpolate
+from ...finelayer import FineLayer, compress_tile
+from .context import MISFIT_COLUMNS, FineContext
+from .misfit import _fill_amplitude, _fill_scale, _misfit_correlation
+
+
+def _mean_squared_weight(pixel_bin: int) -> float:
+    """Mean over a bin's pixels of the sum of their squared Keys weights on the bins
+    (2-D): the factor from a bin's variance to the variance it gives a pixel."""
+    centres = pixel_bin * np.arange(16) + (pixel_bin - 1) / 2
+    pixels = np.arange(6 * pixel_bin, 7 * pixel_bin, dtype=float)
+    weights = interpolate.spatial_weights(pixels, centres)
+    return float(np.mean(np.sum(weights**2, axis=1)) ** 2)
+
+
+def assemble_fine(
+    fine: np.ndarray,
+    kept: np.ndarray,
+    sigma: np.ndarray,
+    used_index: np.ndarray,
+    groups: Sequence[np.ndarray],
+    context: FineContext,
+    tolerance: float = 0.01,
+    calibration: np.ndarray | None = None,
+    misfit: np.ndarray | None = None,
+) -> FineLayer | None:
+    """Gather the kept tiles of the used frames into a factored `FineLayer`, tile by tile.
+
+    Each tile's blocks (over the planes where it was kept) are read from the
+    work area and factored (`~lk_scatterlight.finelayer.compress_tile`), so
+    memory holds one tile's blocks at a time.
+
+    Parameters
+    ----------
+    fine : ndarray, shape (nframes, ntiles**2, tile, tile)
+        Work-area blocks (memory map), by frame index; only kept ones are read.
+    kept : ndarray of bool, shape (len(used_index), ntiles**2)
+        Which tiles each used frame kept.
+    sigma : ndarray of float32, shape (len(used_index), ntiles**2)
+        Their fine-bin errors.
+    used_index : ndarray of int
+        Frame index of each used frame, in cube order.
+    groups : sequence of ndarray of int
+        Positions among the used frames of each plane's frames. A tile kept
+        in any frame of a plane is averaged over the plane's frames (zero
+        where a frame did not keep it).
+    context : `FineContext`
+    tolerance : float
+        Factoring tolerance (see `~lk_scatterlight.finelayer.compress_tile`).
+    calibration : ndarray, shape (len(used_index),), optional
+        Each used frame's `FineFrame.calibration` (0 or absent: 1). The factoring
+        uses ``sigma`` (the noise the blocks hold); the layer quotes
+        ``sigma / sqrt(calibration)`` (the noise that varies from frame to frame).
+    misfit : ndarray, shape (len(used_index), ntiles**2, 3, 5 or MISFIT_COLUMNS), optional
+        Each used frame's `FineFrame.misfit` of its kept tiles (the structure
+        the model misses, per pixel, along rows and columns, the error of
+        a filled bin, the first two at a lag of 2 px, and the fill's error
+        per depth class). Per tile, each
+        direction's estimates are summed over the frames that kept the tile
+        (so their noise averages out before the larger is taken) and the
+        larger, floored at 0, is divided by the blocks' summed mean square:
+        each block quotes that fraction ``gamma`` of its own mean square as
+        more variance (the missed structure grows with the structure it
+        holds), divided by the mean over a bin of the squared interpolation
+        weights so that the evaluated variance of a pixel gets it. The fill
+        errors are pooled the same way (summed over the frames, floored at 0,
+        over the blocks' power) into each block's ``fill_error``, quoted on the
+        tile's holes (the bins `make_fine_context` marks as holes) on
+        top of ``error``: a fill's error is smooth over the hole, so it too is
+        divided by that mean squared weight. With the per-class columns, the
+        layer's ``fill_scale`` (`_fill_scale`, pooled over every kept tile and
+        frame) says how the error grows with a bin's depth in its hole, a
+        tile's pooled error is taken per unit of that scale (`_fill_amplitude`),
+        and the hole images hold each bin's `depth_class`. The layer keeps the missed
+        structure's share of each block's error apart (``misfit``) with its
+        correlation ratios (`_misfit_correlation` of the pooled lag-1 and
+        lag-2 estimates), for aperture sums.
+
+    Returns
+    -------
+    layer : `~lk_scatterlight.finelayer.FineLayer` or None
+        None if no frame kept a tile.
+    """
+    nt, t = context.ntiles, context.tile
+    plane_of = np.empty(len(used_index), dtype=np.int64)
+    size = np.empty(len(groups))
+    for p, members in enumerate(groups):
+        plane_of[members] = p
+        size[p] = len(members)
+    binned = bool(size.max() > 1) if size.size else False
+    index = {name: [] for name in ("tile_row", "tile_col", "plane", "error", "rank")}
+    basis, coef, nbasis, ncoef = [], [], 0, 0
+    scale = np.ones(len(used_index))
+    if calibration is not None:
+        calibration = np.asarray(calibration, dtype=float)
+        scale = 1 / np.sqrt(np.where(calibration > 0, calibration, 1.0))
+    per_pixel = _mean_squared_weight(context.pixel_bin)
+    by_depth = misfit is not None and misfit.shape[-1] >= MISFIT_COLUMNS
+    fill_scale = _fill_scale(misfit[..., 5:MISFIT_COLUMNS][kept]) if by_depth else None
+    holes, fill_error, hole_index = [], [], []
+    misfit_error, misfit_corr = [], []
+    for tile in np.flatnonzero(kept.any(axis=0)):
+        pos = np.flatnonzero(kept[:, tile])
+        blocks = np.asarray(fine[used_index[pos], tile], dtype=np.float32)
+        gamma = fill = 0.0
+        corr = np.zeros(2)
+        if misfit is not None:  # pooled over frames, then the direction that keeps most
+            power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
+            pooled = np.sum(misfit[pos, tile, :2], axis=0, dtype=float)
+            gamma = max(0.0, pooled.max()) / power if power > 0 else 0.0
+            if fill_scale is not None and power > 0:  # a bin of relative scale 1, per frame
+                amplitude = _fill_amplitude(misfit[pos, tile, 5:MISFIT_COLUMNS], fill_scale)
+                fill = amplitude * pos.size / power  # summed over the frames, as power is
+            elif misfit.shape[-1] > 2 and power > 0:
+                fill = max(0.0, float(np.sum(misfit[pos, tile, 2], dtype=float))) / power
+            if misfit.shape[-1] > 3:
+                corr = _misfit_correlation(pooled, np.sum(misfit[pos, tile, 3:5], axis=0))
+        i, j = divmod(int(tile), nt)
+        hole = ~context.ok[i * t : (i + 1) * t, j * t : (j + 1) * t]
+        if fill > 0 and hole.any():  # the tile's holes (their depth classes), quoted
+            depth = context.hole_class[i * t : (i + 1) * t, j * t : (j + 1) * t]
+            holes.append(depth if fill_scale is not None else hole)
+        planes, where = np.unique(plane_of[pos], return_inverse=True)
+        frame_error = sigma[pos, tile].astype(float)
+        if binned:  # time bins: average over each plane's frames (0 where not kept)
+            total = np.zeros((planes.size, t, t), dtype=np.float32)
+            var, quoted = np.zeros(planes.size), np.zeros(planes.size)
+            np.add.at(total, where, blocks)
+            np.add.at(var, where, frame_error**2)
+            np.add.at(quoted, where, (frame_error * scale[pos]) ** 2)
+            blocks = total / size[planes][:, None, None].astype(np.float32)
+            error, quoted = np.sqrt(var) / size[planes], np.sqrt(quoted) / size[planes]
+        else:
+            error, quoted = frame_error, frame_error * scale[pos]
+        power = np.mean(np.square(blocks, dtype=float), axis=(1, 2)) / per_pixel
+        quoted = np.sqrt(quoted**2 + gamma * power)
+        misfit_error.append(np.sqrt(gamma * power))
+        misfit_corr.append(np.broadcast_to(corr, (planes.size, 2)))
+        has_fill = fill > 0 and hole.any()
+        fill_error.append(np.sqrt(fill * power) if has_fill else np.zeros(planes.size))
+        hole_index.append(np.full(planes.size, len(holes) - 1 if has_fill else -1))
+        factors, images = compress_tile(blocks, error, tolerance)
+        m = planes.size
+        index["tile_row"].append(np.full(m, tile // nt))
+        index["tile_col"].append(np.full(m, tile % nt))
+        index["plane"].append(planes)
+        index["error"].append(quoted)
+        if factors is None:  # each block its own basis image, coefficient 1
+            index["rank"].append(np.ones(m, dtype=int))
+            coef.append(np.ones(m, dtype=np.float32))
+            starts = (nbasis + np.arange(m), ncoef + np.arange(m))
+        else:
+            k = factors.shape[1]
+            index["rank"].append(np.full(m, k))
+            coef.append(factors.ravel())
+            starts = (np.full(m, nbasis), ncoef + k * np.arange(m))
+        index.setdefault("basis_start", []).append(starts[0])
+        index.setdefault("coef_start", []).append(starts[1])
+        basis.append(images)
+        nbasis += images.shape[0]
+        ncoef += coef[-1].size
+    if not basis:
+        return None
+    return FineLayer(
+        pixel_bin=context.pixel_bin,
+        tile=t,
+        basis=np.concatenate(basis),
+        coef=np.concatenate(coef),
+        **{name: np.concatenate(values) for name, values in index.items()},
+        fill_error=np.concatenate(fill_error),
+        hole_index=np.concatenate(hole_index),
+        holes=np.array(holes, dtype=np.uint8).reshape(-1, t, t),
+        fill_scale=fill_scale if holes else None,
+        misfit=np.concatenate(misfit_error) if misfit is not None else None,
+        misfit_corr=np.concatenate(misfit_corr) if misfit is not None else None,
+    )

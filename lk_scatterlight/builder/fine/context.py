@@ -1,0 +1,257 @@
+"""What a build's fine layer needs for every frame, and what each frame gives.
+
+`FineContext` holds the masks, tiles and hole pieces; `FineFrame` one frame's result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ... import interpolate
+from .fill import _hole_ring, _profile_pieces
+
+#: Fine bins with fewer valid pixels than this are left to the coarse model.
+MIN_PIXELS = 4
+
+
+#: Fine bins whose valid pixels' centroid lies farther than this from the bin centre [px]
+#: are holes too: their mean is the field there, not at the centre (see `make_fine_context`).
+MAX_OFFSET = 0.5
+
+
+#: Depth classes of filled bins (`depth_class`): 1, <= 2, <= 4, <= 8, <= 16 and > 16 bins.
+FILL_CLASSES = 6
+
+
+#: Columns of `FineFrame.misfit`: rows, columns, fill, rows and columns at a lag of 2 px,
+#: then the fill's squared error summed per depth class and the bins it was summed over.
+MISFIT_COLUMNS = 5 + 2 * FILL_CLASSES
+
+
+@dataclass
+class FineContext:
+    """Per-build constants of the fine layer (`make_fine_context`).
+
+    Attributes
+    ----------
+    pixel_bin, tile : int
+        Fine bin size [px] and fine bins per tile side.
+    coarse_bin : int
+        The cube's bin size [px].
+    threshold : float
+        Tile significance threshold on the mean of ``(r / sigma)**2``.
+    weights : ndarray of float32, shape (2048, 2048)
+        1 for pixels that enter the fine bins, 0 for masked ones.
+    strap_idx : ndarray of int
+        0-based science columns of the straps used (divided by their response).
+    to_fine : ndarray of float32, shape (nfine, ncoarse)
+        Keys weights from the coarse bin centres to the mean over each fine bin
+        (rows and columns alike): ``to_fine @ plane @ to_fine.T`` is the coarse
+        model's bin means.
+    inv_count : ndarray of float32, shape (nfine, nfine)
+        1 / valid pixels per fine bin; 0 on holes (fewer than `MIN_PIXELS`, or
+        their centroid farther than `MAX_OFFSET` from the bin centre).
+    count : ndarray of float32, shape (nfine, nfine)
+        Valid pixels per fine bin; 0 on holes.
+    tile_bins : ndarray of int, shape (ntiles, ntiles)
+        Fine bins with enough pixels per tile.
+    tile_inv_count : ndarray of float32, shape (ntiles * ntiles,)
+        Median of ``inv_count`` over each tile (a typical bin's 1 / pixels).
+    chi_weight : ndarray of float32, shape (nfine, nfine)
+        Weight of each bin's ``r**2`` in the tile statistic: its valid pixels,
+        or the tile's typical count for a bin that is filled.
+    ok : ndarray of bool, shape (nfine, nfine)
+        ``count > 0``: the bins measured (the others are holes).
+    holes : tuple of two ndarray of int
+        ``np.nonzero(~ok)``.
+    curvature : ndarray of float32, shape (nfine, nfine)
+        ``(b**2 - 1) / (24 b**2)`` on measured bins, 0 on holes: the factor of
+        the second differences that turns a bin mean into a value at its centre.
+    labels : ndarray of int32, shape (nfine, nfine)
+        Connected holes (bins with ``count == 0``), numbered from 1.
+    pieces : ndarray of int, shape (npieces, 5)
+        The pieces of the holes that `_fill_profiles` refits: label, first and
+        one-past-last fine bin row, first and one-past-last column.
+    ring : ndarray of bool, shape (nfine, nfine)
+        The measured bins `_fill_misfit` hides around the holes (`_hole_ring`).
+    ring_holes : tuple of two ndarray
+        ``(labels, pieces)`` of `_profile_pieces` for the holes with the ring hidden.
+    hole_class : ndarray of uint8, shape (nfine, nfine)
+        `depth_class` of each hole's bins (their distance to the nearest measured
+        bin), 0 on measured bins.
+    """
+
+    pixel_bin: int
+    tile: int
+    coarse_bin: int
+    threshold: float
+    weights: np.ndarray
+    strap_idx: np.ndarray
+    to_fine: np.ndarray
+    inv_count: np.ndarray
+    count: np.ndarray
+    tile_bins: np.ndarray
+    tile_inv_count: np.ndarray
+    chi_weight: np.ndarray
+    ok: np.ndarray
+    holes: tuple[np.ndarray, np.ndarray]
+    curvature: np.ndarray
+    labels: np.ndarray
+    pieces: np.ndarray
+    ring: np.ndarray | None = None
+    ring_holes: tuple[np.ndarray, np.ndarray] | None = None
+    hole_class: np.ndarray | None = None
+
+    @property
+    def ntiles(self) -> int:
+        return self.inv_count.shape[0] // self.tile
+
+
+@dataclass
+class FineFrame:
+    """The fine layer of one frame: its significant tiles.
+
+    Attributes
+    ----------
+    tiles : ndarray of int32, shape (nkept,)
+        Flat tile indices (``tile_row * ntiles + tile_col``) of the kept tiles.
+    blocks : ndarray of float32, shape (nkept, tile, tile)
+        Their residuals [e-/s].
+    sigma : ndarray of float32, shape (nkept,)
+        Typical 1-sigma error of one fine bin in each kept tile [e-/s], as the
+        detection calibrated it on the frame (static scene's noise included).
+    chi2 : ndarray of float32, shape (ntiles, ntiles)
+        Every tile's mean ``(r / sigma)**2`` (diagnostics).
+    calibration : float
+        The factor (>= 1) by which the frame's calibration scaled the predicted
+        noise variance: ``sigma**2 / calibration`` is the frame's own noise, what
+        the stored layer quotes (the static scene's noise is the same in every
+        frame, a constant per bin, and no error of the light's variation).
+    misfit : ndarray of float32, shape (nkept, MISFIT_COLUMNS), optional
+        Per kept tile, the structure the model (coarse plane plus kept tiles)
+        misses at the tile's pixels, measured along rows and along columns
+        [(e-/s)**2 per pixel] (`_tile_misfit`), the error of filling its
+        holes [(e-/s)**2 per fine bin] (`_fill_misfit`), and the first two
+        measured between pixels two apart; then (`MISFIT_COLUMNS` in all) the
+        fill's squared error summed per depth class and the bins summed.
+        Unbiased estimates, so they are negative as often as positive where the
+        model misses nothing. None: not measured.
+    """
+
+    tiles: np.ndarray
+    blocks: np.ndarray
+    sigma: np.ndarray
+    chi2: np.ndarray
+    calibration: float = 1.0
+    misfit: np.ndarray | None = None
+
+
+def make_fine_context(
+    weights: np.ndarray,
+    coarse_bin: int,
+    pixel_bin: int,
+    tile: int,
+    threshold: float,
+    strap_idx: np.ndarray | None = None,
+) -> FineContext:
+    """Constants of the fine layer for a build's pixel mask.
+
+    Parameters
+    ----------
+    weights : ndarray of float32, shape (2048, 2048)
+        1 for pixels that enter the fine bins, 0 for masked ones.
+    coarse_bin, pixel_bin : int
+        Coarse and fine bin sizes [px]; ``pixel_bin`` divides ``coarse_bin``.
+    tile : int
+        Fine bins per tile side; ``pixel_bin * tile`` divides 2048.
+    threshold : float
+    strap_idx : ndarray of int, optional
+        Strap columns (0-based science) included in ``weights`` whose pixels
+        are divided by their per-frame response.
+
+    Returns
+    -------
+    context : `FineContext`
+    """
+    n = weights.shape[0]
+    if coarse_bin % pixel_bin or n % (pixel_bin * tile):
+        raise ValueError(
+            f"fine_bin={pixel_bin} must divide pixel_bin={coarse_bin}, and fine_bin x "
+            f"fine_tile={pixel_bin * tile} must divide {n}."
+        )
+    nf, nt = n // pixel_bin, n // (pixel_bin * tile)
+    count = _bin_sums(weights, pixel_bin)
+    enough = (count >= MIN_PIXELS) & (_centroid_offset(weights, pixel_bin, count) <= MAX_OFFSET)
+    inv_count = np.where(enough, 1 / np.maximum(count, 1), 0).astype(np.float32)
+    count = np.where(enough, count, 0).astype(np.float32)
+    tile_bins = enough.reshape(nt, tile, nt, tile).sum(axis=(1, 3))
+    tile_inv_count = np.median(inv_count.reshape(nt, tile, nt, tile), axis=(1, 3)).ravel()
+    tile_inv_count = np.maximum(tile_inv_count, 1 / pixel_bin**2).astype(np.float32)
+    typical = (1 / tile_inv_count).reshape(nt, nt).repeat(tile, 0).repeat(tile, 1)
+    chi_weight = np.where(enough, count, typical).astype(np.float32)
+    coarse_centres = coarse_bin * np.arange(n // coarse_bin) + (coarse_bin - 1) / 2
+    # Mean of the Keys weights over each fine bin's pixels: the coarse model's bin means.
+    pixels = interpolate.spatial_weights(np.arange(n, dtype=float), coarse_centres)
+    to_fine = pixels.reshape(nf, pixel_bin, -1).mean(axis=1).astype(np.float32)
+    straps = np.zeros(0, int) if strap_idx is None else np.asarray(strap_idx, int)
+    labels, pieces = _profile_pieces(~enough)
+    ring = _hole_ring(enough)
+    return FineContext(
+        pixel_bin,
+        tile,
+        coarse_bin,
+        float(threshold),
+        weights,
+        straps,
+        to_fine,
+        inv_count,
+        count,
+        tile_bins,
+        tile_inv_count,
+        chi_weight,
+        enough,
+        np.nonzero(~enough),
+        np.where(enough, (pixel_bin**2 - 1) / (24 * pixel_bin**2), 0).astype(np.float32),
+        labels,
+        pieces,
+        ring,
+        _profile_pieces(~(enough & ~ring)),
+        np.where(enough, 0, depth_class(ndimage.distance_transform_edt(~enough))).astype(np.uint8),
+    )
+
+
+def depth_class(depth: np.ndarray) -> np.ndarray:
+    """Class of a filled bin's depth (distance [fine bins] to the nearest measured bin).
+
+    1 for a bin next to a measured one (depth 1), then ``1 + ceil(log2(depth))``:
+    2 up to 2 bins, 3 up to 4, 4 up to 8, 5 up to 16, and `FILL_CLASSES` (6) beyond.
+    """
+    depth = np.maximum(np.asarray(depth, dtype=float), 1.0)
+    return np.minimum(1 + np.ceil(np.log2(depth) - 1e-9).astype(int), FILL_CLASSES)
+
+
+def _centroid_offset(weights: np.ndarray, pixel_bin: int, count: np.ndarray) -> np.ndarray:
+    """Distance [px] from each fine bin's centre to the centroid of its valid pixels."""
+    n = weights.shape[0]
+    offset = np.tile(np.arange(pixel_bin, dtype=np.float32) - (pixel_bin - 1) / 2, n // pixel_bin)
+    d_row = _bin_sums(weights * offset[:, None], pixel_bin)
+    d_col = _bin_sums(weights * offset[None, :], pixel_bin)
+    return np.hypot(d_row, d_col) / np.maximum(count, 1)
+
+
+def _bin_sums(image: np.ndarray, pixel_bin: int) -> np.ndarray:
+    """Sums of ``pixel_bin x pixel_bin`` blocks (float32; strided adds, ~10x a 4-D sum)."""
+    n = image.shape[0]
+    nb = n // pixel_bin
+    rows = image.reshape(n, nb, pixel_bin)
+    sums = rows[:, :, 0].astype(np.float32)
+    for k in range(1, pixel_bin):
+        sums += rows[:, :, k]
+    blocks = sums.reshape(nb, pixel_bin, nb)
+    out = blocks[:, 0].copy()
+    for k in range(1, pixel_bin):
+        out += blocks[:, k]
+    return out

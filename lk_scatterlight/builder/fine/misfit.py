@@ -1,0 +1,330 @@
+"""The fine layer's own errors, measured per frame and pooled.
+
+The misfit of structure within a bin, and the error of filled holes by depth.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy import ndimage
+
+from ... import interpolate
+from .context import FILL_CLASSES, FineContext, depth_class
+from .fill import (
+    _fill_along_structure,
+    _fill_isotropic,
+    _fill_profiles,
+    _hole_ring,
+    _profile_pieces,
+)
+
+
+def _tile_misfit(
+    diff: np.ndarray,
+    coarse_value: np.ndarray,
+    r: np.ndarray,
+    kept: np.ndarray,
+    context: FineContext,
+    uncertainty: np.ndarray | None,
+    tile_sigma: np.ndarray,
+    smoothing: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Per kept tile, the structure the model misses at its pixels, along rows and columns.
+
+    The model a cube evaluates, the coarse plane plus the kept tiles of ``r``
+    (Keys kernel on the bin centres), is subtracted from the static-subtracted
+    frame at the tile's valid pixels (strap columns left out: their response is
+    measured apart). What the fine bins cannot hold stays in that residual: an
+    edge sharper than a bin, a ridge's profile between bin centres, a fill
+    across a hole seen from the pixels next to it. The noise stays in it too,
+    the frame's and the static scene's, whose level the uncertainty image does
+    not give; but it is independent from pixel to pixel, so the covariance of
+    neighbouring pixels' residuals less the part of the noise the model shares
+    between them (`_lag_covariance`) measures the missed structure alone. That
+    part is predicted with the pixels' variance: the FFI uncertainty (or the
+    tile's ``tile_sigma``) times ``k``, the median over the tiles without a
+    block of their mean squared residual against the coarse plane over the
+    uncertainty's prediction, on every `_MISFIT_ROWS`-th row. Returns, per kept
+    tile, the estimates from row neighbours and from column neighbours, then
+    the same from pixels two apart (how fast the missed structure decorrelates:
+    an aperture sum adds it with that correlation) [(e-/s)**2 per pixel], each
+    unbiased. ``smoothing``: the ``(own, gain)`` of `_smooth_along_structure` when
+    the kept tiles were smoothed (a bin keeps ``own`` of its mean, and its
+    value's variance is ``gain**2`` of the mean's).
+    """
+    out = np.zeros((kept.size, 4), dtype=np.float32)
+    if not kept.size:
+        return out
+    fb, t, nt = context.pixel_bin, context.tile, context.ntiles
+    n, side = diff.shape[0], fb * t
+    cb = context.coarse_bin
+    coarse = np.nan_to_num(coarse_value).astype(float)
+    coarse_centres = cb * np.arange(n // cb) + (cb - 1) / 2
+    usable = context.weights > 0
+    if context.strap_idx.size:
+        usable = usable.copy()
+        usable[:, context.strap_idx] = False
+
+    def variance(rows, cols):
+        if uncertainty is None:
+            return np.full((rows.stop - rows.start, cols.stop - cols.start), 1.0)
+        return np.nan_to_num(np.square(uncertainty[rows, cols], dtype=float))
+
+    # The pixel-level calibration, from the tiles without a block (coarse model only).
+    is_kept = np.zeros(nt * nt, dtype=bool)
+    is_kept[kept] = True
+    rows = np.arange(_MISFIT_ROWS // 2, n, _MISFIT_ROWS)
+    res = diff[rows].astype(float) - _keys_product(rows, np.arange(n), coarse_centres, coarse)
+    use = usable[rows] & np.isfinite(res)
+    if uncertainty is None:
+        pred = tile_sigma.repeat(side, 0).repeat(side, 1)[rows].astype(float) ** 2
+    else:
+        pred = np.nan_to_num(np.square(uncertainty[rows], dtype=float))
+    pred[~use] = 0
+    got = np.where(use, res, 0.0) ** 2
+    per_row = rows.size // nt
+    sums = [x.reshape(nt, per_row, nt, side).sum(axis=(1, 3)).ravel() for x in (got, pred)]
+    free = ~is_kept & (sums[1] > 0)
+    k = float(np.median(sums[0][free] / sums[1][free])) if free.any() else 1.0
+
+    kept_bins = is_kept.reshape(nt, nt).repeat(t, 0).repeat(t, 1)
+    layer = np.where(kept_bins, r, 0).astype(float)
+    # A bin's own weight after the curvature correction (1 + 4c times its mean) and the
+    # variance of its value (the neighbours' share c**2 each; covariances neglected).
+    curvature = context.curvature.astype(float)
+    own = (1 + 4 * curvature) * context.inv_count
+    spread = np.where(kept_bins, ((1 + 4 * curvature) ** 2 + 4 * curvature**2), 0.0)
+    spread *= context.inv_count
+    if smoothing is not None:
+        own, spread = own * smoothing[0], spread * smoothing[1] ** 2
+    within = np.arange(side)
+    for m, tile in enumerate(kept.tolist()):
+        i, j = divmod(tile, nt)
+        rows, cols = slice(i * side, (i + 1) * side), slice(j * side, (j + 1) * side)
+        pixels = diff[rows, cols].astype(float)
+        use = usable[rows, cols] & np.isfinite(pixels)
+        if not use.any():
+            continue
+        (ar, r0c), (ac, c0c) = (_tile_weights(x * side, side, cb, n) for x in (i, j))
+        model = ar @ coarse[r0c : r0c + ar.shape[1], c0c : c0c + ac.shape[1]] @ ac.T
+        (wr, r0), (wc, c0) = (_tile_weights(x * side, side, fb, n) for x in (i, j))
+        model += wr @ layer[r0 : r0 + wr.shape[1], c0 : c0 + wc.shape[1]] @ wc.T
+        var = k * variance(rows, cols)
+        if uncertainty is None:
+            var *= float(tile_sigma[i, j]) ** 2
+        res = pixels - model
+        window = (slice(r0, r0 + wr.shape[1]), slice(c0, c0 + wc.shape[1]))
+        bins = ((i * side + within) // fb - r0, (j * side + within) // fb - c0)
+        out[m] = _lag_covariance(res, use, var, (wr, wc), bins, own[window], spread[window])
+    return out
+
+
+def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
+    """Covariance of the residuals of neighbouring pixels, less that of their noise.
+
+    Missed structure is smooth over a few pixels and the noise (the frame's and
+    the static scene's) independent from pixel to pixel, so the products of
+    neighbours' residuals keep the structure's variance and only the part of
+    the noise the model shares between them: pixel ``p``'s noise enters
+    ``q``'s model through ``p``'s bin mean (weight ``wr[q, bin(p)] wc[q,
+    bin(p)] own[bin(p)]``) and both models share every bin mean. Returns the
+    estimates from row neighbours and from column neighbours: the one along
+    an edge or a ridge keeps its misfit. Across a ridge, and for the part of
+    an interpolation error that repeats with the bins' period, neighbours
+    differ, so the estimate is a lower bound there. Then the same two at a lag
+    of two pixels (their ratio to the first two is the misfit's correlation
+    between neighbours).
+    """
+    (wr, wc), (bin_row, bin_col) = weights, bins
+    mean_var = float(var[use].mean())
+    o = own[np.ix_(bin_row, bin_col)]
+    a_r, a_c = wr[:, bin_row], wc[:, bin_col]  # a_r[y', y]: row y' on the bin of row y
+    d_r, d_c = np.diagonal(a_r), np.diagonal(a_c)
+    estimates = np.zeros(4)
+    for lag in (1, 2):
+        for axis in (0, 1):
+            if axis == 0:  # p = (y, x), q = (y + lag, x)
+                pair = use[:-lag] & use[lag:]
+                shared = (wr[:-lag] * wr[lag:]) @ spread @ (wc**2).T
+                into_q = np.diagonal(a_r, -lag)[:, None] * d_c[None, :]  # p's bin at q
+                into_p = np.diagonal(a_r, lag)[:, None] * d_c[None, :]  # q's bin at p
+                prod = res[:-lag] * res[lag:]
+                noise = -var[:-lag] * into_q * o[:-lag] - var[lag:] * into_p * o[lag:]
+            else:
+                pair = use[:, :-lag] & use[:, lag:]
+                shared = (wr**2) @ spread @ (wc[:-lag] * wc[lag:]).T
+                into_q = d_r[:, None] * np.diagonal(a_c, -lag)[None, :]
+                into_p = d_r[:, None] * np.diagonal(a_c, lag)[None, :]
+                prod = res[:, :-lag] * res[:, lag:]
+                noise = -var[:, :-lag] * into_q * o[:, :-lag] - var[:, lag:] * into_p * o[:, lag:]
+            if pair.any():
+                estimate = np.mean((prod - noise - shared * mean_var)[pair])
+                estimates[2 * (lag - 1) + axis] = float(estimate)
+    return estimates
+
+
+def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibration) -> np.ndarray:
+    """Per kept tile, the error of its filled bins, measured by filling known bins.
+
+    The valid bins next to the holes of the kept tiles (those one bin up, down,
+    left or right of a hole) are hidden and filled from the remaining valid
+    bins, with the same steps as the holes (isotropic first guess, along the
+    structure, profiles across it): they are the hole's edge, one bin deeper,
+    so their fill sees structure crossing the hole as the hole's own fill does.
+    Per kept tile, the mean over those bins of ``(fill - value)**2``
+    less the value's noise variance (``noise`` times ``calibration``: the frame's
+    variance of each bin) estimates a filled bin's squared error [(e-/s)**2],
+    unbiased (0 for the other tiles; the fill's own noise stays in it). The
+    ring and its holes' pieces are the context's (`make_fine_context`) unless
+    the frame has holes of its own (NaN pixels).
+
+    The error grows with a bin's depth in its hole (on a ridge crossing a star
+    halo, ~20x in variance from the bins next to a measured one to those 5-8
+    bins in), so the hidden bins' squared errors are also summed per
+    `depth_class` of their depth once hidden (distance to the nearest bin
+    still measured), with the number of bins summed.
+
+    ``filled``: the frame's residual with its holes filled (before the curvature
+    step); ``ok``: its measured bins; ``model``: the coarse model's bin means;
+    ``noise``: the predicted variance of each bin (`_Noise.image`).
+
+    Returns
+    -------
+    fill : ndarray of float32, shape (len(kept), 1 + 2 * FILL_CLASSES)
+        Per kept tile, the mean, the sums per depth class and the bins per class.
+    """
+    out = np.zeros((kept.size, 1 + 2 * FILL_CLASSES), dtype=np.float32)
+    t, nt = context.tile, context.ntiles
+    is_kept = np.zeros(nt * nt, dtype=bool)
+    is_kept[kept] = True
+    in_kept = is_kept.reshape(nt, nt).repeat(t, 0).repeat(t, 1)
+    static = ok is context.ok and context.ring is not None  # no NaN holes in this frame
+    ring = context.ring if static else _hole_ring(ok)
+    probe = ring & in_kept
+    if not probe.any():
+        return out
+    hidden = ok & ~probe
+    trial = filled.copy()
+    rows, cols = np.nonzero(probe)
+    _fill_isotropic(trial, hidden, (rows, cols), copy=False)
+    _fill_along_structure(trial, hidden, model, rows, cols)
+    labels, pieces = context.ring_holes if static else _profile_pieces(~(ok & ~ring))
+    touch = [probe[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
+    if any(touch):
+        _fill_profiles(trial, hidden, model, noise, context.threshold, (labels, pieces[touch]))
+    excess = (trial[rows, cols] - filled[rows, cols]).astype(float) ** 2
+    excess -= calibration * noise[rows, cols]
+    tile = (rows // t) * nt + cols // t
+    sums = np.bincount(tile, excess, minlength=nt * nt)[kept]
+    count = np.bincount(tile, minlength=nt * nt)[kept]
+    out[count > 0, 0] = sums[count > 0] / count[count > 0]
+    depth = depth_class(ndimage.distance_transform_edt(~hidden)[rows, cols])
+    at = (tile * FILL_CLASSES + depth - 1, nt * nt * FILL_CLASSES)
+    by_class = np.bincount(at[0], excess, minlength=at[1]).reshape(nt * nt, -1)
+    out[:, 1 : 1 + FILL_CLASSES] = by_class[kept]
+    out[:, 1 + FILL_CLASSES :] = np.bincount(at[0], minlength=at[1]).reshape(nt * nt, -1)[kept]
+    return out
+
+
+#: Every this many rows, the pixels that calibrate `_tile_misfit`'s noise on a frame.
+_MISFIT_ROWS = 8
+
+
+@functools.lru_cache(maxsize=512)
+def _tile_weights(start: int, side: int, spacing: int, n: int) -> tuple[np.ndarray, int]:
+    """Keys weights of the pixels ``start .. start + side - 1`` (0-based) on the centres
+    of ``spacing``-px bins of an ``n``-px axis, on their support, and its first bin.
+    Cached (every frame asks for the same tiles): the array is read-only."""
+    centres = spacing * np.arange(n // spacing) + (spacing - 1) / 2
+    weights = interpolate.spatial_weights(np.arange(start, start + side, dtype=float), centres)
+    lo, hi = interpolate.support(weights)
+    weights = np.ascontiguousarray(weights[:, lo:hi])
+    weights.flags.writeable = False
+    return weights, lo
+
+
+def _keys_product(rows, cols, centres, grid):
+    """``grid`` (values at ``centres`` in both axes) interpolated to pixels ``rows x cols``
+    with the Keys kernel."""
+    wr = interpolate.spatial_weights(rows, centres)
+    wc = interpolate.spatial_weights(cols, centres)
+    (r0, r1), (c0, c1) = interpolate.support(wr), interpolate.support(wc)
+    return wr[:, r0:r1] @ grid[r0:r1, c0:c1] @ wc[:, c0:c1].T
+
+
+#: Fewest probe bins (summed over tiles and frames) that measure the growth of the fill
+#: error from one depth class to the next.
+_FILL_MIN_BINS = 32
+
+
+#: Largest growth of the fill error's variance from one depth class to the next (depth
+#: doubled): measured (a bias growing with the square of the depth) ...
+_FILL_MAX_GROWTH = 16.0
+
+
+#: ... and where it is extrapolated past the probe's depth (an error growing linearly).
+_FILL_MAX_EXTRAPOLATED = 4.0
+
+
+def _fill_scale(by_class: np.ndarray) -> np.ndarray | None:
+    """The fill error's variance per depth class, relative to its mean over the probe bins.
+
+    ``by_class``: rows of `_fill_misfit`'s per-class sums and bin counts, one per
+    tile and frame. The growth from class ``k - 1`` to ``k`` is the ratio of the
+    two classes' mean squared errors over the rows that probe both (the same
+    holes: a bleed column's ring holds only class 1, a star halo's several, and
+    their errors differ), within 1 (a bin farther from the data is filled no
+    better; below 1 is the fill's own noise, averaged over more bins, or the
+    probe's) and `_FILL_MAX_GROWTH`. With fewer than `_FILL_MIN_BINS` bins of
+    either class the previous growth continues (at most `_FILL_MAX_EXTRAPOLATED`,
+    1 if none was measured): the probe reaches half as deep as the holes, so the
+    deepest classes are extrapolated. None when the pooled error is not
+    positive (nothing to quote).
+    """
+    by_class = np.asarray(by_class, dtype=float).reshape(-1, 2 * FILL_CLASSES)
+    sums, count = by_class[:, :FILL_CLASSES], by_class[:, FILL_CLASSES:]
+    if count.sum() == 0 or sums.sum() <= 0:
+        return None
+    scale, growth = np.ones(FILL_CLASSES), 1.0
+    for k in range(1, FILL_CLASSES):
+        both = (count[:, k - 1] > 0) & (count[:, k] > 0)
+        shallow, deep = count[both, k - 1].sum(), count[both, k].sum()
+        if min(shallow, deep) >= _FILL_MIN_BINS:
+            before = sums[both, k - 1].sum() / shallow
+            after = sums[both, k].sum() / deep
+            ratio = after / before if before > 0 else 1.0
+            scale[k] = scale[k - 1] * np.clip(ratio, 1.0, _FILL_MAX_GROWTH)
+            growth = min(float(np.clip(ratio, 1.0, _FILL_MAX_GROWTH)), _FILL_MAX_EXTRAPOLATED)
+        else:
+            scale[k] = scale[k - 1] * growth
+    total = count.sum(axis=0)
+    return (scale * total.sum() / (total @ scale)).astype(np.float32)
+
+
+def _fill_amplitude(by_class: np.ndarray, scale: np.ndarray) -> float:
+    """A tile's pooled fill variance at relative scale 1 (`_fill_scale`) [(e-/s)**2].
+
+    The squared errors summed over its probe bins and frames, floored at 0, over the
+    sum of the scales of those bins' classes: their mean, had every bin the scale 1.
+    """
+    by_class = np.asarray(by_class, dtype=float).reshape(-1, 2 * FILL_CLASSES)
+    total = max(0.0, float(by_class[:, :FILL_CLASSES].sum()))
+    weight = float(by_class[:, FILL_CLASSES:].sum(axis=0) @ scale)
+    return total / weight if weight > 0 else 0.0
+
+
+def _misfit_correlation(lag1: np.ndarray, lag2: np.ndarray) -> np.ndarray:
+    """How fast the missed structure decorrelates, along rows and along columns.
+
+    The covariance of pixels two apart over that of neighbours, from pooled
+    estimates ``lag1`` and ``lag2`` (shape (2,): between row neighbours, between
+    column neighbours), within 0..1; 0 where the first is not positive. For a
+    Gaussian correlation ``rho(d) = g**(d**2 / 3)`` this ratio is ``g`` itself,
+    and `~lk_scatterlight.finelayer.FineLayer.evaluate_sum` correlates the
+    misfits of an aperture's pixels so.
+    """
+    lag1, lag2 = np.asarray(lag1, dtype=float), np.asarray(lag2, dtype=float)
+    ratio = np.divide(lag2, lag1, out=np.zeros(2), where=lag1 > 0)
+    return np.clip(ratio, 0.0, 1.0)

@@ -1,0 +1,322 @@
+"""One frame's fine residual (`fine_residual`).
+
+Binned on the fine grid, calibrated, tested per tile, filled and smoothed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy import ndimage
+
+from .context import FineContext, FineFrame
+from .fill import _fill_along_structure, _fill_isotropic, _fill_profiles, _profile_pieces
+from .misfit import _fill_misfit, _tile_misfit
+
+#: Fewest tiles with data whose median chi-square calibrates a frame's noise.
+_CALIBRATION_TILES = 64
+
+
+def fine_residual(
+    diff: np.ndarray,
+    coarse_value: np.ndarray,
+    coarse_error: np.ndarray,
+    coarse_npix: np.ndarray,
+    context: FineContext,
+    uncertainty: np.ndarray | None = None,
+    strap_sums: np.ndarray | None = None,
+) -> FineFrame:
+    """The significant fine-grid residual tiles of one frame (see the module docstring).
+
+    Parameters
+    ----------
+    diff : ndarray of float32, shape (2048, 2048)
+        Static-subtracted frame [e-/s].
+    coarse_value, coarse_error : ndarray, shape (nb, nb)
+        The frame's coarse plane (filled, curvature-corrected) and its errors.
+    coarse_npix : ndarray of int, shape (nb, nb)
+        Pixels in each coarse bin.
+    context : `FineContext`
+    uncertainty : ndarray, shape (2048, 2048), optional
+        The FFI uncertainty image [e-/s].
+    strap_sums : ndarray, shape (len(context.strap_idx), 2), optional
+        This frame's ``sum(strap * reference)`` and ``sum(reference**2)`` of
+        those straps; their ratio is the frame's strap response (1 if absent).
+
+    Returns
+    -------
+    frame : `FineFrame`
+    """
+    t, nt = context.tile, context.ntiles
+    mean = _masked_bin_sums(diff, context, _strap_response(context, strap_sums))
+    mean *= context.inv_count
+    model = context.to_fine @ np.nan_to_num(coarse_value).astype(np.float32) @ context.to_fine.T
+    ok = context.ok
+    nok = context.tile_bins
+    labels, pieces = context.labels, context.pieces
+    finite = np.isfinite(mean)
+    if not finite.all():  # NaN pixels in this frame: those bins are holes too
+        ok = ok & finite
+        nok = ok.reshape(nt, t, nt, t).sum(axis=(1, 3))
+        labels, pieces = _profile_pieces(~ok)
+    mean -= model
+    tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
+    noise = _Noise(tile_sigma, context)
+    holes = context.holes if ok is context.ok else np.nonzero(~ok)
+    r = mean
+    r[holes] = 0
+    _fill_isotropic(r, ok, holes, copy=False)
+    # Most tiles hold only noise, and their holes need no better fill than the first
+    # guess. A hole's refill depends on valid bins only and changes only the hole
+    # itself and, through the second differences below, the bins next to it: so only
+    # the holes in or next to the tiles that come near the threshold are refilled.
+    chi2 = _tile_chi2(r, context, tile_sigma)
+    near = chi2 / _calibration(chi2, nok, r, ok, noise) > 1 + _NEAR * (context.threshold - 1)
+    if near.any():
+        busy = ~ok & _grow_one(near.repeat(t, 0).repeat(t, 1))
+        rows, cols = np.nonzero(busy)
+        _fill_along_structure(r, ok, model, rows, cols)
+        touch = [busy[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
+        if any(touch):
+            _fill_profiles(r, ok, model, noise.image, context.threshold, (labels, pieces[touch]))
+    filled = r.copy()  # the fills, before the curvature step: `_fill_misfit` redoes them
+    # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
+    curvature = context.curvature if ok is context.ok else context.curvature * ok
+    r -= _second_differences(r) * curvature
+
+    chi2 = _tile_chi2(r, context, tile_sigma)
+    calibration = _calibration(chi2, nok, r, ok, noise)
+    chi2 = (chi2 / calibration).astype(np.float32)
+    tile_sigma = tile_sigma * np.float32(np.sqrt(calibration))
+    kept = np.flatnonzero(chi2.ravel() > context.threshold).astype(np.int32)
+    along = _along_scale(context.pixel_bin)
+    smoothing = _smooth_along_structure(r, model, kept, context.tile, along) if along else None
+    gain = 1.0 if smoothing is None else smoothing[1]
+    blocks = r.reshape(nt, t, nt, t).transpose(0, 2, 1, 3).reshape(nt * nt, t, t)[kept]
+    # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
+    sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept]) * gain
+    misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma, smoothing)
+    fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration)
+    misfit = np.column_stack([misfit[:, :2], fill[:, 0], misfit[:, 2:], fill[:, 1:]])
+    misfit = misfit.astype(np.float32)
+    return FineFrame(
+        kept,
+        np.ascontiguousarray(blocks),
+        sigma.astype(np.float32),
+        chi2,
+        float(calibration),
+        misfit,
+    )
+
+
+#: Gaussian sigma [px] of the smoothing along the local structure in kept tiles, and the
+#: largest fine bin [px] it is used with (see `_smooth_along_structure`).
+_ALONG_PX, _ALONG_MAX_BIN = 8.0, 2
+
+
+def _along_scale(pixel_bin: int) -> float:
+    """Sigma [fine bins] of the smoothing along the structure; 0: none for this bin size."""
+    return _ALONG_PX / pixel_bin if pixel_bin <= _ALONG_MAX_BIN else 0.0
+
+
+def _smooth_along_structure(
+    r: np.ndarray, model: np.ndarray, kept: np.ndarray, tile: int, scale: float
+) -> float:
+    """Smooth the kept tiles of the residual ``r`` in place along their local structure.
+
+    A ridge or an edge varies across its direction and barely along it, so a
+    Gaussian average (sigma ``scale`` bins) of samples taken along that
+    direction keeps its profile and averages the bins' noise. That holds for
+    the total field ``model + r`` (``model``: the coarse model's bin means), not
+    for the residual alone: the coarse grid renders a ridge differently where
+    it crosses a bin centre and between two, so the residual of a straight
+    ridge is modulated along it with the coarse bins' period. The total is
+    smoothed and the model subtracted again. The direction is the structure
+    tensor's (gradients of the total weighted over a Gaussian window of
+    ``scale`` bins); samples between bin centres come from a cubic spline,
+    which keeps a profile a few bins wide (a linear one would flatten a
+    ridge's peak by a few %). Where nothing stands out the direction is
+    arbitrary and the average is an ordinary smoothing of noise on a smooth
+    field (its change over the average is near linear, which the average
+    keeps).
+
+    Only worth it where the bins resolve the structure: with 4-px bins the
+    grid's own error on a 12-px ridge (~0.4 % of its height, `bench_fine.py`'s
+    ``grid``) exceeds the noise the smoothing removes; with 2-px bins it is ~10x
+    smaller and the noise of a 2-px bin dominates.
+
+    Returns
+    -------
+    own, gain : float
+        The weight a bin's own mean keeps in its smoothed value, and the factor
+        on a bin's noise (``sqrt(sum(w**2)) / sum(w)`` of the weights): the
+        smoothed bins' typical error over the unsmoothed ones'. (1, 1) if
+        nothing is kept.
+    """
+    if kept.size == 0:
+        return 1.0, 1.0
+    n = r.shape[0]
+    reach = int(np.ceil(2.5 * scale))
+    steps = np.arange(-reach, reach + 1)
+    weights = np.exp(-0.5 * (steps / scale) ** 2)
+    weights /= weights.sum()
+    margin = reach + 2
+    source = r.copy()
+    nt = n // tile
+    for tile_index in kept.tolist():
+        i, j = divmod(tile_index, nt)
+        r0, r1 = max(i * tile - margin, 0), min((i + 1) * tile + margin, n)
+        c0, c1 = max(j * tile - margin, 0), min((j + 1) * tile + margin, n)
+        window = source[r0:r1, c0:c1] + model[r0:r1, c0:c1].astype(float)
+        g_row, g_col = np.gradient(window)
+        a = ndimage.gaussian_filter(g_row * g_row, scale, mode="nearest")
+        b = ndimage.gaussian_filter(g_row * g_col, scale, mode="nearest")
+        c = ndimage.gaussian_filter(g_col * g_col, scale, mode="nearest")
+        theta = 0.5 * np.arctan2(2 * b, a - c)  # across the structure
+        inner = (
+            slice(i * tile - r0, (i + 1) * tile - r0),
+            slice(j * tile - c0, (j + 1) * tile - c0),
+        )
+        u_row, u_col = -np.sin(theta[inner]), np.cos(theta[inner])
+        rows, cols = np.mgrid[inner]
+        at = [rows + steps[:, None, None] * u_row, cols + steps[:, None, None] * u_col]
+        samples = ndimage.map_coordinates(window, at, order=3, mode="nearest")
+        block = (slice(i * tile, (i + 1) * tile), slice(j * tile, (j + 1) * tile))
+        r[block] = np.tensordot(weights, samples, axes=1) - model[block]
+    return float(weights[reach]), float(np.sqrt(np.sum(weights**2)))
+
+
+#: A tile whose statistic with the first fill of its holes is this fraction of the way
+#: from pure noise (1) to the threshold gets the fills along the structure (and the
+#: holes next to it). Noise alone scatters by ~sqrt(2 / tile**2) around 1 (0.09 for 16 x 16
+#: bins): halfway to the default threshold of 2 is 5-6 of those.
+_NEAR = 0.5
+
+
+def _grow_one(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one bin up, down, left and right."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def _second_differences(r: np.ndarray) -> np.ndarray:
+    """Sum of the second differences of ``r`` along rows and columns (interior only)."""
+    d2 = np.zeros_like(r)
+    np.add(r[:-2], r[2:], out=d2[1:-1])
+    d2[1:-1] -= 2 * r[1:-1]
+    d2[:, 1:-1] += r[:, :-2]
+    d2[:, 1:-1] += r[:, 2:]
+    d2[:, 1:-1] -= 2 * r[:, 1:-1]
+    return d2
+
+
+def _strap_response(context: FineContext, strap_sums: np.ndarray | None) -> np.ndarray:
+    """This frame's response of the straps in ``context.strap_idx`` (1 if unmeasured)."""
+    response = np.ones(context.strap_idx.size, dtype=np.float32)
+    if strap_sums is not None and context.strap_idx.size:
+        num, den = np.asarray(strap_sums, dtype=float).T
+        ratio = np.divide(num, den, out=np.ones_like(num), where=den > 0)
+        response[:] = np.clip(ratio, 0.8, 1.25)
+    return response
+
+
+#: Image rows per strip of `_masked_bin_sums` (the temporaries stay in cache).
+_STRIP_ROWS = 64
+
+
+def _masked_bin_sums(diff: np.ndarray, context: FineContext, response: np.ndarray) -> np.ndarray:
+    """Fine-bin sums of ``diff * weights``, strap columns divided by their ``response``.
+
+    A strip of rows at a time: weight, sum the rows of each bin row (whole image
+    rows at once), divide the straps (on a ``pixel_bin`` times smaller array),
+    then sum the columns of each bin.
+    """
+    fb = context.pixel_bin
+    n, m = diff.shape
+    scale = np.ones(m, dtype=np.float32)
+    scale[context.strap_idx] = 1 / response
+    out = np.empty((n // fb, m // fb), dtype=np.float32)
+    height = fb * max(1, _STRIP_ROWS // fb)
+    buffer = np.empty((height, m), dtype=np.float32)
+    for top in range(0, n, height):
+        rows = min(height, n - top)
+        band = slice(top, top + rows)
+        strip = np.multiply(diff[band], context.weights[band], out=buffer[:rows])
+        strip = strip.reshape(rows // fb, fb, m)
+        row_sums = strip[:, 0].copy()
+        for k in range(1, fb):
+            row_sums += strip[:, k]
+        if context.strap_idx.size:
+            row_sums *= scale
+        columns = row_sums.reshape(rows // fb, m // fb, fb)
+        sums = out[top // fb : (top + rows) // fb]
+        np.copyto(sums, columns[..., 0])
+        for k in range(1, fb):
+            sums += columns[..., k]
+    return out
+
+
+def _tile_chi2(r: np.ndarray, context: FineContext, tile_sigma: np.ndarray) -> np.ndarray:
+    """Mean over each tile's bins of ``r**2 / var``, ``var = sigma_pixel**2 / count``.
+
+    Filled bins count too, as bins of the tile's typical size: a hole whose fill
+    departs from the coarse model (a ridge through a star) makes the tile matter.
+    """
+    t, nt = context.tile, context.ntiles
+    weighted = r * r
+    weighted *= context.chi_weight
+    chi2 = weighted.reshape(nt, t, nt, t).sum(axis=(1, 3)) / np.maximum(tile_sigma**2, 1e-30)
+    return chi2 / (t * t)
+
+
+class _Noise:
+    """Predicted variance of each fine bin's residual, made when first asked for."""
+
+    def __init__(self, tile_sigma: np.ndarray, context: FineContext):
+        self.tile_sigma, self.context = tile_sigma, context
+
+    @functools.cached_property
+    def image(self) -> np.ndarray:
+        t = self.context.tile
+        variance = self.tile_sigma.repeat(t, 0).repeat(t, 1) ** 2
+        return variance / np.maximum(self.context.chi_weight, 1)
+
+
+def _calibration(chi2, nok, r, ok, noise: _Noise) -> float:
+    """The factor (>= 1) by which a frame's predicted noise variance is too small.
+
+    Never below 1: a dark frame that entered the static scene's median has almost
+    no residual, and scaling the noise down there keeps noise tiles. On a whole
+    CCD the typical tile is noise, and the median of the tile statistic calibrates
+    the prediction. A regional build has a few tiles that structure may fill
+    entirely (a shadow edge across the region): there the robust spread of the
+    bins' normalised residuals calibrates it, which structure in a minority of
+    bins does not move.
+    """
+    measured = chi2[nok > 0]
+    if measured.size >= _CALIBRATION_TILES:
+        return max(float(np.median(measured)), 1.0)
+    z = r[ok] / np.sqrt(np.maximum(noise.image[ok], 1e-30))
+    spread = 1.4826 * np.median(np.abs(z - np.median(z))) if z.size else 1.0
+    return max(float(spread) ** 2, 1.0)
+
+
+def _tile_pixel_sigma(coarse_error, coarse_npix, context: FineContext, uncertainty):
+    """Per tile, the 1-sigma noise of one pixel [e-/s] (see the module docstring)."""
+    nt = context.ntiles
+    if uncertainty is not None:
+        side = context.pixel_bin * context.tile
+        sample = np.asarray(uncertainty, dtype=np.float32)[::4]  # every 4th row
+        square = np.square(sample)
+        var = square.reshape(nt, side // 4, -1).sum(axis=1).reshape(nt, nt, side).sum(axis=2)
+        if not np.isfinite(var).all():  # NaN or inf uncertainties: as nan_to_num makes them
+            var = np.nan_to_num(square).reshape(nt, side // 4, nt, side).sum(axis=(1, 3))
+        return np.sqrt(var / (side // 4 * side)).astype(np.float32)
+    per_pixel = np.nan_to_num(coarse_error * np.sqrt(np.maximum(coarse_npix, 1)))
+    k = coarse_error.shape[0] // nt  # coarse bins per tile side
+    return np.median(per_pixel.reshape(nt, k, nt, k), axis=(1, 3)).astype(np.float32)
