@@ -20,9 +20,12 @@ from lk_scatterlight.builder.fine.fill import (
 )
 from lk_scatterlight.builder.fine.residual import (
     _masked_bin_sums,
+    _reference_noise,
+    _strap_response,
 )
 from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
 from lk_scatterlight.builder.sources import SimulatedFFISource
+from lk_scatterlight.builder.strap_photometry import reference_weights, strap_sums
 from lk_scatterlight.simulate import ORBIT_DAYS, FFISimulator, ScatteredLightField, sector_times
 
 N = 2048
@@ -471,3 +474,35 @@ def test_drop_extended_unmasks_structure_not_stars():
     assert not kept[ridge & ~saturated].any()
     assert kept[star].all()
     assert kept[saturated].all()
+
+
+# ---------------------------------------------------------------------- strap response
+def test_fine_residual_no_strap_block_on_a_dark_frame():
+    """A frame with little light along a strap (a patch of 6x the noise, dark elsewhere):
+    the reference's noise drags the frame's plain strap response ~10 % low (0.87-0.93
+    for a true 1.04), which divides the strap up into a 4-px wide ridge that three
+    8 x 8-bin tiles keep. With that noise taken out of the sums the response is right
+    within its scatter and the strap's tiles score as noise."""
+    sigma, response = 0.5, 1.04
+    straps = np.arange(672, 676)  # one 4-px fine bin
+    refs = np.tile([670, 669, 677, 678], (straps.size, 1))
+    context = make_fine_context(
+        np.ones((N, N), np.float32), 16, pixel_bin=4, tile=8, threshold=2.0, strap_idx=straps
+    )
+    rows = np.ones((N, straps.size), bool)
+    context.strap_noise = (refs, reference_weights(straps, refs)[0], rows)
+    r = np.arange(N, dtype=np.float32)
+    light = 3 * np.exp(-0.5 * ((r - 1024) / 60) ** 2)[:, None] * np.ones(N, np.float32)
+    frame = light + np.random.default_rng(1).normal(0, sigma, (N, N)).astype(np.float32)
+    frame[:, straps] += (response - 1) * light[:, straps]
+    sums = strap_sums(frame, np.ones((N, N), bool), straps, refs)
+    assert np.all(sums[:, 0] / sums[:, 1] < 0.95)  # the plain per-frame response
+    unc = np.full((N, N), sigma, np.float32)
+    got = _strap_response(context, sums, _reference_noise(context, unc))
+    np.testing.assert_allclose(got, response, atol=0.05)  # measured 1.02-1.06
+    coarse = _bin_sums(light, 16) / 256
+    err = np.full((128, 128), sigma / 16, np.float32)
+    frame = fine_residual(frame, coarse, err, np.full((128, 128), 256), context, unc, sums)
+    column = 672 // 32  # the strap's tile column
+    assert not [t for t in frame.tiles.tolist() if t % 64 == column]  # plain: 3 tiles
+    assert frame.chi2[:, column].max() < 2.0  # measured 1.44 (plain: 3.08)

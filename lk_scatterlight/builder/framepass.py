@@ -23,7 +23,14 @@ from ..exceptions import ScatterLightError
 from . import binning, masks
 from .config import BuildConfig
 from .fine import FineContext, FineFrame, fine_residual, make_fine_context
-from .strap_photometry import flatten_straps, strap_columns, strap_geometry, strap_rows, strap_sums
+from .strap_photometry import (
+    flatten_straps,
+    reference_weights,
+    strap_columns,
+    strap_geometry,
+    strap_rows,
+    strap_sums,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sources import FFISource
@@ -284,6 +291,8 @@ def make_context(
             config.fine_threshold,
             strap_idx=strap_idx,
         )
+        line = reference_weights(strap_idx, ref_idx)[0]
+        fine.strap_noise = (ref_idx, line, strap_rows(clean, strap_idx, ref_idx))
     unread = np.flatnonzero(~read.any(axis=1))
     nearest = None
     if unread.size:

@@ -82,6 +82,11 @@ class FineContext:
     hole_class : ndarray of uint8, shape (nfine, nfine)
         `depth_class` of each hole's bins (their distance to the nearest measured
         bin), 0 on measured bins.
+    strap_noise : tuple of ndarray, optional
+        For the noise in each frame's strap sums: the straps' reference columns
+        (shape (nstraps, 4)), their weights at the strap (the reference's
+        straight line, same shape) and the rows the sums use (shape
+        (2048, nstraps)). None: the per-frame response is taken as measured.
     """
 
     pixel_bin: int
@@ -104,6 +109,7 @@ class FineContext:
     ring: np.ndarray | None = None
     ring_holes: tuple[np.ndarray, np.ndarray] | None = None
     hole_class: np.ndarray | None = None
+    strap_noise: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def ntiles(self) -> int:

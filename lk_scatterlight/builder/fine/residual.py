@@ -49,7 +49,8 @@ def fine_residual(
     frame : `FineFrame`
     """
     t, nt = context.tile, context.ntiles
-    mean = _masked_bin_sums(diff, context, _strap_response(context, strap_sums))
+    response = _strap_response(context, strap_sums, _reference_noise(context, uncertainty))
+    mean = _masked_bin_sums(diff, context, response)
     mean *= context.inv_count
     model = context.to_fine @ np.nan_to_num(coarse_value).astype(np.float32) @ context.to_fine.T
     ok = context.ok
@@ -215,14 +216,43 @@ def _second_differences(r: np.ndarray) -> np.ndarray:
     return d2
 
 
-def _strap_response(context: FineContext, strap_sums: np.ndarray | None) -> np.ndarray:
-    """This frame's response of the straps in ``context.strap_idx`` (1 if unmeasured)."""
+def _strap_response(
+    context: FineContext, strap_sums: np.ndarray | None, noise: np.ndarray | None = None
+) -> np.ndarray:
+    """This frame's response of the straps in ``context.strap_idx`` (1 if unmeasured).
+
+    ``strap_sums`` holds ``sum(strap * ref)`` and ``sum(ref**2)``. The noise in
+    the reference inflates the second sum by its variance summed over the rows
+    (``noise``, `_reference_noise`), which drags the ratio towards 0: by a
+    negligible fraction on a bright frame, by 10-40 % on a frame about as dark as
+    the static scene (little light left after subtracting it). That variance is
+    taken out of ``sum(ref**2)`` (the errors-in-variables slope); a strap whose
+    reference holds no light above its noise is not corrected (response 1).
+    """
     response = np.ones(context.strap_idx.size, dtype=np.float32)
     if strap_sums is not None and context.strap_idx.size:
         num, den = np.asarray(strap_sums, dtype=float).T
+        if noise is not None:
+            den = den - noise
         ratio = np.divide(num, den, out=np.ones_like(num), where=den > 0)
         response[:] = np.clip(ratio, 0.8, 1.25)
     return response
+
+
+def _reference_noise(context: FineContext, uncertainty: np.ndarray | None) -> np.ndarray | None:
+    """Per strap, the variance of its reference summed over the rows of its strap sums.
+
+    None without an uncertainty image or the straps' geometry
+    (``context.strap_noise``). Rows that `strap_sums` leaves out because the
+    references curve are counted too (a slight overestimate there).
+    """
+    if uncertainty is None or context.strap_noise is None or not context.strap_idx.size:
+        return None
+    ref_idx, line, rows = context.strap_noise
+    variance = np.square(np.take(uncertainty, ref_idx.ravel(), axis=1), dtype=np.float64)
+    variance = np.nan_to_num(variance).reshape(-1, *ref_idx.shape)  # (rows, nstraps, 4)
+    per_row = np.einsum("rsk,sk->rs", variance, np.square(line, dtype=np.float64))
+    return np.where(rows, per_row, 0).sum(axis=0)
 
 
 #: Image rows per strip of `_masked_bin_sums` (the temporaries stay in cache).
