@@ -14,8 +14,9 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    faint star would lose its peak there. Faint stars subtract with the static
    scene and only add their photon noise. Strap columns whose response can be
    measured are used too, divided by the response measured *in this frame*
-   (from the same strap sums the builder keeps; limited to 0.8-1.25), so a
-   group of straps is not a hole either;
+   (from the same strap sums the builder keeps, less the reference's noise:
+   ``residual._strap_response``; limited to 0.8-1.25), so a group of straps is
+   not a hole either;
 2. the frame's coarse plane, interpolated with the cube's own Keys kernel and
    averaged over each fine bin's pixels, is subtracted: what is left is the
    bin mean of the structure the coarse grid cannot hold (plus noise). (Its
