@@ -4,9 +4,9 @@ Run: ``python benchmarks/bench_model_sim.py [--quick]`` (from the repository roo
 needs scikit-learn, tesswcs and the JPL Horizons table of ``../shared/data``).
 Prints numbers; asserts nothing. Runs with one BLAS thread (``--blas-threads N``
 to change; the script restarts itself with the thread variables set, as
-``bench_regional.py`` does). About 32 minutes on a very busy 2-core machine
-(load average 5-10; the network's fit on 720,000 samples takes 240 s of CPU),
-6-8 minutes with the trees alone; ``--quick`` is about a third of that.
+``bench_regional.py`` does). About 50 minutes on a very busy 2-core machine
+(load average 5-13; the default model's three networks on 720,000 samples take
+815 s of CPU), 6-8 minutes with the trees alone; ``--quick`` is about a third of that.
 
 The truth is `lk_scatterlight.geofield.GeometryField`: each pixel's scattered
 light is a fixed law of its real Earth and Moon geometry (tesswcs' WCS of the
