@@ -339,11 +339,10 @@ def test_mask_sums_must_fit():
         binning.bin_plane_fit(np.zeros((64, 64)), np.ones((64, 64), bool), 8, sums=sums)
 
 
-def test_noise_part_and_structure_correlation_of_bin_errors():
+def test_noise_part_of_bin_errors():
     """Issue 19: a bin's error splits into the uncertainty image's share and the structure
-    inside the bin, whose correlation between neighbouring pixels is measured. Left half:
-    white noise only; right half: the same noise on a narrow ridge (Gaussian, 1.5 px wide,
-    across every bin), whose residual is smooth from pixel to pixel."""
+    inside the bin. Left half: white noise only; right half: the same noise on a narrow
+    ridge (Gaussian, 1.5 px wide, across every bin)."""
     n, b, sigma = 128, 16, 0.5
     rng = np.random.default_rng(3)
     y, x = np.mgrid[0:n, 0:n].astype(float)
@@ -355,11 +354,4 @@ def test_noise_part_and_structure_correlation_of_bin_errors():
     np.testing.assert_allclose(fit.noise, expected, rtol=0.02)  # the structure is not noise
     np.testing.assert_allclose(fit.error[quiet], expected, rtol=0.25)  # noise only: the same
     assert np.all(fit.error[ridged] > 5 * fit.noise[ridged])  # mostly structure
-    # Along the ridge (columns) the structure is the same in neighbours; across it (rows)
-    # a Gaussian of 1.5 px keeps exp(-1 / (4 * 1.5**2)) = 0.89 of it at one pixel, less
-    # the plane's share: clearly correlated, unlike the noise-only bins (0 or near it).
-    rows, columns = fit.structure_corr[0][ridged], fit.structure_corr[1][ridged]
-    np.testing.assert_allclose(columns, 1.0, atol=0.02)
-    assert np.all((rows > 0.6) & (rows < 0.95))
-    assert np.median(fit.structure_corr[:, quiet[0], quiet[1]]) < 0.3
     assert binning.bin_plane_fit(image, np.ones((n, n), bool), b).noise is None

@@ -44,10 +44,9 @@ bleed's wings), the residual scatter is mostly that structure, not noise
 (issue 19: about 70 % of a bin's error variance at the ridge and bleed bins
 of the structured simulation, 25 % at its shadow edge, under 10 % in open
 sky). Given the uncertainty image, `BinnedFrame` also keeps the noise-only
-part of the error (``noise``, the uncertainty image's share) and the lag-1
-correlation of the rest between neighbouring pixels (``structure_corr``),
-measured from the same residuals: the structure part does not add like
-noise in an aperture.
+part of the error (``noise``, the uncertainty image's share): the structure
+part does not add like noise in an aperture (`significant_noise`,
+`lk_scatterlight.binsplit`).
 """
 
 from __future__ import annotations
@@ -89,12 +88,6 @@ class BinnedFrame:
         The part of ``error`` that the uncertainty image accounts for (1-sigma,
         never above ``error``; NaN where ``value`` is); None without one. The
         rest, ``sqrt(error**2 - noise**2)``, is structure inside the bin.
-    structure_corr : ndarray, shape (2, nb, nb), or None
-        Lag-1 correlation of that structure between neighbouring pixels, along
-        rows and along columns, in [0, 1]: the residuals' covariance at one
-        pixel over their variance less the noise's (pixel noise is
-        independent). 0 where the bin has no structure; None without an
-        uncertainty image.
     """
 
     value: np.ndarray
@@ -102,7 +95,6 @@ class BinnedFrame:
     npix: np.ndarray
     moments: np.ndarray
     noise: np.ndarray | None = None
-    structure_corr: np.ndarray | None = None
 
 
 def significant_noise(binned: BinnedFrame, nsigma: float = 3.0) -> np.ndarray:
@@ -485,9 +477,7 @@ def bin_plane_fit(
         static4 = np.asarray(static, dtype=np.float32).reshape(nb, b, nb, b)
     value, error = np.empty((nb, nb)), np.empty((nb, nb))
     count, moments = np.empty((nb, nb), dtype=np.int32), np.empty((2, nb, nb))
-    noise = corr = None
-    if sigma4 is not None:
-        noise, corr = np.empty((nb, nb)), np.empty((2, nb, nb))
+    noise = None if sigma4 is None else np.empty((nb, nb))
     # Bins are independent: fit strips of bin rows, so the temporaries stay small
     # (in cache, and reused rather than freshly mapped for every frame).
     height = max(1, _STRIP_PIXELS // (b * n))
@@ -503,16 +493,13 @@ def bin_plane_fit(
             None if sigma4 is None else sigma4[rows],
             None if static4 is None else static4[rows],
         )
-        coef, sigma2, inverse00, count[rows], moments[:, rows], floor, lag = strip
+        coef, sigma2, inverse00, count[rows], moments[:, rows], floor = strip
         enough = count[rows] >= max(10, min_fraction * b * b)
         value[rows] = np.where(enough, coef[..., 0], np.nan)
         error[rows] = np.where(enough, np.sqrt(sigma2 * inverse00), np.nan)
         if noise is not None:
             noise[rows] = np.where(enough, np.sqrt(floor * inverse00), np.nan)
-            structure = sigma2 - floor  # per pixel
-            safe = np.where(structure > 0, structure, 1)
-            corr[:, rows] = np.where(structure > 0, np.clip(lag / safe, 0, 1), 0)
-    return BinnedFrame(value, error, count, moments, noise, corr)
+    return BinnedFrame(value, error, count, moments, noise)
 
 
 _STRIP_PIXELS = 1 << 19
@@ -559,9 +546,6 @@ def _fit_strip(
     moments : ndarray, shape (2, nbr, nb)
     floor : ndarray, shape (nbr, nb), or None
         Mean squared uncertainty of the fitted pixels (None without ``sigma4``).
-    lag : ndarray, shape (2, nbr, nb), or None
-        Mean product of the residuals of neighbouring pixels, along rows and
-        columns (`_neighbour_mean`; None without ``sigma4``).
     """
     b = image4.shape[1]
     d = _offsets(b)
@@ -603,9 +587,6 @@ def _fit_strip(
     if not binary:
         residual *= weight4
     residual.reshape(-1)[clipped] = 0  # now w * residual with the refit's weights
-    lag = None
-    if sigma4 is not None:  # neighbours' products (the first fit's residuals: nearly the refit's)
-        lag = np.stack([_neighbour_mean(residual, weight4, axis) for axis in (1, 3)])
     rhs = _rhs(_bin_sums(residual, basis[:, :2]))
     correction, inverse00, count, moments, rss = _solve(
         sw, rhs, _bin_sums(weighted_r2, ones)[..., 0, 0]
@@ -624,36 +605,7 @@ def _fit_strip(
     if sigma4 is not None:
         floor = _floor_variance(sigma4, weight4, clipped, floor_weight)
         sigma2 = np.maximum(sigma2, floor)
-    return first + correction, sigma2, inverse00, count, moments, floor, lag
-
-
-def _neighbour_mean(values4: np.ndarray, weight4: np.ndarray, axis: int) -> np.ndarray:
-    """Mean product of neighbouring pixels' ``values4`` within each bin, along ``axis``.
-
-    Parameters
-    ----------
-    values4, weight4 : ndarray of float32, shape (nbr, b, nb, b)
-        Weighted values (0 off the mask) and the weights, which count the pairs.
-    axis : int
-        1 (neighbours along rows) or 3 (along columns).
-
-    Returns
-    -------
-    mean : ndarray, shape (nbr, nb)
-        ``sum v[i] v[i+1] / sum w[i] w[i+1]`` (0 where a bin has no pairs).
-    """
-    first, second = [slice(None)] * 4, [slice(None)] * 4
-    first[axis], second[axis] = slice(None, -1), slice(1, None)
-    first, second = tuple(first), tuple(second)
-    products, pairs = (_sum_over_bins(a[first] * a[second]) for a in (values4, weight4))
-    return products / np.maximum(pairs, 1)
-
-
-def _sum_over_bins(values4: np.ndarray) -> np.ndarray:
-    """Sum of a float32 (nbr, rows, nb, columns) array per bin: float32 BLAS over
-    columns, float64 over rows."""
-    ones = np.ones((values4.shape[3], 1), dtype=np.float32)
-    return (values4 @ ones)[..., 0].sum(axis=1, dtype=np.float64)
+    return first + correction, sigma2, inverse00, count, moments, floor
 
 
 def _floor_weight(weight4: np.ndarray) -> np.ndarray:
