@@ -690,12 +690,13 @@ class ScatterLightCube:
                 terms = lr.var_coef[p0:p1] * in_space
                 smooth = terms[:, lr.var_smooth[:, 0]].sum(axis=1)
                 v_pl = terms[:, ~lr.var_smooth[:, 0]].sum(axis=1)
+                bin_var = None  # `_dropped_variance` takes the noise terms from the factors
             else:
                 block = self._block(self._flux, p0, p1, r0, r1, c0, c1)
                 f_pl = np.einsum("trc,rc->t", block, weights)
-                err = self._block(self._flux_err, p0, p1, r0, r1, c0, c1)
-                v_pl = np.einsum("trc,rc->t", err**2, weights**2)
-            dropped = self._dropped_variance(p0, p1, r0, r1, c0, c1)
+                bin_var = self._block(self._flux_err, p0, p1, r0, r1, c0, c1) ** 2
+                v_pl = np.einsum("trc,rc->t", bin_var, weights**2)
+            dropped = self._dropped_variance(p0, p1, r0, r1, c0, c1, bin_var)
             if dropped is not None:  # the structure part of covered bins: the fine layer's
                 v_pl = v_pl - np.einsum("trc,rc->t", dropped, weights**2)
             li, ri, w = left[valid] - p0, right[valid] - p0, w_right[valid]
@@ -783,9 +784,13 @@ class ScatterLightCube:
             )
         return t, left, right, w_right, valid
 
-    def _dropped_variance(self, p0, p1, r0, r1, c0, c1) -> np.ndarray | None:
+    def _dropped_variance(self, p0, p1, r0, r1, c0, c1, bin_var=None) -> np.ndarray | None:
         """The structure part of the bins' error variance that the fine layer quotes
-        instead, planes ``p0:p1`` and bins ``r0:r1, c0:c1`` (None: nothing dropped)."""
+        instead, planes ``p0:p1`` and bins ``r0:r1, c0:c1`` (None: nothing dropped).
+
+        ``bin_var`` is the dense cube's error variance of that block, already read; a
+        compact cube's is made from its noise terms.
+        """
         if self.noise_share is None or self.fine is None:
             return None
         covered = binsplit.fine_coverage(
@@ -793,12 +798,10 @@ class ScatterLightCube:
         )
         if not covered.any():
             return None
-        if self._lowrank is None:
-            var = self._block(self._flux_err, p0, p1, r0, r1, c0, c1) ** 2
-        else:  # the noise terms, not the truncation (the last term)
+        if bin_var is None:  # the noise terms, not the truncation (the last term)
             lr = self._lowrank
-            var = np.tensordot(lr.var_coef[p0:p1, :-1], lr.var_comp[:-1, r0:r1, c0:c1], axes=1)
-        return binsplit.dropped_variance(self.noise_share[r0:r1, c0:c1], covered, var)
+            bin_var = np.tensordot(lr.var_coef[p0:p1, :-1], lr.var_comp[:-1, r0:r1, c0:c1], axes=1)
+        return binsplit.dropped_variance(self.noise_share[r0:r1, c0:c1], covered, bin_var)
 
     @staticmethod
     def _block(array, p0, p1, r0, r1, c0, c1) -> np.ndarray:
