@@ -1,0 +1,228 @@
+"""`Fusion`: the per-cadence result of `~lk_scatterlight.fusion.fuse`, and how it
+changes the model and its variance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .rows import _add_per_row, _one_blas_thread, _row_reduce, _scale_rows
+
+
+@dataclass
+class Fusion:
+    """Per-cadence result of `fuse` [e-/s per pixel].
+
+    Attributes
+    ----------
+    offset : ndarray, shape (ntime,)
+        ``w * local``: the level added to the model at every pixel.
+    offset_var : ndarray, shape (ntime,)
+        Variance of the fused level, ``w**2 local_err**2 + (1 - w)**2
+        model_err**2`` (the local noise that came in and the model's measured
+        level error that remains).
+    local, local_err : ndarray, shape (ntime,)
+        The local estimate ``L`` and its 1-sigma error.
+    model_err : ndarray, shape (ntime,)
+        The model's error of the level at this TPF, measured from the data per
+        chunk and spread over its cadences as the model's quoted error runs; the
+        fusion replaces ``model_err**2`` of the model's variance by ``offset_var``.
+    shape_var : ndarray, shape (ntime,)
+        The model's error variance across the TPF beyond the level (and beyond
+        the surface, where one was fitted), per pixel, measured from the data (0
+        where it is not significant): structure the model misses (a glint ridge,
+        a shadow edge), over the background pixels, or if larger, from one cadence to
+        the next over those next to the aperture. The fused variance is never below
+        it (`variance`).
+    weight : ndarray, shape (ntime,)
+        ``w``: 0 where the model drove the cadence, 1 where the local estimate did.
+    pixels : ndarray of bool, shape (nrow, ncol)
+        The background pixels used.
+    degree : ndarray of int, shape (ntime,)
+        Degree of the surface fitted to what the model missed across the TPF: 0
+        (a level only), 1 (a plane) or 2 (a quadratic), chosen day by day by
+        cross-validation over the background pixels.
+    surface_coef : ndarray, shape (ntime, 5)
+        Coefficients of the surface's non-constant terms (0 beyond ``degree``).
+    surface_basis : ndarray, shape (5, nrow, ncol)
+        The surface's terms (plane, then quadratic), orthonormal over the
+        background pixels and orthogonal to a level there.
+    surface_var : ndarray, shape (ntime,)
+        Noise variance of each coefficient (the pixels' mean ``FLUX_ERR**2``).
+    """
+
+    offset: np.ndarray
+    offset_var: np.ndarray
+    local: np.ndarray
+    local_err: np.ndarray
+    model_err: np.ndarray
+    shape_var: np.ndarray
+    weight: np.ndarray
+    pixels: np.ndarray
+    degree: np.ndarray
+    surface_coef: np.ndarray
+    surface_basis: np.ndarray
+    surface_var: np.ndarray
+
+    @property
+    def has_surface(self) -> bool:
+        """Whether a plane or quadratic was fitted on any cadence."""
+        return bool(self.degree.any())
+
+    def correction(self, dtype=np.float64) -> np.ndarray:
+        """What the fusion adds to the model, per cadence and pixel [e-/s].
+
+        Returns
+        -------
+        ndarray, shape (ntime, nrow, ncol)
+        """
+        out = np.zeros((len(self.offset),) + self.pixels.shape, dtype=dtype)
+        return self.add_to(out)
+
+    @_one_blas_thread
+    def add_to(self, array: np.ndarray, sign: float = 1.0) -> np.ndarray:
+        """Add ``sign`` times the fusion's correction to ``array`` in place, and return it.
+
+        Parameters
+        ----------
+        array : ndarray, shape (ntime, nrow, ncol)
+        sign : float
+            1 to add (the fused model), -1 to subtract (the corrected flux).
+        """
+        offset = (sign * self.offset).astype(array.dtype)
+        rows = np.flatnonzero(offset)
+        if rows.size > len(offset) // 2:  # most cadences: one pass over the array
+            _add_per_row(array, offset)
+        elif rows.size:  # the days the local level took over
+            array[rows] += offset[rows].reshape((-1,) + (1,) * (array.ndim - 1))
+        rows = np.flatnonzero(self._with_surface())
+        if rows.size:  # the surface, on the cadences that have one
+            nterm = len(self.surface_basis)
+            surface = self.surface_coef[rows] @ self.surface_basis.reshape(nterm, -1)
+            array[rows] += (sign * surface).reshape((-1,) + array.shape[1:]).astype(array.dtype)
+        return array
+
+    def aperture_correction(self, aperture: np.ndarray) -> np.ndarray:
+        """What the fusion adds to the model summed over ``aperture``, per cadence [e-/s]."""
+        aperture = np.asarray(aperture, dtype=bool)
+        summed = self.surface_basis[:, aperture].sum(axis=1)
+        return aperture.sum() * self.offset + self.surface_coef @ summed
+
+    def changed(self) -> np.ndarray:
+        """Indices of the cadences whose model or variance the fusion changes."""
+        return np.flatnonzero(
+            (self.offset != 0)
+            | (self.offset_var > 0)
+            | (self.model_err > 0)
+            | (self.shape_var > 0)
+            | (self.surface_var > 0)
+            | self._with_surface()
+        )
+
+    def _with_surface(self) -> np.ndarray:
+        """Whether each cadence has a surface (a coefficient not 0), shape (ntime,)."""
+        # Column by column: numpy reduces a long axis much faster than many short rows.
+        return np.logical_or.reduce([column != 0 for column in self.surface_coef.T])
+
+    @_one_blas_thread
+    def variance(
+        self,
+        model_var,
+        aperture: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The fused background's variance, from the model's quoted variance.
+
+        The model's level error the data measured, ``model_err**2`` (at most
+        what the model quotes at that cadence and pixel), is replaced by the
+        fused level's: the local noise that came in, ``weight**2 local_err**2``,
+        and the part ``(1 - weight)**2`` of the level error that is kept (so
+        ``offset_var`` where the model quotes at least ``model_err**2``); the
+        surface's noise is added. A level is common to all pixels, so for a sum
+        over an aperture of ``n`` pixels it counts ``n**2`` times. The result is
+        never below ``shape_var`` plus the fused level's variance (plus the
+        surface's noise): what the data say is left of the model's error after
+        fusion (the structure it misses is taken as correlated over an
+        aperture, ``n**2`` times as well).
+
+        Parameters
+        ----------
+        model_var : ndarray, shape (ntime, nrow, ncol), or (ntime,) with ``aperture``
+            The model's quoted variance per pixel (or of the sum over
+            ``aperture``) [(e-/s)**2].
+        aperture : ndarray of bool, shape (nrow, ncol), optional
+            The pixels summed in ``model_var``.
+        out : ndarray, optional
+            Where to write the result (may be ``model_var`` itself).
+        rows : ndarray of int, optional
+            The cadences ``model_var`` holds (e.g. `changed`); default all.
+
+        Returns
+        -------
+        ndarray, the shape of ``model_var``
+        """
+        model_var = np.asarray(model_var)
+        take = slice(None) if rows is None else np.asarray(rows)
+        scale = 1.0 if aperture is None else float(np.sum(aperture)) ** 2
+        if out is None:
+            out = model_var.copy()
+        elif out is not model_var:
+            np.copyto(out, model_var)
+        level = scale * self.model_err[take] ** 2
+        kept = (1 - self.weight[take]) ** 2
+        shape = scale * self.shape_var[take]
+        # The fused level's variance: the local noise that came in, and what is kept of
+        # the model's level error, no more than the model quoted (var) at that cadence:
+        # max(var - level, shape) + kept min(var, level) + noise.
+        noise = np.maximum(scale * self.offset_var[take] - kept * level, 0)
+        # Per cadence, a line in var where var is at most the level error at every pixel
+        # (kept var + shape + noise), or at least the level error plus the structure
+        # (var - level + kept level + noise; so var + noise where both are 0: a variance
+        # is not negative); the formula itself on the cadences between.
+        flat = out.reshape(len(out), -1)
+        check = np.flatnonzero((level > 0) | (shape > 0))
+        below = np.zeros(len(flat), dtype=bool)
+        below[check] = _row_reduce(np.maximum, flat, check) <= level[check]
+        rest = check[~below[check]]
+        mixed = rest[_row_reduce(np.minimum, flat, rest) - level[rest] < shape[rest]]
+        fixed = _capped(flat[mixed], level[mixed], kept[mixed], shape[mixed], noise[mixed])
+        _scale_rows(out, kept, np.flatnonzero(below & (kept != 1)))
+        _add_per_row(out, np.where(below, shape + noise, noise - (1 - kept) * level))
+        out[mixed] = fixed.reshape((-1,) + out.shape[1:])
+        local = np.flatnonzero(self.surface_var[take])
+        if local.size:  # the surface's noise, on the cadences that have one
+            extra = self._surface_variance(local if rows is None else take[local], aperture)
+            if out.ndim == 1 and aperture is None:
+                extra = extra.mean(axis=1)  # a typical pixel
+            out[local] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
+        return out
+
+    def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:
+        """Variance the surface adds at cadences ``rows``, per pixel (or of the aperture sum)."""
+        basis = self.surface_basis.reshape(len(self.surface_basis), -1)
+        if aperture is not None:
+            basis = basis[:, np.asarray(aperture, dtype=bool).ravel()].sum(axis=1, keepdims=True)
+        # Per degree, the sum of the squared terms it uses (the plane's 2, all 5); from the
+        # coefficients, as a window's smoothing spreads them next to a surface's day.
+        used = np.cumsum(basis**2, axis=0)[[0, 1, 4]]
+        used[0] = 0.0
+        degree = np.where(np.any(self.surface_coef[rows, 2:], axis=1), 2, 1)
+        return self.surface_var[rows, None] * used[degree]
+
+
+def _capped(
+    var: np.ndarray, level: np.ndarray, kept: np.ndarray, shape: np.ndarray, noise: np.ndarray
+) -> np.ndarray:
+    """``max(var - level, shape) + kept min(var, level) + noise`` with one ``level``,
+    ``kept``, ``shape`` and ``noise`` per row of ``var`` (nrow, npix), in its dtype."""
+    added = noise + kept * level
+    level, kept, shape, added = (a.astype(var.dtype)[:, None] for a in (level, kept, shape, added))
+    d = var - level
+    below = np.minimum(d, 0)
+    np.maximum(d, shape, out=d)
+    d += np.multiply(kept, below, out=below)
+    d += added
+    return d
