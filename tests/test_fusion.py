@@ -524,6 +524,34 @@ def test_variance_per_pixel_keeps_the_formula_on_every_kind_of_cadence(dtype):
             )
 
 
+def test_variance_with_row_sums_is_the_same():
+    """``quoted_sum`` is the model's quoted variance summed over each cadence's pixels on
+    the days with a level error; given to `Fusion.variance` as ``row_sums`` (where a
+    cadence's sum is at most the level error, so is each pixel) it changes nothing, with
+    the bound deciding most cadences, few, or none (unknown sums), all cadences or some."""
+    missed = np.random.default_rng(15).normal(0, 0.5, NT) * (np.arange(NT) // 48 % 2 == 0)
+    flux, err, model, aperture, _ = scene(missed)  # a level error on every other day
+    quoted = RNG.uniform(0.5, 1.5, (NT, N, N)).astype(np.float32) * 1e-4
+    fusion = fuse(flux, err, aperture, model=model, model_var=quoted)
+    level = fusion.model_err**2
+    assert 0.3 < np.mean(level > 0) < 1  # days with and without a level error
+    sums = fusion.quoted_sum
+    np.testing.assert_array_equal(np.isfinite(sums), level > 0)
+    known = np.isfinite(sums)
+    np.testing.assert_allclose(sums[known], quoted[known].sum(axis=(1, 2)), rtol=1e-5)
+    typical = np.median(level[level > 0])
+    for highest in (1e-3, 1e-2, 9.0):  # sums below the level error, around it, above
+        var = RNG.uniform(0, highest, (NT, N, N)).astype(np.float32) * typical
+        row_sums = var.sum(axis=(1, 2))
+        row_sums[::7] = np.nan  # unknown: searched
+        expected = fusion.variance(var)
+        np.testing.assert_array_equal(fusion.variance(var, row_sums=row_sums), expected)
+        some = fusion.changed()[::3]
+        np.testing.assert_array_equal(
+            fusion.variance(var[some], rows=some, row_sums=row_sums), expected[some]
+        )
+
+
 def test_fusion_runs_with_one_blas_thread(monkeypatch):
     """fuse(), add_to() and variance() limit BLAS to one thread (its default threads
     made fusion 3-5x more expensive on a busy machine) and restore it afterwards."""

@@ -119,8 +119,6 @@ def fuse(
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     sums, noise = np.empty((3, valid.size)), np.empty(valid.size)
-    quoted = None if model_var is None else np.full(ntime, np.nan)
-    flat_model = None if model_var is None else np.reshape(model_var, (ntime, -1))
     weights = pixels.ravel().astype(np.float32) / where.size
     # The residual at the background pixels, kept for the surface's fits.
     background = np.empty((valid.size, where.size), dtype=np.float32)
@@ -130,9 +128,6 @@ def fuse(
         d = np.subtract(block, level, dtype=np.float32)
         sums[:, first : first + _BLOCK] = _clipped_sums(d, clip * max(sigma, 1e-12))
         noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
-        if quoted is not None:
-            block = flat_model[rows].astype(np.float32, copy=False)
-            quoted[valid[first : first + _BLOCK]] = (block @ weights).astype(float)
     bad = np.flatnonzero(~np.isfinite(noise))
     if bad.size:  # a FLUX_ERR that is not finite: the mean over the finite ones
         noise[bad] = _finite_mean_square(flat_err[valid[bad]], pixels.ravel())
@@ -198,7 +193,11 @@ def fuse(
         # runs (its sum over the chunk is what the data measured). Not in the weight:
         # how the error runs within a chunk is the model's guess, not a measurement.
         level_var = _excess(local**2, local_var, np.ones(ntime), span)
-        if quoted is not None:
+        quoted_sum = None
+        if model_var is not None:  # only on the days with a level error: elsewhere it is 0
+            need = valid[level_var[valid] > 0]
+            quoted, quoted_sum = np.full((2, ntime), np.nan)
+            quoted[need], quoted_sum[need] = _quoted(model_var, need, weights)
             level_var = level_var * _relative(quoted, good, span)
         # The fused level's error: what is left of the model's plus the local noise
         # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 (= w s_L**2 where s_M is constant).
@@ -217,4 +216,22 @@ def fuse(
         surface_coef=surface_coef,
         surface_basis=basis[:, 1:].T.reshape((-1,) + median.shape),
         surface_var=np.nan_to_num(surface_var),
+        quoted_sum=quoted_sum,
     )
+
+
+def _quoted(model_var: np.ndarray, cadences: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The model's quoted variance at ``cadences`` (sorted indices): its mean over the
+    background pixels (``weights``: ``1 / n`` on them) and its sum over every pixel.
+
+    Returns
+    -------
+    ndarray, shape (2, cadences.size)
+    """
+    flat = np.reshape(model_var, (len(model_var), -1))
+    both = np.column_stack([weights, np.ones_like(weights)])  # one pass over the rows
+    out = np.empty((2, cadences.size))
+    for first in range(0, cadences.size, _BLOCK):
+        block = flat[_rows(cadences[first : first + _BLOCK])].astype(np.float32, copy=False)
+        out[:, first : first + _BLOCK] = (block @ both).T
+    return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rows import _add_per_row, _one_blas_thread, _row_reduce, _scale_rows
+from .rows import _add_per_row, _one_blas_thread, _row_reduce, _rows_at_most, _scale_rows
 
 
 @dataclass
@@ -51,6 +51,11 @@ class Fusion:
         background pixels and orthogonal to a level there.
     surface_var : ndarray, shape (ntime,)
         Noise variance of each coefficient (the pixels' mean ``FLUX_ERR**2``).
+    quoted_sum : ndarray, shape (ntime,), or None
+        The model's quoted variance given to `fuse` summed over the TPF's pixels,
+        on the cadences with a level error (NaN elsewhere; None without it): pass
+        it to `variance` with that variance, to spare searching each cadence for
+        its largest value.
     """
 
     offset: np.ndarray
@@ -65,6 +70,7 @@ class Fusion:
     surface_coef: np.ndarray
     surface_basis: np.ndarray
     surface_var: np.ndarray
+    quoted_sum: np.ndarray | None = None
 
     @property
     def has_surface(self) -> bool:
@@ -133,6 +139,7 @@ class Fusion:
         aperture: np.ndarray | None = None,
         out: np.ndarray | None = None,
         rows: np.ndarray | None = None,
+        row_sums: np.ndarray | None = None,
     ) -> np.ndarray:
         """The fused background's variance, from the model's quoted variance.
 
@@ -159,6 +166,10 @@ class Fusion:
             Where to write the result (may be ``model_var`` itself).
         rows : ndarray of int, optional
             The cadences ``model_var`` holds (e.g. `changed`); default all.
+        row_sums : ndarray, shape (ntime,), optional
+            Per pixel ``model_var`` (not negative) summed over each cadence's pixels,
+            NaN where unknown (`quoted_sum`, when ``model_var`` is what `fuse` was
+            given): where the sum is at most the level error, so is every pixel.
 
         Returns
         -------
@@ -185,7 +196,10 @@ class Fusion:
         flat = out.reshape(len(out), -1)
         check = np.flatnonzero((level > 0) | (shape > 0))
         below = np.zeros(len(flat), dtype=bool)
-        below[check] = _row_reduce(np.maximum, flat, check) <= level[check]
+        if row_sums is None or aperture is not None:
+            below[check] = _row_reduce(np.maximum, flat, check) <= level[check]
+        else:
+            below[check] = _rows_at_most(flat, check, level[check], row_sums[take][check])
         rest = check[~below[check]]
         mixed = rest[_row_reduce(np.minimum, flat, rest) - level[rest] < shape[rest]]
         fixed = _capped(flat[mixed], level[mixed], kept[mixed], shape[mixed], noise[mixed])

@@ -38,6 +38,24 @@ def _one_blas_thread(func):
     return wrapper
 
 
+def _rows_at_most(
+    flat: np.ndarray, rows: np.ndarray, limit: np.ndarray, sums: np.ndarray
+) -> np.ndarray:
+    """Whether each of ``flat``'s rows ``rows`` is at most ``limit`` (one per row) at
+    every pixel, given their ``sums`` over the pixels (NaN where unknown).
+
+    The values are variances (not negative), so a row's sum bounds its largest value
+    (also as rounded: adding a value that is not negative never lowers a sum); only the
+    rows whose sum is above the limit, or unknown, are searched for their maximum.
+    """
+    with np.errstate(invalid="ignore"):
+        at_most = sums <= limit
+    search = np.flatnonzero(~at_most)
+    if search.size:
+        at_most[search] = _row_reduce(np.maximum, flat, rows[search]) <= limit[search]
+    return at_most
+
+
 def _row_reduce(ufunc: np.ufunc, flat: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``ufunc`` reduced over each of ``flat``'s rows ``rows`` (over all rows, then
     taken, where they are most: no copy)."""
