@@ -170,6 +170,7 @@ class Fusion:
             Per pixel ``model_var`` (not negative) summed over each cadence's pixels,
             NaN where unknown (`quoted_sum`, when ``model_var`` is what `fuse` was
             given): where the sum is at most the level error, so is every pixel.
+            Not used with ``aperture``.
 
         Returns
         -------
