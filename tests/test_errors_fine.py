@@ -170,8 +170,8 @@ def test_aperture_sum_adds_the_misfit_as_it_decorrelates(context):
 
 def two_part_field():
     """A misfit field like a ridge's (1024 x 1024 px): a part shared over several pixels
-    (white noise smoothed by a Gaussian 6 px along columns, 3 px along rows: variance 1)
-    plus a larger part changing within a bin along rows (variance 2, covariance 0 at
+    (white noise smoothed by a Gaussian of 6 px between rows and 3 px between columns,
+    variance 1) plus a larger part changing along each row (variance 2, covariance 0 at
     1 px and -0.4 at 2 px, as a profile's misfit from bin to bin)."""
     rng = np.random.default_rng(7)
     wide = ndimage.gaussian_filter(rng.normal(0, 1, (1024, 1024)), (6, 3))
@@ -215,12 +215,13 @@ def quoted_from_lags(field, context, width):
 def test_aperture_sum_adds_a_shared_misfit_as_shared(context):
     """A misfit with a part shared over several pixels and one changing sign within a
     bin (`two_part_field`): fitted through the lags of 2 to 4 px, the shared part keeps
-    its slow decorrelation (Gaussian ``g`` 0.98 and 0.92 along rows and columns, as
-    made) and a 3 x 3 sum is quoted honestly (measured actual/quoted 1.07); a Gaussian
-    through lags 1 and 2 (files from before, `MISFIT_COLUMNS` wide) sees the drop of
-    the other part at 2 px as the shared part's (``g`` 0.10 along rows) and
-    under-quotes the sum (1.43). Single pixels are quoted alike (1.72: the part that
-    does not correlate at 1 px is invisible to both)."""
+    its slow decorrelation (``long_corr`` 0.98 between row neighbours and 0.92 between
+    column neighbours, as made) and a 3 x 3 sum is quoted honestly (measured
+    actual/quoted 1.07); a Gaussian through lags 1 and 2 (files from before,
+    `MISFIT_COLUMNS` wide) takes the other part's drop at 2 px for the whole misfit's
+    (``misfit_corr`` 0.10 between column neighbours) and under-quotes the sum (1.43).
+    Single pixels are quoted alike (1.72: the part that does not correlate at 1 px is
+    invisible to both)."""
     field = two_part_field()
     smooth = ndimage.uniform_filter(field, 3, mode="constant")[2:-2, 2:-2]
     actual = np.sqrt(np.mean(smooth**2)) * 9
