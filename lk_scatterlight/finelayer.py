@@ -120,6 +120,15 @@ class FineLayer:
         (the rest of ``error`` as fully shared by the pixels of a bin). Given
         together with ``misfit`` or not at all (files without them: all of
         ``error`` is shared).
+    long_misfit : ndarray of float32, shape (nblocks,), optional
+        The part of ``error`` that is structure the fine bins miss alike over
+        several pixels (a bin's value off where it cannot follow a ridge's
+        profile) [e-/s]; then ``misfit`` is only the part that changes within
+        a bin, and ``error**2`` holds both squared.
+    long_corr : ndarray of float32, shape (nblocks, 2), optional
+        Its correlation ``g`` along rows and along columns (0..1), as
+        ``misfit_corr``. Given together with ``long_misfit``, and only with
+        ``misfit`` (files without them: the misfit is in one part).
     """
 
     pixel_bin: int
@@ -139,6 +148,8 @@ class FineLayer:
     misfit: np.ndarray | None = None
     misfit_corr: np.ndarray | None = None
     fill_scale: np.ndarray | None = None
+    long_misfit: np.ndarray | None = None
+    long_corr: np.ndarray | None = None
 
     def __post_init__(self):
         if self.coef_start is None:  # coefficients in block order (files may omit COEF)
@@ -171,6 +182,20 @@ class FineLayer:
             object.__setattr__(self, "misfit", np.asarray(self.misfit, dtype=np.float32))
             corr = np.asarray(self.misfit_corr, dtype=np.float32).reshape(-1, 2)
             object.__setattr__(self, "misfit_corr", corr)
+        self._check_long_misfit()
+
+    def _check_long_misfit(self):
+        if (self.long_misfit is None) != (self.long_corr is None):
+            msg = "long_misfit and long_corr go together: give both or neither."
+            raise ValueError(msg)
+        if self.long_misfit is None:
+            return
+        if self.misfit is None:
+            msg = "long_misfit needs misfit: give misfit and misfit_corr too."
+            raise ValueError(msg)
+        object.__setattr__(self, "long_misfit", np.asarray(self.long_misfit, dtype=np.float32))
+        corr = np.asarray(self.long_corr, dtype=np.float32).reshape(-1, 2)
+        object.__setattr__(self, "long_corr", corr)
 
     @property
     def has_holes(self) -> bool:
@@ -231,6 +256,8 @@ class FineLayer:
         extra = (*extra, self.fill_scale) if self.fill_scale is not None else extra
         if self.misfit is not None:
             extra = (*extra, self.misfit, self.misfit_corr)
+        if self.long_misfit is not None:
+            extra = (*extra, self.long_misfit, self.long_corr)
         return int(sum(a.nbytes for a in (*arrays, *extra)) + 3 * 4 * len(self))
 
     # ------------------------------------------------------------------ geometry
@@ -294,13 +321,16 @@ class FineLayer:
 
     def _validate_misfit(self) -> list[str]:
         n = len(self)
-        if self.misfit.shape != (n,) or self.misfit_corr.shape != (n, 2):
-            return ["fine layer misfits and their correlations must have one value per block"]
-        if not np.all(np.isfinite(self.misfit)) or np.any(self.misfit < 0):
-            return ["fine layer misfits must be finite and non-negative"]
-        corr = self.misfit_corr
-        if not np.all(np.isfinite(corr)) or np.any(corr < 0) or np.any(corr > 1):
-            return ["fine layer misfit correlations must lie in 0..1"]
+        parts = [(self.misfit, self.misfit_corr, "misfit")]
+        if self.long_misfit is not None:
+            parts.append((self.long_misfit, self.long_corr, "long misfit"))
+        for misfit, corr, name in parts:
+            if misfit.shape != (n,) or corr.shape != (n, 2):
+                return [f"fine layer {name}s and their correlations must have one value per block"]
+            if not np.all(np.isfinite(misfit)) or np.any(misfit < 0):
+                return [f"fine layer {name}s must be finite and non-negative"]
+            if not np.all(np.isfinite(corr)) or np.any(corr < 0) or np.any(corr > 1):
+                return [f"fine layer {name} correlations must lie in 0..1"]
         return []
 
     def _validate_holes(self) -> list[str]:
@@ -379,15 +409,30 @@ class FineLayer:
         var.reshape(grid)[where, rows, :, cols, :] = block_var
         misfit = None
         if split and self.misfit is not None:
-            misfit = np.zeros((3, *shape), dtype=np.float32)
-            m2 = self.misfit[chosen] ** 2
-            corr = self.misfit_corr[chosen]
-            for k, value in enumerate((m2, m2 * corr[:, 0], m2 * corr[:, 1])):
-                misfit[k].reshape(grid)[where, rows, :, cols, :] = value[:, None, None]
+            misfit = self._misfit_grids(chosen, shape, (grid, where, rows, cols))
         lr, lc = tr0 * t, tc0 * t
         wr = wr[:, lr : lr + shape[1]]
         wc = wc[:, lc : lc + shape[2]]
         return wr, wc, slot, data, var, misfit
+
+    def _misfit_grids(self, chosen: np.ndarray, shape: tuple, at: tuple) -> np.ndarray:
+        """The local grids (`_window`) of the misfit's variance and of it times its
+        correlation along rows and along columns, shape (3, *shape); with
+        ``long_misfit``, the same three of that part after them, shape (6, *shape).
+
+        ``at``: the grids' block view and the chosen blocks' plane, tile row and
+        tile column in it.
+        """
+        grid, where, rows, cols = at
+        parts = [(self.misfit, self.misfit_corr)]
+        if self.long_misfit is not None:
+            parts.append((self.long_misfit, self.long_corr))
+        out = np.zeros((3 * len(parts), *shape), dtype=np.float32)
+        for p, (misfit, corr) in enumerate(parts):
+            m2, g = misfit[chosen] ** 2, corr[chosen]
+            for k, value in enumerate((m2, m2 * g[:, 0], m2 * g[:, 1]), start=3 * p):
+                out[k].reshape(grid)[where, rows, :, cols, :] = value[:, None, None]
+        return out
 
     def evaluate(
         self,
@@ -448,7 +493,9 @@ class FineLayer:
         ratio ``g`` of the covariances at lags 2 and 1 (the layer's
         ``misfit_corr``, its misfit-weighted mean over the aperture): it adds as
         ``sum_pq s_p s_q f_r f_c``. A layer without misfits (older files) adds
-        all of its error as shared.
+        all of its error as shared. A layer with ``long_misfit`` adds that part
+        the same way with its own correlations, and the rest of ``error`` (less
+        both parts) as shared.
 
         Returns
         -------
@@ -463,8 +510,11 @@ class FineLayer:
         if misfit is None:
             v_pl = np.einsum("trc,rc->t", var, weights**2)
         else:
-            v_pl = np.einsum("trc,rc->t", np.maximum(var - misfit[0], 0), weights**2)
-            v_pl += _correlated_sum(misfit, wr, wc, mask)
+            parts = misfit.reshape(-1, 3, *misfit.shape[1:])  # (misfit, long misfit)
+            shared = np.maximum(var - parts[:, 0].sum(axis=0), 0)
+            v_pl = np.einsum("trc,rc->t", shared, weights**2)
+            for part in parts:
+                v_pl += _correlated_sum(part, wr, wc, mask)
         li, ri, w = slot[left], slot[right], np.asarray(w_right, float)
         return (1 - w) * f_pl[li] + w * f_pl[ri], (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
 
@@ -586,6 +636,12 @@ class FineLayer:
                     fits.Column("CORR_ROW", "E", array=self.misfit_corr[:, 0]),
                     fits.Column("CORR_COL", "E", array=self.misfit_corr[:, 1]),
                 ]
+            if self.long_misfit is not None:
+                columns += [
+                    fits.Column("LMISFIT", "E", unit="electron/s", array=self.long_misfit),
+                    fits.Column("LCORR_ROW", "E", array=self.long_corr[:, 0]),
+                    fits.Column("LCORR_COL", "E", array=self.long_corr[:, 1]),
+                ]
             index = fits.BinTableHDU.from_columns(columns, name="FINE_INDEX")
         else:
             index = self._index_image(implied)
@@ -650,13 +706,15 @@ class FineLayer:
 
         Within a tile the columns are constant or step by one plane, so each row,
         compressed as one series of differences (``RICE_1``), takes a few bits per
-        block. ``ERROR`` (and ``FILLERR``, ``MISFIT``) is stored as a multiple of
-        ``ERRSTEP`` (`~lk_scatterlight.lowrank.error_step`: the quoted errors
-        change by less than 0.2 %), ``CORR_ROW`` and ``CORR_COL`` in thousandths.
+        block. ``ERROR`` (and ``FILLERR``, ``MISFIT``, ``LMISFIT``) is stored as a
+        multiple of ``ERRSTEP`` (`~lk_scatterlight.lowrank.error_step`: the quoted
+        errors change by less than 0.2 %), the correlations (``CORR_ROW``,
+        ``CORR_COL``, ``LCORR_ROW``, ``LCORR_COL``) in thousandths.
         """
         errors = [self.error]
         errors += [self.fill_error] if self.has_holes else []
         errors += [self.misfit] if self.misfit is not None else []
+        errors += [self.long_misfit] if self.long_misfit is not None else []
         step = error_step(np.concatenate(errors))
         rows = {
             "TILE_ROW": self.tile_row,
@@ -675,6 +733,10 @@ class FineLayer:
             rows["MISFIT"] = np.rint(self.misfit / step)
             rows["CORR_ROW"] = np.rint(self.misfit_corr[:, 0] * _CORR_UNIT)
             rows["CORR_COL"] = np.rint(self.misfit_corr[:, 1] * _CORR_UNIT)
+        if self.long_misfit is not None:
+            rows["LMISFIT"] = np.rint(self.long_misfit / step)
+            rows["LCORR_ROW"] = np.rint(self.long_corr[:, 0] * _CORR_UNIT)
+            rows["LCORR_COL"] = np.rint(self.long_corr[:, 1] * _CORR_UNIT)
         n = len(self)
         index = fits.CompImageHDU(
             np.array(list(rows.values()), dtype=np.int32),
@@ -768,10 +830,10 @@ def _index_columns(hdu, path) -> dict[str, np.ndarray]:
         header.get(f"RNAME{i}", header.get(f"ROWNAME{i}")) for i in range(1, data.shape[0] + 1)
     ]
     columns = {str(name): np.array(row) for name, row in zip(names, data, strict=True) if name}
-    for name in ("ERROR", "FILLERR", "MISFIT"):
+    for name in ("ERROR", "FILLERR", "MISFIT", "LMISFIT"):
         if name in columns:
             columns[name] = (columns[name] * float(header["ERRSTEP"])).astype(np.float32)
-    for name in ("CORR_ROW", "CORR_COL"):
+    for name in ("CORR_ROW", "CORR_COL", "LCORR_ROW", "LCORR_COL"):
         if name in columns:
             columns[name] = (columns[name] / _CORR_UNIT).astype(np.float32)
     return columns
@@ -779,17 +841,24 @@ def _index_columns(hdu, path) -> dict[str, np.ndarray]:
 
 def _misfit(table: dict, path) -> dict:
     """``misfit`` and ``misfit_corr`` of a file that has them (else none): the
-    ``MISFIT``, ``CORR_ROW`` and ``CORR_COL`` index columns."""
-    present = [name in table for name in ("MISFIT", "CORR_ROW", "CORR_COL")]
-    if not any(present):
+    ``MISFIT``, ``CORR_ROW`` and ``CORR_COL`` index columns; and ``long_misfit`` and
+    ``long_corr`` from ``LMISFIT``, ``LCORR_ROW`` and ``LCORR_COL`` if present."""
+    short, long = ("MISFIT", "CORR_ROW", "CORR_COL"), ("LMISFIT", "LCORR_ROW", "LCORR_COL")
+    has = {name: name in table for name in (*short, *long)}
+    if not any(has.values()):
         return {}
-    if not all(present):
+    need = short + long if any(has[name] for name in long) else short
+    if not all(has[name] for name in need):
         raise CubeFormatError(
-            f"{path}: a fine layer with misfits needs the MISFIT, CORR_ROW and CORR_COL "
-            "index columns together; the file is damaged."
+            f"{path}: a fine layer with misfits needs the {', '.join(need)} index columns "
+            "together; the file is damaged."
         )
-    corr = np.column_stack([table["CORR_ROW"], table["CORR_COL"]])
-    return {"misfit": table["MISFIT"], "misfit_corr": corr}
+    out = {"misfit": table["MISFIT"]}
+    out["misfit_corr"] = np.column_stack([table["CORR_ROW"], table["CORR_COL"]])
+    if len(need) > len(short):
+        out["long_misfit"] = table["LMISFIT"]
+        out["long_corr"] = np.column_stack([table["LCORR_ROW"], table["LCORR_COL"]])
+    return out
 
 
 def _holes(hdul, table: dict, tile: int, path) -> dict:

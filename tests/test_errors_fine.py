@@ -5,10 +5,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from scipy import ndimage
 
 from lk_scatterlight.builder.fine import (
     MISFIT_COLUMNS,
+    MISFIT_WIDTH,
     assemble_fine,
     fine_residual,
     make_fine_context,
@@ -22,6 +24,8 @@ from lk_scatterlight.builder.fine.misfit import (
 from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
 from lk_scatterlight.builder.sources import SimulatedFFISource
 from lk_scatterlight.cube import ScatterLightCube
+from lk_scatterlight.exceptions import CubeFormatError
+from lk_scatterlight.finelayer import FineLayer
 from lk_scatterlight.simulate import FFISimulator, ScatteredLightField, sector_times
 
 N, SIGMA = 2048, 2.0
@@ -62,7 +66,7 @@ def test_misfit_is_zero_on_noise_beyond_the_uncertainty(context):
     field = 30 * np.sin(rows / 400) + 20 * np.cos(cols / 300)
     frame = field + rng.normal(0, 1.3 * SIGMA, (N, N)).astype(np.float32)
     got = misfit(frame, context, np.arange(0, 1024, 3, dtype=np.int32))
-    assert got.shape == (342, 4)  # along rows, along columns; the same at lag 2
+    assert got.shape == (342, 8)  # along rows, along columns; the same at lags 2, 3, 4
     np.testing.assert_array_less(np.abs(np.mean(got, axis=0)), 0.01 * SIGMA**2)
     np.testing.assert_array_less(np.std(got, axis=0), 0.05 * SIGMA**2)
 
@@ -107,7 +111,7 @@ def speckle_cube(context):
     kept[0, fine.tiles] = (fine.tiles % context.ntiles >= 14) & (fine.tiles % context.ntiles < 18)
     sigmas = np.zeros((1, ntiles), np.float32)
     sigmas[0, fine.tiles] = fine.sigma
-    misfits = np.zeros((1, ntiles, MISFIT_COLUMNS), np.float32)
+    misfits = np.zeros((1, ntiles, MISFIT_WIDTH), np.float32)
     misfits[0, fine.tiles] = fine.misfit
     one = [np.array([0])]
     layer = assemble_fine(blocks, kept, sigmas, one[0], one, context, misfit=misfits)
@@ -152,7 +156,9 @@ def test_aperture_sum_adds_the_misfit_as_it_decorrelates(context):
     assert np.all(np.median(layer.misfit_corr, axis=0) < 0.6)
     pixel, total = sum_honesty(cube, truth)
     assert total / pixel == pytest.approx(1.0, abs=0.15)
-    shared = dataclasses.replace(layer, misfit=None, misfit_corr=None)
+    shared = dataclasses.replace(
+        layer, misfit=None, misfit_corr=None, long_misfit=None, long_corr=None
+    )
     cube_shared = ScatterLightCube.from_arrays(
         1, 1, 1, [1500.0], cube.row, cube.column, cube.flux.value, cube.flux_err.value,
         time_start=[1499.9], time_stop=[1500.1], fine=shared,
@@ -160,6 +166,111 @@ def test_aperture_sum_adds_the_misfit_as_it_decorrelates(context):
     pixel_shared, total_shared = sum_honesty(cube_shared, truth)
     assert pixel_shared == pytest.approx(pixel, rel=1e-4)  # single pixels: unchanged
     assert total_shared / pixel_shared < 0.87
+
+
+def two_part_field():
+    """A misfit field like a ridge's (1024 x 1024 px): a part shared over several pixels
+    (white noise smoothed by a Gaussian of 6 px between rows and 3 px between columns,
+    variance 1) plus a larger part changing along each row (variance 2, covariance 0 at
+    1 px and -0.4 at 2 px, as a profile's misfit from bin to bin)."""
+    rng = np.random.default_rng(7)
+    wide = ndimage.gaussian_filter(rng.normal(0, 1, (1024, 1024)), (6, 3))
+    wide /= wide.std()
+    white = rng.normal(0, 1, (1024, 1026))
+    u, v = np.sqrt(0.8), np.sqrt(0.2)  # u v = 0.4, u**2 + v**2 = 1
+    return wide + np.sqrt(2) * (u * white[:, 2:] - v * white[:, :-2])
+
+
+def quoted_from_lags(field, context, width):
+    """Quoted 1-sigma of a pixel and of a 3 x 3 sum where a layer's misfit was measured
+    as ``field``'s covariances at lags 1 .. 4 (rows, columns; ``width``: the misfit
+    columns the builder gave, `MISFIT_WIDTH` or the older `MISFIT_COLUMNS` with lags
+    1 and 2 only), on blocks of 1 e-/s with no noise."""
+    pairs = [(field[:-d] * field[d:], field[:, :-d] * field[:, d:]) for d in (1, 2, 3, 4)]
+    lags = np.array([[np.mean(a), np.mean(b)] for a, b in pairs])
+    ntiles = context.ntiles**2
+    kept = np.zeros((1, ntiles), bool)
+    kept[0, 300:310] = True  # tile row 9, columns 12..21
+    rows = np.zeros(width, np.float32)
+    rows[[0, 1, 3, 4]] = lags[:2].ravel()
+    rows[MISFIT_COLUMNS:] = lags[2:].ravel()[: width - MISFIT_COLUMNS]
+    misfits = np.broadcast_to(rows, (1, ntiles, width))
+    blocks = np.ones((1, ntiles, context.tile, context.tile), np.float32)
+    one = [np.array([0])]
+    sigma = np.full((1, ntiles), 1e-6, np.float32)
+    layer = assemble_fine(blocks, kept, sigma, one[0], one, context, misfit=misfits)
+    centres = 16 * np.arange(128) + 7.5
+    cube = ScatterLightCube.from_arrays(
+        1, 1, 1, [1500.0], 1 + centres, 45 + centres, np.zeros((1, 128, 128)),
+        np.full((1, 128, 128), 1e-6), time_start=[1499.9], time_stop=[1500.1], fine=layer,
+    )  # fmt: skip
+    pixel, total = [], []
+    for corner in range(800, 1200, 5):  # inside the kept tiles (rows 576..639)
+        r, c = 600 + corner % 3 + np.arange(3), corner + np.arange(3)
+        pixel.append(cube.evaluate([1500.0], r + 1, c + 45).flux_err.value.astype(float) ** 2)
+        total.append(cube.evaluate_sum([1500.0], r + 1, c + 45).flux_err.value ** 2)
+    return layer, np.sqrt(np.mean(pixel)), np.sqrt(np.mean(total))
+
+
+def test_aperture_sum_adds_a_shared_misfit_as_shared(context):
+    """A misfit with a part shared over several pixels and one changing sign within a
+    bin (`two_part_field`): fitted through the lags of 2 to 4 px, the shared part keeps
+    its slow decorrelation (``long_corr`` 0.98 between row neighbours and 0.92 between
+    column neighbours, as made) and a 3 x 3 sum is quoted honestly (measured
+    actual/quoted 1.07); a Gaussian through lags 1 and 2 (files from before,
+    `MISFIT_COLUMNS` wide) takes the other part's drop at 2 px for the whole misfit's
+    (``misfit_corr`` 0.10 between column neighbours) and under-quotes the sum (1.43).
+    Single pixels are quoted alike (1.72: the part that does not correlate at 1 px is
+    invisible to both)."""
+    field = two_part_field()
+    smooth = ndimage.uniform_filter(field, 3, mode="constant")[2:-2, 2:-2]
+    actual = np.sqrt(np.mean(smooth**2)) * 9
+    layer, pixel, total = quoted_from_lags(field, context, MISFIT_WIDTH)
+    assert layer.long_misfit is not None
+    np.testing.assert_allclose(np.median(layer.long_corr, axis=0), [0.979, 0.920], atol=0.03)
+    assert np.all(layer.misfit < 0.2 * layer.long_misfit)  # no lag-1 covariance beyond it
+    assert 1 / 1.2 < actual / total < 1.2
+    _, pixel_old, total_old = quoted_from_lags(field, context, MISFIT_COLUMNS)
+    assert actual / total_old > 1.3
+    assert pixel == pytest.approx(pixel_old, rel=0.05)
+
+
+def test_long_misfit_round_trip_and_old_files(context, tmp_path):
+    """The two parts are written (rounded as the misfit is) and read back; without the
+    long part, or with it zero, aperture sums are what they were; a file with only some
+    of its columns, or a layer with bad values, is refused."""
+    layer, _, _ = quoted_from_lags(two_part_field(), context, MISFIT_WIDTH)
+    path = tmp_path / "cube.fits"
+    centres = 16 * np.arange(128) + 7.5
+    cube = ScatterLightCube.from_arrays(
+        1, 1, 1, [1500.0], 1 + centres, 45 + centres, np.zeros((1, 128, 128)),
+        np.full((1, 128, 128), 1e-6), time_start=[1499.9], time_stop=[1500.1], fine=layer,
+    )  # fmt: skip
+    cube.write(path)
+    read = ScatterLightCube.read(path).fine
+    np.testing.assert_allclose(read.long_misfit, layer.long_misfit, rtol=2.0**-8)
+    np.testing.assert_allclose(read.long_corr, layer.long_corr, atol=5e-4)
+    hdus = {h.name: h for h in layer.to_hdus(precision=None)}
+    table = FineLayer.from_hdul(hdus, path)
+    np.testing.assert_array_equal(table.long_misfit, layer.long_misfit)
+    np.testing.assert_array_equal(table.long_corr, layer.long_corr)
+
+    rows, cols = np.arange(600, 603), np.arange(900, 903)
+    args = ([0], [0], [0.0], rows + 1.0, cols + 45.0, np.ones((3, 3)))
+    one = dataclasses.replace(layer, long_misfit=None, long_corr=None)
+    zero = dataclasses.replace(
+        layer, long_misfit=np.zeros(len(layer)), long_corr=np.zeros((len(layer), 2))
+    )
+    np.testing.assert_allclose(zero.evaluate_sum(*args)[1], one.evaluate_sum(*args)[1], rtol=1e-6)
+
+    columns = [c for c in hdus["FINE_INDEX"].columns if c.name != "LCORR_COL"]
+    hdus["FINE_INDEX"] = fits.BinTableHDU.from_columns(columns, name="FINE_INDEX")
+    with pytest.raises(CubeFormatError, match="LMISFIT, LCORR_ROW, LCORR_COL index columns"):
+        FineLayer.from_hdul(hdus, path)
+    with pytest.raises(ValueError, match="long_misfit needs misfit"):
+        dataclasses.replace(layer, misfit=None, misfit_corr=None)
+    bad = dataclasses.replace(layer, long_corr=layer.long_corr + 1)
+    assert bad.validate(1) == ["fine layer long misfit correlations must lie in 0..1"]
 
 
 # ---------------------------------------------------------------------- end to end

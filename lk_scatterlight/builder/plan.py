@@ -27,7 +27,7 @@ from ..registry import cube_filename
 from ..utils import atomic_write, refuse_overwrite
 from . import masks
 from .config import BuildConfig
-from .fine import MISFIT_COLUMNS, FineFrame
+from .fine import MISFIT_WIDTH, FineFrame
 from .framepass import ChunkResult, FrameResult, stored
 from .strap_photometry import strap_columns
 
@@ -84,8 +84,9 @@ class WorkArea:
             shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
             shapes["fine_calibration"] = ((nframes,), np.float32)
-            # rows, columns, fill; rows and columns at a lag of 2 px; fill per depth class
-            shapes["fine_misfit"] = ((nframes, ntiles, MISFIT_COLUMNS), np.float32)
+            # rows, columns, fill; rows and columns at a lag of 2 px; fill per depth class;
+            # rows and columns at lags of 3 and 4 px
+            shapes["fine_misfit"] = ((nframes, ntiles, MISFIT_WIDTH), np.float32)
         stale = [] if fresh else _stale_arrays(folder, shapes)
         if stale:
             # A work area from an older version of the builder: the frames it finished

@@ -81,6 +81,7 @@ from .context import (  # noqa: F401 (the builder and the tests use them from he
     MAX_OFFSET,
     MIN_PIXELS,
     MISFIT_COLUMNS,
+    MISFIT_WIDTH,
     FineContext,
     FineFrame,
     depth_class,

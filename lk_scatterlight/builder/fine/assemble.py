@@ -11,8 +11,8 @@ import numpy as np
 
 from ... import interpolate
 from ...finelayer import FineLayer, compress_tile
-from .context import MISFIT_COLUMNS, FineContext
-from .misfit import _fill_amplitude, _fill_scale, _misfit_correlation
+from .context import MISFIT_COLUMNS, MISFIT_WIDTH, FineContext
+from .misfit import _fill_amplitude, _fill_scale, _misfit_correlation, _misfit_parts
 
 
 def _mean_squared_weight(pixel_bin: int) -> float:
@@ -62,11 +62,12 @@ def assemble_fine(
         Each used frame's `FineFrame.calibration` (0 or absent: 1). The factoring
         uses ``sigma`` (the noise the blocks hold); the layer quotes
         ``sigma / sqrt(calibration)`` (the noise that varies from frame to frame).
-    misfit : ndarray, shape (len(used_index), ntiles**2, 3, 5 or MISFIT_COLUMNS), optional
-        Each used frame's `FineFrame.misfit` of its kept tiles (the structure
+    misfit : ndarray, shape (len(used_index), ntiles**2, ncolumns), optional
+        Each used frame's `FineFrame.misfit` of its kept tiles, ``ncolumns``
+        `MISFIT_WIDTH` (3, 5 or `MISFIT_COLUMNS`: fewer measures) (the structure
         the model misses, per pixel, along rows and columns, the error of
-        a filled bin, the first two at a lag of 2 px, and the fill's error
-        per depth class). Per tile, each
+        a filled bin, the first two at a lag of 2 px, the fill's error
+        per depth class, the first two at lags of 3 and 4 px). Per tile, each
         direction's estimates are summed over the frames that kept the tile
         (so their noise averages out before the larger is taken) and the
         larger, floored at 0, is divided by the blocks' summed mean square:
@@ -85,7 +86,11 @@ def assemble_fine(
         and the hole images hold each bin's `depth_class`. The layer keeps the missed
         structure's share of each block's error apart (``misfit``) with its
         correlation ratios (`_misfit_correlation` of the pooled lag-1 and
-        lag-2 estimates), for aperture sums.
+        lag-2 estimates), for aperture sums. With the lags of 3 and 4 px
+        (`MISFIT_WIDTH` columns), that share is split in two (`_misfit_parts`
+        of the pooled estimates): the layer's ``misfit`` keeps the part that
+        changes within a bin, ``long_misfit`` the part shared over several
+        pixels, each with its own correlations.
 
     Returns
     -------
@@ -109,22 +114,25 @@ def assemble_fine(
     by_depth = misfit is not None and misfit.shape[-1] >= MISFIT_COLUMNS
     fill_scale = _fill_scale(misfit[..., 5:MISFIT_COLUMNS][kept]) if by_depth else None
     holes, fill_error, hole_index = [], [], []
-    misfit_error, misfit_corr = [], []
+    misfit_error, misfit_corr, long_error, long_corr = [], [], [], []
+    two_part = misfit is not None and misfit.shape[-1] >= MISFIT_WIDTH
     for tile in np.flatnonzero(kept.any(axis=0)):
         pos = np.flatnonzero(kept[:, tile])
         blocks = np.asarray(fine[used_index[pos], tile], dtype=np.float32)
-        gamma = fill = 0.0
-        corr = np.zeros(2)
+        gamma = fill = wide = 0.0
+        corr = wide_corr = np.zeros(2)
         if misfit is not None:  # pooled over frames, then the direction that keeps most
             power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
             pooled = np.sum(misfit[pos, tile, :2], axis=0, dtype=float)
             gamma = max(0.0, pooled.max()) / power if power > 0 else 0.0
+            if two_part and power > 0:
+                gamma, corr, wide, wide_corr = _misfit_split(misfit[pos, tile], power)
             if fill_scale is not None and power > 0:  # a bin of relative scale 1, per frame
                 amplitude = _fill_amplitude(misfit[pos, tile, 5:MISFIT_COLUMNS], fill_scale)
                 fill = amplitude * pos.size / power  # summed over the frames, as power is
             elif misfit.shape[-1] > 2 and power > 0:
                 fill = max(0.0, float(np.sum(misfit[pos, tile, 2], dtype=float))) / power
-            if misfit.shape[-1] > 3:
+            if misfit.shape[-1] > 3 and not two_part:
                 corr = _misfit_correlation(pooled, np.sum(misfit[pos, tile, 3:5], axis=0))
         i, j = divmod(int(tile), nt)
         hole = ~context.ok[i * t : (i + 1) * t, j * t : (j + 1) * t]
@@ -144,9 +152,11 @@ def assemble_fine(
         else:
             error, quoted = frame_error, frame_error * scale[pos]
         power = np.mean(np.square(blocks, dtype=float), axis=(1, 2)) / per_pixel
-        quoted = np.sqrt(quoted**2 + gamma * power)
+        quoted = np.sqrt(quoted**2 + (gamma + wide) * power)
         misfit_error.append(np.sqrt(gamma * power))
         misfit_corr.append(np.broadcast_to(corr, (planes.size, 2)))
+        long_error.append(np.sqrt(wide * power))
+        long_corr.append(np.broadcast_to(wide_corr, (planes.size, 2)))
         has_fill = fill > 0 and hole.any()
         fill_error.append(np.sqrt(fill * power) if has_fill else np.zeros(planes.size))
         hole_index.append(np.full(planes.size, len(holes) - 1 if has_fill else -1))
@@ -184,4 +194,20 @@ def assemble_fine(
         fill_scale=fill_scale if holes else None,
         misfit=np.concatenate(misfit_error) if misfit is not None else None,
         misfit_corr=np.concatenate(misfit_corr) if misfit is not None else None,
+        long_misfit=np.concatenate(long_error) if two_part else None,
+        long_corr=np.concatenate(long_corr) if two_part else None,
     )
+
+
+def _misfit_split(rows: np.ndarray, power: float) -> tuple[float, np.ndarray, float, np.ndarray]:
+    """A tile's misfit shares (`_misfit_parts`) per unit of its blocks' summed power.
+
+    ``rows``: the tile's `FineFrame.misfit` rows (`MISFIT_WIDTH` columns), one per
+    frame that kept it; their lag covariances are summed over the frames, as
+    ``power`` is. Returns the within-bin part's share and correlations, then the
+    shared part's.
+    """
+    pooled = np.sum(rows, axis=0, dtype=float)
+    lags = np.stack([pooled[:2], pooled[3:5], *pooled[MISFIT_COLUMNS:].reshape(-1, 2)])
+    short, short_corr, wide, wide_corr = _misfit_parts(lags)
+    return short / power, short_corr, wide / power, wide_corr

@@ -31,6 +31,10 @@ FILL_CLASSES = 6
 MISFIT_COLUMNS = 5 + 2 * FILL_CLASSES
 
 
+#: ... then rows and columns at lags of 3 and 4 px: `FineFrame.misfit`'s width.
+MISFIT_WIDTH = MISFIT_COLUMNS + 4
+
+
 @dataclass
 class FineContext:
     """Per-build constants of the fine layer (`make_fine_context`).
@@ -136,13 +140,14 @@ class FineFrame:
         noise variance: ``sigma**2 / calibration`` is the frame's own noise, what
         the stored layer quotes (the static scene's noise is the same in every
         frame, a constant per bin, and no error of the light's variation).
-    misfit : ndarray of float32, shape (nkept, MISFIT_COLUMNS), optional
+    misfit : ndarray of float32, shape (nkept, MISFIT_WIDTH), optional
         Per kept tile, the structure the model (coarse plane plus kept tiles)
         misses at the tile's pixels, measured along rows and along columns
         [(e-/s)**2 per pixel] (`_tile_misfit`), the error of filling its
         holes [(e-/s)**2 per fine bin] (`_fill_misfit`), and the first two
         measured between pixels two apart; then (`MISFIT_COLUMNS` in all) the
-        fill's squared error summed per depth class and the bins summed.
+        fill's squared error summed per depth class and the bins summed; then
+        (`MISFIT_WIDTH` in all) the first two at lags of 3 and 4 px.
         Unbiased estimates, so they are negative as often as positive where the
         model misses nothing. None: not measured.
     """

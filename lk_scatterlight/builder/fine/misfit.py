@@ -48,13 +48,14 @@ def _tile_misfit(
     block of their mean squared residual against the coarse plane over the
     uncertainty's prediction, on every `_MISFIT_ROWS`-th row. Returns, per kept
     tile, the estimates from row neighbours and from column neighbours, then
-    the same from pixels two apart (how fast the missed structure decorrelates:
-    an aperture sum adds it with that correlation) [(e-/s)**2 per pixel], each
-    unbiased. ``smoothing``: the ``(own, gain)`` of `_smooth_along_structure` when
-    the kept tiles were smoothed (a bin keeps ``own`` of its mean, and its
-    value's variance is ``gain**2`` of the mean's).
+    the same from pixels 2, 3 and 4 apart (how fast the missed structure
+    decorrelates: an aperture sum adds it with that correlation; see
+    `_misfit_parts`) [(e-/s)**2 per pixel], each unbiased. ``smoothing``: the
+    ``(own, gain)`` of `_smooth_along_structure` when the kept tiles were
+    smoothed (a bin keeps ``own`` of its mean, and its value's variance is
+    ``gain**2`` of the mean's).
     """
-    out = np.zeros((kept.size, 4), dtype=np.float32)
+    out = np.zeros((kept.size, 2 * len(MISFIT_LAGS)), dtype=np.float32)
     if not kept.size:
         return out
     fb, t, nt = context.pixel_bin, context.tile, context.ntiles
@@ -133,17 +134,17 @@ def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
     estimates from row neighbours and from column neighbours: the one along
     an edge or a ridge keeps its misfit. Across a ridge, and for the part of
     an interpolation error that repeats with the bins' period, neighbours
-    differ, so the estimate is a lower bound there. Then the same two at a lag
-    of two pixels (their ratio to the first two is the misfit's correlation
-    between neighbours).
+    differ, so the estimate is a lower bound there. Then the same two at each
+    further lag of `MISFIT_LAGS` (2, 3 and 4 px: how the misfit's correlation
+    falls with distance).
     """
     (wr, wc), (bin_row, bin_col) = weights, bins
     mean_var = float(var[use].mean())
     o = own[np.ix_(bin_row, bin_col)]
     a_r, a_c = wr[:, bin_row], wc[:, bin_col]  # a_r[y', y]: row y' on the bin of row y
     d_r, d_c = np.diagonal(a_r), np.diagonal(a_c)
-    estimates = np.zeros(4)
-    for lag in (1, 2):
+    estimates = np.zeros(2 * len(MISFIT_LAGS))
+    for lag in MISFIT_LAGS:
         for axis in (0, 1):
             if axis == 0:  # p = (y, x), q = (y + lag, x)
                 pair = use[:-lag] & use[lag:]
@@ -230,6 +231,10 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
 
 #: Every this many rows, the pixels that calibrate `_tile_misfit`'s noise on a frame.
 _MISFIT_ROWS = 8
+
+
+#: Pixel distances at which `_lag_covariance` measures the misfit's covariance.
+MISFIT_LAGS = (1, 2, 3, 4)
 
 
 @functools.lru_cache(maxsize=512)
@@ -328,3 +333,65 @@ def _misfit_correlation(lag1: np.ndarray, lag2: np.ndarray) -> np.ndarray:
     lag1, lag2 = np.asarray(lag1, dtype=float), np.asarray(lag2, dtype=float)
     ratio = np.divide(lag2, lag1, out=np.zeros(2), where=lag1 > 0)
     return np.clip(ratio, 0.0, 1.0)
+
+
+def _misfit_parts(lags: np.ndarray) -> tuple[float, np.ndarray, float, np.ndarray]:
+    """The missed structure in two parts: one shared over many pixels, one within a bin.
+
+    ``lags``: pooled `_lag_covariance` estimates, shape (len(`MISFIT_LAGS`), 2):
+    at each lag, between row neighbours and between column neighbours. A
+    fine bin's value is off by an amount its pixels share (the bin cannot
+    follow a ridge's profile, and its neighbours are off alike): that part's
+    covariance stays high for several pixels. What changes within a bin
+    falls off within a pixel or two. So along each direction, a Gaussian
+    ``V g**(d**2 / 3)`` is fitted (`_gaussian_tail`) through the covariances
+    at lags 2 and beyond, where the short part has died out, if they are all
+    positive: the **long** part, its variance ``V`` at lag 0 and correlation
+    ``g`` per direction. Across a ridge or an edge the covariances change
+    sign (the profile's misfit does, from bin to bin) and no Gaussian fits:
+    there the long part correlates as the whole misfit does between lags 1
+    and 2 (`_misfit_correlation`). Its lag-1 covariance is at most the
+    measured one. The **short** part is what the lag-1 covariance holds
+    beyond the long part's, with the correlation of what is left at lags 1
+    and 2 (`_misfit_correlation`). The variances are those of the direction
+    whose lag-1 covariance is larger (the one along the structure, where the
+    misfit is not cut short by neighbours that differ).
+
+    Returns
+    -------
+    short, short_corr, long, long_corr : float, ndarray (2,), float, ndarray (2,)
+        The two parts' variances (>= 0, in the units of ``lags``) and their
+        correlations ``g`` along rows and along columns (0..1).
+    """
+    lags = np.asarray(lags, dtype=float).reshape(len(MISFIT_LAGS), 2)
+    d2 = np.square(MISFIT_LAGS, dtype=float) / 3
+    fits = [_gaussian_tail(lags[1:, axis], d2[1:]) for axis in (0, 1)]
+    axis = int(np.argmax(lags[0]))
+    first = max(0.0, float(lags[0, axis]))
+    variance, g = fits[axis]
+    long = min(variance, first / g ** d2[0]) if g > 0 else 0.0
+    long = float(long)
+    long_corr = np.zeros(2)
+    if long > 0:
+        tails = np.array([g for _, g in fits])
+        long_corr = np.where(tails > 0, tails, _misfit_correlation(lags[0], lags[1]))
+    # The long part's covariance at lags 1 and 2 in each direction, and what is left.
+    shared = long * long_corr[None, :] ** d2[:2, None]
+    rest = lags[:2] - shared
+    short = max(0.0, first - float(shared[0, axis]))
+    return short, _misfit_correlation(rest[0], rest[1]), long, long_corr
+
+
+def _gaussian_tail(cov: np.ndarray, d2: np.ndarray) -> tuple[float, float]:
+    """``(V, g)`` of ``V g**d2`` fitted to ``cov`` (least squares on the logarithm; g
+    within 0..1) from its last rise on (a covariance below the next one still holds
+    a part that changes sign within a bin); (0, 0) unless every ``cov`` is positive
+    (a part that has died out by the last lag is not shared over an aperture)."""
+    if not np.all(cov > 0):
+        return 0.0, 0.0
+    rises = np.flatnonzero(cov[:-1] < cov[1:])
+    start = min(int(rises[-1]) + 1, cov.size - 2) if rises.size else 0
+    slope, intercept = np.polyfit(d2[start:], np.log(cov[start:]), 1)
+    if slope >= 0:  # flat: the mean is the fit
+        return float(np.exp(np.mean(np.log(cov[start:])))), 1.0
+    return float(np.exp(intercept)), float(np.exp(slope))

@@ -99,7 +99,9 @@ def fine_residual(
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept]) * gain
     misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma, smoothing)
     fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration)
-    misfit = np.column_stack([misfit[:, :2], fill[:, 0], misfit[:, 2:], fill[:, 1:]])
+    misfit = np.column_stack(
+        [misfit[:, :2], fill[:, 0], misfit[:, 2:4], fill[:, 1:], misfit[:, 4:]]
+    )
     misfit = misfit.astype(np.float32)
     return FineFrame(
         kept,
