@@ -483,6 +483,13 @@ class ScatterLightCube:
         Evaluation combines each term as it is correlated (see
         `~lk_scatterlight.lowrank.evaluate_factors`).
 
+        **Fine layer.** A fine layer holds the residual against the dense
+        planes. The compact copy's layer is the one the builder would have made
+        against the compact planes with the same basis images: in its tiles it
+        also holds what the compression lost there
+        (`~lk_scatterlight.compactfine.carry_compression`). Its blocks, quoted
+        errors and size are unchanged.
+
         Parameters
         ----------
         tolerance : float
