@@ -140,27 +140,26 @@ class _Residual:
         self.present = set(self.key.tolist())
 
     def blocks(self, members: np.ndarray, taper: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """The ramped residual of blocks ``members`` and the RMS of its noise in each.
+        """The ramped residual of blocks ``members`` (of one tile) and its noise RMS in each.
 
         The noise is the dense planes' (``flux_err**2`` times ``noise_share``),
         interpolated as the residual is (bins independent) and ramped the same way.
         """
         fine, t = self.fine, self.fine.tile
-        out = np.empty((members.size, t, t), dtype=np.float32)
-        noise = np.empty(members.size)
-        for i, b in enumerate(members):
-            plane = int(fine.plane[b])
-            frame = plane if self.index is None else int(self.index[plane])
-            (wr, r), (wc, c) = self.rows[fine.tile_row[b]], self.cols[fine.tile_col[b]]
-            comp = np.asarray(self.lowrank.flux_comp[:, r, c], dtype=float)
-            compact = np.tensordot(self.lowrank.flux_coef[plane].astype(float), comp, axes=1)
-            dense = np.asarray(self.flux[frame, r, c], dtype=float)
-            var = np.asarray(self.flux_err[frame, r, c], dtype=float) ** 2
-            var = var if self.share is None else var * self.share[r, c]
-            ramp = self._taper(b) if taper else np.ones((t, t))
-            out[i] = ramp * (wr @ (dense - compact) @ wc.T)
-            noise[i] = np.sqrt(np.mean(ramp**2 * ((wr**2) @ var @ (wc**2).T)))
-        return out, noise
+        b = members[0]  # one tile: the same bins for every block
+        (wr, r), (wc, c) = self.rows[fine.tile_row[b]], self.cols[fine.tile_col[b]]
+        planes = fine.plane[members]
+        frames = planes if self.index is None else np.asarray(self.index)[planes]
+        comp = np.asarray(self.lowrank.flux_comp[:, r, c], dtype=float)
+        compact = np.tensordot(self.lowrank.flux_coef[planes].astype(float), comp, axes=1)
+        dense = np.stack([np.asarray(self.flux[f, r, c], dtype=float) for f in frames])
+        var = np.stack([np.asarray(self.flux_err[f, r, c], dtype=float) for f in frames]) ** 2
+        var = var if self.share is None else var * self.share[r, c]
+        ramp = np.stack([self._taper(i) if taper else np.ones((t, t)) for i in members])
+        out = ramp * (wr @ (dense - compact) @ wc.T)
+        noise = (wr**2) @ var @ (wc**2).T
+        noise = np.sqrt(np.mean(ramp**2 * noise, axis=(1, 2)))
+        return out.astype(np.float32), noise
 
     def _taper(self, b: int) -> np.ndarray:
         """1, ramping to 0 over one coarse bin towards each side without a block beyond."""
