@@ -34,6 +34,7 @@ from astropy.time import Time
 
 from . import binsplit, interpolate
 from .ccd import CAMERAS, CCDS, SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
+from .compactfine import carry_compression
 from .cubefile import ENCODINGS, FORMAT_VERSION, default_extents, read_fields, to_hdulist
 from .exceptions import CubeFormatError, OutsideCubeError
 from .finelayer import FineLayer
@@ -482,6 +483,13 @@ class ScatterLightCube:
         Evaluation combines each term as it is correlated (see
         `~lk_scatterlight.lowrank.evaluate_factors`).
 
+        **Fine layer.** A fine layer holds the residual against the dense
+        planes. The compact copy's layer is the one the builder would have made
+        against the compact planes with the same basis images: in its tiles it
+        also holds what the compression lost there
+        (`~lk_scatterlight.compactfine.carry_compression`). Its blocks, quoted
+        errors and size are unchanged.
+
         Parameters
         ----------
         tolerance : float
@@ -513,12 +521,14 @@ class ScatterLightCube:
             raise ValueError(f"tolerance must be >= 0, found {tolerance!r}.")
         if int(max_rank) != max_rank or max_rank < 0:
             raise ValueError(f"max_rank must be a non-negative integer, found {max_rank!r}.")
-        lowrank = compress_planes(
-            Planes(np.asarray(self._flux, dtype=np.float32)),
-            Planes(np.asarray(self._flux_err, dtype=np.float32)),
-            float(tolerance),
-            int(max_rank),
-        )
+        flux = np.asarray(self._flux, dtype=np.float32)
+        flux_err = np.asarray(self._flux_err, dtype=np.float32)
+        lowrank = compress_planes(Planes(flux), Planes(flux_err), float(tolerance), int(max_rank))
+        fine = self.fine
+        if fine is not None:  # its tiles carry what the compression loses there
+            fine = carry_compression(
+                fine, lowrank, flux, flux_err, self.row, self.column, noise_share=self.noise_share
+            )
         return compact_cube(
             lowrank,
             self.sector,
@@ -534,7 +544,7 @@ class ScatterLightCube:
             meta=self.meta,
             strap_column=self.strap_column,
             strap_response=self.strap_response,
-            fine=self.fine,
+            fine=fine,
             region=self.region,
             noise_share=self.noise_share,
             strap_response_err=self.strap_response_err,

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..binsplit import SplitSums, fine_coverage
 from ..ccd import SCIENCE_COLUMNS, SCIENCE_ROWS
+from ..compactfine import carry_compression
 from ..cube import GAP_FACTOR, ScatterLightCube, compact_cube
 from ..lowrank import CHUNK_VALUES, DEFAULT_MAX_RANK, Planes, compress_planes
 from .config import BuildConfig, PlaneBinner
@@ -291,6 +292,16 @@ def _assemble_compact(
     )
     kwargs = dict(planes)
     axes = [kwargs.pop(name) for name in ("time", "time_start", "time_stop", "row", "column")]
+    if kwargs.get("fine") is not None:  # its tiles carry what the compression loses there
+        kwargs["fine"] = carry_compression(
+            kwargs["fine"],
+            lowrank,
+            work["value"],
+            work["error"],
+            *axes[3:],
+            index=used_index,
+            noise_share=kwargs.get("noise_share"),
+        )
     return compact_cube(lowrank, plan.sector, plan.camera, plan.ccd, *axes, **kwargs)
 
 
