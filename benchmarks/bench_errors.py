@@ -147,7 +147,7 @@ def without_fine_errors(cube):
     if fine is not None:
         zero = {
             name: np.zeros_like(getattr(fine, name))
-            for name in ("error", "fill_error", "misfit")
+            for name in ("error", "fill_error", "misfit", "long_misfit")
             if getattr(fine, name) is not None
         }
         bins.fine = dataclasses.replace(fine, **zero)
