@@ -11,8 +11,8 @@ import numpy as np
 
 from ... import interpolate
 from ...finelayer import FineLayer, compress_tile
-from .context import MISFIT_COLUMNS, FineContext
-from .misfit import _fill_amplitude, _fill_scale, _misfit_correlation
+from .context import FILL_CLASSES, MISFIT_COLUMNS, FineContext
+from .misfit import _fill_amplitude, _fill_local, _fill_scale, _misfit_correlation
 
 
 def _mean_squared_weight(pixel_bin: int) -> float:
@@ -34,6 +34,7 @@ def assemble_fine(
     tolerance: float = 0.01,
     calibration: np.ndarray | None = None,
     misfit: np.ndarray | None = None,
+    fill_probe: np.ndarray | None = None,
 ) -> FineLayer | None:
     """Gather the kept tiles of the used frames into a factored `FineLayer`, tile by tile.
 
@@ -86,6 +87,11 @@ def assemble_fine(
         structure's share of each block's error apart (``misfit``) with its
         correlation ratios (`_misfit_correlation` of the pooled lag-1 and
         lag-2 estimates), for aperture sums.
+    fill_probe : ndarray, shape (nframes, ntiles**2, 2, tile, tile), optional
+        Work-area `FineFrame.fill_probe` blocks (memory map), by frame index;
+        with the per-class columns of ``misfit``. Each hole bin then quotes its
+        own fill variance (`_fill_local`: from the probe bins nearest to it, the
+        time mean removed) and not its tile's pooled one (`_fill_map`).
 
     Returns
     -------
@@ -108,7 +114,11 @@ def assemble_fine(
     per_pixel = _mean_squared_weight(context.pixel_bin)
     by_depth = misfit is not None and misfit.shape[-1] >= MISFIT_COLUMNS
     fill_scale = _fill_scale(misfit[..., 5:MISFIT_COLUMNS][kept]) if by_depth else None
-    holes, fill_error, hole_index = [], [], []
+    holes, fill_error, hole_index, fill_map = [], [], [], []
+    local = None
+    if fill_probe is not None and by_depth:
+        local = _fill_local(fill_probe, kept, used_index, context, fill_scale)
+        by_class_scale = np.ones(FILL_CLASSES) if fill_scale is None else fill_scale
     misfit_error, misfit_corr = [], []
     for tile in np.flatnonzero(kept.any(axis=0)):
         pos = np.flatnonzero(kept[:, tile])
@@ -128,9 +138,17 @@ def assemble_fine(
                 corr = _misfit_correlation(pooled, np.sum(misfit[pos, tile, 3:5], axis=0))
         i, j = divmod(int(tile), nt)
         hole = ~context.ok[i * t : (i + 1) * t, j * t : (j + 1) * t]
+        depth = context.hole_class[i * t : (i + 1) * t, j * t : (j + 1) * t]
+        relative = None
+        if local is not None and hole.any() and power > 0:  # each bin its own fill error
+            bins = local[i * t : (i + 1) * t, j * t : (j + 1) * t]
+            amplitude, relative = _fill_map(bins, hole)
+            fill = amplitude * pos.size / power if relative is not None else fill
         if fill > 0 and hole.any():  # the tile's holes (their depth classes), quoted
-            depth = context.hole_class[i * t : (i + 1) * t, j * t : (j + 1) * t]
             holes.append(depth if fill_scale is not None else hole)
+            if local is not None:  # without a probe bin near: the tile's, by class
+                by_class = np.concatenate([[0.0], by_class_scale])[depth]
+                fill_map.append(by_class if relative is None else relative)
         planes, where = np.unique(plane_of[pos], return_inverse=True)
         frame_error = sigma[pos, tile].astype(float)
         if binned:  # time bins: average over each plane's frames (0 where not kept)
@@ -182,6 +200,26 @@ def assemble_fine(
         hole_index=np.concatenate(hole_index),
         holes=np.array(holes, dtype=np.uint8).reshape(-1, t, t),
         fill_scale=fill_scale if holes else None,
+        fill_map=np.array(fill_map, np.float32).reshape(-1, t, t) if fill_map else None,
         misfit=np.concatenate(misfit_error) if misfit is not None else None,
         misfit_corr=np.concatenate(misfit_corr) if misfit is not None else None,
     )
+
+
+def _fill_map(bins: np.ndarray, hole: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """A tile's fill amplitude and each of its hole bins' fill variance relative to it.
+
+    ``bins``: the tile's `_fill_local` [(e-/s)**2] (NaN: no probe bin near);
+    ``hole``: its hole bins. The amplitude is their mean, those without a probe
+    bin near taking the mean of the others; the relative variance is 0 off the
+    holes. ``(0, None)`` when no hole bin has a probe bin near or their mean is 0
+    (the tile keeps its pooled error, by class).
+    """
+    values = bins[hole]
+    known = np.isfinite(values)
+    if not known.any() or values[known].mean() <= 0:
+        return 0.0, None
+    values = np.where(known, values, values[known].mean())
+    relative = np.zeros(hole.shape, dtype=np.float32)
+    relative[hole] = values / values.mean()
+    return float(values.mean()), relative
