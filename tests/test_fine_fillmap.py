@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from lk_scatterlight import CubeFormatError
 from lk_scatterlight.builder.fine import MISFIT_COLUMNS, assemble_fine, make_fine_context
 from lk_scatterlight.builder.fine.assemble import _mean_squared_weight
 from lk_scatterlight.builder.fine.fill import (
@@ -120,3 +121,8 @@ def test_fill_map_round_trip_and_old_files(two_holes, tmp_path):
     np.testing.assert_array_equal(old._fill_variance(hole)[0], by_class)
     bad = FineLayer(**{**layer.__dict__, "fill_map": layer.fill_map[:, :2]})
     assert bad.validate(4)[-1].startswith("fine layer fill map must be")
+    negative = FineLayer(**{**layer.__dict__, "fill_map": -layer.fill_map})
+    assert negative.validate(4)[-1] == "fine layer fill map must be finite and non-negative"
+    hdul["FINE_FILLMAP"] = fits.ImageHDU(layer.fill_map[:, :2], name="FINE_FILLMAP")
+    with pytest.raises(CubeFormatError, match="FINE_FILLMAP must have the shape of FINE_HOLES"):
+        FineLayer.from_hdul(hdul, "f.fits")
