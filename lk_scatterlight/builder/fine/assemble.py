@@ -209,17 +209,22 @@ def assemble_fine(
 def _fill_map(bins: np.ndarray, hole: np.ndarray) -> tuple[float, np.ndarray | None]:
     """A tile's fill amplitude and each of its hole bins' fill variance relative to it.
 
-    ``bins``: the tile's `_fill_local` [(e-/s)**2] (NaN: no probe bin near);
-    ``hole``: its hole bins. The amplitude is their mean, those without a probe
-    bin near taking the mean of the others; the relative variance is 0 off the
-    holes. ``(0, None)`` when no hole bin has a probe bin near or their mean is 0
-    (the tile keeps its pooled error, by class).
+    ``bins``: the tile's `_fill_local` [(e-/s)**2], unbiased estimates (NaN: no
+    probe bin near); ``hole``: its hole bins. The amplitude is their mean (those
+    without a probe bin near taking the mean of the others), floored at 0 as a
+    whole and not bin by bin (each bin floored would add the probe's noise
+    where the fill misses nothing); each bin's share of it follows its estimate
+    floored at 0; 0 off the holes. ``(0, None)`` when no hole bin has a probe
+    bin near (the tile keeps its pooled error, by class).
     """
     values = bins[hole]
     known = np.isfinite(values)
-    if not known.any() or values[known].mean() <= 0:
+    relative = np.zeros(hole.shape, dtype=np.float32)
+    if not known.any():
         return 0.0, None
     values = np.where(known, values, values[known].mean())
-    relative = np.zeros(hole.shape, dtype=np.float32)
-    relative[hole] = values / values.mean()
-    return float(values.mean()), relative
+    amplitude, positive = float(values.mean()), np.maximum(values, 0.0)
+    if amplitude <= 0:
+        return 0.0, relative
+    relative[hole] = positive / positive.mean()
+    return amplitude, relative

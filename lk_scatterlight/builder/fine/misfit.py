@@ -318,9 +318,10 @@ def _fill_local(probe, kept, used_index, context: FineContext, scale) -> np.ndar
     a light curve's shape does not see it) less the mean of the bin's own noise
     variance, over the scale of its depth class once hidden. A hole bin of a
     kept tile takes the mean of that over the probe bins at most one bin farther
-    than the nearest (within `_FILL_REACH` bins), floored at 0, times the scale
-    of its own class: the fill error changes by orders of magnitude within a
-    tile (beside a ridge crossing a star halo, next to flat sky).
+    than the nearest (within `_FILL_REACH` bins), times the scale of its own
+    class: the fill error changes by orders of magnitude within a tile (beside a
+    ridge crossing a star halo, next to flat sky). Unbiased, so negative about
+    as often as positive where the fill misses nothing (`_fill_map` floors it).
     """
     nf, t, nt = context.ok.shape[0], context.tile, context.ntiles
     sums = np.zeros((4, nf, nf))  # frames, sum, sum of squares, noise
@@ -362,7 +363,7 @@ def _fill_local(probe, kept, used_index, context: FineContext, scale) -> np.ndar
         local = (nearest * values).sum(axis=1) / nearest.sum(axis=1)
         within = distance.min(axis=1) <= _FILL_REACH
         own = table[context.hole_class[hole_rows, hole_cols]]
-        out[hole_rows[within], hole_cols[within]] = np.maximum(local[within], 0.0) * own[within]
+        out[hole_rows[within], hole_cols[within]] = local[within] * own[within]
     return out
 
 
