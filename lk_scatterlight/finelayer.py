@@ -109,6 +109,13 @@ class FineLayer:
         The fill variance of a bin of depth class ``k`` (1-based) is
         ``fill_error**2 * fill_scale[k - 1]``. None (older files): 1 for
         every class. Only with ``holes``.
+    fill_map : ndarray of float32, shape (nholes, tile, tile), optional
+        Each filled bin's own fill variance relative to ``fill_error**2``
+        (0 off the holes): when given, a bin of hole image ``k`` quotes
+        ``fill_error**2 * fill_map[k]`` in place of ``fill_scale`` by class
+        (the builder's `_fill_local`: the fill error of the measured bins
+        nearest to it, about its time mean). None (older files): by class.
+        Only with ``holes``.
     misfit : ndarray of float32, shape (nblocks,), optional
         The part of ``error`` that is structure the fine bins cannot follow
         (misfit varying from pixel to pixel, not noise of the bin values) [e-/s].
@@ -150,6 +157,7 @@ class FineLayer:
     fill_scale: np.ndarray | None = None
     long_misfit: np.ndarray | None = None
     long_corr: np.ndarray | None = None
+    fill_map: np.ndarray | None = None
 
     def __post_init__(self):
         if self.coef_start is None:  # coefficients in block order (files may omit COEF)
@@ -175,6 +183,11 @@ class FineLayer:
                 raise ValueError(msg)
             scale = np.asarray(self.fill_scale, dtype=np.float32).ravel()
             object.__setattr__(self, "fill_scale", scale)
+        if self.fill_map is not None:
+            if self.holes is None:
+                msg = "fill_map needs holes: give fill_error, hole_index and holes too."
+                raise ValueError(msg)
+            object.__setattr__(self, "fill_map", np.asarray(self.fill_map, dtype=np.float32))
         if (self.misfit is None) != (self.misfit_corr is None):
             msg = "misfit and misfit_corr go together: give both or neither."
             raise ValueError(msg)
@@ -254,6 +267,7 @@ class FineLayer:
         arrays = (self.tile_row, self.tile_col, self.plane, self.error, self.basis, self.coef)
         extra = (self.fill_error, self.hole_index, self.holes) if self.holes is not None else ()
         extra = (*extra, self.fill_scale) if self.fill_scale is not None else extra
+        extra = (*extra, self.fill_map) if self.fill_map is not None else extra
         if self.misfit is not None:
             extra = (*extra, self.misfit, self.misfit_corr)
         if self.long_misfit is not None:
@@ -346,10 +360,17 @@ class FineLayer:
             return ["fine layer fill variance factors must be finite and non-negative"]
         if scale is not None and self.holes.size and self.holes.max() > scale.size:
             return [f"fine layer hole depth classes must lie in 0..{scale.size}"]
+        fill_map = self.fill_map
+        if fill_map is not None and fill_map.shape != self.holes.shape:
+            return [f"fine layer fill map must be {self.holes.shape}; found {fill_map.shape}"]
+        if fill_map is not None and (not np.all(np.isfinite(fill_map)) or np.any(fill_map < 0)):
+            return ["fine layer fill map must be finite and non-negative"]
         return []
 
     def _fill_variance(self, hole: np.ndarray) -> np.ndarray:
         """Relative fill variance of every bin of hole images ``hole`` (-1: none), 0 elsewhere."""
+        if self.fill_map is not None:
+            return np.where(hole[:, None, None] >= 0, self.fill_map[hole.clip(0)], 0)
         classes = int(self.holes.max()) if self.holes.size else 0
         scale = np.ones(classes) if self.fill_scale is None else self.fill_scale
         table = np.concatenate([[0.0], scale]).astype(np.float32)
@@ -699,7 +720,21 @@ class FineLayer:
             for k, value in enumerate(() if self.fill_scale is None else self.fill_scale, 1):
                 holes.header[f"FILLVAR{k}"] = (float(value), f"fill variance of depth class {k}")
             hdus.append(holes)
+            if self.fill_map is not None:
+                hdus.append(self._fill_map_hdu())
         return hdus
+
+    def _fill_map_hdu(self) -> fits.CompImageHDU:
+        """``FINE_FILLMAP``: `fill_map`, float32, compressed losslessly (``GZIP_2``)."""
+        hdu = fits.CompImageHDU(
+            self.fill_map.astype(np.float32),
+            name="FINE_FILLMAP",
+            compression_type="GZIP_2",
+            quantize_level=0.0,
+            tile_shape=(max(1, min(len(self.fill_map), _COMPRESSION_IMAGES)), self.tile, self.tile),
+        )
+        hdu.header["COMMENT"] = "fill variance of each filled fine bin, in units of FILLERR**2"
+        return hdu
 
     def _index_image(self, implied: bool) -> fits.CompImageHDU:
         """``FINE_INDEX`` as a tile-compressed int32 image, one row per index column.
@@ -887,11 +922,20 @@ def _holes(hdul, table: dict, tile: int, path) -> dict:
     except (TypeError, ValueError):
         msg = f"{path}: the FILLVARn keywords of FINE_HOLES must be numbers; the file is damaged."
         raise CubeFormatError(msg) from None
+    fill_map = None
+    if "FINE_FILLMAP" in hdul:
+        fill_map = np.asarray(fastfits.image(hdul, "FINE_FILLMAP").data, dtype=np.float32)
+        if fill_map.shape != holes.shape:
+            raise CubeFormatError(
+                f"{path}: FINE_FILLMAP must have the shape of FINE_HOLES, {holes.shape}; "
+                f"found {fill_map.shape}. The file is damaged."
+            )
     return {
         "fill_error": table["FILLERR"],
         "hole_index": table["HOLES"],
         "holes": holes,
         "fill_scale": scale,
+        "fill_map": fill_map,
     }
 
 

@@ -158,6 +158,7 @@ def assemble(
             config.compact_tolerance,
             np.asarray(work["fine_calibration"][used_index]),
             np.asarray(work["fine_misfit"][used_index]),
+            fill_probe=work["fine_fillprobe"],
         )
 
     straps = plan.straps

@@ -87,6 +87,8 @@ class WorkArea:
             # rows, columns, fill; rows and columns at a lag of 2 px; fill per depth class;
             # rows and columns at lags of 3 and 4 px
             shapes["fine_misfit"] = ((nframes, ntiles, MISFIT_WIDTH), np.float32)
+            # the fill probe bin by bin: fill - value, the bin's noise variance
+            shapes["fine_fillprobe"] = ((nframes, ntiles, 2, side, side), np.float32)
         stale = [] if fresh else _stale_arrays(folder, shapes)
         if stale:
             # A work area from an older version of the builder: the frames it finished
@@ -135,6 +137,8 @@ class WorkArea:
         self.arrays["fine_calibration"][index] = fine.calibration
         if fine.misfit is not None:
             self.arrays["fine_misfit"][index, fine.tiles] = fine.misfit
+        if fine.fill_probe is not None:
+            self.arrays["fine_fillprobe"][index, fine.tiles] = fine.fill_probe
         self.arrays["fine"][index, fine.tiles] = fine.blocks  # only these pages are written
 
     def store_chunk(self, chunk: ChunkResult) -> None:

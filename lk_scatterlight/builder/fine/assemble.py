@@ -11,8 +11,14 @@ import numpy as np
 
 from ... import interpolate
 from ...finelayer import FineLayer, compress_tile
-from .context import MISFIT_COLUMNS, MISFIT_WIDTH, FineContext
-from .misfit import _fill_amplitude, _fill_scale, _misfit_correlation, _misfit_parts
+from .context import FILL_CLASSES, MISFIT_COLUMNS, MISFIT_WIDTH, FineContext
+from .misfit import (
+    _fill_amplitude,
+    _fill_local,
+    _fill_scale,
+    _misfit_correlation,
+    _misfit_parts,
+)
 
 
 def _mean_squared_weight(pixel_bin: int) -> float:
@@ -34,6 +40,7 @@ def assemble_fine(
     tolerance: float = 0.01,
     calibration: np.ndarray | None = None,
     misfit: np.ndarray | None = None,
+    fill_probe: np.ndarray | None = None,
 ) -> FineLayer | None:
     """Gather the kept tiles of the used frames into a factored `FineLayer`, tile by tile.
 
@@ -91,6 +98,11 @@ def assemble_fine(
         of the pooled estimates): the layer's ``misfit`` keeps the part that
         changes within a bin, ``long_misfit`` the part shared over several
         pixels, each with its own correlations.
+    fill_probe : ndarray, shape (nframes, ntiles**2, 2, tile, tile), optional
+        Work-area `FineFrame.fill_probe` blocks (memory map), by frame index;
+        with the per-class columns of ``misfit``. Each hole bin then quotes its
+        own fill variance (`_fill_local`: from the probe bins nearest to it, the
+        time mean removed) and not its tile's pooled one (`_fill_map`).
 
     Returns
     -------
@@ -113,7 +125,11 @@ def assemble_fine(
     per_pixel = _mean_squared_weight(context.pixel_bin)
     by_depth = misfit is not None and misfit.shape[-1] >= MISFIT_COLUMNS
     fill_scale = _fill_scale(misfit[..., 5:MISFIT_COLUMNS][kept]) if by_depth else None
-    holes, fill_error, hole_index = [], [], []
+    holes, fill_error, hole_index, fill_map = [], [], [], []
+    local = None
+    if fill_probe is not None and by_depth:
+        local = _fill_local(fill_probe, kept, used_index, context, fill_scale)
+        by_class_scale = np.ones(FILL_CLASSES) if fill_scale is None else fill_scale
     misfit_error, misfit_corr, long_error, long_corr = [], [], [], []
     two_part = misfit is not None and misfit.shape[-1] >= MISFIT_WIDTH
     for tile in np.flatnonzero(kept.any(axis=0)):
@@ -136,9 +152,17 @@ def assemble_fine(
                 corr = _misfit_correlation(pooled, np.sum(misfit[pos, tile, 3:5], axis=0))
         i, j = divmod(int(tile), nt)
         hole = ~context.ok[i * t : (i + 1) * t, j * t : (j + 1) * t]
+        depth = context.hole_class[i * t : (i + 1) * t, j * t : (j + 1) * t]
+        relative = None
+        if local is not None and hole.any() and power > 0:  # each bin its own fill error
+            bins = local[i * t : (i + 1) * t, j * t : (j + 1) * t]
+            amplitude, relative = _fill_map(bins, hole)
+            fill = amplitude * pos.size / power if relative is not None else fill
         if fill > 0 and hole.any():  # the tile's holes (their depth classes), quoted
-            depth = context.hole_class[i * t : (i + 1) * t, j * t : (j + 1) * t]
             holes.append(depth if fill_scale is not None else hole)
+            if local is not None:  # without a probe bin near: the tile's, by class
+                by_class = np.concatenate([[0.0], by_class_scale])[depth]
+                fill_map.append(by_class if relative is None else relative)
         planes, where = np.unique(plane_of[pos], return_inverse=True)
         frame_error = sigma[pos, tile].astype(float)
         if binned:  # time bins: average over each plane's frames (0 where not kept)
@@ -192,6 +216,7 @@ def assemble_fine(
         hole_index=np.concatenate(hole_index),
         holes=np.array(holes, dtype=np.uint8).reshape(-1, t, t),
         fill_scale=fill_scale if holes else None,
+        fill_map=np.array(fill_map, np.float32).reshape(-1, t, t) if fill_map else None,
         misfit=np.concatenate(misfit_error) if misfit is not None else None,
         misfit_corr=np.concatenate(misfit_corr) if misfit is not None else None,
         long_misfit=np.concatenate(long_error) if two_part else None,
@@ -211,3 +236,27 @@ def _misfit_split(rows: np.ndarray, power: float) -> tuple[float, np.ndarray, fl
     lags = np.stack([pooled[:2], pooled[3:5], *pooled[MISFIT_COLUMNS:].reshape(-1, 2)])
     short, short_corr, wide, wide_corr = _misfit_parts(lags)
     return short / power, short_corr, wide / power, wide_corr
+
+
+def _fill_map(bins: np.ndarray, hole: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """A tile's fill amplitude and each of its hole bins' fill variance relative to it.
+
+    ``bins``: the tile's `_fill_local` [(e-/s)**2], unbiased estimates (NaN: no
+    probe bin near); ``hole``: its hole bins. The amplitude is their mean (those
+    without a probe bin near taking the mean of the others), floored at 0 as a
+    whole and not bin by bin (each bin floored would add the probe's noise
+    where the fill misses nothing); each bin's share of it follows its estimate
+    floored at 0; 0 off the holes. ``(0, None)`` when no hole bin has a probe
+    bin near (the tile keeps its pooled error, by class).
+    """
+    values = bins[hole]
+    known = np.isfinite(values)
+    relative = np.zeros(hole.shape, dtype=np.float32)
+    if not known.any():
+        return 0.0, None
+    values = np.where(known, values, values[known].mean())
+    amplitude, positive = float(values.mean()), np.maximum(values, 0.0)
+    if amplitude <= 0:
+        return 0.0, relative
+    relative[hole] = positive / positive.mean()
+    return amplitude, relative

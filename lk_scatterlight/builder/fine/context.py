@@ -150,6 +150,10 @@ class FineFrame:
         (`MISFIT_WIDTH` in all) the first two at lags of 3 and 4 px.
         Unbiased estimates, so they are negative as often as positive where the
         model misses nothing. None: not measured.
+    fill_probe : ndarray of float32, shape (nkept, 2, tile, tile), optional
+        Per kept tile, `_fill_misfit`'s probe bin by bin: ``fill - value`` of
+        each hidden valid bin [e-/s] and the frame's own noise variance of that
+        bin [(e-/s)**2]; NaN on the bins not probed. None: not measured.
     """
 
     tiles: np.ndarray
@@ -158,6 +162,7 @@ class FineFrame:
     chi2: np.ndarray
     calibration: float = 1.0
     misfit: np.ndarray | None = None
+    fill_probe: np.ndarray | None = None
 
 
 def make_fine_context(

@@ -13,6 +13,7 @@ from scipy import ndimage
 from ... import interpolate
 from .context import FILL_CLASSES, FineContext, depth_class
 from .fill import (
+    _PROFILE_MIN,
     _fill_along_structure,
     _fill_isotropic,
     _fill_profiles,
@@ -166,14 +167,66 @@ def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
     return estimates
 
 
-def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibration) -> np.ndarray:
+def _fill_probe(filled, ok, model, kept, context: FineContext, noise):
+    """Hide the valid bins next to the holes of the kept tiles and fill them again.
+
+    The probe of `_fill_misfit` and `_fill_bins`: the ring bins (`_hole_ring`) of
+    the kept tiles are filled from the remaining valid bins with the holes' own
+    steps (isotropic first guess, along the structure, profiles across it).
+    Returns their rows, columns and ``fill - value`` [e-/s] (empty when no kept
+    tile has a ring bin), and the valid bins left measured (``hidden``'s
+    complement among the measured bins: ``ok`` less the ring bins probed).
+    """
+    t, nt = context.tile, context.ntiles
+    is_kept = np.zeros(nt * nt, dtype=bool)
+    is_kept[kept] = True
+    in_kept = is_kept.reshape(nt, nt).repeat(t, 0).repeat(t, 1)
+    static = ok is context.ok and context.ring is not None  # no NaN holes in this frame
+    ring = context.ring if static else _hole_ring(ok)
+    probe = ring & in_kept
+    rows, cols = np.nonzero(probe)
+    hidden = ok & ~probe
+    if not rows.size:
+        return rows, cols, np.zeros(0), hidden
+    trial = filled.copy()
+    _fill_isotropic(trial, hidden, (rows, cols), copy=False)
+    _fill_along_structure(trial, hidden, model, rows, cols)
+    labels, pieces = context.ring_holes if static else _profile_pieces(~(ok & ~ring))
+    profiled = _profiled(labels, context.labels if static else _profile_pieces(~ok)[0])
+    touch = [profiled[k] and probe[r0:r1, c0:c1].any() for k, r0, r1, c0, c1 in pieces.tolist()]
+    if any(touch):
+        _fill_profiles(trial, hidden, model, noise, context.threshold, (labels, pieces[touch]))
+    return rows, cols, (trial[rows, cols] - filled[rows, cols]).astype(float), hidden
+
+
+def _profiled(labels: np.ndarray, hole_labels: np.ndarray) -> np.ndarray:
+    """Per hole of ``labels`` (the holes with the ring hidden), whether it holds a hole
+    of ``hole_labels`` (the frame's own) of `_PROFILE_MIN` bins or more.
+
+    Only those holes are refitted with profiles (`_fill_profiles`): a smaller
+    hole keeps its first fill and the fill along the structure, and so must its
+    ring in the probe. On the structured simulated field, holes of 1-3 bins
+    (stars below the halo size) hold 93 % of the fill error in kept tiles,
+    which a probe refitting their ring with profiles quoted 4.7x too small.
+    """
+    sizes = np.bincount(hole_labels.ravel())
+    sizes[0] = 0
+    inside = hole_labels > 0
+    out = np.zeros(int(labels.max()) + 1, dtype=bool)
+    out[labels[inside][sizes[hole_labels[inside]] >= _PROFILE_MIN]] = True
+    return out
+
+
+def _fill_misfit(
+    filled, ok, model, kept, context: FineContext, noise, calibration, probe=None
+) -> np.ndarray:
     """Per kept tile, the error of its filled bins, measured by filling known bins.
 
     The valid bins next to the holes of the kept tiles (those one bin up, down,
     left or right of a hole) are hidden and filled from the remaining valid
-    bins, with the same steps as the holes (isotropic first guess, along the
-    structure, profiles across it): they are the hole's edge, one bin deeper,
-    so their fill sees structure crossing the hole as the hole's own fill does.
+    bins, with the same steps as the holes (`_fill_probe`): they are the hole's
+    edge, one bin deeper, so their fill sees structure crossing the hole as the
+    hole's own fill does.
     Per kept tile, the mean over those bins of ``(fill - value)**2``
     less the value's noise variance (``noise`` times ``calibration``: the frame's
     variance of each bin) estimates a filled bin's squared error [(e-/s)**2],
@@ -189,7 +242,8 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
 
     ``filled``: the frame's residual with its holes filled (before the curvature
     step); ``ok``: its measured bins; ``model``: the coarse model's bin means;
-    ``noise``: the predicted variance of each bin (`_Noise.image`).
+    ``noise``: the predicted variance of each bin (`_Noise.image`); ``probe``:
+    `_fill_probe` of the same arguments, if already made.
 
     Returns
     -------
@@ -198,25 +252,10 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
     """
     out = np.zeros((kept.size, 1 + 2 * FILL_CLASSES), dtype=np.float32)
     t, nt = context.tile, context.ntiles
-    is_kept = np.zeros(nt * nt, dtype=bool)
-    is_kept[kept] = True
-    in_kept = is_kept.reshape(nt, nt).repeat(t, 0).repeat(t, 1)
-    static = ok is context.ok and context.ring is not None  # no NaN holes in this frame
-    ring = context.ring if static else _hole_ring(ok)
-    probe = ring & in_kept
-    if not probe.any():
+    rows, cols, difference, hidden = probe or _fill_probe(filled, ok, model, kept, context, noise)
+    if not rows.size:
         return out
-    hidden = ok & ~probe
-    trial = filled.copy()
-    rows, cols = np.nonzero(probe)
-    _fill_isotropic(trial, hidden, (rows, cols), copy=False)
-    _fill_along_structure(trial, hidden, model, rows, cols)
-    labels, pieces = context.ring_holes if static else _profile_pieces(~(ok & ~ring))
-    touch = [probe[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
-    if any(touch):
-        _fill_profiles(trial, hidden, model, noise, context.threshold, (labels, pieces[touch]))
-    excess = (trial[rows, cols] - filled[rows, cols]).astype(float) ** 2
-    excess -= calibration * noise[rows, cols]
+    excess = difference**2 - calibration * noise[rows, cols]
     tile = (rows // t) * nt + cols // t
     sums = np.bincount(tile, excess, minlength=nt * nt)[kept]
     count = np.bincount(tile, minlength=nt * nt)[kept]
@@ -227,6 +266,110 @@ def _fill_misfit(filled, ok, model, kept, context: FineContext, noise, calibrati
     out[:, 1 : 1 + FILL_CLASSES] = by_class[kept]
     out[:, 1 + FILL_CLASSES :] = np.bincount(at[0], minlength=at[1]).reshape(nt * nt, -1)[kept]
     return out
+
+
+def _bin_noise(uncertainty, context: FineContext, rows, cols, fallback) -> np.ndarray:
+    """The frame's own noise variance of the fine bins ``rows, cols`` [(e-/s)**2].
+
+    From the FFI uncertainty of each bin's own valid pixels, ``sum(sigma**2) /
+    count**2``: beside a saturated star the tile's RMS pixel uncertainty, which
+    the detection uses, is ~30x a bin's own. Without an uncertainty image,
+    ``fallback`` (the tile's predicted variance of each bin) at those bins.
+    """
+    if uncertainty is None:
+        return np.asarray(fallback, dtype=float)[rows, cols]
+    fb = context.pixel_bin
+    within = np.arange(fb)
+    pr = (rows[:, None] * fb + within)[:, :, None]
+    pc = (cols[:, None] * fb + within)[:, None, :]
+    variance = np.nan_to_num(np.square(uncertainty[pr, pc], dtype=float), posinf=0.0)
+    total = np.sum(variance * context.weights[pr, pc], axis=(1, 2))
+    count = np.maximum(context.count[rows, cols].astype(float), 1.0)
+    return total / count**2
+
+
+def _fill_bins(probe, kept, context: FineContext, bin_noise) -> np.ndarray:
+    """Per kept tile, its probe bins' ``fill - value`` and their own noise variance.
+
+    ``probe``: `_fill_probe`'s result; ``bin_noise``: `_bin_noise` at its bins.
+    Returns an array of float32, shape (len(kept), 2, tile, tile): NaN on the
+    bins not probed (`FineFrame.fill_probe`).
+    """
+    t, nt = context.tile, context.ntiles
+    out = np.full((kept.size, 2, t, t), np.nan, dtype=np.float32)
+    rows, cols, difference = probe[:3]
+    if not rows.size:
+        return out
+    slot = np.full(nt * nt, -1)
+    slot[kept] = np.arange(kept.size)
+    at = slot[(rows // t) * nt + cols // t]
+    out[at, 0, rows % t, cols % t] = difference
+    out[at, 1, rows % t, cols % t] = bin_noise
+    return out
+
+
+def _fill_local(probe, kept, used_index, context: FineContext, scale) -> np.ndarray:
+    """Each hole bin's fill variance from its nearest probe bins [(e-/s)**2], NaN: none.
+
+    ``probe``: the work area's `FineFrame.fill_probe` blocks, shape (nframes,
+    ntiles**2, 2, tile, tile), by frame index; ``kept`` and ``used_index`` as
+    for `assemble_fine`; ``scale``: `_fill_scale` (None: 1 for every class).
+    Per probe bin, over the frames whose tile was kept, the variance of ``fill -
+    value`` about its time mean (a bin's error constant in time is left out, as
+    a light curve's shape does not see it) less the mean of the bin's own noise
+    variance, over the scale of its depth class once hidden. A hole bin of a
+    kept tile takes the mean of that over the probe bins at most one bin farther
+    than the nearest (within `_FILL_REACH` bins), times the scale of its own
+    class: the fill error changes by orders of magnitude within a tile (beside a
+    ridge crossing a star halo, next to flat sky). Unbiased, so negative about
+    as often as positive where the fill misses nothing (`_fill_map` floors it).
+    """
+    nf, t, nt = context.ok.shape[0], context.tile, context.ntiles
+    sums = np.zeros((4, nf, nf))  # frames, sum, sum of squares, noise
+    tiles = np.flatnonzero(kept.any(axis=0))
+    for tile in tiles:
+        pos = np.flatnonzero(kept[:, tile])
+        data = np.asarray(probe[used_index[pos], tile], dtype=float)
+        seen = np.isfinite(data[:, 0])
+        d, noise = np.where(seen, data[:, 0], 0.0), np.where(seen, data[:, 1], 0.0)
+        i, j = divmod(int(tile), nt)
+        at = (slice(None), slice(i * t, (i + 1) * t), slice(j * t, (j + 1) * t))
+        sums[at] += [seen.sum(axis=0), d.sum(axis=0), (d**2).sum(axis=0), noise.sum(axis=0)]
+    frames, total, squares, noise = sums
+    measured = frames >= 2
+    m = np.where(measured, frames, 2.0)
+    spread = (squares - total**2 / m) / (m - 1) - noise / m
+    table = np.concatenate([[1.0], np.ones(FILL_CLASSES) if scale is None else scale])
+    table = np.where(table > 0, table, 1.0)
+    hidden = context.ok & ~context.ring
+    ring_class = depth_class(ndimage.distance_transform_edt(~hidden))
+    spread = np.where(measured, spread / table[ring_class], np.nan)
+    out = np.full((nf, nf), np.nan)
+    for tile in tiles:
+        i, j = divmod(int(tile), nt)
+        hole_rows, hole_cols = np.nonzero(~context.ok[i * t : (i + 1) * t, j * t : (j + 1) * t])
+        if not hole_rows.size:
+            continue
+        r0, c0 = max(i * t - _FILL_REACH, 0), max(j * t - _FILL_REACH, 0)
+        window = spread[r0 : (i + 1) * t + _FILL_REACH, c0 : (j + 1) * t + _FILL_REACH]
+        near_rows, near_cols = np.nonzero(np.isfinite(window))
+        if not near_rows.size:
+            continue
+        hole_rows, hole_cols = hole_rows + i * t, hole_cols + j * t
+        distance = np.hypot(
+            (hole_rows - r0)[:, None] - near_rows, (hole_cols - c0)[:, None] - near_cols
+        )
+        nearest = distance <= distance.min(axis=1, keepdims=True) + 1
+        values = window[near_rows, near_cols]
+        local = (nearest * values).sum(axis=1) / nearest.sum(axis=1)
+        within = distance.min(axis=1) <= _FILL_REACH
+        own = table[context.hole_class[hole_rows, hole_cols]]
+        out[hole_rows[within], hole_cols[within]] = local[within] * own[within]
+    return out
+
+
+#: Farthest probe bin [fine bins] whose fill error a hole bin takes (`_fill_local`).
+_FILL_REACH = 16
 
 
 #: Every this many rows, the pixels that calibrate `_tile_misfit`'s noise on a frame.

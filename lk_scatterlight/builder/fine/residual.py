@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from .context import FineContext, FineFrame
 from .fill import _fill_along_structure, _fill_isotropic, _fill_profiles, _profile_pieces
-from .misfit import _fill_misfit, _tile_misfit
+from .misfit import _bin_noise, _fill_bins, _fill_misfit, _fill_probe, _tile_misfit
 
 #: Fewest tiles with data whose median chi-square calibrates a frame's noise.
 _CALIBRATION_TILES = 64
@@ -98,7 +98,9 @@ def fine_residual(
     # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept]) * gain
     misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma, smoothing)
-    fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration)
+    probe = _fill_probe(filled, ok, model, kept, context, noise.image)
+    fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration, probe)
+    fill_noise = _bin_noise(uncertainty, context, *probe[:2], noise.image)
     misfit = np.column_stack(
         [misfit[:, :2], fill[:, 0], misfit[:, 2:4], fill[:, 1:], misfit[:, 4:]]
     )
@@ -110,6 +112,7 @@ def fine_residual(
         chi2,
         float(calibration),
         misfit,
+        _fill_bins(probe, kept, context, fill_noise),
     )
 
 
