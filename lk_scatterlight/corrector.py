@@ -44,6 +44,8 @@ QUALITY_NO_MODEL = 2**20
 QUALITY_STRONG_SL = 2**21
 #: Default ``flag_level`` [e-/s per pixel].
 DEFAULT_FLAG_LEVEL = 100.0
+#: The columns `ScatterLightCorrector.correct_tpf` writes (where the model covers a cadence).
+_WRITTEN = ("FLUX_ERR", "FLUX_BKG", "FLUX_BKG_ERR")
 
 
 def _has_background(tpf: TessTargetPixelFile) -> bool:
@@ -539,19 +541,27 @@ class ScatterLightCorrector(Corrector):
                 )
         ok = np.zeros(time.size, dtype=bool)  # the file's cadences the model covers
         ok[finite] = model.valid
-        rows = slice(None) if ok.all() else ok
-        if not model.valid.all():
-            model_flux, model_var = model_flux[model.valid], model_var[model.valid]
+        # Whole arrays, not the covered cadences: copies by a boolean mask cost more than
+        # the passes themselves. The cadences the model does not cover get a zero model
+        # and have their values put back (FLUX becomes NaN).
+        uncovered = np.flatnonzero(~ok)
+        names = [name for name in _WRITTEN if name in table.columns.names]
+        kept = {name: table[name][uncovered].copy() for name in names}
+        if self.replace_background:
+            # SPOC's level under the model's variation, per pixel (the model has no static
+            # sky), over the covered cadences (the model is NaN on the others).
+            level = np.nanmedian(spoc_bkg[finite_rows] - model_flux, axis=0)
+        missing = np.flatnonzero(~model.valid)
+        model_flux[missing], model_var[missing] = 0.0, 0.0
         strong_level = np.zeros(time.size)  # the scattered light itself (`QUALITY_STRONG_SL`)
-        strong_level[ok] = np.median(model_flux[:, self.aperture_mask], axis=1)
+        strong_level[finite] = np.median(model_flux[:, self.aperture_mask], axis=1)
+        rows = finite_rows
         flux_var = np.square(flux_err[rows])
         if self.replace_background:
-            # SPOC's level under the model's variation, per pixel (the model has no static sky).
-            model_flux += np.nanmedian(spoc_bkg[rows] - model_flux, axis=0)
+            model_flux += level
             flux_var -= np.square(_finite_or_zero(table["FLUX_BKG_ERR"][rows]))  # SPOC's bkg
             np.maximum(flux_var, 0, out=flux_var)
         table["FLUX"][rows] = flux[rows] - model_flux
-        table["FLUX"][~ok] = np.nan
         flux_var += model_var
         table["FLUX_ERR"][rows] = np.sqrt(flux_var, out=flux_var)
         if self.replace_background:
@@ -564,6 +574,9 @@ class ScatterLightCorrector(Corrector):
                 bkg_var = np.square(_finite_or_zero(table["FLUX_BKG_ERR"][rows]))
                 bkg_var += model_var
                 table["FLUX_BKG_ERR"][rows] = np.sqrt(bkg_var, out=bkg_var)
+        for name, values in kept.items():
+            table[name][uncovered] = values
+        table["FLUX"][uncovered] = np.nan
         table["QUALITY"][~ok] |= QUALITY_NO_MODEL
         table["QUALITY"][ok & (strong_level > self.flag_level)] |= QUALITY_STRONG_SL
         from . import __version__

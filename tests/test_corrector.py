@@ -285,9 +285,18 @@ def test_cadences_outside_cube_are_flagged_and_nan(field, cube):
     assert np.all(lc.quality[-2:] & QUALITY_NO_MODEL)
     assert not np.any(lc.quality[:-2] & QUALITY_NO_MODEL)
     assert corrector.cadence_mask.sum() == 20
+    tpf.hdu[1].data["FLUX_BKG"][-1, 0, 0] = np.nan
     corrected_tpf = corrector.correct_tpf()
     assert np.all(np.isnan(corrected_tpf.flux.value[-2:]))
     assert np.all(corrected_tpf.quality[-2:] & QUALITY_NO_MODEL)
+    # The cadences the model does not cover keep their errors and background as they were
+    # (a NaN too); the others have the model subtracted.
+    old, new = tpf.hdu[1].data, corrected_tpf.hdu[1].data
+    for name in ("FLUX_ERR", "FLUX_BKG", "FLUX_BKG_ERR"):
+        np.testing.assert_array_equal(new[name][-2:], old[name][-2:])
+    model = cube.evaluate(time[:-2], corrector.rows, corrector.columns).flux.value
+    np.testing.assert_allclose(new["FLUX"][:-2], old["FLUX"][:-2] - model, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(new["FLUX_BKG"][:-2], old["FLUX_BKG"][:-2] + model, atol=1e-3)
 
 
 def test_cadences_in_orbit_gap_are_not_interpolated(field, cube):

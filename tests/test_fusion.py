@@ -578,19 +578,3 @@ def test_fusion_runs_with_one_blas_thread(monkeypatch):
     assert seen
     assert all(threads == {1} for threads in seen)
     assert fusion is not None
-
-
-def test_split_package_keeps_the_old_names():
-    """The public names import from ``lk_scatterlight.fusion`` as before the split into a
-    package; a private name still resolves there, with a warning naming its new home."""
-    import lk_scatterlight.fusion as fusion_module
-    from lk_scatterlight.fusion import MIN_PIXELS, Fusion, core, local, result
-
-    assert fusion_module.fuse is core.fuse
-    assert fusion_module.background_pixels is local.background_pixels
-    assert Fusion is result.Fusion
-    assert MIN_PIXELS == core.MIN_PIXELS
-    with pytest.warns(DeprecationWarning, match="lk_scatterlight.fusion.local._clipped_sums"):
-        assert fusion_module._clipped_sums is _clipped_sums
-    with pytest.raises(AttributeError, match="no attribute '_nothing'"):
-        fusion_module._nothing  # noqa: B018

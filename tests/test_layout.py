@@ -121,6 +121,11 @@ def test_no_import_cycles(import_graph, graph):
         ("lk_scatterlight.geometry", "_angles", "lk_scatterlight.geometry.angles._angles"),
         ("lk_scatterlight.simulate", "_barycorr", "lk_scatterlight.simulate.spoc._barycorr"),
         ("lk_scatterlight.simulate", "_spill", "lk_scatterlight.simulate.render._spill"),
+        (
+            "lk_scatterlight.fusion",
+            "_clipped_sums",
+            "lk_scatterlight.fusion.local._clipped_sums",
+        ),
     ],
 )
 def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
@@ -136,6 +141,7 @@ def test_public_names_stay_where_they_were():
     from lk_scatterlight.builder import publish, straps
     from lk_scatterlight.builder.pipeline import BuildConfig
     from lk_scatterlight.cube import ENCODINGS, FORMAT_VERSION, CompressionInfo  # noqa: F401
+    from lk_scatterlight.fusion import MIN_PIXELS, core
     from lk_scatterlight.registry import REGISTRY_ENV
 
     assert publish.ZenodoClient.__module__ == "lk_scatterlight.builder.zenodo"
@@ -143,6 +149,7 @@ def test_public_names_stay_where_they_were():
     assert straps.strap_groups.__module__ == "lk_scatterlight.straps"
     assert BuildConfig.__module__ == "lk_scatterlight.builder.config"
     assert REGISTRY_ENV == "LK_SCATTERLIGHT_REGISTRY"
+    assert MIN_PIXELS == core.MIN_PIXELS  # a constant of the module before its split
 
 
 #: Names of the modules split into packages, as other modules, tests and benchmarks
@@ -161,6 +168,9 @@ SPLIT_NAMES = [
     ("lk_scatterlight.simulate", "ScatteredLightField", "field"),
     ("lk_scatterlight.simulate", "make_tpf", "tpf"),
     ("lk_scatterlight.simulate", "_render_stars", "render"),  # benchmarks/bench_fusion.py
+    ("lk_scatterlight.fusion", "fuse", "core"),
+    ("lk_scatterlight.fusion", "background_pixels", "local"),
+    ("lk_scatterlight.fusion", "Fusion", "result"),
 ]
 
 
