@@ -212,7 +212,9 @@ def test_correct_tpf_keeps_every_card_and_column_attribute(field, cube, tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScatterLightWarning)
         original = lk.read(path)
+        before = _cards(original.hdu), _columns(original.hdu[1])
         corrected = ScatterLightCorrector(original, cube=cube).correct_tpf()
+    assert (_cards(original.hdu), _columns(original.hdu[1])) == before  # the input as it was
     assert corrected.hdu[1].data["FLUX"].dtype.byteorder == ">"  # as read from the file
     added = ("SLCORR", "SLVER", "SLFUSED", "SLREPL", "SLCUBE")
     expected = _cards(original.hdu)
