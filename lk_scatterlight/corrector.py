@@ -63,6 +63,48 @@ def _native(column) -> np.ndarray:
     return np.array(column, dtype=column.dtype.newbyteorder("="), order="C")
 
 
+#: The attributes of a table column besides its name and format that the header keeps
+#: (TUNIT, TNULL, TSCAL, TZERO, TDISP, TBCOL, TDIM, the coordinate and time keywords).
+_COLUMN_ATTRIBUTES = (
+    "unit",
+    "null",
+    "bscale",
+    "bzero",
+    "disp",
+    "start",
+    "dim",
+    "coord_type",
+    "coord_unit",
+    "coord_ref_point",
+    "coord_ref_value",
+    "coord_inc",
+    "time_ref_pos",
+)
+
+
+def _copy_table(hdu: fits.BinTableHDU) -> fits.BinTableHDU:
+    """A copy of a binary table HDU that copies its record array once.
+
+    ``hdu.copy()`` also deep-copies the array of every column, i.e. the table a second
+    time. Here the columns are rebuilt from the copied array's dtype and given the
+    original's attributes, so the header, the column definitions and the byte order
+    come out as ``hdu.copy()`` gives them. A table with a column whose values differ from
+    its stored bytes (scaled, logical, text, variable-length) uses ``hdu.copy()``.
+    """
+    raw = hdu.data.view(np.ndarray)
+    if any(hdu.data[name].dtype != raw.dtype[name].base for name in raw.dtype.names):
+        return hdu.copy()
+    data = raw.copy().view(fits.FITS_rec)  # its columns named, typed and shaped by the dtype
+    for old, new in zip(hdu.columns, data.columns, strict=True):
+        if new.format != old.format:
+            return hdu.copy()
+        for attribute in _COLUMN_ATTRIBUTES:
+            value = getattr(old, attribute)
+            if getattr(new, attribute) != value:
+                setattr(new, attribute, value)
+    return fits.BinTableHDU(data=data, header=hdu.header.copy())
+
+
 def _good_cadences(tpf: TessTargetPixelFile, name: str) -> np.ndarray:
     """A table column at the TPF's good-quality cadences, as ``tpf.flux`` etc. give it.
 
@@ -506,7 +548,9 @@ class ScatterLightCorrector(Corrector):
                 "background_in_flux=True to the corrector to subtract anyway, or "
                 "replace_background=True to replace SPOC's time-variable background."
             )
-        hdulist = fits.HDUList([hdu.copy() for hdu in self.tpf.hdu])
+        hdulist = fits.HDUList(
+            [_copy_table(h) if isinstance(h, fits.BinTableHDU) else h.copy() for h in self.tpf.hdu]
+        )
         table = hdulist[1].data
         time = np.asarray(table["TIME"], dtype=float)
         finite = np.isfinite(time)

@@ -7,6 +7,7 @@ import lightkurve as lk
 import numpy as np
 import pytest
 from astropy import units as u
+from astropy.io import fits
 
 from lk_scatterlight import (
     CubeNotFoundError,
@@ -168,6 +169,68 @@ def test_correct_tpf_from_file_fused(field, cube, tmp_path):
     bkg_var = np.nan_to_num(old["FLUX_BKG_ERR"][ok]) ** 2 + variance
     np.testing.assert_allclose(new["FLUX_BKG_ERR"][ok] ** 2, bkg_var, rtol=1e-4)
     tpf.hdu.close()
+
+
+def _cards(hdulist) -> list[str]:
+    """Every header card of every HDU, less the two that ``to_fits()`` stamps with the time."""
+    return [
+        str(card)
+        for hdu in hdulist
+        for card in hdu.header.cards
+        if card.keyword not in ("CHECKSUM", "DATASUM")
+    ]
+
+
+def _columns(hdu) -> list[tuple]:
+    """What a user sees of each column: its definition (repr: every attribute) and dtype."""
+    return [(repr(column), hdu.data[column.name].dtype) for column in hdu.columns]
+
+
+@pytest.mark.parametrize("logical", [False, True], ids=["raw-values", "logical-column"])
+def test_correct_tpf_keeps_every_card_and_column_attribute(field, cube, tmp_path, logical):
+    """``correct_tpf()`` copies the table itself (not with ``hdu.copy()``): every header card
+    of every HDU but its own SL* cards, every column's attributes (TUNIT, TNULL, TDISP, TDIM,
+    coordinate and time keywords), dtype and byte order come out as they went in, in
+    memory and in the file ``to_fits()`` writes. A logical column (values unlike its
+    stored bytes) takes ``hdu.copy()``: the same result."""
+    tpf = simulate.make_tpf(field, row=700, column=1200, shape=(11, 11), seed=5)
+    table = tpf.hdu[1]
+    table.columns["TIME"].disp = "D14.7"
+    table.columns["TIME"].time_ref_pos = "TOPOCENTER"
+    table.columns["CADENCENO"].null = -1
+    table.columns["FLUX"].disp = "E14.7"
+    table.columns["FLUX"].coord_type = "RA---TAN"
+    table.columns["FLUX"].coord_unit = "deg"
+    if logical:
+        flags = fits.Column(name="FLAGGED", format="L", array=np.arange(len(table.data)) % 3 == 0)
+        table = fits.BinTableHDU.from_columns(
+            table.columns + fits.ColDefs([flags]), header=table.header
+        )
+        tpf.hdu[1] = table
+    path = tmp_path / "tpf.fits"
+    tpf.hdu.writeto(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScatterLightWarning)
+        original = lk.read(path)
+        before = _cards(original.hdu), _columns(original.hdu[1])
+        corrected = ScatterLightCorrector(original, cube=cube).correct_tpf()
+    assert (_cards(original.hdu), _columns(original.hdu[1])) == before  # the input as it was
+    assert corrected.hdu[1].data["FLUX"].dtype.byteorder == ">"  # as read from the file
+    added = ("SLCORR", "SLVER", "SLFUSED", "SLREPL", "SLCUBE")
+    expected = _cards(original.hdu)
+    assert [c for c in _cards(corrected.hdu) if c[:8].strip() not in added] == expected
+    assert _columns(corrected.hdu[1]) == _columns(original.hdu[1])
+    assert repr(corrected.hdu[1].columns) == repr(original.hdu[1].columns)
+    assert corrected.flux.unit == original.flux.unit == u.electron / u.s
+    written = tmp_path / "corrected.fits"
+    corrected.to_fits(output_fn=written)
+    back = lk.read(written)
+    assert _cards(back.hdu) == _cards(corrected.hdu)
+    assert _columns(back.hdu[1]) == _columns(corrected.hdu[1])
+    for name in corrected.hdu[1].columns.names:
+        np.testing.assert_array_equal(back.hdu[1].data[name], corrected.hdu[1].data[name])
+    for hdulist in (original.hdu, back.hdu):
+        hdulist.close()
 
 
 def test_correct_fuses_the_good_cadences_of_a_file(field, cube, tmp_path):
