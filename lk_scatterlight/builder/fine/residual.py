@@ -234,8 +234,11 @@ def _strap_response(
     over 10 % of ``sum(ref**2)`` were 0.17 low on average). That variance is
     taken out of ``sum(ref**2)`` (the errors-in-variables slope: 0.03 low
     there); a strap whose reference holds no light above its noise is not
-    corrected (response 1). The FFI's uncertainty leaves out the static
-    scene's noise, so a little of the pull remains.
+    corrected (response 1). These are the sums of a difference from the static
+    scene, whose noise the FFI's uncertainty leaves out (a little of the pull
+    remains); `fine_residual` passes the whole frame's (`_frame_strap_sums`)
+    when it has the static scene, where the pull is negligible and the
+    uncertainty is the frame's own noise.
     """
     response = np.ones(context.strap_idx.size, dtype=np.float32)
     if strap_sums is not None and context.strap_idx.size:
