@@ -293,6 +293,7 @@ def make_context(
         )
         line = reference_weights(strap_idx, ref_idx)[0]
         fine.strap_noise = (ref_idx, line, strap_rows(clean, strap_idx, ref_idx))
+        fine.strap_static = np.asarray(static, dtype=np.float32)  # the same array as below
     unread = np.flatnonzero(~read.any(axis=1))
     nearest = None
     if unread.size:

@@ -136,14 +136,15 @@ def strap_rows(clean, strap_idx, ref_idx) -> np.ndarray:
     return clean[:, ref_idx].all(axis=2) & clean[:, strap_idx]
 
 
-def strap_sums(diff, clean, strap_idx, ref_idx, rows=None):
+def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static=None):
     """Per strap: sum(strap * reference) and sum(reference**2) over rows free of sources.
 
     ``reference`` is the neighbour columns' straight line at the strap
     (`reference_weights`); the ratio of the two sums is the least-squares slope
     of strap against reference. Rows where the references curve (`curved_rows`)
     are left out. ``rows`` (from `strap_rows`, fixed for a build) saves
-    recomputing the clean rows.
+    recomputing the clean rows. ``static`` (same shape as ``diff``), when given,
+    is added to ``diff`` on the columns read: the sums of the whole frame.
     """
     if strap_idx.size == 0:
         return np.zeros((0, 2))
@@ -151,6 +152,8 @@ def strap_sums(diff, clean, strap_idx, ref_idx, rows=None):
     # runs along contiguous rows (2-D fancy indexing of columns is several times slower).
     columns, where = np.unique(np.r_[strap_idx, ref_idx.ravel()], return_inverse=True)
     block = np.take(diff, columns, axis=1).T.copy()  # (ncolumns, 2048)
+    if static is not None:
+        block += np.take(static, columns, axis=1).T
     strap = block[where[: strap_idx.size]]  # (nstraps, 2048)
     ref_rows = where[strap_idx.size :].reshape(ref_idx.shape)
     line, bend = reference_weights(strap_idx, ref_idx)

@@ -91,6 +91,11 @@ class FineContext:
         (shape (nstraps, 4)), their weights at the strap (the reference's
         straight line, same shape) and the rows the sums use (shape
         (2048, nstraps)). None: the per-frame response is taken as measured.
+    strap_static : ndarray of float32, shape (2048, 2048), optional
+        The static scene the frames are differences from: the per-frame strap
+        response is measured on the whole frame (difference plus static scene,
+        `_frame_strap_sums`), not on the difference alone. None: on the
+        difference (the sums the frame pass passes in).
     """
 
     pixel_bin: int
@@ -114,6 +119,7 @@ class FineContext:
     ring_holes: tuple[np.ndarray, np.ndarray] | None = None
     hole_class: np.ndarray | None = None
     strap_noise: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    strap_static: np.ndarray | None = None
 
     @property
     def ntiles(self) -> int:

@@ -10,6 +10,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
+from ..strap_photometry import strap_sums as _strap_sums
 from .context import FineContext, FineFrame
 from .fill import _fill_along_structure, _fill_isotropic, _fill_profiles, _profile_pieces
 from .misfit import _bin_noise, _fill_bins, _fill_misfit, _fill_probe, _tile_misfit
@@ -49,7 +50,8 @@ def fine_residual(
     frame : `FineFrame`
     """
     t, nt = context.tile, context.ntiles
-    response = _strap_response(context, strap_sums, _reference_noise(context, uncertainty))
+    sums = _frame_strap_sums(diff, context, strap_sums)
+    response = _strap_response(context, sums, _reference_noise(context, uncertainty))
     mean = _masked_bin_sums(diff, context, response)
     mean *= context.inv_count
     model = context.to_fine @ np.nan_to_num(coarse_value).astype(np.float32) @ context.to_fine.T
@@ -235,8 +237,11 @@ def _strap_response(
     over 10 % of ``sum(ref**2)`` were 0.17 low on average). That variance is
     taken out of ``sum(ref**2)`` (the errors-in-variables slope: 0.03 low
     there); a strap whose reference holds no light above its noise is not
-    corrected (response 1). The FFI's uncertainty leaves out the static
-    scene's noise, so a little of the pull remains.
+    corrected (response 1). These are the sums of a difference from the static
+    scene, whose noise the FFI's uncertainty leaves out (a little of the pull
+    remains); `fine_residual` passes the whole frame's (`_frame_strap_sums`)
+    when it has the static scene, where the pull is negligible and the
+    uncertainty is the frame's own noise.
     """
     response = np.ones(context.strap_idx.size, dtype=np.float32)
     if strap_sums is not None and context.strap_idx.size:
@@ -246,6 +251,30 @@ def _strap_response(
         ratio = np.divide(num, den, out=np.ones_like(num), where=den > 0)
         response[:] = np.clip(ratio, 0.8, 1.25)
     return response
+
+
+def _frame_strap_sums(
+    diff: np.ndarray, context: FineContext, strap_sums: np.ndarray | None
+) -> np.ndarray | None:
+    """The strap sums of the whole frame (``diff`` plus ``context.strap_static``).
+
+    The straps respond alike to the static sky and to the scattered light, so
+    the whole frame measures the response as well on a dark frame as on a
+    bright one, where the difference from the static scene holds little light.
+    On such a difference the response is poor: on the smooth simulated field,
+    60 frames, a frame among those the static scene is the median of measured
+    1.08-1.14 for straps of 1.037-1.049 (the difference is zero on the rows where
+    the frame is the median, and the rest is not the frame's own noise), which
+    divided a 0.5 e-/s strap block into the fine layer where the frame is 6
+    e-/s darker than the static scene. The whole frame's noise is the FFI
+    uncertainty, which is what `_reference_noise` takes out. Without the static
+    scene (or the straps' geometry) the frame pass's ``strap_sums`` of the
+    difference are used.
+    """
+    if context.strap_static is None or context.strap_noise is None or strap_sums is None:
+        return strap_sums
+    ref_idx, _, rows = context.strap_noise
+    return _strap_sums(diff, None, context.strap_idx, ref_idx, rows, static=context.strap_static)
 
 
 def _reference_noise(context: FineContext, uncertainty: np.ndarray | None) -> np.ndarray | None:
