@@ -578,3 +578,33 @@ def test_fusion_runs_with_one_blas_thread(monkeypatch):
     assert seen
     assert all(threads == {1} for threads in seen)
     assert fusion is not None
+
+
+def test_surface_is_not_extrapolated_beyond_its_pixels():
+    """A shadow edge down the TPF's middle: its bright static side leaves the background
+    pixels on the faint side only. What the model misses there rises towards the edge
+    like a plane; carried across to the bright side, that plane would be far off."""
+    yy, xx = np.mgrid[:N, :N]
+    bright = xx >= 8
+    ramp = np.where(bright, 0.0, xx / 7)  # what the model misses: rising towards the edge
+    missed = 4 * np.sin(np.linspace(0, np.pi, NT))[:, None, None] * ramp
+    flux, err, model, aperture, truth = scene(np.zeros(NT))
+    flux = flux + 300 * bright + missed
+    fusion = fuse(flux - model, err, aperture)
+    assert fusion.pixels[:, :8].sum() > 5 * fusion.pixels[:, 8:].sum()  # one-sided
+    assert not fusion.has_surface
+    # The plane the background pixels ask for, per cadence, and where it would take the
+    # bright side.
+    where = fusion.pixels
+    design = np.column_stack([np.ones(where.sum()), yy[where], xx[where]])
+    residual = (flux - model - 300 * bright)[:, where]
+    residual -= np.median(residual, axis=0)
+    coef = np.linalg.lstsq(design, residual.T, rcond=None)[0]
+    plane = coef[0][:, None, None] + coef[1][:, None, None] * yy + coef[2][:, None, None] * xx
+
+    def rms_bright(correction):
+        miss = model + correction - (truth + missed)
+        miss -= miss.mean(axis=0)
+        return np.sqrt(np.mean(miss[:, bright] ** 2))
+
+    assert rms_bright(fusion.correction()) < 0.5 * rms_bright(plane)

@@ -41,7 +41,11 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    held-out background pixels better than the level alone, by more than
    ``_CV_GAIN`` (10 %) of their squared error (four folds of 3 x 3-pixel
    blocks, on up to 8 cadences per day). A surface fitted to noise predicts
-   held-out pixels worse, so a smooth field keeps the level alone. The
+   held-out pixels worse, so a smooth field keeps the level alone. A surface
+   is not extrapolated: where the background pixels lie on one side of the
+   TPF (the faint side of a shadow edge), the degrees whose leverage
+   somewhere on the TPF exceeds four times their largest at a background
+   pixel are not tried (cross-validation tests only pixels among them). The
    surface's terms are orthonormal over the background pixels, so each
    coefficient's noise is the pixels' ``FLUX_ERR**2`` and its variance at any
    pixel, or over an aperture, follows directly (`Fusion.variance`).

@@ -24,6 +24,12 @@ _CV_PER_CHUNK, _CV_SAMPLE = 8, 2048
 _CV_GAIN = 0.1
 
 
+#: Largest leverage of a surface at any pixel of the TPF, in units of its largest at a
+#: background pixel: 4 lets the surface's noise at any pixel reach twice (in standard
+#: deviation) its worst at the pixels it was fitted to, not more (no far extrapolation).
+_MAX_LEVERAGE = 4.0
+
+
 @functools.lru_cache(maxsize=8)
 def _surface_design(shape: tuple[int, int]) -> np.ndarray:
     """Terms of a quadratic surface over a (nrow, ncol) image: 1, y, x, y**2, x**2, x*y.
@@ -44,7 +50,12 @@ def _surface_basis(design: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, i
     Gram-Schmidt in the design's order (a QR of its rows ``where``), so the first
     1, 3 and 6 columns span the level, the plane and the quadratic. The top degree
     is the highest whose terms the pixels constrain (2 unless they are few or lie
-    on a line). Returns the basis at every pixel, shape (npix, 6).
+    on a line) and that does not extrapolate: its leverage (the sum of its squared
+    orthonormal terms, which scales the surface's noise) is nowhere on the TPF above
+    ``_MAX_LEVERAGE`` times its largest at the pixels ``where``. Background pixels
+    on one side of a TPF (the faint side of a shadow edge) would otherwise carry a
+    plane fitted to what the model missed near the edge across to the other side.
+    Returns the basis at every pixel, shape (npix, 6).
     """
     r = np.linalg.qr(design[where], mode="r")
     top = _top_degree(r)
@@ -53,6 +64,11 @@ def _surface_basis(design: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, i
     basis[:, :p] = design[:, :p] @ np.linalg.inv(r[:p, :p])
     if where.size < 2 * _TERMS[top] + 4:  # too few pixels to tell a surface from noise
         top = 0
+    while top > 0:
+        leverage = np.square(basis[:, : _TERMS[top]]).sum(axis=1)
+        if leverage.max() <= _MAX_LEVERAGE * leverage[where].max():
+            break
+        top -= 1
     return basis, top
 
 
