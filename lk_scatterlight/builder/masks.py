@@ -10,7 +10,9 @@ Frames
 
 Pixels
     `static_source_mask` masks stars and saturation bleed columns found in the
-    static scene; `column_mask` masks whole columns (straps, bad columns).
+    static scene; `drop_extended` unmasks what is too large to be a star (a
+    ridge left in the static scene), keeping saturated stars' halos and bleed
+    trails; `column_mask` masks whole columns (straps, bad columns).
 """
 
 from __future__ import annotations
@@ -122,13 +124,14 @@ def drop_extended(
     still crosses the whole region.
 
     A ridge that touches a saturated star's mask joins its region. Such a region
-    is split into the star's own mask and the rest (`_star_own`): the star's
-    own mask is every part of the region at least ``band_width + 1`` pixels
-    wide that is connected to its saturated pixels (its halo, however large),
-    plus everything within ``band_width / 2`` pixels of them (the bleed trail
-    and a small halo); it stays masked. A band up to ``band_width`` pixels wide
+    is split into the star's own mask and the rest. The star's own mask is
+    every part of the region at least ``band_width + 1`` pixels wide that is
+    connected to its saturated pixels (its halo, however large), plus
+    everything within ``band_width / 2`` pixels of them (the bleed trail and a
+    small halo); it stays masked. A band up to ``band_width`` pixels wide
     running out of the halo is not part of it, and the pieces of the rest that
-    are too large for a star are dropped as above.
+    are too large for a star are dropped as above. A band wider than
+    ``band_width`` cannot be told from a halo and stays masked.
 
     Parameters
     ----------
@@ -194,6 +197,9 @@ def _star_own(region: np.ndarray, saturated: np.ndarray, band_width: int) -> np.
     opened parts connected to a saturated pixel, joined with the region's pixels
     within ``band_width / 2`` of one, are the stars' own; pixels outside the
     array count as masked, so a halo cut by the array's edge keeps its width.
+    (The masked fraction of rings at each distance from the saturated pixels
+    cannot tell a halo from a band where a long bleed trail stretches the rings:
+    around a 400-px trail a 40-px halo fills only a small part of each.)
 
     Parameters
     ----------
