@@ -10,7 +10,9 @@ Frames
 
 Pixels
     `static_source_mask` masks stars and saturation bleed columns found in the
-    static scene; `column_mask` masks whole columns (straps, bad columns).
+    static scene; `drop_extended` unmasks what is too large to be a star (a
+    ridge left in the static scene), keeping saturated stars' halos and bleed
+    trails; `column_mask` masks whole columns (straps, bad columns).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def drop_extended(
     max_pixels: int = 1500,
     saturation: float = 1.0e5,
     max_extent: int = 48,
+    band_width: int = 20,
 ) -> np.ndarray:
     """Unmask connected regions too large to be an unsaturated star.
 
@@ -120,6 +123,16 @@ def drop_extended(
     regional build): a ridge cut by the region's edges has few pixels but
     still crosses the whole region.
 
+    A ridge that touches a saturated star's mask joins its region. Such a region
+    is split into the star's own mask and the rest. The star's own mask is
+    every part of the region at least ``band_width + 1`` pixels wide that is
+    connected to its saturated pixels (its halo, however large), plus
+    everything within ``band_width / 2`` pixels of them (the bleed trail and a
+    small halo); it stays masked. A band up to ``band_width`` pixels wide
+    running out of the halo is not part of it, and the pieces of the rest that
+    are too large for a star are dropped as above. A band wider than
+    ``band_width`` cannot be told from a halo and stays masked.
+
     Parameters
     ----------
     mask : ndarray of bool, shape (n, n)
@@ -132,6 +145,8 @@ def drop_extended(
         Saturation level [e-/s].
     max_extent : int
         Longest unsaturated source along rows or columns [pixels].
+    band_width : int
+        Widest band split off a saturated star's mask [pixels].
 
     Returns
     -------
@@ -141,15 +156,78 @@ def drop_extended(
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask
+    saturated = np.nan_to_num(static) > saturation
+    holds_star = np.bincount(labels[saturated], minlength=n + 1) > 0
+    extended = _extended(labels, n, max_pixels, max_extent)
+    mask = mask & ~(extended & ~holds_star)[labels]
+    for region in np.flatnonzero(extended & holds_star):
+        box = _box(labels == region, band_width // 2 + 1)
+        inside = labels[box] == region
+        rest, m = ndimage.label(inside & ~_star_own(inside, saturated[box] & inside, band_width))
+        mask[box] &= ~_extended(rest, m, max_pixels, max_extent)[rest]
+    return mask
+
+
+def _extended(labels: np.ndarray, n: int, max_pixels: int, max_extent: int) -> np.ndarray:
+    """Which of the ``n`` labelled regions exceed ``max_pixels`` or ``max_extent``
+    (index 0, the background, never does)."""
     size = np.bincount(labels.ravel(), minlength=n + 1)
-    saturated = np.bincount(
-        labels.ravel(), weights=(np.nan_to_num(static) > saturation).ravel(), minlength=n + 1
-    )
     extent = np.zeros(n + 1)
     extent[1:] = [max(r.stop - r.start, c.stop - c.start) for r, c in ndimage.find_objects(labels)]
-    extended = ((size > max_pixels) | (extent > max_extent)) & (saturated == 0)
+    extended = (size > max_pixels) | (extent > max_extent)
     extended[0] = False
-    return mask & ~extended[labels]
+    return extended
+
+
+def _box(where: np.ndarray, pad: int) -> tuple[slice, slice]:
+    """The bounding box of ``where``, ``pad`` pixels wider on each side (within the array)."""
+    rows, cols = np.flatnonzero(where.any(axis=1)), np.flatnonzero(where.any(axis=0))
+    return (
+        slice(max(rows[0] - pad, 0), rows[-1] + pad + 1),
+        slice(max(cols[0] - pad, 0), cols[-1] + pad + 1),
+    )
+
+
+def _star_own(region: np.ndarray, saturated: np.ndarray, band_width: int) -> np.ndarray:
+    """The part of a masked ``region`` that belongs to its saturated stars.
+
+    A morphological opening of ``region`` by a disc ``band_width + 1`` pixels
+    across keeps its parts wider than ``band_width`` (a star's halo, whatever its
+    size) and removes bands narrower than that (a ridge, a bleed trail). The
+    opened parts connected to a saturated pixel, joined with the region's pixels
+    within ``band_width / 2`` of one, are the stars' own; pixels outside the
+    array count as masked, so a halo cut by the array's edge keeps its width.
+    (The masked fraction of rings at each distance from the saturated pixels
+    cannot tell a halo from a band where a long bleed trail stretches the rings:
+    around a 400-px trail a 40-px halo fills only a small part of each.)
+
+    Parameters
+    ----------
+    region : ndarray of bool, shape (ny, nx)
+        One connected masked region, with at least ``band_width / 2 + 1`` unmasked
+        pixels around it where it does not touch the array's edge.
+    saturated : ndarray of bool, shape (ny, nx)
+        Saturated pixels.
+    band_width : int
+        See `drop_extended` [pixels].
+
+    Returns
+    -------
+    own : ndarray of bool, shape (ny, nx)
+    """
+    radius = band_width / 2
+    own = np.zeros_like(region)
+    near = _box(saturated, band_width // 2 + 1)  # distances are needed only near them
+    own[near] = ndimage.distance_transform_edt(~saturated[near]) <= radius
+    core = ndimage.distance_transform_edt(region) > radius  # centres of discs that fit
+    if core.any():
+        near = _box(core, band_width // 2 + 1)
+        own[near] |= ndimage.distance_transform_edt(~core[near]) <= radius
+    parts, _ = ndimage.label(region & own)
+    star = np.zeros(parts.max() + 1, dtype=bool)
+    star[parts[saturated & region]] = True
+    star[0] = False
+    return star[parts]
 
 
 def column_mask(
