@@ -25,7 +25,7 @@ _FIRST_ROW, _FIRST_COLUMN = 1, 45
 
 @dataclass(frozen=True)
 class FineLayer:
-    """Sparse fine-grid residuals of a cube (see the module docstring).
+    """Sparse fine-grid residuals of a cube (see `lk_scatterlight.finelayer`).
 
     Parameters
     ----------
