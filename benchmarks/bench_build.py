@@ -75,7 +75,8 @@ load), 1-2 minutes with ``--quick``.
    cache and after evicting the file with ``posix_fadvise(DONTNEED)``), static
    subtraction, ``binning.bin_plane_fit``, ``fill_empty_bins``,
    ``curvature_correction``, ``_strap_sums``, ``fine.fine_residual`` (and
-   ``process_frame``, all of them but the read, as a cross-check); and the
+   ``process_frame``, all of them but the read, as a cross-check; and, apart,
+   the fine pass's strap sums of the whole frame, ``_frame_strap_sums``); and the
    once-per-build static scene (``static_scene``) and masks (``make_context``).
    Then the wall time of ``build_cube`` end to end over the same files, on one
    core and on all cores, split into its stages (static scene, masks, streaming pass, assembly incl.
@@ -595,6 +596,7 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
     """Per-step times and end-to-end build time over the first n files (runs in a child)."""
     from lk_scatterlight import ScatterLightCube
     from lk_scatterlight.builder import binning, fine, masks, pipeline, strap_photometry
+    from lk_scatterlight.builder.fine.residual import _frame_strap_sums
     from lk_scatterlight.builder.sources import LocalFFISource
 
     files = sorted(directory.glob("*ffic.fits"))[:n]
@@ -630,7 +632,8 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
             "strap_sums",
             "fine_residual",
         )
-        times = {k: [] for k in (*names, "process_frame")}  # (wall, CPU) pairs [s]
+        extra = ("process_frame", "fine_strap_sums")  # not in the total
+        times = {k: [] for k in (*names, *extra)}  # (wall, CPU) pairs [s]
         c = context
 
         def now():
@@ -671,6 +674,10 @@ def child_speed(directory: Path, n: int, steps: bool) -> dict:
             pipeline.process_frame(flux, context, flux_err)  # all but the read, as built
             t1 = now()
             times["process_frame"].append((t1[0] - t0[0], t1[1] - t0[1]))
+            t0 = now()
+            _frame_strap_sums(diff, c.fine, measured)  # fine_residual's, on the whole frame
+            t1 = now()
+            times["fine_strap_sums"].append((t1[0] - t0[0], t1[1] - t0[1]))
         result["steps"] = times
 
     # Time the stages inside the real build by wrapping the module-level functions
@@ -812,7 +819,7 @@ def print_speed(one: dict, both: dict) -> None:
     print(f"    {'':34s} {'wall':>8s} {'CPU':>8s}")
     total = np.zeros(2)
     for name, values in steps.items():
-        if name == "process_frame":
+        if name in ("process_frame", "fine_strap_sums"):
             continue
         median = np.median(np.array(values), axis=0)
         total += median
@@ -822,6 +829,9 @@ def print_speed(one: dict, both: dict) -> None:
     process = np.median(np.array(steps["process_frame"]), axis=0)
     label = "(process_frame: all but the read)"
     print(f"    {label:34s} {ms * process[0]:8.1f} {ms * process[1]:8.1f}")
+    strap = np.median(np.array(steps["fine_strap_sums"]), axis=0)
+    label = "(fine_residual's whole-frame straps)"
+    print(f"    {label:34s} {ms * strap[0]:8.1f} {ms * strap[1]:8.1f}")
     cold, warm = statistics.median(one["read_cold"]), statistics.median(one["read_warm"])
     print(f"    {'read, file evicted from the cache':34s} {ms * cold:8.1f}   (the floor)")
     print(f"    {'read, page cache (again)':34s} {ms * warm:8.1f}")

@@ -39,23 +39,23 @@ shadow edge) and each FFI cadence (1800 s: sector 1; 200 s: sector 60):
        ``LocalFFISource.read`` (opening and decoding the FITS files), wherever
        it is called (static scene or streaming pass).
    ``static scene``
-       ``pipeline.static_scene`` without its reads.
+       ``scene.static_scene`` without its reads.
    ``masks``
-       ``pipeline.make_context`` (source masks, strap geometry, fine-layer context).
+       ``framepass.make_context`` (source masks, strap geometry, fine-layer context).
    ``frames``
-       ``pipeline.process_frame`` without the two stages below (static
+       ``framepass.process_frame`` without the two stages below (static
        subtraction, bin fill, curvature correction, strap sums).
    ``bin_plane_fit``
        ``binning.bin_plane_fit`` (the robust per-bin plane fit).
    ``fine layer``
-       ``pipeline.fine_residual``, the fine layer's per-frame work.
+       ``fine.fine_residual``, the fine layer's per-frame work.
    ``fine assembly``
-       ``pipeline.assemble_fine`` (factoring each kept tile over time).
+       ``fine.assemble_fine`` (factoring each kept tile over time).
    ``compression``
-       the coarse cube's low-rank compression (``pipeline._compress`` /
+       the coarse cube's low-rank compression (``lowrank.compress_planes`` /
        ``ScatterLightCube.compress``).
    ``assembly``
-       the rest of ``pipeline.assemble`` (medians, strap response, metadata).
+       the rest of ``assembly.assemble`` (medians, strap response, metadata).
    ``write``
        ``ScatterLightCube.write``.
    ``other``
@@ -148,7 +148,7 @@ class StageClock:
 def install_hooks(clock: StageClock) -> list[str]:
     """Wrap the builder's stage functions; return the names that could not be found."""
     from lk_scatterlight import cube as cube_module
-    from lk_scatterlight.builder import binning, pipeline, sources
+    from lk_scatterlight.builder import assembly, binning, framepass, pipeline, runner, sources
 
     entered = {}
     build_cube = pipeline.build_cube
@@ -161,15 +161,18 @@ def install_hooks(clock: StageClock) -> list[str]:
     targets = [
         (sources.LocalFFISource, "__init__", "open"),
         (sources.LocalFFISource, "read", "read"),
-        (pipeline, "static_scene", "static scene"),
-        (pipeline, "make_context", "masks"),
-        (pipeline, "process_frame", "frames"),
+        # Where the serial runner and the stages look the functions up (the modules
+        # split from builder/pipeline.py), not pipeline's re-exports.
+        (runner, "static_scene", "static scene"),
+        (runner, "make_context", "masks"),
+        (runner, "process_frame", "frames"),
+        (framepass, "process_frame", "frames"),  # process_chunk's
         (binning, "bin_plane_fit", "bin_plane_fit"),
-        (pipeline, "fine_residual", "fine layer"),
-        (pipeline, "assemble_fine", "fine assembly"),
-        (pipeline, "_compress", "compression"),
+        (framepass, "fine_residual", "fine layer"),
+        (assembly, "assemble_fine", "fine assembly"),
+        (assembly, "compress_planes", "compression"),
         (cube_module.ScatterLightCube, "compress", "compression"),
-        (pipeline, "assemble", "assembly"),
+        (runner, "assemble", "assembly"),
         (cube_module.ScatterLightCube, "write", "write"),
     ]
     missing = []

@@ -76,6 +76,7 @@ def test_drivers_import_the_builder_only_inside_functions(import_graph):
         ("lk_scatterlight.geometry", "core"),
         ("lk_scatterlight.geometry.pointing", "core"),
         ("lk_scatterlight.simulate.ffi", "core"),
+        ("lk_scatterlight.finelayer.fileformat", "core"),
         ("lk_scatterlight.builder.publish", "builder"),
         ("lk_scatterlight.builder.publish.cubes", "builder"),
         ("lk_scatterlight.cli.build", "driver"),
@@ -126,6 +127,17 @@ def test_no_import_cycles(import_graph, graph):
             "_clipped_sums",
             "lk_scatterlight.fusion.local._clipped_sums",
         ),
+        (
+            "lk_scatterlight.finelayer",
+            "_integer_column",
+            "lk_scatterlight.finelayer.fileformat._integer_column",
+        ),
+        (
+            "lk_scatterlight.finelayer",
+            "_gram_eigen",
+            "lk_scatterlight.finelayer.compress._gram_eigen",
+        ),
+        ("lk_scatterlight.finelayer", "_SCIENCE", "lk_scatterlight.finelayer.core._SCIENCE"),
     ],
 )
 def test_moved_private_names_still_resolve_with_a_warning(module, old, new):
@@ -141,6 +153,7 @@ def test_public_names_stay_where_they_were():
     from lk_scatterlight.builder import publish, straps
     from lk_scatterlight.builder.pipeline import BuildConfig
     from lk_scatterlight.cube import ENCODINGS, FORMAT_VERSION, CompressionInfo  # noqa: F401
+    from lk_scatterlight.finelayer import FINE_EXTENSIONS, FINE_PRECISION, fileformat
     from lk_scatterlight.fusion import MIN_PIXELS, core
     from lk_scatterlight.registry import REGISTRY_ENV
 
@@ -150,6 +163,8 @@ def test_public_names_stay_where_they_were():
     assert BuildConfig.__module__ == "lk_scatterlight.builder.config"
     assert REGISTRY_ENV == "LK_SCATTERLIGHT_REGISTRY"
     assert MIN_PIXELS == core.MIN_PIXELS  # a constant of the module before its split
+    assert FINE_PRECISION is fileformat.FINE_PRECISION
+    assert FINE_EXTENSIONS == ("FINE", "FINE_INDEX", "FINE_COEF")
 
 
 #: Names of the modules split into packages, as other modules, tests and benchmarks
@@ -171,6 +186,8 @@ SPLIT_NAMES = [
     ("lk_scatterlight.fusion", "fuse", "core"),
     ("lk_scatterlight.fusion", "background_pixels", "local"),
     ("lk_scatterlight.fusion", "Fusion", "result"),
+    ("lk_scatterlight.finelayer", "FineLayer", "core"),
+    ("lk_scatterlight.finelayer", "compress_tile", "compress"),  # builder/fine/assemble.py
 ]
 
 

@@ -5,7 +5,12 @@ import numpy as np
 from lk_scatterlight.builder.fine import fine_residual, make_fine_context
 from lk_scatterlight.builder.fine.context import _bin_sums
 from lk_scatterlight.builder.fine.residual import _frame_strap_sums, _reference_noise
-from lk_scatterlight.builder.strap_photometry import reference_weights, strap_rows, strap_sums
+from lk_scatterlight.builder.strap_photometry import (
+    gather_columns,
+    reference_weights,
+    strap_rows,
+    strap_sums,
+)
 
 N = 2048
 SIGMA, RESPONSE, SKY = 0.25, 1.04, 30.0
@@ -37,7 +42,7 @@ def _context(static):
     )
     rows = strap_rows(np.ones((N, N), bool), STRAPS, REFS)
     context.strap_noise = (REFS, reference_weights(STRAPS, REFS)[0], rows)
-    context.strap_static = static
+    context.strap_static = gather_columns(static, STRAPS, REFS)
     return context
 
 

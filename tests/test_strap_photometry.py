@@ -75,3 +75,24 @@ def test_pure_noise_loses_few_rows():
     assert 0.01 < lost < 0.06  # 0.27 % beyond 3 sigma, each grown to 13 rows
     ok[1] = False
     assert not strap_photometry.curved_rows(curve, ok)[1].any()
+
+
+def test_static_columns_gathered_once_give_the_same_sums():
+    """The fine pass adds the static scene from its strap and reference columns, gathered
+    once per build (`gather_columns`): bit for bit the sums of adding the whole image."""
+    rng = np.random.default_rng(5)
+    diff, static = rng.normal(0, 1, (2, 2048, 160)).astype(np.float32)
+    static += 30
+    clean = rng.random((2048, 160)) > 0.05
+    columns = strap_photometry.gather_columns(static, STRAPS, REFS)
+    assert columns.shape == (np.unique(np.r_[STRAPS, REFS.ravel()]).size, 2048)
+    assert columns.flags.c_contiguous
+    whole = strap_photometry.strap_sums(diff, clean, STRAPS, REFS, static=static)
+    gathered = strap_photometry.strap_sums(diff, clean, STRAPS, REFS, static_columns=columns)
+    np.testing.assert_array_equal(gathered, whole)
+    alone = strap_photometry.strap_sums(diff, clean, STRAPS, REFS)
+    assert not np.allclose(alone, whole)  # the static scene changed the sums
+    with pytest.raises(ValueError, match="either static or static_columns"):
+        strap_photometry.strap_sums(
+            diff, clean, STRAPS, REFS, static=static, static_columns=columns
+        )

@@ -25,6 +25,7 @@ from .config import BuildConfig
 from .fine import FineContext, FineFrame, fine_residual, make_fine_context
 from .strap_photometry import (
     flatten_straps,
+    gather_columns,
     reference_weights,
     strap_columns,
     strap_geometry,
@@ -293,7 +294,8 @@ def make_context(
         )
         line = reference_weights(strap_idx, ref_idx)[0]
         fine.strap_noise = (ref_idx, line, strap_rows(clean, strap_idx, ref_idx))
-        fine.strap_static = np.asarray(static, dtype=np.float32)  # the same array as below
+        # The static scene on the strap sums' columns: gathered once, not per frame.
+        fine.strap_static = gather_columns(np.asarray(static, np.float32), strap_idx, ref_idx)
     unread = np.flatnonzero(~read.any(axis=1))
     nearest = None
     if unread.size:

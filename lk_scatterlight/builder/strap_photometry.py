@@ -38,6 +38,7 @@ __all__ = [
     "flatten_straps",
     "strap_rows",
     "strap_sums",
+    "gather_columns",
     "curved_rows",
     "strap_response",
 ]
@@ -136,7 +137,7 @@ def strap_rows(clean, strap_idx, ref_idx) -> np.ndarray:
     return clean[:, ref_idx].all(axis=2) & clean[:, strap_idx]
 
 
-def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static=None):
+def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static=None, static_columns=None):
     """Per strap: sum(strap * reference) and sum(reference**2) over rows free of sources.
 
     ``reference`` is the neighbour columns' straight line at the strap
@@ -145,15 +146,22 @@ def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static=None):
     are left out. ``rows`` (from `strap_rows`, fixed for a build) saves
     recomputing the clean rows. ``static`` (same shape as ``diff``), when given,
     is added to ``diff`` on the columns read: the sums of the whole frame.
+    ``static_columns`` is the same added from those columns gathered once
+    (`gather_columns` of ``static``), for a static scene added to every frame.
     """
     if strap_idx.size == 0:
         return np.zeros((0, 2))
+    if static is not None and static_columns is not None:
+        msg = "give strap_sums either static or static_columns, not both."
+        raise ValueError(msg)
     # One gather of the few columns involved, transposed so that every later step
     # runs along contiguous rows (2-D fancy indexing of columns is several times slower).
-    columns, where = np.unique(np.r_[strap_idx, ref_idx.ravel()], return_inverse=True)
+    columns, where = _columns(strap_idx, ref_idx)
     block = np.take(diff, columns, axis=1).T.copy()  # (ncolumns, 2048)
     if static is not None:
         block += np.take(static, columns, axis=1).T
+    if static_columns is not None:
+        block += static_columns
     strap = block[where[: strap_idx.size]]  # (nstraps, 2048)
     ref_rows = where[strap_idx.size :].reshape(ref_idx.shape)
     line, bend = reference_weights(strap_idx, ref_idx)
@@ -172,6 +180,29 @@ def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static=None):
     sr = np.einsum("ij,ij->i", strap, ref, dtype=np.float64)
     rr = np.einsum("ij,ij->i", ref, ref, dtype=np.float64)
     return np.stack([sr, rr], axis=1)
+
+
+def gather_columns(image: np.ndarray, strap_idx: np.ndarray, ref_idx: np.ndarray) -> np.ndarray:
+    """``image`` on the columns `strap_sums` reads, one row per column.
+
+    Parameters
+    ----------
+    image : ndarray, shape (nrows, ncols)
+        E.g. the static scene, 0-based science columns.
+    strap_idx, ref_idx : ndarray of int, shapes (nstraps,) and (nstraps, 4)
+        The straps and their reference columns, as for `strap_sums`.
+
+    Returns
+    -------
+    columns : ndarray, shape (ncolumns, nrows), C-contiguous
+        The distinct columns in increasing order: `strap_sums`'s ``static_columns``.
+    """
+    return np.take(image, _columns(strap_idx, ref_idx)[0], axis=1).T.copy()
+
+
+def _columns(strap_idx: np.ndarray, ref_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct columns of the straps and references, and where each one is among them."""
+    return np.unique(np.r_[strap_idx, ref_idx.ravel()], return_inverse=True)
 
 
 def curved_rows(curve: np.ndarray, ok: np.ndarray) -> np.ndarray:

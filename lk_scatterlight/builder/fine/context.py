@@ -91,11 +91,15 @@ class FineContext:
         (shape (nstraps, 4)), their weights at the strap (the reference's
         straight line, same shape) and the rows the sums use (shape
         (2048, nstraps)). None: the per-frame response is taken as measured.
-    strap_static : ndarray of float32, shape (2048, 2048), optional
-        The static scene the frames are differences from: the per-frame strap
-        response is measured on the whole frame (difference plus static scene,
-        `_frame_strap_sums`), not on the difference alone. None: on the
-        difference (the sums the frame pass passes in).
+    strap_static : ndarray of float32, shape (ncolumns, nrows), optional
+        The static scene the frames are differences from, on the columns the
+        strap sums read, one array row per image column
+        (`~lk_scatterlight.builder.strap_photometry.gather_columns`
+        with ``strap_idx`` and the reference columns of ``strap_noise``; gathered
+        once per build): the per-frame strap response is measured on the whole
+        frame (difference plus static scene, `_frame_strap_sums`), not on the
+        difference alone. None: on the difference (the sums the frame pass
+        passes in).
     """
 
     pixel_bin: int

@@ -256,7 +256,8 @@ def _strap_response(
 def _frame_strap_sums(
     diff: np.ndarray, context: FineContext, strap_sums: np.ndarray | None
 ) -> np.ndarray | None:
-    """The strap sums of the whole frame (``diff`` plus ``context.strap_static``).
+    """The strap sums of the whole frame (``diff`` plus the static scene, whose strap and
+    reference columns ``context.strap_static`` holds).
 
     The straps respond alike to the static sky and to the scattered light, so
     the whole frame measures the response as well on a dark frame as on a
@@ -274,7 +275,8 @@ def _frame_strap_sums(
     if context.strap_static is None or context.strap_noise is None or strap_sums is None:
         return strap_sums
     ref_idx, _, rows = context.strap_noise
-    return _strap_sums(diff, None, context.strap_idx, ref_idx, rows, static=context.strap_static)
+    static = context.strap_static
+    return _strap_sums(diff, None, context.strap_idx, ref_idx, rows, static_columns=static)
 
 
 def _reference_noise(context: FineContext, uncertainty: np.ndarray | None) -> np.ndarray | None:

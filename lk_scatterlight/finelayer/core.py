@@ -1,75 +1,31 @@
-"""Scattered-light structure finer than a cube's bins, stored only where it is.
+"""The fine layer in memory: `FineLayer`, its checks and its evaluation.
 
-Real FFIs show features narrower than a 16-px bin: glint ridges ~12 px wide
-that sweep across the CCD as the Earth moves, and baffle shadow edges ~6 px
-wide. No grid of 16-px bins can hold them (sampling the exact field on that
-grid already leaves errors of several percent of the scattered-light range
-there), and a finer grid everywhere would multiply the cube's size by 16 for
-structure that covers a small part of the CCD at any one time.
-
-A `FineLayer` holds the residual of the frames against the coarse cube on a
-finer grid (4-px bins by default) in **blocks**: one tile of ``tile x tile``
-fine bins (64 x 64 pixels by default) in one time plane, kept only where the
-builder found the residual significant (its mean of ``(residual / sigma)**2``
-over the tile above a threshold). Everywhere else the fine layer is zero and
-the coarse cube alone is the model.
-
-The blocks of one tile are stored **factored**: ``block = sum_j coef_j
-basis_j`` over a few basis images of that tile (from an SVD of the tile's
-blocks over time; see `compress_tile`). A fixed shadow edge needs one basis
-image for every plane; a ridge sweeping through a tile needs several. Blocks
-that do not compress are stored as they are (one basis image each, with
-coefficient 1).
-
-Evaluation adds the layer to the coarse model: Keys cubic convolution on the
-fine bin centres in space (the same kernel as the cube), and the cube's own
-linear interpolation in time (the layer has the cube's planes). A plane
-without a block at some tile contributes zero there. The block values are
-point values at the fine bin centres: the builder removes the bias of a bin
-mean on curved structure before storing them.
-
-On disk (`FineLayer.to_hdus`) the basis images and coefficients are rounded
-to steps tied to each block's quoted error (`FineLayer.quantum`: RMS rounding
-at most `FINE_PRECISION` = 10 % of it) and stored as tile-compressed
-integers, 3 to 5 times smaller than float32; files from before that store
-float32 and still read.
+See the package docstring (`lk_scatterlight.finelayer`) for what the layer
+holds. Its FITS extensions are written and read in
+`lk_scatterlight.finelayer.fileformat`, which the methods `FineLayer.to_hdus`,
+`FineLayer.quantum` and `FineLayer.from_hdul` call.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
 
-from . import fastfits, interpolate
-from .exceptions import CubeFormatError
-from .lowrank import PRECISION, error_step
+from .. import interpolate
+from . import fileformat
+from .fileformat import FINE_PRECISION
 
-__all__ = ["FineLayer", "FINE_EXTENSIONS", "FINE_PRECISION"]
+__all__ = ["FineLayer"]
 
-#: Rounding of the fine layer on writing (`FineLayer.quantum`), in units of each
-#: block's quoted error: twice the low-rank factors' `PRECISION`. It adds at most
-#: 0.5 % to a block's error in quadrature; on the structured field of
-#: ``benchmarks/bench_size_fine.py`` it changes the RMS error against the truth by
-#: < 0.15 % in every patch class (as 0.05 did) for 10 % less space.
-FINE_PRECISION = 2 * PRECISION
-
-
-#: FITS extensions of a fine layer: the blocks and their index table (all required).
-FINE_EXTENSIONS = ("FINE", "FINE_INDEX", "FINE_COEF")
-_INT16_SPAN = 32000.0  # largest stored |integer| (int16 holds 32767)
-_COMPRESSION_IMAGES = 256  # basis images per compressed FITS tile
-_COMPRESSION_VALUES = 2**16  # values per compressed FITS tile of 1-D series
 _SCIENCE = 2048
-_CORR_UNIT = 1000  # the misfit correlations are stored in thousandths
 _FIRST_ROW, _FIRST_COLUMN = 1, 45
 
 
 @dataclass(frozen=True)
 class FineLayer:
-    """Sparse fine-grid residuals of a cube (see the module docstring).
+    """Sparse fine-grid residuals of a cube (see `lk_scatterlight.finelayer`).
 
     Parameters
     ----------
@@ -540,33 +496,6 @@ class FineLayer:
         return (1 - w) * f_pl[li] + w * f_pl[ri], (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
 
     # ------------------------------------------------------------------ FITS
-    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every (block, basis image, coefficient) triple of the layer, as index arrays."""
-        block = np.repeat(np.arange(len(self)), self.rank)
-        within = np.arange(block.size) - np.repeat(np.cumsum(self.rank) - self.rank, self.rank)
-        return block, self.basis_start[block] + within, self.coef_start[block] + within
-
-    def _image_order(self, pairs=None) -> np.ndarray:
-        """Positions in ``coef`` of the coefficients ordered by basis image, then block.
-
-        A factored tile's coefficients of one image are then a series over its
-        planes, smooth in time, which the compression codes as small differences.
-        ``pairs``: `_pairs`, if already computed.
-        """
-        _, image, position = pairs or self._pairs()  # in block order: sort stably by image
-        if self.basis.shape[0] <= 2**16:  # 16-bit keys: numpy's radix sort, 5x faster
-            image = image.astype(np.uint16)
-        return position[np.argsort(image, kind="stable")]
-
-    def _coef_image(self, pairs=None) -> np.ndarray:
-        """The basis image each coefficient multiplies (-1 where no block uses it).
-
-        ``pairs``: `_pairs`, if already computed."""
-        _, image, position = pairs or self._pairs()
-        out = np.full(self.coef.size, -1)
-        out[position] = image
-        return out
-
     def quantum(self, precision: float = FINE_PRECISION) -> tuple[np.ndarray, np.ndarray]:
         """Rounding steps of the basis images and of their coefficients, for writing.
 
@@ -591,31 +520,7 @@ class FineLayer:
             Basis images are multiples of ``basis_step`` [e-/s per pixel];
             coefficients of image ``j`` multiples of ``coef_step[j]``.
         """
-        nb = self.basis.shape[0]
-        block, image, position = self._pairs()
-        share = precision * np.sqrt(12.0 / 2) * self.error[block] / np.sqrt(self.rank[block])
-
-        def largest(allowed, floor):
-            bound = np.full(nb, np.inf)
-            np.minimum.at(bound, image, allowed)
-            return np.where(np.isfinite(bound), np.maximum(bound, floor), floor)
-
-        flat = self.basis.reshape(nb, -1).astype(np.float64)
-        peak = np.abs(flat).max(axis=1, initial=0.0)
-        coef = np.abs(self.coef[position].astype(np.float64))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = largest(share / coef, peak / _INT16_SPAN)
-            step = np.where(step > 0, step, 1.0).astype(np.float32)
-            rounded = np.rint(flat / step[:, None]) * step[:, None]
-            rms = np.sqrt(np.mean(rounded**2, axis=1))
-            top = np.zeros(nb)
-            np.maximum.at(top, image, coef)
-            coef_step = largest(share / rms[image], top / 2.0**30)
-            coef_step = np.where(coef_step > 0, coef_step, 1.0)
-        raw = np.ones(nb, dtype=bool)  # images whose coefficients are all 1
-        np.logical_and.at(raw, image, self.coef[position] == 1)
-        coef_step[raw] = 2.0 ** np.floor(np.log2(coef_step[raw]))
-        return step, coef_step.astype(np.float32)
+        return fileformat.quantum(self, precision)
 
     def to_hdus(self, precision: float | None = FINE_PRECISION) -> list[fits.hdu.base.ExtensionHDU]:
         """The ``FINE``, ``FINE_SCALE``, ``FINE_INDEX`` and ``FINE_COEF`` extensions.
@@ -634,342 +539,16 @@ class FineLayer:
             layout of files from before rounding: no ``FINE_SCALE``, every
             index column), 3 to 4 times larger.
         """
-        nb, t = self.basis.shape[0], self.tile
-        implied = np.array_equal(self.coef_start, np.cumsum(self.rank) - self.rank)
-        if precision is None:
-            columns = [
-                _integer_column("TILE_ROW", self.tile_row),
-                _integer_column("TILE_COL", self.tile_col),
-                _integer_column("PLANE", self.plane),
-                fits.Column("ERROR", "E", unit="electron/s", array=self.error),
-                _integer_column("BASIS", self.basis_start),
-                _integer_column("RANK", self.rank),
-                _integer_column("COEF", self.coef_start),
-            ]
-            if self.has_holes:
-                columns += [
-                    fits.Column("FILLERR", "E", unit="electron/s", array=self.fill_error),
-                    _integer_column("HOLES", self.hole_index),
-                ]
-            if self.misfit is not None:
-                columns += [
-                    fits.Column("MISFIT", "E", unit="electron/s", array=self.misfit),
-                    fits.Column("CORR_ROW", "E", array=self.misfit_corr[:, 0]),
-                    fits.Column("CORR_COL", "E", array=self.misfit_corr[:, 1]),
-                ]
-            if self.long_misfit is not None:
-                columns += [
-                    fits.Column("LMISFIT", "E", unit="electron/s", array=self.long_misfit),
-                    fits.Column("LCORR_ROW", "E", array=self.long_corr[:, 0]),
-                    fits.Column("LCORR_COL", "E", array=self.long_corr[:, 1]),
-                ]
-            index = fits.BinTableHDU.from_columns(columns, name="FINE_INDEX")
-        else:
-            index = self._index_image(implied)
-        if precision is None:
-            image = fits.ImageHDU(self.basis, name="FINE")
-            coef = fits.ImageHDU(self.coef, name="FINE_COEF")
-            scale = None
-        else:
-            step, coef_step = self.quantum(precision)
-            image = fits.CompImageHDU(
-                np.rint(self.basis / step[:, None, None]).astype(np.int16),
-                name="FINE",
-                compression_type="RICE_1",
-                tile_shape=(max(1, min(nb, _COMPRESSION_IMAGES)), t, t),
-            )
-            image.header["FINEPREC"] = (precision, "rounding RMS <= FINEPREC * ERROR per block")
-            scale = fits.BinTableHDU.from_columns(
-                [
-                    fits.Column("FINE", "E", unit="electron/s", array=step),
-                    fits.Column("COEF", "E", array=coef_step),
-                ],
-                name="FINE_SCALE",
-            )
-            scale.header["COMMENT"] = "row i: steps of basis image i and of its coefficients"
-            owner = self._coef_image()
-            per_coef = np.where(owner >= 0, coef_step[owner.clip(0)], 1.0)
-            stored = np.rint(self.coef / per_coef).astype(np.int32)
-            if implied:  # by basis image, so that RICE codes each series' small steps
-                stored = stored[self._image_order()]
-            coef = fits.CompImageHDU(
-                stored,
-                name="FINE_COEF",
-                compression_type="RICE_1",
-                tile_shape=(max(1, min(self.coef.size, _COMPRESSION_VALUES)),),
-            )
-            if implied:
-                coef.header["COEFORD"] = ("IMAGE", "ordered by basis image, then block")
-        image.header["BUNIT"] = (
-            "electron/s",
-            "per pixel" + (", times FINE_SCALE" if scale else ""),
-        )
-        image.header["FINEBIN"] = (self.pixel_bin, "[pixel] fine bin size")
-        image.header["FINETILE"] = (self.tile, "fine bins per tile side")
-        image.header["COMMENT"] = "basis images of the residual vs the coarse cube, per tile"
-        coef.header["COMMENT"] = "coefficients of the basis images, per block"
-        hdus = [image, index, coef] if scale is None else [image, scale, index, coef]
-        if self.has_holes:
-            holes = fits.CompImageHDU(
-                self.holes.astype(np.uint8),
-                name="FINE_HOLES",
-                compression_type="RICE_1",
-                tile_shape=(max(1, min(len(self.holes), _COMPRESSION_IMAGES)), t, t),
-            )
-            holes.header["COMMENT"] = "depth class (1, 2, ...) of the fine bins that were filled"
-            for k, value in enumerate(() if self.fill_scale is None else self.fill_scale, 1):
-                holes.header[f"FILLVAR{k}"] = (float(value), f"fill variance of depth class {k}")
-            hdus.append(holes)
-            if self.fill_map is not None:
-                hdus.append(self._fill_map_hdu())
-        return hdus
-
-    def _fill_map_hdu(self) -> fits.CompImageHDU:
-        """``FINE_FILLMAP``: `fill_map`, float32, compressed losslessly (``GZIP_2``)."""
-        hdu = fits.CompImageHDU(
-            self.fill_map.astype(np.float32),
-            name="FINE_FILLMAP",
-            compression_type="GZIP_2",
-            quantize_level=0.0,
-            tile_shape=(max(1, min(len(self.fill_map), _COMPRESSION_IMAGES)), self.tile, self.tile),
-        )
-        hdu.header["COMMENT"] = "fill variance of each filled fine bin, in units of FILLERR**2"
-        return hdu
-
-    def _index_image(self, implied: bool) -> fits.CompImageHDU:
-        """``FINE_INDEX`` as a tile-compressed int32 image, one row per index column.
-
-        Within a tile the columns are constant or step by one plane, so each row,
-        compressed as one series of differences (``RICE_1``), takes a few bits per
-        block. ``ERROR`` (and ``FILLERR``, ``MISFIT``, ``LMISFIT``) is stored as a
-        multiple of ``ERRSTEP`` (`~lk_scatterlight.lowrank.error_step`: the quoted
-        errors change by less than 0.2 %), the correlations (``CORR_ROW``,
-        ``CORR_COL``, ``LCORR_ROW``, ``LCORR_COL``) in thousandths.
-        """
-        errors = [self.error]
-        errors += [self.fill_error] if self.has_holes else []
-        errors += [self.misfit] if self.misfit is not None else []
-        errors += [self.long_misfit] if self.long_misfit is not None else []
-        step = error_step(np.concatenate(errors))
-        rows = {
-            "TILE_ROW": self.tile_row,
-            "TILE_COL": self.tile_col,
-            "PLANE": self.plane,
-            "BASIS": self.basis_start,
-            "RANK": self.rank,
-            "ERROR": np.rint(self.error / step),
-        }
-        if not implied:
-            rows["COEF"] = self.coef_start
-        if self.has_holes:
-            rows["FILLERR"] = np.rint(self.fill_error / step)
-            rows["HOLES"] = self.hole_index
-        if self.misfit is not None:
-            rows["MISFIT"] = np.rint(self.misfit / step)
-            rows["CORR_ROW"] = np.rint(self.misfit_corr[:, 0] * _CORR_UNIT)
-            rows["CORR_COL"] = np.rint(self.misfit_corr[:, 1] * _CORR_UNIT)
-        if self.long_misfit is not None:
-            rows["LMISFIT"] = np.rint(self.long_misfit / step)
-            rows["LCORR_ROW"] = np.rint(self.long_corr[:, 0] * _CORR_UNIT)
-            rows["LCORR_COL"] = np.rint(self.long_corr[:, 1] * _CORR_UNIT)
-        n = len(self)
-        index = fits.CompImageHDU(
-            np.array(list(rows.values()), dtype=np.int32),
-            name="FINE_INDEX",
-            compression_type="RICE_1",
-            tile_shape=(1, max(1, min(n, _COMPRESSION_VALUES))),
-        )
-        for i, name in enumerate(rows, start=1):  # RNAMEi: 8 characters up to row 999
-            index.header[f"RNAME{i}"] = (name, f"row {i}: the block index column {name}")
-        index.header["ERRSTEP"] = (step, "[electron/s] ERROR = ERROR row * ERRSTEP")
-        return index
+        return fileformat.to_hdus(self, precision)
 
     @classmethod
     def from_hdul(cls, hdul, path) -> FineLayer:
-        """Read the layer of an open cube file; raise `CubeFormatError` if malformed.
+        """Read the layer of an open cube file.
 
         ``hdul``: the `~astropy.io.fits.HDUList`, or a dict of its HDUs by name.
+        Raises `~lk_scatterlight.exceptions.CubeFormatError` if it is malformed.
         """
-        fine = fastfits.image(hdul, "FINE")
-        header = fine.header
-        for key in ("FINEBIN", "FINETILE"):
-            if key not in header:
-                raise CubeFormatError(f"{path}: FINE extension has no {key} keyword.")
-        table = _index_columns(fastfits.image(hdul, "FINE_INDEX"), path)
-        wanted = ("TILE_ROW", "TILE_COL", "PLANE", "ERROR", "BASIS", "RANK")
-        missing = [c for c in wanted if c not in table]
-        if missing:
-            raise CubeFormatError(f"{path}: FINE_INDEX has no column(s) {', '.join(missing)}.")
-        tile = int(header["FINETILE"])
-        basis = fine.data
-        basis = np.zeros((0, tile, tile), np.float32) if basis is None else np.array(basis)
-        coef_hdu = fastfits.image(hdul, "FINE_COEF")
-        coef = coef_hdu.data
-        coef = np.zeros(0) if coef is None else np.array(coef).ravel()
-        layer = cls(
-            pixel_bin=int(header["FINEBIN"]),
-            tile=tile,
-            tile_row=np.array(table["TILE_ROW"]),
-            tile_col=np.array(table["TILE_COL"]),
-            plane=np.array(table["PLANE"]),
-            error=np.array(table["ERROR"]),
-            basis=basis,
-            basis_start=np.array(table["BASIS"]),
-            rank=np.array(table["RANK"]),
-            coef=coef,
-            coef_start=np.array(table["COEF"]) if "COEF" in table else None,
-            **_holes(hdul, table, tile, path),
-            **_misfit(table, path),
-        )
-        order = coef_hdu.header.get("COEFORD", "BLOCK")
-        if order not in ("BLOCK", "IMAGE") or order == "IMAGE" and "COEF" in table:
-            raise CubeFormatError(
-                f"{path}: FINE_COEF has COEFORD = {order!r}; expected 'IMAGE' (without a "
-                "COEF index column) or 'BLOCK'. The file is damaged or from a newer "
-                "lk_scatterlight (pip install -U lk_scatterlight)."
-            )
-        if order == "IMAGE" or "FINE_SCALE" in hdul:
-            # The order and the steps are looked up through the index: check it first.
-            problems = layer.validate(int(layer.plane.max(initial=0)) + 1)
-            if problems:
-                raise CubeFormatError(f"{path}: {problems[0]}.")
-            pairs = layer._pairs()
-        if order == "IMAGE":
-            coef = _block_order(layer, coef, path, pairs)
-        if "FINE_SCALE" in hdul:
-            return _scaled(layer, coef, fastfits.table(hdul, "FINE_SCALE"), path, pairs)
-        if not np.issubdtype(np.asarray(basis).dtype, np.floating):
-            raise CubeFormatError(
-                f"{path}: FINE holds integers but the file has no FINE_SCALE extension "
-                "to scale them; the file is damaged."
-            )
-        return layer if order == "BLOCK" else dataclasses.replace(layer, coef=coef)
-
-
-def _index_columns(hdu, path) -> dict[str, np.ndarray]:
-    """The columns of ``FINE_INDEX``: a binary table, or an integer image (one row each,
-    named by ``RNAMEi``, or ``ROWNAMEi`` in files written before there could be ten
-    rows; ``ERROR`` in units of ``ERRSTEP``)."""
-    if isinstance(hdu, fits.BinTableHDU):
-        table = hdu.data
-        names = table.columns.names if table is not None else []
-        return {name: np.array(table[name]) for name in names}
-    data = hdu.data
-    header = hdu.header
-    if data is None or data.ndim != 2 or data.dtype.kind not in "iu" or "ERRSTEP" not in header:
-        raise CubeFormatError(
-            f"{path}: FINE_INDEX must be a table or a 2-D integer image with an ERRSTEP "
-            "keyword; the file is damaged."
-        )
-    names = [
-        header.get(f"RNAME{i}", header.get(f"ROWNAME{i}")) for i in range(1, data.shape[0] + 1)
-    ]
-    columns = {str(name): np.array(row) for name, row in zip(names, data, strict=True) if name}
-    for name in ("ERROR", "FILLERR", "MISFIT", "LMISFIT"):
-        if name in columns:
-            columns[name] = (columns[name] * float(header["ERRSTEP"])).astype(np.float32)
-    for name in ("CORR_ROW", "CORR_COL", "LCORR_ROW", "LCORR_COL"):
-        if name in columns:
-            columns[name] = (columns[name] / _CORR_UNIT).astype(np.float32)
-    return columns
-
-
-def _misfit(table: dict, path) -> dict:
-    """``misfit`` and ``misfit_corr`` of a file that has them (else none): the
-    ``MISFIT``, ``CORR_ROW`` and ``CORR_COL`` index columns; and ``long_misfit`` and
-    ``long_corr`` from ``LMISFIT``, ``LCORR_ROW`` and ``LCORR_COL`` if present."""
-    short, long = ("MISFIT", "CORR_ROW", "CORR_COL"), ("LMISFIT", "LCORR_ROW", "LCORR_COL")
-    has = {name: name in table for name in (*short, *long)}
-    if not any(has.values()):
-        return {}
-    need = short + long if any(has[name] for name in long) else short
-    if not all(has[name] for name in need):
-        raise CubeFormatError(
-            f"{path}: a fine layer with misfits needs the {', '.join(need)} index columns "
-            "together; the file is damaged."
-        )
-    out = {"misfit": table["MISFIT"]}
-    out["misfit_corr"] = np.column_stack([table["CORR_ROW"], table["CORR_COL"]])
-    if len(need) > len(short):
-        out["long_misfit"] = table["LMISFIT"]
-        out["long_corr"] = np.column_stack([table["LCORR_ROW"], table["LCORR_COL"]])
-    return out
-
-
-def _holes(hdul, table: dict, tile: int, path) -> dict:
-    """``fill_error``, ``hole_index`` and ``holes`` of a file that has them (else none):
-    the ``FINE_HOLES`` extension and the ``FILLERR`` and ``HOLES`` index columns."""
-    present = ["FINE_HOLES" in hdul, "FILLERR" in table, "HOLES" in table]
-    if not any(present):
-        return {}
-    if not all(present):
-        raise CubeFormatError(
-            f"{path}: a fine layer with filled bins needs the FINE_HOLES extension and the "
-            "FILLERR and HOLES index columns together; the file is damaged."
-        )
-    hdu = fastfits.image(hdul, "FINE_HOLES")
-    data = hdu.data
-    holes = np.zeros((0, tile, tile), np.uint8) if data is None else np.asarray(data)
-    if holes.ndim != 3 or holes.shape[1:] != (tile, tile):
-        raise CubeFormatError(
-            f"{path}: FINE_HOLES must be (nholes, {tile}, {tile}); found {holes.shape}."
-        )
-    scale = []
-    while f"FILLVAR{len(scale) + 1}" in hdu.header:
-        scale.append(hdu.header[f"FILLVAR{len(scale) + 1}"])
-    try:
-        scale = np.array(scale, dtype=np.float32) if scale else None
-    except (TypeError, ValueError):
-        msg = f"{path}: the FILLVARn keywords of FINE_HOLES must be numbers; the file is damaged."
-        raise CubeFormatError(msg) from None
-    fill_map = None
-    if "FINE_FILLMAP" in hdul:
-        fill_map = np.asarray(fastfits.image(hdul, "FINE_FILLMAP").data, dtype=np.float32)
-        if fill_map.shape != holes.shape:
-            raise CubeFormatError(
-                f"{path}: FINE_FILLMAP must have the shape of FINE_HOLES, {holes.shape}; "
-                f"found {fill_map.shape}. The file is damaged."
-            )
-    return {
-        "fill_error": table["FILLERR"],
-        "hole_index": table["HOLES"],
-        "holes": holes,
-        "fill_scale": scale,
-        "fill_map": fill_map,
-    }
-
-
-def _block_order(layer: FineLayer, coef: np.ndarray, path, pairs) -> np.ndarray:
-    """The stored coefficients ``coef`` of ``layer`` (a valid index, whose `_pairs` are
-    ``pairs``), read in basis-image order (``COEFORD = 'IMAGE'``), put back in block order."""
-    if int(layer.rank.sum()) != coef.size:
-        raise CubeFormatError(
-            f"{path}: FINE_COEF holds {coef.size} coefficients but the blocks' RANK add up "
-            f"to {int(layer.rank.sum())}; the file is damaged."
-        )
-    out = np.empty_like(coef)
-    out[layer._image_order(pairs)] = coef
-    return out
-
-
-def _scaled(layer: FineLayer, coef: np.ndarray, table: fastfits.Table, path, pairs) -> FineLayer:
-    """``layer`` (a valid index, whose `_pairs` are ``pairs``) read as stored integers,
-    times the steps of the ``FINE_SCALE`` table.
-
-    ``coef`` holds the stored coefficients as read, in block order (int32:
-    ``layer.coef`` is float32 and may have rounded them).
-    """
-    nb = layer.basis.shape[0]
-    if any(c not in table.names for c in ("FINE", "COEF")) or len(table) != nb:
-        raise CubeFormatError(
-            f"{path}: FINE_SCALE must be a table with columns FINE and COEF and one row "
-            f"per basis image in FINE ({nb}); the file is damaged."
-        )
-    step = np.asarray(table["FINE"], dtype=np.float32)
-    owner = layer._coef_image(pairs)
-    coef_step = np.asarray(table["COEF"], dtype=np.float64)
-    per_coef = np.where(owner >= 0, coef_step[owner.clip(0)] if nb else 1.0, 1.0)
-    return dataclasses.replace(layer, basis=layer.basis * step[:, None, None], coef=coef * per_coef)
+        return fileformat.from_hdul(cls, hdul, path)
 
 
 def _correlated_sum(misfit: np.ndarray, wr: np.ndarray, wc: np.ndarray, mask: np.ndarray):
@@ -988,90 +567,3 @@ def _correlated_sum(misfit: np.ndarray, wr: np.ndarray, wc: np.ndarray, mask: np
     dy, dx = dy**2 / 3, dx**2 / 3  # Gaussian: f(2) / f(1) = g**(4/3 - 1/3) = g
     rho_r, rho_c = corr[0][:, None, None] ** dy, corr[1][:, None, None] ** dx
     return np.sum(s * (rho_r @ s @ rho_c), axis=(1, 2))
-
-
-def _integer_column(name: str, values: np.ndarray) -> fits.Column:
-    """A FITS table column of ``values`` in the narrowest integer type that holds them."""
-    values = np.asarray(values)
-    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-    for code, dtype in (("B", np.uint8), ("I", np.int16), ("J", np.int32), ("K", np.int64)):
-        info = np.iinfo(dtype)
-        if code == "K" or info.min <= low and high <= info.max:
-            return fits.Column(name, code, array=values.astype(dtype))
-    raise AssertionError  # pragma: no cover  (int64 holds every index)
-
-
-_NOISE_SCATTER = 4.0
-"""Standard deviations of a pure-noise block's residual (chi-square over its bins) that
-`compress_tile` allows above its budget, so that noise alone does not raise the rank."""
-
-
-def compress_tile(
-    blocks: np.ndarray, error: np.ndarray, tolerance: float = 0.01
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """Factor one tile's blocks over time: ``blocks ~ coef @ basis``.
-
-    The rank is the smallest that meets two budgets: the residual RMS over
-    all blocks is at most ``1 + tolerance`` times the blocks' noise RMS
-    (``sqrt(mean(error**2))``), as for the coarse cube
-    (`~lk_scatterlight.ScatterLightCube.compress`); and every block's own
-    residual RMS is at most ``1 + tolerance`` times its own ``error``, up to
-    the scatter noise alone gives a block's residual (`_NOISE_SCATTER`
-    standard deviations of a chi-square over its bins: 1.17 times its
-    ``error`` for 16 x 16 bins). The second budget keeps structure that only
-    one block holds (a ridge entering a tile's corner in one frame), which the
-    pooled budget alone lets the other blocks' shapes absorb. When no rank
-    that saves space meets both, the blocks are returned as their own basis.
-
-    Parameters
-    ----------
-    blocks : ndarray, shape (m, tile, tile)
-        The tile's blocks, one per plane [e-/s].
-    error : ndarray, shape (m,)
-        1-sigma error of one fine bin of each block [e-/s].
-    tolerance : float
-
-    Returns
-    -------
-    coef : ndarray of float32, shape (m, k), or None
-        None when the blocks are kept as they are (then ``basis`` is ``blocks``).
-    basis : ndarray of float32, shape (k, tile, tile)
-    """
-    m, t = blocks.shape[0], blocks.shape[1]
-    x = blocks.reshape(m, t * t).astype(np.float64)
-    max_rank = (m * t * t - 1) // (m + t * t)  # largest rank whose factors are smaller
-    if max_rank < 1 or m < 3:  # too few blocks for factoring to pay
-        return None, blocks.astype(np.float32)
-    values, vectors = _gram_eigen(x)
-    # Directions the Gram matrix resolves only to rounding would give a spurious basis.
-    max_rank = min(max_rank, max(int(np.sum(values > 1e-12 * values[0])), 1))
-    if vectors.shape[0] == m:  # left singular vectors: basis = x^T u / |x^T u|
-        basis = vectors[:, :max_rank].T @ x
-        basis /= np.maximum(np.linalg.norm(basis, axis=1, keepdims=True), 1e-300)
-    else:
-        basis = vectors[:, :max_rank].T
-    coef = x @ basis.T
-    # Orthonormal basis: a block's residual after rank k is |x|^2 - sum of its first k coef^2.
-    residual = np.sum(x**2, axis=1)[:, None] - np.cumsum(coef**2, axis=1)
-    noise2 = np.asarray(error, dtype=np.float64) ** 2
-    n = t * t
-    pooled = np.sum(residual, axis=0) <= (1 + tolerance) ** 2 * n * np.sum(noise2)
-    own = (1 + tolerance) ** 2 * n + _NOISE_SCATTER * np.sqrt(2 * n)
-    meets = pooled & np.all(residual <= own * noise2[:, None], axis=0)
-    if not meets.any():
-        return None, blocks.astype(np.float32)
-    k = int(np.argmax(meets)) + 1
-    return coef[:, :k].astype(np.float32), basis[:k].reshape(k, t, t).astype(np.float32)
-
-
-def _gram_eigen(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (descending, >= 0) and eigenvectors of the smaller Gram matrix of ``x``.
-
-    ``x x^T`` (blocks x blocks) when there are fewer blocks than pixels, else
-    ``x^T x``: both have the same non-zero eigenvalues (the squared singular
-    values of ``x``), and the small one costs a fraction of the other's
-    decomposition while a tile is kept in few planes.
-    """
-    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
-    values, vectors = np.linalg.eigh(gram)
-    return np.clip(values[::-1], 0, None), vectors[:, ::-1]

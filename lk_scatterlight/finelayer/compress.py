@@ -1,0 +1,87 @@
+"""Factoring one tile's fine-layer blocks over time (`compress_tile`).
+
+The builder stores the blocks of each kept tile as a few basis images and their
+coefficients per plane (`~lk_scatterlight.finelayer.FineLayer`); this module
+chooses the rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["compress_tile"]
+
+_NOISE_SCATTER = 4.0
+"""Standard deviations of a pure-noise block's residual (chi-square over its bins) that
+`compress_tile` allows above its budget, so that noise alone does not raise the rank."""
+
+
+def compress_tile(
+    blocks: np.ndarray, error: np.ndarray, tolerance: float = 0.01
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Factor one tile's blocks over time: ``blocks ~ coef @ basis``.
+
+    The rank is the smallest that meets two budgets: the residual RMS over
+    all blocks is at most ``1 + tolerance`` times the blocks' noise RMS
+    (``sqrt(mean(error**2))``), as for the coarse cube
+    (`~lk_scatterlight.ScatterLightCube.compress`); and every block's own
+    residual RMS is at most ``1 + tolerance`` times its own ``error``, up to
+    the scatter noise alone gives a block's residual (`_NOISE_SCATTER`
+    standard deviations of a chi-square over its bins: 1.17 times its
+    ``error`` for 16 x 16 bins). The second budget keeps structure that only
+    one block holds (a ridge entering a tile's corner in one frame), which the
+    pooled budget alone lets the other blocks' shapes absorb. When no rank
+    that saves space meets both, the blocks are returned as their own basis.
+
+    Parameters
+    ----------
+    blocks : ndarray, shape (m, tile, tile)
+        The tile's blocks, one per plane [e-/s].
+    error : ndarray, shape (m,)
+        1-sigma error of one fine bin of each block [e-/s].
+    tolerance : float
+
+    Returns
+    -------
+    coef : ndarray of float32, shape (m, k), or None
+        None when the blocks are kept as they are (then ``basis`` is ``blocks``).
+    basis : ndarray of float32, shape (k, tile, tile)
+    """
+    m, t = blocks.shape[0], blocks.shape[1]
+    x = blocks.reshape(m, t * t).astype(np.float64)
+    max_rank = (m * t * t - 1) // (m + t * t)  # largest rank whose factors are smaller
+    if max_rank < 1 or m < 3:  # too few blocks for factoring to pay
+        return None, blocks.astype(np.float32)
+    values, vectors = _gram_eigen(x)
+    # Directions the Gram matrix resolves only to rounding would give a spurious basis.
+    max_rank = min(max_rank, max(int(np.sum(values > 1e-12 * values[0])), 1))
+    if vectors.shape[0] == m:  # left singular vectors: basis = x^T u / |x^T u|
+        basis = vectors[:, :max_rank].T @ x
+        basis /= np.maximum(np.linalg.norm(basis, axis=1, keepdims=True), 1e-300)
+    else:
+        basis = vectors[:, :max_rank].T
+    coef = x @ basis.T
+    # Orthonormal basis: a block's residual after rank k is |x|^2 - sum of its first k coef^2.
+    residual = np.sum(x**2, axis=1)[:, None] - np.cumsum(coef**2, axis=1)
+    noise2 = np.asarray(error, dtype=np.float64) ** 2
+    n = t * t
+    pooled = np.sum(residual, axis=0) <= (1 + tolerance) ** 2 * n * np.sum(noise2)
+    own = (1 + tolerance) ** 2 * n + _NOISE_SCATTER * np.sqrt(2 * n)
+    meets = pooled & np.all(residual <= own * noise2[:, None], axis=0)
+    if not meets.any():
+        return None, blocks.astype(np.float32)
+    k = int(np.argmax(meets)) + 1
+    return coef[:, :k].astype(np.float32), basis[:k].reshape(k, t, t).astype(np.float32)
+
+
+def _gram_eigen(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, >= 0) and eigenvectors of the smaller Gram matrix of ``x``.
+
+    ``x x^T`` (blocks x blocks) when there are fewer blocks than pixels, else
+    ``x^T x``: both have the same non-zero eigenvalues (the squared singular
+    values of ``x``), and the small one costs a fraction of the other's
+    decomposition while a tile is kept in few planes.
+    """
+    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
+    values, vectors = np.linalg.eigh(gram)
+    return np.clip(values[::-1], 0, None), vectors[:, ::-1]
