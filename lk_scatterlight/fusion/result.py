@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rows import _add_per_row, _one_blas_thread, _row_reduce, _rows_at_most, _scale_rows
+from .rows import (
+    _add_at_rows,
+    _add_rows,
+    _one_blas_thread,
+    _row_reduce,
+    _rows_at_most,
+    _scale_rows,
+)
 
 
 @dataclass
@@ -98,16 +105,14 @@ class Fusion:
             1 to add (the fused model), -1 to subtract (the corrected flux).
         """
         offset = (sign * self.offset).astype(array.dtype)
-        rows = np.flatnonzero(offset)
-        if rows.size > len(offset) // 2:  # most cadences: one pass over the array
-            _add_per_row(array, offset)
-        elif rows.size:  # the days the local level took over
-            array[rows] += offset[rows].reshape((-1,) + (1,) * (array.ndim - 1))
+        # Most cadences: one pass over the array; else the days the local level took over.
+        _add_rows(array, offset, np.flatnonzero(offset))
         rows = np.flatnonzero(self._with_surface())
         if rows.size:  # the surface, on the cadences that have one
             nterm = len(self.surface_basis)
             surface = self.surface_coef[rows] @ self.surface_basis.reshape(nterm, -1)
-            array[rows] += (sign * surface).reshape((-1,) + array.shape[1:]).astype(array.dtype)
+            surface = (sign * surface).reshape((-1,) + array.shape[1:]).astype(array.dtype)
+            _add_at_rows(array, rows, surface)
         return array
 
     def aperture_correction(self, aperture: np.ndarray) -> np.ndarray:
@@ -205,14 +210,15 @@ class Fusion:
         mixed = rest[_row_reduce(np.minimum, flat, rest) - level[rest] < shape[rest]]
         fixed = _capped(flat[mixed], level[mixed], kept[mixed], shape[mixed], noise[mixed])
         _scale_rows(out, kept, np.flatnonzero(below & (kept != 1)))
-        _add_per_row(out, np.where(below, shape + noise, noise - (1 - kept) * level))
+        shift = np.where(below, shape + noise, noise - (1 - kept) * level)
+        _add_rows(out, shift, np.flatnonzero(shift))  # rows with nothing to add are left alone
         out[mixed] = fixed.reshape((-1,) + out.shape[1:])
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
             extra = self._surface_variance(local if rows is None else take[local], aperture)
             if out.ndim == 1 and aperture is None:
                 extra = extra.mean(axis=1)  # a typical pixel
-            out[local] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
+            _add_at_rows(out, local, extra.reshape((-1,) + out.shape[1:]).astype(out.dtype))
         return out
 
     def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:
