@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .rows import (
-    _add_at_rows,
     _add_rows,
     _one_blas_thread,
     _row_reduce,
@@ -106,13 +105,12 @@ class Fusion:
         """
         offset = (sign * self.offset).astype(array.dtype)
         # Most cadences: one pass over the array; else the days the local level took over.
-        _add_rows(array, offset, np.flatnonzero(offset))
+        _add_rows(array, offset)
         rows = np.flatnonzero(self._with_surface())
         if rows.size:  # the surface, on the cadences that have one
             nterm = len(self.surface_basis)
             surface = self.surface_coef[rows] @ self.surface_basis.reshape(nterm, -1)
-            surface = (sign * surface).reshape((-1,) + array.shape[1:]).astype(array.dtype)
-            _add_at_rows(array, rows, surface)
+            array[rows] += (sign * surface).reshape((-1,) + array.shape[1:]).astype(array.dtype)
         return array
 
     def aperture_correction(self, aperture: np.ndarray) -> np.ndarray:
@@ -210,15 +208,14 @@ class Fusion:
         mixed = rest[_row_reduce(np.minimum, flat, rest) - level[rest] < shape[rest]]
         fixed = _capped(flat[mixed], level[mixed], kept[mixed], shape[mixed], noise[mixed])
         _scale_rows(out, kept, np.flatnonzero(below & (kept != 1)))
-        shift = np.where(below, shape + noise, noise - (1 - kept) * level)
-        _add_rows(out, shift, np.flatnonzero(shift))  # rows with nothing to add are left alone
+        _add_rows(out, np.where(below, shape + noise, noise - (1 - kept) * level))
         out[mixed] = fixed.reshape((-1,) + out.shape[1:])
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
             extra = self._surface_variance(local if rows is None else take[local], aperture)
             if out.ndim == 1 and aperture is None:
                 extra = extra.mean(axis=1)  # a typical pixel
-            _add_at_rows(out, local, extra.reshape((-1,) + out.shape[1:]).astype(out.dtype))
+            out[local] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
         return out
 
     def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:

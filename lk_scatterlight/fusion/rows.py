@@ -100,33 +100,20 @@ def _scale_rows(array: np.ndarray, factors: np.ndarray, rows: np.ndarray) -> Non
         _per_row(np.multiply, array[a:b], factors[a:b], array[a:b])
 
 
-def _add_rows(array: np.ndarray, values: np.ndarray, rows: np.ndarray) -> None:
-    """``array[rows] += values[rows]`` (one value per row), in place; one pass over
-    every row where ``rows`` are most (`_add_per_row`), else run by run."""
+def _add_rows(array: np.ndarray, values: np.ndarray) -> None:
+    """``array += values`` with one value per row, in place, where the value is not 0:
+    one pass over every row where those are most (`_add_per_row`), else run by run (the
+    rows with a 0 are not touched)."""
+    rows = np.flatnonzero(values)
     if 2 * rows.size > len(array):
-        every = np.zeros(len(array), dtype=array.dtype)
-        every[rows] = values[rows]
-        _add_per_row(array, every)
+        _add_per_row(array, values)
         return
     runs = _runs(rows)
     if runs is None:
         array[rows] += values[rows].astype(array.dtype).reshape((-1,) + (1,) * (array.ndim - 1))
         return
-    for a, b in runs:
-        _add_per_row(array[a:b], values[a:b])
-
-
-def _add_at_rows(array: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
-    """``array[rows] += values`` (``values``: one row of ``array`` per index, in its
-    dtype), in place; run by run where the rows are in few runs (no copy)."""
-    runs = _runs(rows)
-    if runs is None:
-        array[rows] += values
-        return
-    first = 0
-    for a, b in runs:
-        array[a:b] += values[first : first + b - a]
-        first += b - a
+    for start, stop in runs:
+        _add_per_row(array[start:stop], values[start:stop])
 
 
 def _add_per_row(array: np.ndarray, values: np.ndarray) -> np.ndarray:
