@@ -8,13 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rows import (
-    _add_rows,
-    _one_blas_thread,
-    _row_reduce,
-    _rows_at_most,
-    _scale_rows,
-)
+from .rows import _add_rows, _one_blas_thread, _row_reduce, _rows_at_most, _scale_rows
 
 
 @dataclass
