@@ -509,8 +509,8 @@ def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
     """CPU seconds of the fusion step alone, as ``correct_tpf()`` runs it: ``fuse()`` on
     FLUX and the model (given; it forms flux minus model only where it reads it) with the
     model's quoted variance, then its correction added to the model and its variance
-    (``Fusion.add_to``, ``Fusion.variance`` on the cadences it changes, with the quoted
-    variance's row sums, as ``correct_tpf()`` calls them)."""
+    (``Fusion.add_to``, ``Fusion.variance`` in place, with the quoted variance's row sums,
+    as ``correct_tpf()`` calls them)."""
     aperture = brightest_aperture(np.median(tpf.hdu[1].data["FLUX"], axis=0))
     corr = corrector(tpf, cube, aperture, True)
     table = tpf.hdu[1].data
@@ -527,13 +527,9 @@ def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
         t0 = time.process_time()
         fusion = corr._fuse(times, flux, flux_err, model.valid, fused_flux, fused_var)
         t1 = time.process_time()
-        changed = fusion.changed()  # as correct_tpf() does
-        fusion.add_to(fused_flux)
-        if changed.size > len(fused_var) // 2:
+        if fusion.changed().size:  # as correct_tpf() does
+            fusion.add_to(fused_flux)
             fusion.variance(fused_var, out=fused_var, row_sums=fusion.quoted_sum)
-        else:
-            part = fusion.variance(fused_var[changed], rows=changed, row_sums=fusion.quoted_sum)
-            fused_var[changed] = part
         out[k] = t1 - t0, time.process_time() - t1
     return out
 

@@ -576,13 +576,9 @@ class ScatterLightCorrector(Corrector):
         changed = fusion.changed() if fusion is not None else np.empty(0, dtype=int)
         if changed.size:  # the cadences whose model and errors the fusion changes
             fusion.add_to(model_flux)  # a fresh array
-            sums = fusion.quoted_sum  # of this model_var: spares searching rows for their max
-            if changed.size > len(model_var) // 2:  # unchanged cadences stay as they are
-                fusion.variance(model_var, out=model_var, row_sums=sums)
-            else:
-                model_var[changed] = fusion.variance(
-                    model_var[changed], rows=changed, row_sums=sums
-                )
+            # In place (cadences the fusion does not change are not touched); quoted_sum,
+            # of this model_var, spares searching rows for their largest value.
+            fusion.variance(model_var, out=model_var, row_sums=fusion.quoted_sum)
         ok = np.zeros(time.size, dtype=bool)  # the file's cadences the model covers
         ok[finite] = model.valid
         # Whole arrays, not the covered cadences: copies by a boolean mask cost more than

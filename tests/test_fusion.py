@@ -9,7 +9,13 @@ from scipy import ndimage
 from lk_scatterlight import ScatterLightWarning, simulate
 from lk_scatterlight.fusion import background_pixels, fuse
 from lk_scatterlight.fusion.local import _clipped_level, _clipped_sums
-from lk_scatterlight.fusion.rows import _add_per_row
+from lk_scatterlight.fusion.rows import (
+    _add_per_row,
+    _add_rows,
+    _row_reduce,
+    _runs,
+    _scale_rows,
+)
 
 RNG = np.random.default_rng(4)
 NT, N = 300, 15
@@ -463,6 +469,65 @@ def test_add_per_row_equals_numpy_broadcasting(shape, dtype, contiguous):
     result = _add_per_row(array, values)
     assert result is array
     np.testing.assert_array_equal(array, expected)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.r_[40:90, 130:170, 299],  # a few long runs: handled as views, run by run
+        np.arange(0, 300, 7),  # short runs: gathered by index
+        np.arange(0, 300)[::3][:90],  # short runs, most of a third of the rows
+        np.arange(20, 250),  # most rows: one pass over every row
+        np.empty(0, dtype=int),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_kernels_equal_indexing(rows, dtype):
+    """The per-row kernels give exactly what numpy's indexing gives, whether they take
+    the rows run by run, by index or in one pass over every row, and leave the other
+    rows as they were (bit for bit)."""
+    array = RNG.normal(0, 100, (300, 4, 5)).astype(dtype)
+    array[rows[:1], 0] = np.nan
+    values = RNG.normal(0, 1, 300)
+    shape = (-1, 1, 1)
+    expected = array.copy()
+    expected[rows] *= values[rows].astype(dtype).reshape(shape)
+    got = array.copy()
+    _scale_rows(got, values, rows)
+    np.testing.assert_array_equal(got, expected)
+    added = np.zeros(300)
+    added[rows] = values[rows]  # the rows with a value not 0
+    expected = array.copy()
+    expected[rows] += values[rows].astype(dtype).reshape(shape)
+    got = array.copy()
+    _add_rows(got, added)
+    np.testing.assert_array_equal(got, expected)
+    flat = array.reshape(300, -1)
+    for ufunc in (np.maximum, np.minimum):
+        np.testing.assert_array_equal(_row_reduce(ufunc, flat, rows), ufunc.reduce(flat[rows], 1))
+    runs = _runs(rows)
+    if runs is not None:  # the runs cover exactly the rows
+        np.testing.assert_array_equal(
+            np.concatenate([np.arange(0)] + [np.arange(*r) for r in runs]), rows
+        )
+
+
+def test_variance_in_place_leaves_unchanged_cadences_alone():
+    """On a TPF the model fits on most days, ``variance`` in place over every cadence
+    changes only `changed` cadences and gives them what it gives on those alone."""
+    extra = np.zeros(NT)
+    extra[100:160] = 3 * np.sin(np.linspace(0, 6, 60))  # one stretch the model misses
+    flux, err, model, aperture, _ = scene(extra)
+    fusion = fuse(flux - model, err, aperture, chunk=20)
+    changed = fusion.changed()
+    assert 0 < changed.size < NT // 2
+    model_var = RNG.uniform(0.5, 2, (NT, N, N)).astype(np.float32)
+    expected = model_var.copy()
+    expected[changed] = fusion.variance(model_var[changed], rows=changed)
+    assert not np.array_equal(expected[changed], model_var[changed])
+    got = model_var.copy()
+    assert fusion.variance(got, out=got) is got
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_variance_and_correction_in_place_or_not():

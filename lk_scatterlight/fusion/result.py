@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rows import _add_per_row, _one_blas_thread, _row_reduce, _rows_at_most, _scale_rows
+from .rows import _add_rows, _one_blas_thread, _row_reduce, _rows_at_most, _scale_rows
 
 
 @dataclass
@@ -98,11 +98,8 @@ class Fusion:
             1 to add (the fused model), -1 to subtract (the corrected flux).
         """
         offset = (sign * self.offset).astype(array.dtype)
-        rows = np.flatnonzero(offset)
-        if rows.size > len(offset) // 2:  # most cadences: one pass over the array
-            _add_per_row(array, offset)
-        elif rows.size:  # the days the local level took over
-            array[rows] += offset[rows].reshape((-1,) + (1,) * (array.ndim - 1))
+        # Most cadences: one pass over the array; else the days the local level took over.
+        _add_rows(array, offset)
         rows = np.flatnonzero(self._with_surface())
         if rows.size:  # the surface, on the cadences that have one
             nterm = len(self.surface_basis)
@@ -205,7 +202,7 @@ class Fusion:
         mixed = rest[_row_reduce(np.minimum, flat, rest) - level[rest] < shape[rest]]
         fixed = _capped(flat[mixed], level[mixed], kept[mixed], shape[mixed], noise[mixed])
         _scale_rows(out, kept, np.flatnonzero(below & (kept != 1)))
-        _add_per_row(out, np.where(below, shape + noise, noise - (1 - kept) * level))
+        _add_rows(out, np.where(below, shape + noise, noise - (1 - kept) * level))
         out[mixed] = fixed.reshape((-1,) + out.shape[1:])
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one

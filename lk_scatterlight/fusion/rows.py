@@ -56,23 +56,64 @@ def _rows_at_most(
     return at_most
 
 
+#: Fewest rows per run, on average, for the per-row kernels to handle runs of consecutive
+#: rows as views one by one (a numpy call each); shorter runs are gathered by index.
+_RUN_ROWS = 16
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]] | None:
+    """``rows`` (sorted indices) as ``(start, stop)`` runs of consecutive rows, or None
+    when the runs are short (fewer than `_RUN_ROWS` rows on average)."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    if (breaks.size + 1) * _RUN_ROWS > max(rows.size, _RUN_ROWS):
+        return None
+    starts = rows[np.r_[0, breaks]] if rows.size else rows
+    stops = rows[np.r_[breaks - 1, rows.size - 1]] + 1 if rows.size else rows
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
 def _row_reduce(ufunc: np.ufunc, flat: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``ufunc`` reduced over each of ``flat``'s rows ``rows`` (over all rows, then
-    taken, where they are most: no copy)."""
+    taken, where they are most; else run by run: no copy)."""
     if 2 * rows.size > len(flat):
         return ufunc.reduce(flat, axis=1)[rows]
-    return ufunc.reduce(flat[rows], axis=1)
+    runs = _runs(rows)
+    if runs is None:
+        return ufunc.reduce(flat[rows], axis=1)
+    return np.concatenate([ufunc.reduce(flat[a:b], axis=1) for a, b in runs] or [flat[:0, 0]])
 
 
 def _scale_rows(array: np.ndarray, factors: np.ndarray, rows: np.ndarray) -> None:
     """``array[rows] *= factors[rows]`` (one factor per row), in place; one pass over
-    every row where ``rows`` are most."""
+    every row where ``rows`` are most, else run by run."""
     if 2 * rows.size > len(array):
         every = np.ones(len(array), dtype=array.dtype)
         every[rows] = factors[rows]
         _per_row(np.multiply, array, every, array)
-    elif rows.size:
+        return
+    runs = _runs(rows)
+    if runs is None:
         array[rows] *= factors[rows].astype(array.dtype).reshape((-1,) + (1,) * (array.ndim - 1))
+        return
+    factors = np.asarray(factors).astype(array.dtype)
+    for a, b in runs:
+        _per_row(np.multiply, array[a:b], factors[a:b], array[a:b])
+
+
+def _add_rows(array: np.ndarray, values: np.ndarray) -> None:
+    """``array += values`` with one value per row, in place, where the value is not 0:
+    one pass over every row where those are most (`_add_per_row`), else run by run (the
+    rows with a 0 are not touched)."""
+    rows = np.flatnonzero(values)
+    if 2 * rows.size > len(array):
+        _add_per_row(array, values)
+        return
+    runs = _runs(rows)
+    if runs is None:
+        array[rows] += values[rows].astype(array.dtype).reshape((-1,) + (1,) * (array.ndim - 1))
+        return
+    for start, stop in runs:
+        _add_per_row(array[start:stop], values[start:stop])
 
 
 def _add_per_row(array: np.ndarray, values: np.ndarray) -> np.ndarray:
