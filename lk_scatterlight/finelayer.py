@@ -422,38 +422,27 @@ class FineLayer:
         # Views (plane, tile row, bin row, tile column, bin column) of the local grids.
         grid = (present.size + 1, tr1 - tr0 + 1, t, tc1 - tc0 + 1, t)
         rows, cols = self.tile_row[chosen] - tr0, self.tile_col[chosen] - tc0
-        blocks = self.blocks(chosen)
-        data.reshape(grid)[where, rows, :, cols, :] = blocks
+        data.reshape(grid)[where, rows, :, cols, :] = self.blocks(chosen)
         block_var = np.broadcast_to((self.error[chosen] ** 2)[:, None, None], (chosen.size, t, t))
-        spread = None
-        if self.misfit is not None:  # the misfit where the block's structure is sharp
-            missed = self.misfit[chosen] ** 2
-            if self.long_misfit is not None:
-                missed = missed + self.long_misfit[chosen] ** 2
-            noise = np.maximum(self.error[chosen] ** 2 - missed, 0)
-            spread = _misfit_spread(blocks, noise)
-            block_var = noise[:, None, None] + missed[:, None, None] * spread
         if self.has_holes:  # filled bins: plus the fill's error
             filled = self._fill_variance(self.hole_index[chosen])
             block_var = block_var + filled * (self.fill_error[chosen] ** 2)[:, None, None]
         var.reshape(grid)[where, rows, :, cols, :] = block_var
         misfit = None
         if split and self.misfit is not None:
-            misfit = self._misfit_grids(chosen, shape, (grid, where, rows, cols), spread)
+            misfit = self._misfit_grids(chosen, shape, (grid, where, rows, cols))
         lr, lc = tr0 * t, tc0 * t
         wr = wr[:, lr : lr + shape[1]]
         wc = wc[:, lc : lc + shape[2]]
         return wr, wc, slot, data, var, misfit
 
-    def _misfit_grids(
-        self, chosen: np.ndarray, shape: tuple, at: tuple, spread: np.ndarray
-    ) -> np.ndarray:
+    def _misfit_grids(self, chosen: np.ndarray, shape: tuple, at: tuple) -> np.ndarray:
         """The local grids (`_window`) of the misfit's variance and of it times its
         correlation along rows and along columns, shape (3, *shape); with
         ``long_misfit``, the same three of that part after them, shape (6, *shape).
 
         ``at``: the grids' block view and the chosen blocks' plane, tile row and
-        tile column in it; ``spread``: each chosen block's `_misfit_spread`.
+        tile column in it.
         """
         grid, where, rows, cols = at
         parts = [(self.misfit, self.misfit_corr)]
@@ -463,7 +452,7 @@ class FineLayer:
         for p, (misfit, corr) in enumerate(parts):
             m2, g = misfit[chosen] ** 2, corr[chosen]
             for k, value in enumerate((m2, m2 * g[:, 0], m2 * g[:, 1]), start=3 * p):
-                out[k].reshape(grid)[where, rows, :, cols, :] = value[:, None, None] * spread
+                out[k].reshape(grid)[where, rows, :, cols, :] = value[:, None, None]
         return out
 
     def evaluate(
@@ -981,54 +970,6 @@ def _scaled(layer: FineLayer, coef: np.ndarray, table: fastfits.Table, path, pai
     coef_step = np.asarray(table["COEF"], dtype=np.float64)
     per_coef = np.where(owner >= 0, coef_step[owner.clip(0)] if nb else 1.0, 1.0)
     return dataclasses.replace(layer, basis=layer.basis * step[:, None, None], coef=coef * per_coef)
-
-
-#: Share of a block's misfit variance quoted evenly over its bins (`_misfit_spread`) ...
-_MISFIT_FLOOR = 0.1
-
-
-#: ... and the noise variances added to each bin's squared gradient, so that gradients
-#: within a block's noise spread its misfit about evenly (at most ~2x the mean).
-_MISFIT_NOISE = 4.0
-
-
-def _misfit_spread(blocks: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Where in each block its misfit lies: each bin's share, relative to the block's mean.
-
-    The builder measures one misfit per block, pooled over the tile's 64 x 64
-    pixels, but the structure the fine bins cannot follow sits where the field
-    changes fast: within a few pixels of a shadow edge (~6 px wide), on a ridge's
-    flanks. Quoted evenly over the tile, the pixels beside a shadow edge got
-    ~2.5x too small an error and the rest of the tile ~2.5x too large (part 4 of
-    ``benchmarks/bench_fusion.py``). So each bin takes a share that follows the
-    block's squared gradient there (central differences along rows plus along
-    columns), less what the block's noise gives it (``noise``, one bin's
-    variance: the central differences of noise add up to that), floored at 0,
-    plus `_MISFIT_NOISE` times that noise (a gradient within the noise moves
-    little of the misfit); `_MISFIT_FLOOR` of the variance stays even. The
-    shares average 1 over each block, so its mean variance is the measured one,
-    and a block of noise alone keeps it about even.
-
-    Parameters
-    ----------
-    blocks : ndarray, shape (n, tile, tile)
-        The blocks [e-/s].
-    noise : ndarray, shape (n,)
-        Their noise variance per bin [(e-/s)**2].
-
-    Returns
-    -------
-    spread : ndarray of float32, shape (n, tile, tile)
-    """
-    b = np.pad(np.asarray(blocks, dtype=float), ((0, 0), (1, 1), (1, 1)), mode="edge")
-    along_rows = (b[:, 2:, 1:-1] - b[:, :-2, 1:-1]) / 2
-    along_cols = (b[:, 1:-1, 2:] - b[:, 1:-1, :-2]) / 2
-    g2 = along_rows**2 + along_cols**2
-    noise = np.asarray(noise, dtype=float)[:, None, None]
-    sharp = np.maximum(g2 - noise, 0) + _MISFIT_NOISE * noise
-    mean = sharp.mean(axis=(1, 2), keepdims=True)
-    relative = np.divide(sharp, mean, out=np.ones_like(sharp), where=mean > 0)
-    return ((1 - _MISFIT_FLOOR) * relative + _MISFIT_FLOOR).astype(np.float32)
 
 
 def _correlated_sum(misfit: np.ndarray, wr: np.ndarray, wc: np.ndarray, mask: np.ndarray):

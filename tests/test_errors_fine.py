@@ -25,7 +25,7 @@ from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
 from lk_scatterlight.builder.sources import SimulatedFFISource
 from lk_scatterlight.cube import ScatterLightCube
 from lk_scatterlight.exceptions import CubeFormatError
-from lk_scatterlight.finelayer import FineLayer, _misfit_spread
+from lk_scatterlight.finelayer import FineLayer
 from lk_scatterlight.simulate import FFISimulator, ScatteredLightField, sector_times
 
 N, SIGMA = 2048, 2.0
@@ -164,9 +164,7 @@ def test_aperture_sum_adds_the_misfit_as_it_decorrelates(context):
         time_start=[1499.9], time_stop=[1500.1], fine=shared,
     )  # fmt: skip
     pixel_shared, total_shared = sum_honesty(cube_shared, truth)
-    # Single pixels: the same variance, spread evenly instead of by the blocks' gradients
-    # (`_misfit_spread`; on structure this fine, it moves the pooled ratio by ~1.5 %).
-    assert pixel_shared == pytest.approx(pixel, rel=0.03)
+    assert pixel_shared == pytest.approx(pixel, rel=1e-4)  # single pixels: unchanged
     assert total_shared / pixel_shared < 0.87
 
 
@@ -326,41 +324,3 @@ def test_quoted_errors_match_the_actual_ones(structured, kind, corners, compact)
     _, cube, truth = structured
     cube = cube.compress() if compact else cube
     assert 1 / 1.6 < honesty(cube, truth, corners) < 1.6
-
-
-def test_misfit_spread_follows_sharp_structure():
-    """A block's misfit variance goes where its structure changes fast (a step between
-    two bins) and averages to the measured one; a block of noise alone keeps it even."""
-    rng = np.random.default_rng(4)
-    step = np.where(np.arange(16) < 10, 0.0, 5.0)[None, :] + rng.normal(0, 0.05, (16, 16))
-    noise = rng.normal(0, 0.05, (16, 16))
-    spread = _misfit_spread(np.stack([step, noise]), np.array([0.05**2, 0.05**2]))
-    np.testing.assert_allclose(spread.mean(axis=(1, 2)), 1.0, rtol=1e-5)
-    # The bins either side of the step take ~7x the mean, the rest the even floor (0.11).
-    assert spread[0][:, 9:11].min() > 5
-    assert spread[0][:, np.r_[:8, 12:16]].max() < 0.2
-    # Noise alone: within 0.93..2.09 of the mean.
-    assert spread[1].min() > 0.5
-    assert spread[1].max() < 2.5
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("compact", [False, True], ids=["dense", "compact"])
-def test_quoted_errors_match_beside_a_shadow_edge(structured, compact):
-    """At the pixels within 4 px of the shadow edge (column 1318.5), where what the fine
-    bins cannot follow sits, the actual error over the quoted one is within 1/1.35 ..
-    1.35, so quoting them 2x too small fails. Measured on these 12 frames: 0.95
-    (dense), 1.03 (compact); when each block's misfit was quoted evenly over its tile,
-    1.23 and 1.50 (and 2.0-2.6 per column on 93 frames spread over the sector)."""
-    _, cube, truth = structured
-    cube = cube.compress() if compact else cube
-    actual, quoted = [], []
-    cols = np.arange(1315, 1323)
-    for row in (300, 1000, 1700):
-        rows = row + np.arange(PATCH)
-        ev = cube.evaluate(cube.btjd, rows, cols)
-        miss = ev.flux.value.astype(float) - truth[:, rows - 1][:, :, cols - 45]
-        actual.append(miss - miss.mean(axis=0))
-        quoted.append(ev.flux_err.value.astype(float))
-    ratio = np.sqrt(np.mean(np.square(actual)) / np.mean(np.square(quoted)))
-    assert 1 / 1.35 < ratio < 1.35

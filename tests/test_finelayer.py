@@ -257,20 +257,16 @@ def with_misfit(layer, corr=0.3):
 
 
 def test_misfit_changes_only_aperture_sums(layer_data):
-    """A layer that splits its error into noise and misfit quotes single pixels the same
-    variance on average over a tile (the misfit placed by the blocks' gradients,
-    `_misfit_spread`); an aperture sum's error is smaller (the misfit decorrelates) but
-    never below what the noise part alone gives, and grows with the correlation."""
+    """A layer that splits its error into noise and misfit quotes the same single-pixel
+    errors; an aperture sum's error is smaller (the misfit decorrelates) but never below
+    what the noise part alone gives, and grows with the correlation."""
     layer, _ = layer_data
     shared, split = coarse_cube(fine=layer), coarse_cube(fine=with_misfit(layer))
-    t = cube_times()
-    tile = np.arange(193, 257), np.arange(301, 365)  # tile (3, 4)
-    var = [c.evaluate(t, *tile).flux_err.value.astype(float) ** 2 for c in (split, shared)]
-    var = [
-        np.mean(v - coarse_cube().evaluate(t, *tile).flux_err.value ** 2, axis=(1, 2)) for v in var
-    ]
-    np.testing.assert_allclose(var[0], var[1], rtol=0.01)
     rows, cols = np.arange(200, 212), np.arange(300, 310)  # in tile (3, 4)
+    t = cube_times()
+    np.testing.assert_array_equal(
+        split.evaluate(t, rows, cols).flux_err, shared.evaluate(t, rows, cols).flux_err
+    )
     plain = coarse_cube().evaluate_sum(t, rows, cols).flux_err.value
     err = {}  # the layer's share of the sum's error
     for name, cube in {
@@ -282,8 +278,7 @@ def test_misfit_changes_only_aperture_sums(layer_data):
         err[name] = np.sqrt(cube.evaluate_sum(t, rows, cols).flux_err.value ** 2 - plain**2)
     blocks = err["shared"] > 0.01 * plain  # times the blocks of tile (3, 4) touch
     assert blocks.sum() >= 6
-    # 0.70-0.81: where the blocks' gradients put more than their mean misfit, less drops
-    assert np.all(err["split"][blocks] < 0.85 * err["shared"][blocks])
+    assert np.all(err["split"][blocks] < 0.8 * err["shared"][blocks])
     assert np.all(err["split"][blocks] > err["noise"][blocks])
     assert np.all(err["longer"][blocks] > 1.2 * err["split"][blocks])
 
