@@ -44,12 +44,11 @@ extensions (writing, rounding, reading) and ``finelayer.compress``
 from __future__ import annotations
 
 from ..utils import moved_names
-from .compress import compress_tile as compress_tile
+from .compress import compress_tile
 from .core import FineLayer
 from .fileformat import FINE_EXTENSIONS, FINE_PRECISION
 
-# ``compress_tile`` (aliased above) is a name of the module before its split, outside `__all__`.
-__all__ = ["FineLayer", "FINE_EXTENSIONS", "FINE_PRECISION"]
+__all__ = ["FineLayer", "FINE_EXTENSIONS", "FINE_PRECISION", "compress_tile"]
 
 #: Private names that moved with the split of this module into a package: old -> new home.
 __getattr__ = moved_names(

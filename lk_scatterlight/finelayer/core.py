@@ -14,13 +14,14 @@ import numpy as np
 from astropy.io import fits
 
 from .. import interpolate
+from ..ccd import N_SCIENCE, SCIENCE_COLUMNS, SCIENCE_ROWS
 from . import fileformat
 from .fileformat import FINE_PRECISION
 
 __all__ = ["FineLayer"]
 
-_SCIENCE = 2048
-_FIRST_ROW, _FIRST_COLUMN = 1, 45
+_SCIENCE = N_SCIENCE
+_FIRST_ROW, _FIRST_COLUMN = SCIENCE_ROWS[0], SCIENCE_COLUMNS[0]
 
 
 @dataclass(frozen=True)
