@@ -55,6 +55,9 @@ def _tile_misfit(
     ``(own, gain)`` of `_smooth_along_structure` when the kept tiles were
     smoothed (a bin keeps ``own`` of its mean, and its value's variance is
     ``gain**2`` of the mean's).
+
+    The tiles are measured together, a batch per shape of their Keys weights
+    (the interior tiles share one; `_tile_groups`).
     """
     out = np.zeros((kept.size, 2 * len(MISFIT_LAGS)), dtype=np.float32)
     if not kept.size:
@@ -64,22 +67,15 @@ def _tile_misfit(
     cb = context.coarse_bin
     coarse = np.nan_to_num(coarse_value).astype(float)
     coarse_centres = cb * np.arange(n // cb) + (cb - 1) / 2
-    usable = context.weights > 0
-    if context.strap_idx.size:
-        usable = usable.copy()
-        usable[:, context.strap_idx] = False
-
-    def variance(rows, cols):
-        if uncertainty is None:
-            return np.full((rows.stop - rows.start, cols.stop - cols.start), 1.0)
-        return np.nan_to_num(np.square(uncertainty[rows, cols], dtype=float))
+    open_columns = np.ones(n, dtype=bool)
+    open_columns[context.strap_idx] = False
 
     # The pixel-level calibration, from the tiles without a block (coarse model only).
     is_kept = np.zeros(nt * nt, dtype=bool)
     is_kept[kept] = True
     rows = np.arange(_MISFIT_ROWS // 2, n, _MISFIT_ROWS)
     res = diff[rows].astype(float) - _keys_product(rows, np.arange(n), coarse_centres, coarse)
-    use = usable[rows] & np.isfinite(res)
+    use = (context.weights[rows] > 0) & open_columns & np.isfinite(res)
     if uncertainty is None:
         pred = tile_sigma.repeat(side, 0).repeat(side, 1)[rows].astype(float) ** 2
     else:
@@ -101,29 +97,73 @@ def _tile_misfit(
     spread *= context.inv_count
     if smoothing is not None:
         own, spread = own * smoothing[0], spread * smoothing[1] ** 2
-    within = np.arange(side)
-    for m, tile in enumerate(kept.tolist()):
-        i, j = divmod(tile, nt)
-        rows, cols = slice(i * side, (i + 1) * side), slice(j * side, (j + 1) * side)
-        pixels = diff[rows, cols].astype(float)
-        use = usable[rows, cols] & np.isfinite(pixels)
-        if not use.any():
-            continue
-        (ar, r0c), (ac, c0c) = (_tile_weights(x * side, side, cb, n) for x in (i, j))
-        model = ar @ coarse[r0c : r0c + ar.shape[1], c0c : c0c + ac.shape[1]] @ ac.T
-        (wr, r0), (wc, c0) = (_tile_weights(x * side, side, fb, n) for x in (i, j))
-        model += wr @ layer[r0 : r0 + wr.shape[1], c0 : c0 + wc.shape[1]] @ wc.T
-        var = k * variance(rows, cols)
+    for at, coarse_w, fine_w, diagonals in _tile_groups(kept, nt, side, cb, fb, n):
+        i, j = np.divmod(kept[at], nt)
+        (ar, r0c), (ac, c0c) = coarse_w
+        (wr, r0), (wc, c0) = fine_w
+        pixels = _blocks(diff, i, j, side).astype(float)
+        use = _blocks(context.weights, i, j, side) > 0
+        use &= open_columns.reshape(nt, side)[j][:, None, :] & np.isfinite(pixels)
+        window = _windows(coarse, r0c, c0c, ar.shape[2], ac.shape[2])
+        model = ar @ window @ ac.transpose(0, 2, 1)
+        model += wr @ _windows(layer, r0, c0, wr.shape[2], wc.shape[2]) @ wc.transpose(0, 2, 1)
         if uncertainty is None:
-            var *= float(tile_sigma[i, j]) ** 2
-        res = pixels - model
-        window = (slice(r0, r0 + wr.shape[1]), slice(c0, c0 + wc.shape[1]))
-        bins = ((i * side + within) // fb - r0, (j * side + within) // fb - c0)
-        out[m] = _lag_covariance(res, use, var, (wr, wc), bins, own[window], spread[window])
+            var = np.broadcast_to(
+                (k * tile_sigma[i, j].astype(float) ** 2)[:, None, None], use.shape
+            )
+        else:
+            var = k * np.nan_to_num(np.square(_blocks(uncertainty, i, j, side), dtype=float))
+        o = _blocks(own, i, j, t).repeat(fb, axis=1).repeat(fb, axis=2)
+        shared = _windows(spread, r0, c0, wr.shape[2], wc.shape[2])
+        out[at] = _lag_covariance(pixels - model, use, var, (wr, wc), diagonals, o, shared)
     return out
 
 
-def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
+def _blocks(image: np.ndarray, i: np.ndarray, j: np.ndarray, side: int) -> np.ndarray:
+    """The ``side x side`` blocks ``(i, j)`` of a square ``image``, shape (len(i), side, side)."""
+    nb = image.shape[0] // side
+    return image.reshape(nb, side, nb, side)[i, :, j, :]
+
+
+def _windows(grid: np.ndarray, r0: np.ndarray, c0: np.ndarray, nr: int, nc: int) -> np.ndarray:
+    """The ``nr x nc`` windows of ``grid`` from ``(r0, c0)`` on, shape (len(r0), nr, nc)."""
+    rows, cols = r0[:, None] + np.arange(nr), c0[:, None] + np.arange(nc)
+    return grid[rows[:, :, None], cols[:, None, :]]
+
+
+def _tile_groups(kept, nt, side, cb, fb, n):
+    """The kept tiles in batches that share the shapes of their Keys weights.
+
+    Yields, per batch, the positions in ``kept``, the stacked `_tile_weights` and
+    first bins of the tiles' rows and columns on the coarse grid, the same on the
+    fine grid, and their `_tile_diagonals` on the fine grid (rows, columns).
+    """
+    groups: dict[tuple, list[int]] = {}
+    axes = {}
+    for m, tile in enumerate(kept.tolist()):
+        for x in divmod(tile, nt):
+            if x not in axes:
+                key = (x * side, side)
+                axes[x] = (_tile_weights(*key, cb, n), _tile_weights(*key, fb, n))
+        i, j = divmod(tile, nt)
+        shapes = tuple(w.shape for x in (i, j) for w, _ in axes[x])
+        groups.setdefault(shapes, []).append(m)
+    for at in groups.values():
+        i, j = np.divmod(kept[at], nt)
+        stacked = [
+            tuple(
+                (np.stack([axes[y][level][0] for y in x]), np.array([axes[y][level][1] for y in x]))
+                for x in (i.tolist(), j.tolist())
+            )
+            for level in (0, 1)
+        ]
+        diagonals = tuple(
+            np.stack([_tile_diagonals(y * side, side, fb, n) for y in x]) for x in (i, j)
+        )
+        yield np.array(at), stacked[0], stacked[1], diagonals
+
+
+def _lag_covariance(res, use, var, weights, diagonals, own, spread) -> np.ndarray:
     """Covariance of the residuals of neighbouring pixels, less that of their noise.
 
     Missed structure is smooth over a few pixels and the noise (the frame's and
@@ -138,33 +178,73 @@ def _lag_covariance(res, use, var, weights, bins, own, spread) -> np.ndarray:
     differ, so the estimate is a lower bound there. Then the same two at each
     further lag of `MISFIT_LAGS` (2, 3 and 4 px: how the misfit's correlation
     falls with distance).
+
+    A batch of ``m`` tiles: ``res``, ``use``, ``var`` and ``own`` (the own weight
+    of each pixel's bin) of shape (m, side, side); the tiles' fine-grid Keys
+    weights ``(wr, wc)``, each of shape (m, side, K), with their
+    `_tile_diagonals` (rows, columns: shape (m, 1 + 2 * len(`MISFIT_LAGS`),
+    side)); ``spread`` on the weights' bins, shape (m, Kr, Kc). Returns shape
+    (m, 2 * len(`MISFIT_LAGS`)): each tile's mean over its pairs of valid pixels,
+    0 for a tile without one.
     """
-    (wr, wc), (bin_row, bin_col) = weights, bins
-    mean_var = float(var[use].mean())
-    o = own[np.ix_(bin_row, bin_col)]
-    a_r, a_c = wr[:, bin_row], wc[:, bin_col]  # a_r[y', y]: row y' on the bin of row y
-    d_r, d_c = np.diagonal(a_r), np.diagonal(a_c)
-    estimates = np.zeros(2 * len(MISFIT_LAGS))
-    for lag in MISFIT_LAGS:
-        for axis in (0, 1):
-            if axis == 0:  # p = (y, x), q = (y + lag, x)
-                pair = use[:-lag] & use[lag:]
-                shared = (wr[:-lag] * wr[lag:]) @ spread @ (wc**2).T
-                into_q = np.diagonal(a_r, -lag)[:, None] * d_c[None, :]  # p's bin at q
-                into_p = np.diagonal(a_r, lag)[:, None] * d_c[None, :]  # q's bin at p
-                prod = res[:-lag] * res[lag:]
-                noise = -var[:-lag] * into_q * o[:-lag] - var[lag:] * into_p * o[lag:]
-            else:
-                pair = use[:, :-lag] & use[:, lag:]
-                shared = (wr**2) @ spread @ (wc[:-lag] * wc[lag:]).T
-                into_q = d_r[:, None] * np.diagonal(a_c, -lag)[None, :]
-                into_p = d_r[:, None] * np.diagonal(a_c, lag)[None, :]
-                prod = res[:, :-lag] * res[:, lag:]
-                noise = -var[:, :-lag] * into_q * o[:, :-lag] - var[:, lag:] * into_p * o[:, lag:]
-            if pair.any():
-                estimate = np.mean((prod - noise - shared * mean_var)[pair])
-                estimates[2 * (lag - 1) + axis] = float(estimate)
-    return estimates
+    u = use.astype(float)
+    count = u.sum(axis=(1, 2))
+    mean_var = np.einsum("myx,myx->m", var, u) / np.maximum(count, 1)
+    masked = np.where(use, res, 0.0)
+    noise = u * var * own
+    along = _row_lags(masked, u, noise, weights, diagonals, spread, mean_var)
+    flip = [np.ascontiguousarray(x.transpose(0, 2, 1)) for x in (masked, u, noise, spread)]
+    across = _row_lags(*flip[:3], weights[::-1], diagonals[::-1], flip[3], mean_var)
+    return np.stack([along, across], axis=2).reshape(res.shape[0], -1)
+
+
+def _row_lags(masked, u, noise, weights, diagonals, spread, mean_var) -> np.ndarray:
+    """`_lag_covariance` between pixels ``lag`` rows apart, for each lag of `MISFIT_LAGS`.
+
+    ``masked`` and ``noise`` (``var * own``) are 0 at the invalid pixels, ``u`` 1
+    at the valid ones, so that the sums over the pairs of valid pixels are plain
+    sums of products. Returns shape (m, len(`MISFIT_LAGS`)).
+    """
+    (wr, wc), (d_r, d_c) = weights, diagonals
+    noise = noise * d_c[:, :1, :]  # into the pixel at the same column
+    side = masked.shape[1]
+    # Each bin's shared variance, through the columns' weights; then (last) each row's
+    # count of pairs.
+    h = np.ones((masked.shape[0], side, wr.shape[2] + 1))
+    h[:, :, :-1] = (spread @ (wc**2).transpose(0, 2, 1)).transpose(0, 2, 1)
+    out = np.zeros((masked.shape[0], len(MISFIT_LAGS)))
+    for n, lag in enumerate(MISFIT_LAGS):
+        into_q, into_p = d_r[:, 1 + 2 * n, : side - lag], d_r[:, 2 + 2 * n, : side - lag]
+        total = np.einsum("myx,myx->m", masked[:, :-lag], masked[:, lag:])
+        q_rows = np.einsum("myx,myx->my", noise[:, :-lag], u[:, lag:])
+        p_rows = np.einsum("myx,myx->my", u[:, :-lag], noise[:, lag:])
+        total += np.einsum("my,my->m", q_rows, into_q) + np.einsum("my,my->m", p_rows, into_p)
+        rows = (u[:, :-lag] * u[:, lag:]) @ h
+        total -= mean_var * np.einsum("myk,myk->m", rows[:, :, :-1], wr[:, :-lag] * wr[:, lag:])
+        pairs = rows[:, :, -1].sum(axis=1)
+        out[:, n] = np.divide(total, pairs, out=np.zeros_like(total), where=pairs > 0)
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _tile_diagonals(start: int, side: int, spacing: int, n: int) -> np.ndarray:
+    """The weights of `_tile_weights` that carry a pixel's noise into its own model and
+    into that of the pixel ``lag`` rows after it, for each lag of `MISFIT_LAGS`.
+
+    Row 0: pixel ``y``'s weight on its own bin; then per lag, pixel ``y + lag``'s
+    weight on ``y``'s bin and ``y``'s weight on the bin of ``y + lag`` (0 past the
+    tile). Cached and read-only, as `_tile_weights`.
+    """
+    weights, lo = _tile_weights(start, side, spacing, n)
+    bins = (start + np.arange(side)) // spacing - lo
+    out = np.zeros((1 + 2 * len(MISFIT_LAGS), side))
+    out[0] = weights[np.arange(side), bins]
+    for k, lag in enumerate(MISFIT_LAGS):
+        y = np.arange(side - lag)
+        out[1 + 2 * k, : side - lag] = weights[y + lag, bins[y]]
+        out[2 + 2 * k, : side - lag] = weights[y, bins[y + lag]]
+    out.flags.writeable = False
+    return out
 
 
 def _fill_probe(filled, ok, model, kept, context: FineContext, noise):
