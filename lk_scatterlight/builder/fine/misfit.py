@@ -97,7 +97,7 @@ def _tile_misfit(
     spread *= context.inv_count
     if smoothing is not None:
         own, spread = own * smoothing[0], spread * smoothing[1] ** 2
-    for at, coarse_w, fine_w, diagonals in _tile_groups(kept, nt, side, cb, fb, n):
+    for at, coarse_w, fine_w, lag_weights in _tile_groups(kept, nt, side, cb, fb, n):
         i, j = np.divmod(kept[at], nt)
         (ar, r0c), (ac, c0c) = coarse_w
         (wr, r0), (wc, c0) = fine_w
@@ -115,7 +115,7 @@ def _tile_misfit(
             var = k * np.nan_to_num(np.square(_blocks(uncertainty, i, j, side), dtype=float))
         o = _blocks(own, i, j, t).repeat(fb, axis=1).repeat(fb, axis=2)
         shared = _windows(spread, r0, c0, wr.shape[2], wc.shape[2])
-        out[at] = _lag_covariance(pixels - model, use, var, (wr, wc), diagonals, o, shared)
+        out[at] = _lag_covariance(pixels - model, use, var, (wr, wc), lag_weights, o, shared)
     return out
 
 
@@ -136,7 +136,7 @@ def _tile_groups(kept, nt, side, cb, fb, n):
 
     Yields, per batch, the positions in ``kept``, the stacked `_tile_weights` and
     first bins of the tiles' rows and columns on the coarse grid, the same on the
-    fine grid, and their `_tile_diagonals` on the fine grid (rows, columns).
+    fine grid, and their `_tile_lag_weights` on the fine grid (rows, columns).
     """
     groups: dict[tuple, list[int]] = {}
     axes = {}
@@ -148,22 +148,22 @@ def _tile_groups(kept, nt, side, cb, fb, n):
         i, j = divmod(tile, nt)
         shapes = tuple(w.shape for x in (i, j) for w, _ in axes[x])
         groups.setdefault(shapes, []).append(m)
+
+    def stacked(x, part):
+        w = [axes[y][part] for y in x]
+        return np.stack([a for a, _ in w]), np.array([first for _, first in w])
+
+    def lagged(x):
+        w = [_tile_lag_weights(y * side, side, fb, n) for y in x]
+        return np.stack([a for a, _ in w]), np.stack([b for _, b in w])
+
     for at in groups.values():
-        i, j = np.divmod(kept[at], nt)
-        stacked = [
-            tuple(
-                (np.stack([axes[y][level][0] for y in x]), np.array([axes[y][level][1] for y in x]))
-                for x in (i.tolist(), j.tolist())
-            )
-            for level in (0, 1)
-        ]
-        diagonals = tuple(
-            np.stack([_tile_diagonals(y * side, side, fb, n) for y in x]) for x in (i, j)
-        )
-        yield np.array(at), stacked[0], stacked[1], diagonals
+        i, j = (x.tolist() for x in np.divmod(kept[at], nt))
+        coarse, fine = (stacked(i, 0), stacked(j, 0)), (stacked(i, 1), stacked(j, 1))
+        yield np.array(at), coarse, fine, (lagged(i), lagged(j))
 
 
-def _lag_covariance(res, use, var, weights, diagonals, own, spread) -> np.ndarray:
+def _lag_covariance(res, use, var, weights, lag_weights, own, spread) -> np.ndarray:
     """Covariance of the residuals of neighbouring pixels, less that of their noise.
 
     Missed structure is smooth over a few pixels and the noise (the frame's and
@@ -182,7 +182,7 @@ def _lag_covariance(res, use, var, weights, diagonals, own, spread) -> np.ndarra
     A batch of ``m`` tiles: ``res``, ``use``, ``var`` and ``own`` (the own weight
     of each pixel's bin) of shape (m, side, side); the tiles' fine-grid Keys
     weights ``(wr, wc)``, each of shape (m, side, K), with their
-    `_tile_diagonals` (rows, columns: shape (m, 1 + 2 * len(`MISFIT_LAGS`),
+    `_tile_lag_weights` (rows, columns: shape (m, 1 + 2 * len(`MISFIT_LAGS`),
     side)); ``spread`` on the weights' bins, shape (m, Kr, Kc). Returns shape
     (m, 2 * len(`MISFIT_LAGS`)): each tile's mean over its pairs of valid pixels,
     0 for a tile without one.
@@ -192,59 +192,66 @@ def _lag_covariance(res, use, var, weights, diagonals, own, spread) -> np.ndarra
     mean_var = np.einsum("myx,myx->m", var, u) / np.maximum(count, 1)
     masked = np.where(use, res, 0.0)
     noise = u * var * own
-    along = _row_lags(masked, u, noise, weights, diagonals, spread, mean_var)
+    along = _row_lags(masked, u, noise, weights, lag_weights, spread, mean_var)
     flip = [np.ascontiguousarray(x.transpose(0, 2, 1)) for x in (masked, u, noise, spread)]
-    across = _row_lags(*flip[:3], weights[::-1], diagonals[::-1], flip[3], mean_var)
+    across = _row_lags(*flip[:3], weights[::-1], lag_weights[::-1], flip[3], mean_var)
     return np.stack([along, across], axis=2).reshape(res.shape[0], -1)
 
 
-def _row_lags(masked, u, noise, weights, diagonals, spread, mean_var) -> np.ndarray:
+def _row_lags(masked, u, noise, weights, lag_weights, spread, mean_var) -> np.ndarray:
     """`_lag_covariance` between pixels ``lag`` rows apart, for each lag of `MISFIT_LAGS`.
 
     ``masked`` and ``noise`` (``var * own``) are 0 at the invalid pixels, ``u`` 1
     at the valid ones, so that the sums over the pairs of valid pixels are plain
     sums of products. Returns shape (m, len(`MISFIT_LAGS`)).
     """
-    (wr, wc), (d_r, d_c) = weights, diagonals
+    (_, wc), ((d_r, g_r), (d_c, _)) = weights, lag_weights
     noise = noise * d_c[:, :1, :]  # into the pixel at the same column
-    side = masked.shape[1]
-    # Each bin's shared variance, through the columns' weights; then (last) each row's
-    # count of pairs.
-    h = np.ones((masked.shape[0], side, wr.shape[2] + 1))
+    m, side = masked.shape[:2]
+    # Each bin's shared variance, through the columns' weights; then (last) 1, which
+    # counts the pairs.
+    h = np.ones((m, side, spread.shape[1] + 1))
     h[:, :, :-1] = (spread @ (wc**2).transpose(0, 2, 1)).transpose(0, 2, 1)
-    out = np.zeros((masked.shape[0], len(MISFIT_LAGS)))
+    total = np.zeros((m, len(MISFIT_LAGS)))
+    pair = np.zeros((m, len(MISFIT_LAGS), side, side))
     for n, lag in enumerate(MISFIT_LAGS):
         into_q, into_p = d_r[:, 1 + 2 * n, : side - lag], d_r[:, 2 + 2 * n, : side - lag]
-        total = np.einsum("myx,myx->m", masked[:, :-lag], masked[:, lag:])
+        total[:, n] = np.einsum("myx,myx->m", masked[:, :-lag], masked[:, lag:])
         q_rows = np.einsum("myx,myx->my", noise[:, :-lag], u[:, lag:])
         p_rows = np.einsum("myx,myx->my", u[:, :-lag], noise[:, lag:])
-        total += np.einsum("my,my->m", q_rows, into_q) + np.einsum("my,my->m", p_rows, into_p)
-        rows = (u[:, :-lag] * u[:, lag:]) @ h
-        total -= mean_var * np.einsum("myk,myk->m", rows[:, :, :-1], wr[:, :-lag] * wr[:, lag:])
-        pairs = rows[:, :, -1].sum(axis=1)
-        out[:, n] = np.divide(total, pairs, out=np.zeros_like(total), where=pairs > 0)
-    return out
+        total[:, n] += np.einsum("my,my->m", q_rows, into_q) + np.einsum("my,my->m", p_rows, into_p)
+        np.multiply(u[:, :-lag], u[:, lag:], out=pair[:, n, : side - lag])
+    rows = (pair.reshape(m, -1, side) @ h).reshape(*pair.shape[:3], -1)
+    total -= mean_var[:, None] * np.einsum("mnyk,mnyk->mn", rows, g_r)
+    pairs = rows[..., -1].sum(axis=2)
+    return np.divide(total, pairs, out=np.zeros_like(total), where=pairs > 0)
 
 
 @functools.lru_cache(maxsize=512)
-def _tile_diagonals(start: int, side: int, spacing: int, n: int) -> np.ndarray:
+def _tile_lag_weights(start: int, side: int, spacing: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The weights of `_tile_weights` that carry a pixel's noise into its own model and
-    into that of the pixel ``lag`` rows after it, for each lag of `MISFIT_LAGS`.
+    into that of the pixel ``lag`` rows after it, for each lag of `MISFIT_LAGS`; and
+    the products of the weights of those two pixels.
 
-    Row 0: pixel ``y``'s weight on its own bin; then per lag, pixel ``y + lag``'s
-    weight on ``y``'s bin and ``y``'s weight on the bin of ``y + lag`` (0 past the
-    tile). Cached and read-only, as `_tile_weights`.
+    First array, shape (1 + 2 * len(`MISFIT_LAGS`), side): row 0, pixel ``y``'s
+    weight on its own bin; then per lag, pixel ``y + lag``'s weight on ``y``'s bin
+    and ``y``'s weight on the bin of ``y + lag``. Second, shape
+    (len(`MISFIT_LAGS`), side, K + 1): ``w[y] * w[y + lag]`` on each bin, and a
+    last column of 0. Both 0 past the tile's last pair; cached and read-only, as
+    `_tile_weights`.
     """
     weights, lo = _tile_weights(start, side, spacing, n)
     bins = (start + np.arange(side)) // spacing - lo
-    out = np.zeros((1 + 2 * len(MISFIT_LAGS), side))
-    out[0] = weights[np.arange(side), bins]
+    one = np.zeros((1 + 2 * len(MISFIT_LAGS), side))
+    two = np.zeros((len(MISFIT_LAGS), side, weights.shape[1] + 1))
+    one[0] = weights[np.arange(side), bins]
     for k, lag in enumerate(MISFIT_LAGS):
         y = np.arange(side - lag)
-        out[1 + 2 * k, : side - lag] = weights[y + lag, bins[y]]
-        out[2 + 2 * k, : side - lag] = weights[y, bins[y + lag]]
-    out.flags.writeable = False
-    return out
+        one[1 + 2 * k, : side - lag] = weights[y + lag, bins[y]]
+        one[2 + 2 * k, : side - lag] = weights[y, bins[y + lag]]
+        two[k, : side - lag, :-1] = weights[:-lag] * weights[lag:]
+    one.flags.writeable = two.flags.writeable = False
+    return one, two
 
 
 def _fill_probe(filled, ok, model, kept, context: FineContext, noise):
