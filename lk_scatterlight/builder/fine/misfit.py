@@ -56,8 +56,8 @@ def _tile_misfit(
     smoothed (a bin keeps ``own`` of its mean, and its value's variance is
     ``gain**2`` of the mean's).
 
-    The tiles are measured together, a batch per shape of their Keys weights
-    (the interior tiles share one; `_tile_groups`).
+    The tiles are measured in batches of up to `_MISFIT_BATCH` that share the
+    shapes of their Keys weights (all interior tiles do; `_tile_groups`).
     """
     out = np.zeros((kept.size, 2 * len(MISFIT_LAGS)), dtype=np.float32)
     if not kept.size:
@@ -131,7 +131,7 @@ def _windows(grid: np.ndarray, r0: np.ndarray, c0: np.ndarray, nr: int, nc: int)
     return grid[rows[:, :, None], cols[:, None, :]]
 
 
-def _tile_groups(kept, nt, side, cb, fb, n):
+def _tile_groups(kept: np.ndarray, nt: int, side: int, cb: int, fb: int, n: int):
     """The kept tiles in batches (of `_MISFIT_BATCH` at most) that share the shapes of
     their Keys weights.
 
@@ -185,9 +185,9 @@ def _lag_covariance(res, use, var, weights, lag_weights, own, spread) -> np.ndar
 
     A batch of ``m`` tiles: ``res``, ``use``, ``var`` and ``own`` (the own weight
     of each pixel's bin) of shape (m, side, side); the tiles' fine-grid Keys
-    weights ``(wr, wc)``, each of shape (m, side, K), with their
-    `_tile_lag_weights` (rows, columns: shape (m, 1 + 2 * len(`MISFIT_LAGS`),
-    side)); ``spread`` on the weights' bins, shape (m, Kr, Kc). Returns shape
+    weights ``(wr, wc)``, each of shape (m, side, K), and their two
+    `_tile_lag_weights` arrays stacked over the tiles (for the rows, then the
+    columns); ``spread`` on the weights' bins, shape (m, Kr, Kc). Returns shape
     (m, 2 * len(`MISFIT_LAGS`)): each tile's mean over its pairs of valid pixels,
     0 for a tile without one.
     """
@@ -210,7 +210,7 @@ def _row_lags(masked, u, noise, weights, lag_weights, spread, mean_var) -> np.nd
     sums of products. Returns shape (m, len(`MISFIT_LAGS`)).
     """
     (_, wc), ((d_r, g_r), (d_c, _)) = weights, lag_weights
-    noise = noise * d_c[:, :1, :]  # into the pixel at the same column
+    noise = noise * d_c[:, :1, :]  # the column's weight on its own bin
     m, side = masked.shape[:2]
     # Each bin's shared variance, through the columns' weights; then (last) 1, which
     # counts the pairs.
