@@ -137,29 +137,23 @@ def strap_rows(clean, strap_idx, ref_idx) -> np.ndarray:
     return clean[:, ref_idx].all(axis=2) & clean[:, strap_idx]
 
 
-def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static=None, static_columns=None):
+def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static_columns=None):
     """Per strap: sum(strap * reference) and sum(reference**2) over rows free of sources.
 
     ``reference`` is the neighbour columns' straight line at the strap
     (`reference_weights`); the ratio of the two sums is the least-squares slope
     of strap against reference. Rows where the references curve (`curved_rows`)
     are left out. ``rows`` (from `strap_rows`, fixed for a build) saves
-    recomputing the clean rows. ``static`` (same shape as ``diff``), when given,
-    is added to ``diff`` on the columns read: the sums of the whole frame.
-    ``static_columns`` is the same added from those columns gathered once
-    (`gather_columns` of ``static``), for a static scene added to every frame.
+    recomputing the clean rows. ``static_columns``, when given, is a static scene
+    on the columns read (`gather_columns`, once per build), added to ``diff``
+    there: the sums of the whole frame.
     """
     if strap_idx.size == 0:
         return np.zeros((0, 2))
-    if static is not None and static_columns is not None:
-        msg = "give strap_sums either static or static_columns, not both."
-        raise ValueError(msg)
     # One gather of the few columns involved, transposed so that every later step
     # runs along contiguous rows (2-D fancy indexing of columns is several times slower).
     columns, where = _columns(strap_idx, ref_idx)
     block = np.take(diff, columns, axis=1).T.copy()  # (ncolumns, 2048)
-    if static is not None:
-        block += np.take(static, columns, axis=1).T
     if static_columns is not None:
         block += static_columns
     strap = block[where[: strap_idx.size]]  # (nstraps, 2048)
