@@ -32,8 +32,8 @@ import numpy as np
 from astropy import units as u
 from astropy.time import Time
 
-from . import binsplit, interpolate
-from .ccd import CAMERAS, CCDS, SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
+from . import binsplit, cubefile, interpolate
+from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
 from .compactfine import carry_compression
 from .cubefile import ENCODINGS, FORMAT_VERSION, default_extents, read_fields, to_hdulist
 from .exceptions import CubeFormatError, OutsideCubeError
@@ -821,86 +821,7 @@ class ScatterLightCube:
 
     # ------------------------------------------------------------------ validation / I/O
     def _validate(self) -> None:
-        problems = []
-        if self.camera not in CAMERAS:
-            problems.append(f"camera must be 1-4, found {self.camera}")
-        if self.ccd not in CCDS:
-            problems.append(f"ccd must be 1-4, found {self.ccd}")
-        if self.sector < 1:
-            problems.append(f"sector must be >= 1, found {self.sector}")
-        nt = self._time.size
-        if nt == 0:
-            problems.append("the cube has no time planes")
-        for name in ("time_start", "time_stop"):
-            if getattr(self, "_" + name).shape != (nt,):
-                problems.append(
-                    f"{name} has shape {getattr(self, '_' + name).shape}, expected ({nt},)"
-                )
-        if not problems:
-            if not np.all(np.isfinite(self._time)):
-                problems.append("times contain NaN or infinity")
-            elif np.any(np.diff(self._time) <= 0):
-                i = int(np.argmax(np.diff(self._time) <= 0))
-                problems.append(
-                    f"times are not strictly increasing (plane {i + 1}: {self._time[i + 1]!r} "
-                    f"after {self._time[i]!r})"
-                )
-            elif np.any(self._time_start > self._time) or np.any(self._time_stop < self._time):
-                problems.append("some plane centres lie outside their time_start..time_stop")
-        for name, axis, (lo, hi) in (
-            ("row", self.row, SCIENCE_ROWS),
-            ("column", self.column, SCIENCE_COLUMNS),
-        ):
-            if axis.ndim != 1 or axis.size == 0:
-                problems.append(f"{name} centres must be a non-empty 1-D array")
-                continue
-            step = np.diff(axis)
-            if axis.size > 1 and (np.any(step <= 0) or not np.allclose(step, step[0])):
-                problems.append(f"{name} centres must be uniformly spaced and increasing")
-            if axis[0] < lo - 0.5 or axis[-1] > hi + 0.5:
-                problems.append(
-                    f"{name} centres {axis[0]:g}..{axis[-1]:g} leave the science area "
-                    f"{lo}..{hi} (1-based CCD pixels)"
-                )
-        if not problems and not self.region.is_full:
-            # The pixels the bins cover: a bin centred on c spans c -/+ (bin - 1) / 2.
-            half = (self.pixel_bin - 1) / 2
-            first = (self.row[0] - half, self.column[0] - half)
-            last = (self.row[-1] + half, self.column[-1] + half)
-            region = self.region
-            if (
-                region.row < first[0]
-                or region.column < first[1]
-                or region.row_stop > last[0]
-                or region.column_stop > last[1]
-            ):
-                problems.append(
-                    f"the region ({region}) reaches beyond the pixels of the bins, rows "
-                    f"{first[0]:g}..{last[0]:g}, columns {first[1]:g}..{last[1]:g}"
-                )
-        expected = self.shape
-        for name in ("_flux", "_flux_err"):
-            shape = tuple(np.shape(getattr(self, name)))
-            if shape != expected:
-                problems.append(
-                    f"{name[1:]} has shape {shape}, expected {expected} (time, row, column)"
-                )
-        if self.npix.shape != expected[1:]:
-            problems.append(f"npix has shape {self.npix.shape}, expected {expected[1:]}")
-        if self.strap_column.shape != self.strap_response.shape or self.strap_column.ndim != 1:
-            problems.append("strap_column and strap_response must be 1-D arrays of equal length")
-        elif np.any(~np.isfinite(self.strap_response)) or np.any(self.strap_response <= 0):
-            problems.append("strap_response must be finite and positive")
-        elif self.strap_response_err.shape != self.strap_response.shape:
-            problems.append("strap_response_err must have one value per strap_response")
-        elif not np.all(np.isfinite(self.strap_response_err) & (self.strap_response_err >= 0)):
-            problems.append("strap_response_err must be finite and non-negative")
-        if self.nframes.shape != (nt,):
-            problems.append(f"nframes has shape {self.nframes.shape}, expected ({nt},)")
-        if self.fine is not None:
-            problems.extend(self.fine.validate(nt))
-        if self.noise_share is not None:
-            problems.extend(binsplit.validate(self.noise_share, expected[1:]))
+        problems = cubefile.problems(self)
         if problems:
             raise CubeFormatError("Invalid scattered-light cube: " + "; ".join(problems) + ".")
         if isinstance(self._flux, np.ndarray):  # in-memory arrays are cheap to check fully

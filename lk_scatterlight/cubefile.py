@@ -5,7 +5,8 @@ layout of format version `FORMAT_VERSION` (encoding ``DENSE`` or ``LOWRANK``);
 `read_fields` reads such a file (versions 1..`FORMAT_VERSION`) or a tess-backml
 0.2/0.3 cube, converted to our conventions, into `CubeFields`, from which
 `~lk_scatterlight.cube.ScatterLightCube.read` makes the cube. Dense arrays stay
-on disk (`_FitsImage`) until they are needed.
+on disk (`_FitsImage`) until they are needed. `problems` lists what is
+inconsistent in a cube's fields, which the cube checks on construction.
 
 Rows and columns are 1-based CCD pixels with columns counting the 44
 collateral columns; times are BTJD [d] (TDB).
@@ -24,7 +25,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from . import binsplit, fastfits
-from .ccd import BTJD_OFFSET, FLUX_BUNITS, Region
+from .ccd import BTJD_OFFSET, CAMERAS, CCDS, FLUX_BUNITS, SCIENCE_COLUMNS, SCIENCE_ROWS, Region
 from .exceptions import CubeFormatError
 from .finelayer import FINE_EXTENSIONS, FINE_PRECISION, FineLayer
 from .lowrank import PRECISION, CompressionInfo, LowRank, error_step
@@ -242,6 +243,96 @@ class _FitsImage:
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self[...], dtype=dtype)
+
+
+def problems(cube: ScatterLightCube) -> list[str]:
+    """What is inconsistent in a cube's fields, one phrase each (empty: nothing).
+
+    Checks the sector, camera and CCD, the time planes (finite, strictly
+    increasing, inside their start..stop), the bin centres (uniform, inside the
+    science area, covering the cube's region), the shapes of every array, the
+    strap responses, and the fine layer's and noise share's own checks.
+    `~lk_scatterlight.cube.ScatterLightCube` raises `CubeFormatError` with them.
+    """
+    problems = []
+    if cube.camera not in CAMERAS:
+        problems.append(f"camera must be 1-4, found {cube.camera}")
+    if cube.ccd not in CCDS:
+        problems.append(f"ccd must be 1-4, found {cube.ccd}")
+    if cube.sector < 1:
+        problems.append(f"sector must be >= 1, found {cube.sector}")
+    nt = cube._time.size
+    if nt == 0:
+        problems.append("the cube has no time planes")
+    for name in ("time_start", "time_stop"):
+        if getattr(cube, "_" + name).shape != (nt,):
+            problems.append(f"{name} has shape {getattr(cube, '_' + name).shape}, expected ({nt},)")
+    if not problems:
+        if not np.all(np.isfinite(cube._time)):
+            problems.append("times contain NaN or infinity")
+        elif np.any(np.diff(cube._time) <= 0):
+            i = int(np.argmax(np.diff(cube._time) <= 0))
+            problems.append(
+                f"times are not strictly increasing (plane {i + 1}: {cube._time[i + 1]!r} "
+                f"after {cube._time[i]!r})"
+            )
+        elif np.any(cube._time_start > cube._time) or np.any(cube._time_stop < cube._time):
+            problems.append("some plane centres lie outside their time_start..time_stop")
+    for name, axis, (lo, hi) in (
+        ("row", cube.row, SCIENCE_ROWS),
+        ("column", cube.column, SCIENCE_COLUMNS),
+    ):
+        if axis.ndim != 1 or axis.size == 0:
+            problems.append(f"{name} centres must be a non-empty 1-D array")
+            continue
+        step = np.diff(axis)
+        if axis.size > 1 and (np.any(step <= 0) or not np.allclose(step, step[0])):
+            problems.append(f"{name} centres must be uniformly spaced and increasing")
+        if axis[0] < lo - 0.5 or axis[-1] > hi + 0.5:
+            problems.append(
+                f"{name} centres {axis[0]:g}..{axis[-1]:g} leave the science area "
+                f"{lo}..{hi} (1-based CCD pixels)"
+            )
+    if not problems and not cube.region.is_full:
+        # The pixels the bins cover: a bin centred on c spans c -/+ (bin - 1) / 2.
+        half = (cube.pixel_bin - 1) / 2
+        first = (cube.row[0] - half, cube.column[0] - half)
+        last = (cube.row[-1] + half, cube.column[-1] + half)
+        region = cube.region
+        if (
+            region.row < first[0]
+            or region.column < first[1]
+            or region.row_stop > last[0]
+            or region.column_stop > last[1]
+        ):
+            problems.append(
+                f"the region ({region}) reaches beyond the pixels of the bins, rows "
+                f"{first[0]:g}..{last[0]:g}, columns {first[1]:g}..{last[1]:g}"
+            )
+    expected = cube.shape
+    for name in ("_flux", "_flux_err"):
+        shape = tuple(np.shape(getattr(cube, name)))
+        if shape != expected:
+            problems.append(
+                f"{name[1:]} has shape {shape}, expected {expected} (time, row, column)"
+            )
+    if cube.npix.shape != expected[1:]:
+        problems.append(f"npix has shape {cube.npix.shape}, expected {expected[1:]}")
+    if cube.strap_column.shape != cube.strap_response.shape or cube.strap_column.ndim != 1:
+        problems.append("strap_column and strap_response must be 1-D arrays of equal length")
+    elif np.any(~np.isfinite(cube.strap_response)) or np.any(cube.strap_response <= 0):
+        problems.append("strap_response must be finite and positive")
+    elif cube.strap_response_err.shape != cube.strap_response.shape:
+        problems.append("strap_response_err must have one value per strap_response")
+    elif not np.all(np.isfinite(cube.strap_response_err) & (cube.strap_response_err >= 0)):
+        problems.append("strap_response_err must be finite and non-negative")
+    if cube.nframes.shape != (nt,):
+        problems.append(f"nframes has shape {cube.nframes.shape}, expected ({nt},)")
+    if cube.fine is not None:
+        problems.extend(cube.fine.validate(nt))
+    if cube.noise_share is not None:
+        problems.extend(binsplit.validate(cube.noise_share, expected[1:]))
+    return problems
 
 
 def default_extents(btjd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
