@@ -228,7 +228,7 @@ def corrector_honesty(cube, sim, patches, frames, truth) -> dict:
     return out
 
 
-def run_field(name, field, times, work: Path) -> dict:
+def run_field(name, field, times, work: Path, fine_bin: int = 4) -> dict:
     import bench_build as bb
 
     from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
@@ -240,7 +240,7 @@ def run_field(name, field, times, work: Path) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     dense = build_cube(
         SimulatedFFISource(sim),
-        BuildConfig(pixel_bin=bb.BIN, compact=False),
+        BuildConfig(pixel_bin=bb.BIN, compact=False, fine_bin=fine_bin),
         work_dir=work / name,
         progress=False,
     )
@@ -333,6 +333,9 @@ def main() -> None:
     parser.add_argument(
         "--cadence", type=float, default=1800.0, help="FFI cadence [s]: 1800 (default) or 200"
     )
+    parser.add_argument(
+        "--fine-bin", type=int, default=4, help="the fine layer's bin size [px] (default 4)"
+    )
     args = parser.parse_args()
     import bench_build as bb
 
@@ -348,7 +351,7 @@ def main() -> None:
     print(
         f"Honesty of quoted errors: RMS actual / RMS quoted (aim 1/{AIM}..{AIM}), sector 1, "
         f"{times.size} frames at {args.cadence:g} s, {bb.PATCH}x{bb.PATCH} patches, default "
-        "build (16-px bins, fine layer)"
+        f"build (16-px bins, fine layer of {args.fine_bin}-px bins)"
     )
     start = time.perf_counter()
     fields = (
@@ -357,7 +360,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench_errors_") as tmp:
         for name, field in fields:
-            print_field(run_field(name, field, times, Path(tmp)))
+            print_field(run_field(name, field, times, Path(tmp), args.fine_bin))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
