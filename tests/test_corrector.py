@@ -492,11 +492,14 @@ def test_real_tesscut_located(read_shared, name, expected):
     assert (region.nrows, region.ncols) == tpf.shape[1:]
     if tpf.row > 0:  # sane keywords: the TPF's own position
         assert (region.row, region.column) == (tpf.row, tpf.column)
+    from lk_scatterlight.builder.pipeline import BuildConfig, region_grid
+
     build = tpf_build_region(region)
     assert build.covers(region)
     assert build.nrows == build.ncols
-    assert (build.row - 1) % 64 == 0
-    assert (build.column - 45) % 64 == 0
+    grid = region_grid(BuildConfig())  # the whole-CCD cube's bins and fine tiles line up
+    assert (build.row - 1) % grid == 0
+    assert (build.column - 45) % grid == 0
 
 
 def test_real_spoc_tpf_detected(read_shared):

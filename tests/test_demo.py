@@ -39,7 +39,7 @@ def test_demo_command(tmp_path, capsys, monkeypatch):
     assert "%|" not in captured.err  # --no-progress: no bar, pooch's download bar included
     assert list(result.timings) == [*steps, "total"]
     assert result.ncadences > 1000  # a whole sector of 30-min FFIs
-    assert "192 x 192 px" in result.region  # the TPF's neighbourhood, not the CCD
+    assert "160 x 160 px" in result.region  # the TPF's neighbourhood, not the CCD
     assert result.model_rms < 0.0005 * result.injected_range
     assert abs(result.model_offset) < 0.005 * result.injected_range  # [e-/s] the level
     assert result.after_rms < 0.05 * result.before_rms

@@ -18,10 +18,16 @@ from . import masks
 
 __all__ = [
     "BuildConfig",
+    "DEFAULT_FINE_BIN",
     "PlaneBinner",
 ]
 
 log = logging.getLogger(__name__)
+
+#: The fine layer's bin size [px] unless a build asks for another: 2-px bins follow a 6-px
+#: shadow edge or a 12-px glint ridge to a few times the noise floor, 4-px bins to 15-20x
+#: (docs/building.rst, "The fine layer").
+DEFAULT_FINE_BIN = 2
 
 #: Signature of a time-binning stage: ``(value, error, groups) -> (flux, flux_err)``.
 PlaneBinner = Callable[[np.ndarray, np.ndarray, list], tuple[np.ndarray, np.ndarray]]
@@ -61,10 +67,12 @@ class BuildConfig:
         `~lk_scatterlight.ScatterLightCube.compress`); False keeps it dense.
     compact_tolerance : float
         Rank choice: residual RMS at most ``1 + compact_tolerance`` times the noise.
-    fine_bin : int
+    fine_bin : int, optional
         Bin size [px] of the fine layer (`~lk_scatterlight.builder.fine`), which
         keeps structure narrower than ``pixel_bin`` (glint ridges, shadow edges)
         where the frames show it; must divide ``pixel_bin``. 0 builds no fine layer.
+        None (the default) chooses `DEFAULT_FINE_BIN` (2 px), or no fine layer
+        when ``pixel_bin`` is not larger than that.
     fine_tile : int
         Fine bins per side of a fine-layer tile (the unit that is kept or not).
     fine_threshold : float
@@ -88,7 +96,7 @@ class BuildConfig:
     chunk: int = 50
     compact: bool = True
     compact_tolerance: float = 0.01
-    fine_bin: int = 4
+    fine_bin: int | None = None
     fine_tile: int = 16
     fine_threshold: float = 2.0
     fine_star_nsigma: float = 30.0
@@ -101,6 +109,8 @@ class BuildConfig:
         if self.chunk < 1:
             raise ValueError(f"chunk must be at least 1 frame, got {self.chunk}.")
         self.bad_columns = tuple(int(c) for c in self.bad_columns)
+        if self.fine_bin is None:
+            self.fine_bin = DEFAULT_FINE_BIN if self.pixel_bin > DEFAULT_FINE_BIN else 0
         if self.fine_bin < 0 or (self.fine_bin and self.pixel_bin % self.fine_bin):
             raise ValueError(
                 f"fine_bin must divide pixel_bin={self.pixel_bin} (or be 0 for no fine layer), "

@@ -56,10 +56,10 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fine-bin",
         type=_int_at_least(0, "--fine-bin"),
-        default=4,
+        default=None,
         help="bin size [px] of the fine layer that keeps structure narrower than a bin "
         "(glint ridges, shadow edges) where the frames show it; divides --pixel-bin; "
-        "0 for none (default 4)",
+        "0 for none (default 2, none with --pixel-bin 2 or less)",
     )
     parser.add_argument(
         "--time-bin",
