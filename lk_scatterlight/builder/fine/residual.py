@@ -128,6 +128,30 @@ def _along_scale(pixel_bin: int) -> float:
     return _ALONG_PX / pixel_bin if pixel_bin <= _ALONG_MAX_BIN else 0.0
 
 
+def _along_weights(scale: float) -> np.ndarray:
+    """The normalised Gaussian weights (sigma ``scale`` bins, to 2.5 sigma) of the smoothing."""
+    reach = int(np.ceil(2.5 * scale))
+    weights = np.exp(-0.5 * (np.arange(-reach, reach + 1) / scale) ** 2)
+    return weights / weights.sum()
+
+
+def _noise_spread(pixel_bin: int) -> float:
+    """How many fine bins share one bin's noise after `_smooth_along_structure` (1: none).
+
+    The sum over the bins along the structure of the squared correlation of
+    their smoothed noise with one bin's: the weights' autocorrelation, squared
+    and summed over the lags (~10 for sigma 4 bins). The factoring of a tile's
+    blocks (`~lk_scatterlight.finelayer.compress_tile`) needs it to know how far
+    noise alone scatters a block's residual.
+    """
+    scale = _along_scale(pixel_bin)
+    if not scale:
+        return 1.0
+    weights = _along_weights(scale)
+    rho = np.correlate(weights, weights, "full") / np.sum(weights**2)
+    return float(np.sum(rho**2))
+
+
 def _smooth_along_structure(
     r: np.ndarray, model: np.ndarray, kept: np.ndarray, tile: int, scale: float
 ) -> float:
@@ -165,10 +189,9 @@ def _smooth_along_structure(
     if kept.size == 0:
         return 1.0, 1.0
     n = r.shape[0]
-    reach = int(np.ceil(2.5 * scale))
+    weights = _along_weights(scale)
+    reach = weights.size // 2
     steps = np.arange(-reach, reach + 1)
-    weights = np.exp(-0.5 * (steps / scale) ** 2)
-    weights /= weights.sum()
     margin = reach + 2
     source = r.copy()
     nt = n // tile
