@@ -44,7 +44,7 @@ def inner(image: np.ndarray, tile: int = 5) -> np.ndarray:
 def test_only_two_pixel_bins_are_smoothed():
     """4-px bins do not resolve a 12-px ridge well enough for it to pay: no smoothing."""
     assert _along_scale(4) == 0
-    assert _along_scale(2) == pytest.approx(4.0)
+    assert _along_scale(2) == pytest.approx(8.0)
 
 
 @pytest.mark.parametrize("offset", [0.0, 0.37, 1.5])
