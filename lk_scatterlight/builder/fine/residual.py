@@ -121,8 +121,8 @@ def fine_residual(
 #: Gaussian sigma [px] of the smoothing along the local structure in kept tiles, and the
 #: largest fine bin [px] it is used with (see `_smooth_along_structure`). 16 px: on the
 #: structured field (27 frames, compact cube) the ridge went from 3.2x to 3.0x the noise
-#: floor (8 px before), the smooth field a little better; 24 px spread a ridge crossing
-#: the shadow edge along it (shadow edge 4.8x -> 7.8x).
+#: floor (8 px before), the smooth field a little better; with 24 px the shadow edge went
+#: from 4.8x to 7.8x.
 _ALONG_PX, _ALONG_MAX_BIN = 16.0, 2
 
 
@@ -174,9 +174,11 @@ def _smooth_along_structure(
     ridge's peak by a few %). Where nothing stands out the direction is
     arbitrary and the average is an ordinary smoothing of noise on a smooth
     field (its change over the average is near linear, which the average
-    keeps). Samples that fall beyond the CCD get no weight (repeating the
-    edge's values bent a ridge leaving the CCD by up to a quarter of its
-    height).
+    keeps). Beyond the CCD's edge the samples repeat the edge's values: that
+    bends a ridge leaving the CCD (by up to a quarter of its height over a
+    corner tile), but leaving those samples out, or the same reach on the
+    other side, made the smooth field's CCD edges worse (``bench_fine.py``
+    ``--smooth``: 1.2x -> 1.4x and 1.3x the noise floor).
 
     Only worth it where the bins resolve the structure: with 4-px bins the
     grid's own error on a 12-px ridge (~0.4 % of its height, `bench_fine.py`'s
@@ -219,18 +221,8 @@ def _smooth_along_structure(
         at = [rows + steps[:, None, None] * u_row, cols + steps[:, None, None] * u_col]
         samples = ndimage.map_coordinates(window, at, order=3, mode="nearest")
         block = (slice(i * tile, (i + 1) * tile), slice(j * tile, (j + 1) * tile))
-        if r0 == 0 or c0 == 0 or r1 == n or c1 == n:  # samples beyond the CCD do not count
-            w = _inside(at[0] + r0, n) & _inside(at[1] + c0, n)
-            w = weights[:, None, None] * w
-            r[block] = np.sum(w * samples, axis=0) / w.sum(axis=0) - model[block]
-        else:
-            r[block] = np.tensordot(weights, samples, axes=1) - model[block]
+        r[block] = np.tensordot(weights, samples, axes=1) - model[block]
     return float(weights[reach]), float(np.sqrt(np.sum(weights**2)))
-
-
-def _inside(position: np.ndarray, n: int) -> np.ndarray:
-    """Whether each position [bins] lies on an axis of ``n`` bins (0 .. n - 1)."""
-    return (position >= 0) & (position <= n - 1)
 
 
 #: A tile whose statistic with the first fill of its holes is this fraction of the way
