@@ -55,7 +55,7 @@ def compress_tile(
     spread : float
         How many bins share one bin's noise: the sum over the tile's bins of the
         squared correlation of their noise with it (1: independent bins). The
-        builder's smoothing along the structure with 2-px bins makes it ~10
+        builder's smoothing along the structure with 2-px bins makes it ~20
         (`~lk_scatterlight.builder.fine.residual._noise_spread`); counted as
         independent, their noise alone broke the per-block budget and raised
         the rank, so that the basis kept the noise (a shadow-edge tile of the

@@ -143,7 +143,7 @@ def _noise_spread(pixel_bin: int) -> float:
 
     The sum over the bins along the structure of the squared correlation of
     their smoothed noise with one bin's: the weights' autocorrelation, squared
-    and summed over the lags (~10 for sigma 4 bins). The factoring of a tile's
+    and summed over the lags (~20 for sigma 8 bins). The factoring of a tile's
     blocks (`~lk_scatterlight.finelayer.compress_tile`) needs it to know how far
     noise alone scatters a block's residual.
     """
