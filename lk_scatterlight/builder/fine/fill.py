@@ -183,9 +183,10 @@ def _fill_isotropic(r: np.ndarray, ok: np.ndarray, holes=None, copy: bool = True
     """Normalised Gaussian convolution of the valid bins, widening until all is filled.
 
     The first width (1 bin) is computed at the holes only, from their 7 x 7
-    neighbourhoods; the rare holes with no valid bin there use whole-image
-    filters of widths 4, 8 and 32 bins. ``holes`` is ``np.nonzero(~ok)`` if
-    known; with ``copy=False`` ``r`` itself is filled.
+    neighbourhoods; the rare holes with no valid bin there use filters of
+    widths 4, 8 and 32 bins, computed on boxes around them (`_wide_fill`).
+    ``holes`` is ``np.nonzero(~ok)`` if known; with ``copy=False`` ``r``
+    itself is filled.
     """
     out = r.copy() if copy else r
     rows, cols = np.nonzero(~ok) if holes is None else holes
@@ -204,16 +205,44 @@ def _fill_isotropic(r: np.ndarray, ok: np.ndarray, holes=None, copy: bool = True
     missing[rows[near], cols[near]] = False
     valid = (~missing).astype(np.float32)
     for width in (4, 8, 32):
-        num = ndimage.gaussian_filter(out * valid, width, mode="nearest")
-        den = ndimage.gaussian_filter(valid, width, mode="nearest")
-        fill = missing & (den > 1e-3)
-        out[fill] = num[fill] / den[fill]
+        fill = _wide_fill(out, valid, missing, width)
         valid[fill] = 1
         missing &= ~fill
         if not missing.any():
             break
     out[missing] = 0
     return out
+
+
+def _wide_fill(out, valid, missing, width) -> np.ndarray:
+    """One width of `_fill_isotropic`'s wide fill: the ``missing`` bins where the
+    normalised Gaussian convolution (sigma ``width`` bins) of ``out`` over the
+    ``valid`` bins is defined take its value; returns those bins.
+
+    Each group of missing bins is convolved on its bounding box grown by the
+    filter's reach (4 sigma), which gives the same values at the group as the
+    whole image's filter (``mode="nearest"`` at the image's edges, which the
+    boxes keep); the whole image at once when the boxes would cover more.
+    """
+    n = out.shape[0]
+    reach = int(4.0 * width + 0.5)  # gaussian_filter's radius (truncate=4)
+    labels, _ = ndimage.label(missing)
+    objects = ndimage.find_objects(labels)
+    boxes = [
+        tuple(slice(max(s.start - reach, 0), min(s.stop + reach, n)) for s in core)
+        for core in objects
+    ]
+    if sum((b[0].stop - b[0].start) * (b[1].stop - b[1].start) for b in boxes) >= out.size:
+        boxes, objects = [(slice(0, n), slice(0, n))], [None]
+    fill = np.zeros_like(missing)
+    for k, (box, core) in enumerate(zip(boxes, objects, strict=True)):
+        num = ndimage.gaussian_filter(out[box] * valid[box], width, mode="nearest")
+        den = ndimage.gaussian_filter(valid[box], width, mode="nearest")
+        mine = missing[box] if core is None else labels[box] == k + 1
+        here = mine & (den > 1e-3)
+        out[box][here] = num[here] / den[here]
+        fill[box] |= here
+    return fill
 
 
 #: Half-width [fine bins] of the first fill's window, of the structure tensor's window
@@ -234,9 +263,13 @@ def _structure_direction(image, ok, rows, cols) -> np.ndarray:
     offsets = np.arange(-_STRUCTURE, _STRUCTURE + 1)
     dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
     weight = np.exp(-(dr**2 + dc**2) / (2 * (_STRUCTURE / 2) ** 2)).ravel()
-    rr = np.clip(rows[:, None] + dr.ravel(), 0, nr - 1)
-    cc = np.clip(cols[:, None] + dc.ravel(), 0, nc - 1)
-    gr, gc, measured = _gradients_at(image, ok, rr, cc)
+    # The gradients of the whole image, padded with their edge values: a window's bin
+    # beyond an edge reads the nearest edge bin's, as if its position were clipped.
+    pad = _STRUCTURE
+    images = [np.pad(x, pad, mode="edge").ravel() for x in _gradients(image, ok)]
+    width = nc + 2 * pad
+    at = ((rows + pad) * width + cols + pad)[:, None] + (dr * width + dc).ravel()
+    gr, gc, measured = (np.take(x, at) for x in images)
     w = weight * measured
     a, b, c = (w * gr * gr).sum(1), (w * gr * gc).sum(1), (w * gc * gc).sum(1)
     theta = 0.5 * np.arctan2(2 * b, a - c)  # direction of the strongest gradient
@@ -246,17 +279,18 @@ def _structure_direction(image, ok, rows, cols) -> np.ndarray:
     return along
 
 
-def _gradients_at(image, ok, rr, cc):
-    """``np.gradient(image)`` at the bins ``rr, cc`` only, and where its central
-    differences involve valid bins alone (one-sided differences at the edges)."""
+def _gradients(image, ok):
+    """``np.gradient(image)`` (float64; one-sided differences at the edges), and where
+    its central differences involve valid bins alone."""
     nr, nc = image.shape
-    up, down = np.maximum(rr - 1, 0), np.minimum(rr + 1, nr - 1)
-    left, right = np.maximum(cc - 1, 0), np.minimum(cc + 1, nc - 1)
-    g_row = (image[down, cc] - image[up, cc]) / (down - up)
-    g_col = (image[rr, right] - image[rr, left]) / (right - left)
-    measured = ok[rr, cc]
-    measured &= (rr == 0) | (rr == nr - 1) | (ok[up, cc] & ok[down, cc])
-    measured &= (cc == 0) | (cc == nc - 1) | (ok[rr, left] & ok[rr, right])
+    i, j = np.arange(nr), np.arange(nc)
+    up, down = np.maximum(i - 1, 0), np.minimum(i + 1, nr - 1)
+    left, right = np.maximum(j - 1, 0), np.minimum(j + 1, nc - 1)
+    g_row = (image[down] - image[up]) / (down - up)[:, None]
+    g_col = (image[:, right] - image[:, left]) / (right - left)
+    measured = ok.copy()
+    measured &= ((i == 0) | (i == nr - 1))[:, None] | (ok[up] & ok[down])
+    measured &= (j == 0) | (j == nc - 1) | (ok[:, left] & ok[:, right])
     return g_row, g_col, measured
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from ... import interpolate
-from .context import FILL_CLASSES, FineContext, depth_class
+from .context import FILL_CLASSES, FineContext, depth_class, depth_class_at
 from .fill import (
     _PROFILE_MIN,
     _fill_along_structure,
@@ -351,7 +351,7 @@ def _fill_misfit(
     sums = np.bincount(tile, excess, minlength=nt * nt)[kept]
     count = np.bincount(tile, minlength=nt * nt)[kept]
     out[count > 0, 0] = sums[count > 0] / count[count > 0]
-    depth = depth_class(ndimage.distance_transform_edt(~hidden)[rows, cols])
+    depth = depth_class_at(hidden, rows, cols)
     at = (tile * FILL_CLASSES + depth - 1, nt * nt * FILL_CLASSES)
     by_class = np.bincount(at[0], excess, minlength=at[1]).reshape(nt * nt, -1)
     out[:, 1 : 1 + FILL_CLASSES] = by_class[kept]
