@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from ... import interpolate
-from .fill import _hole_ring, _profile_pieces
+from .fill import _first_fill, _hole_ring, _profile_pieces
 
 #: Fine bins with fewer valid pixels than this are left to the coarse model.
 MIN_PIXELS = 4
@@ -128,6 +129,17 @@ class FineContext:
     @property
     def ntiles(self) -> int:
         return self.inv_count.shape[0] // self.tile
+
+    @functools.cached_property
+    def first_fill(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`_fill_isotropic`'s first width at ``holes`` (`_first_fill`), made when
+        first asked for: the same for every frame without holes of its own."""
+        return _first_fill(self.ok, *self.holes)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("first_fill", None)  # a cache (~20 MB with 2-px bins): remade where used
+        return state
 
 
 @dataclass

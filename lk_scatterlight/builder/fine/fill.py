@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import linalg, ndimage
 
@@ -137,10 +139,7 @@ def _fit_profile(r, ok, model, noise, threshold, component, piece, n) -> None:
     if np.mean(res[valid] ** 2 / noise[r0:r1, c0:c1][valid]) <= threshold:
         return
     total = res + model[r0:r1, c0:c1]
-    g_row, g_col = np.gradient(total)
-    measured = valid.copy()
-    measured[1:-1] &= valid[:-2] & valid[2:]
-    measured[:, 1:-1] &= valid[:, :-2] & valid[:, 2:]
+    g_row, g_col, measured = _gradients(total, valid, total.dtype)
     a, b, c = (
         (g_row * g_row)[measured].sum(),
         (g_row * g_col)[measured].sum(),
@@ -149,19 +148,28 @@ def _fit_profile(r, ok, model, noise, threshold, component, piece, n) -> None:
     if np.hypot(a - c, 2 * b) < 0.5 * (a + c):  # no dominant direction
         return
     theta = 0.5 * np.arctan2(2 * b, a - c)  # across the structure
-    rr, cc = np.mgrid[r0:r1, c0:c1]
-    rr, cc = rr - (r0 + r1) / 2, cc - (c0 + c1) / 2
+    rr = np.arange(r0, r1)[:, None] - (r0 + r1) / 2
+    cc = np.arange(c0, c1)[None, :] - (c0 + c1) / 2
     across = rr * np.cos(theta) + cc * np.sin(theta)
     along = -rr * np.sin(theta) + cc * np.cos(theta)
     knots = np.arange(across.min(), across.max() + _PROFILE_KNOTS, _PROFILE_KNOTS)
     hats = np.clip(1 - np.abs(across[..., None] - knots) / _PROFILE_KNOTS, 0, None)
     design = np.concatenate([hats, along[..., None]], axis=-1)
-    smooth = np.diff(np.eye(knots.size), 2, axis=0)  # second differences of the profile
-    penalty = np.hstack([smooth, np.zeros((smooth.shape[0], 1))]) * 0.3
+    penalty = _profile_penalty(knots.size)
     lhs = np.vstack([design[valid], penalty])
     rhs = np.concatenate([total[valid], np.zeros(penalty.shape[0])])
     coef = _least_squares(lhs, rhs)
     res[hole] = design[hole] @ coef - model[r0:r1, c0:c1][hole]
+
+
+@functools.lru_cache(maxsize=64)
+def _profile_penalty(nknots: int) -> np.ndarray:
+    """The rows that regularise a profile of ``nknots`` knots (its second differences,
+    times 0.3; 0 on the trend along the structure). Cached: read-only."""
+    smooth = np.diff(np.eye(nknots), 2, axis=0)
+    penalty = np.hstack([smooth, np.zeros((smooth.shape[0], 1))]) * 0.3
+    penalty.flags.writeable = False
+    return penalty
 
 
 def _least_squares(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -179,26 +187,23 @@ def _least_squares(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return linalg.cho_solve(factor, lhs.T @ rhs, check_finite=False)
 
 
-def _fill_isotropic(r: np.ndarray, ok: np.ndarray, holes=None, copy: bool = True) -> np.ndarray:
+def _fill_isotropic(
+    r: np.ndarray, ok: np.ndarray, holes=None, copy: bool = True, first=None
+) -> np.ndarray:
     """Normalised Gaussian convolution of the valid bins, widening until all is filled.
 
     The first width (1 bin) is computed at the holes only, from their 7 x 7
     neighbourhoods; the rare holes with no valid bin there use filters of
     widths 4, 8 and 32 bins, computed on boxes around them (`_wide_fill`).
-    ``holes`` is ``np.nonzero(~ok)`` if known; with ``copy=False`` ``r``
-    itself is filled.
+    ``holes`` is ``np.nonzero(~ok)`` if known, ``first`` its `_first_fill`
+    if known (the same for every frame of a build); with ``copy=False``
+    ``r`` itself is filled.
     """
     out = r.copy() if copy else r
     rows, cols = np.nonzero(~ok) if holes is None else holes
-    n = r.shape[0]
-    offsets = np.arange(-_WINDOW, _WINDOW + 1)
-    dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
-    rr = np.clip(rows[:, None] + dr.ravel(), 0, n - 1)
-    cc = np.clip(cols[:, None] + dc.ravel(), 0, n - 1)
-    w = np.exp(-(dr**2 + dc**2) / 2.0).ravel() * ok[rr, cc]
-    total = w.sum(axis=1)
+    at, w, total = _first_fill(ok, rows, cols) if first is None else first
     near = total > 1e-3
-    out[rows[near], cols[near]] = (w * r[rr, cc]).sum(axis=1)[near] / total[near]
+    out[rows[near], cols[near]] = (w * np.take(r, at)).sum(axis=1)[near] / total[near]
     if near.all():
         return out
     missing = ~ok
@@ -212,6 +217,19 @@ def _fill_isotropic(r: np.ndarray, ok: np.ndarray, holes=None, copy: bool = True
             break
     out[missing] = 0
     return out
+
+
+def _first_fill(ok: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+    """The first width of `_fill_isotropic` at the holes ``rows, cols`` of ``ok``: per
+    hole, the flat indices of its 7 x 7 neighbourhood (clipped at the edges), their
+    Gaussian weights (0 on holes) and the weights' sum."""
+    n = ok.shape[0]
+    offsets = np.arange(-_WINDOW, _WINDOW + 1)
+    dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
+    rr = np.clip(rows[:, None] + dr.ravel(), 0, n - 1)
+    cc = np.clip(cols[:, None] + dc.ravel(), 0, n - 1)
+    w = np.exp(-(dr**2 + dc**2) / 2.0).ravel() * ok[rr, cc]
+    return rr * n + cc, w, w.sum(axis=1)
 
 
 def _wide_fill(out, valid, missing, width) -> np.ndarray:
@@ -279,18 +297,21 @@ def _structure_direction(image, ok, rows, cols) -> np.ndarray:
     return along
 
 
-def _gradients(image, ok):
-    """``np.gradient(image)`` (float64; one-sided differences at the edges), and where
-    its central differences involve valid bins alone."""
-    nr, nc = image.shape
-    i, j = np.arange(nr), np.arange(nc)
-    up, down = np.maximum(i - 1, 0), np.minimum(i + 1, nr - 1)
-    left, right = np.maximum(j - 1, 0), np.minimum(j + 1, nc - 1)
-    g_row = (image[down] - image[up]) / (down - up)[:, None]
-    g_col = (image[:, right] - image[:, left]) / (right - left)
+def _gradients(image, ok, dtype=float):
+    """``np.gradient(image)`` as ``dtype`` (one-sided differences at the edges; the
+    differences in ``image``'s precision), and where its central differences involve
+    valid bins alone."""
+    g_row, g_col = np.empty(image.shape, dtype), np.empty(image.shape, dtype)
+    two, one = np.float64(2), np.float64(1)  # float64 quotients, as of an index difference
+    np.divide(image[2:] - image[:-2], two, out=g_row[1:-1])
+    np.divide(image[1:2] - image[:1], one, out=g_row[:1])
+    np.divide(image[-1:] - image[-2:-1], one, out=g_row[-1:])
+    np.divide(image[:, 2:] - image[:, :-2], two, out=g_col[:, 1:-1])
+    np.divide(image[:, 1:2] - image[:, :1], one, out=g_col[:, :1])
+    np.divide(image[:, -1:] - image[:, -2:-1], one, out=g_col[:, -1:])
     measured = ok.copy()
-    measured &= ((i == 0) | (i == nr - 1))[:, None] | (ok[up] & ok[down])
-    measured &= (j == 0) | (j == nc - 1) | (ok[:, left] & ok[:, right])
+    measured[1:-1] &= ok[:-2] & ok[2:]
+    measured[:, 1:-1] &= ok[:, :-2] & ok[:, 2:]
     return g_row, g_col, measured
 
 

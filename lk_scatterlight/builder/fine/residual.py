@@ -69,7 +69,9 @@ def fine_residual(
     holes = context.holes if ok is context.ok else np.nonzero(~ok)
     r = mean
     r[holes] = 0
-    _fill_isotropic(r, ok, holes, copy=False)
+    _fill_isotropic(
+        r, ok, holes, copy=False, first=context.first_fill if ok is context.ok else None
+    )
     # Most tiles hold only noise, and their holes need no better fill than the first
     # guess. A hole's refill depends on valid bins only and changes only the hole
     # itself and, through the second differences below, the bins next to it: so only
