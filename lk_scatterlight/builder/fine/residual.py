@@ -291,8 +291,11 @@ def _reference_noise(context: FineContext, uncertainty: np.ndarray | None) -> np
     if uncertainty is None or context.strap_noise is None or not context.strap_idx.size:
         return None
     ref_idx, line, rows = context.strap_noise
-    variance = np.square(np.take(uncertainty, ref_idx.ravel(), axis=1), dtype=np.float64)
-    variance = np.nan_to_num(variance).reshape(-1, *ref_idx.shape)  # (rows, nstraps, 4)
+    # Neighbouring straps share reference columns: each distinct column is read once.
+    columns, where = np.unique(ref_idx.ravel(), return_inverse=True)
+    variance = np.square(np.take(uncertainty, columns, axis=1), dtype=np.float64)
+    variance = np.take(np.nan_to_num(variance, copy=False), where, axis=1)
+    variance = variance.reshape(-1, *ref_idx.shape)  # (rows, nstraps, 4)
     per_row = np.einsum("rsk,sk->rs", variance, np.square(line, dtype=np.float64))
     return np.where(rows, per_row, 0).sum(axis=0)
 
