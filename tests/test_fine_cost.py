@@ -7,7 +7,12 @@ import pytest
 from scipy import ndimage
 
 from lk_scatterlight.builder.fine.context import depth_class, depth_class_at
-from lk_scatterlight.builder.fine.fill import _fill_isotropic, _structure_direction
+from lk_scatterlight.builder.fine.fill import (
+    _fill_isotropic,
+    _pieces_touching,
+    _profile_pieces,
+    _structure_direction,
+)
 
 
 def holes_mask(seed: int, n: int = 96) -> np.ndarray:
@@ -101,3 +106,14 @@ def test_structure_direction_matches_per_hole_gradients():
     # Near the ridge the holes get a direction, in the flat noise around it not: both kinds.
     assert 0.2 < np.isfinite(expected[:, 0]).mean() < 0.8
     np.testing.assert_array_equal(got, expected)
+
+
+def test_pieces_touching_matches_each_box():
+    ok = holes_mask(7)
+    _, pieces = _profile_pieces(~ok)
+    mask = np.zeros_like(ok)
+    mask[::9, ::13] = True  # a sparse grid of marks: some boxes hold one, some none
+    expected = [mask[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
+    assert 0 < sum(expected) < len(expected)
+    np.testing.assert_array_equal(_pieces_touching(mask, pieces), expected)
+    assert _pieces_touching(mask, pieces[:0]).shape == (0,)

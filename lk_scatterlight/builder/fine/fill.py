@@ -119,6 +119,16 @@ def _profile_pieces(holes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.array(pieces, dtype=np.int64).reshape(-1, 5)
 
 
+def _pieces_touching(mask: np.ndarray, pieces: np.ndarray) -> np.ndarray:
+    """Per piece of `_profile_pieces`, whether ``mask`` holds a True bin in its box
+    (the sums of ``mask`` over the boxes, from its summed-area table)."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)
+    np.cumsum(mask, axis=0, dtype=np.int32, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
+    _, r0, r1, c0, c1 = pieces.T
+    return table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0] > 0
+
+
 def _fit_profile(r, ok, model, noise, threshold, component, piece, n) -> None:
     """Fill one piece of a hole (``component``: its bins within ``piece``), see `_fill_profiles`."""
     m = _PROFILE_MARGIN

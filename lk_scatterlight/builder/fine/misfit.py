@@ -18,6 +18,7 @@ from .fill import (
     _fill_isotropic,
     _fill_profiles,
     _hole_ring,
+    _pieces_touching,
     _profile_pieces,
 )
 
@@ -284,8 +285,8 @@ def _fill_probe(filled, ok, model, kept, context: FineContext, noise):
     _fill_along_structure(trial, hidden, model, rows, cols)
     labels, pieces = context.ring_holes if static else _profile_pieces(~(ok & ~ring))
     profiled = _profiled(labels, context.labels if static else _profile_pieces(~ok)[0])
-    touch = [profiled[k] and probe[r0:r1, c0:c1].any() for k, r0, r1, c0, c1 in pieces.tolist()]
-    if any(touch):
+    touch = profiled[pieces[:, 0]] & _pieces_touching(probe, pieces)
+    if touch.any():
         _fill_profiles(trial, hidden, model, noise, context.threshold, (labels, pieces[touch]))
     return rows, cols, (trial[rows, cols] - filled[rows, cols]).astype(float), hidden
 

@@ -12,7 +12,13 @@ from scipy import ndimage
 
 from ..strap_photometry import strap_sums as _strap_sums
 from .context import FineContext, FineFrame
-from .fill import _fill_along_structure, _fill_isotropic, _fill_profiles, _profile_pieces
+from .fill import (
+    _fill_along_structure,
+    _fill_isotropic,
+    _fill_profiles,
+    _pieces_touching,
+    _profile_pieces,
+)
 from .misfit import _bin_noise, _fill_bins, _fill_misfit, _fill_probe, _tile_misfit
 
 #: Fewest tiles with data whose median chi-square calibrates a frame's noise.
@@ -82,8 +88,8 @@ def fine_residual(
         busy = ~ok & _grow_one(near.repeat(t, 0).repeat(t, 1))
         rows, cols = np.nonzero(busy)
         _fill_along_structure(r, ok, model, rows, cols)
-        touch = [busy[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
-        if any(touch):
+        touch = _pieces_touching(busy, pieces)
+        if touch.any():
             _fill_profiles(r, ok, model, noise.image, context.threshold, (labels, pieces[touch]))
     filled = r.copy()  # the fills, before the curvature step: `_fill_misfit` redoes them
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
