@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from ... import interpolate
-from .fill import _first_fill, _hole_ring, _profile_pieces
+from .fill import _first_fill, _hole_ring, _profile_pieces, _profiled
 
 #: Fine bins with fewer valid pixels than this are left to the coarse model.
 MIN_PIXELS = 4
@@ -136,9 +136,16 @@ class FineContext:
         first asked for: the same for every frame without holes of its own."""
         return _first_fill(self.ok, *self.holes)
 
+    @functools.cached_property
+    def ring_profiled(self) -> np.ndarray:
+        """Per hole of ``ring_holes``, whether `_fill_probe` refits it with profiles
+        (`_profiled`), made when first asked for."""
+        return _profiled(self.ring_holes[0], self.labels)
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.pop("first_fill", None)  # a cache (~20 MB with 2-px bins): remade where used
+        for cache in ("first_fill", "ring_profiled"):  # remade where used (~20 MB at 2 px)
+            state.pop(cache, None)
         return state
 
 

@@ -119,6 +119,24 @@ def _profile_pieces(holes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.array(pieces, dtype=np.int64).reshape(-1, 5)
 
 
+def _profiled(labels: np.ndarray, hole_labels: np.ndarray) -> np.ndarray:
+    """Per hole of ``labels`` (the holes with the ring hidden), whether it holds a hole
+    of ``hole_labels`` (the frame's own) of `_PROFILE_MIN` bins or more.
+
+    Only those holes are refitted with profiles (`_fill_profiles`): a smaller
+    hole keeps its first fill and the fill along the structure, and so must its
+    ring in the probe. On the structured simulated field, holes of 1-3 bins
+    (stars below the halo size) hold 93 % of the fill error in kept tiles,
+    which a probe refitting their ring with profiles quoted 4.7x too small.
+    """
+    sizes = np.bincount(hole_labels.ravel())
+    sizes[0] = 0
+    inside = hole_labels > 0
+    out = np.zeros(int(labels.max()) + 1, dtype=bool)
+    out[labels[inside][sizes[hole_labels[inside]] >= _PROFILE_MIN]] = True
+    return out
+
+
 def _pieces_touching(mask: np.ndarray, pieces: np.ndarray) -> np.ndarray:
     """Per piece of `_profile_pieces`, whether ``mask`` holds a True bin in its box
     (the sums of ``mask`` over the boxes, from its summed-area table)."""
