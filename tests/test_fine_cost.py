@@ -4,11 +4,12 @@ the deep holes, and the structure direction from the padded gradient images."""
 
 import numpy as np
 import pytest
-from scipy import ndimage
+from scipy import linalg, ndimage
 
 from lk_scatterlight.builder.fine.context import depth_class, depth_class_at
 from lk_scatterlight.builder.fine.fill import (
     _fill_isotropic,
+    _least_squares,
     _pieces_touching,
     _profile_pieces,
     _structure_direction,
@@ -117,3 +118,26 @@ def test_pieces_touching_matches_each_box():
     assert 0 < sum(expected) < len(expected)
     np.testing.assert_array_equal(_pieces_touching(mask, pieces), expected)
     assert _pieces_touching(mask, pieces[:0]).shape == (0,)
+
+
+def test_least_squares_is_scipy_cholesky_or_lstsq():
+    """The direct LAPACK calls give cho_factor / cho_solve's numbers, and lstsq's on
+    singular systems."""
+    rng = np.random.default_rng(8)
+    for k in range(40):
+        lhs = rng.normal(size=(int(rng.integers(20, 200)), int(rng.integers(3, 25))))
+        rhs = rng.normal(size=lhs.shape[0])
+        if k % 4 == 0:
+            lhs[:, 1] = lhs[:, 0]  # singular: the SVD path
+        normal = lhs.T @ lhs
+        try:
+            factor = linalg.cho_factor(normal, check_finite=False)
+            diagonal = np.diag(factor[0])
+            singular = diagonal.min() <= 1e-6 * diagonal.max()
+        except linalg.LinAlgError:
+            singular = True
+        if singular:
+            expected = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        else:
+            expected = linalg.cho_solve(factor, lhs.T @ rhs, check_finite=False)
+        np.testing.assert_array_equal(_least_squares(lhs, rhs), expected)

@@ -203,16 +203,27 @@ def _profile_penalty(nknots: int) -> np.ndarray:
 def _least_squares(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """``lstsq(lhs, rhs)`` through the normal equations (Cholesky), ~10x faster for the
     profiles' tall, well-conditioned systems; SVD (`numpy.linalg.lstsq`) when they are
-    singular or badly conditioned."""
+    singular or badly conditioned.
+
+    LAPACK's ``potrf`` and ``potrs`` are called directly, as `scipy.linalg.cho_factor`
+    and `~scipy.linalg.cho_solve` call them (the same numbers) without their checks:
+    thousands of small systems per frame."""
     normal = lhs.T @ lhs
-    try:
-        factor = linalg.cho_factor(normal, check_finite=False)
-    except linalg.LinAlgError:
+    potrf, potrs = _cholesky_routines(normal.dtype)
+    factor, info = potrf(normal, lower=False, overwrite_a=False, clean=False)
+    if info != 0:  # > 0: not positive definite
         return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
-    diagonal = np.diag(factor[0])
+    diagonal = np.diag(factor)
     if diagonal.min() <= 1e-6 * diagonal.max():  # condition number over ~1e12
         return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
-    return linalg.cho_solve(factor, lhs.T @ rhs, check_finite=False)
+    return potrs(factor, lhs.T @ rhs, lower=False, overwrite_b=False)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _cholesky_routines(dtype: np.dtype):
+    """LAPACK's Cholesky factorisation and solve (``potrf``, ``potrs``) for ``dtype``."""
+    probe = np.zeros((1, 1), dtype=dtype)
+    return linalg.get_lapack_funcs(("potrf", "potrs"), (probe,))
 
 
 def _fill_isotropic(
