@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from ... import interpolate
-from .fill import _hole_ring, _profile_pieces
+from .fill import _first_fill, _hole_ring, _profile_pieces, _profiled
 
 #: Fine bins with fewer valid pixels than this are left to the coarse model.
 MIN_PIXELS = 4
@@ -128,6 +129,24 @@ class FineContext:
     @property
     def ntiles(self) -> int:
         return self.inv_count.shape[0] // self.tile
+
+    @functools.cached_property
+    def first_fill(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`_fill_isotropic`'s first width at ``holes`` (`_first_fill`), made when
+        first asked for: the same for every frame without holes of its own."""
+        return _first_fill(self.ok, *self.holes)
+
+    @functools.cached_property
+    def ring_profiled(self) -> np.ndarray:
+        """Per hole of ``ring_holes``, whether `_fill_probe` refits it with profiles
+        (`_profiled`), made when first asked for."""
+        return _profiled(self.ring_holes[0], self.labels)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for cache in ("first_fill", "ring_profiled"):  # remade where used (~20 MB at 2 px)
+            state.pop(cache, None)
+        return state
 
 
 @dataclass
@@ -257,6 +276,41 @@ def depth_class(depth: np.ndarray) -> np.ndarray:
     """
     depth = np.maximum(np.asarray(depth, dtype=float), 1.0)
     return np.minimum(1 + np.ceil(np.log2(depth) - 1e-9).astype(int), FILL_CLASSES)
+
+
+#: Farthest distance [fine bins] `depth_class_at` searches: past it a bin is in the last class.
+_DEEPEST = 2 ** (FILL_CLASSES - 2)
+
+
+def depth_class_at(measured: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`depth_class` of the bins ``rows, cols`` (not ``measured``) of a square grid.
+
+    The same as ``depth_class(distance_transform_edt(~measured)[rows, cols])``
+    without the transform of the whole grid: the neighbours of the bins are
+    looked at shell by shell, nearest first, until each has met a measured bin
+    (at ``sqrt(d2)``, the transform's own distance); a bin with none within
+    `_DEEPEST` bins is deeper than the last class's bound. The bins of a probe
+    lie a bin or two from a measured one, so a few shells do.
+    """
+    n = measured.shape[0]
+    reach = np.arange(-_DEEPEST, _DEEPEST + 1)
+    dr, dc = (x.ravel() for x in np.meshgrid(reach, reach, indexing="ij"))
+    d2 = dr**2 + dc**2
+    order = np.argsort(d2, kind="stable")
+    dr, dc, d2 = dr[order], dc[order], d2[order]
+    shells = np.flatnonzero(np.diff(d2)) + 1
+    depth = np.full(rows.size, _DEEPEST + 1.0)
+    left = np.arange(rows.size)
+    for lo, hi in zip(shells[:-1], shells[1:], strict=True):
+        if d2[lo] > _DEEPEST**2 or not left.size:
+            break
+        r = rows[left, None] + dr[lo:hi]
+        c = cols[left, None] + dc[lo:hi]
+        inside = (r >= 0) & (r < n) & (c >= 0) & (c < n)
+        hit = (inside & measured[np.clip(r, 0, n - 1), np.clip(c, 0, n - 1)]).any(axis=1)
+        depth[left[hit]] = np.sqrt(float(d2[lo]))
+        left = left[~hit]
+    return depth_class(depth)
 
 
 def _centroid_offset(weights: np.ndarray, pixel_bin: int, count: np.ndarray) -> np.ndarray:

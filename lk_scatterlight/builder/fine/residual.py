@@ -12,7 +12,13 @@ from scipy import ndimage
 
 from ..strap_photometry import strap_sums as _strap_sums
 from .context import FineContext, FineFrame
-from .fill import _fill_along_structure, _fill_isotropic, _fill_profiles, _profile_pieces
+from .fill import (
+    _fill_along_structure,
+    _fill_isotropic,
+    _fill_profiles,
+    _pieces_touching,
+    _profile_pieces,
+)
 from .misfit import _bin_noise, _fill_bins, _fill_misfit, _fill_probe, _tile_misfit
 
 #: Fewest tiles with data whose median chi-square calibrates a frame's noise.
@@ -69,7 +75,9 @@ def fine_residual(
     holes = context.holes if ok is context.ok else np.nonzero(~ok)
     r = mean
     r[holes] = 0
-    _fill_isotropic(r, ok, holes, copy=False)
+    _fill_isotropic(
+        r, ok, holes, copy=False, first=context.first_fill if ok is context.ok else None
+    )
     # Most tiles hold only noise, and their holes need no better fill than the first
     # guess. A hole's refill depends on valid bins only and changes only the hole
     # itself and, through the second differences below, the bins next to it: so only
@@ -80,8 +88,8 @@ def fine_residual(
         busy = ~ok & _grow_one(near.repeat(t, 0).repeat(t, 1))
         rows, cols = np.nonzero(busy)
         _fill_along_structure(r, ok, model, rows, cols)
-        touch = [busy[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
-        if any(touch):
+        touch = _pieces_touching(busy, pieces)
+        if touch.any():
             _fill_profiles(r, ok, model, noise.image, context.threshold, (labels, pieces[touch]))
     filled = r.copy()  # the fills, before the curvature step: `_fill_misfit` redoes them
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
@@ -351,8 +359,11 @@ def _reference_noise(context: FineContext, uncertainty: np.ndarray | None) -> np
     if uncertainty is None or context.strap_noise is None or not context.strap_idx.size:
         return None
     ref_idx, line, rows = context.strap_noise
-    variance = np.square(np.take(uncertainty, ref_idx.ravel(), axis=1), dtype=np.float64)
-    variance = np.nan_to_num(variance).reshape(-1, *ref_idx.shape)  # (rows, nstraps, 4)
+    # Neighbouring straps share reference columns: each distinct column is read once.
+    columns, where = np.unique(ref_idx.ravel(), return_inverse=True)
+    variance = np.square(np.take(uncertainty, columns, axis=1), dtype=np.float64)
+    variance = np.take(np.nan_to_num(variance, copy=False), where, axis=1)
+    variance = variance.reshape(-1, *ref_idx.shape)  # (rows, nstraps, 4)
     per_row = np.einsum("rsk,sk->rs", variance, np.square(line, dtype=np.float64))
     return np.where(rows, per_row, 0).sum(axis=0)
 
