@@ -9,7 +9,7 @@ import pytest
 
 from lk_scatterlight.builder.fine import MAX_OFFSET, make_fine_context
 from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
-from lk_scatterlight.builder.plan import sparse_config
+from lk_scatterlight.builder.plan import plan_build, sparse_config
 from lk_scatterlight.builder.sources import FFISource, SimulatedFFISource
 from lk_scatterlight.ccd import Region
 from lk_scatterlight.simulate import FFISimulator, ScatteredLightField, sector_times
@@ -144,3 +144,16 @@ def test_sparse_read_keeps_the_fine_layer_at_a_shadow_edge(shadow_edge):
     coarse = varying_rms(cubes["no fine"], truth)
     assert coarse > 4 * full  # the edge is there and the bins miss it
     assert sparse < 2 * full, (sparse, full, coarse)
+
+
+def test_plan_warns_when_fine_bins_cannot_hold_a_read_row(caplog):
+    sim = FFISimulator(ScatteredLightField(), time=sector_times(1)[:6], n_stars=10)
+    source = SimulatedFFISource(sim).crop(REGION, row_step=4)
+    config = BuildConfig(pixel_bin=16, n_candidates=6, n_dark=3, fine_bin=2)
+    with caplog.at_level("WARNING", logger="lk_scatterlight.builder.plan"):
+        plan_build(source, config)
+    assert "sparse_config" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lk_scatterlight.builder.plan"):
+        plan_build(source, sparse_config(config, 4))
+    assert caplog.text == ""
