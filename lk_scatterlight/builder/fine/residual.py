@@ -60,7 +60,8 @@ def fine_residual(
     response = _strap_response(context, sums, _reference_noise(context, uncertainty))
     mean = _masked_bin_sums(diff, context, response)
     mean *= context.inv_count
-    model = context.to_fine @ np.nan_to_num(coarse_value).astype(np.float32) @ context.to_fine.T
+    coarse = np.nan_to_num(coarse_value).astype(np.float32)
+    model = context.to_fine @ coarse @ context.to_fine.T
     ok = context.ok
     nok = context.tile_bins
     labels, pieces = context.labels, context.pieces
@@ -69,7 +70,7 @@ def fine_residual(
         ok = ok & finite
         nok = ok.reshape(nt, t, nt, t).sum(axis=(1, 3))
         labels, pieces = _profile_pieces(~ok)
-    mean -= model
+    mean -= model if context.sparse is None else context.sparse.to_fine @ coarse @ context.to_fine.T
     tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
     noise = _Noise(tile_sigma, context)
     holes = context.holes if ok is context.ok else np.nonzero(~ok)
@@ -94,7 +95,10 @@ def fine_residual(
     filled = r.copy()  # the fills, before the curvature step: `_fill_misfit` redoes them
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
     curvature = context.curvature if ok is context.ok else context.curvature * ok
-    r -= _second_differences(r) * curvature
+    if context.sparse is None:
+        r -= _second_differences(r) * curvature
+    else:
+        r -= _sparse_to_centres(r, curvature, context)
 
     chi2 = _tile_chi2(r, context, tile_sigma)
     calibration = _calibration(chi2, nok, r, ok, noise)
@@ -291,6 +295,26 @@ def _second_differences(r: np.ndarray) -> np.ndarray:
     d2[:, 1:-1] += r[:, 2:]
     d2[:, 1:-1] -= 2 * r[:, 1:-1]
     return d2
+
+
+def _sparse_to_centres(r: np.ndarray, curvature: np.ndarray, context: FineContext) -> np.ndarray:
+    """What to subtract from the bin means ``r`` of a sparse read for values at the centres.
+
+    A bin of a sparse read averages its read rows, at a mean offset ``d`` from
+    its centre (mean square ``s``): ``mean = f + d f_r + s f_rr / 2 + (b**2 - 1)
+    f_cc / 24`` for bins ``b`` px wide, with the derivatives from the fine grid's
+    first and second differences (interior bins; ``curvature`` is the
+    columns' factor, 0 on holes).
+    """
+    b = float(context.pixel_bin)
+    offset = context.sparse.offset[1:-1, None] / (2 * b)
+    spread = context.sparse.spread[1:-1, None] / (2 * b * b)
+    out = np.zeros_like(r)
+    out[1:-1] = spread * (r[2:] + r[:-2] - 2 * r[1:-1])
+    out *= curvature > 0
+    out[1:-1] += offset * (r[2:] - r[:-2])
+    out[:, 1:-1] += curvature[:, 1:-1] * (r[:, 2:] + r[:, :-2] - 2 * r[:, 1:-1])
+    return out
 
 
 def _strap_response(
