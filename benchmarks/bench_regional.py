@@ -38,7 +38,10 @@ when the region over all frames exceeds the download budget (200 MB).
    * (b) ``region``: ``build_cube`` on ``source.crop(tpf_build_region(tpf))``, the
      same config;
    * (c) ``step 4``: the same region, reading only every 4th row
-     (``crop(region, row_step=4)``);
+     (``crop(region, row_step=4)``), built as `~lk_scatterlight.ondemand`
+     builds it (`~lk_scatterlight.builder.plan.sparse_config`: fine bins that
+     hold a read row); ``--steps 3,4,8`` adds a column (c) per row step (the
+     10-min and 200-s sectors' steps) and its ratio to (b);
    * (d) ``local median``: per cadence, the median of the TPF's faintest half of
      pixels in the simulated frame (the half is chosen once, from the TPF's
      median image, as SPOC picks background pixels), the same for every pixel;
@@ -58,7 +61,11 @@ when the region over all frames exceeds the download budget (200 MB).
    static-scene subtraction cannot see, and the static sky the local methods
    include), in % of the truth's p1..p99 range over the whole CCD (every 4th
    pixel) and the used frames. ``region/whole`` and ``step4/whole`` are the
-   ratios of those RMS; the aim is <= 1.5.
+   ratios of those RMS; the aim is <= 1.5. ``c/b`` (step k / region) is what
+   the sparse read loses.
+
+   ``--fine-bin N`` builds every cube with fine bins of N px (default: the
+   builder's default).
 
 2. **Cost** of a regional cube for a 15 x 15 TPF in open sky (centred in a
    64-px cell) and one straddling a 64-px grid line, at the frame counts of a
@@ -104,7 +111,7 @@ GRID = 64  # the regional build's grid [px] (lcm of 16-px bins and 64-px fine ti
 SIM_SEED = 0
 SMOOTH_SEED = 2
 SHADOW_COLUMN = 1068.5 + 250  # CCD column of the structured field's shadow edge
-STEP = 4  # sparse row step of part 1
+STEPS = (4,)  # sparse row steps of part 1 (--steps)
 AIM = 1.5  # regional / whole-CCD RMS
 CADENCES = (("30 min", 1800.0), ("10 min", 600.0), ("200 s", 200.0))
 
@@ -338,14 +345,17 @@ def timed_build(source, config, work: Path) -> tuple[object, float, float]:
     return cube, time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_field(name, field, frames, tpfs_from, work: Path, quick: bool) -> dict:
+def run_field(
+    name, field, frames, tpfs_from, work: Path, quick: bool, steps=STEPS, fine_bin=None
+) -> dict:
     """Part 1 for one field: the whole-CCD cube, regional cubes and local estimates."""
     from lk_scatterlight.builder.pipeline import BuildConfig
+    from lk_scatterlight.builder.plan import sparse_config
     from lk_scatterlight.builder.sources import SimulatedFFISource
     from lk_scatterlight.ondemand import tpf_build_region
     from lk_scatterlight.simulate import FFISimulator, sector_times
 
-    config = BuildConfig()
+    config = BuildConfig() if fine_bin is None else BuildConfig(fine_bin=fine_bin)
     sim = FFISimulator(field, time=sector_times(1)[frames], seed=SIM_SEED)
     tpfs = tpfs_from(sim, quick)
     regions = [tpf_build_region(t.region, config) for t in tpfs]
@@ -390,11 +400,8 @@ def run_field(name, field, frames, tpfs_from, work: Path, quick: bool) -> dict:
         for key, cube in (("whole", whole), ("whole nf", whole_nf)):
             result[key] = rms(cube.evaluate(times, tpf.rows, tpf.columns).flux.value, truth, scale)
         base = memory_source(frame_list, region, *keep[region], meta)
-        for key, step, cfg in (
-            ("region", 1, config),
-            ("step 4", STEP, config),
-            ("region nf", 1, coarse),
-        ):
+        sparse = [(f"step {k}", k, sparse_config(config, k)) for k in steps]
+        for key, step, cfg in [("region", 1, config), *sparse, ("region nf", 1, coarse)]:
             cube, wall, cpu = timed_build(
                 base.crop(region, row_step=step), cfg, work / f"{name}-{j}-{key}"
             )
@@ -405,7 +412,7 @@ def run_field(name, field, frames, tpfs_from, work: Path, quick: bool) -> dict:
             result[key] = rms(model, truth, scale)
             if key == "region":
                 result["fine blocks"] = 0 if cube.fine is None else len(cube.fine)
-            if cfg is config:
+            if cfg is not coarse:
                 builds.append({"tpf": j, "step": step, "wall": wall, "cpu": cpu, "n": len(sim)})
         median, plane = local_models(tpf_flux[used, j])
         result["local median"] = rms(median, truth, scale)
@@ -428,6 +435,8 @@ def run_field(name, field, frames, tpfs_from, work: Path, quick: bool) -> dict:
         "c_whole": c_whole,
         "tpfs": tpfs,
         "regions": regions,
+        "steps": list(steps),
+        "fine_bins": {k: sparse_config(config, k).fine_bin for k in steps},
     }
 
 
@@ -439,28 +448,43 @@ def print_accuracy(info: dict) -> None:
         f"frame generation {info['t_frames']:.0f} s; whole-CCD build {info['t_whole']:.1f} s "
         f"wall, {info['c_whole']:.1f} s CPU"
     )
+    steps = info["steps"]
+    print(
+        "    fine bins of the sparse builds: "
+        + ", ".join(f"step {k}: {info['fine_bins'][k]} px" for k in steps)
+    )
     header = (
         f"    {'class':11s} {'TPF':20s} {'first row,col':>13s} {'build region':>22s} "
-        f"{'(a)whole':>8s} {'(b)region':>9s} {'(c)step 4':>9s} {'b/a':>5s} {'c/a':>5s} "
-        f"{'(d)local median':>15s} {'(e)plane fit':>12s} {'| whole nf':>9s} {'region nf':>9s}"
-        f" {'fine blk':>8s}   note"
+        f"{'(a)whole':>8s} {'(b)region':>9s} "
+        + "".join(f"{f'(c)step {k}':>10s} {'c/a':>5s} {'c/b':>5s} " for k in steps)
+        + f"{'b/a':>5s} {'(d)local median':>15s} {'(e)plane fit':>12s} {'| whole nf':>9s} "
+        f"{'region nf':>9s} {'fine blk':>8s}   note"
     )
     print(header)
     for r in info["rows"]:
         tpf, region = r["tpf"], r["build"]
-        ratio, ratio4 = r["region"] / r["whole"], r["step 4"] / r["whole"]
-        flags = [f"{label} > {AIM}x" for label, x in (("b", ratio), ("c", ratio4)) if x > AIM]
+        ratio = r["region"] / r["whole"]
+        flags = [f"b > {AIM}x"] if ratio > AIM else []
+        flags += [f"c{k} > {AIM}x" for k in steps if r[f"step {k}"] / r["whole"] > AIM]
         note = ", ".join(([r["note"]] if r["note"] else []) + flags)
         where = f"{region.nrows} px @ r{region.row} c{region.column}"
+        sparse = "".join(
+            f"{r[f'step {k}']:10.3f} {r[f'step {k}'] / r['whole']:5.2f} "
+            f"{r[f'step {k}'] / r['region']:5.2f} "
+            for k in steps
+        )
         print(
             f"    {tpf.kind:11s} {tpf.name:20s} {f'{tpf.row},{tpf.column}':>13s} {where:>22s} "
-            f"{r['whole']:8.3f} {r['region']:9.3f} {r['step 4']:9.3f} {ratio:5.2f} "
-            f"{ratio4:5.2f} {r['local median']:15.3f} {r['plane fit']:12.3f} "
+            f"{r['whole']:8.3f} {r['region']:9.3f} {sparse}{ratio:5.2f} "
+            f"{r['local median']:15.3f} {r['plane fit']:12.3f} "
             f"{r['whole nf']:9.3f} {r['region nf']:9.3f} {r['fine blocks']:8d}   {note}"
         )
-    ratios = np.array([r["region"] / r["whole"] for r in info["rows"]])
-    ratios4 = np.array([r["step 4"] / r["whole"] for r in info["rows"]])
-    for label, values in (("region/whole (b/a)", ratios), ("step4/whole (c/a)", ratios4)):
+    ratios = [("region/whole (b/a)", np.array([r["region"] / r["whole"] for r in info["rows"]]))]
+    for k in steps:
+        for label, base in (("whole", "a"), ("region", "b")):
+            values = np.array([r[f"step {k}"] / r[label] for r in info["rows"]])
+            ratios.append((f"step{k}/{label} (c/{base})", values))
+    for label, values in ratios:
         over = int(np.sum(values > AIM))
         print(
             f"    {label}: median {np.median(values):.2f}, max {values.max():.2f}; "
@@ -475,9 +499,10 @@ def print_accuracy(info: dict) -> None:
 
 
 # ============================================================================ part 2
-def child_cost(data: Path, step: int, counts: list[int]) -> dict:
+def child_cost(data: Path, step: int, counts: list[int], fine_bin: int | None = None) -> dict:
     """Build the region of ``data`` at each frame count (ascending); time and ru_maxrss."""
     from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
+    from lk_scatterlight.builder.plan import sparse_config
     from lk_scatterlight.builder.sources import FrameInfo
     from lk_scatterlight.ccd import Region
     from lk_scatterlight.simulate import sector_times
@@ -500,7 +525,9 @@ def child_cost(data: Path, step: int, counts: list[int]) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             t0, c0 = time.perf_counter(), time.process_time()
             try:
-                cube = build_cube(source, BuildConfig(), work_dir=Path(tmp) / "w", progress=False)
+                config = BuildConfig() if fine_bin is None else BuildConfig(fine_bin=fine_bin)
+                config = sparse_config(config, step)
+                cube = build_cube(source, config, work_dir=Path(tmp) / "w", progress=False)
             except Exception as exc:  # reported in the output
                 out["error"] = f"{type(exc).__name__}: {exc} (N = {n})"
                 return out
@@ -512,10 +539,12 @@ def child_cost(data: Path, step: int, counts: list[int]) -> dict:
     return out
 
 
-def run_child(data: Path, step: int, counts: list[int]) -> dict:
+def run_child(data: Path, step: int, counts: list[int], fine_bin: int | None = None) -> dict:
     """Run `child_cost` in a fresh process (through /bin/sh: no inherited ru_maxrss)."""
     args = [sys.executable, __file__, "--child", str(data), "--step", str(step)]
     args += ["--counts", ",".join(map(str, counts))]
+    if fine_bin is not None:
+        args += ["--fine-bin", str(fine_bin)]
     done = subprocess.run(
         ["/bin/sh", "-c", '"$@"; exit $?', "sh", *args],
         capture_output=True,
@@ -537,7 +566,7 @@ def line(x, y, at: float) -> float:
     return float(intercept + slope * at)
 
 
-def run_cost(info: dict, work: Path, counts: list[int]) -> list[dict]:
+def run_cost(info: dict, work: Path, counts: list[int], fine_bin: int | None = None) -> list[dict]:
     """Part 2 for the two sky TPFs of ``info`` (the smooth field's pixels)."""
     from lk_scatterlight.builder.ffi_cube import region_bytes
     from lk_scatterlight.exceptions import ScatterLightError
@@ -563,7 +592,7 @@ def run_cost(info: dict, work: Path, counts: list[int]) -> list[dict]:
             except ScatterLightError:
                 step, over = 16, True
             if step not in children:
-                children[step] = run_child(data, step, counts)
+                children[step] = run_child(data, step, counts, fine_bin)
             runs = children[step]["runs"]
             ns = [r["n"] for r in runs]
             out.append(
@@ -695,6 +724,16 @@ def main() -> None:
         help="BLAS/OpenMP threads (default 1; the builder's many small lstsq/eigh calls "
         "are far slower with threaded BLAS on a busy machine)",
     )
+    parser.add_argument(
+        "--steps",
+        default=",".join(map(str, STEPS)),
+        help="row steps of part 1's sparse builds, comma-separated (default 4; e.g. 3,4,8)",
+    )
+    parser.add_argument(
+        "--fine-bin",
+        type=int,
+        help="the fine layer's bin size [px] of every build (default: the builder's)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--step", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--counts", help=argparse.SUPPRESS)
@@ -702,13 +741,14 @@ def main() -> None:
     restart_with_blas_threads(args.blas_threads, __file__)
     if args.child:
         counts = [int(n) for n in args.counts.split(",")]
-        print(json.dumps(child_cost(args.child, args.step, counts)))
+        print(json.dumps(child_cost(args.child, args.step, counts, args.fine_bin)))
         return
 
     import lk_scatterlight
     from lk_scatterlight.simulate import ScatteredLightField, sector_times
 
     start = time.perf_counter()
+    steps = [int(k) for k in args.steps.split(",")]
     all_t = sector_times(1)
     gap, n_start, n_after, frames = perigee_frames(all_t, args.quick)
     print(
@@ -733,7 +773,9 @@ def main() -> None:
         work = Path(tmp)
         infos = []
         for name, field in fields:
-            info = run_field(name, field, frames, choose_tpfs, work, args.quick)
+            info = run_field(
+                name, field, frames, choose_tpfs, work, args.quick, steps, args.fine_bin
+            )
             print_accuracy(info)
             infos.append(info)
             if name != "smooth":
@@ -742,7 +784,7 @@ def main() -> None:
         t0 = time.perf_counter()
         used = infos[0]["used"]
         counts = [used, 96] if args.quick else [used, 120, 480]
-        cost = run_cost(infos[0], work, counts)
+        cost = run_cost(infos[0], work, counts, args.fine_bin)
         print_cost(cost, infos[0], counts)
         print(f"   [cost section: {time.perf_counter() - t0:.0f} s]")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

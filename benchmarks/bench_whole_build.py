@@ -1,7 +1,8 @@
 """Benchmark the whole ``lk-scatterlight build`` as a maintainer runs it.
 
 Run: ``python benchmarks/bench_whole_build.py [--frames N] [--fields smooth structured]
-[--cadences 1800 200] [--keep DIR] [--baseline DIR]``. Prints numbers; asserts nothing.
+[--cadences 1800 200] [--fine-bin 2 4] [--keep DIR] [--baseline DIR]``. Prints numbers;
+asserts nothing.
 About 2 minutes per field and cadence with the default 48 frames on an idle 2-core
 machine (most of it writing the simulated FFI files; ~1.5-2.5 s each).
 
@@ -16,7 +17,8 @@ shadow edge) and each FFI cadence (1800 s: sector 1; 200 s: sector 60):
    its dark frames).
 2. A child process runs the command line's ``main`` with
    ``build --source local DIR --sector S --camera 1 --ccd 1 --no-progress`` and
-   default settings otherwise (compact cube, fine layer on), pinned to one CPU
+   default settings otherwise (compact cube, fine layer on; ``--fine-bin B ...``
+   adds ``--fine-bin B`` and runs one build per size given), pinned to one CPU
    with one BLAS/OpenMP thread. Every file is read once just before, so the
    build reads them from the page cache, as when it runs right after the
    download (from a cold disk the read costs more; ``bench_build.py`` times
@@ -245,11 +247,14 @@ def warm(ffis: Path) -> None:
                 pass
 
 
-def run_build(ffis: Path, sector: int, out: Path, package: Path | None = None) -> dict:
+def run_build(
+    ffis: Path, sector: int, out: Path, package: Path | None = None, fine_bin: int | None = None
+) -> dict:
     """One CLI build in a child pinned to one CPU; returns the child's report.
 
     ``package``: a folder holding another ``lk_scatterlight`` to run instead
-    (put first on ``PYTHONPATH``).
+    (put first on ``PYTHONPATH``); ``fine_bin``: the build's ``--fine-bin``
+    (None: the default).
     """
     report = out / "report.json"
     argv = [
@@ -269,6 +274,8 @@ def run_build(ffis: Path, sector: int, out: Path, package: Path | None = None) -
         str(out / "work"),
         "--no-progress",
     ]
+    if fine_bin is not None:
+        argv += ["--fine-bin", str(fine_bin)]
     command = [sys.executable, __file__, "--child", str(report), "--", *argv]
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -373,6 +380,12 @@ def main() -> int:
         help="also run every build with the lk_scatterlight package in this folder (e.g. an "
         "export of another commit) and print both",
     )
+    parser.add_argument(
+        "--fine-bin",
+        nargs="+",
+        type=int,
+        help="one build per fine-layer bin size [px] given (default: the builder's default)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child is not None:
@@ -407,7 +420,10 @@ def main() -> int:
                 out = Path(tmp) / "out"
                 out.mkdir()
                 runs = {
-                    label: run_build(ffis, CADENCES[cadence], out, package)
+                    label + ("" if fine_bin is None else f" fb{fine_bin}"): run_build(
+                        ffis, CADENCES[cadence], out, package, fine_bin
+                    )
+                    for fine_bin in args.fine_bin or [None]
                     for label, package in packages.items()
                 }
                 print_result(field_name, cadence, args.frames, t_write, runs)

@@ -14,10 +14,12 @@ over the planes where a block covers the bin (`SplitSums`, from
 `~lk_scatterlight.builder.binning.significant_noise`: structure only where the
 scatter exceeds the noise significantly). `ScatterLightCube.evaluate_sum`
 then adds only that share of the covered bins' variance (`dropped_variance`:
-the rest, left out). Single pixels keep the whole bin error: the fine layer
-does not yet quote all of its own error across a ridge at a pixel, and the
-bin's structure part covers it (on the structured simulation, dropping it
-there quotes ridge pixels 1.5x too small; see ``docs/format.rst``).
+the rest, left out). Single pixels (`ScatterLightCube.evaluate`) drop it too
+when the layer's bins are at most `PIXEL_MAX_BIN` pixels (`drops_at_pixels`).
+With coarser bins they keep the whole bin error: a 4-px layer does not quote
+all of its own error across a ridge at a pixel, and the bin's structure part
+covers it (on the structured simulation, dropping it there quotes ridge pixels
+1.5x too small; see ``docs/format.rst``).
 
 Files without the ``NOISE_SHARE`` extension evaluate as before.
 """
@@ -33,6 +35,8 @@ from .finelayer import FineLayer
 __all__ = [
     "EXTNAME",
     "SplitSums",
+    "PIXEL_MAX_BIN",
+    "drops_at_pixels",
     "dropped_variance",
     "fine_coverage",
     "from_hdu",
@@ -43,6 +47,15 @@ __all__ = [
 #: FITS extension of the noise share.
 EXTNAME = "NOISE_SHARE"
 _FIRST_ROW, _FIRST_COLUMN = 1, 45  # 1-based CCD coordinates of science pixel (0, 0)
+
+#: Largest fine bin [px] whose layer quotes its own error at a pixel in full, so that
+#: single pixels drop the structure part of covered bins as aperture sums do.
+PIXEL_MAX_BIN = 2
+
+
+def drops_at_pixels(fine: FineLayer | None) -> bool:
+    """Whether single pixels drop the structure part of the bins ``fine`` covers."""
+    return fine is not None and fine.pixel_bin <= PIXEL_MAX_BIN
 
 
 def validate(share: np.ndarray, shape2d: tuple[int, int]) -> list[str]:

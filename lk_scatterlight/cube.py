@@ -621,6 +621,9 @@ class ScatterLightCube:
             var = interpolate.blend(v_sp.astype(np.float32), li - p0, ri - p0, w, squared=True)
             if not valid.all():
                 flux, var = _expand(flux, valid), _expand(var, valid)
+        dropped = self._dropped_at_pixels(left, right, w_right, valid, wr, wc, r0, c0)
+        if dropped is not None:  # the structure part of covered bins: the fine layer's
+            var[valid] = np.maximum(var[valid] - dropped, 0)
         if self.fine is not None:
             fine = self.fine.evaluate(
                 left[valid], right[valid], w_right[valid], row, column, factor
@@ -812,6 +815,27 @@ class ScatterLightCube:
             lr = self._lowrank
             bin_var = np.tensordot(lr.var_coef[p0:p1, :-1], lr.var_comp[:-1, r0:r1, c0:c1], axes=1)
         return binsplit.dropped_variance(self.noise_share[r0:r1, c0:c1], covered, bin_var)
+
+    def _dropped_at_pixels(self, left, right, w_right, valid, wr, wc, r0, c0) -> np.ndarray | None:
+        """`_dropped_variance` at single pixels, for the valid times (None: nothing dropped).
+
+        Only for a fine layer that quotes its own error at a pixel in full
+        (`binsplit.drops_at_pixels`); ``wr``, ``wc`` are the pixels' weights on the
+        bins ``r0:``, ``c0:`` (the columns' times their response).
+        """
+        if self.fine is None or not binsplit.drops_at_pixels(self.fine):
+            return None
+        li, ri, w = left[valid], right[valid], w_right[valid]
+        p0, p1 = li.min(), ri.max() + 1
+        r1, c1 = r0 + wr.shape[1], c0 + wc.shape[1]
+        bin_var = None
+        if self._lowrank is None:
+            bin_var = self._block(self._flux_err, p0, p1, r0, r1, c0, c1) ** 2
+        dropped = self._dropped_variance(p0, p1, r0, r1, c0, c1, bin_var)
+        if dropped is None:
+            return None
+        at_pixels = interpolate.apply_weights(dropped, wr**2, wc**2).astype(np.float32)
+        return interpolate.blend(at_pixels, li - p0, ri - p0, w, squared=True)
 
     @staticmethod
     def _block(array, p0, p1, r0, r1, c0, c1) -> np.ndarray:

@@ -13,7 +13,9 @@ tiles of the whole-CCD cube), made square (the builder works on square
 regions) and at least `MIN_REGION` px wide. The cube may be evaluated inside
 the region less those 1.5 bins at its inner edges, so interpolation at the TPF
 never uses the region's outermost bins. When the region over all frames would
-exceed ``max_bytes``, only every k-th row is read (`choose_row_step`).
+exceed ``max_bytes``, only every k-th row is read (`choose_row_step`), and
+the fine layer's bins grow to hold a read row
+(`~lk_scatterlight.builder.plan.sparse_config`; the cube records the size used).
 
 Cached cubes live in ``<cache>/regional/`` (the registry's cache folder, see
 `lk_scatterlight.registry.get_cache_dir`), named after sector, camera, CCD,
@@ -317,7 +319,8 @@ def regional_cube(
     config : `~lk_scatterlight.builder.pipeline.BuildConfig`, optional
         Build settings (part of the cache key).
     max_bytes : float
-        Download budget [bytes]; above it only every k-th row is read.
+        Download budget [bytes]; above it only every k-th row is read, with fine
+        bins that hold a read row (`~lk_scatterlight.builder.plan.sparse_config`).
     cache_dir : path-like, optional
         Cache folder (default: the registry's).
     progress : bool
@@ -340,6 +343,7 @@ def regional_cube(
     """
     from .builder.ffi_cube import FFICube, TessCubeRegionSource, download_region, region_bytes
     from .builder.pipeline import build_cube
+    from .builder.plan import sparse_config
     from .exceptions import CubeNotFoundError
 
     location = (
@@ -398,7 +402,7 @@ def regional_cube(
         source = TessCubeRegionSource(download, location.sector, location.camera, location.ccd)
         built = build_cube(
             source,
-            config,
+            sparse_config(config, row_step),  # the cache name keeps the settings asked for
             out=folder / name,
             work_dir=folder / "work" / Path(name).stem,
             progress=progress,

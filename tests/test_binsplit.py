@@ -21,13 +21,15 @@ SHARE = 0.25  # the noise's share of the bin variance where a block covers the b
 ROW, COL = 32.5 + BIN * 3, 76.5 + BIN * 4  # centre of bin (3, 4): 1-based CCD pixels
 
 
-def cube_with(split: bool, seed: int = 0) -> ScatterLightCube:
+def cube_with(split: bool, seed: int = 0, pixel_bin: int = PB) -> ScatterLightCube:
+    """``pixel_bin``: the fine bins' size [px]; the tiles stay 64 px."""
     rng = np.random.default_rng(seed)
     flux = 40 + rng.uniform(0, 2, (NT, 32, 32)).astype(np.float32)
     flux_err = rng.uniform(0.05, 0.2, (NT, 32, 32)).astype(np.float32)
-    data = rng.normal(0, 1, (2, TILE, TILE)).astype(np.float32)
+    tile = BIN // pixel_bin
+    data = rng.normal(0, 1, (2, tile, tile)).astype(np.float32)
     fine = FineLayer.from_blocks(
-        PB, TILE, np.array([3, 3]), np.array([4, 4]), np.array([0, 2]), data, [0.03, 0.02]
+        pixel_bin, tile, np.array([3, 3]), np.array([4, 4]), np.array([0, 2]), data, [0.03, 0.02]
     )
     noise_share = np.full((32, 32), SHARE, np.float32) if split else None
     return make_cube(
@@ -57,6 +59,24 @@ def test_aperture_takes_noise_part_of_covered_bins_only():
     np.testing.assert_array_equal(variances(full, *far), variances(split, *far))
     pixels = (np.arange(3) + ROW - 1, np.arange(3) + COL - 1)
     np.testing.assert_array_equal(variances(full, *pixels), variances(split, *pixels))
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_pixels_of_a_two_pixel_layer_drop_the_structure_part(compact):
+    """A layer of 2-px bins quotes its own error at a pixel in full: single pixels drop
+    the structure part of covered bins as a one-pixel aperture does (planes 0 and 2 of
+    bin (3, 4) lose 0.75 of its variance), and nothing where no block covers."""
+    full, split = cube_with(False, pixel_bin=2), cube_with(True, pixel_bin=2)
+    if compact:
+        full, split = full.compress(), split.compress()
+    one = np.ones((1, 1), bool)
+    pixel = variances(split, [ROW], [COL])[:, 0, 0]
+    np.testing.assert_allclose(pixel, variances(split, [ROW], [COL], one), rtol=1e-4)
+    drop = variances(full, [ROW], [COL])[:, 0, 0] - pixel
+    assert np.all(drop[[0, 2]] > 0.5 * variances(full, [ROW], [COL])[[0, 2], 0, 0])
+    np.testing.assert_allclose(drop[[1, 3]], 0, atol=1e-9)
+    far = ([ROW + 600], [COL - 100])
+    np.testing.assert_array_equal(variances(full, *far), variances(split, *far))
 
 
 def test_sum_drops_structure_part_through_the_summed_weights():

@@ -26,7 +26,7 @@ from lk_scatterlight.builder.sources import SimulatedFFISource
 from lk_scatterlight.cube import ScatterLightCube
 from lk_scatterlight.exceptions import CubeFormatError
 from lk_scatterlight.finelayer import FineLayer
-from lk_scatterlight.simulate import FFISimulator, ScatteredLightField, sector_times
+from lk_scatterlight.simulate import ORBIT_DAYS, FFISimulator, ScatteredLightField, sector_times
 
 N, SIGMA = 2048, 2.0
 
@@ -366,3 +366,60 @@ def test_quoted_errors_beside_a_shadow_edge(structured, compact):
         quoted.append(ev.flux_err.value.astype(float))
     ratio = np.sqrt(np.mean(np.square(actual)) / np.mean(np.square(quoted)))
     assert 1 / 1.6 < ratio < 1.6
+
+
+# ----------------------------------------------------------- end to end, 2-px fine bins
+@pytest.fixture(scope="module")
+def structured_fb2(structured, tmp_path_factory):
+    """The same 12 frames built with 2-px fine bins, smoothed along the structure."""
+    sim = structured[0]
+    config = BuildConfig(pixel_bin=16, n_candidates=8, n_dark=3, compact=False, fine_bin=2)
+    work = tmp_path_factory.mktemp("work_fb2")
+    return build_cube(SimulatedFFISource(sim), config, work_dir=work, progress=False)
+
+
+def ridge_corners(sim, cube):
+    """Patch corners on the glint ridge (``0.6 dr + 0.8 dc = 300 - 400 sweep``, pixels
+    from the CCD centre) at its median sweep over the cube's planes."""
+    field = sim.field
+    phase = np.mod(cube.btjd - field.t0, ORBIT_DAYS) / ORBIT_DAYS
+    sweep = float(np.median(0.5 - 0.5 * np.cos(2 * np.pi * phase)))
+    corners = []
+    for dr in (-700.0, -250.0, 200.0, 650.0):
+        dc = (300 - 400 * sweep - 0.6 * dr) / 0.8
+        corners.append((round(1024.5 + dr - PATCH / 2), round(1068.5 + dc - PATCH / 2)))
+    return corners
+
+
+#: With 2-px bins the ridge's single pixels are still quoted ~2x too large in a dense cube:
+#: the bins' noise share is added whole, though under a block most of it cancels (the layer
+#: is the residual against the bins), and the misfit measured against the smoothed blocks
+#: is large beside the ridge.
+_RIDGE_OVER_QUOTED = pytest.mark.xfail(
+    strict=True, reason="a dense cube's ridge pixels with 2-px bins add the bins' noise whole"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "compact"),
+    [
+        pytest.param("ridge", False, marks=_RIDGE_OVER_QUOTED),
+        ("ridge", True),
+        ("shadow edge", False),
+        pytest.param("shadow edge", True, marks=_EDGE_UNDER_QUOTED),
+    ],
+    ids=["ridge-dense", "ridge-compact", "shadow edge-dense", "shadow edge-compact"],
+)
+def test_quoted_errors_with_two_pixel_bins(structured, structured_fb2, kind, compact):
+    """With 2-px fine bins (kept tiles smoothed along the structure), on the glint ridge
+    and on the shadow edge, single pixels: the actual error over the quoted one is
+    within 1/1.6 .. 1.6, so a 2x error either way fails. Measured on these 12 frames:
+    ridge 0.47 (dense: fails), 0.82; shadow edge 1.49, 2.24 (compact: fails, the misfit
+    beside the edge, as with 4-px bins). Before single pixels dropped the bins' structure
+    part and the fill error was measured on the smoothed fills: ridge 0.32, 0.68; shadow
+    edge 1.47, 2.18."""
+    sim, _, truth = structured
+    cube = structured_fb2.compress() if compact else structured_fb2
+    corners = ridge_corners(sim, structured_fb2) if kind == "ridge" else _SHADOW
+    assert 1 / 1.6 < honesty(cube, truth, corners) < 1.6

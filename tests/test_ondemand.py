@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import threading
 from collections.abc import Iterator
@@ -153,12 +154,19 @@ def test_regional_cube_from_s3_equals_local_build(s3: Bucket, tmp_path: Path) ->
 
 
 def test_sparse_rows_follow_the_budget(s3: Bucket) -> None:
-    region = ondemand.tpf_build_region(TPF, CONFIG)
+    """Every 4th row read: 2-px fine bins would hold 2 pixels, so the cube is built
+    (and records that it is) with 4-px bins, which hold a read row; the cache
+    finds it under the settings asked for."""
+    config = dataclasses.replace(CONFIG, fine_bin=2)
+    region = ondemand.tpf_build_region(TPF, config)
     full = ffi_cube.region_bytes(NFRAMES, region)
     assert ondemand.choose_row_step(region, NFRAMES, full) == 1
     assert ondemand.choose_row_step(region, NFRAMES, full / 2) == 2
-    cube = ondemand.regional_cube(location(), CONFIG, max_bytes=full / 3.5, progress=False)
+    cube = ondemand.regional_cube(location(), config, max_bytes=full / 3.5, progress=False)
     assert cube.meta["region"]["row_step"] == 4
+    assert cube.meta["fine_layer"]["bin"] == 4
+    assert cube.meta["fine_layer"]["tile"] * 4 == config.fine_tile * 2
+    assert ondemand.cached_regional_cube(location(), config) is not None
     rows = np.arange(TPF.row, TPF.row_stop + 1)
     cols = np.arange(TPF.column, TPF.column_stop + 1)
     sim = s3.simulator

@@ -291,6 +291,7 @@ def make_context(
             config.fine_tile,
             config.fine_threshold,
             strap_idx=strap_idx,
+            read_rows=read.any(axis=1),
         )
         line = reference_weights(strap_idx, ref_idx)[0]
         fine.strap_noise = (ref_idx, line, strap_rows(clean, strap_idx, ref_idx))

@@ -5,11 +5,13 @@ folder and the identity under which an interrupted build resumes (`BuildPlan`).
 `WorkArea` holds the per-frame results in memory-mapped ``.npy`` arrays with a
 ``done`` flag per frame, so memory does not grow with the number of frames and
 a rerun continues where the last one stopped. `source_region`, `region_grid`,
-`region_tag` and `regional_margin` describe a regional build (part of a CCD).
+`region_tag` and `regional_margin` describe a regional build (part of a CCD),
+`sparse_config` the settings of one that read every k-th row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +29,7 @@ from ..registry import cube_filename
 from ..utils import atomic_write, refuse_overwrite
 from . import masks
 from .config import BuildConfig
-from .fine import MISFIT_WIDTH, FineFrame
+from .fine import MIN_PIXELS, MISFIT_WIDTH, FineFrame
 from .framepass import ChunkResult, FrameResult, stored
 from .strap_photometry import strap_columns
 
@@ -43,6 +45,7 @@ __all__ = [
     "region_tag",
     "regional_margin",
     "source_region",
+    "sparse_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -298,6 +301,16 @@ def plan_build(
         If the output exists and ``overwrite`` is False.
     """
     region = source_region(source, config)
+    row_step = int(getattr(source, "row_step", 1))
+    if config.fine_bin and not _holds_read_rows(config.fine_bin, row_step):
+        log.warning(
+            "%s: fine bins of %d px hold too few pixels of a read every %d rows; its fine "
+            "layer will be mostly holes (sparse_config(config, %d) chooses bins that fit).",
+            source.description,
+            config.fine_bin,
+            row_step,
+            row_step,
+        )
     frames = list(source.frames)
     quality = np.array([f.quality for f in frames], dtype=np.int64)
     good = masks.good_frames(quality, config.bitmask)
@@ -355,7 +368,7 @@ def plan_build(
             else None
         ),
         region=region,
-        row_step=int(getattr(source, "row_step", 1)),
+        row_step=row_step,
     )
 
 
@@ -404,3 +417,51 @@ def regional_margin(config: BuildConfig) -> int:
     lack the neighbours that fill and smooth them in a whole-CCD build.
     """
     return -(-3 * config.pixel_bin // 2)
+
+
+def _holds_read_rows(fine_bin: int, row_step: int) -> bool:
+    """Whether every fine bin of a read every ``row_step`` rows holds a read row of
+    at least `MIN_PIXELS` pixels in all."""
+    return fine_bin >= row_step and fine_bin * (fine_bin // row_step) >= MIN_PIXELS
+
+
+def sparse_config(config: BuildConfig, row_step: int) -> BuildConfig:
+    """The build settings for a source that read every ``row_step``-th row.
+
+    A fine bin measures the field only if it holds read pixels: its read rows
+    must have at least `~lk_scatterlight.builder.fine.MIN_PIXELS` pixels, so 2-px
+    bins need every row and 4-px bins one row in 4. The fine bins become the
+    smallest size that does (a divisor of ``pixel_bin`` smaller than it), with
+    tiles of the same size in pixels, so the region's grid (`region_grid`) does
+    not change; when no size does (one row in 12 or fewer with 16-px bins), the
+    build has no fine layer. ``config`` itself is returned when its fine bins
+    already hold read rows.
+
+    Parameters
+    ----------
+    config : `BuildConfig`
+    row_step : int
+        The source holds every ``row_step``-th row.
+
+    Returns
+    -------
+    config : `BuildConfig`
+        The settings to build with (its ``fine_bin`` and ``fine_tile`` are recorded
+        in the cube, as for any build).
+    """
+    if not config.fine_bin or _holds_read_rows(config.fine_bin, row_step):
+        return config
+    tile_px = config.fine_bin * config.fine_tile
+    for size in range(config.fine_bin + 1, config.pixel_bin):
+        if config.pixel_bin % size or tile_px % size or not _holds_read_rows(size, row_step):
+            continue
+        log.info(
+            "Reading every %d rows: fine bins of %d px (tiles of %d) instead of %d px.",
+            row_step,
+            size,
+            tile_px // size,
+            config.fine_bin,
+        )
+        return dataclasses.replace(config, fine_bin=size, fine_tile=tile_px // size)
+    log.info("Reading every %d rows: no fine-bin size holds a read row; no fine layer.", row_step)
+    return dataclasses.replace(config, fine_bin=0)

@@ -221,6 +221,7 @@ def _build(args: argparse.Namespace) -> int:
     import contextlib
 
     from ..builder.pipeline import build_cube, region_tag
+    from ..builder.plan import sparse_config
     from ..registry import cube_filename
 
     dask = args.scheduler is not None or args.workers is not None
@@ -247,6 +248,7 @@ def _build(args: argparse.Namespace) -> int:
             source = make_source(args.source, args.sector, args.camera, args.ccd)
         else:
             source = _regional_source(args, region, folder)
+            config = sparse_config(config, source.row_step)  # fine bins that hold a read row
         with _dask_client(args) if dask else contextlib.nullcontext() as client:
             build_cube(
                 source,

@@ -22,7 +22,7 @@ tile's bins)."""
 
 
 def compress_tile(
-    blocks: np.ndarray, error: np.ndarray, tolerance: float = 0.01
+    blocks: np.ndarray, error: np.ndarray, tolerance: float = 0.01, spread: float = 1.0
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Factor one tile's blocks over time: ``blocks ~ coef @ basis``.
 
@@ -33,7 +33,8 @@ def compress_tile(
     residual RMS is at most ``1 + tolerance`` times its own ``error``, up to
     the scatter noise alone gives a block's residual (`_NOISE_SCATTER`
     standard deviations of a chi-square over its bins: 1.17 times its
-    ``error`` for 16 x 16 bins). The second budget keeps structure that only
+    ``error`` for 16 x 16 bins and independent bins; noise shared by ``spread``
+    bins scatters ``sqrt(spread)`` times more). The second budget keeps structure that only
     one block holds (a ridge entering a tile's corner in one frame), which the
     pooled budget alone lets the other blocks' shapes absorb. A third budget
     does the same across the blocks: every bin's residual summed over the
@@ -51,6 +52,14 @@ def compress_tile(
     error : ndarray, shape (m,)
         1-sigma error of one fine bin of each block [e-/s].
     tolerance : float
+    spread : float
+        How many bins share one bin's noise: the sum over the tile's bins of the
+        squared correlation of their noise with it (1: independent bins). The
+        builder's smoothing along the structure with 2-px bins makes it ~20
+        (`~lk_scatterlight.builder.fine.residual._noise_spread`); counted as
+        independent, their noise alone broke the per-block budget and raised
+        the rank, so that the basis kept the noise (a shadow-edge tile of the
+        structured field: rank 15 of 26 planes, 6 with the spread).
 
     Returns
     -------
@@ -77,7 +86,7 @@ def compress_tile(
     noise2 = np.asarray(error, dtype=np.float64) ** 2
     n = t * t
     pooled = np.sum(residual, axis=0) <= (1 + tolerance) ** 2 * n * np.sum(noise2)
-    own = (1 + tolerance) ** 2 * n + _NOISE_SCATTER * np.sqrt(2 * n)
+    own = (1 + tolerance) ** 2 * n + _NOISE_SCATTER * np.sqrt(2 * n * max(spread, 1.0))
     meets = pooled & np.all(residual <= own * noise2[:, None], axis=0)
     # Per bin: coef's columns are orthogonal (x's singular vectors), so a bin's residual
     # summed over the blocks after rank k is sum x**2 - sum_{i<=k} |coef_i|**2 basis_i**2.

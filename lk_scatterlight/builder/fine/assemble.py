@@ -19,6 +19,7 @@ from .misfit import (
     _misfit_correlation,
     _misfit_parts,
 )
+from .residual import _noise_spread
 
 
 def _mean_squared_weight(pixel_bin: int) -> float:
@@ -123,6 +124,7 @@ def assemble_fine(
         calibration = np.asarray(calibration, dtype=float)
         scale = 1 / np.sqrt(np.where(calibration > 0, calibration, 1.0))
     per_pixel = _mean_squared_weight(context.pixel_bin)
+    spread = _noise_spread(context.pixel_bin)  # bins that share a bin's (smoothed) noise
     by_depth = misfit is not None and misfit.shape[-1] >= MISFIT_COLUMNS
     fill_scale = _fill_scale(misfit[..., 5:MISFIT_COLUMNS][kept]) if by_depth else None
     holes, fill_error, hole_index, fill_map = [], [], [], []
@@ -183,7 +185,7 @@ def assemble_fine(
         has_fill = fill > 0 and hole.any()
         fill_error.append(np.sqrt(fill * power) if has_fill else np.zeros(planes.size))
         hole_index.append(np.full(planes.size, len(holes) - 1 if has_fill else -1))
-        factors, images = compress_tile(blocks, error, tolerance)
+        factors, images = compress_tile(blocks, error, tolerance, spread)
         noise, dropped = quoted**2, 0.0
         if factors is not None:  # the noise the factors keep, and structure they drop
             noise, dropped = _factored_noise(blocks, factors, error, quoted)

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from ... import interpolate
-from .fill import _hole_ring, _profile_pieces
+from .fill import _first_fill, _hole_ring, _profile_pieces, _profiled
 
 #: Fine bins with fewer valid pixels than this are left to the coarse model.
 MIN_PIXELS = 4
@@ -100,6 +101,9 @@ class FineContext:
         frame (difference plus static scene, `_frame_strap_sums`), not on the
         difference alone. None: on the difference (the sums the frame pass
         passes in).
+    sparse : `SparseRows`, optional
+        Where the rows of a sparse read (every k-th row) sit in the fine bins;
+        None when every row was read.
     """
 
     pixel_bin: int
@@ -124,10 +128,53 @@ class FineContext:
     hole_class: np.ndarray | None = None
     strap_noise: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     strap_static: np.ndarray | None = None
+    sparse: SparseRows | None = None
 
     @property
     def ntiles(self) -> int:
         return self.inv_count.shape[0] // self.tile
+
+    @functools.cached_property
+    def first_fill(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`_fill_isotropic`'s first width at ``holes`` (`_first_fill`), made when
+        first asked for: the same for every frame without holes of its own."""
+        return _first_fill(self.ok, *self.holes)
+
+    @functools.cached_property
+    def ring_profiled(self) -> np.ndarray:
+        """Per hole of ``ring_holes``, whether `_fill_probe` refits it with profiles
+        (`_profiled`), made when first asked for."""
+        return _profiled(self.ring_holes[0], self.labels)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for cache in ("first_fill", "ring_profiled"):  # remade where used (~20 MB at 2 px)
+            state.pop(cache, None)
+        return state
+
+
+@dataclass
+class SparseRows:
+    """The read rows of a sparse read (every k-th row) in the fine bins (`sparse_rows`).
+
+    A fine bin then holds one or a few rows: its mean is the field along those
+    rows, not over the bin, and the coarse model subtracted from it and the step
+    from bin means to values at the bin centres must say so.
+
+    Attributes
+    ----------
+    to_fine : ndarray of float32, shape (nfine, ncoarse)
+        Keys weights from the coarse bin centres to the mean over each fine
+        bin's read rows (rows only; the columns use `FineContext.to_fine`).
+    offset : ndarray of float32, shape (nfine,)
+        Mean offset [px] of each fine bin row's read rows from its centre.
+    spread : ndarray of float32, shape (nfine,)
+        Mean squared offset [px**2] of those rows.
+    """
+
+    to_fine: np.ndarray
+    offset: np.ndarray
+    spread: np.ndarray
 
 
 @dataclass
@@ -182,6 +229,7 @@ def make_fine_context(
     tile: int,
     threshold: float,
     strap_idx: np.ndarray | None = None,
+    read_rows: np.ndarray | None = None,
 ) -> FineContext:
     """Constants of the fine layer for a build's pixel mask.
 
@@ -197,6 +245,9 @@ def make_fine_context(
     strap_idx : ndarray of int, optional
         Strap columns (0-based science) included in ``weights`` whose pixels
         are divided by their per-frame response.
+    read_rows : ndarray of bool, shape (2048,), optional
+        The rows a sparse read holds (the others are masked in ``weights``);
+        a bin's centroid is then measured from its read rows' (`SparseRows`).
 
     Returns
     -------
@@ -210,7 +261,23 @@ def make_fine_context(
         )
     nf, nt = n // pixel_bin, n // (pixel_bin * tile)
     count = _bin_sums(weights, pixel_bin)
-    enough = (count >= MIN_PIXELS) & (_centroid_offset(weights, pixel_bin, count) <= MAX_OFFSET)
+    coarse_centres = coarse_bin * np.arange(n // coarse_bin) + (coarse_bin - 1) / 2
+    # Keys weights of every pixel row (and column) from the coarse bin centres.
+    pixels = interpolate.spatial_weights(np.arange(n, dtype=float), coarse_centres)
+    sparse = None
+    if read_rows is not None and not np.all(read_rows):
+        sparse = sparse_rows(read_rows, pixel_bin, pixels)
+    row_centre = None if sparse is None else sparse.offset
+    offset = _centroid_offset(weights, pixel_bin, count, row_centre)
+    enough = (count >= MIN_PIXELS) & (offset <= MAX_OFFSET)
+    if sparse is not None:
+        # The mask's shape between the read rows, as a full read would see it: a bin
+        # whose read row lies just outside a star's mask is lopsided all the same.
+        whole = _between_read_rows(weights, read_rows)
+        whole_count = _bin_sums(whole, pixel_bin)
+        enough &= (whole_count >= MIN_PIXELS) & (
+            _centroid_offset(whole, pixel_bin, whole_count) <= MAX_OFFSET
+        )
     inv_count = np.where(enough, 1 / np.maximum(count, 1), 0).astype(np.float32)
     count = np.where(enough, count, 0).astype(np.float32)
     tile_bins = enough.reshape(nt, tile, nt, tile).sum(axis=(1, 3))
@@ -218,9 +285,7 @@ def make_fine_context(
     tile_inv_count = np.maximum(tile_inv_count, 1 / pixel_bin**2).astype(np.float32)
     typical = (1 / tile_inv_count).reshape(nt, nt).repeat(tile, 0).repeat(tile, 1)
     chi_weight = np.where(enough, count, typical).astype(np.float32)
-    coarse_centres = coarse_bin * np.arange(n // coarse_bin) + (coarse_bin - 1) / 2
     # Mean of the Keys weights over each fine bin's pixels: the coarse model's bin means.
-    pixels = interpolate.spatial_weights(np.arange(n, dtype=float), coarse_centres)
     to_fine = pixels.reshape(nf, pixel_bin, -1).mean(axis=1).astype(np.float32)
     straps = np.zeros(0, int) if strap_idx is None else np.asarray(strap_idx, int)
     labels, pieces = _profile_pieces(~enough)
@@ -246,6 +311,28 @@ def make_fine_context(
         ring,
         _profile_pieces(~(enough & ~ring)),
         np.where(enough, 0, depth_class(ndimage.distance_transform_edt(~enough))).astype(np.uint8),
+        sparse=sparse,
+    )
+
+
+def sparse_rows(read_rows: np.ndarray, pixel_bin: int, pixels: np.ndarray) -> SparseRows:
+    """Where the read rows sit in each fine bin row (see `SparseRows`).
+
+    ``pixels``: the Keys weights of every pixel row from the coarse bin centres.
+    Fine bin rows without a read row get the bin's own weights and no offset
+    (their bins are holes).
+    """
+    nf = read_rows.size // pixel_bin
+    read = np.asarray(read_rows, dtype=float).reshape(nf, pixel_bin)
+    nread = read.sum(axis=1)
+    inv = np.where(nread > 0, 1 / np.maximum(nread, 1), 0)[:, None]
+    offset = np.arange(pixel_bin) - (pixel_bin - 1) / 2
+    full = pixels.reshape(nf, pixel_bin, -1)
+    weights = np.where(nread[:, None] > 0, read * inv, 1 / pixel_bin)
+    return SparseRows(
+        to_fine=np.einsum("ik,ikc->ic", weights, full).astype(np.float32),
+        offset=(read @ offset * inv[:, 0]).astype(np.float32),
+        spread=(read @ offset**2 * inv[:, 0]).astype(np.float32),
     )
 
 
@@ -259,11 +346,64 @@ def depth_class(depth: np.ndarray) -> np.ndarray:
     return np.minimum(1 + np.ceil(np.log2(depth) - 1e-9).astype(int), FILL_CLASSES)
 
 
-def _centroid_offset(weights: np.ndarray, pixel_bin: int, count: np.ndarray) -> np.ndarray:
-    """Distance [px] from each fine bin's centre to the centroid of its valid pixels."""
+#: Farthest distance [fine bins] `depth_class_at` searches: past it a bin is in the last class.
+_DEEPEST = 2 ** (FILL_CLASSES - 2)
+
+
+def depth_class_at(measured: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`depth_class` of the bins ``rows, cols`` (not ``measured``) of a square grid.
+
+    The same as ``depth_class(distance_transform_edt(~measured)[rows, cols])``
+    without the transform of the whole grid: the neighbours of the bins are
+    looked at shell by shell, nearest first, until each has met a measured bin
+    (at ``sqrt(d2)``, the transform's own distance); a bin with none within
+    `_DEEPEST` bins is deeper than the last class's bound. The bins of a probe
+    lie a bin or two from a measured one, so a few shells do.
+    """
+    n = measured.shape[0]
+    reach = np.arange(-_DEEPEST, _DEEPEST + 1)
+    dr, dc = (x.ravel() for x in np.meshgrid(reach, reach, indexing="ij"))
+    d2 = dr**2 + dc**2
+    order = np.argsort(d2, kind="stable")
+    dr, dc, d2 = dr[order], dc[order], d2[order]
+    shells = np.flatnonzero(np.diff(d2)) + 1
+    depth = np.full(rows.size, _DEEPEST + 1.0)
+    left = np.arange(rows.size)
+    for lo, hi in zip(shells[:-1], shells[1:], strict=True):
+        if d2[lo] > _DEEPEST**2 or not left.size:
+            break
+        r = rows[left, None] + dr[lo:hi]
+        c = cols[left, None] + dc[lo:hi]
+        inside = (r >= 0) & (r < n) & (c >= 0) & (c < n)
+        hit = (inside & measured[np.clip(r, 0, n - 1), np.clip(c, 0, n - 1)]).any(axis=1)
+        depth[left[hit]] = np.sqrt(float(d2[lo]))
+        left = left[~hit]
+    return depth_class(depth)
+
+
+def _between_read_rows(weights: np.ndarray, read_rows: np.ndarray) -> np.ndarray:
+    """``weights`` on every row: an unread row is valid where the read rows on both
+    sides of it are (the nearer one alone at the image's edges)."""
+    read = np.flatnonzero(read_rows)
+    rows = np.arange(read_rows.size)
+    after = read[np.minimum(np.searchsorted(read, rows), read.size - 1)]
+    before = read[np.maximum(np.searchsorted(read, rows, side="right") - 1, 0)]
+    return weights[before] * weights[after]
+
+
+def _centroid_offset(
+    weights: np.ndarray, pixel_bin: int, count: np.ndarray, row_centre: np.ndarray | None = None
+) -> np.ndarray:
+    """Distance [px] from each fine bin's centre to the centroid of its valid pixels.
+
+    ``row_centre``: per fine bin row, the row offset [px] taken as its centre
+    instead (a sparse read's rows, `SparseRows.offset`).
+    """
     n = weights.shape[0]
     offset = np.tile(np.arange(pixel_bin, dtype=np.float32) - (pixel_bin - 1) / 2, n // pixel_bin)
     d_row = _bin_sums(weights * offset[:, None], pixel_bin)
+    if row_centre is not None:
+        d_row -= row_centre[:, None] * count
     d_col = _bin_sums(weights * offset[None, :], pixel_bin)
     return np.hypot(d_row, d_col) / np.maximum(count, 1)
 

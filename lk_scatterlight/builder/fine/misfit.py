@@ -11,14 +11,15 @@ import numpy as np
 from scipy import ndimage
 
 from ... import interpolate
-from .context import FILL_CLASSES, FineContext, depth_class
+from .context import FILL_CLASSES, FineContext, depth_class, depth_class_at
 from .fill import (
-    _PROFILE_MIN,
     _fill_along_structure,
     _fill_isotropic,
     _fill_profiles,
     _hole_ring,
+    _pieces_touching,
     _profile_pieces,
+    _profiled,
 )
 
 
@@ -283,29 +284,11 @@ def _fill_probe(filled, ok, model, kept, context: FineContext, noise):
     _fill_isotropic(trial, hidden, (rows, cols), copy=False)
     _fill_along_structure(trial, hidden, model, rows, cols)
     labels, pieces = context.ring_holes if static else _profile_pieces(~(ok & ~ring))
-    profiled = _profiled(labels, context.labels if static else _profile_pieces(~ok)[0])
-    touch = [profiled[k] and probe[r0:r1, c0:c1].any() for k, r0, r1, c0, c1 in pieces.tolist()]
-    if any(touch):
+    profiled = context.ring_profiled if static else _profiled(labels, _profile_pieces(~ok)[0])
+    touch = profiled[pieces[:, 0]] & _pieces_touching(probe, pieces)
+    if touch.any():
         _fill_profiles(trial, hidden, model, noise, context.threshold, (labels, pieces[touch]))
     return rows, cols, (trial[rows, cols] - filled[rows, cols]).astype(float), hidden
-
-
-def _profiled(labels: np.ndarray, hole_labels: np.ndarray) -> np.ndarray:
-    """Per hole of ``labels`` (the holes with the ring hidden), whether it holds a hole
-    of ``hole_labels`` (the frame's own) of `_PROFILE_MIN` bins or more.
-
-    Only those holes are refitted with profiles (`_fill_profiles`): a smaller
-    hole keeps its first fill and the fill along the structure, and so must its
-    ring in the probe. On the structured simulated field, holes of 1-3 bins
-    (stars below the halo size) hold 93 % of the fill error in kept tiles,
-    which a probe refitting their ring with profiles quoted 4.7x too small.
-    """
-    sizes = np.bincount(hole_labels.ravel())
-    sizes[0] = 0
-    inside = hole_labels > 0
-    out = np.zeros(int(labels.max()) + 1, dtype=bool)
-    out[labels[inside][sizes[hole_labels[inside]] >= _PROFILE_MIN]] = True
-    return out
 
 
 def _fill_misfit(
@@ -351,7 +334,7 @@ def _fill_misfit(
     sums = np.bincount(tile, excess, minlength=nt * nt)[kept]
     count = np.bincount(tile, minlength=nt * nt)[kept]
     out[count > 0, 0] = sums[count > 0] / count[count > 0]
-    depth = depth_class(ndimage.distance_transform_edt(~hidden)[rows, cols])
+    depth = depth_class_at(hidden, rows, cols)
     at = (tile * FILL_CLASSES + depth - 1, nt * nt * FILL_CLASSES)
     by_class = np.bincount(at[0], excess, minlength=at[1]).reshape(nt * nt, -1)
     out[:, 1 : 1 + FILL_CLASSES] = by_class[kept]

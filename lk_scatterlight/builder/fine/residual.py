@@ -12,7 +12,13 @@ from scipy import ndimage
 
 from ..strap_photometry import strap_sums as _strap_sums
 from .context import FineContext, FineFrame
-from .fill import _fill_along_structure, _fill_isotropic, _fill_profiles, _profile_pieces
+from .fill import (
+    _fill_along_structure,
+    _fill_isotropic,
+    _fill_profiles,
+    _pieces_touching,
+    _profile_pieces,
+)
 from .misfit import _bin_noise, _fill_bins, _fill_misfit, _fill_probe, _tile_misfit
 
 #: Fewest tiles with data whose median chi-square calibrates a frame's noise.
@@ -54,7 +60,8 @@ def fine_residual(
     response = _strap_response(context, sums, _reference_noise(context, uncertainty))
     mean = _masked_bin_sums(diff, context, response)
     mean *= context.inv_count
-    model = context.to_fine @ np.nan_to_num(coarse_value).astype(np.float32) @ context.to_fine.T
+    coarse = np.nan_to_num(coarse_value).astype(np.float32)
+    model = context.to_fine @ coarse @ context.to_fine.T
     ok = context.ok
     nok = context.tile_bins
     labels, pieces = context.labels, context.pieces
@@ -63,13 +70,15 @@ def fine_residual(
         ok = ok & finite
         nok = ok.reshape(nt, t, nt, t).sum(axis=(1, 3))
         labels, pieces = _profile_pieces(~ok)
-    mean -= model
+    mean -= model if context.sparse is None else context.sparse.to_fine @ coarse @ context.to_fine.T
     tile_sigma = _tile_pixel_sigma(coarse_error, coarse_npix, context, uncertainty)  # (nt, nt)
     noise = _Noise(tile_sigma, context)
     holes = context.holes if ok is context.ok else np.nonzero(~ok)
     r = mean
     r[holes] = 0
-    _fill_isotropic(r, ok, holes, copy=False)
+    _fill_isotropic(
+        r, ok, holes, copy=False, first=context.first_fill if ok is context.ok else None
+    )
     # Most tiles hold only noise, and their holes need no better fill than the first
     # guess. A hole's refill depends on valid bins only and changes only the hole
     # itself and, through the second differences below, the bins next to it: so only
@@ -80,13 +89,16 @@ def fine_residual(
         busy = ~ok & _grow_one(near.repeat(t, 0).repeat(t, 1))
         rows, cols = np.nonzero(busy)
         _fill_along_structure(r, ok, model, rows, cols)
-        touch = [busy[r0:r1, c0:c1].any() for _, r0, r1, c0, c1 in pieces.tolist()]
-        if any(touch):
+        touch = _pieces_touching(busy, pieces)
+        if touch.any():
             _fill_profiles(r, ok, model, noise.image, context.threshold, (labels, pieces[touch]))
     filled = r.copy()  # the fills, before the curvature step: `_fill_misfit` redoes them
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
     curvature = context.curvature if ok is context.ok else context.curvature * ok
-    r -= _second_differences(r) * curvature
+    if context.sparse is None:
+        r -= _second_differences(r) * curvature
+    else:
+        r -= _sparse_to_centres(r, curvature, context)
 
     chi2 = _tile_chi2(r, context, tile_sigma)
     calibration = _calibration(chi2, nok, r, ok, noise)
@@ -101,8 +113,11 @@ def fine_residual(
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept]) * gain
     misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma, smoothing)
     probe = _fill_probe(filled, ok, model, kept, context, noise.image)
-    fill = _fill_misfit(filled, ok, model, kept, context, noise.image, calibration, probe)
-    fill_noise = _bin_noise(uncertainty, context, *probe[:2], noise.image)
+    own = 1.0  # the share of a probed bin's own noise left in its probe difference
+    if smoothing is not None:
+        probe, own = _smoothed_probe(probe, filled, r, model, curvature, context, along)
+    fill = _fill_misfit(filled, ok, model, kept, context, noise.image * own, calibration, probe)
+    fill_noise = _bin_noise(uncertainty, context, *probe[:2], noise.image) * own
     misfit = np.column_stack(
         [misfit[:, :2], fill[:, 0], misfit[:, 2:4], fill[:, 1:], misfit[:, 4:]]
     )
@@ -119,13 +134,40 @@ def fine_residual(
 
 
 #: Gaussian sigma [px] of the smoothing along the local structure in kept tiles, and the
-#: largest fine bin [px] it is used with (see `_smooth_along_structure`).
-_ALONG_PX, _ALONG_MAX_BIN = 8.0, 2
+#: largest fine bin [px] it is used with (see `_smooth_along_structure`). 16 px: on the
+#: structured field (27 frames, compact cube) the ridge went from 3.2x to 3.0x the noise
+#: floor (8 px before), the smooth field a little better; with 24 px the shadow edge went
+#: from 4.8x to 7.8x.
+_ALONG_PX, _ALONG_MAX_BIN = 16.0, 2
 
 
 def _along_scale(pixel_bin: int) -> float:
     """Sigma [fine bins] of the smoothing along the structure; 0: none for this bin size."""
     return _ALONG_PX / pixel_bin if pixel_bin <= _ALONG_MAX_BIN else 0.0
+
+
+def _along_weights(scale: float) -> np.ndarray:
+    """The normalised Gaussian weights (sigma ``scale`` bins, to 2.5 sigma) of the smoothing."""
+    reach = int(np.ceil(2.5 * scale))
+    weights = np.exp(-0.5 * (np.arange(-reach, reach + 1) / scale) ** 2)
+    return weights / weights.sum()
+
+
+def _noise_spread(pixel_bin: int) -> float:
+    """How many fine bins share one bin's noise after `_smooth_along_structure` (1: none).
+
+    The sum over the bins along the structure of the squared correlation of
+    their smoothed noise with one bin's: the weights' autocorrelation, squared
+    and summed over the lags (~20 for sigma 8 bins). The factoring of a tile's
+    blocks (`~lk_scatterlight.finelayer.compress_tile`) needs it to know how far
+    noise alone scatters a block's residual.
+    """
+    scale = _along_scale(pixel_bin)
+    if not scale:
+        return 1.0
+    weights = _along_weights(scale)
+    rho = np.correlate(weights, weights, "full") / np.sum(weights**2)
+    return float(np.sum(rho**2))
 
 
 def _smooth_along_structure(
@@ -147,7 +189,11 @@ def _smooth_along_structure(
     ridge's peak by a few %). Where nothing stands out the direction is
     arbitrary and the average is an ordinary smoothing of noise on a smooth
     field (its change over the average is near linear, which the average
-    keeps).
+    keeps). Beyond the CCD's edge the samples repeat the edge's values: that
+    bends a ridge leaving the CCD (by up to a quarter of its height over a
+    corner tile), but leaving those samples out, or the same reach on the
+    other side, made the smooth field's CCD edges worse (``bench_fine.py``
+    ``--smooth``: 1.2x -> 1.4x and 1.3x the noise floor).
 
     Only worth it where the bins resolve the structure: with 4-px bins the
     grid's own error on a 12-px ridge (~0.4 % of its height, `bench_fine.py`'s
@@ -165,10 +211,9 @@ def _smooth_along_structure(
     if kept.size == 0:
         return 1.0, 1.0
     n = r.shape[0]
-    reach = int(np.ceil(2.5 * scale))
+    weights = _along_weights(scale)
+    reach = weights.size // 2
     steps = np.arange(-reach, reach + 1)
-    weights = np.exp(-0.5 * (steps / scale) ** 2)
-    weights /= weights.sum()
     margin = reach + 2
     source = r.copy()
     nt = n // tile
@@ -193,6 +238,35 @@ def _smooth_along_structure(
         block = (slice(i * tile, (i + 1) * tile), slice(j * tile, (j + 1) * tile))
         r[block] = np.tensordot(weights, samples, axes=1) - model[block]
     return float(weights[reach]), float(np.sqrt(np.sum(weights**2)))
+
+
+def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, scale: float):
+    """The fill probe (`_fill_probe`) of the kept tiles as they are stored: smoothed.
+
+    `_smooth_along_structure` averages a filled bin with the bins along the
+    structure, most of them measured, which takes out most of a fill's error
+    (on the structured simulated field, 2-px bins, the filled bins beside a
+    bleed column and under stars on the glint ridge 3-4x in RMS). So the probe
+    bins' fills are put in the frame's residual before the curvature step
+    (``filled``), the curvature step is redone and the tiles with a probe bin
+    smoothed; their difference from the smoothed residual ``r`` at the probe
+    bins is the probe's. A probe bin's own measured value is in the smoothed
+    residual with the weight the smoothing keeps for a bin's own mean
+    (`_smooth_along_structure`'s ``own``): the second value returned, the share
+    of its noise variance left in the difference (its probed neighbours along
+    the structure add a little more, a small over-quote of the fill).
+    """
+    rows, cols, difference, hidden = probe
+    if not rows.size:
+        return probe, 1.0
+    t, nt = context.tile, context.ntiles
+    trial = filled.copy()
+    trial[rows, cols] += difference.astype(trial.dtype)
+    trial -= _second_differences(trial) * curvature
+    tiles = np.unique((rows // t) * nt + cols // t).astype(np.int32)
+    own, _ = _smooth_along_structure(trial, model, tiles, t, scale)
+    smoothed = (trial[rows, cols] - r[rows, cols]).astype(float)
+    return (rows, cols, smoothed, hidden), own**2
 
 
 #: A tile whose statistic with the first fill of its holes is this fraction of the way
@@ -221,6 +295,26 @@ def _second_differences(r: np.ndarray) -> np.ndarray:
     d2[:, 1:-1] += r[:, 2:]
     d2[:, 1:-1] -= 2 * r[:, 1:-1]
     return d2
+
+
+def _sparse_to_centres(r: np.ndarray, curvature: np.ndarray, context: FineContext) -> np.ndarray:
+    """What to subtract from the bin means ``r`` of a sparse read for values at the centres.
+
+    A bin of a sparse read averages its read rows, at a mean offset ``d`` from
+    its centre (mean square ``s``): ``mean = f + d f_r + s f_rr / 2 + (b**2 - 1)
+    f_cc / 24`` for bins ``b`` px wide, with the derivatives from the fine grid's
+    first and second differences (interior bins; ``curvature`` is the
+    columns' factor, 0 on holes).
+    """
+    b = float(context.pixel_bin)
+    offset = context.sparse.offset[1:-1, None] / (2 * b)
+    spread = context.sparse.spread[1:-1, None] / (2 * b * b)
+    out = np.zeros_like(r)
+    out[1:-1] = spread * (r[2:] + r[:-2] - 2 * r[1:-1])
+    out *= curvature > 0
+    out[1:-1] += offset * (r[2:] - r[:-2])
+    out[:, 1:-1] += curvature[:, 1:-1] * (r[:, 2:] + r[:, :-2] - 2 * r[:, 1:-1])
+    return out
 
 
 def _strap_response(
@@ -289,8 +383,11 @@ def _reference_noise(context: FineContext, uncertainty: np.ndarray | None) -> np
     if uncertainty is None or context.strap_noise is None or not context.strap_idx.size:
         return None
     ref_idx, line, rows = context.strap_noise
-    variance = np.square(np.take(uncertainty, ref_idx.ravel(), axis=1), dtype=np.float64)
-    variance = np.nan_to_num(variance).reshape(-1, *ref_idx.shape)  # (rows, nstraps, 4)
+    # Neighbouring straps share reference columns: each distinct column is read once.
+    columns, where = np.unique(ref_idx.ravel(), return_inverse=True)
+    variance = np.square(np.take(uncertainty, columns, axis=1), dtype=np.float64)
+    variance = np.take(np.nan_to_num(variance, copy=False), where, axis=1)
+    variance = variance.reshape(-1, *ref_idx.shape)  # (rows, nstraps, 4)
     per_row = np.einsum("rsk,sk->rs", variance, np.square(line, dtype=np.float64))
     return np.where(rows, per_row, 0).sum(axis=0)
 
