@@ -16,8 +16,8 @@ The build, for one sector/camera/CCD (`build_cube`):
    (`~lk_scatterlight.builder.binning.bin_plane_fit`), fill bins without enough
    pixels from their neighbours, remove the curvature bias, and accumulate the
    strap columns' response against their unmasked neighbours. With ``fine_bin``
-   (4 px by default), keep the residual against that plane on a finer grid in
-   the 64-px tiles where it stands out of the noise: the fine layer, for
+   (2 px by default), keep the residual against that plane on a finer grid in
+   the tiles (32 px by default) where it stands out of the noise: the fine layer, for
    structure narrower than a bin (`lk_scatterlight.builder.fine`). Results go to
    memory-mapped arrays in a work folder, checkpointed every ``chunk`` frames,
    so memory does not grow with the number of frames and an interrupted build

@@ -8,8 +8,8 @@ there), and a finer grid everywhere would multiply the cube's size by 16 for
 structure that covers a small part of the CCD at any one time.
 
 A `FineLayer` holds the residual of the frames against the coarse cube on a
-finer grid (4-px bins by default) in **blocks**: one tile of ``tile x tile``
-fine bins (64 x 64 pixels by default) in one time plane, kept only where the
+finer grid (2-px bins by default) in **blocks**: one tile of ``tile x tile``
+fine bins (32 x 32 pixels by default) in one time plane, kept only where the
 builder found the residual significant (its mean of ``(residual / sigma)**2``
 over the tile above a threshold). Everywhere else the fine layer is zero and
 the coarse cube alone is the model.

@@ -2,7 +2,7 @@
 
 Per frame (`fine_residual`), after the coarse bins are fitted:
 
-1. the static-subtracted frame is averaged in fine bins (4 x 4 px by default)
+1. the static-subtracted frame is averaged in fine bins (2 x 2 px by default)
    of valid pixels. The fine layer has its own, lighter source mask: only
    sources above ``fine_star_nsigma`` (30 by default, against 3 for the coarse
    bins; ~3 % of the pixels instead of ~30 % in a sector-1-like field) and
