@@ -26,6 +26,18 @@ def _gaussian_rows(length: int, start: int, count: int, scale: float) -> np.ndar
     return rows
 
 
+def _gradient(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.gradient(window)`` (central differences, one-sided at the edges), cheaper."""
+    g_row, g_col = np.empty_like(window), np.empty_like(window)
+    np.subtract(window[2:], window[:-2], out=g_row[1:-1])
+    g_row[1:-1] *= 0.5
+    g_row[0], g_row[-1] = window[1] - window[0], window[-1] - window[-2]
+    np.subtract(window[:, 2:], window[:, :-2], out=g_col[:, 1:-1])
+    g_col[:, 1:-1] *= 0.5
+    g_col[:, 0], g_col[:, -1] = window[:, 1] - window[:, 0], window[:, -1] - window[:, -2]
+    return g_row, g_col
+
+
 def smooth_window(
     window: np.ndarray,
     inner: tuple[slice, slice],
@@ -56,10 +68,11 @@ def smooth_window(
     rows, cols = inner
     left = _gaussian_rows(window.shape[0], rows.start, rows.stop - rows.start, scale)
     right = _gaussian_rows(window.shape[1], cols.start, cols.stop - cols.start, scale)
-    g_row, g_col = np.gradient(window)
+    g_row, g_col = _gradient(window)
     products = np.stack([g_row * g_row, g_row * g_col, g_col * g_col])
     if at is None:
-        row, col = np.mgrid[rows, cols]
+        row = np.arange(rows.start, rows.stop)[:, None]
+        col = np.arange(cols.start, cols.stop)[None, :]
         a, b, c = left @ products @ right.T
     else:
         row, col = at[0] + rows.start, at[1] + cols.start

@@ -239,9 +239,10 @@ def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, sc
     (on the structured simulated field, 2-px bins, the filled bins beside a
     bleed column and under stars on the glint ridge 3-4x in RMS). So the probe
     bins' fills are put in the frame's residual before the curvature step
-    (``filled``), the curvature step is redone and the tiles with a probe bin
-    smoothed; their difference from the smoothed residual ``r`` at the probe
-    bins is the probe's. A probe bin's own measured value is in the smoothed
+    (``filled``), the curvature step is redone and the probe bins smoothed
+    (each as its tile's smoothing would, from the same window; the rest of the
+    tile is not needed); their difference from the smoothed residual ``r`` is
+    the probe's. A probe bin's own measured value is in the smoothed
     residual with the weight the smoothing keeps for a bin's own mean
     (`_smooth_along_structure`'s ``own``): the second value returned, the share
     of its noise variance left in the difference (its probed neighbours along
@@ -254,7 +255,6 @@ def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, sc
     trial = filled.copy()
     trial[rows, cols] += difference.astype(trial.dtype)
     trial -= _second_differences(trial) * curvature
-    # Only the probe bins' smoothed values are wanted: each from its tile's window.
     weights = _along_weights(scale)
     tiles = (rows // t) * nt + cols // t
     smoothed = np.empty(rows.size, dtype=trial.dtype)
