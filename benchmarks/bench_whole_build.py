@@ -50,7 +50,11 @@ shadow edge) and each FFI cadence (1800 s: sector 1; 200 s: sector 60):
    ``bin_plane_fit``
        ``binning.bin_plane_fit`` (the robust per-bin plane fit).
    ``fine layer``
-       ``fine.fine_residual``, the fine layer's per-frame work.
+       ``fine.fine_residual``, the fine layer's per-frame work, less the next stage.
+   ``fine smoothing``
+       its smoothing along the structure of the kept tiles and of the fill probe
+       (``residual._smooth_along_structure``, ``residual._smoothed_probe``; 2-px
+       fine bins only).
    ``fine assembly``
        ``fine.assemble_fine`` (factoring each kept tile over time).
    ``compression``
@@ -111,6 +115,7 @@ STAGES = (
     "frames",
     "bin_plane_fit",
     "fine layer",
+    "fine smoothing",
     "fine assembly",
     "compression",
     "assembly",
@@ -151,6 +156,7 @@ def install_hooks(clock: StageClock) -> list[str]:
     """Wrap the builder's stage functions; return the names that could not be found."""
     from lk_scatterlight import cube as cube_module
     from lk_scatterlight.builder import assembly, binning, framepass, pipeline, runner, sources
+    from lk_scatterlight.builder.fine import residual
 
     entered = {}
     build_cube = pipeline.build_cube
@@ -171,6 +177,8 @@ def install_hooks(clock: StageClock) -> list[str]:
         (framepass, "process_frame", "frames"),  # process_chunk's
         (binning, "bin_plane_fit", "bin_plane_fit"),
         (framepass, "fine_residual", "fine layer"),
+        (residual, "_smooth_along_structure", "fine smoothing"),
+        (residual, "_smoothed_probe", "fine smoothing"),
         (assembly, "assemble_fine", "fine assembly"),
         (assembly, "compress_planes", "compression"),
         (cube_module.ScatterLightCube, "compress", "compression"),

@@ -69,6 +69,7 @@ The package's modules, one job each (every public name is importable from
 * ``context``: `FineContext` (masks, tiles, hole pieces) and `FineFrame`;
 * ``residual``: one frame's fine residual (`fine_residual`);
 * ``fill``: filling the holes (along the structure, profiles, isotropic);
+* ``along``: the smoothing along the structure of one tile (step 6);
 * ``misfit``: the layer's own errors (misfit within bins, fill error by depth);
 * ``assemble``: the layer from every frame (`assemble_fine`).
 """

@@ -8,9 +8,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import ndimage
 
 from ..strap_photometry import strap_sums as _strap_sums
+from .along import smooth_window
 from .context import FineContext, FineFrame
 from .fill import (
     _fill_along_structure,
@@ -172,7 +172,7 @@ def _noise_spread(pixel_bin: int) -> float:
 
 def _smooth_along_structure(
     r: np.ndarray, model: np.ndarray, kept: np.ndarray, tile: int, scale: float
-) -> float:
+) -> tuple[float, float]:
     """Smooth the kept tiles of the residual ``r`` in place along their local structure.
 
     A ridge or an edge varies across its direction and barely along it, so a
@@ -210,34 +210,25 @@ def _smooth_along_structure(
     """
     if kept.size == 0:
         return 1.0, 1.0
-    n = r.shape[0]
     weights = _along_weights(scale)
-    reach = weights.size // 2
-    steps = np.arange(-reach, reach + 1)
-    margin = reach + 2
     source = r.copy()
-    nt = n // tile
     for tile_index in kept.tolist():
-        i, j = divmod(tile_index, nt)
-        r0, r1 = max(i * tile - margin, 0), min((i + 1) * tile + margin, n)
-        c0, c1 = max(j * tile - margin, 0), min((j + 1) * tile + margin, n)
-        window = source[r0:r1, c0:c1] + model[r0:r1, c0:c1].astype(float)
-        g_row, g_col = np.gradient(window)
-        a = ndimage.gaussian_filter(g_row * g_row, scale, mode="nearest")
-        b = ndimage.gaussian_filter(g_row * g_col, scale, mode="nearest")
-        c = ndimage.gaussian_filter(g_col * g_col, scale, mode="nearest")
-        theta = 0.5 * np.arctan2(2 * b, a - c)  # across the structure
-        inner = (
-            slice(i * tile - r0, (i + 1) * tile - r0),
-            slice(j * tile - c0, (j + 1) * tile - c0),
-        )
-        u_row, u_col = -np.sin(theta[inner]), np.cos(theta[inner])
-        rows, cols = np.mgrid[inner]
-        at = [rows + steps[:, None, None] * u_row, cols + steps[:, None, None] * u_col]
-        samples = ndimage.map_coordinates(window, at, order=3, mode="nearest")
-        block = (slice(i * tile, (i + 1) * tile), slice(j * tile, (j + 1) * tile))
-        r[block] = np.tensordot(weights, samples, axes=1) - model[block]
-    return float(weights[reach]), float(np.sqrt(np.sum(weights**2)))
+        block, window, inner = _tile_window(tile_index, r.shape[0], tile, weights.size)
+        total = source[window] + model[window].astype(float)
+        r[block] = smooth_window(total, inner, weights, scale) - model[block]
+    return float(weights[weights.size // 2]), float(np.sqrt(np.sum(weights**2)))
+
+
+def _tile_window(tile_index: int, n: int, tile: int, nweights: int):
+    """Tile ``tile_index``'s bins, the window around it that its smoothing reads, and the
+    tile within that window (slices on an (n, n) grid of ``tile`` x ``tile`` tiles)."""
+    i, j = divmod(tile_index, n // tile)
+    margin = nweights // 2 + 2
+    r0, r1 = max(i * tile - margin, 0), min((i + 1) * tile + margin, n)
+    c0, c1 = max(j * tile - margin, 0), min((j + 1) * tile + margin, n)
+    block = (slice(i * tile, (i + 1) * tile), slice(j * tile, (j + 1) * tile))
+    inner = (slice(i * tile - r0, (i + 1) * tile - r0), slice(j * tile - c0, (j + 1) * tile - c0))
+    return block, (slice(r0, r1), slice(c0, c1)), inner
 
 
 def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, scale: float):
@@ -248,9 +239,10 @@ def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, sc
     (on the structured simulated field, 2-px bins, the filled bins beside a
     bleed column and under stars on the glint ridge 3-4x in RMS). So the probe
     bins' fills are put in the frame's residual before the curvature step
-    (``filled``), the curvature step is redone and the tiles with a probe bin
-    smoothed; their difference from the smoothed residual ``r`` at the probe
-    bins is the probe's. A probe bin's own measured value is in the smoothed
+    (``filled``), the curvature step is redone and the probe bins smoothed
+    (each as its tile's smoothing would, from the same window; the rest of the
+    tile is not needed); their difference from the smoothed residual ``r`` is
+    the probe's. A probe bin's own measured value is in the smoothed
     residual with the weight the smoothing keeps for a bin's own mean
     (`_smooth_along_structure`'s ``own``): the second value returned, the share
     of its noise variance left in the difference (its probed neighbours along
@@ -263,10 +255,18 @@ def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, sc
     trial = filled.copy()
     trial[rows, cols] += difference.astype(trial.dtype)
     trial -= _second_differences(trial) * curvature
-    tiles = np.unique((rows // t) * nt + cols // t).astype(np.int32)
-    own, _ = _smooth_along_structure(trial, model, tiles, t, scale)
-    smoothed = (trial[rows, cols] - r[rows, cols]).astype(float)
-    return (rows, cols, smoothed, hidden), own**2
+    weights = _along_weights(scale)
+    tiles = (rows // t) * nt + cols // t
+    smoothed = np.empty(rows.size, dtype=trial.dtype)
+    for tile_index in np.unique(tiles).tolist():
+        block, window, inner = _tile_window(tile_index, trial.shape[0], t, weights.size)
+        bins = np.flatnonzero(tiles == tile_index)
+        at_probe = rows[bins], cols[bins]
+        at = (rows[bins] - block[0].start, cols[bins] - block[1].start)
+        total = trial[window] + model[window].astype(float)
+        smoothed[bins] = smooth_window(total, inner, weights, scale, at) - model[at_probe]
+    smoothed = (smoothed - r[rows, cols]).astype(float)
+    return (rows, cols, smoothed, hidden), float(weights[weights.size // 2]) ** 2
 
 
 #: A tile whose statistic with the first fill of its holes is this fraction of the way
