@@ -105,8 +105,8 @@ def test_pooled_lag_covariances_lose_their_noise_not_their_structure():
     +0.019 on average (0.56 of its standard error 0.033) and drops below a third of that
     (measured 0.004); where every frame measures 0.02 (sum 0.22, 6.6 standard errors),
     over 3/4 stays (measured 0.18: 1.25 standard errors go).
-    The fill columns are untouched, and with 2 frames (no scatter to measure) nothing
-    changes."""
+    The fill columns are untouched, and with 2 frames (no scatter to measure) or no
+    shrinking (layers not smoothed along the structure) nothing changes."""
     rng = np.random.default_rng(11)
     noise, lags = lag_rows(rng, 400, 11, 0.0, 0.01)
     before = np.maximum(*noise[:, :, :2].sum(axis=1).T)
@@ -119,6 +119,8 @@ def test_pooled_lag_covariances_lose_their_noise_not_their_structure():
     fill = [c for c in range(MISFIT_WIDTH) if c not in lags]
     np.testing.assert_array_equal(_significant_lags(signal[0])[:, fill], signal[0][:, fill])
     np.testing.assert_array_equal(_significant_lags(signal[0][:2]), signal[0][:2])
+    tile = signal[0]
+    assert _significant_lags(tile, 0.0) is tile  # as for 4-px bins: untouched
 
 
 # ---------------------------------------------------------------------- aperture sums

@@ -141,7 +141,7 @@ def assemble_fine(
         corr = wide_corr = np.zeros(2)
         if misfit is not None:  # pooled over frames, then the direction that keeps most
             power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
-            rows = _significant_lags(misfit[pos, tile])
+            rows = _significant_lags(misfit[pos, tile], _LAG_SHRINK if spread > 1 else 0.0)
             pooled = np.sum(rows[:, :2], axis=0, dtype=float)
             gamma = max(0.0, pooled.max()) / power if power > 0 else 0.0
             if two_part and power > 0:
@@ -285,7 +285,7 @@ def _factored_noise(
 _LAG_SHRINK = 1.25
 
 
-def _significant_lags(rows: np.ndarray) -> np.ndarray:
+def _significant_lags(rows: np.ndarray, shrink: float = _LAG_SHRINK) -> np.ndarray:
     """A tile's `FineFrame.misfit` rows with each lag covariance column shrunk towards 0.
 
     A frame's lag covariance over a tile's ~1000 pixel pairs scatters by about the
@@ -295,21 +295,26 @@ def _significant_lags(rows: np.ndarray) -> np.ndarray:
     over the frames that kept the tile, and the larger direction taken, that
     noise passes for misfit, which is then quoted in proportion to each block's
     power. So each lag column's sum over the frames is moved towards 0 by
-    `_LAG_SHRINK` times its standard error (from the frames' scatter, which the
+    ``shrink`` times its standard error (from the frames' scatter, which the
     structure's change with the light only makes larger): what stands out of
     the noise stays, the rest goes (the shrunk sum is spread evenly over the
     frames: the callers only sum them). With fewer than 3 frames
-    the scatter is not measured and the rows are returned as they are.
+    the scatter is not measured and the rows are returned as they are, as
+    with ``shrink`` 0: `assemble_fine` shrinks only layers smoothed along the
+    structure (2-px bins). With 4-px bins the misfit stands further out of
+    the noise, and shrinking it there moved other ratios the wrong way
+    (``bench_errors.py --quick``, structured field, compact cube: open sky
+    pixels 1.03 -> 1.12, straps 1.00 -> 1.08).
     """
-    rows = np.asarray(rows, dtype=float)
     m, width = rows.shape
-    if m < 3:
+    if m < 3 or shrink <= 0:
         return rows
+    rows = np.asarray(rows, dtype=float)
     lags = [0, 1, 3, 4, *range(MISFIT_COLUMNS, width)]
     lags = [c for c in lags if c < width]
     total = rows[:, lags].sum(axis=0)
     error = np.sqrt(m * rows[:, lags].var(axis=0, ddof=1))
-    shrunk = np.sign(total) * np.maximum(np.abs(total) - _LAG_SHRINK * error, 0.0)
+    shrunk = np.sign(total) * np.maximum(np.abs(total) - shrink * error, 0.0)
     out = rows.copy()
     out[:, lags] = shrunk / m
     return out
