@@ -507,5 +507,6 @@ def test_fine_residual_no_strap_block_on_a_dark_frame():
     err = np.full((128, 128), sigma / 16, np.float32)
     frame = fine_residual(frame, coarse, err, np.full((128, 128), 256), context, unc, sums)
     column = 672 // 32  # the strap's tile column
-    assert not [t for t in frame.tiles.tolist() if t % 64 == column]  # plain: 3 tiles
+    passed = frame.tiles[frame.chi2.ravel()[frame.tiles] > 2.0]  # the others: candidates
+    assert not [t for t in passed.tolist() if t % 64 == column]  # plain: 3 tiles
     assert frame.chi2[:, column].max() < 2.0  # measured 1.44 (plain: 3.08)
