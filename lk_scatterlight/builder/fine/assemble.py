@@ -19,6 +19,7 @@ from .misfit import (
     _misfit_correlation,
     _misfit_parts,
 )
+from .persist import persistent_blocks
 from .residual import _noise_spread
 
 
@@ -42,6 +43,7 @@ def assemble_fine(
     calibration: np.ndarray | None = None,
     misfit: np.ndarray | None = None,
     fill_probe: np.ndarray | None = None,
+    chi2: np.ndarray | None = None,
 ) -> FineLayer | None:
     """Gather the kept tiles of the used frames into a factored `FineLayer`, tile by tile.
 
@@ -104,12 +106,18 @@ def assemble_fine(
         with the per-class columns of ``misfit``. Each hole bin then quotes its
         own fill variance (`_fill_local`: from the probe bins nearest to it, the
         time mean removed) and not its tile's pooled one (`_fill_map`).
+    chi2 : ndarray, shape (len(used_index), ntiles**2), optional
+        Each used frame's tile statistic (`FineFrame.chi2`). ``kept`` then holds
+        the frames' candidates, and a block below the threshold is kept only
+        where its tile passes it in enough frames (`persistent_blocks`).
 
     Returns
     -------
     layer : `~lk_scatterlight.finelayer.FineLayer` or None
         None if no frame kept a tile.
     """
+    if chi2 is not None:
+        kept = persistent_blocks(kept, chi2, context.threshold)
     nt, t = context.ntiles, context.tile
     plane_of = np.empty(len(used_index), dtype=np.int64)
     size = np.empty(len(groups))
