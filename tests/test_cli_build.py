@@ -65,9 +65,9 @@ def test_build_region_simulated(tmp_path, capsys):
     code = main([*argv, "--region", "700", "900", "15", "15", "--out", str(out), "--no-progress"])
     assert code == 0
     captured = capsys.readouterr()
-    assert "rows 641..768, columns 813..940 (128 x 128 px)" in captured.err
+    assert "rows 673..800, columns 845..972 (128 x 128 px)" in captured.err
     path = captured.out.strip()
-    assert path.endswith("_r641c813n128.fits")
+    assert path.endswith("_r673c845n128.fits")
     cube = ScatterLightCube.read(path)
     assert cube.region.covers(Region(700, 900, 15, 15))
     assert cube.evaluate(cube.btjd, [700, 714], [900, 914]).flux.shape == (cube.shape[0], 2, 2)

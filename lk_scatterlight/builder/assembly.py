@@ -159,6 +159,7 @@ def assemble(
             np.asarray(work["fine_calibration"][used_index]),
             np.asarray(work["fine_misfit"][used_index]),
             fill_probe=work["fine_fillprobe"],
+            chi2=np.asarray(work["fine_chi2"][used_index]),
         )
 
     straps = plan.straps

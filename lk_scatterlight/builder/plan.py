@@ -86,6 +86,7 @@ class WorkArea:
             shapes["fine"] = ((nframes, ntiles, side, side), np.float32)
             shapes["fine_sigma"] = ((nframes, ntiles), np.float32)
             shapes["fine_kept"] = ((nframes, ntiles), np.bool_)
+            shapes["fine_chi2"] = ((nframes, ntiles), np.float32)  # tile statistic
             shapes["fine_calibration"] = ((nframes,), np.float32)
             # rows, columns, fill; rows and columns at a lag of 2 px; fill per depth class;
             # rows and columns at lags of 3 and 4 px
@@ -137,6 +138,7 @@ class WorkArea:
         self.arrays["fine_kept"][index] = False
         self.arrays["fine_kept"][index, fine.tiles] = True
         self.arrays["fine_sigma"][index, fine.tiles] = fine.sigma
+        self.arrays["fine_chi2"][index] = fine.chi2.ravel()
         self.arrays["fine_calibration"][index] = fine.calibration
         if fine.misfit is not None:
             self.arrays["fine_misfit"][index, fine.tiles] = fine.misfit

@@ -38,7 +38,7 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    in a window around the hole (`_fill_profiles`). Most tiles hold only noise
    and nothing there is kept, so the last two steps run only on the holes in
    (or next to) the tiles whose statistic (step 5) with the first guess is
-   already halfway from noise to ``threshold``;
+   already halfway from noise to the candidates' level (step 5);
 4. the bias of a bin *mean* on curved structure is removed with the fine grid's
    second differences (``mean = f(centre) + f'' (b**2 - 1) / 24`` for a bin of
    ``b`` pixels), so the stored values are point values, as the Keys kernel
@@ -53,13 +53,18 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    only noise) when it exceeds 1, which takes in what the prediction misses
    (the static scene's own noise, faint unmasked stars). Filled bins count as
    bins of the tile's typical size. Pure noise then gives ~1 and only tiles
-   above ``threshold`` are kept;
+   above ``threshold`` are kept. Tiles above a lower level (1.2 for the
+   default threshold of 2) are measured too, as candidates: a persistent
+   structure (a shadow edge) is faint in the darkest frames, those the static
+   scene is the median of, and the assembly keeps a candidate's block when its
+   tile passes ``threshold`` in at least half the frames (`persist`);
 6. with fine bins of 2 px, the kept tiles are smoothed along their local
    structure (`_smooth_along_structure`): a 2-px grid resolves a 12-px ridge
    or a 6-px shadow edge ~10x better than a 4-px one, but a 2-px bin holds
    4 pixels, and averaging along the ridge or edge takes its noise back down.
 
-`assemble_fine` gathers the kept blocks of the used frames into a
+`assemble_fine` gathers the kept blocks of the used frames (and the candidates
+of persistent tiles) into a
 `~lk_scatterlight.finelayer.FineLayer` (averaging them into planes when the
 build bins in time).
 
@@ -71,6 +76,7 @@ The package's modules, one job each (every public name is importable from
 * ``fill``: filling the holes (along the structure, profiles, isotropic);
 * ``along``: the smoothing along the structure of one tile (step 6);
 * ``misfit``: the layer's own errors (misfit within bins, fill error by depth);
+* ``persist``: which candidate tiles the layer keeps (`persistent_blocks`);
 * ``assemble``: the layer from every frame (`assemble_fine`).
 """
 

@@ -184,14 +184,17 @@ class FineFrame:
     Attributes
     ----------
     tiles : ndarray of int32, shape (nkept,)
-        Flat tile indices (``tile_row * ntiles + tile_col``) of the kept tiles.
+        Flat tile indices (``tile_row * ntiles + tile_col``) of the kept tiles:
+        those whose statistic passes the threshold, and the candidates above
+        `~lk_scatterlight.builder.fine.persist.candidate_level` (the assembly
+        keeps these only in persistent tiles).
     blocks : ndarray of float32, shape (nkept, tile, tile)
         Their residuals [e-/s].
     sigma : ndarray of float32, shape (nkept,)
         Typical 1-sigma error of one fine bin in each kept tile [e-/s], as the
         detection calibrated it on the frame (static scene's noise included).
     chi2 : ndarray of float32, shape (ntiles, ntiles)
-        Every tile's mean ``(r / sigma)**2`` (diagnostics).
+        Every tile's mean ``(r / sigma)**2`` (which candidates pass, and diagnostics).
     calibration : float
         The factor (>= 1) by which the frame's calibration scaled the predicted
         noise variance: ``sigma**2 / calibration`` is the frame's own noise, what
