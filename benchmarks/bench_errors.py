@@ -228,7 +228,7 @@ def corrector_honesty(cube, sim, patches, frames, truth) -> dict:
     return out
 
 
-def run_field(name, field, times, work: Path, fine_bin: int = 4) -> dict:
+def run_field(name, field, times, work: Path, fine_bin: int | None = None) -> dict:
     import bench_build as bb
 
     from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
@@ -334,12 +334,16 @@ def main() -> None:
         "--cadence", type=float, default=1800.0, help="FFI cadence [s]: 1800 (default) or 200"
     )
     parser.add_argument(
-        "--fine-bin", type=int, default=4, help="the fine layer's bin size [px] (default 4)"
+        "--fine-bin",
+        type=int,
+        default=None,
+        help="the fine layer's bin size [px] (default: the builder's)",
     )
     args = parser.parse_args()
     import bench_build as bb
 
     import lk_scatterlight
+    from lk_scatterlight.builder.pipeline import BuildConfig
     from lk_scatterlight.simulate import ScatteredLightField
 
     n = 30 if args.quick else args.frames
@@ -351,7 +355,7 @@ def main() -> None:
     print(
         f"Honesty of quoted errors: RMS actual / RMS quoted (aim 1/{AIM}..{AIM}), sector 1, "
         f"{times.size} frames at {args.cadence:g} s, {bb.PATCH}x{bb.PATCH} patches, default "
-        f"build (16-px bins, fine layer of {args.fine_bin}-px bins)"
+        f"build (16-px bins, fine layer of {BuildConfig(fine_bin=args.fine_bin).fine_bin}-px bins)"
     )
     start = time.perf_counter()
     fields = (
