@@ -313,7 +313,7 @@ PATCH = 15
 
 @pytest.fixture(scope="module")
 def structured(tmp_path_factory):
-    """12 frames after perigee of the structured field (ridge and shadow edge)."""
+    """12 frames after perigee of the structured field (ridge and shadow edge), 4-px fine bins."""
     sim = FFISimulator(
         ScatteredLightField(structured=True),
         time=sector_times(1)[:12],
@@ -321,7 +321,7 @@ def structured(tmp_path_factory):
         n_stars=4000,
         defects={},
     )
-    config = BuildConfig(pixel_bin=16, n_candidates=8, n_dark=3, compact=False)
+    config = BuildConfig(pixel_bin=16, n_candidates=8, n_dark=3, compact=False, fine_bin=4)
     work = tmp_path_factory.mktemp("work")
     cube = build_cube(SimulatedFFISource(sim), config, work_dir=work, progress=False)
     truth = np.stack([sim.truth(i) for i in range(len(sim))])

@@ -108,7 +108,7 @@ def shadow_edge(tmp_path_factory):
         defects={},
     )
     frames = _Frames(sim, REGION)
-    config = BuildConfig(pixel_bin=16, n_candidates=8, n_dark=3)
+    config = BuildConfig(pixel_bin=16, n_candidates=8, n_dark=3, fine_bin=4)  # as sparse reads get
     cubes = {}
     for name, step, cfg in (
         ("full", 1, config),
