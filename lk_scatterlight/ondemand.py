@@ -9,8 +9,9 @@ instead of a CCD's ~20-70 GB of FFIs), and keeps it in the package's cache.
 The region rule: the TPF's science pixels, grown by 1.5 bins
 (`~lk_scatterlight.builder.pipeline.regional_margin`, 24 px for 16-px bins) on
 every side, snapped outwards to the CCD's grid of the whole-CCD cube's bins and
-fine-layer tiles (`~lk_scatterlight.builder.pipeline.region_grid`, 32 px by default), made square (the builder works on square
-regions) and at least `MIN_REGION` px wide. The cube may be evaluated inside
+fine-layer tiles (`~lk_scatterlight.builder.pipeline.region_grid`, 32 px by
+default), made square (the builder works on square regions) and at least
+`MIN_REGION` px wide. The cube may be evaluated inside
 the region less those 1.5 bins at its inner edges, so interpolation at the TPF
 never uses the region's outermost bins. When the region over all frames would
 exceed ``max_bytes``, only every k-th row is read (`choose_row_step`), and

@@ -122,7 +122,8 @@ def _build_command_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("ROW", "COL", "NROWS", "NCOLS"),
         help="pixels the cube must cover: first row and column (1-based CCD pixels, columns "
         "counting the 44 collateral columns) and size; grown by 1.5 bins, snapped out to the "
-        "grid of the bins and fine-layer tiles (32 px by default), made square and at least 128 px wide (the on-demand rule)",
+        "grid of the bins and fine-layer tiles (32 px by default), made square and at least "
+        "128 px wide (the on-demand rule)",
     )
     regional.add_argument(
         "--for-tpf",
