@@ -508,9 +508,9 @@ def run_cost(tpf, cube, repeats: int, method: str = "correct_tpf") -> dict:
 def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
     """CPU seconds of the fusion step alone, as ``correct_tpf()`` runs it: ``fuse()`` on
     FLUX and the model (given; it forms flux minus model only where it reads it) with the
-    model's quoted variance, then its correction added to the model and its variance
-    (``Fusion.add_to``, ``Fusion.variance`` in place, with the quoted variance's row sums,
-    as ``correct_tpf()`` calls them)."""
+    model's quoted variance and ``FLUX_ERR**2``, then its correction added to the model
+    and its variance (``Fusion.add_to``, ``Fusion.variance`` in place, with the quoted
+    variance's row sums, as ``correct_tpf()`` calls them)."""
     aperture = brightest_aperture(np.median(tpf.hdu[1].data["FLUX"], axis=0))
     corr = corrector(tpf, cube, aperture, True)
     table = tpf.hdu[1].data
@@ -521,11 +521,12 @@ def run_fuse_alone(tpf, cube, repeats: int) -> np.ndarray:
         np.ascontiguousarray(table[name], dtype=np.float32) for name in ("FLUX", "FLUX_ERR")
     )
     model_flux, model_err = model.flux.value, model.flux_err.value
+    flux_var = np.square(flux_err)  # correct_tpf() squares FLUX_ERR anyway and passes it
     out = np.empty((repeats, 2))
     for k in range(repeats):
         fused_flux, fused_var = model_flux.copy(), np.square(model_err)
         t0 = time.process_time()
-        fusion = corr._fuse(times, flux, flux_err, model.valid, fused_flux, fused_var)
+        fusion = corr._fuse(times, flux, flux_err, model.valid, fused_flux, fused_var, flux_var)
         t1 = time.process_time()
         if fusion.changed().size:  # as correct_tpf() does
             fusion.add_to(fused_flux)

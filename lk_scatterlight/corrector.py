@@ -381,11 +381,14 @@ class ScatterLightCorrector(Corrector):
             self.model = model
         return self.model
 
-    def _fuse(self, time, flux, flux_err, valid, model, model_var=None) -> Fusion | None:
+    def _fuse(
+        self, time, flux, flux_err, valid, model, model_var=None, flux_var=None
+    ) -> Fusion | None:
         """Fuse the model with the TPF's faint pixels (None without fusion).
 
         ``flux`` is the TPF's flux (background in it), ``valid`` the cadences the model
-        covers, ``model`` the model and ``model_var`` its quoted variance per pixel.
+        covers, ``model`` the model and ``model_var`` its quoted variance per pixel;
+        ``flux_var`` is ``flux_err**2`` where the caller has it.
         """
         if not self.fuse:
             return None
@@ -402,6 +405,7 @@ class ScatterLightCorrector(Corrector):
             window=window,
             model_var=model_var,
             model=model,
+            flux_var=flux_var,
         )
         if fusion is None:
             warnings.warn(
@@ -562,6 +566,7 @@ class ScatterLightCorrector(Corrector):
             spoc_bkg = _finite_or_zero(table["FLUX_BKG"])
             flux += spoc_bkg
         finite_rows = slice(None) if finite.all() else finite
+        flux_var = np.square(flux_err[finite_rows])  # FLUX_ERR's below; fuse() reads it too
         fusion = None
         if self.fuse:  # on what the model leaves in FLUX
             fusion = self._fuse(
@@ -571,6 +576,7 @@ class ScatterLightCorrector(Corrector):
                 model.valid,
                 model_flux,  # fuse() reads them before add_to() and variance() change them
                 model_var,
+                flux_var,
             )
         self.fusion_tpf = fusion
         changed = fusion.changed() if fusion is not None else np.empty(0, dtype=int)
@@ -596,7 +602,6 @@ class ScatterLightCorrector(Corrector):
         strong_level = np.zeros(time.size)  # the scattered light itself (`QUALITY_STRONG_SL`)
         strong_level[finite] = np.median(model_flux[:, self.aperture_mask], axis=1)
         rows = finite_rows
-        flux_var = np.square(flux_err[rows])
         if self.replace_background:
             model_flux += level
             flux_var -= np.square(_finite_or_zero(table["FLUX_BKG_ERR"][rows]))  # SPOC's bkg

@@ -310,7 +310,8 @@ def test_corrector_spreads_the_level_error_as_the_cube_quotes_it(field, monkeypa
 def test_flux_and_model_fuse_as_their_residual():
     """``fuse(flux, ..., model=model)`` forms flux minus model only where it reads it: the
     same result, to the bit, as ``fuse(flux - model, ...)``, also with NaN pixels and
-    cadences, cadences outside the model, a surface on some days and a model in float64."""
+    cadences, cadences outside the model, a surface on some days and a model in float64;
+    and so does ``flux_var`` (``FLUX_ERR**2`` given instead of squared again)."""
     yy, xx = np.mgrid[:N, :N] / (N - 1) * 2 - 1
     glow = 4 * np.exp(-((xx - np.linspace(-1, 1, NT)[:, None, None]) ** 2 + yy**2) / 2)
     flux, err, model, aperture, _ = scene(np.zeros(NT))
@@ -326,9 +327,14 @@ def test_flux_and_model_fuse_as_their_residual():
         for given in (valid, None):
             expected = fuse(np.subtract(flux, m), err, aperture, given, 2, model_var=quoted)
             fusion = fuse(flux, err, aperture, given, 2, model_var=quoted, model=m)
+            # FLUX_ERR**2 given (as correct_tpf passes it): the same, to the bit.
+            squared = fuse(
+                flux, err, aperture, given, 2, model_var=quoted, model=m, flux_var=np.square(err)
+            )
             assert fusion.has_surface
             for name, value in vars(expected).items():
                 np.testing.assert_array_equal(getattr(fusion, name), value, err_msg=name)
+                np.testing.assert_array_equal(getattr(squared, name), value, err_msg=name)
 
 
 def test_tiny_tpf_uses_the_model_alone(field):
@@ -441,7 +447,9 @@ def test_clipped_level_matches_a_plain_masked_computation():
     n = keep.sum(axis=1)
     mean = kept.sum(axis=1) / np.maximum(n, 1)
     scatter = np.maximum((kept**2).sum(axis=1) - n * mean**2, 0) / np.maximum(n - 1, 1)
-    got = np.array(_clipped_level(_clipped_sums(d.copy(), limit)))
+    given = d.copy()
+    got = np.array(_clipped_level(_clipped_sums(given, limit)))
+    np.testing.assert_array_equal(given, d)  # the dropped pixels get their values back
     np.testing.assert_array_equal(got[0], n)
     assert list(n[[3, 11, 12]]) == [29, 29, 0]
     np.testing.assert_allclose(got[1], mean, rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from .local import (
     _excess,
     _finite_mean_square,
     _lagged_excess,
+    _mean_of,
     _mean_square,
     _median,
     _relative,
@@ -48,6 +49,7 @@ def fuse(
     chunk: int = 48,
     model_var: np.ndarray | None = None,
     model: np.ndarray | None = None,
+    flux_var: np.ndarray | None = None,
 ) -> Fusion | None:
     """Combine a model with the TPF's faint pixels by their uncertainties.
 
@@ -80,6 +82,10 @@ def fuse(
         The scattered-light model [e-/s]. Given, the first argument is the flux
         and flux minus model is formed only where the fusion reads it (the
         background pixels, a sample of cadences): no full residual is made.
+    flux_var : ndarray, shape (ntime, nrow, ncol), optional
+        ``flux_err**2``, where the caller has it already (`correct_tpf
+        <lk_scatterlight.ScatterLightCorrector.correct_tpf>` does): spares squaring
+        every cadence's errors once more.
 
     Returns
     -------
@@ -116,18 +122,22 @@ def fuse(
     sigma = 1.4826 * np.median(np.abs(spread - np.median(spread))) if spread.size else 0.0
     # Views where the pixels of a cadence are contiguous (a FITS table column is one).
     flat_err = np.reshape(flux_err, (ntime, -1))
+    flat_var = None if flux_var is None else np.reshape(flux_var, (ntime, -1))
     span = chunk * max(window, 1)
     # Blocks of cadences small enough to stay in the CPU's cache through the passes.
     sums, noise = np.empty((3, valid.size)), np.empty(valid.size)
     weights = pixels.ravel().astype(np.float32) / where.size
-    # The residual at the background pixels, kept for the surface's fits.
+    # The residual at the background pixels about each one's level, kept for the surface.
     background = np.empty((valid.size, where.size), dtype=np.float32)
     for first in range(0, valid.size, _BLOCK):
         rows = _rows(valid[first : first + _BLOCK])
-        block = residual.take(rows, where, out=background[first : first + _BLOCK])
-        d = np.subtract(block, level, dtype=np.float32)
+        d = residual.take(rows, where, out=background[first : first + _BLOCK])
+        np.subtract(d, level, out=d)
         sums[:, first : first + _BLOCK] = _clipped_sums(d, clip * max(sigma, 1e-12))
-        noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
+        if flat_var is None:
+            noise[first : first + _BLOCK] = _mean_square(flat_err[rows], weights)
+        else:
+            noise[first : first + _BLOCK] = _mean_of(flat_var[rows], weights)
     bad = np.flatnonzero(~np.isfinite(noise))
     if bad.size:  # a FLUX_ERR that is not finite: the mean over the finite ones
         noise[bad] = _finite_mean_square(flat_err[valid[bad]], pixels.ravel())
@@ -138,9 +148,7 @@ def fuse(
         # is tried only where there is some.
         dof = np.where(enough, n - 1, 0)
         structured = _excess(np.where(enough, scatter, np.nan), noise, dof, span) > 0
-    degree, coef, cv_spread, basis = _fit_surface(
-        background, where, level, median.shape, structured, span
-    )
+    degree, coef, cv_spread, basis = _fit_surface(background, where, median.shape, structured, span)
     terms = np.asarray(_TERMS)[degree]
     with np.errstate(invalid="ignore", divide="ignore"):
         variance = np.maximum(scatter, noise) / np.maximum(n, 1)
@@ -162,7 +170,7 @@ def fuse(
         # cross-validated error, which tests pixels all over the TPF.
         ring = np.flatnonzero(_ring(aperture).ravel()[where])
         if ring.size >= min_pixels and not degree.all():
-            near = np.take(background, ring, axis=1, mode="clip") - level[ring]
+            near = np.take(background, ring, axis=1, mode="clip")
             near -= mean[:, None].astype(np.float32)
             near[~enough] = np.nan
             near = _lagged_excess(near, span)

@@ -159,9 +159,9 @@ def _clipped_sums(d: np.ndarray, limit: float) -> np.ndarray:
     """Per cadence (row): pixels kept, their sum and their sum of squares, clipped.
 
     ``d`` is each pixel's residual about its own level; pixels further than ``limit``
-    from the row's mean, or not finite, are dropped (set to 0: ``d`` is overwritten).
-    Returns an array of shape (3, nrow) (`_clipped_level` turns it into the mean and
-    the scatter).
+    from the row's mean, or not finite, are dropped (set to 0 for the sums, then given
+    their values back: ``d`` comes out as it went in). Returns an array of shape
+    (3, nrow) (`_clipped_level` turns it into the mean and the scatter).
 
     Row sums are matrix-vector products (fast), and the pixels dropped are few, so
     they are handled by index: no mask over the whole block. A row sum that is not
@@ -173,19 +173,22 @@ def _clipped_sums(d: np.ndarray, limit: float) -> np.ndarray:
     finite = None
     if not np.isfinite(total).all():
         finite = np.isfinite(d)
-        d[~finite] = 0.0
         count = np.add.reduce(finite, axis=1, dtype=np.int32)
-        total = d @ ones
+        total = np.where(finite, d, 0.0).astype(d.dtype, copy=False) @ ones
     with np.errstate(invalid="ignore", divide="ignore"):
         first = total / np.maximum(count, 1)
     distance = np.subtract(d, first[:, None].astype(d.dtype))
-    dropped = np.abs(distance, out=distance) > limit
+    with np.errstate(invalid="ignore"):  # NaN: not finite, dropped below
+        dropped = np.abs(distance, out=distance) > limit
     if finite is not None:
         dropped |= ~finite
     drop = np.flatnonzero(dropped)
+    values = d.ravel()[drop]
     np.put(d, drop, 0.0)
     n = d.shape[1] - np.bincount(drop // d.shape[1], minlength=len(d))
-    return np.array([n, d @ ones, np.einsum("ij,ij->i", d, d)])
+    sums = np.array([n, d @ ones, np.einsum("ij,ij->i", d, d)])
+    np.put(d, drop, values)
+    return sums
 
 
 def _clipped_level(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -205,6 +208,12 @@ def _mean_square(err: np.ndarray, weights: np.ndarray) -> np.ndarray:
     the row's mean NaN (`_finite_mean_square` redoes those rows).
     """
     return (np.square(err, dtype=np.float32) @ weights).astype(float)
+
+
+def _mean_of(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per row of ``values`` (nrow, npix), their mean with ``weights`` (as `_mean_square`,
+    of values already squared)."""
+    return (values.astype(np.float32, copy=False) @ weights).astype(float)
 
 
 def _finite_mean_square(err: np.ndarray, where: np.ndarray) -> np.ndarray:

@@ -136,7 +136,6 @@ def _top_degree(r: np.ndarray) -> int:
 def _fit_surface(
     background: np.ndarray,
     where: np.ndarray,
-    level: np.ndarray,
     shape: tuple[int, int],
     structured: np.ndarray,
     span: int,
@@ -146,11 +145,10 @@ def _fit_surface(
     Parameters
     ----------
     background : ndarray, shape (ncadence, where.size)
-        The residual at the background pixels, on the cadences used.
+        The residual at the background pixels about each one's median, on the
+        cadences used.
     where : ndarray of int
         The background pixels (flat indices).
-    level : ndarray, shape (where.size,)
-        Each background pixel's median residual.
     shape : (int, int)
         The TPF's image shape.
     structured : ndarray of bool, shape (ncadence,)
@@ -180,13 +178,12 @@ def _fit_surface(
     picked = candidates[(candidates % step) == 0]
     if picked.size == 0:
         return degree, coef, cv_spread, basis
-    cv = _cross_validate(background[picked] - level, design, where, shape[1], top)
+    cv = _cross_validate(background[picked], design, where, shape[1], top)
     degree = _choose_degree(cv, picked // span, ncadence, span)
     cv_spread[picked] = cv[degree[picked], np.arange(picked.size)] / where.size
     fitted = np.flatnonzero(degree)
     for first in range(0, fitted.size, _BLOCK):  # from every pixel: a ridge is no outlier
         block = fitted[first : first + _BLOCK]
-        d = np.subtract(background[_rows(block)], level)
-        coef[block] = np.nan_to_num(d) @ basis[where]
+        coef[block] = np.nan_to_num(background[_rows(block)]) @ basis[where]
     coef[degree == 1, _TERMS[1] :] = 0.0  # a plane's days keep the plane's terms only
     return degree, coef, cv_spread, basis
