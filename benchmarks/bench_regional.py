@@ -38,7 +38,8 @@ when the region over all frames exceeds the download budget (200 MB).
    * (b) ``region``: ``build_cube`` on ``source.crop(tpf_build_region(tpf))``, the
      same config;
    * (c) ``step 4``: the same region, reading only every 4th row
-     (``crop(region, row_step=4)``), built as `~lk_scatterlight.ondemand`
+     (``crop(region, row_step=4)``: the middle row of each run of 4,
+     `~lk_scatterlight.builder.sources.sparse_read_rows`), built as `~lk_scatterlight.ondemand`
      builds it (`~lk_scatterlight.builder.plan.sparse_config`: fine bins that
      hold a read row); ``--steps 3,4,8`` adds a column (c) per row step (the
      10-min and 200-s sectors' steps) and its ratio to (b);
@@ -48,7 +49,14 @@ when the region over all frames exceeds the download budget (200 MB).
    * (e) ``plane fit``: per cadence, a least-squares plane ``a + b x + c y`` fitted to
      those pixels (SPOC-like), evaluated at every pixel.
 
-   Diagnostic columns: ``whole nf`` and ``region nf``, the whole-CCD and
+   Diagnostic columns, per row step k: ``c/f``, the step-k cube's error over
+   that of (f) a full-row build with step k's fine bins (``sparse_config(config,
+   k)``: 4 px at steps 3-4, 8 px at 6-8): what the sparse read loses beyond the
+   coarser bins it needs; with ``--full-masks``, ``m/c``: (m) the step-k build
+   given the full read's star, bleed and fine-layer masks on the rows it read
+   (its static scene and strap flattening, swapped in for the build's own while
+   it runs), over (c): what masks made from the read rows alone cost.
+   ``whole nf`` and ``region nf``, the whole-CCD and
    regional builds without the fine layer (``fine_bin=0``: the 16-px bins
    alone), to tell whether a regional shortfall comes from the fine layer or
    from the bins; ``note`` says when a sharp feature of the structured field
@@ -91,6 +99,7 @@ when the region over all frames exceeds the download budget (200 MB).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -337,6 +346,56 @@ def rms(model: np.ndarray, truth: np.ndarray, scale: float) -> float:
     return float(100 * np.sqrt(np.mean(res**2)) / scale)
 
 
+@contextlib.contextmanager
+def full_read_masks(static_full: np.ndarray):
+    """Within: a build whose static scene skips rows (a sparse read) makes its source
+    masks from ``static_full``, a full read's static scene of the same region, and
+    keeps them on the rows it read (a diagnostic: the builder has no such option).
+
+    ``framepass.flatten_straps`` is wrapped to flatten ``static_full`` the same way
+    (the strap columns and references of the build), and ``masks.static_source_mask``
+    and ``masks.drop_extended`` to take that flattened scene instead of the sparse one.
+    """
+    from lk_scatterlight.builder import framepass, masks
+
+    flatten, source_mask, extended = (
+        framepass.flatten_straps,
+        masks.static_source_mask,
+        masks.drop_extended,
+    )
+    full: dict[str, np.ndarray] = {}
+
+    def flatten_both(static, strap_idx, ref_idx):
+        if np.isnan(static).all(axis=1).any():
+            full["flat"] = flatten(static_full, strap_idx, ref_idx)
+        return flatten(static, strap_idx, ref_idx)
+
+    def swapped_source_mask(flat, **kwargs):
+        unread = np.isnan(flat).all(axis=1)
+        if not unread.any():
+            return source_mask(flat, **kwargs)
+        mask = source_mask(full["flat"], **kwargs)
+        full["last"] = mask.copy()  # the fine layer's mask, when drop_extended follows
+        mask[unread] = True
+        return mask
+
+    def swapped_extended(mask, static, **kwargs):
+        unread = np.isnan(static).all(axis=1)
+        if not unread.any():
+            return extended(mask, static, **kwargs)
+        kept = extended(full["last"], static_full, **kwargs)  # on every row, as read in full
+        kept[unread] = False
+        return kept
+
+    framepass.flatten_straps = flatten_both
+    masks.static_source_mask, masks.drop_extended = swapped_source_mask, swapped_extended
+    try:
+        yield
+    finally:
+        framepass.flatten_straps = flatten
+        masks.static_source_mask, masks.drop_extended = source_mask, extended
+
+
 def timed_build(source, config, work: Path) -> tuple[object, float, float]:
     from lk_scatterlight.builder.pipeline import build_cube
 
@@ -346,11 +405,21 @@ def timed_build(source, config, work: Path) -> tuple[object, float, float]:
 
 
 def run_field(
-    name, field, frames, tpfs_from, work: Path, quick: bool, steps=STEPS, fine_bin=None
+    name,
+    field,
+    frames,
+    tpfs_from,
+    work: Path,
+    quick: bool,
+    steps=STEPS,
+    fine_bin=None,
+    swap_masks: bool = False,
 ) -> dict:
     """Part 1 for one field: the whole-CCD cube, regional cubes and local estimates."""
+    from lk_scatterlight.builder.masks import good_frames
     from lk_scatterlight.builder.pipeline import BuildConfig
     from lk_scatterlight.builder.plan import sparse_config
+    from lk_scatterlight.builder.scene import static_scene
     from lk_scatterlight.builder.sources import SimulatedFFISource
     from lk_scatterlight.ondemand import tpf_build_region
     from lk_scatterlight.simulate import FFISimulator, sector_times
@@ -392,7 +461,7 @@ def run_field(
         msg = "truth_at differs from FFISimulator.truth"
         raise RuntimeError(msg)
 
-    rows, builds = [], []
+    rows, timings = [], []
     for j, (tpf, region) in enumerate(zip(tpfs, regions, strict=True)):
         truth = tpf_truth[j]
         result = {"tpf": tpf, "build": region}
@@ -401,10 +470,21 @@ def run_field(
             result[key] = rms(cube.evaluate(times, tpf.rows, tpf.columns).flux.value, truth, scale)
         base = memory_source(frame_list, region, *keep[region], meta)
         sparse = [(f"step {k}", k, sparse_config(config, k)) for k in steps]
-        for key, step, cfg in [("region", 1, config), *sparse, ("region nf", 1, coarse)]:
-            cube, wall, cpu = timed_build(
-                base.crop(region, row_step=step), cfg, work / f"{name}-{j}-{key}"
+        # Diagnostics: every row read, with the fine bins of each step (once per size).
+        sizes = {cfg.fine_bin: cfg for _, _, cfg in sparse if cfg.fine_bin != config.fine_bin}
+        full_rows = [(f"full fb{b}", 1, cfg) for b, cfg in sizes.items()]
+        builds = [("region", 1, config), *sparse, *full_rows, ("region nf", 1, coarse)]
+        if swap_masks:
+            builds += [(f"masks {k}", k, cfg) for _, k, cfg in sparse]
+            static_full, _ = static_scene(
+                base.crop(region), good_frames(base.quality), config, progress=False
             )
+        for key, step, cfg in builds:
+            swap = full_read_masks(static_full) if key.startswith("masks") else None
+            with swap or contextlib.nullcontext():
+                cube, wall, cpu = timed_build(
+                    base.crop(region, row_step=step), cfg, work / f"{name}-{j}-{key}"
+                )
             if not np.allclose(cube.btjd, whole.btjd, rtol=0, atol=1e-6):
                 msg = f"the regional cube of {tpf.name} has other planes than the whole-CCD cube"
                 raise RuntimeError(msg)
@@ -412,8 +492,8 @@ def run_field(
             result[key] = rms(model, truth, scale)
             if key == "region":
                 result["fine blocks"] = 0 if cube.fine is None else len(cube.fine)
-            if cfg is not coarse:
-                builds.append({"tpf": j, "step": step, "wall": wall, "cpu": cpu, "n": len(sim)})
+            if key == "region" or key.startswith("step"):
+                timings.append({"tpf": j, "step": step, "wall": wall, "cpu": cpu, "n": len(sim)})
         median, plane = local_models(tpf_flux[used, j])
         result["local median"] = rms(median, truth, scale)
         result["plane fit"] = rms(plane, truth, scale)
@@ -422,7 +502,7 @@ def run_field(
         "name": name,
         "field": repr(field),
         "rows": rows,
-        "builds": builds,
+        "builds": timings,
         "keep": keep,
         "frames": len(sim),
         "used": used.size,
@@ -437,6 +517,8 @@ def run_field(
         "regions": regions,
         "steps": list(steps),
         "fine_bins": {k: sparse_config(config, k).fine_bin for k in steps},
+        "fine_bin": config.fine_bin,
+        "swap_masks": swap_masks,
     }
 
 
@@ -453,12 +535,21 @@ def print_accuracy(info: dict) -> None:
         "    fine bins of the sparse builds: "
         + ", ".join(f"step {k}: {info['fine_bins'][k]} px" for k in steps)
     )
+    swap = info["swap_masks"]
+
+    def full_rows(r: dict, k: int) -> float:
+        """(f): every row read, with step k's fine bins (the region itself if unchanged)."""
+        return r.get(f"full fb{info['fine_bins'][k]}", r["region"])
+
     header = (
         f"    {'class':11s} {'TPF':20s} {'first row,col':>13s} {'build region':>22s} "
         f"{'(a)whole':>8s} {'(b)region':>9s} "
         + "".join(f"{f'(c)step {k}':>10s} {'c/a':>5s} {'c/b':>5s} " for k in steps)
         + f"{'b/a':>5s} {'(d)local median':>15s} {'(e)plane fit':>12s} {'| whole nf':>9s} "
-        f"{'region nf':>9s} {'fine blk':>8s}   note"
+        f"{'region nf':>9s} {'fine blk':>8s} "
+        + "".join(f"{f'c/f{k}':>6s} " for k in steps)
+        + ("".join(f"{f'm/c{k}':>6s} " for k in steps) if swap else "")
+        + "  note"
     )
     print(header)
     for r in info["rows"]:
@@ -477,19 +568,27 @@ def print_accuracy(info: dict) -> None:
             f"    {tpf.kind:11s} {tpf.name:20s} {f'{tpf.row},{tpf.column}':>13s} {where:>22s} "
             f"{r['whole']:8.3f} {r['region']:9.3f} {sparse}{ratio:5.2f} "
             f"{r['local median']:15.3f} {r['plane fit']:12.3f} "
-            f"{r['whole nf']:9.3f} {r['region nf']:9.3f} {r['fine blocks']:8d}   {note}"
+            f"{r['whole nf']:9.3f} {r['region nf']:9.3f} {r['fine blocks']:8d} "
+            + "".join(f"{r[f'step {k}'] / full_rows(r, k):6.2f} " for k in steps)
+            + ("".join(f"{r[f'masks {k}'] / r[f'step {k}']:6.2f} " for k in steps) if swap else "")
+            + f"  {note}"
         )
     ratios = [("region/whole (b/a)", np.array([r["region"] / r["whole"] for r in info["rows"]]))]
     for k in steps:
         for label, base in (("whole", "a"), ("region", "b")):
             values = np.array([r[f"step {k}"] / r[label] for r in info["rows"]])
             ratios.append((f"step{k}/{label} (c/{base})", values))
+        values = np.array([r[f"step {k}"] / full_rows(r, k) for r in info["rows"]])
+        ratios.append((f"step{k}/full rows, {info['fine_bins'][k]}-px fine bins (c/f)", values))
+        if swap:
+            values = np.array([r[f"masks {k}"] / r[f"step {k}"] for r in info["rows"]])
+            ratios.append((f"step{k} with the full read's masks/own (m/c)", values))
     for label, values in ratios:
         over = int(np.sum(values > AIM))
-        print(
-            f"    {label}: median {np.median(values):.2f}, max {values.max():.2f}; "
-            f"{len(values) - over} of {len(values)} TPFs within the aim (<= {AIM})"
-        )
+        within = f"; {len(values) - over} of {len(values)} TPFs within the aim (<= {AIM})"
+        if "(c/f)" in label or "(m/c)" in label:  # diagnostics: no aim
+            within = ""
+        print(f"    {label}: median {np.median(values):.2f}, max {values.max():.2f}{within}")
     walls = [b["wall"] for b in info["builds"]]
     cpus = [b["cpu"] for b in info["builds"]]
     print(
@@ -734,6 +833,11 @@ def main() -> None:
         type=int,
         help="the fine layer's bin size [px] of every build (default: the builder's)",
     )
+    parser.add_argument(
+        "--full-masks",
+        action="store_true",
+        help="diagnostic (m): also build each row step with the full read's source masks",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--step", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--counts", help=argparse.SUPPRESS)
@@ -774,7 +878,15 @@ def main() -> None:
         infos = []
         for name, field in fields:
             info = run_field(
-                name, field, frames, choose_tpfs, work, args.quick, steps, args.fine_bin
+                name,
+                field,
+                frames,
+                choose_tpfs,
+                work,
+                args.quick,
+                steps,
+                args.fine_bin,
+                swap_masks=args.full_masks,
             )
             print_accuracy(info)
             infos.append(info)

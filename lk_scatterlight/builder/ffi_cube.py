@@ -43,7 +43,7 @@ from astropy.io import fits
 from ..ccd import FFI_SHAPE, Region, check_camera_ccd
 from ..exceptions import FFISourceError
 from ..utils import atomic_write
-from .sources import FFISource, FrameInfo
+from .sources import FFISource, FrameInfo, sparse_read_rows
 from .tesscube_source import BUCKET, _s3_error, frame_list
 
 __all__ = ["FFICube", "TessCubeRegionSource", "download_region", "region_bytes"]
@@ -180,7 +180,7 @@ def _frame_table(data: bytes, key: str, first_cadence: int = 0) -> list[FrameInf
 
 def region_bytes(nframes: int, region: Region, row_step: int = 1) -> int:
     """Bytes a download of ``region`` over ``nframes`` frames reads (flux and error)."""
-    nrows = len(range(0, region.nrows, row_step))
+    nrows = sparse_read_rows(region.nrows, row_step).size
     return nrows * region.ncols * nframes * 2 * _VALUE_BYTES
 
 
@@ -198,6 +198,7 @@ def _identity(cube: FFICube, region: Region, row_step: int) -> dict:
         "first_frame": cube.frames[0].name if cube.frames else "",
         "region": [region.row, region.column, region.nrows, region.ncols],
         "row_step": row_step,
+        "first_read_row": int(sparse_read_rows(region.nrows, row_step)[0]),
     }
 
 
@@ -212,7 +213,8 @@ def download_region(
 ) -> Path:
     """Download a region of the cube (all frames) into ``folder``, resuming a partial one.
 
-    One ranged GET per region row read (every ``row_step``-th row); up to
+    One ranged GET per region row read (every ``row_step``-th row,
+    `~lk_scatterlight.builder.sources.sparse_read_rows`); up to
     ``concurrency`` at a time. Each row goes straight into a memory-mapped file,
     so memory holds at most ``concurrency`` rows. A list of finished rows is
     saved every few seconds (after the pixels are flushed), so an interrupted
@@ -248,7 +250,7 @@ def download_region(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = np.arange(region.row, region.row_stop + 1)[::row_step]
+    rows = region.row + sparse_read_rows(region.nrows, row_step)
     run = region.ncols * cube.nframes * 2 * _VALUE_BYTES
     identity = _identity(cube, region, row_step)
     meta_path, pixels_path, done_path = folder / _META, folder / _PIXELS, folder / _DONE
@@ -371,7 +373,9 @@ class TessCubeRegionSource(FFISource):
             raise FFISourceError(msg)
         self.region = Region(*meta["region"])
         self.row_step = int(meta["row_step"])
-        self._read_rows = np.arange(0, self.region.nrows, self.row_step)
+        # Downloads made before the read rows were centred in their runs start at row 0.
+        first = int(meta.get("first_read_row", 0))
+        self._read_rows = np.arange(first, self.region.nrows, self.row_step)
         shape = (self._read_rows.size, self.region.ncols, len(frames), 2)
         self._pixels = np.memmap(folder / _PIXELS, dtype=">f4", mode="r", shape=shape)
         description = f"MAST FFI cube s3://{BUCKET}/{meta['key']}, {self.region}"

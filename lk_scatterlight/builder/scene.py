@@ -40,8 +40,17 @@ def candidate_frames(good: np.ndarray, n_candidates: int) -> np.ndarray:
 
 
 def frame_level(flux: np.ndarray) -> float:
-    """Brightness rank of a frame: the median of every 16th pixel [e-/s]."""
-    return float(np.nanmedian(flux[::16, ::16]))
+    """Brightness rank of a frame: the median of every 16th pixel [e-/s].
+
+    Of a sparse read (NaN rows), the median of every 16th column of as many of
+    its read rows, evenly spaced, as a full read would give (every 16th row
+    when every row was read); NaN when no row was read.
+    """
+    read = np.flatnonzero(np.isfinite(flux[:, ::16]).any(axis=1))
+    if read.size == 0:
+        return float("nan")
+    stride = max(1, round(16 * read.size / flux.shape[0]))
+    return float(np.nanmedian(flux[read[::stride], ::16]))
 
 
 def select_dark(candidates: Sequence[int], levels: Sequence[float], n_dark: int) -> list[int]:

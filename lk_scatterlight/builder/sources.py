@@ -48,6 +48,7 @@ __all__ = [
     "SimulatedFFISource",
     "CroppedSource",
     "read_ffi_header",
+    "sparse_read_rows",
     "FFI_SHAPE",
     "SCIENCE_SHAPE",
 ]
@@ -255,8 +256,8 @@ class FFISource(abc.ABC):
         The science pixels `read` returns: the whole CCD, or a square of it
         (`crop`, `~lk_scatterlight.builder.tesscube_source.TessCubeRegionSource`).
     row_step : int
-        Only every ``row_step``-th row of the region holds data (a sparse read);
-        the other rows are NaN.
+        Only every ``row_step``-th row of the region holds data (a sparse read,
+        rows `sparse_read_rows`); the other rows are NaN.
     """
 
     region: Region = Region.full()
@@ -332,8 +333,9 @@ class FFISource(abc.ABC):
         region : `~lk_scatterlight.ccd.Region`
             Inside this source's region.
         row_step : int
-            Keep every ``row_step``-th row of the region (counted from its first
-            row) and set the others to NaN, as a sparse read of MAST's FFI cube does.
+            Keep every ``row_step``-th row of the region (`sparse_read_rows`: the
+            middle row of each run of ``row_step`` rows) and set the others to NaN,
+            as a sparse read of MAST's FFI cube does.
 
         Returns
         -------
@@ -406,6 +408,31 @@ class FFISource(abc.ABC):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def sparse_read_rows(nrows: int, row_step: int) -> np.ndarray:
+    """The rows a read of every ``row_step``-th row of a region holds (0-based in it).
+
+    The middle row of each run of ``row_step`` rows from the region's first
+    row (the upper middle row for an even step): ``(row_step - 1) // 2``, then
+    every ``row_step``-th. A region starts on the CCD's grid of bins, so every
+    bin whose side is a multiple of ``row_step`` (the 16-px bins at steps 2, 4,
+    8 and 16, the fine bins `~lk_scatterlight.builder.plan.sparse_config`
+    chooses) has its read rows' centroid within 0.5 px of its centre; reading
+    each run's first row instead would put it ``(row_step - 1) / 2`` px above.
+
+    Parameters
+    ----------
+    nrows : int
+        Rows of the region.
+    row_step : int
+        Read every ``row_step``-th row (1: every row).
+
+    Returns
+    -------
+    rows : ndarray of int
+    """
+    return np.arange((int(row_step) - 1) // 2, int(nrows), int(row_step))
+
+
 class CroppedSource(FFISource):
     """The frames of another source, restricted to a region (see `FFISource.crop`).
 
@@ -437,7 +464,7 @@ class CroppedSource(FFISource):
             part = np.array(array[rows, cols][: self.region.nrows, : self.region.ncols])
             if self.row_step > 1:
                 skipped = np.ones(self.region.nrows, dtype=bool)
-                skipped[:: self.row_step] = False
+                skipped[sparse_read_rows(self.region.nrows, self.row_step)] = False
                 part[skipped] = np.nan
             out.append(part)
         return out[0], out[1]
