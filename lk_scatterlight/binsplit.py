@@ -13,9 +13,11 @@ The builder measures, per bin, the noise's share of the bin error variance
 over the planes where a block covers the bin (`SplitSums`, from
 `~lk_scatterlight.builder.binning.significant_noise`: structure only where the
 scatter exceeds the noise significantly). `ScatterLightCube.evaluate_sum`
-then adds only that share of the covered bins' variance (`dropped_variance`:
+then adds only that share of the covered bins' variance (`dropped_block`:
 the rest, left out). Single pixels (`ScatterLightCube.evaluate`) drop it too
-when the layer's bins are at most `PIXEL_MAX_BIN` pixels (`drops_at_pixels`).
+when the layer's bins are at most `PIXEL_MAX_BIN` pixels (`dropped_at_pixels`).
+The cube's part is `ScatterLightCube.bin_noise_variance`: the bins' variance
+that a block can take over.
 With coarser bins they keep the whole bin error: a 4-px layer does not quote
 all of its own error across a ridge at a pixel, and the bin's structure part
 covers it (on the structured simulation, dropping it there quotes ridge pixels
@@ -26,17 +28,25 @@ Files without the ``NOISE_SHARE`` extension evaluate as before.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from astropy.io import fits
 
+from . import interpolate
 from .exceptions import CubeFormatError
 from .finelayer import FineLayer
+
+if TYPE_CHECKING:
+    from .cube import ScatterLightCube
 
 __all__ = [
     "EXTNAME",
     "SplitSums",
     "PIXEL_MAX_BIN",
     "drops_at_pixels",
+    "dropped_at_pixels",
+    "dropped_block",
     "dropped_variance",
     "fine_coverage",
     "from_hdu",
@@ -134,6 +144,84 @@ def dropped_variance(share: np.ndarray, covered: np.ndarray, variance: np.ndarra
         ``variance * (1 - share)`` where covered: what the fine layer models.
     """
     return np.where(covered, variance * (1 - share), 0.0)
+
+
+def dropped_block(
+    cube: ScatterLightCube,
+    planes: slice,
+    rows: slice,
+    columns: slice,
+    bin_var: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """The structure part of a block of a cube's bin error variances, which its fine
+    layer quotes instead (`dropped_variance` where a block covers the bin).
+
+    Parameters
+    ----------
+    cube : `~lk_scatterlight.cube.ScatterLightCube`
+    planes, rows, columns : slice
+        Planes and bins, ``start:stop``.
+    bin_var : ndarray, shape (nplanes, nrow, ncol), optional
+        The block's error variances if already read (a dense cube's); default
+        `~lk_scatterlight.cube.ScatterLightCube.bin_noise_variance`.
+
+    Returns
+    -------
+    dropped : ndarray, shape (nplanes, nrow, ncol), or None
+        [(e-/s)^2]; None where nothing is dropped (no fine layer, no noise share, or
+        no block covers these bins).
+    """
+    if cube.noise_share is None or cube.fine is None:
+        return None
+    covered = fine_coverage(cube.fine, cube.row[rows], cube.column[columns], planes)
+    if not covered.any():
+        return None
+    if bin_var is None:
+        bin_var = cube.bin_noise_variance(planes, rows, columns)
+    return dropped_variance(cube.noise_share[rows, columns], covered, bin_var)
+
+
+def dropped_at_pixels(
+    cube: ScatterLightCube,
+    time_weights: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    wr: np.ndarray,
+    wc: np.ndarray,
+    r0: int,
+    c0: int,
+) -> np.ndarray | None:
+    """`dropped_block` at single pixels, for the valid times.
+
+    Only for a fine layer that quotes its own error at a pixel in full
+    (`drops_at_pixels`).
+
+    Parameters
+    ----------
+    cube : `~lk_scatterlight.cube.ScatterLightCube`
+    time_weights : tuple of ndarray
+        ``(left, right, w_right, valid)``: the times' planes and weights
+        (`~lk_scatterlight.interpolate.time_weights`).
+    wr, wc : ndarray, shapes (nrow, nbinrow), (ncol, nbincol)
+        The pixels' weights on the bins from ``r0``, ``c0`` (the columns' times
+        their response).
+    r0, c0 : int
+        First bin row and column of the weights.
+
+    Returns
+    -------
+    dropped : ndarray, shape (nvalid, nrow, ncol), float32, or None
+        [(e-/s)^2]; None where nothing is dropped.
+    """
+    if not drops_at_pixels(cube.fine):
+        return None
+    left, right, w_right, valid = time_weights
+    li, ri, w = left[valid], right[valid], w_right[valid]
+    p0, p1 = li.min(), ri.max() + 1
+    rows, columns = slice(r0, r0 + wr.shape[1]), slice(c0, c0 + wc.shape[1])
+    dropped = dropped_block(cube, slice(p0, p1), rows, columns)
+    if dropped is None:
+        return None
+    at_pixels = interpolate.apply_weights(dropped, wr**2, wc**2).astype(np.float32)
+    return interpolate.blend(at_pixels, li - p0, ri - p0, w, squared=True)
 
 
 class SplitSums:
