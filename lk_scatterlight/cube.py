@@ -825,6 +825,23 @@ class ScatterLightCube:
         lr = self._lowrank
         return np.tensordot(lr.var_coef[planes, :-1], lr.var_comp[:-1, rows, columns], axes=1)
 
+    def truncation_variance(self, planes: slice, rows: slice, columns: slice) -> np.ndarray | None:
+        """A compact cube's truncation term for a block of planes and bins (None: dense).
+
+        Where a fine-layer block covers a bin the layer carries the compression's
+        loss (`~lk_scatterlight.compactfine.carry_compression`), so
+        `lk_scatterlight.binsplit.dropped_block` takes this term out there.
+
+        Returns
+        -------
+        variance : ndarray, shape (nplanes, nrow, ncol), or None
+            [(e-/s)^2].
+        """
+        if self._lowrank is None:
+            return None
+        lr = self._lowrank
+        return np.multiply.outer(lr.var_coef[planes, -1], lr.var_comp[-1, rows, columns])
+
     @staticmethod
     def _block(array, p0, p1, r0, r1, c0, c1) -> np.ndarray:
         # Whole rows first: from a file (`_FitsImage`) that is one contiguous read per
