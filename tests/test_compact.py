@@ -327,13 +327,13 @@ def test_rounding_bound(compact, precision):
 
 
 def test_float_factors_still_read(compact, compact_file, tmp_path):
-    """Files from before the rounded factors (float32 FLUX_COMP, FLUX_COEF, ERR_IMAGE
-    and ERR_SPACE, no FLUX_SCALE) read exactly."""
+    """Files from before the rounded factors (float32 FLUX_COMP, FLUX_COEF, ERR_IMAGE,
+    ERR_SPACE and ERR_TRUNC, no FLUX_SCALE) read exactly."""
     lowrank = compact._lowrank
 
     def to_float(hdul):
         del hdul["FLUX_SCALE"]
-        for name in ("ERR_IMAGE", "ERR_SPACE"):
+        for name in ("ERR_IMAGE", "ERR_SPACE", "ERR_TRUNC"):
             image = fits.ImageHDU(getattr(lowrank, name.lower()), name=name)
             image.header["BUNIT"] = "electron/s"
             hdul[name] = image

@@ -2,8 +2,11 @@
 the truncation's error is quoted where the components miss structure, not spread evenly."""
 
 import numpy as np
-from cube_helpers import make_cube
+import pytest
+from astropy.io import fits
+from cube_helpers import edited, make_cube
 
+from lk_scatterlight import CubeFormatError, ScatterLightCube
 from lk_scatterlight.lowrank import LowRank, Planes, _rank1_error_model
 
 NT, N = 120, 24
@@ -94,3 +97,29 @@ def test_pure_noise_quotes_no_truncation():
     assert np.count_nonzero(compact._lowrank.err_trunc) <= 0.01 * N * N
     assert 1 / 1.2 < honesty(compact, truth, (slice(None), slice(None))) < 1.2
 
+
+def test_truncation_image_round_trip(tmp_path):
+    """ERR_TRUNC is written (rounded as the other error images) and read back; a file
+    without it quotes one level everywhere, as files from before; ERR_TRUNC without the
+    noise projection is refused."""
+    compact = field(missed=0.1)[0].compress()
+    path = compact.write(tmp_path / "compact.fits")
+    back = ScatterLightCube.read(path)
+    np.testing.assert_allclose(back._lowrank.err_trunc, compact._lowrank.err_trunc, rtol=2**-8)
+
+    def drop(hdul):
+        del hdul["ERR_TRUNC"]
+
+    old = ScatterLightCube.read(edited(path, tmp_path / "old.fits", drop))
+    assert old._lowrank.err_trunc is None
+    level = compact.compression.truncation_rms
+    np.testing.assert_allclose(old._lowrank.var_comp[-1], level**2, rtol=1e-6)
+
+    def no_projection(hdul):
+        del hdul["ERR_TIME"]
+        del hdul["ERR_SPACE"]
+
+    with pytest.raises(CubeFormatError, match="ERR_TRUNC without the noise projection"):
+        ScatterLightCube.read(edited(path, tmp_path / "bad.fits", no_projection))
+    with fits.open(path) as hdul:
+        assert hdul["ERR_TRUNC"].header["BUNIT"] == "electron/s"
