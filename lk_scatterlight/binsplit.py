@@ -129,8 +129,7 @@ def noise_taken(fine: FineLayer) -> np.ndarray:
     """
     if not drops_at_pixels(fine):
         return np.zeros(len(fine))
-    _, inverse, counts = np.unique(fine.basis_start, return_inverse=True, return_counts=True)
-    m = counts[inverse].astype(float)  # blocks sharing the tile's basis images
+    m = np.bincount(fine.basis_start)[fine.basis_start].astype(float)  # blocks sharing them
     k = fine.rank.astype(float)
     n = float(NOISE_PATTERNS)
     factored = np.clip(k / m + k / n - k * k / (m * n), 0, 1)
