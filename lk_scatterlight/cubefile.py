@@ -489,6 +489,14 @@ def _read_lowrank(hdul: Hdus, path: Path) -> LowRank:
         for name in _PROJECTION_EXTENSIONS
         if present
     ]
+    if _TRUNCATION_EXTENSION in hdul and not present:
+        raise CubeFormatError(
+            f"{path}: the LOWRANK encoding has {_TRUNCATION_EXTENSION} without the noise "
+            "projection (ERR_TIME, ERR_SPACE); the file is damaged."
+        )
+    truncation = None
+    if _TRUNCATION_EXTENSION in hdul:
+        truncation = _read_error_image(fastfits.image(hdul, _TRUNCATION_EXTENSION), path)
     _unscale_factors(arrays, hdul, path)
     try:
         return LowRank(
@@ -499,6 +507,7 @@ def _read_lowrank(hdul: Hdus, path: Path) -> LowRank:
             arrays["ERR_IMAGE"],
             CompressionInfo(**values),
             *projection,
+            err_trunc=truncation,
         )
     except CubeFormatError as err:
         raise CubeFormatError(f"{path}: {err}") from err
@@ -631,6 +640,8 @@ _LOWRANK_EXTENSIONS = {
 COMPONENT_TILE = 16
 #: Optional extensions (version 3): how much of the noise the factors keep.
 _PROJECTION_EXTENSIONS = ("ERR_TIME", "ERR_SPACE")
+#: Optional extension: the truncation's error per bin, in place of ``SLTRUNC`` everywhere.
+_TRUNCATION_EXTENSION = "ERR_TRUNC"
 #: Primary-header cards of a LOWRANK file: keyword, `CompressionInfo` field, comment.
 _COMPRESSION_CARDS = (
     ("SLRANK", "rank", "spatial components besides the mean"),
@@ -683,6 +694,10 @@ def _lowrank_hdus(
             "noise kept, dimensionless, (ntime, 2); see docs",
             "FLUX_ERR**2 = T0 ERR_IMAGE**2 + T1 ERR_SPACE**2 + SLTRUNC**2",
         ]
+        if lowrank.err_trunc is not None:
+            hdus.append(_error_image(lowrank.err_trunc, _TRUNCATION_EXTENSION, precision))
+            comments[-1] = "FLUX_ERR**2 = T0 ERR_IMAGE**2 + T1 ERR_SPACE**2 + ERR_TRUNC**2"
+            comments.append("[electron/s] truncation error per bin, (nrow, ncol)")
     else:
         comments[3] = "FLUX_ERR = hypot(ERR_SCALE[t] ERR_IMAGE, SLTRUNC)"
     for hdu, comment in zip(hdus, comments, strict=True):

@@ -34,6 +34,7 @@ __all__ = [
     "Planes",
     "compress_planes",
     "noise_projection",
+    "truncation_image",
     "evaluate_factors",
     "is_file_map",
     "check_values",
@@ -185,6 +186,7 @@ class LowRank:
         info: CompressionInfo,
         err_time: np.ndarray | None = None,
         err_space: np.ndarray | None = None,
+        err_trunc: np.ndarray | None = None,
     ):
         self.mean = np.asarray(mean, dtype=np.float32)
         # A file's components may come as a `~lk_scatterlight.fastfits.ScaledImage`,
@@ -196,6 +198,7 @@ class LowRank:
         self.err_image = np.asarray(err_image, dtype=np.float32)
         self.err_time = None if err_time is None else np.asarray(err_time, dtype=np.float32)
         self.err_space = None if err_space is None else np.asarray(err_space, dtype=np.float32)
+        self.err_trunc = None if err_trunc is None else np.asarray(err_trunc, dtype=np.float32)
         self.info = info
         self._check()
         nt = self.coefficients.shape[0]
@@ -210,7 +213,10 @@ class LowRank:
             if lazy
             else np.concatenate([self.mean[None], self._components])
         )
-        truncation = np.full(self.mean.shape, float(info.truncation_rms) ** 2)
+        if self.err_trunc is None:  # one level everywhere (files without ERR_TRUNC)
+            truncation = np.full(self.mean.shape, float(info.truncation_rms) ** 2)
+        else:
+            truncation = self.err_trunc.astype(float) ** 2
         image2 = self.err_image.astype(float) ** 2
         if self.err_time is None:  # the dense cube's noise, and the dropped signal
             self.var_coef = np.column_stack([self.err_scale.astype(float) ** 2, np.ones(nt)])
@@ -321,6 +327,10 @@ class LowRank:
             problems.append(
                 f"the noise projection's image has shape {self.err_space.shape}, expected {shape2d}"
             )
+        elif self.err_trunc is not None and self.err_trunc.shape != shape2d:
+            problems.append(
+                f"the truncation image has shape {self.err_trunc.shape}, expected {shape2d}"
+            )
         if not problems:
             names = ["mean", "coefficients", "err_scale", "err_image"]
             if isinstance(self._components, np.ndarray):  # else integers times steps
@@ -329,6 +339,9 @@ class LowRank:
             if self.err_time is not None:
                 names += ["err_time", "err_space"]
                 errors += [self.err_time, self.err_space]
+            if self.err_trunc is not None:
+                names.append("err_trunc")
+                errors.append(self.err_trunc)
             for name in names:
                 if not np.all(np.isfinite(getattr(self, name))):
                     problems.append(f"{name} has NaN or infinite values")
@@ -609,18 +622,27 @@ def _top_svd(flux: Planes, mean: np.ndarray, k: int, seed: int = 0):
     return q @ ub[:, :k], s[:k], vt[:k]
 
 
-def _rank1_error_model(err: Planes):
+def _rank1_error_model(err: Planes, exact: np.ndarray | None = None):
     """``err (ntime, npix) ~ scale[t] image[p]``: the leading singular pair (power iteration).
 
     Each iteration is one pass over the planes: ``scale = err @ image / |image|**2``
-    block by block, accumulating ``scale @ err``. Returns scale (RMS 1), image
-    [e-/s], and the RMS and largest relative deviation over the entries with
-    non-zero error.
+    block by block, accumulating ``scale @ err``. The bins ``exact`` (bool,
+    ``(npix,)``; default all) then keep their mean square over the planes exactly,
+    ``image**2 = mean(err**2)``: the leading pair follows the bins of largest error,
+    and where those come and go with structure (a glint ridge sweeping through)
+    its profile is theirs, and every other bin's noise came out ~8 % too small (the
+    structured simulated field; compact cubes under-quoted open sky). Bins a fine
+    layer covers keep the pair's image: their error is mostly the structure the
+    layer takes over (`~lk_scatterlight.binsplit`), in the planes where the
+    profile has it. Returns scale (RMS 1), image [e-/s], and the RMS and largest
+    relative deviation over the entries with non-zero error.
     """
     nt, npix = err.ntime, err.npix
     image = np.zeros(npix)
+    mean2 = np.zeros(npix)
     for _, e in err.blocks():
         image += e.sum(axis=0, dtype=float) / nt
+        mean2 += np.einsum("ij,ij->j", e, e, dtype=float) / nt
     if not np.any(image):
         return np.zeros(nt), np.zeros(npix), 0.0, 0.0
     for _ in range(30):  # a non-negative, nearly rank-1 matrix: a few steps suffice
@@ -635,20 +657,23 @@ def _rank1_error_model(err: Planes):
         image = new
         if done:
             break
-    # The final scale and the deviations of scale x image (a product that does not
-    # depend on how the pair is normalised) in one more pass.
     image32, norm2 = image.astype(np.float32), image @ image
     scale = np.empty(nt)
-    sum2, count, worst = 0.0, 0, 0.0
     for part, e in err.blocks():
         scale[part] = (e @ image32).astype(float) / norm2
+    norm = np.sqrt(np.mean(scale**2))
+    scale, image = scale / norm, image * norm
+    exact = np.ones(npix, bool) if exact is None else np.asarray(exact, bool).ravel()
+    image[exact] = np.sqrt(mean2[exact])  # scale has RMS 1
+    # The deviations of scale x image in one more pass.
+    sum2, count, worst = 0.0, 0, 0.0
+    for part, e in err.blocks():
         e = e.astype(float)
         use = e > 0
         rel = np.abs(scale[part, None] * image[None] - e)[use] / e[use]
         if rel.size:
             sum2, count, worst = sum2 + rel @ rel, count + rel.size, max(worst, rel.max())
-    norm = np.sqrt(np.mean(scale**2))
-    return scale / norm, image * norm, float(np.sqrt(sum2 / max(count, 1))), float(worst)
+    return scale, image, float(np.sqrt(sum2 / max(count, 1))), float(worst)
 
 
 def _choose_rank(
@@ -681,13 +706,16 @@ def _choose_rank(
 
 def _achieved_residual(
     flux: Planes, mean32: np.ndarray, coefficients: np.ndarray, components: np.ndarray
-) -> tuple[float, float]:
-    """RMS and largest absolute value of the stored factors minus the dense flux."""
-    sum2, worst = 0.0, 0.0
+) -> tuple[float, float, np.ndarray]:
+    """RMS and largest absolute value of the stored factors minus the dense flux, and
+    that difference's mean square over the planes per bin, shape (npix,)."""
+    per_bin, worst = 0.0, 0.0
     for part, x in flux.blocks():
         diff = (coefficients[part] @ components + mean32).astype(float) - x
-        sum2, worst = sum2 + np.einsum("ij,ij->", diff, diff), max(worst, np.abs(diff).max())
-    return float(np.sqrt(sum2 / (flux.ntime * flux.npix))), float(worst)
+        per_bin = per_bin + np.einsum("ij,ij->j", diff, diff)
+        worst = max(worst, np.abs(diff).max())
+    per_bin = per_bin / flux.ntime
+    return float(np.sqrt(np.mean(per_bin))), float(worst), per_bin
 
 
 def noise_projection(
@@ -739,7 +767,89 @@ def noise_projection(
     return np.column_stack([g, g_rest]), np.sqrt(np.clip(h, 0, None))
 
 
-def compress_planes(flux: Planes, flux_err: Planes, tolerance: float, max_rank: int) -> LowRank:
+#: Bins per side of the neighbourhood over which `truncation_image` averages its estimate.
+TRUNCATION_WINDOW = 3
+#: Significance (standard deviations of its noise) below which `truncation_image` takes a
+#: neighbourhood's excess for noise: 0 there.
+TRUNCATION_NSIGMA = 4.0
+
+
+def truncation_image(
+    residual_bin: np.ndarray,
+    noise_bin: np.ndarray,
+    err_time: np.ndarray,
+    image: np.ndarray,
+    err_space: np.ndarray,
+    shape2d: tuple[int, int],
+    ntime: int,
+    exclude: np.ndarray | None = None,
+    window: int = TRUNCATION_WINDOW,
+) -> np.ndarray:
+    """Per bin, the RMS of the signal the truncation dropped [e-/s], shape ``shape2d``.
+
+    The compact minus the dense flux holds, besides the dropped signal, the dense
+    noise the factors do not keep: of a bin's noise variance (mean over the
+    planes, ``noise_bin``) the factors keep on average ``mean(G) image**2 +
+    mean(G') H`` of the rank-1 model's ``image**2`` (`noise_projection`), and the
+    rest is in the difference. What the difference holds beyond that noise,
+    averaged over ``window`` x ``window`` bins (a bin's own estimate scatters by a
+    third of its noise variance over ~20 planes), is the dropped signal's mean
+    square where it exceeds `TRUNCATION_NSIGMA` times its chance scatter, else 0.
+    The truncation leaves its error where the components miss structure (a
+    strap's response, a sharp edge), not spread over the CCD.
+
+    Parameters
+    ----------
+    residual_bin, noise_bin : ndarray, shape (npix,)
+        Mean square over the planes of compact minus dense flux, and of the dense
+        error [(e-/s)^2].
+    err_time : ndarray, shape (ntime, 2)
+        ``G`` and ``G'`` (`noise_projection`).
+    image, err_space : ndarray, shape (npix,)
+        The rank-1 error image and ``sqrt(H)`` [e-/s].
+    shape2d : (int, int)
+        Bins per row and column.
+    ntime : int
+        Planes the mean squares are over.
+    exclude : ndarray of bool, shape ``shape2d``, optional
+        Bins left out (0, and not in their neighbours' averages): where a fine
+        layer carries the compression's loss
+        (`~lk_scatterlight.compactfine.carry_compression`).
+    window : int
+        Side of the averaging neighbourhood [bins].
+
+    Returns
+    -------
+    err_trunc : ndarray of float32, shape ``shape2d``
+    """
+    from scipy import ndimage  # here, not at import: reading a cube needs no scipy.ndimage
+
+    image2 = np.asarray(image, dtype=float) ** 2
+    kept = np.mean(err_time[:, 0]) * image2 + np.mean(err_time[:, 1]) * np.square(err_space)
+    removed = 1 - np.divide(kept, image2, out=np.zeros_like(kept), where=image2 > 0)
+    noise = (noise_bin * np.clip(removed, 0, 1)).reshape(shape2d)
+    use = np.ones(shape2d) if exclude is None else (~np.asarray(exclude, bool)).astype(float)
+
+    def window_sum(values):
+        return ndimage.uniform_filter(values * use, window, mode="nearest") * window**2
+
+    count = window_sum(np.ones(shape2d))
+    safe = np.maximum(count, 1)
+    excess = window_sum(residual_bin.reshape(shape2d) - noise) / safe
+    # A mean of ntime squared noise values scatters by sqrt(2 / ntime) of it; the window
+    # averages ``count`` such bins.
+    scatter = window_sum(noise) / safe * np.sqrt(2 / ntime / safe)
+    significant = (excess > TRUNCATION_NSIGMA * scatter) & (count > 0.5) & (use > 0)
+    return np.sqrt(np.where(significant, excess, 0.0)).astype(np.float32)
+
+
+def compress_planes(
+    flux: Planes,
+    flux_err: Planes,
+    tolerance: float,
+    max_rank: int,
+    exclude: np.ndarray | None = None,
+) -> LowRank:
     """Truncated-SVD factors of a cube read plane block by plane block.
 
     See `ScatterLightCube.compress` for the rank rule and the error model. The
@@ -747,6 +857,10 @@ def compress_planes(flux: Planes, flux_err: Planes, tolerance: float, max_rank: 
     `POWER_ITERATIONS` for the SVD, one for the achieved residual and a few for
     the error model, so memory does not grow with the number of planes beyond
     factors of ``ntime x (max_rank + OVERSAMPLE)`` values.
+
+    ``exclude`` (bool, ``(nrow, ncol)``): bins a fine layer covers, which carries
+    their truncation error (left out of `truncation_image`) and takes over most of
+    their bin error (their error model is the leading pair's, `_rank1_error_model`).
 
     Raises
     ------
@@ -779,14 +893,18 @@ def compress_planes(flux: Planes, flux_err: Planes, tolerance: float, max_rank: 
     spatial = vt[:k]
     del u, vt
     # Achieved error of what is stored (float32 factors) against the dense cube.
-    residual_rms, worst = _achieved_residual(flux, mean32, coefficients, components)
+    residual_rms, worst, residual_bin = _achieved_residual(flux, mean32, coefficients, components)
     # Noise left in the residual of a rank-k fit with a mean: (nt - 1 - k)(npix - k) of the
     # nt npix degrees of freedom; the rest of the residual is signal the truncation dropped.
     noise_ms = float(stats.noise_bin.mean())
     kept = max(0, nt - 1 - k) * max(0, npix - k) / (nt * npix)
     truncation = float(np.sqrt(max(0.0, residual_rms**2 - noise_ms * kept)))
-    scale, image, err_rms, err_max = _rank1_error_model(flux_err)
+    exact = None if exclude is None else ~np.asarray(exclude, bool)
+    scale, image, err_rms, err_max = _rank1_error_model(flux_err, exact)
     err_time, err_space = noise_projection(temporal, spatial, scale, image)
+    err_trunc = truncation_image(
+        residual_bin, stats.noise_bin, err_time, image, err_space, (nr, nc), nt, exclude
+    )
     info = CompressionInfo(
         rank=k,
         tolerance=tolerance,
@@ -818,4 +936,5 @@ def compress_planes(flux: Planes, flux_err: Planes, tolerance: float, max_rank: 
         info,
         err_time,
         err_space.reshape(nr, nc),
+        err_trunc,
     )

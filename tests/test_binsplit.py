@@ -12,7 +12,7 @@ from astropy.io import fits
 from cube_helpers import edited, make_cube
 
 from lk_scatterlight import CubeFormatError, ScatterLightCube, interpolate
-from lk_scatterlight.binsplit import SplitSums, fine_coverage
+from lk_scatterlight.binsplit import SplitSums, fine_coverage, noise_taken
 from lk_scatterlight.builder import binning
 from lk_scatterlight.finelayer import FineLayer
 
@@ -173,3 +173,58 @@ def test_split_sums_weigh_frames_by_variance():
     covered = np.array([[True, False], [True, False], [False, False]]).reshape(3, 1, 2)
     sums.add(error, noise, covered)
     np.testing.assert_allclose(sums.share(), [[0.4, 1.0]])
+
+
+def factored_cube(pixel_bin: int = 2) -> ScatterLightCube:
+    """`cube_with` (noise share 0.25) whose layer is one tile factored over planes 0, 1
+    and 2 (one basis image, three coefficients) at bin (3, 4)."""
+    cube = cube_with(True, pixel_bin=pixel_bin)
+    tile = BIN // pixel_bin
+    basis = np.random.default_rng(4).normal(0, 1, (1, tile, tile)).astype(np.float32)
+    cube.fine = FineLayer(
+        pixel_bin=pixel_bin, tile=tile, tile_row=np.array([3, 3, 3]),
+        tile_col=np.array([4, 4, 4]), plane=np.array([0, 1, 2]),
+        error=np.array([0.03, 0.02, 0.02], np.float32), basis=basis,
+        basis_start=np.zeros(3, int), rank=np.ones(3, int),
+        coef=np.array([1.0, 0.5, -0.3], np.float32), coef_start=np.arange(3),
+    )  # fmt: skip
+    return cube
+
+
+def test_blocks_take_over_the_bins_noise_they_hold():
+    """With 2-px fine bins a block also takes over the noise part of the bins it covers,
+    as much as it holds (`noise_taken`): a block stored as it is all of it, so a
+    one-pixel aperture at bin (3, 4) loses the bin's whole variance in planes 0 and 2;
+    a tile factored to one image over 3 planes ``1/3 + 1/8 - 1/24`` of it
+    (`NOISE_PATTERNS` = 8 patterns per tile), so it loses ``0.75 + 0.25 * 0.417``.
+    With 4-px bins (not measured) only the structure part, 0.75, as before."""
+    one = np.ones((1, 1), bool)
+    full = cube_with(False, pixel_bin=2)
+    err2 = full.flux_err.value[:, 3, 4].astype(float) ** 2
+    total = variances(full, [ROW], [COL], one)
+    raw = cube_with(True, pixel_bin=2)
+    drop = total - variances(raw, [ROW], [COL], one)
+    np.testing.assert_allclose(drop, err2 * [1, 0, 1, 0], rtol=1e-4)
+    factored = factored_cube()
+    np.testing.assert_allclose(noise_taken(factored.fine), 1 / 3 + 1 / 8 - 1 / 24)
+    whole = factored_cube()
+    whole.noise_share = None  # adds every bin error whole
+    drop = variances(whole, [ROW], [COL], one) - variances(factored, [ROW], [COL], one)
+    expected = (0.75 + 0.25 * (1 / 3 + 1 / 8 - 1 / 24)) * err2 * [1, 1, 1, 0]
+    np.testing.assert_allclose(drop, expected, rtol=1e-4)
+    assert np.all(noise_taken(factored_cube(pixel_bin=4).fine) == 0)
+
+
+def test_compact_cube_with_a_two_pixel_layer_drops_its_truncation_under_blocks():
+    """The layer carries what the compression loses in its tiles
+    (`carry_compression`): with 2-px bins a covered bin drops the truncation term too,
+    so a one-pixel aperture at bin (3, 4) quotes the same as with no truncation term."""
+    compact = cube_with(True, pixel_bin=2).compress()
+    lr = compact._lowrank
+    lr.var_comp[-1] = 0.01  # a truncation term of 0.1 e-/s at every bin
+    one = np.ones((1, 1), bool)
+    with_term = variances(compact, [ROW], [COL], one)
+    lr.var_comp[-1] = 0.0
+    without = variances(compact, [ROW], [COL], one)
+    np.testing.assert_allclose(with_term[[0, 2]], without[[0, 2]], rtol=1e-5)
+    assert np.all(with_term[[1, 3]] > without[[1, 3]] + 0.005)

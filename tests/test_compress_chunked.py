@@ -178,9 +178,9 @@ def test_compact_build_compresses_from_the_memory_map(finished_work, monkeypatch
     expected = dense.compress(tolerance=config.compact_tolerance)
     seen = []
 
-    def spy(flux, flux_err, tolerance, max_rank):
+    def spy(flux, flux_err, tolerance, max_rank, exclude=None):
         seen.append((is_file_map(flux.array), is_file_map(flux_err.array)))
-        return compress_planes(flux, flux_err, tolerance, max_rank)
+        return compress_planes(flux, flux_err, tolerance, max_rank, exclude)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the compact build must not make a dense cube")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..binsplit import SplitSums, fine_coverage
+from ..binsplit import SplitSums, covered_anywhere, fine_coverage
 from ..ccd import SCIENCE_COLUMNS, SCIENCE_ROWS
 from ..compactfine import carry_compression
 from ..cube import GAP_FACTOR, ScatterLightCube, compact_cube
@@ -286,14 +286,17 @@ def _assemble_compact(
     cube : `~lk_scatterlight.ScatterLightCube`
         Compact.
     """
+    kwargs = dict(planes)
+    axes = [kwargs.pop(name) for name in ("time", "time_start", "time_stop", "row", "column")]
+    nplanes = len(axes[0])
+    carried = covered_anywhere(kwargs.get("fine"), axes[3], axes[4], nplanes)
     lowrank = compress_planes(
         Planes(work["value"], used_index),
         Planes(work["error"], used_index),
         float(config.compact_tolerance),
         DEFAULT_MAX_RANK,
+        carried,
     )
-    kwargs = dict(planes)
-    axes = [kwargs.pop(name) for name in ("time", "time_start", "time_stop", "row", "column")]
     if kwargs.get("fine") is not None:  # its tiles carry what the compression loses there
         kwargs["fine"] = carry_compression(
             kwargs["fine"],
