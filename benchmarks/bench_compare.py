@@ -2,8 +2,9 @@
 
 Methods, all applied to the same TESSCut-like TPFs (background still in FLUX):
 
-* ``lk_scatterlight``: a cube built by the package's builder from simulated
-  FFIs of the same field, subtracted with ``tpf.to_corrector("scatterlight")``.
+* ``lk_scatterlight``: a cube built by the package's builder (default fine
+  layer) from simulated FFIs of the same field (`compare_times`: 95 frames of
+  sector 1), subtracted with ``tpf.to_corrector("scatterlight")``.
 * ``local median``: per cadence, the median of the TPF's faintest third of
   pixels, subtracted from every pixel (what a quick TESSCut analysis does).
 * ``SPOC-like plane``: per cadence, a plane fitted by least squares to those
@@ -33,9 +34,17 @@ import lk_scatterlight  # noqa: F401  (registers the corrector)
 from lk_scatterlight import simulate
 from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
 from lk_scatterlight.builder.sources import SimulatedFFISource
-from lk_scatterlight.demo import _demo_times
 
 SHAPE = (15, 15)
+
+
+def compare_times() -> np.ndarray:
+    """Sector-1 frame times at the 30-min cadence: 18 h after the first perigee,
+    12 h in mid-orbit (where the darkest frames are) and 18 h before the last perigee."""
+    times = simulate.sector_times(1)
+    middle = times[0] + 6.5
+    keep = (times < times[0] + 0.75) | (times > times[-1] - 0.75)
+    return times[keep | (np.abs(times - middle) < 0.25)]
 
 
 def pick_targets(sim):
@@ -124,7 +133,7 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     sim = simulate.FFISimulator(
-        simulate.ScatteredLightField(seed=args.seed), time=_demo_times(), seed=args.seed
+        simulate.ScatteredLightField(seed=args.seed), time=compare_times(), seed=args.seed
     )
     cube = build_cube(
         SimulatedFFISource(sim),
