@@ -1,8 +1,10 @@
 """Benchmark the cube builder: accuracy against simulated truth, speed, peak memory.
 
 Run: ``python benchmarks/bench_build.py [--frames N] [--quick]``. Prints numbers;
-asserts nothing. About 4.5 minutes on an idle 2-core machine by default (~8 under
-load), 1-2 minutes with ``--quick``.
+asserts nothing. With the default 2-px fine layer the accuracy section alone takes
+~16 minutes of CPU by default (about an hour of wall time on a heavily loaded 2-core
+machine; ~4.5 minutes in all on an idle one with the earlier 4-px bins); ``--quick``
+uses 40 frames and fewer files.
 
 1. **Accuracy, as a corrector uses the cube.** Simulated sector-1 FFIs
    (`FFISimulator`, 30-min cadence) of (a) a smooth field and (b) the structured
