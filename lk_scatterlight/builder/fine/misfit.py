@@ -386,7 +386,8 @@ def _fill_local(probe, kept, used_index, context: FineContext, scale) -> np.ndar
     """Each hole bin's fill variance from its nearest probe bins [(e-/s)**2], NaN: none.
 
     ``probe``: the work area's `FineFrame.fill_probe` blocks, shape (nframes,
-    ntiles**2, 2, tile, tile), by frame index; ``kept`` and ``used_index`` as
+    ntiles**2, 2, tile, tile), by frame index; ``kept`` (the blocks whose frame
+    probed them, shape (len(used_index), ntiles**2)) and ``used_index`` as
     for `assemble_fine`; ``scale``: `_fill_scale` (None: 1 for every class).
     Per probe bin, over the frames whose tile was kept, the variance of ``fill -
     value`` about its time mean (a bin's error constant in time is left out, as

@@ -114,17 +114,25 @@ def fine_residual(
     blocks = r.reshape(nt, t, nt, t).transpose(0, 2, 1, 3).reshape(nt * nt, t, t)[kept]
     # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept]) * gain
-    misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma, smoothing)
-    probe = _fill_probe(filled, ok, model, kept, context, noise.image)
+    # The layer's own errors are measured on the tiles that pass the threshold only: a
+    # candidate's block is kept in few tiles (`persistent_blocks`), whose errors the
+    # assembly pools over the frames where they passed.
+    passed = chi2.ravel()[kept] > context.threshold
+    full = kept[passed]
+    misfit = _tile_misfit(diff, coarse_value, r, full, context, uncertainty, tile_sigma, smoothing)
+    probe = _fill_probe(filled, ok, model, full, context, noise.image)
     own = 1.0  # the share of a probed bin's own noise left in its probe difference
     if smoothing is not None:
         probe, own = _smoothed_probe(probe, filled, r, model, curvature, context, along)
-    fill = _fill_misfit(filled, ok, model, kept, context, noise.image * own, calibration, probe)
+    fill = _fill_misfit(filled, ok, model, full, context, noise.image * own, calibration, probe)
     fill_noise = _bin_noise(uncertainty, context, *probe[:2], noise.image) * own
-    misfit = np.column_stack(
+    measured = np.column_stack(
         [misfit[:, :2], fill[:, 0], misfit[:, 2:4], fill[:, 1:], misfit[:, 4:]]
     )
-    misfit = misfit.astype(np.float32)
+    misfit = np.zeros((kept.size, measured.shape[1]), dtype=np.float32)  # candidates: 0
+    misfit[passed] = measured
+    fill_probe = np.full((kept.size, 2, t, t), np.nan, dtype=np.float32)
+    fill_probe[passed] = _fill_bins(probe, full, context, fill_noise)
     return FineFrame(
         kept,
         np.ascontiguousarray(blocks),
@@ -132,7 +140,7 @@ def fine_residual(
         chi2,
         float(calibration),
         misfit,
-        _fill_bins(probe, kept, context, fill_noise),
+        fill_probe,
     )
 
 
