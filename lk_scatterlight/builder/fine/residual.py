@@ -97,10 +97,7 @@ def fine_residual(
     filled = r.copy()  # the fills, before the curvature step: `_fill_misfit` redoes them
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
     curvature = context.curvature if ok is context.ok else context.curvature * ok
-    if context.sparse is None:
-        r -= _second_differences(r) * curvature
-    else:
-        r -= _sparse_to_centres(r, curvature, context)
+    r -= _to_centres(r, curvature, context)
 
     chi2 = _tile_chi2(r, context, tile_sigma)
     calibration = _calibration(chi2, nok, r, ok, noise)
@@ -250,7 +247,8 @@ def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, sc
     (on the structured simulated field, 2-px bins, the filled bins beside a
     bleed column and under stars on the glint ridge 3-4x in RMS). So the probe
     bins' fills are put in the frame's residual before the curvature step
-    (``filled``), the curvature step is redone and the probe bins smoothed
+    (``filled``), the curvature step is redone (`_to_centres`, as `fine_residual`
+    does it: a sparse read's too) and the probe bins smoothed
     (each as its tile's smoothing would, from the same window; the rest of the
     tile is not needed); their difference from the smoothed residual ``r`` is
     the probe's. A probe bin's own measured value is in the smoothed
@@ -265,7 +263,7 @@ def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, sc
     t, nt = context.tile, context.ntiles
     trial = filled.copy()
     trial[rows, cols] += difference.astype(trial.dtype)
-    trial -= _second_differences(trial) * curvature
+    trial -= _to_centres(trial, curvature, context)
     weights = _along_weights(scale)
     tiles = (rows // t) * nt + cols // t
     smoothed = np.empty(rows.size, dtype=trial.dtype)
@@ -297,6 +295,15 @@ def _grow_one(mask: np.ndarray) -> np.ndarray:
     out[:, 1:] |= mask[:, :-1]
     out[:, :-1] |= mask[:, 1:]
     return out
+
+
+def _to_centres(r: np.ndarray, curvature: np.ndarray, context: FineContext) -> np.ndarray:
+    """What to subtract from the bin means ``r`` for values at the bin centres (step 4 of
+    the package docstring): ``curvature`` times the second differences, or for a sparse
+    read (``context.sparse``) `_sparse_to_centres`."""
+    if context.sparse is None:
+        return _second_differences(r) * curvature
+    return _sparse_to_centres(r, curvature, context)
 
 
 def _second_differences(r: np.ndarray) -> np.ndarray:
