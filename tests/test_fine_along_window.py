@@ -9,13 +9,14 @@ import pytest
 from scipy import ndimage
 
 from lk_scatterlight.builder.fine.along import smooth_window
+from lk_scatterlight.builder.fine.context import SparseRows
 from lk_scatterlight.builder.fine.residual import (
     _along_scale,
     _along_weights,
-    _second_differences,
     _smooth_along_structure,
     _smoothed_probe,
     _tile_window,
+    _to_centres,
 )
 
 TILE, N = 16, 96  # 2-px bins: 32-px tiles, 6 x 6 tiles
@@ -61,13 +62,22 @@ def test_smooth_window_matches_the_whole_window_filter(tile_index):
     np.testing.assert_allclose(at_bins, expected[picks], atol=1e-12)
 
 
-def test_probe_smooths_its_bins_as_the_whole_tiles_would():
+def sparse_rows() -> SparseRows:
+    """Fine-bin rows of a sparse read: each bin's read rows off its centre by up to 0.5 px."""
+    offset = np.tile(np.float32([-0.5, 0.0, 0.5]), N // 3 + 1)[:N]
+    return SparseRows(to_fine=np.zeros((N, 1), np.float32), offset=offset, spread=offset**2)
+
+
+@pytest.mark.parametrize("sparse", [None, sparse_rows()], ids=["every row", "sparse read"])
+def test_probe_smooths_its_bins_as_the_whole_tiles_would(sparse):
     """The probe's smoothed difference at its bins equals smoothing the whole tiles of the
-    trial residual (the fills put in, the curvature step redone) and reading them there."""
+    trial residual (the fills put in, the curvature step redone as `fine_residual` does it,
+    for a sparse read too) and reading them there."""
     residual, model = field(seed=3)
     rng = np.random.default_rng(4)
     curvature = np.full((N, N), 0.125, dtype=np.float32)
-    r = residual - _second_differences(residual) * curvature
+    context = types.SimpleNamespace(tile=TILE, ntiles=N // TILE, pixel_bin=2, sparse=sparse)
+    r = residual - _to_centres(residual, curvature, context)
     kept = np.array([0, 8, 14, 21], dtype=np.int32)
     _smooth_along_structure(r, model, kept, TILE, SCALE)
     nt = N // TILE
@@ -75,12 +85,11 @@ def test_probe_smooths_its_bins_as_the_whole_tiles_would():
     rows = (tiles // nt) * TILE + rng.integers(0, TILE, 20)
     cols = (tiles % nt) * TILE + rng.integers(0, TILE, 20)
     difference = rng.normal(0, 0.2, 20).astype(np.float32)
-    context = types.SimpleNamespace(tile=TILE, ntiles=nt)
     probe = (rows, cols, difference, np.zeros(20, bool))
     (_, _, smoothed, _), own = _smoothed_probe(probe, residual, r, model, curvature, context, SCALE)
     trial = residual.copy()
     trial[rows, cols] += difference
-    trial -= _second_differences(trial) * curvature
+    trial -= _to_centres(trial, curvature, context)
     _smooth_along_structure(trial, model, np.unique(tiles), TILE, SCALE)
     np.testing.assert_allclose(smoothed, trial[rows, cols] - r[rows, cols], atol=1e-6)
     assert np.abs(smoothed).max() > 1e-3  # the fills do show through the smoothing

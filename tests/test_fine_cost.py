@@ -1,11 +1,13 @@
 """The fine layer's cheaper steps give what the whole-grid computations they replace gave:
 the probe's depth classes (`depth_class_at`), the wide isotropic fill on boxes around
-the deep holes, and the structure direction from the padded gradient images."""
+the deep holes, the structure direction from the padded gradient images, and the
+misfit's calibration rows from cached weights."""
 
 import numpy as np
 import pytest
 from scipy import linalg, ndimage
 
+from lk_scatterlight import interpolate
 from lk_scatterlight.builder.fine.context import depth_class, depth_class_at
 from lk_scatterlight.builder.fine.fill import (
     _fill_isotropic,
@@ -13,6 +15,11 @@ from lk_scatterlight.builder.fine.fill import (
     _pieces_touching,
     _profile_pieces,
     _structure_direction,
+)
+from lk_scatterlight.builder.fine.misfit import (
+    _MISFIT_ROWS,
+    _calibration_plane,
+    _calibration_weights,
 )
 
 
@@ -141,3 +148,20 @@ def test_least_squares_is_scipy_cholesky_or_lstsq():
         else:
             expected = linalg.cho_solve(factor, lhs.T @ rhs, check_finite=False)
         np.testing.assert_array_equal(_least_squares(lhs, rhs), expected)
+
+
+def test_calibration_plane_is_the_keys_interpolation_at_its_rows():
+    """The misfit's calibration rows (every `_MISFIT_ROWS`-th) from cached, trimmed weights
+    are the Keys interpolation of the whole weight matrices; the cache is read-only."""
+    spacing, n = 16, 2048
+    grid = np.random.default_rng(5).normal(100, 10, (n // spacing, n // spacing))
+    centres = spacing * np.arange(n // spacing) + (spacing - 1) / 2
+    rows = np.arange(_MISFIT_ROWS // 2, n, _MISFIT_ROWS)
+    expected = (
+        interpolate.spatial_weights(rows, centres)
+        @ grid
+        @ interpolate.spatial_weights(np.arange(n), centres).T
+    )
+    np.testing.assert_allclose(_calibration_plane(grid, spacing), expected, rtol=1e-12)
+    (row_weights, _), _ = _calibration_weights(n, spacing)
+    assert not row_weights.flags.writeable

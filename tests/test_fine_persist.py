@@ -96,3 +96,35 @@ def test_faint_frames_of_a_persistent_edge_keep_their_blocks(edge_frames):
         error = np.sqrt(np.mean((got - want) ** 2)) / np.sqrt(np.mean(want**2))
         assert covered > 0.6
         assert error < 0.5
+
+
+def test_candidates_carry_no_errors_and_the_layer_pools_the_passing_frames(edge_frames):
+    """A frame measures the misfit and fill probe of the tiles above the threshold only
+    (the candidates' rows are 0, their probe NaN); the layer's errors of a persistent
+    tile come from the frames where it passed, so whatever the candidates' rows hold
+    (here 1e3), the layer is the same."""
+    context, _, frames, _ = edge_frames
+    passed = [f.chi2.ravel()[f.tiles] > context.threshold for f in frames]
+    assert sum(p.sum() for p in passed) > 0
+    assert sum((~p).sum() for p in passed) > 0
+    for frame, p in zip(frames, passed, strict=True):
+        assert not frame.misfit[~p].any()
+        assert np.isnan(frame.fill_probe[~p]).all()
+        assert np.all(np.abs(frame.misfit[p]).max(axis=1) > 0)
+    fine, kept, sigma, chi2 = _work_area(context, frames)
+    nt2, width = kept.shape[1], frames[0].misfit.shape[1]
+    misfit = np.zeros((len(frames), nt2, width), np.float32)
+    for i, f in enumerate(frames):
+        misfit[i, f.tiles] = f.misfit
+    used = np.arange(len(frames))
+    groups = [np.array([i]) for i in used]
+
+    def layer(rows):
+        return assemble_fine(fine, kept, sigma, used, groups, context, misfit=rows, chi2=chi2)
+
+    measured, noisy = layer(misfit), misfit.copy()
+    noisy[kept & (chi2 <= context.threshold)] = 1e3
+    changed = layer(noisy)
+    assert measured.misfit.max() > 0  # the edge's tiles quote a misfit
+    for name in ("error", "misfit", "long_misfit", "fill_error"):
+        np.testing.assert_array_equal(getattr(changed, name), getattr(measured, name))

@@ -57,7 +57,9 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
    default threshold of 2) are measured too, as candidates: a persistent
    structure (a shadow edge) is faint in the darkest frames, those the static
    scene is the median of, and the assembly keeps a candidate's block when its
-   tile passes ``threshold`` in at least half the frames (`persist`);
+   tile passes ``threshold`` in at least half the frames (`persist`). The
+   layer's own errors (`misfit`) are measured on the tiles above ``threshold``
+   only, and pooled at assembly over the frames where each tile passed;
 6. with fine bins of 2 px, the kept tiles are smoothed along their local
    structure (`_smooth_along_structure`): a 2-px grid resolves a 12-px ridge
    or a 6-px shadow edge ~10x better than a 4-px one, but a 2-px bin holds

@@ -109,14 +109,19 @@ def assemble_fine(
     chi2 : ndarray, shape (len(used_index), ntiles**2), optional
         Each used frame's tile statistic (`FineFrame.chi2`). ``kept`` then holds
         the frames' candidates, and a block below the threshold is kept only
-        where its tile passes it in enough frames (`persistent_blocks`).
+        where its tile passes it in enough frames (`persistent_blocks`); the
+        frames measured the errors (``misfit``, ``fill_probe``) only of the
+        blocks above it, and a tile's pooled errors are those frames' (a share
+        of their blocks' power, quoted on every block of the tile as above).
 
     Returns
     -------
     layer : `~lk_scatterlight.finelayer.FineLayer` or None
         None if no frame kept a tile.
     """
+    measured = kept  # the blocks whose frame measured their errors (misfit, fill)
     if chi2 is not None:
+        measured = kept & (chi2 > context.threshold)
         kept = persistent_blocks(kept, chi2, context.threshold)
     nt, t = context.ntiles, context.tile
     plane_of = np.empty(len(used_index), dtype=np.int64)
@@ -134,11 +139,11 @@ def assemble_fine(
     per_pixel = _mean_squared_weight(context.pixel_bin)
     spread = _noise_spread(context.pixel_bin)  # bins that share a bin's (smoothed) noise
     by_depth = misfit is not None and misfit.shape[-1] >= MISFIT_COLUMNS
-    fill_scale = _fill_scale(misfit[..., 5:MISFIT_COLUMNS][kept]) if by_depth else None
+    fill_scale = _fill_scale(misfit[..., 5:MISFIT_COLUMNS][measured]) if by_depth else None
     holes, fill_error, hole_index, fill_map = [], [], [], []
     local = None
     if fill_probe is not None and by_depth:
-        local = _fill_local(fill_probe, kept, used_index, context, fill_scale)
+        local = _fill_local(fill_probe, measured, used_index, context, fill_scale)
         by_class_scale = np.ones(FILL_CLASSES) if fill_scale is None else fill_scale
     misfit_error, misfit_corr, long_error, long_corr = [], [], [], []
     two_part = misfit is not None and misfit.shape[-1] >= MISFIT_WIDTH
@@ -148,17 +153,21 @@ def assemble_fine(
         gamma = fill = wide = 0.0
         corr = wide_corr = np.zeros(2)
         if misfit is not None:  # pooled over frames, then the direction that keeps most
-            power = float(np.sum(np.mean(np.square(blocks, dtype=float), axis=(1, 2))))
-            rows = _significant_lags(misfit[pos, tile], _LAG_SHRINK if spread > 1 else 0.0)
+            # ... over the frames that measured them: a share of the blocks' power.
+            at = measured[pos, tile]
+            pos_measured = pos[at]
+            power = float(np.sum(np.mean(np.square(blocks[at], dtype=float), axis=(1, 2))))
+            rows = _significant_lags(misfit[pos_measured, tile], _LAG_SHRINK if spread > 1 else 0.0)
             pooled = np.sum(rows[:, :2], axis=0, dtype=float)
             gamma = max(0.0, pooled.max()) / power if power > 0 else 0.0
             if two_part and power > 0:
                 gamma, corr, wide, wide_corr = _misfit_split(rows, power)
             if fill_scale is not None and power > 0:  # a bin of relative scale 1, per frame
-                amplitude = _fill_amplitude(misfit[pos, tile, 5:MISFIT_COLUMNS], fill_scale)
-                fill = amplitude * pos.size / power  # summed over the frames, as power is
+                by_class = misfit[pos_measured, tile, 5:MISFIT_COLUMNS]
+                amplitude = _fill_amplitude(by_class, fill_scale)
+                fill = amplitude * pos_measured.size / power  # summed over frames, as power
             elif misfit.shape[-1] > 2 and power > 0:
-                fill = max(0.0, float(np.sum(misfit[pos, tile, 2], dtype=float))) / power
+                fill = max(0.0, float(np.sum(misfit[pos_measured, tile, 2], dtype=float))) / power
             if misfit.shape[-1] > 3 and not two_part:
                 corr = _misfit_correlation(pooled, np.sum(rows[:, 3:5], axis=0))
         i, j = divmod(int(tile), nt)
@@ -168,7 +177,7 @@ def assemble_fine(
         if local is not None and hole.any() and power > 0:  # each bin its own fill error
             bins = local[i * t : (i + 1) * t, j * t : (j + 1) * t]
             amplitude, relative = _fill_map(bins, hole)
-            fill = amplitude * pos.size / power if relative is not None else fill
+            fill = amplitude * pos_measured.size / power if relative is not None else fill
         if fill > 0 and hole.any():  # the tile's holes (their depth classes), quoted
             holes.append(depth if fill_scale is not None else hole)
             if local is not None:  # without a probe bin near: the tile's, by class

@@ -209,11 +209,13 @@ class FineFrame:
         fill's squared error summed per depth class and the bins summed; then
         (`MISFIT_WIDTH` in all) the first two at lags of 3 and 4 px.
         Unbiased estimates, so they are negative as often as positive where the
-        model misses nothing. None: not measured.
+        model misses nothing; 0 for the candidates (tiles below the threshold),
+        whose errors are not measured. None: not measured.
     fill_probe : ndarray of float32, shape (nkept, 2, tile, tile), optional
         Per kept tile, `_fill_misfit`'s probe bin by bin: ``fill - value`` of
         each hidden valid bin [e-/s] and the frame's own noise variance of that
-        bin [(e-/s)**2]; NaN on the bins not probed. None: not measured.
+        bin [(e-/s)**2]; NaN on the bins not probed (all of a candidate's). None:
+        not measured.
     """
 
     tiles: np.ndarray

@@ -67,7 +67,6 @@ def _tile_misfit(
     n, side = diff.shape[0], fb * t
     cb = context.coarse_bin
     coarse = np.nan_to_num(coarse_value).astype(float)
-    coarse_centres = cb * np.arange(n // cb) + (cb - 1) / 2
     open_columns = np.ones(n, dtype=bool)
     open_columns[context.strap_idx] = False
 
@@ -75,7 +74,7 @@ def _tile_misfit(
     is_kept = np.zeros(nt * nt, dtype=bool)
     is_kept[kept] = True
     rows = np.arange(_MISFIT_ROWS // 2, n, _MISFIT_ROWS)
-    res = diff[rows].astype(float) - _keys_product(rows, np.arange(n), coarse_centres, coarse)
+    res = diff[rows].astype(float) - _calibration_plane(coarse, cb)
     use = (context.weights[rows] > 0) & open_columns & np.isfinite(res)
     if uncertainty is None:
         pred = tile_sigma.repeat(side, 0).repeat(side, 1)[rows].astype(float) ** 2
@@ -386,7 +385,8 @@ def _fill_local(probe, kept, used_index, context: FineContext, scale) -> np.ndar
     """Each hole bin's fill variance from its nearest probe bins [(e-/s)**2], NaN: none.
 
     ``probe``: the work area's `FineFrame.fill_probe` blocks, shape (nframes,
-    ntiles**2, 2, tile, tile), by frame index; ``kept`` and ``used_index`` as
+    ntiles**2, 2, tile, tile), by frame index; ``kept`` (the blocks whose frame
+    probed them, shape (len(used_index), ntiles**2)) and ``used_index`` as
     for `assemble_fine`; ``scale``: `_fill_scale` (None: 1 for every class).
     Per probe bin, over the frames whose tile was kept, the variance of ``fill -
     value`` about its time mean (a bin's error constant in time is left out, as
@@ -472,13 +472,33 @@ def _tile_weights(start: int, side: int, spacing: int, n: int) -> tuple[np.ndarr
     return weights, lo
 
 
-def _keys_product(rows, cols, centres, grid):
-    """``grid`` (values at ``centres`` in both axes) interpolated to pixels ``rows x cols``
-    with the Keys kernel."""
-    wr = interpolate.spatial_weights(rows, centres)
-    wc = interpolate.spatial_weights(cols, centres)
-    (r0, r1), (c0, c1) = interpolate.support(wr), interpolate.support(wc)
-    return wr[:, r0:r1] @ grid[r0:r1, c0:c1] @ wc[:, c0:c1].T
+def _calibration_plane(grid: np.ndarray, spacing: int) -> np.ndarray:
+    """The coarse plane ``grid`` (``spacing``-px bins) interpolated with the Keys kernel
+    to the pixels of every `_MISFIT_ROWS`-th row, shape (n // `_MISFIT_ROWS`, n).
+
+    The weights are the same for every frame (`_calibration_weights`; made each
+    frame, they took 2 of its 5 ms). The product is dense: each pixel takes 4
+    bins per axis, but as banded products (``scipy.sparse``) it would save ~2 ms
+    of a frame's ~300 in the fine layer (``bench_fine_products.py``).
+    """
+    (wr, r0), (wc, c0) = _calibration_weights(grid.shape[0] * spacing, spacing)
+    return wr @ grid[r0 : r0 + wr.shape[1], c0 : c0 + wc.shape[1]] @ wc.T
+
+
+@functools.lru_cache(maxsize=8)
+def _calibration_weights(n: int, spacing: int) -> tuple[tuple[np.ndarray, int], ...]:
+    """Keys weights of `_calibration_plane`'s rows and of every column of an ``n``-px
+    CCD on the centres of ``spacing``-px bins, each on its support with its first
+    bin (read-only, as `_tile_weights`)."""
+    centres = spacing * np.arange(n // spacing) + (spacing - 1) / 2
+    out = []
+    for pixels in (np.arange(_MISFIT_ROWS // 2, n, _MISFIT_ROWS), np.arange(n)):
+        weights = interpolate.spatial_weights(pixels, centres)
+        lo, hi = interpolate.support(weights)
+        weights = np.ascontiguousarray(weights[:, lo:hi])
+        weights.flags.writeable = False
+        out.append((weights, lo))
+    return tuple(out)
 
 
 #: Fewest probe bins (summed over tiles and frames) that measure the growth of the fill

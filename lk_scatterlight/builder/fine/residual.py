@@ -62,6 +62,8 @@ def fine_residual(
     mean = _masked_bin_sums(diff, context, response)
     mean *= context.inv_count
     coarse = np.nan_to_num(coarse_value).astype(np.float32)
+    # Dense though banded (4 coarse bins a fine bin): as scipy.sparse products it would
+    # save ~1 ms of a frame's ~300 (``bench_fine_products.py``).
     model = context.to_fine @ coarse @ context.to_fine.T
     ok = context.ok
     nok = context.tile_bins
@@ -97,10 +99,7 @@ def fine_residual(
     filled = r.copy()  # the fills, before the curvature step: `_fill_misfit` redoes them
     # Bin mean -> value at the bin centre: subtract (b**2 - 1) / 24 f'' (f'' per px**2).
     curvature = context.curvature if ok is context.ok else context.curvature * ok
-    if context.sparse is None:
-        r -= _second_differences(r) * curvature
-    else:
-        r -= _sparse_to_centres(r, curvature, context)
+    r -= _to_centres(r, curvature, context)
 
     chi2 = _tile_chi2(r, context, tile_sigma)
     calibration = _calibration(chi2, nok, r, ok, noise)
@@ -114,17 +113,25 @@ def fine_residual(
     blocks = r.reshape(nt, t, nt, t).transpose(0, 2, 1, 3).reshape(nt * nt, t, t)[kept]
     # A fine bin's typical error in the tile: pixel sigma / sqrt(median valid pixels).
     sigma = tile_sigma.ravel()[kept] * np.sqrt(context.tile_inv_count[kept]) * gain
-    misfit = _tile_misfit(diff, coarse_value, r, kept, context, uncertainty, tile_sigma, smoothing)
-    probe = _fill_probe(filled, ok, model, kept, context, noise.image)
+    # The layer's own errors are measured on the tiles that pass the threshold only: a
+    # candidate's block is kept in few tiles (`persistent_blocks`), whose errors the
+    # assembly pools over the frames where they passed.
+    passed = chi2.ravel()[kept] > context.threshold
+    full = kept[passed]
+    misfit = _tile_misfit(diff, coarse_value, r, full, context, uncertainty, tile_sigma, smoothing)
+    probe = _fill_probe(filled, ok, model, full, context, noise.image)
     own = 1.0  # the share of a probed bin's own noise left in its probe difference
     if smoothing is not None:
         probe, own = _smoothed_probe(probe, filled, r, model, curvature, context, along)
-    fill = _fill_misfit(filled, ok, model, kept, context, noise.image * own, calibration, probe)
+    fill = _fill_misfit(filled, ok, model, full, context, noise.image * own, calibration, probe)
     fill_noise = _bin_noise(uncertainty, context, *probe[:2], noise.image) * own
-    misfit = np.column_stack(
+    measured = np.column_stack(
         [misfit[:, :2], fill[:, 0], misfit[:, 2:4], fill[:, 1:], misfit[:, 4:]]
     )
-    misfit = misfit.astype(np.float32)
+    misfit = np.zeros((kept.size, measured.shape[1]), dtype=np.float32)  # candidates: 0
+    misfit[passed] = measured
+    fill_probe = np.full((kept.size, 2, t, t), np.nan, dtype=np.float32)
+    fill_probe[passed] = _fill_bins(probe, full, context, fill_noise)
     return FineFrame(
         kept,
         np.ascontiguousarray(blocks),
@@ -132,7 +139,7 @@ def fine_residual(
         chi2,
         float(calibration),
         misfit,
-        _fill_bins(probe, kept, context, fill_noise),
+        fill_probe,
     )
 
 
@@ -242,7 +249,8 @@ def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, sc
     (on the structured simulated field, 2-px bins, the filled bins beside a
     bleed column and under stars on the glint ridge 3-4x in RMS). So the probe
     bins' fills are put in the frame's residual before the curvature step
-    (``filled``), the curvature step is redone and the probe bins smoothed
+    (``filled``), the curvature step is redone (`_to_centres`, as `fine_residual`
+    does it: a sparse read's too) and the probe bins smoothed
     (each as its tile's smoothing would, from the same window; the rest of the
     tile is not needed); their difference from the smoothed residual ``r`` is
     the probe's. A probe bin's own measured value is in the smoothed
@@ -257,7 +265,7 @@ def _smoothed_probe(probe, filled, r, model, curvature, context: FineContext, sc
     t, nt = context.tile, context.ntiles
     trial = filled.copy()
     trial[rows, cols] += difference.astype(trial.dtype)
-    trial -= _second_differences(trial) * curvature
+    trial -= _to_centres(trial, curvature, context)
     weights = _along_weights(scale)
     tiles = (rows // t) * nt + cols // t
     smoothed = np.empty(rows.size, dtype=trial.dtype)
@@ -289,6 +297,15 @@ def _grow_one(mask: np.ndarray) -> np.ndarray:
     out[:, 1:] |= mask[:, :-1]
     out[:, :-1] |= mask[:, 1:]
     return out
+
+
+def _to_centres(r: np.ndarray, curvature: np.ndarray, context: FineContext) -> np.ndarray:
+    """What to subtract from the bin means ``r`` for values at the bin centres (step 4 of
+    the package docstring): ``curvature`` times the second differences, or for a sparse
+    read (``context.sparse``) `_sparse_to_centres`."""
+    if context.sparse is None:
+        return _second_differences(r) * curvature
+    return _sparse_to_centres(r, curvature, context)
 
 
 def _second_differences(r: np.ndarray) -> np.ndarray:
