@@ -6,8 +6,10 @@ over the sector), generated once and held in memory so that frame generation
 is not timed. For each, the CPU time (``time.process_time``, this process;
 median of ``--repeat`` runs) of:
 
-* **dense**: `~lk_scatterlight.builder.pipeline.build_cube` with the default
-  `BuildConfig` (16-px bins, fine layer), then
+* **dense**: `~lk_scatterlight.builder.pipeline.build_cube` with the settings
+  ``lk-scatterlight dataset`` uses by default (16-px bins, no fine layer: the
+  training set keeps the binned planes; ``--fine-layer`` times the builder's
+  default 2-px layer as well), then
   `~lk_scatterlight.builder.dataset.make_dataset` (geometry maps of all
   128 x 128 bins) and ``write_dataset``;
 * **sparse**: `~lk_scatterlight.builder.preview.sparse_preview` of ``--npix``
@@ -74,6 +76,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--npix", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--fine-layer",
+        action="store_true",
+        help="build the dense cube with the builder's default fine layer (dataset --fine-bin 2)",
+    )
     args = parser.parse_args()
     if not HORIZONS.is_file():
         sys.exit(f"needs the JPL Horizons table {HORIZONS}")
@@ -85,8 +92,12 @@ def main() -> None:
         simulate.ScatteredLightField(), sector=1, camera=4, ccd=3, time=times[pick]
     )
     source = MemorySource(SimulatedFFISource(simulator))
-    config = BuildConfig(n_candidates=min(40, args.frames), prefetch=1)
     sparse_config = BuildConfig(n_candidates=min(40, args.frames), prefetch=1, fine_bin=0)
+    config = (
+        BuildConfig(n_candidates=min(40, args.frames), prefetch=1)
+        if args.fine_layer
+        else sparse_config
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
 
@@ -104,7 +115,11 @@ def main() -> None:
         size_dense = dense_path.stat().st_size / 1e6
         size_sparse = sparse_path.stat().st_size / 1e6
     print(f"{args.frames} simulated frames in memory, sector 1 camera 4 CCD 3")
-    print(f"dense dataset (128 x 128 bins): CPU median {t_dense:.1f} s, file {size_dense:.1f} MB")
+    layer = "2-px fine layer" if args.fine_layer else "no fine layer"
+    print(
+        f"dense dataset (128 x 128 bins, {layer}): CPU median {t_dense:.1f} s, "
+        f"file {size_dense:.1f} MB"
+    )
     print(
         f"sparse preview ({args.npix} bins): CPU median {t_sparse:.1f} s, file {size_sparse:.2f} MB"
     )

@@ -148,6 +148,28 @@ def test_cadence_numbers(cube, horizons):
         dataset.make_dataset(cube, horizons, None, cadenceno=[1, 2])
 
 
+def test_cli_dataset_builds_no_fine_layer_unless_asked(
+    tmp_path, capsys, horizons_path, monkeypatch
+):
+    """The training set keeps the binned planes only: the fine layer's cost is not paid
+    unless --fine-bin asks for it."""
+    from lk_scatterlight.builder import pipeline
+
+    configs = []
+
+    def record(source, config, **kwargs):
+        configs.append(config)
+        raise ScatterLightError("stopped after the configuration")
+
+    monkeypatch.setattr(pipeline, "build_cube", record)
+    argv = ["dataset", "--sector", "1", "--camera", "4", "--ccd", "3", "--no-progress"]
+    argv += ["--source", "simulate", "4", "--ephemeris", "horizons", str(horizons_path)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 1
+    assert main([*argv, "--out", str(tmp_path / "b"), "--fine-bin", "4"]) == 1
+    assert "stopped after the configuration" in capsys.readouterr().err
+    assert [c.fine_bin for c in configs] == [0, 4]
+
+
 @pytest.mark.slow
 def test_cli_dataset(tmp_path, capsys, horizons_path):
     horizons = str(horizons_path)

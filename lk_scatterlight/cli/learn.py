@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -62,7 +63,11 @@ def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("dataset", _dataset_arguments)
 def _dataset(args: argparse.Namespace) -> int:
-    """Build a cube and its Earth/Moon geometry maps into a training set (.npz)."""
+    """Build a cube and its Earth/Moon geometry maps into a training set (.npz).
+
+    The set stores the binned planes only, so no fine layer is built unless
+    ``--fine-bin`` asks for one.
+    """
     import json
 
     from ..builder import preview
@@ -71,6 +76,8 @@ def _dataset(args: argparse.Namespace) -> int:
     from ..geometry import CCDPointing, make_ephemeris, spacecraft_time
 
     config = _config(args)
+    if args.fine_bin is None:  # the training set keeps the binned planes, not the fine layer
+        config = dataclasses.replace(config, fine_bin=0)
     sparse = args.sparse is not None
     if sparse and config.time_bin is not None:
         msg = "--sparse gives one value per frame: drop --time-bin."

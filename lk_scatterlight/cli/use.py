@@ -41,7 +41,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     report(
         "lk-scatterlight demo: simulate FFIs -> build a cube -> publish it to a local "
-        "registry -> fetch -> correct a TPF (about 10 s)"
+        "registry -> fetch -> correct a TPF (about 12 s of CPU)"
     )
     from ..demo import run_demo
 
