@@ -330,6 +330,18 @@ def run_field(name, field, frames, quick: bool, work: Path, cache: Path | None =
             r["sm_q"] = float(np.sqrt(np.nanmean(fusion.model_err**2)))
             r["sm_true"] = float(np.nanstd(miss))
             r["sl"] = float(np.sqrt(np.nanmean(fusion.local_err**2)))
+            # The fused variance's terms over the aperture sum (RMS over cadences).
+            n = int(aperture.sum())
+            quoted_level = fusion.quoted_level if fusion.quoted_level is not None else [0.0]
+            r["terms"] = {
+                key: n * float(np.sqrt(np.nanmean(np.square(values)))) if values.size else 0.0
+                for key, values in (
+                    ("level", fusion.model_err),
+                    ("quoted there", np.sqrt(np.asarray(quoted_level))),
+                    ("offset", np.sqrt(fusion.offset_var)),
+                    ("shape", np.sqrt(fusion.shape_var)),
+                )
+            }
         rows.append(r)
     return {
         "name": name,
@@ -473,6 +485,18 @@ def print_honesty(info: dict) -> None:
             f"{ratio['pixel ']:11.2f}  {each}"
         )
     print(f"    fused act/q in {HONEST[0]}..{HONEST[1]}: {inside} of {len(kinds)} kinds")
+    print(
+        "    per TPF, aperture sums [e-/s], RMS over cadences: actual and quoted error, model "
+        "alone -> fused; the fusion's level error (model_err), the model's quote at the "
+        "background pixels (quoted_level), offset_var, shape_var (each x n pixels)"
+    )
+    for r in info["rows"]:
+        terms = r.get("terms", {})
+        print(
+            f"    {r['tpf'].kind:11s} {r['tpf'].name:20s} act {r['model actual']:5.2f} -> "
+            f"{r['actual']:5.2f}, quoted {r['model quoted']:5.2f} -> {r['quoted']:5.2f}; "
+            + ", ".join(f"{key} {value:5.2f}" for key, value in terms.items())
+        )
     b = info["bins"]
     print(
         f"    the cube per interior bin: act/q median {b['median']:.2f}, 10-90 % "
