@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rows import _add_rows, _one_blas_thread, _row_reduce
+from .rows import _add_rows, _one_blas_thread, _row_reduce, _rows_at_most, _scale_rows
 
 
 @dataclass
@@ -200,25 +200,33 @@ class Fusion:
         if self.quoted_level is not None:
             quoted = scale * self.quoted_level[take]
             reference = np.where(np.isfinite(quoted) & (quoted > 0), quoted, level)
-        # Where the model quotes at least that and the level error plus the structure at
-        # every pixel of a cadence, a line in var: var - level + kept level + noise (so
-        # var + noise where both are 0: a variance is not negative); the formula
-        # (`_fused`) on the other cadences (those whose sum is at most the level error
-        # among them).
+        # Per cadence, a line in var where the model quotes at least that and the level
+        # error plus the structure at every pixel: var - level + kept level + noise (so
+        # var + noise where both are 0: a variance is not negative); a constant where it
+        # quotes at most the level error at every pixel and the gap nowhere exceeds the
+        # structure: shape + kept level + noise; the formula (`_fused`) on the others.
         flat = out.reshape(len(out), -1)
         check = np.flatnonzero((level > 0) | (shape > 0))
-        low = np.zeros(len(flat), dtype=bool)
-        if row_sums is not None and aperture is None:
-            with np.errstate(invalid="ignore"):
-                low[check] = row_sums[take][check] <= level[check]
-        search = check[~low[check]]
-        least = np.maximum(reference[search], level[search] + shape[search])
-        low[search] = _row_reduce(np.minimum, flat, search) < least
-        mixed = np.flatnonzero(low)
+        least = np.zeros(len(flat))
+        least[check] = _row_reduce(np.minimum, flat, check)
+        below = np.zeros(len(flat), dtype=bool)
+        if row_sums is None or aperture is not None:
+            below[check] = _row_reduce(np.maximum, flat, check) <= level[check]
+        else:
+            below[check] = _rows_at_most(flat, check, level[check], row_sums[take][check])
+        gap = np.square(np.minimum(np.sqrt(least) - np.sqrt(reference), 0))
+        below &= np.minimum(gap, weight**2 * level) <= shape
+        line = np.ones(len(flat), dtype=bool)  # and the cadences with neither: + noise
+        line[check] = (least[check] >= reference[check]) & (
+            least[check] - level[check] >= shape[check]
+        )
+        mixed = check[~(below[check] | line[check])]
         fixed = _fused(
             flat[mixed], level[mixed], reference[mixed], weight[mixed], shape[mixed], noise[mixed]
         )
-        _add_rows(out, np.where(low, 0.0, noise - (1 - kept) * level))
+        _scale_rows(out, np.zeros(len(flat)), np.flatnonzero(below))
+        _add_rows(out, np.where(below, shape + kept * level + noise, 0.0))
+        _add_rows(out, np.where(line, noise - (1 - kept) * level, 0.0))
         out[mixed] = fixed.reshape((-1,) + out.shape[1:])
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
