@@ -332,7 +332,8 @@ def run_field(name, field, frames, quick: bool, work: Path, cache: Path | None =
             r["sl"] = float(np.sqrt(np.nanmean(fusion.local_err**2)))
             # The fused variance's terms over the aperture sum (RMS over cadences).
             n = int(aperture.sum())
-            quoted_level = fusion.quoted_level if fusion.quoted_level is not None else [0.0]
+            quoted_level = getattr(fusion, "quoted_level", None)  # None: older fusions
+            quoted_level = [np.nan] if quoted_level is None else quoted_level
             r["terms"] = {
                 key: n * float(np.sqrt(np.nanmean(np.square(values)))) if values.size else 0.0
                 for key, values in (
