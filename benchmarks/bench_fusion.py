@@ -331,11 +331,11 @@ def run_field(name, field, frames, quick: bool, work: Path, cache: Path | None =
             r["sm_true"] = float(np.nanstd(miss))
             r["sl"] = float(np.sqrt(np.nanmean(fusion.local_err**2)))
             # The fused variance's terms over the aperture sum (RMS over cadences).
-            n = int(aperture.sum())
+            npix = int(aperture.sum())
             quoted_level = getattr(fusion, "quoted_level", None)  # None: older fusions
             quoted_level = [np.nan] if quoted_level is None else quoted_level
             r["terms"] = {
-                key: n * float(np.sqrt(np.nanmean(np.square(values)))) if values.size else 0.0
+                key: npix * float(np.sqrt(np.nanmean(np.square(values)))) if values.size else 0.0
                 for key, values in (
                     ("level", fusion.model_err),
                     ("quoted there", np.sqrt(np.asarray(quoted_level))),
