@@ -110,13 +110,14 @@ def test_missed_light_is_recovered_within_its_error():
     kept = (1 - fusion.weight) ** 2  # of the level error
     noise = fusion.offset_var - kept * level  # the local noise that came in
     assert np.all(fusion.variance(quoted) >= noise)
-    # The level error kept, and the least difference between the model's error and the
-    # level error its quote allows (none where it quotes at least the level error).
+    # The level error kept (at most what the model quoted), and the least difference
+    # between the model's error and the level error its quote allows (none where it
+    # quotes at least the level error), at most the fused level's error.
     gap = (np.sqrt(np.minimum(quoted, level)) - np.sqrt(level)) ** 2
     gap = np.minimum(gap, fusion.weight**2 * level)  # at most the fused level's error
     np.testing.assert_allclose(
         fusion.variance(quoted),
-        np.maximum(quoted - level, gap) + noise + kept * level,
+        np.maximum(quoted - level, gap) + noise + kept * np.minimum(quoted, level),
         atol=1e-12,
     )
     strong = fusion.weight > 0.9  # the level error is measured per day: compare the means
@@ -618,8 +619,8 @@ def test_variance_and_correction_in_place_or_not():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_variance_per_pixel_keeps_the_formula_on_every_kind_of_cadence(dtype):
-    """Per pixel, the fused variance is ``max(var - level, shape, gap) + kept level +
-    noise``, ``gap = min((sqrt(var) - sqrt(level))**2, weight**2 level)`` where ``var <
+    """Per pixel, the fused variance is ``max(var - level, shape, gap) + kept min(var,
+    level) + noise``, ``gap = min((sqrt(var) - sqrt(level))**2, weight**2 level)`` where ``var <
     level`` (without the model's variance given to `fuse`, the level error is the
     reference), whether the
     model quotes less than the level error at every pixel of a cadence, more at every
@@ -642,7 +643,9 @@ def test_variance_per_pixel_keeps_the_formula_on_every_kind_of_cadence(dtype):
             lv, kp, sh, ns = (a[:, None, None] for a in (level, kept, fusion.shape_var, noise))
             gap = (np.sqrt(np.minimum(quoted, lv)) - np.sqrt(lv)) ** 2
             gap = np.minimum(gap, (1 - np.sqrt(kp)) ** 2 * lv)  # weight**2 level
-            expected = np.maximum(np.maximum(quoted - lv, sh), gap) + kp * lv + ns
+            expected = (
+                np.maximum(np.maximum(quoted - lv, sh), gap) + kp * np.minimum(quoted, lv) + ns
+            )
             rtol = 1e-5 if dtype == np.float32 else 1e-12
             np.testing.assert_allclose(
                 fusion.variance(quoted), expected, rtol=rtol, atol=rtol * typical

@@ -146,17 +146,19 @@ class Fusion:
     ) -> np.ndarray:
         """The fused background's variance, from the model's quoted variance.
 
-        The model's error is taken as the level error the data measured,
-        ``model_err**2``, plus a difference the fused level does not remove: at
-        least what the model quotes beyond the level error, ``shape_var`` (what
-        the data say is left: the structure it misses), and, where the model
-        quotes less than at the background pixels (``quoted_level``; without it,
-        than the level error), the least difference between the two errors its
-        quotes allow, up to the fused level's own error ``weight**2
-        model_err**2`` (a pixel the background pixels' level error does not reach,
-        such as a shadow edge's other side, gets it from the fused level). To that
-        come the part ``(1 - weight)**2`` of the level error that is kept, the
-        local noise that came in, ``weight**2 local_err**2`` (so ``offset_var``),
+        The model's error is taken to share the level error the data measured,
+        ``model_err**2``, as far as it quotes it (``min(var, model_err**2)``),
+        plus a difference the fused level does not remove: at least what the
+        model quotes beyond the level error, ``shape_var`` (what the data say is
+        left: the structure it misses), and, where the model quotes less than at
+        the background pixels (``quoted_level``; without it, than the level
+        error), the least difference between the two errors its quotes allow, up
+        to the fused level's own error ``weight**2 model_err**2`` (a pixel the
+        background pixels' level error does not reach, such as a shadow edge's
+        other side, gets it from the fused level). To that come the part ``(1 -
+        weight)**2`` of the shared level error that is kept, the local noise that
+        came in, ``weight**2 local_err**2`` (so ``offset_var``, where the model
+        quotes at least ``model_err**2``),
         and the surface's noise. A level is common to all pixels, so for a sum
         over an aperture of ``n`` pixels it counts ``n**2`` times (the structure
         too: it is taken as correlated over an aperture).
@@ -202,9 +204,9 @@ class Fusion:
             reference = np.where(np.isfinite(quoted) & (quoted > 0), quoted, level)
         # Per cadence, a line in var where the model quotes at least that and the level
         # error plus the structure at every pixel: var - level + kept level + noise (so
-        # var + noise where both are 0: a variance is not negative); a constant where it
-        # quotes at most the level error at every pixel and the gap nowhere exceeds the
-        # structure: shape + kept level + noise; the formula (`_fused`) on the others.
+        # var + noise where both are 0: a variance is not negative), or where it quotes
+        # at most the level error at every pixel and the gap nowhere exceeds the
+        # structure: kept var + shape + noise; the formula (`_fused`) on the others.
         flat = out.reshape(len(out), -1)
         check = np.flatnonzero((level > 0) | (shape > 0))
         least = np.zeros(len(flat))
@@ -224,8 +226,8 @@ class Fusion:
         fixed = _fused(
             flat[mixed], level[mixed], reference[mixed], weight[mixed], shape[mixed], noise[mixed]
         )
-        _scale_rows(out, np.zeros(len(flat)), np.flatnonzero(below))
-        _add_rows(out, np.where(below, shape + kept * level + noise, 0.0))
+        _scale_rows(out, kept, np.flatnonzero(below & (kept != 1)))
+        _add_rows(out, np.where(below, shape + noise, 0.0))
         _add_rows(out, np.where(line, noise - (1 - kept) * level, 0.0))
         out[mixed] = fixed.reshape((-1,) + out.shape[1:])
         local = np.flatnonzero(self.surface_var[take])
@@ -259,22 +261,23 @@ def _fused(
 ) -> np.ndarray:
     """The fused variance where the model quotes ``var`` (nrow, npix), with one
     ``level``, ``reference``, ``weight``, ``shape`` and ``noise`` per row, in ``var``'s
-    dtype: ``max(var - level, shape, min(gap, weight**2 level)) + (1 - weight)**2 level
-    + noise``.
+    dtype: ``max(var - level, shape, min(gap, weight**2 level)) + (1 - weight)**2
+    min(var, level) + noise``.
 
-    The model's error at a pixel is the level error plus a difference, which the fused
-    level does not remove. That difference is at least the structure (``shape``) and
-    what the model quotes beyond the level error; and where the model quotes less
+    The model's error at a pixel shares the level error as far as its quote allows
+    (``min(var, level)``, of which ``(1 - weight)**2`` is kept), plus a difference the
+    fused level does not remove. That difference is at least the structure (``shape``)
+    and what the model quotes beyond the level error; and where the model quotes less
     than where the level error was measured (``reference``), ``gap = (sqrt(var) -
     sqrt(reference))**2``, the least difference between the two errors its quotes
     allow: a pixel or aperture the background pixels' level error does not reach
     (a shadow edge's other side) gets that error from the fused level instead, up to
     all of it, ``weight**2 level``.
     """
-    kept = (1 - weight) ** 2 * level + noise
+    kept = (1 - weight) ** 2
     brought = weight**2 * level
-    level, reference, brought, shape, kept = (
-        a.astype(var.dtype)[:, None] for a in (level, reference, brought, shape, kept)
+    level, reference, brought, shape, kept, noise = (
+        a.astype(var.dtype)[:, None] for a in (level, reference, brought, shape, kept, noise)
     )
     gap = np.sqrt(var) - np.sqrt(reference)
     np.minimum(gap, 0, out=gap)
@@ -283,5 +286,6 @@ def _fused(
     d = var - level
     np.maximum(d, shape, out=d)
     np.maximum(d, gap, out=d)
-    d += kept
+    d += kept * np.minimum(var, level)
+    d += noise
     return d
