@@ -228,13 +228,15 @@ class Fusion:
         below &= small
         line = np.ones(len(flat), dtype=bool)  # and the cadences with neither: + noise
         line[check] = small[check] & (least[check] - level[check] >= shape[check])
+        line &= ~below
         mixed = check[~(below[check] | line[check])]
         fixed = _fused(
             flat[mixed], level[mixed], reference[mixed], weight[mixed], shape[mixed], noise[mixed]
         )
         _scale_rows(out, kept, np.flatnonzero(below & (kept != 1)))
-        _add_rows(out, np.where(below, shape + noise, 0.0))
-        _add_rows(out, np.where(line, noise - (1 - kept) * level, 0.0))
+        _add_rows(
+            out, np.where(below, shape + noise, np.where(line, noise - (1 - kept) * level, 0))
+        )
         out[mixed] = fixed.reshape((-1,) + out.shape[1:])
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
