@@ -106,6 +106,7 @@ import sys
 import tempfile
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -208,18 +209,15 @@ def ridge_tpfs(sim) -> list:
     return out
 
 
-def run_field(name, field, frames, quick: bool, work: Path) -> dict:
+def build_field(sim, tpfs: list, work: Path) -> tuple:
+    """The whole-CCD cube of ``sim``'s frames, the TPFs' pixels cut from them, shape (2,
+    nframe, ntpf, TPF, TPF) (flux, error), and the seconds the frames and the build took."""
     import bench_regional as br
 
     from lk_scatterlight.builder.pipeline import BuildConfig, build_cube
     from lk_scatterlight.builder.sources import SimulatedFFISource
-    from lk_scatterlight.simulate import FFISimulator, sector_times
 
     t0 = time.perf_counter()
-    sim = FFISimulator(field, time=sector_times(1)[frames], seed=br.SIM_SEED)
-    tpfs = br.choose_tpfs(sim, quick)
-    if field.structured:
-        tpfs += ridge_tpfs(sim)
     n = len(sim)
     full = (np.empty((n, 2048, 2048), np.float32), np.empty((n, 2048, 2048), np.float32))
     cut = np.empty((2, n, len(tpfs), TPF, TPF), np.float32)
@@ -234,9 +232,41 @@ def run_field(name, field, frames, quick: bool, work: Path) -> dict:
     meta = (sim.sector, sim.camera, sim.ccd)
     source = br.memory_source(reference.frames, reference.region, *full, meta)
     t0 = time.perf_counter()
-    cube = build_cube(source, BuildConfig(), work_dir=work / name, progress=False)
-    t_build = time.perf_counter() - t0
-    del source, full
+    cube = build_cube(source, BuildConfig(), work_dir=work, progress=False)
+    return cube, cut, t_frames, time.perf_counter() - t0
+
+
+def run_field(name, field, frames, quick: bool, work: Path, cache: Path | None = None) -> dict:
+    """Part 1 (or 4) on one field: the frames, the cube, and each TPF's scores.
+
+    With ``cache``, the cube and the TPFs' cut pixels are read from there when a
+    previous run with the same field and frames wrote them, else written there.
+    """
+    import bench_regional as br
+
+    from lk_scatterlight import ScatterLightCube
+    from lk_scatterlight.simulate import FFISimulator, sector_times
+
+    sim = FFISimulator(field, time=sector_times(1)[frames], seed=br.SIM_SEED)
+    tpfs = br.choose_tpfs(sim, quick)
+    if field.structured:
+        tpfs += ridge_tpfs(sim)
+    stem = None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        frames_id = zlib.crc32(np.asarray(frames, dtype=np.int64).tobytes())
+        stem = cache / f"{name}_{len(frames)}_{frames_id:08x}"
+    if stem is not None and stem.with_suffix(".npz").exists():
+        cut = np.load(stem.with_suffix(".npz"))["cut"]
+        cube = ScatterLightCube.read(stem.with_suffix(".fits"))
+        t_frames = t_build = 0.0
+    else:
+        cube, cut, t_frames, t_build = build_field(sim, tpfs, work / name)
+        if stem is not None:
+            np.savez(stem.with_suffix(".npz"), cut=cut)
+            cube.write(stem.with_suffix(".fits"), overwrite=True)
+    meta = (sim.sector, sim.camera, sim.ccd)
+    n = len(sim)
     used = np.searchsorted(sim.time, cube.btjd).clip(0, n - 1)
     if not np.allclose(sim.time[used], cube.btjd, rtol=0, atol=1e-6):
         msg = "cube planes do not match frame times"
@@ -300,6 +330,19 @@ def run_field(name, field, frames, quick: bool, work: Path) -> dict:
             r["sm_q"] = float(np.sqrt(np.nanmean(fusion.model_err**2)))
             r["sm_true"] = float(np.nanstd(miss))
             r["sl"] = float(np.sqrt(np.nanmean(fusion.local_err**2)))
+            # The fused variance's terms over the aperture sum (RMS over cadences).
+            npix = int(aperture.sum())
+            quoted_level = getattr(fusion, "quoted_level", None)  # None: older fusions
+            quoted_level = [np.nan] if quoted_level is None else quoted_level
+            r["terms"] = {
+                key: npix * float(np.sqrt(np.nanmean(np.square(values)))) if values.size else 0.0
+                for key, values in (
+                    ("level", fusion.model_err),
+                    ("quoted there", np.sqrt(np.asarray(quoted_level))),
+                    ("offset", np.sqrt(fusion.offset_var)),
+                    ("shape", np.sqrt(fusion.shape_var)),
+                )
+            }
         rows.append(r)
     return {
         "name": name,
@@ -443,6 +486,18 @@ def print_honesty(info: dict) -> None:
             f"{ratio['pixel ']:11.2f}  {each}"
         )
     print(f"    fused act/q in {HONEST[0]}..{HONEST[1]}: {inside} of {len(kinds)} kinds")
+    print(
+        "    per TPF, aperture sums [e-/s], RMS over cadences: actual and quoted error, model "
+        "alone -> fused; the fusion's level error (model_err), the model's quote at the "
+        "background pixels (quoted_level), offset_var, shape_var (each x n pixels)"
+    )
+    for r in info["rows"]:
+        terms = r.get("terms", {})
+        print(
+            f"    {r['tpf'].kind:11s} {r['tpf'].name:20s} act {r['model actual']:5.2f} -> "
+            f"{r['actual']:5.2f}, quoted {r['model quoted']:5.2f} -> {r['quoted']:5.2f}; "
+            + ", ".join(f"{key} {value:5.2f}" for key, value in terms.items())
+        )
     b = info["bins"]
     print(
         f"    the cube per interior bin: act/q median {b['median']:.2f}, 10-90 % "
@@ -613,6 +668,14 @@ def main() -> None:
         "--blas-threads", type=int, default=1, help="BLAS threads (0: the libraries' default)"
     )
     parser.add_argument("--parts", default="1234", help="the parts to run, e.g. 3 (default 1234)")
+    parser.add_argument(
+        "--fields", default="smooth,structured", help="the fields of parts 1 and 4 (default both)"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="keep the cubes and TPF pixels of parts 1 and 4 here and reuse them (a debugging aid)",
+    )
     args = parser.parse_args()
     import bench_regional as br
 
@@ -645,14 +708,18 @@ def main() -> None:
         f"removed) and RMS of its flux_err [e-/s] (aim {HONEST[0]}..{HONEST[1]}); "
         "a: act/q: the same for fuse=False"
     )
-    fields = (
-        ("smooth", ScatteredLightField(seed=2)),
-        ("structured", ScatteredLightField(structured=True)),
-    )
+    fields = [
+        (name, field)
+        for name, field in (
+            ("smooth", ScatteredLightField(seed=2)),
+            ("structured", ScatteredLightField(structured=True)),
+        )
+        if name in args.fields.split(",")
+    ]
     if "1" in args.parts:
         with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
             for name, field in fields:
-                print_field(run_field(name, field, frames, args.quick, Path(tmp)))
+                print_field(run_field(name, field, frames, args.quick, Path(tmp), args.cache))
         print(f"   [accuracy section: {time.perf_counter() - start:.0f} s]")
 
     t0 = time.perf_counter()
@@ -696,7 +763,7 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
             for name, field in fields:
-                print_honesty(run_field(name, field, spread, args.quick, Path(tmp)))
+                print_honesty(run_field(name, field, spread, args.quick, Path(tmp), args.cache))
         print(f"   [honesty section: {time.perf_counter() - t0:.0f} s]")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 

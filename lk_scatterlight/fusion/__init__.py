@@ -32,7 +32,11 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    model at every pixel of the cadence. The fused level's error is
    ``w^2 s_L^2 + (1 - w)^2 s_M^2`` where the model's was ``s_M^2``: the
    corrector replaces ``s_M^2`` of the model's quoted variance by it
-   (`Fusion.variance`), never going below it.
+   (`Fusion.variance`), never going below it. The fused level is subtracted
+   at every pixel, so where the model quotes less than at the background
+   pixels (a shadow edge's other side, whose error the faint side's level does
+   not share), the difference between the two errors that the quotes imply
+   stays in the variance, up to the fused level's own error ``w^2 s_M^2``.
 
 5. **A surface** where the model misses structure across the TPF (a glint
    ridge crossing it): day by day, a plane or a quadratic in row and column

@@ -201,7 +201,7 @@ def fuse(
         # runs (its sum over the chunk is what the data measured). Not in the weight:
         # how the error runs within a chunk is the model's guess, not a measurement.
         level_var = _excess(local**2, local_var, np.ones(ntime), span)
-        quoted_sum = None
+        quoted = quoted_sum = None
         if model_var is not None:  # only on the days with a level error: elsewhere it is 0
             need = valid[level_var[valid] > 0]
             quoted, quoted_sum = np.full((2, ntime), np.nan)
@@ -225,6 +225,7 @@ def fuse(
         surface_basis=basis[:, 1:].T.reshape((-1,) + median.shape),
         surface_var=np.nan_to_num(surface_var),
         quoted_sum=quoted_sum,
+        quoted_level=quoted,
     )
 
 

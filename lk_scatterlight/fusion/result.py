@@ -10,6 +10,10 @@ import numpy as np
 
 from .rows import _add_rows, _one_blas_thread, _row_reduce, _rows_at_most, _scale_rows
 
+#: A gap (`Fusion.variance`) no larger than this fraction of the fused variance's floor
+#: (structure plus local noise) is left out.
+_GAP_TOLERANCE = 0.01
+
 
 @dataclass
 class Fusion:
@@ -56,6 +60,11 @@ class Fusion:
         on the cadences with a level error (NaN elsewhere; None without it): pass
         it to `variance` with that variance, to spare searching each cadence for
         its largest value.
+    quoted_level : ndarray, shape (ntime,), or None
+        The model's quoted variance given to `fuse`, mean over the background pixels,
+        on the cadences with a level error (NaN elsewhere; None without it). A pixel
+        (or aperture) where the model quotes less shares that much less of the level
+        error measured there (`variance`).
     """
 
     offset: np.ndarray
@@ -71,6 +80,7 @@ class Fusion:
     surface_basis: np.ndarray
     surface_var: np.ndarray
     quoted_sum: np.ndarray | None = None
+    quoted_level: np.ndarray | None = None
 
     @property
     def has_surface(self) -> bool:
@@ -140,17 +150,22 @@ class Fusion:
     ) -> np.ndarray:
         """The fused background's variance, from the model's quoted variance.
 
-        The model's level error the data measured, ``model_err**2`` (at most
-        what the model quotes at that cadence and pixel), is replaced by the
-        fused level's: the local noise that came in, ``weight**2 local_err**2``,
-        and the part ``(1 - weight)**2`` of the level error that is kept (so
-        ``offset_var`` where the model quotes at least ``model_err**2``); the
-        surface's noise is added. A level is common to all pixels, so for a sum
-        over an aperture of ``n`` pixels it counts ``n**2`` times. The result is
-        never below ``shape_var`` plus the fused level's variance (plus the
-        surface's noise): what the data say is left of the model's error after
-        fusion (the structure it misses is taken as correlated over an
-        aperture, ``n**2`` times as well).
+        The model's error is taken to share the level error the data measured,
+        ``model_err**2``, as far as it quotes it (``min(var, model_err**2)``),
+        plus a difference the fused level does not remove: at least what the
+        model quotes beyond the level error, ``shape_var`` (what the data say is
+        left: the structure it misses), and, where the model quotes less than at
+        the background pixels (``quoted_level``; without it, than the level
+        error), the least difference between the two errors its quotes allow, up
+        to the fused level's own error ``weight**2 model_err**2`` (a pixel the
+        background pixels' level error does not reach, such as a shadow edge's
+        other side, gets it from the fused level). To that come the part ``(1 -
+        weight)**2`` of the shared level error that is kept, the local noise that
+        came in, ``weight**2 local_err**2`` (so ``offset_var``, where the model
+        quotes at least ``model_err**2``),
+        and the surface's noise. A level is common to all pixels, so for a sum
+        over an aperture of ``n`` pixels it counts ``n**2`` times (the structure
+        too: it is taken as correlated over an aperture).
 
         Parameters
         ----------
@@ -181,28 +196,47 @@ class Fusion:
         elif out is not model_var:
             np.copyto(out, model_var)
         level = scale * self.model_err[take] ** 2
-        kept = (1 - self.weight[take]) ** 2
+        weight = self.weight[take]
+        kept = (1 - weight) ** 2
         shape = scale * self.shape_var[take]
-        # The fused level's variance: the local noise that came in, and what is kept of
-        # the model's level error, no more than the model quoted (var) at that cadence:
-        # max(var - level, shape) + kept min(var, level) + noise.
+        # The local noise that came in with the fused level.
         noise = np.maximum(scale * self.offset_var[take] - kept * level, 0)
-        # Per cadence, a line in var where var is at most the level error at every pixel
-        # (kept var + shape + noise), or at least the level error plus the structure
-        # (var - level + kept level + noise; so var + noise where both are 0: a variance
-        # is not negative); the formula itself on the cadences between.
+        # What the model quotes where the level error was measured (else the level error).
+        reference = level.copy()
+        if self.quoted_level is not None:
+            quoted = scale * self.quoted_level[take]
+            reference = np.where(np.isfinite(quoted) & (quoted > 0), quoted, level)
+        # Per cadence, a line in var where the model quotes at least that and the level
+        # error plus the structure at every pixel: var - level + kept level + noise (so
+        # var + noise where both are 0: a variance is not negative), or where it quotes
+        # at most the level error at every pixel and the gap nowhere exceeds the
+        # structure: kept var + shape + noise; the formula (`_fused`) on the others.
         flat = out.reshape(len(out), -1)
         check = np.flatnonzero((level > 0) | (shape > 0))
+        least = np.zeros(len(flat))
+        least[check] = _row_reduce(np.minimum, flat, check)
         below = np.zeros(len(flat), dtype=bool)
         if row_sums is None or aperture is not None:
             below[check] = _row_reduce(np.maximum, flat, check) <= level[check]
         else:
             below[check] = _rows_at_most(flat, check, level[check], row_sums[take][check])
-        rest = check[~below[check]]
-        mixed = rest[_row_reduce(np.minimum, flat, rest) - level[rest] < shape[rest]]
-        fixed = _capped(flat[mixed], level[mixed], kept[mixed], shape[mixed], noise[mixed])
+        # The largest gap of each cadence (at its smallest quote); one within
+        # `_GAP_TOLERANCE` of the fused variance's floor is left out (it would change
+        # the result by less than that), which spares the formula on most cadences.
+        gap = np.square(np.minimum(np.sqrt(least) - np.sqrt(reference), 0))
+        small = np.minimum(gap, weight**2 * level) <= shape + _GAP_TOLERANCE * (shape + noise)
+        below &= small
+        line = np.ones(len(flat), dtype=bool)  # and the cadences with neither: + noise
+        line[check] = small[check] & (least[check] - level[check] >= shape[check])
+        line &= ~below
+        mixed = check[~(below[check] | line[check])]
+        fixed = _fused(
+            flat[mixed], level[mixed], reference[mixed], weight[mixed], shape[mixed], noise[mixed]
+        )
         _scale_rows(out, kept, np.flatnonzero(below & (kept != 1)))
-        _add_rows(out, np.where(below, shape + noise, noise - (1 - kept) * level))
+        _add_rows(
+            out, np.where(below, shape + noise, np.where(line, noise - (1 - kept) * level, 0))
+        )
         out[mixed] = fixed.reshape((-1,) + out.shape[1:])
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
@@ -225,16 +259,41 @@ class Fusion:
         return self.surface_var[rows, None] * used[degree]
 
 
-def _capped(
-    var: np.ndarray, level: np.ndarray, kept: np.ndarray, shape: np.ndarray, noise: np.ndarray
+def _fused(
+    var: np.ndarray,
+    level: np.ndarray,
+    reference: np.ndarray,
+    weight: np.ndarray,
+    shape: np.ndarray,
+    noise: np.ndarray,
 ) -> np.ndarray:
-    """``max(var - level, shape) + kept min(var, level) + noise`` with one ``level``,
-    ``kept``, ``shape`` and ``noise`` per row of ``var`` (nrow, npix), in its dtype."""
-    added = noise + kept * level
-    level, kept, shape, added = (a.astype(var.dtype)[:, None] for a in (level, kept, shape, added))
+    """The fused variance where the model quotes ``var`` (nrow, npix), with one
+    ``level``, ``reference``, ``weight``, ``shape`` and ``noise`` per row, in ``var``'s
+    dtype: ``max(var - level, shape, min(gap, weight**2 level)) + (1 - weight)**2
+    min(var, level) + noise``.
+
+    The model's error at a pixel shares the level error as far as its quote allows
+    (``min(var, level)``, of which ``(1 - weight)**2`` is kept), plus a difference the
+    fused level does not remove. That difference is at least the structure (``shape``)
+    and what the model quotes beyond the level error; and where the model quotes less
+    than where the level error was measured (``reference``), ``gap = (sqrt(var) -
+    sqrt(reference))**2``, the least difference between the two errors its quotes
+    allow: a pixel or aperture the background pixels' level error does not reach
+    (a shadow edge's other side) gets that error from the fused level instead, up to
+    all of it, ``weight**2 level``.
+    """
+    kept = (1 - weight) ** 2
+    brought = weight**2 * level
+    level, reference, brought, shape, kept, noise = (
+        a.astype(var.dtype)[:, None] for a in (level, reference, brought, shape, kept, noise)
+    )
+    gap = np.sqrt(var) - np.sqrt(reference)
+    np.minimum(gap, 0, out=gap)
+    np.square(gap, out=gap)
+    np.minimum(gap, brought, out=gap)
     d = var - level
-    below = np.minimum(d, 0)
     np.maximum(d, shape, out=d)
-    d += np.multiply(kept, below, out=below)
-    d += added
+    np.maximum(d, gap, out=d)
+    d += kept * np.minimum(var, level)
+    d += noise
     return d
