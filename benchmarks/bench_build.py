@@ -897,7 +897,9 @@ def print_memory(results: list[dict]) -> None:
         "  (the per-frame results the build keeps are "
         f"{(2 * 4 + 2) * (2048 // BIN) ** 2 / 2**20:.3f} MB per frame: value + error float32, "
         "npix int16 per bin, memory-mapped;\n  the static scene reads min(40, good frames) "
-        "candidates, so up to ~40 frames N also changes that stage's work)"
+        "candidates, so up to ~40 frames N also changes that stage's work;\n  ru_maxrss also "
+        "counts the work area's memory-mapped pages the build touched, reclaimable page cache: "
+        "see benchmarks/README.md)"
     )
 
 
