@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import threading
@@ -302,5 +303,10 @@ def test_cli_build_and_build_many_on_a_scheduler(client, tmp_path, capsys):
 
 def test_worker_memory_is_stated():
     # prefetch 1: two frames in flight per thread, plus working arrays and the context.
-    assert 0.18e9 < worker_memory(CONFIG) < 0.3e9
-    assert worker_memory(CONFIG, threads=2) > 1.8 * worker_memory(CONFIG)
+    coarse = dataclasses.replace(CONFIG, fine_bin=4)
+    assert 0.18e9 < worker_memory(coarse) < 0.3e9
+    assert worker_memory(coarse, threads=2) > 1.8 * worker_memory(coarse)
+    # 2-px fine bins (the default) need ~0.13 GB more working arrays per task (tracemalloc).
+    assert CONFIG.fine_bin == 2
+    assert worker_memory(CONFIG) - worker_memory(coarse) > 0.12e9
+    assert worker_memory(dataclasses.replace(CONFIG, fine_bin=0)) == worker_memory(coarse)

@@ -33,9 +33,10 @@ the cube is the same) as Dask tasks:
 
 **Worker memory.** A task holds at most ``prefetch + 1`` frames (being read or
 processed, ~35 MB each with their errors) plus ~0.1 GB of per-frame working
-arrays, whatever the chunk length; a worker adds the context (~57 MB) and the
-source (`worker_memory` adds it up: ~0.22 GB for a one-thread worker with
-``prefetch = 1``, 0.17 GB of it measured per task). The dark-frame task holds
+arrays (~0.24 GB with the default 2-px fine bins), whatever the chunk length;
+a worker adds the context (~57 MB) and the source (`worker_memory` adds it up:
+~0.35 GB for a one-thread worker with ``prefetch = 1`` and 2-px fine bins,
+~0.22 GB with 4-px ones). The dark-frame task holds
 the ``n_dark`` dark frames (~0.17 GB for five). Limit concurrency with the workers' thread count
 (``lk-scatterlight`` starts local workers with one thread each) or with Dask
 ``resources``. Workers should start without Dask's default
@@ -102,8 +103,12 @@ log = logging.getLogger(__name__)
 
 #: Bytes of one frame in flight: float32 flux and error of 2048 x 2048 pixels.
 FRAME_BYTES = 2 * N_SCIENCE * N_SCIENCE * 4
-#: Working arrays of `process_frame` on top of the frames (~100 MB measured with tracemalloc).
+#: Working arrays of `process_frame` on top of the frames (~100 MB measured with tracemalloc
+#: before the fine layer; 45-61 MB with 4-px fine bins, 23 MB without).
 _WORKING_BYTES = 110 * 2**20
+#: What fine bins of at most 2 px add to them (`process_frame`'s tracemalloc peak on
+#: simulated structured and smooth frames: 164-188 MB with 2-px bins, 45-61 MB with 4-px).
+_FINE_2PX_BYTES = 130 * 2**20
 #: Per-frame data sent with one time-binning task at most [bytes] (Dask warns above 10 MB).
 _BIN_BATCH_BYTES = 4 * 2**20
 #: Dask setting that makes worker processes start with ``MALLOC_TRIM_THRESHOLD_`` set.
@@ -116,7 +121,8 @@ def worker_memory(config: BuildConfig, threads: int = 1) -> int:
     """Peak memory of a worker running frame tasks, estimated [bytes].
 
     ``threads x ((prefetch + 1) frames x 33.5 MB + working arrays) + context``;
-    the source and Python itself come on top.
+    the source and Python itself come on top. The working arrays are ~0.11 GB,
+    ~0.24 GB with fine bins of 2 px or less (the builder's default).
 
     Parameters
     ----------
@@ -128,7 +134,8 @@ def worker_memory(config: BuildConfig, threads: int = 1) -> int:
     -------
     nbytes : int
     """
-    per_task = (config.prefetch + 1) * FRAME_BYTES + _WORKING_BYTES
+    working = _WORKING_BYTES + (_FINE_2PX_BYTES if 0 < config.fine_bin <= 2 else 0)
+    per_task = (config.prefetch + 1) * FRAME_BYTES + working
     context = N_SCIENCE * N_SCIENCE * (4 + 4 + 1)
     return int(threads * per_task + context)
 
