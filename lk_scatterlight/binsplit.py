@@ -250,16 +250,19 @@ def dropped_block(
         [(e-/s)^2]; None where nothing is dropped (no fine layer, no noise share, or
         no block covers these bins).
     """
-    if cube.noise_share is None or cube.fine is None:
+    fine = cube.fine
+    if cube.noise_share is None or fine is None:
         return None
-    covered = fine_coverage(cube.fine, cube.row[rows], cube.column[columns], planes)
+    # One pass over the blocks: the covering block's index + 1 (0: none covers).
+    block = fine_coverage(
+        fine, cube.row[rows], cube.column[columns], planes, np.arange(1.0, len(fine) + 1)
+    ).astype(np.intp)
+    covered = block > 0
     if not covered.any():
         return None
     if bin_var is None:
         bin_var = cube.bin_noise_variance(planes, rows, columns)
-    taken = fine_coverage(
-        cube.fine, cube.row[rows], cube.column[columns], planes, noise_taken(cube.fine)
-    )
+    taken = np.concatenate([[0.0], noise_taken(fine)])[block]
     dropped = dropped_variance(cube.noise_share[rows, columns], covered, bin_var, taken)
     truncation = cube.truncation_variance(planes, rows, columns)
     if truncation is not None and drops_at_pixels(cube.fine):
