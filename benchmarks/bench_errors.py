@@ -43,7 +43,7 @@ as the bin's ``npix`` pixels of smallest uncertainty in the simulator's error
 image: the build masks stars, bleeds and straps) has variance
 ``mean(err**2) / npix``; the compact
 cube's components keep the part ``G[t] e[b]**2 + G'[t] H[b]`` of it
-(`lk_scatterlight.lowrank.noise_projection`, with the rank-1 model of these
+(`lk_scatterlight.lowrank_errors.noise_projection`, with the rank-1 model of these
 ideal errors), evaluated at the patches like ``flux_err``. ``act/floor`` is the
 compact cube's actual RMS error over that floor's RMS, per class (pixels);
 aim <= 1.5 on the smooth field, <= 3 on the structured one. The floor holds no
@@ -100,7 +100,7 @@ def old_error_model(compact):
 
 def floor_cube(compact, sim, frames):
     """The compact cube with the noise floor as its error model (see the module doc)."""
-    from lk_scatterlight import lowrank
+    from lk_scatterlight import lowrank, lowrank_errors
 
     nb = compact.shape[1]
     size = 2048 // nb
@@ -114,13 +114,13 @@ def floor_cube(compact, sim, frames):
         blocks = np.sort(blocks**2, axis=-1)
         used = np.take_along_axis(np.cumsum(blocks, axis=-1), npix[..., None] - 1, -1)[..., 0]
         ideal[k] = np.sqrt(used) / npix  # sqrt(mean(err**2) / npix)
-    scale, image, _, _ = lowrank._rank1_error_model(lowrank.Planes(ideal))
+    scale, image, _, _ = lowrank_errors.rank1_error_model(lowrank.Planes(ideal))
     lr = compact._lowrank
     coef = lr.coefficients.astype(float)
     norms = np.linalg.norm(coef, axis=0)
     temporal = coef / np.where(norms > 0, norms, 1)
     spatial = lr.components.reshape(lr.rank, -1).astype(float)
-    err_time, err_space = lowrank.noise_projection(temporal, spatial, scale, image)
+    err_time, err_space = lowrank_errors.noise_projection(temporal, spatial, scale, image)
     info = lr.info._replace(truncation_rms=0.0)
     floor = copy.copy(compact)
     floor._lowrank = lowrank.LowRank(

@@ -182,7 +182,7 @@ def covered_anywhere(
 ) -> np.ndarray | None:
     """Bins a block of a layer of at most `PIXEL_MAX_BIN`-px bins covers in some plane
     (None: no such layer), shape (nrow, ncol): where it carries a compact cube's
-    truncation error (`~lk_scatterlight.lowrank.truncation_image`)."""
+    truncation error (`~lk_scatterlight.lowrank_errors.truncation_image`)."""
     if not drops_at_pixels(fine):
         return None
     covered = np.zeros((np.size(row), np.size(column)), dtype=bool)

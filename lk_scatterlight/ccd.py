@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .exceptions import OutsideCubeError
+
 if TYPE_CHECKING:  # pragma: no cover
     from astropy.time import Time
 
@@ -38,6 +40,7 @@ __all__ = [
     "Region",
     "btjd_time",
     "check_camera_ccd",
+    "check_pixels",
     "check_sector",
     "ffi_cadence_seconds",
     "to_btjd",
@@ -367,3 +370,46 @@ class Region:
         if bottom < top or right < left:
             raise ValueError(f"{self} is too small for a margin of {margin} px.")
         return Region(top, left, bottom - top + 1, right - left + 1)
+
+
+def check_pixels(row, column, region: Region | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates as 1-D float arrays, checked against the science area and ``region``.
+
+    Parameters
+    ----------
+    row, column : array-like of float
+        1-based CCD pixel coordinates (columns count the 44 collateral columns).
+    region : `Region`, optional
+        Where a regional cube may be evaluated; default the whole science area.
+
+    Returns
+    -------
+    row, column : ndarray of float, shapes (nrow,), (ncol,)
+
+    Raises
+    ------
+    OutsideCubeError
+        If a pixel lies outside the science area or outside ``region`` (half a
+        pixel of slack at the edges).
+    """
+    row = np.atleast_1d(np.asarray(row, dtype=float))
+    column = np.atleast_1d(np.asarray(column, dtype=float))
+    for name, values, (lo, hi) in (
+        ("row", row, SCIENCE_ROWS),
+        ("column", column, SCIENCE_COLUMNS),
+    ):
+        bad = (values < lo - 0.5) | (values > hi + 0.5) | ~np.isfinite(values)
+        if bad.any():
+            raise OutsideCubeError(
+                f"{name}s {values[bad].min():g}..{values[bad].max():g} are outside the science "
+                f"area ({name}s {lo}..{hi}, 1-based CCD pixels with columns counting the 44 "
+                "collateral columns); scattered light is only modelled on science pixels."
+            )
+    if region is not None and not region.contains(row, column):
+        raise OutsideCubeError(
+            f"pixels rows {row.min():g}..{row.max():g}, columns {column.min():g}..{column.max():g} "
+            f"are outside this regional cube, which covers {region}. Use a cube built for "
+            "these pixels (lk-scatterlight build --for-tpf FILE, or tpf.to_corrector("
+            '"scatterlight", cube="build")) or a whole-CCD cube.'
+        )
+    return row, column

@@ -33,7 +33,7 @@ from astropy import units as u
 from astropy.time import Time
 
 from . import binsplit, cubefile, interpolate
-from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, to_btjd
+from .ccd import SCIENCE_COLUMNS, SCIENCE_ROWS, Region, btjd_time, check_pixels, to_btjd
 from .compactfine import carry_compression
 from .cubefile import ENCODINGS, FORMAT_VERSION, default_extents, read_fields, to_hdulist
 from .exceptions import CubeFormatError, OutsideCubeError
@@ -471,7 +471,7 @@ class ScatterLightCube:
 
         **Error model.** ``flux_err`` is the error of the reconstruction, not of
         the dense cube: a truncated SVD keeps only the part of the noise that
-        lies in its components (`~lk_scatterlight.lowrank.noise_projection`).
+        lies in its components (`~lk_scatterlight.lowrank_errors.noise_projection`).
         With the dense errors modelled as ``scale[t] * image[r, c]`` (their
         leading singular pair, each bin no fine block covers keeping its mean
         square; its accuracy is recorded),
@@ -479,7 +479,7 @@ class ScatterLightCube:
         the noise the temporal components keep (smooth in time), the noise the
         spatial components keep of the rest (smooth in space) and the signal
         the truncation dropped, per bin where it is significant
-        (`~lk_scatterlight.lowrank.truncation_image`; the whole cube's estimate is
+        (`~lk_scatterlight.lowrank_errors.truncation_image`; the whole cube's estimate is
         `CompressionInfo`'s ``truncation_rms``). On
         simulated sectors this is 5 to 10 times below the dense errors and
         within 10 % of the actual error against the noiseless truth.
@@ -597,7 +597,7 @@ class ScatterLightCube:
             ``(flux, flux_err, valid)``; flux arrays have shape (ntime, nrow, ncol).
         """
         t, left, right, w_right, valid = self._time_weights(time, bounds, max_gap)
-        row, column = _pixel_axes(row, column, self.region)
+        row, column = check_pixels(row, column, self.region)
         wr = interpolate.spatial_weights(row, self.row)
         wc = interpolate.spatial_weights(column, self.column)
         out_shape = (t.size, row.size, column.size)
@@ -626,7 +626,10 @@ class ScatterLightCube:
             flux = interpolate.blend(f_sp.astype(np.float32), li - p0, ri - p0, w)
             var = interpolate.blend(v_sp.astype(np.float32), li - p0, ri - p0, w, squared=True)
             if not valid.all():
-                flux, var = _expand(flux, valid), _expand(var, valid)
+                flux, var = (
+                    interpolate.fill_invalid(flux, valid),
+                    interpolate.fill_invalid(var, valid),
+                )
         dropped = binsplit.dropped_at_pixels(self, (left, right, w_right, valid), wr, wc, r0, c0)
         if dropped is not None:  # the structure part of covered bins: the fine layer's
             var[valid] = np.maximum(var[valid] - dropped, 0)
@@ -681,7 +684,7 @@ class ScatterLightCube:
             ``flux`` and ``flux_err`` have shape (ntime,) [e-/s].
         """
         t, left, right, w_right, valid = self._time_weights(time, bounds, max_gap)
-        row, column = _pixel_axes(row, column, self.region)
+        row, column = check_pixels(row, column, self.region)
         mask = np.ones((row.size, column.size)) if mask is None else np.asarray(mask, float)
         if mask.shape != (row.size, column.size):
             raise ValueError(f"mask has shape {mask.shape}, expected {(row.size, column.size)}.")
@@ -810,8 +813,9 @@ class ScatterLightCube:
 
         The part of a bin's error that a fine-layer block can take over
         (`lk_scatterlight.binsplit.dropped_block`): a dense cube's whole
-        ``flux_err**2``, a compact cube's noise terms (the low-rank truncation,
-        its last variance term, is not the fine layer's).
+        ``flux_err**2``, a compact cube's noise terms
+        (`~lk_scatterlight.lowrank.LowRank.noise_variance`: the low-rank
+        truncation is not the fine layer's).
 
         Parameters
         ----------
@@ -823,16 +827,14 @@ class ScatterLightCube:
         variance : ndarray, shape (nplanes, nrow, ncol)
             [(e-/s)^2].
         """
-        if self._lowrank is None:
-            p, r, c = planes, rows, columns
-            return (
-                self._block(self._flux_err, p.start, p.stop, r.start, r.stop, c.start, c.stop) ** 2
-            )
-        lr = self._lowrank
-        return np.tensordot(lr.var_coef[planes, :-1], lr.var_comp[:-1, rows, columns], axes=1)
+        if self._lowrank is not None:
+            return self._lowrank.noise_variance(planes, rows, columns)
+        p, r, c = planes, rows, columns
+        return self._block(self._flux_err, p.start, p.stop, r.start, r.stop, c.start, c.stop) ** 2
 
     def truncation_variance(self, planes: slice, rows: slice, columns: slice) -> np.ndarray | None:
-        """A compact cube's truncation term for a block of planes and bins (None: dense).
+        """A compact cube's truncation term for a block of planes and bins (None: dense),
+        `~lk_scatterlight.lowrank.LowRank.truncation_variance`.
 
         Where a fine-layer block covers a bin the layer carries the compression's
         loss (`~lk_scatterlight.compactfine.carry_compression`), so
@@ -845,8 +847,7 @@ class ScatterLightCube:
         """
         if self._lowrank is None:
             return None
-        lr = self._lowrank
-        return np.multiply.outer(lr.var_coef[planes, -1], lr.var_comp[-1, rows, columns])
+        return self._lowrank.truncation_variance(planes, rows, columns)
 
     @staticmethod
     def _block(array, p0, p1, r0, r1, c0, c1) -> np.ndarray:
@@ -874,38 +875,6 @@ def _to_flux_array(value, name: str) -> np.ndarray:
         except u.UnitConversionError as err:
             raise CubeFormatError(f"{name} must be in electron/s, found {value.unit}.") from err
     return np.asarray(value, dtype=np.float32)
-
-
-def _pixel_axes(row, column, region: Region) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column coordinates as 1-D float arrays, checked against the cube's region."""
-    row = np.atleast_1d(np.asarray(row, dtype=float))
-    column = np.atleast_1d(np.asarray(column, dtype=float))
-    for name, values, (lo, hi) in (
-        ("row", row, SCIENCE_ROWS),
-        ("column", column, SCIENCE_COLUMNS),
-    ):
-        bad = (values < lo - 0.5) | (values > hi + 0.5) | ~np.isfinite(values)
-        if bad.any():
-            raise OutsideCubeError(
-                f"{name}s {values[bad].min():g}..{values[bad].max():g} are outside the science "
-                f"area ({name}s {lo}..{hi}, 1-based CCD pixels with columns counting the 44 "
-                "collateral columns); scattered light is only modelled on science pixels."
-            )
-    if not region.contains(row, column):
-        raise OutsideCubeError(
-            f"pixels rows {row.min():g}..{row.max():g}, columns {column.min():g}..{column.max():g} "
-            f"are outside this regional cube, which covers {region}. Use a cube built for "
-            "these pixels (lk-scatterlight build --for-tpf FILE, or tpf.to_corrector("
-            '"scatterlight", cube="build")) or a whole-CCD cube.'
-        )
-    return row, column
-
-
-def _expand(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Values of the valid times placed in a NaN array covering all times."""
-    out = np.full((valid.size,) + values.shape[1:], np.nan, dtype=values.dtype)
-    out[valid] = values
-    return out
 
 
 def compact_cube(lowrank: LowRank, *args, **kwargs) -> ScatterLightCube:

@@ -40,6 +40,7 @@ __all__ = [
     "time_weights",
     "apply_weights",
     "blend",
+    "fill_invalid",
 ]
 
 
@@ -258,3 +259,21 @@ def blend(
     index = np.column_stack([np.asarray(left), np.asarray(right)]).ravel()
     matrix = sparse.csr_array((weights, index, np.arange(0, 2 * m + 1, 2)), shape=(m, nplanes))
     return (matrix @ planes.reshape(nplanes, -1)).reshape((m,) + planes.shape[1:])
+
+
+def fill_invalid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Values at the valid times (`time_weights`) placed in a NaN array covering all times.
+
+    Parameters
+    ----------
+    values : ndarray, shape (nvalid, ...)
+    valid : array of bool, shape (ntime,)
+
+    Returns
+    -------
+    ndarray, shape (ntime, ...)
+        Of the dtype of ``values``; NaN where ``valid`` is False.
+    """
+    out = np.full((valid.size,) + values.shape[1:], np.nan, dtype=values.dtype)
+    out[valid] = values
+    return out

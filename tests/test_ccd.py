@@ -10,6 +10,7 @@ from lk_scatterlight.ccd import (
     SCIENCE_SLICE,
     Region,
     check_camera_ccd,
+    check_pixels,
     check_sector,
     ffi_cadence_seconds,
     to_btjd,
@@ -144,3 +145,19 @@ def test_regional_cube_round_trip_and_bounds(tmp_path):
 def test_regional_cube_region_beyond_its_bins():
     with pytest.raises(CubeFormatError, match="reaches beyond the pixels of the bins"):
         regional_cube(Region(600, 837, 100, 100))
+
+
+def test_check_pixels():
+    """Science pixels (half a pixel of slack) pass as float arrays; collateral columns and
+    pixels outside a regional cube's region are refused, naming the problem."""
+    row, column = check_pixels(5, [44.5, 2092.5])
+    assert row.dtype == column.dtype == float
+    assert row.shape == (1,)
+    with pytest.raises(OutsideCubeError, match="columns 44..44 are outside the science area"):
+        check_pixels([5], [44])
+    with pytest.raises(OutsideCubeError, match="rows 0..0"):
+        check_pixels([0], [100])
+    region = Region(row=129, column=173, nrows=128, ncols=128)
+    check_pixels([129, 256], [173, 300], region)
+    with pytest.raises(OutsideCubeError, match="outside this regional cube"):
+        check_pixels([128], [173], region)

@@ -7,7 +7,8 @@ from astropy.io import fits
 from cube_helpers import edited, make_cube
 
 from lk_scatterlight import CubeFormatError, ScatterLightCube
-from lk_scatterlight.lowrank import LowRank, Planes, _rank1_error_model
+from lk_scatterlight.lowrank import LowRank, Planes
+from lk_scatterlight.lowrank_errors import rank1_error_model
 
 NT, N = 120, 24
 PATCH = (slice(8, 12), slice(8, 12))  # the bins where the truncated SVD misses structure
@@ -52,12 +53,12 @@ def test_error_model_keeps_the_bins_noise():
     err[:10, ridge] *= 20
     planes = Planes(err.astype(np.float32).reshape(NT, N, N))
     mean2 = np.mean(err**2, axis=0)
-    scale, pair, _, _ = _rank1_error_model(planes, np.zeros(N * N, bool))
+    scale, pair, _, _ = rank1_error_model(planes, np.zeros(N * N, bool))
     np.testing.assert_allclose(np.sqrt(np.mean(scale**2)), 1.0, rtol=1e-6)
     assert np.median(pair[~ridge] / np.sqrt(mean2[~ridge])) < 0.7
-    _, image, _, _ = _rank1_error_model(planes)
+    _, image, _, _ = rank1_error_model(planes)
     np.testing.assert_allclose(image**2, mean2, rtol=1e-5)
-    _, image, _, _ = _rank1_error_model(planes, ~ridge)
+    _, image, _, _ = rank1_error_model(planes, ~ridge)
     np.testing.assert_allclose(image[~ridge] ** 2, mean2[~ridge], rtol=1e-5)
     np.testing.assert_allclose(image[ridge], pair[ridge], rtol=1e-6)
 

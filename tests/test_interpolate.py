@@ -129,3 +129,13 @@ def test_blend_empty_and_one_dimensional():
     planes = np.arange(5.0)
     assert interpolate.blend(planes, [], [], []).shape == (0,)
     np.testing.assert_allclose(interpolate.blend(planes, [1, 3], [2, 3], [0.5, 0.0]), [1.5, 3.0])
+
+
+def test_fill_invalid():
+    """Values of the valid times land in order; invalid times are NaN; dtype is kept."""
+    values = np.arange(6, dtype=np.float32).reshape(3, 2)
+    out = interpolate.fill_invalid(values, np.array([False, True, True, False, True]))
+    assert out.dtype == np.float32
+    assert out.shape == (5, 2)
+    np.testing.assert_array_equal(out[[1, 2, 4]], values)
+    assert np.isnan(out[[0, 3]]).all()
