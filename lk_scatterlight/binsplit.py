@@ -126,7 +126,14 @@ def noise_taken(fine: FineLayer) -> np.ndarray:
     -------
     taken : ndarray, shape (nblocks,)
         In 0..1; 0 for layers of bins coarser than `PIXEL_MAX_BIN` (not measured).
+        Read-only: computed once per layer (`FineLayer.derived`), not at every
+        evaluation.
     """
+    return fine.derived("noise_taken", _noise_taken)
+
+
+def _noise_taken(fine: FineLayer) -> np.ndarray:
+    """`noise_taken`, computed."""
     if not drops_at_pixels(fine):
         return np.zeros(len(fine))
     m = np.bincount(fine.basis_start)[fine.basis_start].astype(float)  # blocks sharing them

@@ -6,6 +6,8 @@ tile (4-px fine bins, 16 per tile side); the layer has blocks at tile (3, 4) in
 planes 0 and 2 only.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -213,6 +215,23 @@ def test_blocks_take_over_the_bins_noise_they_hold():
     expected = (0.75 + 0.25 * (1 / 3 + 1 / 8 - 1 / 24)) * err2 * [1, 1, 1, 0]
     np.testing.assert_allclose(drop, expected, rtol=1e-4)
     assert np.all(noise_taken(factored_cube(pixel_bin=4).fine) == 0)
+
+
+def test_noise_taken_is_computed_once_per_layer():
+    """`noise_taken` depends on the blocks only: kept on the layer after the first call
+    (read-only, so no caller can change it for the next), and a layer made from it with
+    other blocks gets its own."""
+    fine = factored_cube(pixel_bin=2).fine
+    first = noise_taken(fine)
+    assert noise_taken(fine) is first
+    assert not first.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 0.5
+    one_each = dataclasses.replace(fine, basis_start=np.zeros(3, int), rank=np.full(3, 1))
+    assert noise_taken(one_each) is not first
+    split = dataclasses.replace(fine, basis=np.concatenate([fine.basis] * 3), basis_start=[0, 1, 2])
+    np.testing.assert_allclose(noise_taken(split), 1.0)  # each block its own image: all of it
+    np.testing.assert_allclose(noise_taken(fine), 1 / 3 + 1 / 8 - 1 / 24)
 
 
 def test_compact_cube_with_a_two_pixel_layer_drops_its_truncation_under_blocks():

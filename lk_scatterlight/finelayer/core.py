@@ -8,6 +8,7 @@ holds. Its FITS extensions are written and read in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +167,23 @@ class FineLayer:
         object.__setattr__(self, "long_misfit", np.asarray(self.long_misfit, dtype=np.float32))
         corr = np.asarray(self.long_corr, dtype=np.float32).reshape(-1, 2)
         object.__setattr__(self, "long_corr", corr)
+
+    def derived(self, name: str, compute: Callable[[FineLayer], np.ndarray]) -> np.ndarray:
+        """``compute(self)``, computed on the first call for ``name`` and kept, read-only.
+
+        For values other modules derive from the blocks at every evaluation
+        (`lk_scatterlight.binsplit.noise_taken`): the layer is frozen and its
+        arrays are not written after construction, so the value stays valid
+        (`dataclasses.replace` makes a new layer, with nothing kept). Kept in the
+        instance's ``__dict__``, as `functools.cached_property` does, not in a
+        field: the fields stay the constructor's arguments.
+        """
+        kept = self.__dict__.setdefault("_derived", {})
+        if name not in kept:
+            value = np.asarray(compute(self))
+            value.setflags(write=False)
+            kept[name] = value
+        return kept[name]
 
     @property
     def has_holes(self) -> bool:
