@@ -70,6 +70,20 @@ per-cadence level of what the model missed, with an uncertainty of its own.
    excess of their noise over their ``FLUX_ERR`` (a faint wing, a hot pixel)
    would pass for structure and become a floor far above the model's error.
 
+7. **Reach across the model's structure** (`Fusion.reach`): the model's error
+   may change with its own structure (a shadow edge whose depth it has wrong
+   errs in opposite senses on its two sides), so the level measured at the
+   background pixels is not everywhere the level error. Per cadence, the
+   background pixels' residual is regressed on the model's median image about
+   its mean over them, ``M_p - <M>``; that slope's regression on the level over
+   the fused cadences without a surface, ``beta`` (shrunk by 3 standard
+   errors), gives the level error at pixel ``p`` as ``1 + beta (M_p - <M>)``
+   times theirs. Clipped to 0..1, it is the fraction of the fused level added
+   at ``p``, and the fused variance there moves as far towards the model's own
+   quote. Only where the model's structure reaches 5 times its quoted error at
+   the background pixels (the model says the light changes sharply); needs
+   ``model``.
+
 Where the model is good (``s_M`` small) the weight goes to zero and the
 local noise is not added; where it misses structure the local level and
 surface take over. The aperture never enters the estimate, so the target's

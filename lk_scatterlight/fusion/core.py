@@ -37,6 +37,24 @@ MIN_PIXELS = 6
 _SAMPLE = 256
 
 
+#: Fewest cadences (with a fused level and no surface) to measure how the
+#: model's error changes with its own structure (`_reach`).
+_MIN_REACH_CADENCES = 8
+
+
+#: Significance [standard errors] that slope must have (it is shrunk by as much).
+_REACH_SIGMA = 3.0
+
+
+#: Least range of the model's structure across the TPF, in units of its quoted error at
+#: the background pixels, for the error's change with that structure to be measured: the
+#: model must say the light changes sharply. On the structured field's TPFs (part 4 of
+#: ``benchmarks/bench_fusion.py``) the shadow edge's model spans 10x its quoted error,
+#: the CCD corner's 2.3x (where a slope of 4 standard errors, other structure than the
+#: model's, would have cut a level that helps).
+_REACH_STRUCTURE = 5.0
+
+
 @_one_blas_thread
 def fuse(
     residual: np.ndarray,
@@ -211,6 +229,28 @@ def fuse(
         # that came in, w**2 s_L**2 + (1 - w)**2 s_M**2 (= w s_L**2 where s_M is constant).
         added = np.where(good, weight**2 * local_var + (1 - weight) ** 2 * level_var, 0.0)
     surface_coef[~np.isfinite(surface_coef)] = 0.0
+    # Where the model's structure separates the aperture from the background pixels (a
+    # shadow edge), how much of their level error reaches each pixel.
+    use = enough & (weight[valid] > 0) & (degree == 0)
+    reach = quoted_image = None
+    if residual.model is not None and use.sum() >= _MIN_REACH_CADENCES:
+        # The model's median image (its mean leans to the brightest cadences) and its mean
+        # quoted variance per pixel, over the sample.
+        model_image = _median(residual.model[sample].astype(np.float32), axis=0)
+        error = None
+        if model_var is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # pixels without a model
+                quoted_var = np.nanmean(
+                    np.reshape(np.asarray(model_var)[sample], (sample.size, -1)), axis=0
+                )
+            quoted_image = np.sqrt(quoted_var).reshape(median.shape)
+            error = float(np.sqrt(np.nanmean(quoted_var[where])))
+        reach = _reach(
+            model_image.reshape(median.shape), where, background, use, mean, variance, noise, error
+        )
+        if reach is None:
+            quoted_image = None
     return Fusion(
         offset=offset,
         offset_var=added,
@@ -226,6 +266,8 @@ def fuse(
         surface_var=np.nan_to_num(surface_var),
         quoted_sum=quoted_sum,
         quoted_level=quoted,
+        reach=reach,
+        reach_quoted=quoted_image,
     )
 
 
@@ -244,3 +286,71 @@ def _quoted(model_var: np.ndarray, cadences: np.ndarray, weights: np.ndarray) ->
         block = flat[_rows(cadences[first : first + _BLOCK])].astype(np.float32, copy=False)
         out[:, first : first + _BLOCK] = (block @ both).T
     return out
+
+
+def _reach(
+    model_image: np.ndarray,
+    where: np.ndarray,
+    background: np.ndarray,
+    use: np.ndarray,
+    level: np.ndarray,
+    level_var: np.ndarray,
+    noise: np.ndarray,
+    error: float | None = None,
+) -> np.ndarray | None:
+    """How much of the background pixels' level error reaches each pixel, (nrow, ncol) in
+    0..1, or None where all of it does (or the data cannot tell).
+
+    The model's error at a pixel ``p`` is taken as its level error at the background
+    pixels, ``a(t)``, plus a part that follows the model's own structure, ``g(t) (M_p -
+    <M>)`` (``M``: the model's median image, ``<M>`` its mean over the background
+    pixels): a shadow edge whose depth the model has wrong errs in opposite senses on
+    its two sides. Per cadence, ``g`` is the slope of the background pixels' residual
+    against ``M_p - <M>``; its regression on the level over the cadences given,
+    ``beta = cov(a, g) / var(a)`` (the level's noise removed from ``var(a)``), says how
+    the error changes with the model's structure along with the level: the level error
+    at ``p`` is ``(1 + beta (M_p - <M>)) a``. That factor, shrunk by ``_REACH_SIGMA``
+    standard errors of ``beta`` towards 1 and clipped to 0..1, is the fraction of the
+    fused level carried to ``p``: never more than the level measured (no extrapolation),
+    never its opposite (a pixel across the edge keeps the model alone).
+
+    Parameters
+    ----------
+    model_image : ndarray, shape (nrow, ncol)
+        The model's median over time [e-/s].
+    where : ndarray of int
+        The background pixels (flat indices).
+    background : ndarray, shape (ncadence, where.size)
+        Their residual about each one's level, per cadence.
+    use : ndarray of bool, shape (ncadence,)
+        The cadences to use (fused, without a surface).
+    level, level_var, noise : ndarray, shape (ncadence,)
+        The local level, its variance and the pixels' mean ``FLUX_ERR**2``.
+    error : float, optional
+        The model's quoted error at the background pixels (RMS) [e-/s]; default: the
+        level error's RMS, from ``level``. The model's structure must reach
+        ``_REACH_STRUCTURE`` times it somewhere on the TPF; else None.
+    """
+    structure = model_image - np.nanmean(model_image.ravel()[where])
+    d = np.nan_to_num(structure.ravel()[where]).astype(np.float32)
+    norm = float(d @ d)
+    level, level_var, noise = level[use], level_var[use], noise[use]
+    a = level - level.mean()
+    spread = float(a @ a - level_var.sum())  # var(a) without the level's noise (x n)
+    if not (norm > 0 and spread > 0):
+        return None
+    if error is None or not np.isfinite(error):
+        error = np.sqrt(spread / a.size)  # the level error's RMS
+    if not np.nanmax(np.abs(structure)) >= _REACH_STRUCTURE * error:
+        return None  # a model (nearly) flat over the TPF
+    slope = (background @ d)[use] / norm  # g per cadence
+    bad = np.flatnonzero(~np.isfinite(slope))
+    if bad.size:  # NaN pixels count as 0
+        slope[bad] = np.nan_to_num(background[np.flatnonzero(use)[bad]]) @ d / norm
+    g = slope - slope.mean()
+    beta = float(a @ g) / spread
+    error = float(np.sqrt(np.square(a) @ (noise / norm))) / spread  # g's noise: noise / norm
+    beta = np.sign(beta) * max(abs(beta) - _REACH_SIGMA * error, 0.0)
+    reach = np.clip(1 + beta * structure, 0.0, 1.0)
+    reach[~np.isfinite(reach)] = 1.0
+    return None if reach.min() >= 1.0 - 1e-3 else reach

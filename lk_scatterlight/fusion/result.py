@@ -4,6 +4,7 @@ changes the model and its variance.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,14 @@ class Fusion:
         on the cadences with a level error (NaN elsewhere; None without it). A pixel
         (or aperture) where the model quotes less shares that much less of the level
         error measured there (`variance`).
+    reach : ndarray, shape (nrow, ncol), or None
+        The fraction (0..1) of the fused level carried to each pixel, where the
+        model's error was found to change with its own structure (a shadow edge whose
+        other side errs in the opposite sense: 0 there); None: 1 everywhere. Where it
+        is below 1 the variance moves by as much towards the model's own (`variance`).
+    reach_quoted : ndarray, shape (nrow, ncol), or None
+        With ``reach``: the model's quoted error per pixel (median over time), which
+        shares an aperture's quoted variance between its reached and unreached pixels.
     """
 
     offset: np.ndarray
@@ -81,6 +90,8 @@ class Fusion:
     surface_var: np.ndarray
     quoted_sum: np.ndarray | None = None
     quoted_level: np.ndarray | None = None
+    reach: np.ndarray | None = None
+    reach_quoted: np.ndarray | None = None
 
     @property
     def has_surface(self) -> bool:
@@ -108,8 +119,12 @@ class Fusion:
             1 to add (the fused model), -1 to subtract (the corrected flux).
         """
         offset = (sign * self.offset).astype(array.dtype)
-        # Most cadences: one pass over the array; else the days the local level took over.
-        _add_rows(array, offset)
+        if self.reach is None:
+            # Most cadences: one pass over the array; else the days the local level took over.
+            _add_rows(array, offset)
+        else:  # the level as far as it reaches each pixel
+            rows = np.flatnonzero(offset)
+            array[rows] += offset[rows, None, None] * self.reach.astype(array.dtype)
         rows = np.flatnonzero(self._with_surface())
         if rows.size:  # the surface, on the cadences that have one
             nterm = len(self.surface_basis)
@@ -121,7 +136,8 @@ class Fusion:
         """What the fusion adds to the model summed over ``aperture``, per cadence [e-/s]."""
         aperture = np.asarray(aperture, dtype=bool)
         summed = self.surface_basis[:, aperture].sum(axis=1)
-        return aperture.sum() * self.offset + self.surface_coef @ summed
+        reached = aperture.sum() if self.reach is None else self.reach[aperture].sum()
+        return reached * self.offset + self.surface_coef @ summed
 
     def changed(self) -> np.ndarray:
         """Indices of the cadences whose model or variance the fusion changes."""
@@ -189,8 +205,15 @@ class Fusion:
         ndarray, the shape of ``model_var``
         """
         model_var = np.asarray(model_var)
+        if self.reach is not None and aperture is not None:
+            return self._split_variance(model_var, aperture, out, rows)
         take = slice(None) if rows is None else np.asarray(rows)
         scale = 1.0 if aperture is None else float(np.sum(aperture)) ** 2
+        # Where the level does not reach every pixel: the model's own quote, in part.
+        reach = None if self.reach is None else self._reach_for(model_var)
+        if reach is not None:
+            blend = np.flatnonzero((self.weight[take] > 0) | (self.shape_var[take] > 0))
+            own = np.array(model_var[blend], dtype=float)
         if out is None:
             out = model_var.copy()
         elif out is not model_var:
@@ -238,12 +261,58 @@ class Fusion:
             out, np.where(below, shape + noise, np.where(line, noise - (1 - kept) * level, 0))
         )
         out[mixed] = fixed.reshape((-1,) + out.shape[1:])
+        if reach is not None:
+            out[blend] = self._reached(out[blend], own, reach)
         local = np.flatnonzero(self.surface_var[take])
         if local.size:  # the surface's noise, on the cadences that have one
             extra = self._surface_variance(local if rows is None else take[local], aperture)
             if out.ndim == 1 and aperture is None:
                 extra = extra.mean(axis=1)  # a typical pixel
             out[local] += extra.reshape((-1,) + out.shape[1:]).astype(out.dtype)
+        return out
+
+    def _reached(self, fused, own, reach) -> np.ndarray:
+        """The variance where the fused level reaches a fraction ``reach`` of a pixel:
+        between ``fused`` (all of it) and the
+        model's own quote ``own`` (the structure the background pixels show is theirs:
+        where their level does not reach, neither does it); one error in part
+        corrected, so their standard deviations mix."""
+        alone = np.sqrt(np.maximum(own, 0))
+        return np.square(reach * np.sqrt(np.asarray(fused, dtype=float)) + (1 - reach) * alone)
+
+    def _reach_for(self, model_var: np.ndarray) -> np.ndarray:
+        """`reach` as `variance` applies it to ``model_var`` per pixel: the map, or its
+        mean over the TPF for one value per cadence (a typical pixel)."""
+        if model_var.ndim == 1:
+            return np.float64(self.reach.mean())
+        return self.reach
+
+    def _split_variance(self, model_var, aperture, out, rows) -> np.ndarray:
+        """`variance` of an aperture sum part of which the fused level does not reach.
+
+        The aperture's pixels reached by at least half the level and the others are
+        taken as two independent parts, each fully correlated within, sharing the
+        aperture's quoted variance as the model's quoted error per pixel
+        (``reach_quoted``) does: the reached part gets the fused variance as an aperture
+        of its own, the other the model's own quote.
+        """
+        aperture = np.asarray(aperture, dtype=bool)
+        reached = aperture & (self.reach >= 0.5)
+        rest = aperture & ~reached
+        plain = dataclasses.replace(self, reach=None, reach_quoted=None)
+        if not rest.any():
+            return plain.variance(model_var, aperture, out, rows)
+        error = np.ones(aperture.shape) if self.reach_quoted is None else self.reach_quoted
+        error = np.nan_to_num(error)
+        total = error[aperture].sum()
+        part = error[reached].sum() / total if total > 0 else reached.sum() / aperture.sum()
+        own = np.asarray(model_var, dtype=float)
+        result = (1 - part) ** 2 * own
+        if reached.any():
+            result += plain.variance(part**2 * own, reached, rows=rows)
+        if out is None:
+            return result.astype(own.dtype if own.dtype.kind == "f" else float)
+        out[...] = result
         return out
 
     def _surface_variance(self, rows: np.ndarray, aperture: np.ndarray | None) -> np.ndarray:
