@@ -47,8 +47,8 @@ cube's components keep the part ``G[t] e[b]**2 + G'[t] H[b]`` of it
 ideal errors), evaluated at the patches like ``flux_err``. ``act/floor`` is the
 compact cube's actual RMS error over that floor's RMS, per class (pixels);
 aim <= 1.5 on the smooth field, <= 3 on the structured one. The floor holds no
-truncation or fine-layer term: it is what the pixels allow, not what the
-model quotes. Next to bright stars and bleeds it is only approximate (the
+truncation, fine-layer or strap-response term: it is what the pixels allow, not
+what the model quotes. Next to bright stars and bleeds it is only approximate (the
 quietest ``npix`` pixels stand in for the ones the build kept, and an
 unweighted SVD passes a noisy bin's noise on), so ratios below 1 there say
 the approximation is loose, not that the cube beats the floor.
@@ -134,6 +134,7 @@ def floor_cube(compact, sim, frames):
         err_space.reshape(nb, nb),
     )
     floor.fine = None
+    floor.strap_response_err = np.zeros_like(compact.strap_response_err)
     return floor
 
 

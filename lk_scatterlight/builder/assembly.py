@@ -163,7 +163,7 @@ def assemble(
         )
 
     straps = plan.straps
-    response, response_err, measured = strap_response(np.asarray(work["strap"])[used_index])
+    response, response_err, measured = strap_response(work["strap"], used_index)
 
     b = config.pixel_bin
     nb = plan.nbins

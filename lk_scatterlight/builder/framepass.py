@@ -24,6 +24,7 @@ from . import binning, masks
 from .config import BuildConfig
 from .fine import FineContext, FineFrame, fine_residual, make_fine_context
 from .strap_photometry import (
+    STRAP_ROW_BLOCKS,
     flatten_straps,
     gather_columns,
     reference_weights,
@@ -60,9 +61,9 @@ class FrameResult:
         Binned scattered light and its 1-sigma error [e-/s].
     npix : ndarray of int, shape (nb, nb)
         Pixels used in each bin.
-    strap : ndarray of float64, shape (nstraps, 2)
-        Per strap column, ``sum(strap * reference)`` and ``sum(reference**2)``
-        (zero for straps without references).
+    strap : ndarray of float64, shape (nstraps, STRAP_ROW_BLOCKS, 2)
+        Per strap column and block of rows, ``sum(strap * reference)`` and
+        ``sum(reference**2)`` (zero for straps without references).
     fine : `~lk_scatterlight.builder.fine.FineFrame` or None
         The frame's kept fine-layer tiles (None without a fine layer).
     noise : ndarray, shape (nb, nb), or None
@@ -92,7 +93,7 @@ class ChunkResult:
         Frame indices (positions in the source's frame list).
     value, error : ndarray of float32, shape (n, nb, nb)
     npix : ndarray of int16, shape (n, nb, nb)
-    strap : ndarray of float64, shape (n, nstraps, 2)
+    strap : ndarray of float64, shape (n, nstraps, STRAP_ROW_BLOCKS, 2)
     noise : ndarray of float32, shape (n, nb, nb)
         NaN for frames without a noise part.
     fine : list of `~lk_scatterlight.builder.fine.FineFrame` or None
@@ -124,7 +125,7 @@ class ChunkResult:
             "value": planes,
             "error": planes,
             "npix": planes,
-            "strap": (n, nstraps, 2),
+            "strap": (n, nstraps, STRAP_ROW_BLOCKS, 2),
             "noise": planes,
         }
 
@@ -375,11 +376,17 @@ def process_frame(
             noise = np.minimum(
                 binning.curvature_error(noise, binned.moments, context.pixel_bin), error
             )
-    measured = strap_sums(
-        diff, context.clean, context.strap_idx, context.ref_idx, context.strap_rows
+    blocks = strap_sums(
+        diff,
+        context.clean,
+        context.strap_idx,
+        context.ref_idx,
+        context.strap_rows,
+        blocks=STRAP_ROW_BLOCKS,
     )
-    sums = np.zeros((context.nstraps, 2))
-    sums[context.strap_pos] = measured
+    measured = blocks.sum(axis=1)
+    sums = np.zeros((context.nstraps, STRAP_ROW_BLOCKS, 2))
+    sums[context.strap_pos] = blocks
     fine = None
     if context.fine is not None:
         # The fine layer wants the pixels' noise, as the plane fits measured it.

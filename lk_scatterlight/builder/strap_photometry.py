@@ -41,6 +41,7 @@ __all__ = [
     "gather_columns",
     "curved_rows",
     "strap_response",
+    "STRAP_ROW_BLOCKS",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 CURVATURE_CLIP = 3.0
 #: ... together with this many rows on either side (the faint wings of a ridge).
 CURVATURE_GROW = 6
+#: Blocks of consecutive rows the builder keeps each frame's strap sums in
+#: (`strap_sums`'s ``blocks``), so that `strap_response` sees the error that all
+#: frames share (the static scene's noise on the strap and its references).
+STRAP_ROW_BLOCKS = 8
 
 
 def strap_columns() -> np.ndarray:
@@ -137,7 +142,7 @@ def strap_rows(clean, strap_idx, ref_idx) -> np.ndarray:
     return clean[:, ref_idx].all(axis=2) & clean[:, strap_idx]
 
 
-def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static_columns=None):
+def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static_columns=None, blocks=None):
     """Per strap: sum(strap * reference) and sum(reference**2) over rows free of sources.
 
     ``reference`` is the neighbour columns' straight line at the strap
@@ -146,10 +151,14 @@ def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static_columns=None):
     are left out. ``rows`` (from `strap_rows`, fixed for a build) saves
     recomputing the clean rows. ``static_columns``, when given, is a static scene
     on the columns read (`gather_columns`, once per build), added to ``diff``
-    there: the sums of the whole frame.
+    there: the sums of the whole frame. ``blocks`` (an int, e.g.
+    `STRAP_ROW_BLOCKS`), when given, splits the sums into that many blocks of
+    consecutive rows: shape (nstraps, blocks, 2) instead of (nstraps, 2), whose
+    sum over the blocks is the plain sums (`strap_response` measures the error
+    the frames share from them).
     """
     if strap_idx.size == 0:
-        return np.zeros((0, 2))
+        return np.zeros((0, 2) if blocks is None else (0, blocks, 2))
     # One gather of the few columns involved, transposed so that every later step
     # runs along contiguous rows (2-D fancy indexing of columns is several times slower).
     columns, where = _columns(strap_idx, ref_idx)
@@ -170,10 +179,22 @@ def strap_sums(diff, clean, strap_idx, ref_idx, rows=None, static_columns=None):
     ok &= ~curved_rows(curve, ok)
     np.copyto(strap, 0, where=~ok)
     np.copyto(ref, 0, where=~ok)
+    if blocks is not None:
+        return _block_sums(strap, ref, blocks)
     # Products of float32 are exact in float64: only the sums round.
     sr = np.einsum("ij,ij->i", strap, ref, dtype=np.float64)
     rr = np.einsum("ij,ij->i", ref, ref, dtype=np.float64)
     return np.stack([sr, rr], axis=1)
+
+
+def _block_sums(strap: np.ndarray, ref: np.ndarray, blocks: int) -> np.ndarray:
+    """``sum(strap * ref)`` and ``sum(ref**2)`` per block of consecutive rows,
+    shape (nstraps, blocks, 2); rows left out are zero in both."""
+    edges = np.linspace(0, strap.shape[1], blocks + 1).round().astype(int)
+    products = np.stack([strap * ref.astype(np.float64), ref * ref.astype(np.float64)], -1)
+    cumulative = np.zeros((strap.shape[0], strap.shape[1] + 1, 2))
+    np.cumsum(products, axis=1, out=cumulative[:, 1:])
+    return np.diff(cumulative[:, edges], axis=1)
 
 
 def gather_columns(image: np.ndarray, strap_idx: np.ndarray, ref_idx: np.ndarray) -> np.ndarray:
@@ -227,22 +248,35 @@ def curved_rows(curve: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return ndimage.maximum_filter1d(curved.view(np.uint8), width, axis=1).view(bool)
 
 
-def strap_response(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each strap's response and its 1-sigma statistical error from per-frame sums.
+def strap_response(
+    sums: np.ndarray, frames: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each strap's response and its 1-sigma error from per-frame sums.
 
     The response is the least-squares slope of strap against reference over
-    all frames, ``sum(strap * ref) / sum(ref**2)``. Its error is the sandwich
-    (frame-clustered) estimate: frame ``f`` moves the slope by its score
-    ``s_f = sum_f(strap * ref) - response * sum_f(ref**2)``, so the variance is
-    ``n / (n - 1) * sum(s_f**2) / sum(ref**2)**2`` over the ``n`` frames that
-    measured the strap. It holds the frames' noise and any change of the
-    response from frame to frame, not what all frames share (the noise of the
-    static scene subtracted from each frame).
+    all frames, ``sum(strap * ref) / sum(ref**2)``. Its error is a sandwich
+    (clustered) estimate: a cluster ``c`` of the sums moves the slope by its
+    score ``s_c = sum_c(strap * ref) - response * sum_c(ref**2)``, so with the
+    frames as clusters the variance is ``n / (n - 1) * sum(s_f**2) /
+    sum(ref**2)**2`` over the ``n`` frames that measured the strap. That holds
+    the frames' noise and any change of the response from frame to frame, not
+    what all frames share: the noise of the static scene subtracted from each
+    frame, on the strap and its references, and any structure the reference
+    line misses row by row. On the structured simulated field (30 frames) that
+    left the responses 3.5x (RMS) further from their truth than quoted. Given
+    the sums per block of rows (`strap_sums`'s ``blocks``), the blocks are
+    clusters too, and the variance is the two-way clustered one (Cameron,
+    Gelbach & Miller 2011, J. Bus. Econ. Stat. 29, 238): frames' plus blocks'
+    less that of the (frame, block) cells, which both count, and no less than
+    either of the two.
 
     Parameters
     ----------
-    sums : ndarray, shape (nframes, nstraps, 2)
-        `strap_sums` of each frame.
+    sums : ndarray, shape (nframes, nstraps, 2) or (nframes, nstraps, nblocks, 2)
+        `strap_sums` of each frame, optionally per block of rows; may be a
+        memory map (read in chunks of frames).
+    frames : array of int, optional
+        The frames of ``sums`` to use (default all).
 
     Returns
     -------
@@ -251,17 +285,65 @@ def strap_response(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     measured : ndarray of bool, shape (nstraps,)
         Straps with a positive, finite response.
     """
-    sums = np.asarray(sums, dtype=float)
-    sr, rr = sums[..., 0], sums[..., 1]
+    frames = np.arange(len(sums)) if frames is None else np.asarray(frames)
+    per_frame, per_block, cells = _cluster_sums(sums, frames)
+    sr, rr = per_frame[..., 0], per_frame[..., 1]
     total = rr.sum(axis=0)
     measured = total > 0
     safe = np.where(measured, total, 1)
     response = np.where(measured, sr.sum(axis=0) / safe, 1)
     measured &= np.isfinite(response) & (response > 0)
     response = np.where(measured, response, 1)
-    score = sr - response * rr
-    frames = (rr > 0).sum(axis=0)
-    factor = frames / np.maximum(frames - 1, 1)
-    error = np.sqrt(factor * np.sum(score**2, axis=0)) / safe
-    error = np.where(measured & (frames > 1), error, 0)
+    nframes = (rr > 0).sum(axis=0)
+    variance = _clustered(sr - response * rr, nframes)
+    if per_block is not None:
+        nblocks = (per_block[..., 1] > 0).sum(axis=0)
+        by_block = _clustered(per_block[..., 0] - response * per_block[..., 1], nblocks)
+        # sum over cells of (sr - R rr)**2, from the accumulated products
+        by_cell = cells[0] - 2 * response * cells[1] + response**2 * cells[2]
+        by_cell = by_cell * _small_sample(cells[3])
+        variance = np.maximum(np.maximum(variance, by_block), variance + by_block - by_cell)
+    error = np.sqrt(variance) / safe
+    error = np.where(measured & (nframes > 1), error, 0)
     return response, error, measured
+
+
+#: Frames of the sums read at a time by `strap_response` (a few MB).
+_CHUNK = 256
+
+
+def _cluster_sums(sums, frames: np.ndarray):
+    """Per-frame sums (nframes, nstraps, 2); with blocks, also the sums per block over the
+    frames (nblocks, nstraps, 2) and, per strap, the cells' ``sum(sr**2)``,
+    ``sum(sr * rr)``, ``sum(rr**2)`` and count of cells with ``rr > 0``."""
+    if np.ndim(sums) == 3 or len(frames) == 0:
+        per_frame = np.asarray(sums, dtype=float)[frames]
+        if per_frame.ndim == 4:
+            per_frame = per_frame.sum(axis=2)
+        return per_frame, None, None
+    nstraps, nblocks = sums.shape[1], sums.shape[2]
+    per_frame = np.empty((len(frames), nstraps, 2))
+    per_block = np.zeros((nstraps, nblocks, 2))
+    cells = np.zeros((4, nstraps))
+    for start in range(0, len(frames), _CHUNK):
+        chunk = np.asarray(sums[frames[start : start + _CHUNK]], dtype=float)
+        per_frame[start : start + _CHUNK] = chunk.sum(axis=2)
+        per_block += chunk.sum(axis=0)
+        sr, rr = chunk[..., 0], chunk[..., 1]
+        cells += [
+            (sr * sr).sum(axis=(0, 2)),
+            (sr * rr).sum(axis=(0, 2)),
+            (rr * rr).sum(axis=(0, 2)),
+            (rr > 0).sum(axis=(0, 2)),
+        ]
+    return per_frame, per_block.transpose(1, 0, 2), cells
+
+
+def _small_sample(count: np.ndarray) -> np.ndarray:
+    """The clustered variance's small-sample factor ``n / (n - 1)`` (1 for n <= 1)."""
+    return count / np.maximum(count - 1, 1)
+
+
+def _clustered(scores: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``n / (n - 1) * sum(scores**2)`` over the first axis (the clusters)."""
+    return _small_sample(count) * np.sum(scores**2, axis=0)
