@@ -380,35 +380,3 @@ def test_invalid_depth_classes_refused():
     fields = {**plain(layer).__dict__, "fill_scale": [1.0]}
     with pytest.raises(ValueError, match="fill_scale needs holes"):
         FineLayer(**fields)
-
-
-@pytest.mark.parametrize(
-    "aperture", [(slice(20, 36), slice(24, 40)), (slice(18, 27), slice(22, 31))]
-)
-def test_aperture_sum_adds_the_fill_error_of_a_hole_coherently(aperture):
-    """A hole's fill is one interpolation across it, off alike at its bins: the fill error
-    of an aperture sum over (part of) the hole is the RMS of the sums of a layer whose hole
-    bins are all off by one draw of ``FILLERR``. Summed as if independent between bins, the
-    quote is 1.8x (part of the hole) to 3.9x (all of its 4 x 4 bins) too small."""
-    layer = holed_layer(fill=2.0)
-    rows = 1 + SIDE * 3 + np.arange(SIDE, dtype=float)
-    cols = 45 + SIDE * 4 + np.arange(SIDE, dtype=float)
-    mask = np.zeros((SIDE, SIDE))
-    mask[aperture] = 1.0
-    one = np.array([1])
-
-    def summed(fine):
-        return fine.evaluate_sum(one, one, np.zeros(1), rows, cols, mask)
-
-    flux, var = summed(layer)
-    _, var0 = summed(plain(layer))
-    quoted = np.sqrt(var[0] - var0[0])
-    hole = layer.holes[0].astype(bool)
-    draws = np.random.default_rng(5).normal(0, 2.0, 400)
-    sums = []
-    for d in draws:
-        basis = layer.basis.copy()
-        basis[1][hole] += d
-        sums.append(summed(FineLayer(**{**layer.__dict__, "basis": basis}))[0][0] - flux[0])
-    actual = np.sqrt(np.mean(np.square(sums)))
-    assert 0.9 < actual / quoted < 1.1

@@ -363,13 +363,11 @@ class FineLayer:
         """Blocks near the pixels in the planes ``left`` and ``right``, as a dense local grid.
 
         Returns None when no block is near, else ``(wr, wc, slot, data, var,
-        misfit, fill)``: spatial weights on the local fine bins, the position of
-        each cube plane in ``data`` (planes without a block point at a last, zero
+        misfit)``: spatial weights on the local fine bins, the position of each
+        cube plane in ``data`` (planes without a block point at a last, zero
         plane), the local value and variance grids, and with ``split`` (and a
         layer that has them) the grids of the misfit's variance and of that
-        variance times its correlation along rows and along columns, and the
-        grid of the fill variance of the filled bins, which ``var`` includes
-        (else None).
+        variance times its correlation along rows and along columns (else None).
         """
         if not len(self):
             return None
@@ -401,14 +399,9 @@ class FineLayer:
         rows, cols = self.tile_row[chosen] - tr0, self.tile_col[chosen] - tc0
         data.reshape(grid)[where, rows, :, cols, :] = self.blocks(chosen)
         block_var = np.broadcast_to((self.error[chosen] ** 2)[:, None, None], (chosen.size, t, t))
-        fill = None
         if self.has_holes:  # filled bins: plus the fill's error
             filled = self._fill_variance(self.hole_index[chosen])
-            filled = filled * (self.fill_error[chosen] ** 2)[:, None, None]
-            block_var = block_var + filled
-            if split:
-                fill = np.zeros(shape, dtype=np.float32)
-                fill.reshape(grid)[where, rows, :, cols, :] = filled
+            block_var = block_var + filled * (self.fill_error[chosen] ** 2)[:, None, None]
         var.reshape(grid)[where, rows, :, cols, :] = block_var
         misfit = None
         if split and self.misfit is not None:
@@ -416,7 +409,7 @@ class FineLayer:
         lr, lc = tr0 * t, tc0 * t
         wr = wr[:, lr : lr + shape[1]]
         wc = wc[:, lc : lc + shape[2]]
-        return wr, wc, slot, data, var, misfit, fill
+        return wr, wc, slot, data, var, misfit
 
     def _misfit_grids(self, chosen: np.ndarray, shape: tuple, at: tuple) -> np.ndarray:
         """The local grids (`_window`) of the misfit's variance and of it times its
@@ -466,7 +459,7 @@ class FineLayer:
         window = self._window(row, column, left, right)
         if window is None:
             return None
-        wr, wc, slot, data, var, _, _ = window
+        wr, wc, slot, data, var, _ = window
         if column_factor is not None:
             wc = wc * np.asarray(column_factor)[:, None]
         f_sp = interpolate.apply_weights(data, wr, wc).astype(np.float32)
@@ -500,12 +493,6 @@ class FineLayer:
         the same way with its own correlations, and the rest of ``error`` (less
         both parts) as shared.
 
-        The fill error of a tile's filled bins (its holes, under masked stars
-        and bleed columns) is one interpolation across the hole, off alike at
-        all of its bins: it adds coherently over a block's filled bins,
-        ``(sum A s)**2`` with ``s`` the bins' fill standard deviations, and
-        independently between blocks (`_coherent_fill`).
-
         Returns
         -------
         (flux, var) : ndarrays, shape (n,), or None when no block is near.
@@ -513,11 +500,9 @@ class FineLayer:
         window = self._window(row, column, left, right, split=True)
         if window is None:
             return None
-        wr, wc, slot, data, var, misfit, fill = window
+        wr, wc, slot, data, var, misfit = window
         weights = wr.T @ mask @ wc  # (local rows, local cols)
         f_pl = np.einsum("trc,rc->t", data, weights)
-        if fill is not None:  # added coherently below, not with the shared part
-            var = var - fill
         if misfit is None:
             v_pl = np.einsum("trc,rc->t", var, weights**2)
         else:
@@ -526,8 +511,6 @@ class FineLayer:
             v_pl = np.einsum("trc,rc->t", shared, weights**2)
             for part in parts:
                 v_pl += _correlated_sum(part, wr, wc, mask)
-        if fill is not None:
-            v_pl = v_pl + _coherent_fill(fill, weights, self.tile)
         li, ri, w = slot[left], slot[right], np.asarray(w_right, float)
         return (1 - w) * f_pl[li] + w * f_pl[ri], (1 - w) ** 2 * v_pl[li] + w**2 * v_pl[ri]
 
@@ -603,17 +586,3 @@ def _correlated_sum(misfit: np.ndarray, wr: np.ndarray, wc: np.ndarray, mask: np
     dy, dx = dy**2 / 3, dx**2 / 3  # Gaussian: f(2) / f(1) = g**(4/3 - 1/3) = g
     rho_r, rho_c = corr[0][:, None, None] ** dy, corr[1][:, None, None] ** dx
     return np.sum(s * (rho_r @ s @ rho_c), axis=(1, 2))
-
-
-def _coherent_fill(fill: np.ndarray, weights: np.ndarray, tile: int) -> np.ndarray:
-    """Per plane, the variance of the fill errors summed with ``weights`` (see `evaluate_sum`).
-
-    ``fill``: the local grid of the filled bins' fill variances, shape (nplanes,
-    local rows, local cols), whole tiles of ``tile`` bins a side; ``weights``: the
-    sum's weights on those bins. Coherent within a tile's block, independent
-    between blocks.
-    """
-    n, ny, nx = fill.shape
-    amplitude = np.sqrt(np.clip(fill, 0, None).astype(float)) * weights
-    per_block = amplitude.reshape(n, ny // tile, tile, nx // tile, tile).sum(axis=(2, 4))
-    return np.sum(per_block**2, axis=(1, 2))
