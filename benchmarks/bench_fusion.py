@@ -94,7 +94,9 @@ from the aperture, weighted by the model's and the local estimate's variances.
    per-kind ratio is a small sample: the last line gives the spread of act/q
    over the CCD's interior bins (`bin_honesty`), at bin centres and midway
    between them (there the interpolation mixes four bins as independent), and
-   how neighbouring bins' errors correlate. Needs ~3.5 GB of memory for the frames (96 frames
+   how neighbouring bins' errors correlate. ``--by-block`` adds, per TPF, the model's
+   aperture-sum errors in the planes with a fine-layer block at the aperture and in the
+   others (`by_block`). Needs ~3.5 GB of memory for the frames (96 frames
    at 2048 x 2048, flux and error), and about 2 more minutes.
 """
 
@@ -314,6 +316,7 @@ def run_field(name, field, frames, quick: bool, work: Path, cache: Path | None =
                 quoted = corr.model.flux_err.value[good][:, aperture]
                 r["pixel actual"] = float(np.sqrt(np.mean(miss**2)))
                 r["pixel quoted"] = float(np.sqrt(np.mean(quoted**2)))
+                r["by block"] = by_block(cube, t, aperture, actual, lc.flux_err.value[good], good)
         # The ceiling of a fusion by level and surface: the model with what it missed at the
         # background pixels taken out exactly (noise-free), as a level and as a quadratic.
         background = fusion.pixels if fusion is not None else faint_pixels(flux, aperture)
@@ -354,6 +357,34 @@ def run_field(name, field, frames, quick: bool, work: Path, cache: Path | None =
         "frames": n,
         "t_frames": t_frames,
         "t_build": t_build,
+    }
+
+
+def by_block(cube, tpf, aperture, actual, quoted, good) -> dict:
+    """The aperture sum's actual and quoted errors (model alone) split by whether the fine
+    layer has a block at the aperture in the plane (part 4's cadences are the cube's planes).
+
+    Returns the planes with a block, RMS actual and quoted in those planes and in the others,
+    and the planes whose actual error exceeds 3x the quote with their share of actual**2.
+    """
+    planes = np.flatnonzero(good)
+    block = np.zeros(planes.size, bool)
+    if cube.fine is not None:
+        rows, cols = tpf.rows[aperture.any(axis=1)], tpf.columns[aperture.any(axis=0)]
+        out = cube.fine.evaluate(planes, planes, np.zeros(planes.size), rows, cols)
+        if out is not None:
+            block = np.asarray(out[1] > 0).any(axis=(1, 2))
+
+    def rms(x) -> float:
+        return float(np.sqrt(np.mean(np.square(x)))) if x.size else float("nan")
+
+    big = np.abs(actual) > 3 * quoted
+    return {
+        "blocks": int(block.sum()),
+        "in": (rms(actual[block]), rms(quoted[block])),
+        "out": (rms(actual[~block]), rms(quoted[~block])),
+        "big": planes[big].tolist(),
+        "big share": float(np.sum(actual[big] ** 2) / max(np.sum(actual**2), 1e-300)),
     }
 
 
@@ -461,8 +492,10 @@ def print_field(info: dict) -> None:
     )
 
 
-def print_honesty(info: dict) -> None:
-    """Error honesty of the fused background per kind of TPF, pooled over its TPFs."""
+def print_honesty(info: dict, blocks: bool = False) -> None:
+    """Error honesty of the fused background per kind of TPF, pooled over its TPFs; with
+    ``blocks``, the model's aperture-sum errors split by planes with and without a fine
+    block at the aperture (`by_block`)."""
     print(f"\n  {info['name']} field: {info['used']} of {info['frames']} frames in the cube")
     print(
         f"    {'kind':11s} {'TPFs':>4s} {'fused act/q':>11s} {'model act/q':>11s} "
@@ -498,6 +531,18 @@ def print_honesty(info: dict) -> None:
             f"{r['actual']:5.2f}, quoted {r['model quoted']:5.2f} -> {r['quoted']:5.2f}; "
             + ", ".join(f"{key} {value:5.2f}" for key, value in terms.items())
         )
+    if blocks:
+        print(
+            "    model alone, aperture sum act / quoted [e-/s] in the planes with a fine block "
+            "at the aperture and in the others; planes with |act| > 3 quoted (share of act**2)"
+        )
+        for r in info["rows"]:
+            b = r["by block"]
+            print(
+                f"    {r['tpf'].kind:11s} {r['tpf'].name:20s} {b['blocks']:3d} with a block: "
+                f"{b['in'][0]:5.2f} / {b['in'][1]:5.2f}; without: {b['out'][0]:5.2f} / "
+                f"{b['out'][1]:5.2f}; {b['big']} ({b['big share']:.2f})"
+            )
     b = info["bins"]
     print(
         f"    the cube per interior bin: act/q median {b['median']:.2f}, 10-90 % "
@@ -676,6 +721,11 @@ def main() -> None:
         type=Path,
         help="keep the cubes and TPF pixels of parts 1 and 4 here and reuse them (a debugging aid)",
     )
+    parser.add_argument(
+        "--by-block",
+        action="store_true",
+        help="part 4: split each aperture sum's errors by planes with and without a fine block",
+    )
     args = parser.parse_args()
     import bench_regional as br
 
@@ -763,7 +813,8 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
             for name, field in fields:
-                print_honesty(run_field(name, field, spread, args.quick, Path(tmp), args.cache))
+                info = run_field(name, field, spread, args.quick, Path(tmp), args.cache)
+                print_honesty(info, args.by_block)
         print(f"   [honesty section: {time.perf_counter() - t0:.0f} s]")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
