@@ -71,9 +71,10 @@ def test_compress_tile_spread_one_is_the_default():
 
 def test_a_ridge_running_into_the_ccd_edge_keeps_its_profile():
     """A straight ridge (12 px FWHM, height 1) that leaves the CCD through a kept corner
-    tile: the samples beyond the CCD are taken on the other side of the bin along the
-    same line (`along._steps_inside`). Repeating the edge's nearest bins instead put them
-    up to 26 % of the height off (4.8 % RMS over the tile); now 1.4 % (0.26 % RMS)."""
+    tile: a sample beyond the CCD that the nearest bin would move more than a bin across
+    the ridge is read where its line leaves the CCD (`along._samples_inside`). Always
+    repeating the edge's nearest bins put the tile up to 26 % of the height off (4.8 %
+    RMS); now 1.3 % (0.26 % RMS)."""
     n = 4 * TILE
     rows, cols = np.mgrid[:n, :n].astype(float)
     truth = np.exp(-0.5 * ((0.6 * rows + 0.8 * cols - 20.0) / (6 / 2.355)) ** 2)
