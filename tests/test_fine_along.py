@@ -114,9 +114,10 @@ def test_profile_least_squares_match_lstsq():
 def test_fine_residual_smooths_a_noisy_ridge_at_two_pixels():
     """A whole frame with a 12-px ridge (20x the pixel noise) at 2-px fine bins: the kept
     blocks equal the ridge minus the coarse model at the bin centres within the errors
-    they quote, and those errors are under half a plain 2-px bin's (sigma / 2). The four
-    tiles on the CCD's edge where the ridge leaves it are bent by the samples beyond it
-    (see test_fine_along_scale.py) and are left out of the quoted-error check."""
+    they quote, and those errors are under half a plain 2-px bin's (sigma / 2); the four
+    tiles on the CCD's edge where the ridge leaves it too, each within 1.5x (measured
+    1.02-1.33x; 1.0-7.3x when the samples beyond the CCD always repeated its nearest
+    bins)."""
     n, sigma = 2048, 2.0
     context = make_fine_context(
         np.ones((n, n), np.float32), coarse_bin=16, pixel_bin=2, tile=32, threshold=2.0
@@ -144,7 +145,8 @@ def test_fine_residual_smooths_a_noisy_ridge_at_two_pixels():
     miss = got.blocks - truth[got.tiles]
     assert np.sqrt(np.mean(miss**2)) < 0.5 * sigma / 2
     z = miss / got.sigma[:, None, None]
+    assert 0.7 < np.sqrt(np.mean(z**2)) < 1.3
     row, col = np.divmod(got.tiles, 32)
-    inside = (row > 0) & (row < 31) & (col > 0) & (col < 31)
-    assert inside.sum() >= got.tiles.size - 4
-    assert 0.7 < np.sqrt(np.mean(z[inside] ** 2)) < 1.3
+    edge = (row == 0) | (row == 31) | (col == 0) | (col == 31)
+    assert edge.sum() == 4
+    assert np.all(np.sqrt(np.mean(z[edge] ** 2, axis=(1, 2))) < 1.5)

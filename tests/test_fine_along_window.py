@@ -34,18 +34,45 @@ def field(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return residual, model
 
 
+def _inside(total: np.ndarray, row: float, col: float) -> bool:
+    return 0 <= row <= total.shape[0] - 1 and 0 <= col <= total.shape[1] - 1
+
+
+def _sample(total: np.ndarray, row: int, col: int, theta: float, s: int) -> tuple[float, float]:
+    """Where step ``s`` along the structure from a bin is read: the point itself if inside
+    the window; else the nearest bin inside if that moves it at most one bin across the
+    structure; else where the line leaves the window (bisection)."""
+    d = (-np.sin(theta), np.cos(theta))
+    point = (row + s * d[0], col + s * d[1])
+    if _inside(total, *point):
+        return point
+    near = (min(max(point[0], 0), total.shape[0] - 1), min(max(point[1], 0), total.shape[1] - 1))
+    across = abs((near[0] - point[0]) * np.cos(theta) + (near[1] - point[1]) * np.sin(theta))
+    if across <= 1:
+        return near
+    lo, hi = 0.0, float(s)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _inside(total, row + mid * d[0], col + mid * d[1]) else (lo, mid)
+    return row + lo * d[0], col + lo * d[1]
+
+
 def reference(total: np.ndarray, inner: tuple[slice, slice]) -> np.ndarray:
     """The smoothing written out over the whole window: Gaussian-filtered structure tensor
-    everywhere, cubic-spline samples along its direction at the tile's bins."""
+    everywhere, cubic-spline samples along its direction at the tile's bins, those
+    beyond the window read where `_sample` says."""
     g_row, g_col = np.gradient(total)
     a, b, c = (
         ndimage.gaussian_filter(g, SCALE, mode="nearest")[inner]
         for g in (g_row * g_row, g_row * g_col, g_col * g_col)
     )
     theta = 0.5 * np.arctan2(2 * b, a - c)
-    steps = (np.arange(WEIGHTS.size) - WEIGHTS.size // 2)[:, None, None]
     rows, cols = np.mgrid[inner]
-    at = [rows - steps * np.sin(theta), cols + steps * np.cos(theta)]
+    reach = WEIGHTS.size // 2
+    at = np.empty((2, WEIGHTS.size) + rows.shape)
+    for idx in np.ndindex(rows.shape):
+        for k, s in enumerate(range(-reach, reach + 1)):
+            at[(slice(None), k) + idx] = _sample(total, rows[idx], cols[idx], theta[idx], s)
     samples = ndimage.map_coordinates(total, at, order=3, mode="nearest")
     return np.tensordot(WEIGHTS, samples, axes=1)
 

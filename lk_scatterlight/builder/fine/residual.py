@@ -199,10 +199,12 @@ def _smooth_along_structure(
     ridge's peak by a few %). Where nothing stands out the direction is
     arbitrary and the average is an ordinary smoothing of noise on a smooth
     field (its change over the average is near linear, which the average
-    keeps). Beyond the CCD's edge the samples repeat the edge's values: that
-    bends a ridge leaving the CCD (by up to a quarter of its height over a
-    corner tile), but leaving those samples out, or the same reach on the
-    other side, made the smooth field's CCD edges worse (``bench_fine.py``
+    keeps). A sample beyond the CCD's edge repeats the edge's nearest value
+    unless that moves it more than a bin across the structure; then it is read
+    where its line leaves the CCD (`.along._samples_inside`): the nearest value
+    alone bent a ridge leaving the CCD by up to a quarter of its height over a
+    corner tile, and leaving those samples out, or the same reach on the other
+    side, made the smooth field's CCD edges worse (``bench_fine.py``
     ``--smooth``: 1.2x -> 1.4x and 1.3x the noise floor).
 
     Only worth it where the bins resolve the structure: with 4-px bins the
