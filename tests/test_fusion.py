@@ -643,7 +643,8 @@ def test_variance_per_pixel_keeps_the_formula_on_every_kind_of_cadence(dtype):
     reference), whether the
     model quotes less than the level error at every pixel of a cadence, more at every
     pixel, or both, and with a few or most cadences of one kind."""
-    flux, err, model, aperture, _ = scene(np.random.default_rng(14).normal(0, 0.3, NT))
+    rng = np.random.default_rng(2)  # its own draws (this one has gaps left out)
+    flux, err, model, aperture, _ = scene(np.random.default_rng(14).normal(0, 0.3, NT), rng=rng)
     fusion = fuse(flux - model, err, aperture)
     level = fusion.model_err**2
     assert np.mean(fusion.weight > 0) > 0.5
@@ -654,9 +655,9 @@ def test_variance_per_pixel_keeps_the_formula_on_every_kind_of_cadence(dtype):
     typical = np.median(level[level > 0])
     for lowest, highest in ((0.0, 0.2), (5.0, 9.0), (0.0, 9.0)):  # below, above, across
         for share in (0.1, 0.9):  # the cadences whose quote spans that range
-            quoted = RNG.uniform(0.5, 1.5, (NT, N, N)) * typical
-            some = RNG.random(NT) < share
-            quoted[some] = RNG.uniform(lowest, highest, (some.sum(), N, N)) * typical
+            quoted = rng.uniform(0.5, 1.5, (NT, N, N)) * typical
+            some = rng.random(NT) < share
+            quoted[some] = rng.uniform(lowest, highest, (some.sum(), N, N)) * typical
             quoted = quoted.astype(dtype)
             lv, kp, sh, ns = (a[:, None, None] for a in (level, kept, fusion.shape_var, noise))
             gap = (np.sqrt(np.minimum(quoted, lv)) - np.sqrt(lv)) ** 2
@@ -665,9 +666,17 @@ def test_variance_per_pixel_keeps_the_formula_on_every_kind_of_cadence(dtype):
                 np.maximum(np.maximum(quoted - lv, sh), gap) + kp * np.minimum(quoted, lv) + ns
             )
             rtol = 1e-5 if dtype == np.float32 else 1e-12
-            np.testing.assert_allclose(
-                fusion.variance(quoted), expected, rtol=rtol, atol=rtol * typical
-            )
+            slack = rtol * (np.abs(expected) + typical)
+            short = expected - fusion.variance(quoted)  # what the result leaves out
+            # A cadence's gap within 1 % (`_GAP_TOLERANCE`) of the fused variance's floor may be
+            # left out (never more); every other value is the formula's.
+            assert np.all(short >= -slack)
+            assert np.all(short <= 0.01 * (sh + ns) + slack)
+            largest = np.max(gap, axis=(1, 2))
+            floor = (sh + 0.01 * (sh + ns))[:, 0, 0]
+            exact = (largest == 0) | (largest > floor)
+            assert np.mean(exact) > 0.5
+            assert np.all(np.abs(short[exact]) <= slack[exact])
 
 
 def test_variance_with_row_sums_is_the_same():
