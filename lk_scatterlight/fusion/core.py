@@ -349,8 +349,8 @@ def _reach(
         slope[bad] = np.nan_to_num(background[np.flatnonzero(use)[bad]]) @ d / norm
     g = slope - slope.mean()
     beta = float(a @ g) / spread
-    error = float(np.sqrt(np.square(a) @ (noise / norm))) / spread  # g's noise: noise / norm
-    beta = np.sign(beta) * max(abs(beta) - _REACH_SIGMA * error, 0.0)
+    beta_err = float(np.sqrt(np.square(a) @ (noise / norm))) / spread  # g's noise: noise / norm
+    beta = np.sign(beta) * max(abs(beta) - _REACH_SIGMA * beta_err, 0.0)
     reach = np.clip(1 + beta * structure, 0.0, 1.0)
     reach[~np.isfinite(reach)] = 1.0
     return None if reach.min() >= 1.0 - 1e-3 else reach
