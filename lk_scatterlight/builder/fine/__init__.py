@@ -46,7 +46,8 @@ Per frame (`fine_residual`), after the coarse bins are fitted:
 5. per tile of ``tile x tile`` fine bins, the residual's mean of
    ``(r / sigma)**2`` is compared with ``threshold``. The noise ``sigma`` of a
    fine bin is predicted from the tile's RMS pixel uncertainty (from the FFI
-   uncertainty image, every 4th row; without one, the median over the tile of
+   uncertainty image, every 4th row, over its valid bins' pixels: a saturated
+   star's masked pixels would swamp it; without one, the median over the tile of
    the coarse bins' errors scaled to one pixel) over the square root of the
    bin's valid pixels, then **calibrated on the frame itself**: the predicted
    variance is scaled by the median over tiles of that mean (most tiles hold
