@@ -513,7 +513,7 @@ def _tile_pixel_sigma(coarse_error, coarse_npix, context: FineContext, uncertain
         side = context.pixel_bin * context.tile
         sample = np.asarray(uncertainty, dtype=np.float32)[::4]  # every 4th row
         square = np.nan_to_num(np.square(sample))  # NaN or inf: as nan_to_num makes them
-        ok = _sampled_ok(context)
+        ok = context.sampled_ok
         var = np.where(ok, square, 0).reshape(nt, side // 4, nt, side).sum(axis=(1, 3))
         count = ok.reshape(nt, side // 4, nt, side).sum(axis=(1, 3))
         whole = square.reshape(nt, side // 4, nt, side).sum(axis=(1, 3))
@@ -522,9 +522,3 @@ def _tile_pixel_sigma(coarse_error, coarse_npix, context: FineContext, uncertain
     per_pixel = np.nan_to_num(coarse_error * np.sqrt(np.maximum(coarse_npix, 1)))
     k = coarse_error.shape[0] // nt  # coarse bins per tile side
     return np.median(per_pixel.reshape(nt, k, nt, k), axis=(1, 3)).astype(np.float32)
-
-
-def _sampled_ok(context: FineContext) -> np.ndarray:
-    """Which pixels of every 4th row lie in a valid fine bin (`FineContext.ok`)."""
-    b = context.pixel_bin
-    return np.repeat(np.repeat(context.ok, b, axis=0)[::4], b, axis=1)
