@@ -155,13 +155,19 @@ def without_fine_errors(cube):
     return bins
 
 
-def honesty(cube, patches, times, truth) -> dict:
-    """Per class: (sum of actual**2, sum of quoted**2, count) for pixels and 3x3 sums."""
+def centre_3x3() -> np.ndarray:
+    """The 3x3 pixels at the centre of a patch (the sums' aperture)."""
     import bench_build as bb
 
     centre = np.zeros((bb.PATCH, bb.PATCH), dtype=bool)
     c = bb.PATCH // 2
     centre[c - 1 : c + 2, c - 1 : c + 2] = True
+    return centre
+
+
+def honesty(cube, patches, times, truth) -> dict:
+    """Per class: (sum of actual**2, sum of quoted**2, count) for pixels and 3x3 sums."""
+    centre = centre_3x3()
     out: dict = {}
     for j, p in enumerate(patches):
         ev = cube.evaluate(times, p.rows, p.columns)
@@ -193,9 +199,7 @@ def corrector_honesty(cube, sim, patches, frames, truth) -> dict:
     from lk_scatterlight.ccd import Region
     from lk_scatterlight.simulate import tpf_from_arrays
 
-    centre = np.zeros((bb.PATCH, bb.PATCH), dtype=bool)
-    c = bb.PATCH // 2
-    centre[c - 1 : c + 2, c - 1 : c + 2] = True
+    centre = centre_3x3()
     out: dict = {}
     for j, p in enumerate(patches):
         region = Region(p.row, p.column, bb.PATCH, bb.PATCH)

@@ -85,11 +85,9 @@ def _row(acc: np.ndarray, d, static, light, v_full, v_nostrap, v_bins) -> None:
 
 
 def terms(cube, patches, times, truth) -> dict:
-    import bench_build as bb
+    import bench_errors
 
-    centre = np.zeros((bb.PATCH, bb.PATCH), dtype=bool)
-    c = bb.PATCH // 2
-    centre[c - 1 : c + 2, c - 1 : c + 2] = True
+    centre = bench_errors.centre_3x3()
     out: dict = {}
     for j, p in enumerate(patches):
         evals = [v.evaluate(times, p.rows, p.columns) for v in _variants(cube)]
